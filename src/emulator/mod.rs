@@ -1,0 +1,1 @@
+//! A Key Vault + Entra ID emulator that speaks the real wire protocol.
