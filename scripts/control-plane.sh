@@ -14,7 +14,9 @@ set -euo pipefail
 K8S_VERSION=1.20.2
 DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 CACHE=${KVSYNC_CACHE:-$HOME/.cache/kvsync}
-BIN=$CACHE/k8s-v$K8S_VERSION/bin
+# Bump BUILD_REV whenever the build recipe changes, so cached binaries are rebuilt.
+BUILD_REV=2
+BIN=$CACHE/k8s-v$K8S_VERSION-r$BUILD_REV/bin
 PLANE=${KVSYNC_PLANE_DIR:-$CACHE/plane}
 
 log() { printf '[control-plane] %s\n' "$*" >&2; }
@@ -29,6 +31,7 @@ install_packages() {
   command -v jq >/dev/null || missing+=(jq)
   command -v openssl >/dev/null || missing+=(openssl)
   command -v dpkg-source >/dev/null || missing+=(dpkg-dev)
+  [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || missing+=(golang-github-modern-go-reflect2-dev)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq
@@ -68,6 +71,10 @@ build() {
     mv "$work/tree.tmp" "$work/tree"
   fi
   local tree=$work/tree
+  # Kubernetes 1.20 vendors reflect2 1.0.1, which crashes under Go >= 1.18 (the
+  # apiserver panics decoding any JSON map). Debian ships the fixed 1.0.2.
+  rsync -a --delete --exclude go.mod /usr/share/gocode/src/github.com/modern-go/reflect2/ \
+    "$tree/vendor/github.com/modern-go/reflect2/"
   mkdir -p "$tree/.go/src/k8s.io" "$work/home"
   ln -sfn ../../.. "$tree/.go/src/k8s.io/kubernetes"
   for what in kube-apiserver kube-controller-manager; do
@@ -84,4 +91,132 @@ build() {
   log "binaries ready in $BIN"
 }
 
-"$@"
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# pid_alive FILE: the process whose PID is in FILE still runs.
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+running() {
+  pid_alive "$PLANE/etcd.pid" && pid_alive "$PLANE/kube-apiserver.pid" &&
+    pid_alive "$PLANE/kube-controller-manager.pid" && [ -f "$PLANE/kubeconfig" ]
+}
+
+# wait_for DESCRIPTION SECONDS COMMAND...: retry COMMAND until it succeeds or time runs out.
+wait_for() {
+  local what=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then log "timed out waiting for $what"; return 1; fi
+    sleep 0.3
+  done
+}
+
+make_certs() {
+  local d=$PLANE/pki
+  mkdir -p "$d"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=kvsync-test-ca" \
+    -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+    -keyout "$d/apiserver.key" -out "$d/apiserver.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$d/san.ext"
+  openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$d/san.ext" -out "$d/apiserver.crt" 2>/dev/null
+  openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+  openssl rand -hex 24 >"$d/admin.token"
+  printf '%s,admin,admin,system:masters\n' "$(cat "$d/admin.token")" >"$d/tokens.csv"
+}
+
+up() {
+  if running; then log "already running (KUBECONFIG=$PLANE/kubeconfig)"; return 0; fi
+  build
+  down >/dev/null 2>&1 || true
+  rm -rf "$PLANE" && mkdir -p "$PLANE/logs"
+  make_certs
+  local etcd_port peer_port api_port
+  etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
+  local issuer=https://127.0.0.1:$api_port pki=$PLANE/pki
+
+  log "starting etcd on 127.0.0.1:$etcd_port"
+  setsid etcd --data-dir "$PLANE/etcd" --name kvsync-test \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "kvsync-test=http://127.0.0.1:$peer_port" \
+    >"$PLANE/logs/etcd.log" 2>&1 </dev/null &
+  echo $! >"$PLANE/etcd.pid"
+  wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
+
+  log "starting kube-apiserver $K8S_VERSION on $issuer"
+  setsid "$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --secure-port "$api_port" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" --token-auth-file "$pki/tokens.csv" --authorization-mode RBAC \
+    --service-account-issuer "$issuer" --service-account-key-file "$pki/sa.pub" \
+    --service-account-signing-key-file "$pki/sa.key" --api-audiences "$issuer" \
+    --service-cluster-ip-range 10.0.0.0/24 --insecure-port 0 \
+    >"$PLANE/logs/kube-apiserver.log" 2>&1 </dev/null &
+  echo $! >"$PLANE/kube-apiserver.pid"
+  local token; token=$(cat "$pki/admin.token")
+  wait_for kube-apiserver 90 curl --http1.1 -fsS --cacert "$pki/ca.crt" -H "Authorization: Bearer $token" "$issuer/readyz"
+
+  cat >"$PLANE/kubeconfig" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: kvsync-test
+  cluster: {server: "$issuer", certificate-authority: "$pki/ca.crt"}
+users:
+- name: admin
+  user: {token: "$token"}
+contexts:
+- name: kvsync-test
+  context: {cluster: kvsync-test, user: admin, namespace: default}
+current-context: kvsync-test
+KCFG
+
+  # Workload Identity federation needs the issuer's discovery document and JWKS
+  # readable without credentials, as on AKS.
+  curl --http1.1 -fsS --cacert "$pki/ca.crt" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -X POST "$issuer/apis/rbac.authorization.k8s.io/v1/clusterrolebindings" -d '{
+      "apiVersion":"rbac.authorization.k8s.io/v1","kind":"ClusterRoleBinding",
+      "metadata":{"name":"kvsync-test-issuer-discovery"},
+      "roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"system:service-account-issuer-discovery"},
+      "subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"system:unauthenticated"}]}' >/dev/null
+
+  log "starting kube-controller-manager"
+  setsid "$BIN/kube-controller-manager" --kubeconfig "$PLANE/kubeconfig" \
+    --controllers deployment,replicaset,daemonset,statefulset,garbagecollector,namespace,serviceaccount,serviceaccount-token \
+    --leader-elect=false --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+    --secure-port 0 --port 0 \
+    >"$PLANE/logs/kube-controller-manager.log" 2>&1 </dev/null &
+  echo $! >"$PLANE/kube-controller-manager.pid"
+  wait_for "the default service account" 60 curl --http1.1 -fsS --cacert "$pki/ca.crt" -H "Authorization: Bearer $token" \
+    "$issuer/api/v1/namespaces/default/serviceaccounts/default"
+  log "ready: export KUBECONFIG=$PLANE/kubeconfig"
+}
+
+env() {
+  running || { log "not running; run: $0 up"; return 1; }
+  printf 'export KUBECONFIG=%s\n' "$PLANE/kubeconfig"
+}
+
+down() {
+  local name pid
+  for name in kube-controller-manager kube-apiserver etcd; do
+    if pid_alive "$PLANE/$name.pid"; then
+      pid=$(cat "$PLANE/$name.pid")
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+      log "stopped $name (pid $pid)"
+    fi
+    rm -f "$PLANE/$name.pid"
+  done
+}
+
+case "${1:-}" in
+  build|up|env|down) "$1" ;;
+  *) echo "usage: $0 build|up|env|down" >&2; exit 2 ;;
+esac
