@@ -12,3 +12,9 @@
 #![forbid(unsafe_code)]
 
 pub mod emulator;
+pub mod scope;
+pub mod api;
+pub mod vault;
+pub mod cli;
+pub mod reload;
+pub mod run;

@@ -1,1 +1,21 @@
-fn main() {}
+use clap::Parser;
+use kvsync::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    // One rustls provider for kube and the Azure SDK alike.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => kvsync::run::run(*args).await,
+        Command::Crd(args) => kvsync::run::crd(args).await,
+        Command::Emulator(args) => kvsync::emulator::run(args).await.map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("kvsync: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

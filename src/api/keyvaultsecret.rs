@@ -1,0 +1,306 @@
+//! The `KeyVaultSecret` custom resource (`kvsync.io/v1alpha1`).
+//!
+//! ```text
+//! KeyVaultSecret
+//!  ├─ spec.vaultUrl ─────────── which vault (host must be on the operator's allow-list)
+//!  ├─ spec.auth ─────────────── exactly one identity to read it with
+//!  ├─ spec.data[]  ──────────── one Secret key  ← one vault secret (optionally a JSON property of it)
+//!  ├─ spec.dataFrom[] ───────── many Secret keys ← a JSON object secret | every secret matching a filter
+//!  │                                             | a certificate-backed secret as tls.crt/tls.key
+//!  └─ spec.target ───────────── the Secret written (name, type, labels, ownership, reload opt-in)
+//! ```
+//!
+//! What the schema can check statically it does (required fields, `https://`
+//! URLs, name patterns, duration syntax, "exactly one of"); everything else is
+//! reported by the reconciler as an `InvalidSpec` condition. The schema stays
+//! within what Kubernetes 1.20 accepts (structural, no CEL).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Keeps one Kubernetes Secret in step with secrets in an Azure Key Vault.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kvsync.io",
+    version = "v1alpha1",
+    kind = "KeyVaultSecret",
+    namespaced,
+    shortname = "kvs",
+    status = "KeyVaultSecretStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyVaultSecretSpec {
+    /// The vault, e.g. `https://shop-kv.vault.azure.net/`.
+    #[schemars(regex(pattern = r"^https://[^/?#\s]+/?$"))]
+    pub vault_url: String,
+
+    /// The identity used to read the vault.
+    pub auth: Auth,
+
+    /// How often to re-read the vault (`15m`, `1h`; `0` = once). Default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h|d))+)$"))]
+    pub refresh_interval: Option<String>,
+
+    /// The Secret to write.
+    #[serde(default)]
+    pub target: Target,
+
+    /// One Secret key per vault secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<DataRef>,
+
+    /// Many Secret keys from one source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_from: Vec<DataFrom>,
+}
+
+/// Exactly one way to authenticate to Key Vault.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = exactly_one_auth)]
+pub struct Auth {
+    /// Federated Workload Identity: a service account of this namespace, or
+    /// (no `serviceAccountName`) the operator's own identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<WorkloadIdentityAuth>,
+    /// An Entra app's client secret, read from a Secret in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<ClientSecretAuth>,
+    /// An Entra app's client certificate (PEM with key), read from a Secret in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientSecretAuth>,
+}
+
+fn exactly_one_auth(schema: &mut schemars::Schema) {
+    exactly_one_of(schema, &["workloadIdentity", "clientSecret", "clientCertificate"]);
+}
+
+/// Adds a structural `oneOf` that makes exactly one of `fields` required.
+fn exactly_one_of(schema: &mut schemars::Schema, fields: &[&str]) {
+    let one_of: Vec<serde_json::Value> = fields
+        .iter()
+        .map(|field| serde_json::json!({ "required": [field] }))
+        .collect();
+    schema.insert("oneOf".into(), one_of.into());
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadIdentityAuth {
+    /// A service account in this namespace. Omitted: the operator's own identity
+    /// (allowed only in namespaces the operator is configured to allow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub service_account_name: Option<String>,
+    /// Overrides the service account's `azure.workload.identity/client-id` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Overrides the service account's `azure.workload.identity/tenant-id` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+}
+
+/// An Entra app credential kept in a Secret of the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientSecretAuth {
+    #[schemars(length(min = 1))]
+    pub tenant_id: String,
+    #[schemars(length(min = 1))]
+    pub client_id: String,
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the KeyVaultSecret's own namespace (never another).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    pub key: String,
+}
+
+/// The Secret that kvsync writes.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Target {
+    /// Secret name; default: the KeyVaultSecret's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(max = 253))]
+    pub name: Option<String>,
+    /// Secret type, e.g. `Opaque`, `kubernetes.io/tls`. Default `Opaque`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub creation_policy: CreationPolicy,
+    /// Mark the Secret `reloader.stakater.com/match: "true"` so workloads with
+    /// `reloader.stakater.com/search` restart on change. Default true.
+    #[serde(default = "default_true")]
+    pub reload: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Who owns the target Secret.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CreationPolicy {
+    /// kvsync creates and owns the Secret; it is deleted with the KeyVaultSecret.
+    #[default]
+    Owner,
+    /// kvsync creates the Secret but it outlives the KeyVaultSecret.
+    Orphan,
+    /// The Secret exists already (someone else's); kvsync manages only its own keys.
+    Merge,
+}
+
+/// One Secret key from one vault secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataRef {
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    pub secret_key: String,
+    pub remote_ref: RemoteRef,
+}
+
+/// A vault secret (and optionally a part of its value).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RemoteRef {
+    #[schemars(regex(pattern = r"^[0-9a-zA-Z-]{1,127}$"))]
+    pub name: String,
+    /// Pin a version (32 hex characters); empty: the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9a-fA-F]{32})?$"))]
+    pub version: Option<String>,
+    /// For a JSON value: a dotted path to one field (`db.password`, `hosts.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub property: Option<String>,
+    #[serde(default)]
+    pub decoding_strategy: DecodingStrategy,
+}
+
+/// How to decode a vault value before writing it.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DecodingStrategy {
+    /// Write the value as it is.
+    #[default]
+    None,
+    /// The value is standard base64.
+    Base64,
+    /// The value is URL-safe base64.
+    Base64URL,
+    /// Decode base64 (either alphabet) when the value is valid base64, else write as is.
+    Auto,
+}
+
+/// Many Secret keys from one source: exactly one of `extract`, `find`, `certificate`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = exactly_one_data_from)]
+pub struct DataFrom {
+    /// A secret whose value is a JSON object: one key per top-level field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extract: Option<ExtractRef>,
+    /// Every enabled secret matching the filter: one key per secret (its name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub find: Option<FindRef>,
+    /// A certificate-backed secret (PEM or PKCS#12) as `tls.crt` and `tls.key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateRef>,
+}
+
+fn exactly_one_data_from(schema: &mut schemars::Schema) {
+    exactly_one_of(schema, &["extract", "find", "certificate"]);
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtractRef {
+    #[schemars(regex(pattern = r"^[0-9a-zA-Z-]{1,127}$"))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9a-fA-F]{32})?$"))]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub decoding_strategy: DecodingStrategy,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FindRef {
+    /// Regular expression on the secret name (unanchored; add `^…$` to anchor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_regex: Option<String>,
+    /// Every one of these tags must be present with this value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub decoding_strategy: DecodingStrategy,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificateRef {
+    #[schemars(regex(pattern = r"^[0-9a-zA-Z-]{1,127}$"))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9a-fA-F]{32})?$"))]
+    pub version: Option<String>,
+}
+
+/// What kvsync last did. Written only when it changes, so an idle refresh
+/// costs no API write.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyVaultSecretStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The Secret written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Vault secret name → the version whose value is in the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub synced_versions: BTreeMap<String, String>,
+    /// When the Secret's content last changed (or was first confirmed in sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+}
+
+impl KeyVaultSecretSpec {
+    /// The refresh interval; `None` means "sync once".
+    pub fn refresh_interval(&self) -> Result<Option<std::time::Duration>, humantime::DurationError> {
+        let text = self.refresh_interval.as_deref().unwrap_or("1h");
+        let interval = humantime::parse_duration(text)?;
+        Ok((!interval.is_zero()).then_some(interval))
+    }
+}
+
+impl KeyVaultSecret {
+    /// The target Secret's name.
+    pub fn target_name(&self) -> String {
+        self.spec
+            .target
+            .name
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+}

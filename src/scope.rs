@@ -1,0 +1,123 @@
+//! Which namespaces the operator acts in.
+//!
+//! Both stages (sync and reload) honour the same scope, so it is one set of flags.
+//! A namespace is in scope when it is listed in `--namespaces` (or that list is
+//! empty), is not in `--ignore-namespaces`, and — if `--namespace-selector` is
+//! set — its labels match the selector. The first two are decided here from
+//! values alone; the label selector needs the Namespace object, so callers
+//! pass its labels in.
+
+use std::collections::BTreeMap;
+
+/// Namespace scoping flags shared by every stage.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ScopeArgs {
+    /// Only act in these namespaces (comma separated). Empty: every namespace.
+    #[arg(long, env = "KVSYNC_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Never act in these namespaces (comma separated).
+    #[arg(long, env = "KVSYNC_IGNORE_NAMESPACES", value_delimiter = ',')]
+    pub ignore_namespaces: Vec<String>,
+
+    /// Only act in namespaces whose labels match this equality selector
+    /// (e.g. `team=shop,env=prod`).
+    #[arg(long, env = "KVSYNC_NAMESPACE_SELECTOR", value_parser = parse_selector)]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+/// An equality-based label selector (`k=v,k2=v2`, or `k` for "label present").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelSelector(BTreeMap<String, Option<String>>);
+
+impl LabelSelector {
+    /// Whether `labels` satisfy every requirement of the selector.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|(key, want)| match (want, labels.get(key)) {
+            (None, found) => found.is_some(),
+            (Some(want), Some(found)) => want == found,
+            (Some(_), None) => false,
+        })
+    }
+}
+
+/// Parses `k=v,k2,k3=v3`. Set-based selectors (`in`, `notin`, `!k`) are rejected
+/// with a clear message rather than misread.
+pub fn parse_selector(text: &str) -> Result<LabelSelector, String> {
+    let mut requirements = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = match part.split_once('=') {
+            Some((k, v)) => (k.trim_end_matches('='), Some(v.trim_start_matches('=').to_owned())),
+            None => (part, None),
+        };
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        };
+        if !valid(key) || value.as_deref().is_some_and(|v| !v.is_empty() && !valid(v)) {
+            return Err(format!(
+                "label selector requirement `{part}` is not of the form key=value or key"
+            ));
+        }
+        requirements.insert(key.to_owned(), value);
+    }
+    Ok(LabelSelector(requirements))
+}
+
+impl ScopeArgs {
+    /// Whether a namespace is in scope by name (the label selector is checked
+    /// separately by [`ScopeArgs::labels_in_scope`]).
+    pub fn name_in_scope(&self, namespace: &str) -> bool {
+        (self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace))
+            && !self.ignore_namespaces.iter().any(|n| n == namespace)
+    }
+
+    /// Whether a namespace with these labels passes `--namespace-selector`.
+    pub fn labels_in_scope(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.namespace_selector
+            .as_ref()
+            .is_none_or(|selector| selector.matches(labels))
+    }
+
+    /// The single namespace to watch when exactly one is configured; watching
+    /// one namespace needs only namespaced RBAC, so it is worth special-casing.
+    pub fn single_namespace(&self) -> Option<&str> {
+        match self.namespaces.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn names_listed_and_ignored() {
+        let scope = ScopeArgs {
+            namespaces: vec!["a".into(), "b".into()],
+            ignore_namespaces: vec!["b".into()],
+            namespace_selector: None,
+        };
+        assert!(scope.name_in_scope("a"));
+        assert!(!scope.name_in_scope("b"), "ignore wins over the allow list");
+        assert!(!scope.name_in_scope("c"));
+        assert!(ScopeArgs::default().name_in_scope("anything"));
+    }
+
+    #[test]
+    fn selector_requires_every_label() {
+        let selector = parse_selector("team=shop, env").unwrap();
+        assert!(selector.matches(&labels(&[("team", "shop"), ("env", "x")])));
+        assert!(!selector.matches(&labels(&[("team", "shop")])));
+        assert!(!selector.matches(&labels(&[("team", "web"), ("env", "x")])));
+        assert!(parse_selector("team in (a,b)").is_err());
+        assert!(parse_selector("!team").is_err());
+    }
+}

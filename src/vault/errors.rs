@@ -1,0 +1,145 @@
+//! What went wrong talking to Key Vault, in the terms a user acts on.
+//!
+//! The SDK reports failures as `azure_core::Error`; this turns them into the
+//! few cases the reconciler distinguishes (and shows as a condition reason).
+//! Messages carry Key Vault's and Entra's own explanations, which never
+//! contain a secret value.
+
+use std::time::Duration;
+
+use azure_core::error::ErrorKind;
+
+/// A failed Key Vault or Entra ID call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VaultError {
+    /// No token could be obtained (bad client secret, federated credential mismatch…).
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The identity lacks permission (`ForbiddenByRbac` or an access policy).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The secret exists but is disabled.
+    #[error("secret {0} is disabled")]
+    Disabled(String),
+    /// The secret (or version) does not exist.
+    #[error("secret {0} was not found in the vault")]
+    NotFound(String),
+    /// Key Vault throttled the caller; `retry_after` when it said how long.
+    #[error("throttled by Key Vault")]
+    Throttled { retry_after: Option<Duration> },
+    /// 5xx, timeouts, connection failures.
+    #[error("vault unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl VaultError {
+    /// Classifies an SDK error; `name` is the secret asked for (for messages).
+    pub fn from_sdk(error: &azure_core::Error, name: &str) -> Self {
+        match error.kind() {
+            ErrorKind::HttpResponse { status, error_code, raw_response } => {
+                let status = u16::from(*status);
+                let body = raw_response.as_ref().map(|r| String::from_utf8_lossy(r.body()).into_owned());
+                let inner = body.as_deref().and_then(inner_error_code);
+                let message = body.as_deref().and_then(error_message).unwrap_or_else(|| {
+                    error_code.clone().unwrap_or_else(|| format!("HTTP {status}"))
+                });
+                let retry_after = raw_response.as_ref().and_then(|r| {
+                    r.headers()
+                        .get_optional_str(&azure_core::http::headers::RETRY_AFTER)
+                        .and_then(parse_retry_after)
+                });
+                classify(status, inner.as_deref(), message, retry_after, name)
+            }
+            ErrorKind::Credential => VaultError::Auth(credential_message(error)),
+            _ => VaultError::Unavailable(error.to_string()),
+        }
+    }
+
+    /// The condition reason shown on the KeyVaultSecret.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VaultError::Auth(_) => "AuthFailed",
+            VaultError::Forbidden(_) => "Forbidden",
+            VaultError::Disabled(_) => "RemoteDisabled",
+            VaultError::NotFound(_) => "RemoteNotFound",
+            VaultError::Throttled { .. } => "Throttled",
+            VaultError::Unavailable(_) => "VaultUnavailable",
+        }
+    }
+
+    /// What the user should do about it.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            VaultError::Auth(_) => "check the client id, tenant id and credential (or the federated credential's issuer and subject)",
+            VaultError::Forbidden(_) => "grant the identity the \"Key Vault Secrets User\" role on the vault",
+            VaultError::Disabled(_) => "enable the secret in Key Vault or reference another version",
+            VaultError::NotFound(_) => "create the secret in Key Vault or fix the name/version",
+            VaultError::Throttled { .. } => "kvsync backs off and retries; lower the request rate if it persists",
+            VaultError::Unavailable(_) => "kvsync retries with backoff; check the vault URL and network",
+        }
+    }
+}
+
+/// Pure classification of an HTTP failure.
+fn classify(status: u16, inner: Option<&str>, message: String, retry_after: Option<Duration>, name: &str) -> VaultError {
+    match (status, inner) {
+        (403, Some("SecretDisabled")) => VaultError::Disabled(name.to_owned()),
+        (401, _) => VaultError::Auth(message),
+        (403, _) => VaultError::Forbidden(message),
+        (404, _) => VaultError::NotFound(name.to_owned()),
+        (429, _) => VaultError::Throttled { retry_after },
+        _ => VaultError::Unavailable(message),
+    }
+}
+
+fn inner_error_code(body: &str) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_str(body).ok()?;
+    json["error"]["innererror"]["code"].as_str().map(str::to_owned)
+}
+
+fn error_message(body: &str) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_str(body).ok()?;
+    json["error"]["message"].as_str().map(str::to_owned)
+}
+
+/// Entra's answer (e.g. `AADSTS7000215: Invalid client secret provided.`) is
+/// in the error chain; keep its first line, which names the problem and
+/// carries no credential.
+fn credential_message(error: &azure_core::Error) -> String {
+    let text = format!("{error}");
+    let start = text.find("AADSTS").unwrap_or(0);
+    text[start..].lines().next().unwrap_or_default().chars().take(300).collect()
+}
+
+/// `Retry-After` as delta-seconds (Key Vault's form when it sends one).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disabled_is_told_apart_from_rbac() {
+        let disabled = classify(403, Some("SecretDisabled"), "m".into(), None, "db");
+        assert_eq!(disabled, VaultError::Disabled("db".into()));
+        assert_eq!(classify(403, Some("ForbiddenByRbac"), "no".into(), None, "db").reason(), "Forbidden");
+    }
+
+    #[test]
+    fn throttling_keeps_retry_after() {
+        let err = classify(429, None, "t".into(), parse_retry_after("7"), "db");
+        assert_eq!(err, VaultError::Throttled { retry_after: Some(Duration::from_secs(7)) });
+        assert_eq!(classify(503, None, "x".into(), None, "db").reason(), "VaultUnavailable");
+        assert_eq!(classify(404, None, "x".into(), None, "db").reason(), "RemoteNotFound");
+    }
+
+    #[test]
+    fn inner_code_is_read_from_the_body() {
+        let body = r#"{"error":{"code":"Forbidden","message":"no","innererror":{"code":"SecretDisabled"}}}"#;
+        assert_eq!(inner_error_code(body).as_deref(), Some("SecretDisabled"));
+        assert_eq!(error_message(body).as_deref(), Some("no"));
+        assert_eq!(inner_error_code("not json"), None);
+    }
+}
