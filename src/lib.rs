@@ -18,3 +18,5 @@ pub mod vault;
 pub mod cli;
 pub mod reload;
 pub mod run;
+pub mod metrics;
+pub mod sync;
