@@ -255,3 +255,44 @@ pub async fn cluster_issuer(client: &kube::Client, dir: &Path) -> (String, PathB
     std::fs::write(&path, serde_json::to_vec(&jwks).unwrap()).unwrap();
     (discovery["issuer"].as_str().unwrap().to_owned(), path)
 }
+
+/// Tenant and app ids used by the test seeds.
+pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub const SA_APP: &str = "11111111-1111-1111-1111-111111111111";
+pub const SECRET_APP: &str = "22222222-2222-2222-2222-222222222222";
+pub const SECRET_APP_PASSWORD: &str = "app-client-secret-value-9f8e7d";
+
+/// A running operator (`kvsync run`) scoped to one namespace.
+pub struct Operator {
+    pub process: Process,
+}
+
+impl Operator {
+    /// Starts `kvsync run` for `namespace`, trusting and allowing `emulator`.
+    pub fn start(emulator: &Emulator, namespace: &str, extra: &[&str]) -> Self {
+        let mut args: Vec<String> = [
+            "run",
+            "--namespaces",
+            namespace,
+            "--operator-namespace",
+            namespace,
+            "--authority-host",
+            &emulator.endpoints.authority_host,
+            "--allow-vault-host",
+            "localhost",
+            "--extra-ca-file",
+            &emulator.endpoints.ca_file.display().to_string(),
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--max-backoff",
+            "4s",
+            "--request-timeout",
+            "3s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Operator { process: Process::spawn(&args, tempfile::tempdir().unwrap()) }
+    }
+}
