@@ -20,3 +20,4 @@ pub mod reload;
 pub mod run;
 pub mod metrics;
 pub mod sync;
+pub mod telemetry;

@@ -22,17 +22,6 @@ use crate::cli::{CrdArgs, RunArgs};
 use crate::metrics::SyncMetrics;
 use crate::vault::{AllowedHosts, OperatorIdentity, VaultAccess, VaultConfig, read_ca_file};
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// Resolves when SIGTERM or SIGINT arrives.
 async fn termination_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -44,7 +33,6 @@ async fn termination_signal() {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), String> {
-    init_tracing(&args.log_format);
     let client = kube::Client::try_default().await.map_err(|e| format!("Kubernetes client: {e}"))?;
     let vault = VaultAccess::new(
         client.clone(),
