@@ -11,13 +11,13 @@
 //! the tests and for local development.
 #![forbid(unsafe_code)]
 
-pub mod emulator;
-pub mod scope;
 pub mod api;
-pub mod vault;
 pub mod cli;
+pub mod emulator;
+pub mod metrics;
 pub mod reload;
 pub mod run;
-pub mod metrics;
+pub mod scope;
 pub mod sync;
 pub mod telemetry;
+pub mod vault;

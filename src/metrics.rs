@@ -39,24 +39,46 @@ impl SyncMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = SyncMetrics {
             syncs: Family::default(),
-            sync_duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14))),
+            sync_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 14))
+            }),
             vault_calls: Family::default(),
             errors: Family::default(),
         };
-        registry.register("kvsync_syncs", "Syncs by outcome (written, unchanged, or the failure reason)", metrics.syncs.clone());
-        registry.register("kvsync_sync_duration_seconds", "Time of one sync by outcome", metrics.sync_duration.clone());
-        registry.register("kvsync_keyvault_requests", "Key Vault calls by operation and result", metrics.vault_calls.clone());
-        registry.register("kvsync_reconcile_errors", "Reconciles that failed on the Kubernetes side", metrics.errors.clone());
+        registry.register(
+            "kvsync_syncs",
+            "Syncs by outcome (written, unchanged, or the failure reason)",
+            metrics.syncs.clone(),
+        );
+        registry.register(
+            "kvsync_sync_duration_seconds",
+            "Time of one sync by outcome",
+            metrics.sync_duration.clone(),
+        );
+        registry.register(
+            "kvsync_keyvault_requests",
+            "Key Vault calls by operation and result",
+            metrics.vault_calls.clone(),
+        );
+        registry.register(
+            "kvsync_reconcile_errors",
+            "Reconciles that failed on the Kubernetes side",
+            metrics.errors.clone(),
+        );
         metrics
     }
 
     pub fn observe_sync(&self, outcome: &'static str, took: Duration) {
         self.syncs.get_or_create(&OutcomeLabels { outcome }).inc();
-        self.sync_duration.get_or_create(&OutcomeLabels { outcome }).observe(took.as_secs_f64());
+        self.sync_duration
+            .get_or_create(&OutcomeLabels { outcome })
+            .observe(took.as_secs_f64());
     }
 
     pub fn observe_vault_call(&self, operation: &'static str, result: &'static str) {
-        self.vault_calls.get_or_create(&VaultCallLabels { operation, result }).inc();
+        self.vault_calls
+            .get_or_create(&VaultCallLabels { operation, result })
+            .inc();
     }
 
     pub fn observe_error(&self, error: &'static str) {

@@ -10,10 +10,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::CustomResourceExt;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
@@ -33,7 +33,9 @@ async fn termination_signal() {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), String> {
-    let client = kube::Client::try_default().await.map_err(|e| format!("Kubernetes client: {e}"))?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("Kubernetes client: {e}"))?;
     let vault = VaultAccess::new(
         client.clone(),
         VaultConfig {
@@ -60,7 +62,13 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     };
 
     let (notifier, inbox) = crate::reload::channel();
-    let recorder = Recorder::new(client.clone(), Reporter { controller: "kvsync".into(), instance: std::env::var("POD_NAME").ok() });
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kvsync".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
     let ctx = Arc::new(crate::sync::Context::new(
         client.clone(),
         vault,
@@ -94,7 +102,11 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         );
     let server = tokio::spawn({
         let stop = shutdown();
-        async move { axum::serve(listener, app).with_graceful_shutdown(stop).await }
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
     });
 
     let sync = tokio::spawn(crate::sync::run(ctx, shutdown()));
@@ -121,18 +133,27 @@ pub async fn crd(args: CrdArgs) -> Result<(), String> {
         print!("{}", crd_yaml());
         return Ok(());
     }
-    let client = kube::Client::try_default().await.map_err(|e| format!("Kubernetes client: {e}"))?;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("Kubernetes client: {e}"))?;
     let api: Api<CustomResourceDefinition> = Api::all(client);
     let crd = KeyVaultSecret::crd();
     let name = crd.metadata.name.clone().unwrap_or_default();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&crd))
-        .await
-        .map_err(|e| format!("applying CRD {name}: {e}"))?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .map_err(|e| format!("applying CRD {name}: {e}"))?;
     if args.wait {
-        tokio::time::timeout(Duration::from_secs(30), await_condition(api, &name, conditions::is_crd_established()))
-            .await
-            .map_err(|_| format!("CRD {name} not established after 30s"))?
-            .map_err(|e| format!("waiting for CRD {name}: {e}"))?;
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(api, &name, conditions::is_crd_established()),
+        )
+        .await
+        .map_err(|_| format!("CRD {name} not established after 30s"))?
+        .map_err(|e| format!("waiting for CRD {name}: {e}"))?;
     }
     Ok(())
 }

@@ -33,11 +33,13 @@ pub struct LabelSelector(BTreeMap<String, Option<String>>);
 impl LabelSelector {
     /// Whether `labels` satisfy every requirement of the selector.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.0.iter().all(|(key, want)| match (want, labels.get(key)) {
-            (None, found) => found.is_some(),
-            (Some(want), Some(found)) => want == found,
-            (Some(_), None) => false,
-        })
+        self.0
+            .iter()
+            .all(|(key, want)| match (want, labels.get(key)) {
+                (None, found) => found.is_some(),
+                (Some(want), Some(found)) => want == found,
+                (Some(_), None) => false,
+            })
     }
 }
 
@@ -47,7 +49,10 @@ pub fn parse_selector(text: &str) -> Result<LabelSelector, String> {
     let mut requirements = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = match part.split_once('=') {
-            Some((k, v)) => (k.trim_end_matches('='), Some(v.trim_start_matches('=').to_owned())),
+            Some((k, v)) => (
+                k.trim_end_matches('='),
+                Some(v.trim_start_matches('=').to_owned()),
+            ),
             None => (part, None),
         };
         let valid = |s: &str| {
@@ -95,7 +100,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

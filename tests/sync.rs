@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kvsync::api::KeyVaultSecret;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -62,7 +62,10 @@ fn seed(issuer: &str, jwks: &std::path::Path, namespace: &str, certificate_pem: 
 
 fn test_certificate() -> String {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["web.shop.example".into()]).unwrap().self_signed(&key).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["web.shop.example".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
     format!("{}{}", key.serialize_pem(), cert.pem())
 }
 
@@ -79,9 +82,18 @@ impl Fixture {
                 "azure.workload.identity/tenant-id": TENANT}}
         }))
         .unwrap();
-        Api::<ServiceAccount>::namespaced(client.clone(), &ns.name).create(&PostParams::default(), &sa).await.unwrap();
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
         let operator = Operator::start(&emulator, &ns.name, &[]);
-        Fixture { client, ns, emulator, _operator: operator, _issuer_dir: dir }
+        Fixture {
+            client,
+            ns,
+            emulator,
+            _operator: operator,
+            _issuer_dir: dir,
+        }
     }
 
     fn kvs_api(&self) -> Api<KeyVaultSecret> {
@@ -99,7 +111,14 @@ impl Fixture {
             spec["auth"] = json!({"workloadIdentity": {"serviceAccountName": "shop-api"}});
         }
         let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": name}, "spec": spec});
-        self.kvs_api().patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&body)).await.unwrap()
+        self.kvs_api()
+            .patch(
+                name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .unwrap()
     }
 
     /// Waits for the Ready condition to have `reason`; returns the object.
@@ -121,12 +140,23 @@ impl Fixture {
     }
 }
 
-fn ready(kvs: &KeyVaultSecret) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    kvs.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")
+fn ready(
+    kvs: &KeyVaultSecret,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    kvs.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
 }
 
 fn decoded(secret: &Secret) -> BTreeMap<String, String> {
-    secret.data.iter().flatten().map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned())).collect()
+    secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
 }
 
 #[tokio::test]
@@ -161,21 +191,51 @@ async fn every_data_form_syncs_into_one_secret() {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    assert_eq!(data, expected, "disabled app-gamma and dev-tagged app-beta are left out");
+    assert_eq!(
+        data, expected,
+        "disabled app-gamma and dev-tagged app-beta are left out"
+    );
 
     let secret = f.secrets().get("app-secret").await.unwrap();
-    assert_eq!(secret.labels().get("app.kubernetes.io/managed-by").map(String::as_str), Some("kvsync"));
-    assert_eq!(secret.labels().get("team").map(String::as_str), Some("shop"));
-    assert_eq!(secret.annotations().get("reloader.stakater.com/match").map(String::as_str), Some("true"));
+    assert_eq!(
+        secret
+            .labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("kvsync")
+    );
+    assert_eq!(
+        secret.labels().get("team").map(String::as_str),
+        Some("shop")
+    );
+    assert_eq!(
+        secret
+            .annotations()
+            .get("reloader.stakater.com/match")
+            .map(String::as_str),
+        Some("true")
+    );
     let owner = &secret.owner_references()[0];
-    assert_eq!((owner.kind.as_str(), owner.controller), ("KeyVaultSecret", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("KeyVaultSecret", Some(true))
+    );
 
     let status = kvs.status.unwrap();
     assert_eq!(status.secret_name.as_deref(), Some("app-secret"));
     assert_eq!(status.observed_generation, kvs.metadata.generation);
-    for name in ["db-password", "json-blob", "b64-value", "app-config", "app-alpha"] {
+    for name in [
+        "db-password",
+        "json-blob",
+        "b64-value",
+        "app-config",
+        "app-alpha",
+    ] {
         let version = &status.synced_versions[name];
-        assert!(version.len() == 32 && version.chars().all(|c| c.is_ascii_hexdigit()), "{name}: {version}");
+        assert!(
+            version.len() == 32 && version.chars().all(|c| c.is_ascii_hexdigit()),
+            "{name}: {version}"
+        );
     }
 }
 
@@ -206,12 +266,25 @@ async fn rotation_is_picked_up_and_idle_refreshes_write_nothing() {
 
     // Three refresh intervals with no change: neither the Secret nor the status is written.
     tokio::time::sleep(Duration::from_secs(7)).await;
-    assert_eq!(f.secrets().get("db").await.unwrap().resource_version(), secret_rv, "Secret rewritten while idle");
-    assert_eq!(f.kvs_api().get("db").await.unwrap().resource_version(), kvs_rv, "status rewritten while idle");
+    assert_eq!(
+        f.secrets().get("db").await.unwrap().resource_version(),
+        secret_rv,
+        "Secret rewritten while idle"
+    );
+    assert_eq!(
+        f.kvs_api().get("db").await.unwrap().resource_version(),
+        kvs_rv,
+        "status rewritten while idle"
+    );
     let gets = f.emulator.counters().await;
-    assert!(gets["total"].as_u64().unwrap() >= 4, "the vault was actually polled: {gets}");
+    assert!(
+        gets["total"].as_u64().unwrap() >= 4,
+        "the vault was actually polled: {gets}"
+    );
 
-    f.emulator.set_secret("shop", "db-password", "rotated-value").await;
+    f.emulator
+        .set_secret("shop", "db-password", "rotated-value")
+        .await;
     eventually("the rotated value", Duration::from_secs(6), || async {
         (f.secret_data("db").await?.get("pw")? == "rotated-value").then_some(())
     })
@@ -224,9 +297,14 @@ async fn force_sync_annotation_syncs_immediately() {
     f.apply("db", json!({"refreshInterval": "1h", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
         .await;
     f.wait_reason("db", "Synced").await;
-    f.emulator.set_secret("shop", "db-password", "forced-value").await;
+    f.emulator
+        .set_secret("shop", "db-password", "forced-value")
+        .await;
     let patch = json!({"metadata": {"annotations": {"kvsync.io/force-sync": "1"}}});
-    f.kvs_api().patch("db", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    f.kvs_api()
+        .patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     eventually("the forced value", Duration::from_secs(5), || async {
         (f.secret_data("db").await?.get("pw")? == "forced-value").then_some(())
     })
@@ -236,17 +314,34 @@ async fn force_sync_annotation_syncs_immediately() {
 #[tokio::test]
 async fn client_secret_auth_and_its_rotation() {
     let f = Fixture::new("clientsecret").await;
-    let creds: Secret = serde_json::from_value(json!({"metadata": {"name": "kv-creds"}, "stringData": {"clientSecret": "wrong"}})).unwrap();
-    f.secrets().create(&PostParams::default(), &creds).await.unwrap();
+    let creds: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "kv-creds"}, "stringData": {"clientSecret": "wrong"}}),
+    )
+    .unwrap();
+    f.secrets()
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
     let auth = json!({"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP, "secretRef": {"name": "kv-creds", "key": "clientSecret"}}});
-    f.apply("db", json!({"auth": auth, "data": [{"secretKey": "pw", "remoteRef": {"name": "restricted"}}]})).await;
+    f.apply(
+        "db",
+        json!({"auth": auth, "data": [{"secretKey": "pw", "remoteRef": {"name": "restricted"}}]}),
+    )
+    .await;
     let failed = f.wait_reason("db", "AuthFailed").await;
-    assert!(ready(&failed).unwrap().message.contains("AADSTS7000215"), "{:?}", ready(&failed));
+    assert!(
+        ready(&failed).unwrap().message.contains("AADSTS7000215"),
+        "{:?}",
+        ready(&failed)
+    );
     assert!(f.secrets().get_opt("db").await.unwrap().is_none());
 
     // Fixing the credential Secret is picked up without touching the KeyVaultSecret.
     let fix = json!({"stringData": {"clientSecret": SECRET_APP_PASSWORD}});
-    f.secrets().patch("kv-creds", &PatchParams::default(), &Patch::Merge(&fix)).await.unwrap();
+    f.secrets()
+        .patch("kv-creds", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
     f.wait_reason("db", "Synced").await;
     assert_eq!(f.secret_data("db").await.unwrap()["pw"], "not-for-you");
 }
@@ -258,7 +353,12 @@ async fn identities_are_confined_to_their_namespace() {
     f.apply("op", json!({"auth": {"workloadIdentity": {}}, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
         .await;
     let refused = f.wait_reason("op", "AuthFailed").await;
-    assert!(ready(&refused).unwrap().message.contains("--operator-identity-namespaces"));
+    assert!(
+        ready(&refused)
+            .unwrap()
+            .message
+            .contains("--operator-identity-namespaces")
+    );
 
     // Namespace B's service account named like A's, annotated with A's client id: Entra
     // (the emulator) refuses it because the federated subject names namespace A.
@@ -266,35 +366,58 @@ async fn identities_are_confined_to_their_namespace() {
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "impostor", "annotations": {
         "azure.workload.identity/client-id": SA_APP, "azure.workload.identity/tenant-id": TENANT}}}))
     .unwrap();
-    Api::<ServiceAccount>::namespaced(f.client.clone(), &other.name).create(&PostParams::default(), &sa).await.unwrap();
+    Api::<ServiceAccount>::namespaced(f.client.clone(), &other.name)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
     let operator_b = Operator::start(&f.emulator, &other.name, &[]);
     let api_b: Api<KeyVaultSecret> = Api::namespaced(f.client.clone(), &other.name);
     let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "steal"},
         "spec": {"vaultUrl": f.emulator.vault_url("shop"), "auth": {"workloadIdentity": {"serviceAccountName": "impostor"}},
                  "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}});
-    api_b.patch("steal", &PatchParams::apply("test"), &Patch::Apply(&body)).await.unwrap();
+    api_b
+        .patch("steal", &PatchParams::apply("test"), &Patch::Apply(&body))
+        .await
+        .unwrap();
     let stolen = eventually("namespace B to be refused", WAIT, || async {
         let kvs = api_b.get("steal").await.ok()?;
         ready(&kvs).filter(|c| c.reason == "AuthFailed").cloned()
     })
     .await;
     assert!(stolen.message.contains("AADSTS70021"), "{}", stolen.message);
-    assert!(Api::<Secret>::namespaced(f.client.clone(), &other.name).get_opt("steal").await.unwrap().is_none());
+    assert!(
+        Api::<Secret>::namespaced(f.client.clone(), &other.name)
+            .get_opt("steal")
+            .await
+            .unwrap()
+            .is_none()
+    );
     drop(operator_b);
 }
 
 #[tokio::test]
 async fn an_unowned_secret_is_never_overwritten_but_can_be_merged() {
     let f = Fixture::new("conflict").await;
-    let theirs: Secret =
-        serde_json::from_value(json!({"metadata": {"name": "shared"}, "stringData": {"theirs": "keep-me"}})).unwrap();
-    f.secrets().create(&PostParams::default(), &theirs).await.unwrap();
+    let theirs: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "shared"}, "stringData": {"theirs": "keep-me"}}),
+    )
+    .unwrap();
+    f.secrets()
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
     f.apply("owner", json!({"target": {"name": "shared"}, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
         .await;
     f.wait_reason("owner", "SecretConflict").await;
-    assert_eq!(f.secret_data("shared").await.unwrap(), BTreeMap::from([("theirs".into(), "keep-me".into())]));
+    assert_eq!(
+        f.secret_data("shared").await.unwrap(),
+        BTreeMap::from([("theirs".into(), "keep-me".into())])
+    );
 
-    f.kvs_api().delete("owner", &DeleteParams::default()).await.unwrap();
+    f.kvs_api()
+        .delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
     f.apply(
         "merger",
         json!({"target": {"name": "shared", "creationPolicy": "Merge"}, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
@@ -302,7 +425,10 @@ async fn an_unowned_secret_is_never_overwritten_but_can_be_merged() {
     .await;
     f.wait_reason("merger", "Synced").await;
     let data = f.secret_data("shared").await.unwrap();
-    assert_eq!((data["theirs"].as_str(), data["pw"].as_str()), ("keep-me", "s3cr3t-db-value"));
+    assert_eq!(
+        (data["theirs"].as_str(), data["pw"].as_str()),
+        ("keep-me", "s3cr3t-db-value")
+    );
 
     // A second KeyVaultSecret aiming at the same Secret is refused.
     f.apply("second", json!({"target": {"name": "shared", "creationPolicy": "Merge"}, "data": [{"secretKey": "x", "remoteRef": {"name": "app-alpha"}}]}))
@@ -318,18 +444,35 @@ async fn remote_failures_keep_the_last_good_secret() {
         .await;
     f.wait_reason("db", "Synced").await;
     let good = f.secrets().get("db").await.unwrap();
-    let force = |n: u32| json!({"metadata": {"annotations": {"kvsync.io/force-sync": n.to_string()}}});
+    let force =
+        |n: u32| json!({"metadata": {"annotations": {"kvsync.io/force-sync": n.to_string()}}});
 
-    f.emulator.control(Method::PATCH, "vaults/shop/secrets/db-password", Some(json!({"enabled": false}))).await;
+    f.emulator
+        .control(
+            Method::PATCH,
+            "vaults/shop/secrets/db-password",
+            Some(json!({"enabled": false})),
+        )
+        .await;
     f.wait_reason("db", "RemoteDisabled").await;
-    f.emulator.control(Method::PATCH, "vaults/shop/secrets/db-password", Some(json!({"enabled": true}))).await;
+    f.emulator
+        .control(
+            Method::PATCH,
+            "vaults/shop/secrets/db-password",
+            Some(json!({"enabled": true})),
+        )
+        .await;
     f.wait_reason("db", "Synced").await;
 
     f.emulator
         .control(Method::POST, "faults", Some(json!({"target": "vault:shop", "pathPrefix": "/secrets/db-password", "count": 1000, "kind": {"status": 429}})))
         .await;
-    f.kvs_api().patch("db", &PatchParams::default(), &Patch::Merge(force(1))).await.unwrap();
+    f.kvs_api()
+        .patch("db", &PatchParams::default(), &Patch::Merge(force(1)))
+        .await
+        .unwrap();
     f.wait_reason("db", "Throttled").await;
+    f.emulator.control(Method::DELETE, "faults", None).await;
     f.emulator
         .control(Method::POST, "faults", Some(json!({"target": "vault:shop", "pathPrefix": "/secrets/db-password", "count": 1000, "kind": {"status": 500}})))
         .await;
@@ -337,16 +480,34 @@ async fn remote_failures_keep_the_last_good_secret() {
     f.emulator.control(Method::DELETE, "faults", None).await;
     f.wait_reason("db", "Synced").await;
 
-    f.emulator.control(Method::DELETE, "vaults/shop/secrets/db-password", None).await;
+    f.emulator
+        .control(Method::DELETE, "vaults/shop/secrets/db-password", None)
+        .await;
     f.wait_reason("db", "RemoteNotFound").await;
 
-    f.apply("forbidden", json!({"data": [{"secretKey": "pw", "remoteRef": {"name": "restricted"}}]})).await;
+    f.apply(
+        "forbidden",
+        json!({"data": [{"secretKey": "pw", "remoteRef": {"name": "restricted"}}]}),
+    )
+    .await;
     let forbidden = f.wait_reason("forbidden", "Forbidden").await;
-    assert!(ready(&forbidden).unwrap().message.contains("Key Vault Secrets User"));
+    assert!(
+        ready(&forbidden)
+            .unwrap()
+            .message
+            .contains("Key Vault Secrets User")
+    );
 
     let now = f.secrets().get("db").await.unwrap();
-    assert_eq!(now.data, good.data, "the Secret kept its last good data through every failure");
-    assert_eq!(now.resource_version(), good.resource_version(), "and was never rewritten");
+    assert_eq!(
+        now.data, good.data,
+        "the Secret kept its last good data through every failure"
+    );
+    assert_eq!(
+        now.resource_version(),
+        good.resource_version(),
+        "and was never rewritten"
+    );
 }
 
 #[tokio::test]
@@ -358,15 +519,29 @@ async fn deletion_follows_the_creation_policy() {
     f.wait_reason("owned", "Synced").await;
     f.wait_reason("orphan", "Synced").await;
     for name in ["owned", "orphan"] {
-        f.kvs_api().delete(name, &DeleteParams::default()).await.unwrap();
+        f.kvs_api()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
     }
-    eventually("the garbage collector to delete the owned Secret", WAIT, || async {
-        f.secrets().get_opt("owned").await.unwrap().is_none().then_some(())
-    })
+    eventually(
+        "the garbage collector to delete the owned Secret",
+        WAIT,
+        || async {
+            f.secrets()
+                .get_opt("owned")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
-    always("the orphan Secret stays", Duration::from_secs(2), || async {
-        f.secrets().get_opt("orphan").await.unwrap().is_some()
-    })
+    always(
+        "the orphan Secret stays",
+        Duration::from_secs(2),
+        || async { f.secrets().get_opt("orphan").await.unwrap().is_some() },
+    )
     .await;
 }
 
@@ -377,10 +552,26 @@ async fn invalid_specs_are_refused_or_reported() {
     let bad = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "bad"},
         "spec": {"vaultUrl": "http://shop.vault.azure.net/", "auth": {"workloadIdentity": {}, "clientSecret": {"tenantId": "t", "clientId": "c", "secretRef": {"name": "x", "key": "y"}}},
                  "refreshInterval": "soon", "data": [{"secretKey": "bad key", "remoteRef": {"name": "under_score"}}]}});
-    let error = f.kvs_api().create(&PostParams::default(), &serde_json::from_value(bad).unwrap()).await.unwrap_err();
+    let error = f
+        .kvs_api()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(bad).unwrap(),
+        )
+        .await
+        .unwrap_err();
     let message = error.to_string();
-    for field in ["spec.vaultUrl", "spec.auth", "spec.refreshInterval", "secretKey", "remoteRef.name"] {
-        assert!(message.contains(field), "schema error should name {field}: {message}");
+    for field in [
+        "spec.vaultUrl",
+        "spec.auth",
+        "spec.refreshInterval",
+        "secretKey",
+        "remoteRef.name",
+    ] {
+        assert!(
+            message.contains(field),
+            "schema error should name {field}: {message}"
+        );
     }
 
     // Accepted by the schema, refused by the operator before any request.
@@ -388,18 +579,42 @@ async fn invalid_specs_are_refused_or_reported() {
     let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "evil"},
         "spec": {"vaultUrl": "https://attacker.example.com/", "auth": {"workloadIdentity": {"serviceAccountName": "shop-api"}},
                  "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}});
-    f.kvs_api().create(&PostParams::default(), &serde_json::from_value(body).unwrap()).await.unwrap();
+    f.kvs_api()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(body).unwrap(),
+        )
+        .await
+        .unwrap();
     let evil = f.wait_reason("evil", "InvalidSpec").await;
-    assert!(ready(&evil).unwrap().message.contains("not an allowed Key Vault host"));
+    assert!(
+        ready(&evil)
+            .unwrap()
+            .message
+            .contains("not an allowed Key Vault host")
+    );
 
-    f.apply("regex", json!({"dataFrom": [{"find": {"nameRegex": "(unclosed"}}]})).await;
+    f.apply(
+        "regex",
+        json!({"dataFrom": [{"find": {"nameRegex": "(unclosed"}}]}),
+    )
+    .await;
     f.wait_reason("regex", "InvalidSpec").await;
     f.apply("notjson", json!({"data": [{"secretKey": "pw", "remoteRef": {"name": "db-password", "property": "a.b"}}]})).await;
     let notjson = f.wait_reason("notjson", "InvalidSpec").await;
-    assert!(!ready(&notjson).unwrap().message.contains("s3cr3t"), "no value in conditions");
-    assert!(f.secrets().get_opt("notjson").await.unwrap().is_none(), "nothing half-written");
+    assert!(
+        !ready(&notjson).unwrap().message.contains("s3cr3t"),
+        "no value in conditions"
+    );
+    assert!(
+        f.secrets().get_opt("notjson").await.unwrap().is_none(),
+        "nothing half-written"
+    );
     let after = f.emulator.counters().await["total"].as_u64().unwrap();
-    assert!(after - before <= 4, "only the not-json fetch reached the vault ({before} → {after})");
+    assert!(
+        after - before <= 4,
+        "only the not-json fetch reached the vault ({before} → {after})"
+    );
 }
 
 #[tokio::test]
@@ -407,13 +622,27 @@ async fn kubectl_columns_show_ready_reason_and_secret() {
     let f = Fixture::new("columns").await;
     f.apply("db", json!({"target": {"name": "db-creds"}, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]})).await;
     f.wait_reason("db", "Synced").await;
-    let request = http::Request::get(format!("/apis/kvsync.io/v1alpha1/namespaces/{}/keyvaultsecrets", f.ns.name))
-        .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
-        .body(vec![])
-        .unwrap();
+    let request = http::Request::get(format!(
+        "/apis/kvsync.io/v1alpha1/namespaces/{}/keyvaultsecrets",
+        f.ns.name
+    ))
+    .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+    .body(vec![])
+    .unwrap();
     let table: Value = f.client.request(request).await.unwrap();
-    let columns: Vec<&str> = table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(columns, ["Name", "Ready", "Reason", "Secret", "Last Sync", "Age"]);
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Name", "Ready", "Reason", "Secret", "Last Sync", "Age"]
+    );
     let cells = &table["rows"][0]["cells"];
-    assert_eq!((cells[1].as_str(), cells[2].as_str(), cells[3].as_str()), (Some("True"), Some("Synced"), Some("db-creds")));
+    assert_eq!(
+        (cells[1].as_str(), cells[2].as_str(), cells[3].as_str()),
+        (Some("True"), Some("Synced"), Some("db-creds"))
+    );
 }

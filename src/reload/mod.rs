@@ -30,7 +30,10 @@ impl ReloadNotifier {
     /// Tells the reload stage a Secret was written. Never blocks the sync
     /// stage: if the queue is full the watch event covers the change anyway.
     pub fn secret_written(&self, namespace: &str, name: &str) {
-        let _ = self.0.try_send(SecretWritten { namespace: namespace.to_owned(), name: name.to_owned() });
+        let _ = self.0.try_send(SecretWritten {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
     }
 }
 

@@ -22,11 +22,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
-use kube::ResourceExt;
 
 use crate::api::{FORCE_SYNC_ANNOTATION, KeyVaultSecret};
 use crate::metrics::SyncMetrics;
@@ -83,13 +83,18 @@ impl Context {
 
     fn remember_own_write(&self, namespace: &str, name: &str, resource_version: Option<String>) {
         if let Some(rv) = resource_version {
-            self.own_writes.lock().unwrap().insert((namespace.to_owned(), name.to_owned()), rv);
+            self.own_writes
+                .lock()
+                .unwrap()
+                .insert((namespace.to_owned(), name.to_owned()), rv);
         }
     }
 
     fn is_own_write(&self, secret: &Secret) -> bool {
         let key = (secret.namespace().unwrap_or_default(), secret.name_any());
-        secret.resource_version().is_some_and(|rv| self.own_writes.lock().unwrap().get(&key) == Some(&rv))
+        secret
+            .resource_version()
+            .is_some_and(|rv| self.own_writes.lock().unwrap().get(&key) == Some(&rv))
     }
 }
 
@@ -99,14 +104,19 @@ impl Context {
 fn sync_trigger(kvs: &KeyVaultSecret) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     predicates::generation(kvs).hash(&mut hasher);
-    kvs.annotations().get(FORCE_SYNC_ANNOTATION).hash(&mut hasher);
+    kvs.annotations()
+        .get(FORCE_SYNC_ANNOTATION)
+        .hash(&mut hasher);
     Some(hasher.finish())
 }
 
 /// KeyVaultSecrets to sync after an event on this Secret: the one that
 /// writes it (by annotation, covering every creation policy) and any that
 /// use it as a credential.
-fn affected_by_secret(secret: &Secret, store: &Store<KeyVaultSecret>) -> Vec<ObjectRef<KeyVaultSecret>> {
+fn affected_by_secret(
+    secret: &Secret,
+    store: &Store<KeyVaultSecret>,
+) -> Vec<ObjectRef<KeyVaultSecret>> {
     let namespace = secret.namespace().unwrap_or_default();
     let name = secret.name_any();
     let mut refs: Vec<_> = secret
@@ -133,12 +143,19 @@ fn affected_by_secret(secret: &Secret, store: &Store<KeyVaultSecret>) -> Vec<Obj
 }
 
 /// Runs the controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
-    let (kvs_api, secret_api): (Api<KeyVaultSecret>, Api<Secret>) = match ctx.scope.single_namespace() {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
-        None => (Api::all(client.clone()), Api::all(client)),
-    };
+    let (kvs_api, secret_api): (Api<KeyVaultSecret>, Api<Secret>) =
+        match ctx.scope.single_namespace() {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client, ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client)),
+        };
     let (reader, writer) = reflector::store();
     let kvs_events = reflector(writer, watcher(kvs_api, watcher::Config::default()))
         .default_backoff()
@@ -147,9 +164,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let store = reader.clone();
     let mapper_ctx = ctx.clone();
     Controller::for_stream(kvs_events, reader)
-        .watches(secret_api, watcher::Config::default(), move |secret: Secret| {
-            if mapper_ctx.is_own_write(&secret) { Vec::new() } else { affected_by_secret(&secret, &store) }
-        })
+        .watches(
+            secret_api,
+            watcher::Config::default(),
+            move |secret: Secret| {
+                if mapper_ctx.is_own_write(&secret) {
+                    Vec::new()
+                } else {
+                    affected_by_secret(&secret, &store)
+                }
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconciler::reconcile, reconciler::error_policy, ctx)
         .for_each(|result| async move {

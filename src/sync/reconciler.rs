@@ -57,7 +57,12 @@ struct Failure {
 
 impl Failure {
     fn invalid(message: impl Into<String>) -> Self {
-        Failure { reason: "InvalidSpec", message: message.into(), transient: false, retry_after: None }
+        Failure {
+            reason: "InvalidSpec",
+            message: message.into(),
+            transient: false,
+            retry_after: None,
+        }
     }
 
     fn vault(error: VaultError) -> Self {
@@ -65,7 +70,12 @@ impl Failure {
             VaultError::Throttled { retry_after } => *retry_after,
             _ => None,
         };
-        Failure { reason: error.reason(), message: format!("{error}; {}", error.hint()), transient: true, retry_after }
+        Failure {
+            reason: error.reason(),
+            message: format!("{error}; {}", error.hint()),
+            transient: true,
+            retry_after,
+        }
     }
 }
 
@@ -95,11 +105,16 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
         Ok(synced) => {
             ctx.failures.lock().unwrap().remove(&key);
             let action = match kvs.spec.refresh_interval() {
-                Ok(Some(interval)) => Action::requeue(schedule::refresh_delay(interval, rand::random())),
+                Ok(Some(interval)) => {
+                    Action::requeue(schedule::refresh_delay(interval, rand::random()))
+                }
                 _ => Action::await_change(),
             };
-            let outcome =
-                Outcome::Synced { secret_name: synced.secret_name, versions: synced.versions, wrote: synced.wrote };
+            let outcome = Outcome::Synced {
+                secret_name: synced.secret_name,
+                versions: synced.versions,
+                wrote: synced.wrote,
+            };
             (outcome, action)
         }
         Err(Err(error)) => return Err(error),
@@ -111,15 +126,27 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
                     *count += 1;
                     *count
                 };
-                Action::requeue(schedule::backoff_delay(failures, failure.retry_after, ctx.max_backoff, rand::random()))
+                Action::requeue(schedule::backoff_delay(
+                    failures,
+                    failure.retry_after,
+                    ctx.max_backoff,
+                    rand::random(),
+                ))
             } else {
                 Action::await_change()
             };
-            (Outcome::Failed { reason: failure.reason, message: failure.message }, action)
+            (
+                Outcome::Failed {
+                    reason: failure.reason,
+                    message: failure.message,
+                },
+                action,
+            )
         }
     };
     record(&kvs, &ctx, &outcome).await?;
-    ctx.metrics.observe_sync(outcome_label(&outcome), started.elapsed());
+    ctx.metrics
+        .observe_sync(outcome_label(&outcome), started.elapsed());
     Ok(action)
 }
 
@@ -135,7 +162,12 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
 pub fn error_policy(_kvs: Arc<KeyVaultSecret>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed");
     ctx.metrics.observe_error(error.metric_label());
-    Action::requeue(schedule::backoff_delay(3, None, ctx.max_backoff, rand::random()))
+    Action::requeue(schedule::backoff_delay(
+        3,
+        None,
+        ctx.max_backoff,
+        rand::random(),
+    ))
 }
 
 async fn in_scope(ctx: &Context, namespace: &str) -> Result<bool, Error> {
@@ -145,7 +177,9 @@ async fn in_scope(ctx: &Context, namespace: &str) -> Result<bool, Error> {
     if ctx.scope.namespace_selector.is_none() {
         return Ok(true);
     }
-    let ns = Api::<Namespace>::all(ctx.client.clone()).get(namespace).await?;
+    let ns = Api::<Namespace>::all(ctx.client.clone())
+        .get(namespace)
+        .await?;
     Ok(ctx.scope.labels_in_scope(&ns.labels().clone()))
 }
 
@@ -154,26 +188,37 @@ async fn record(kvs: &KeyVaultSecret, ctx: &Context, outcome: &Outcome) -> Resul
     let current = kvs.status.as_ref();
     let next = next_status(current, kvs.metadata.generation, outcome, Timestamp::now());
     if Some(&next) != current {
-        let api: Api<KeyVaultSecret> = Api::namespaced(ctx.client.clone(), &kvs.namespace().unwrap_or_default());
-        api.patch_status(&kvs.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": next })))
-            .await?;
+        let api: Api<KeyVaultSecret> =
+            Api::namespaced(ctx.client.clone(), &kvs.namespace().unwrap_or_default());
+        api.patch_status(
+            &kvs.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": next })),
+        )
+        .await?;
     }
     let reference = kvs.object_ref(&());
     let event = match outcome {
-        Outcome::Synced { wrote: true, secret_name, .. } => Some(Event {
+        Outcome::Synced {
+            wrote: true,
+            secret_name,
+            ..
+        } => Some(Event {
             type_: EventType::Normal,
             reason: "Synced".into(),
             note: Some(format!("Secret {secret_name} updated from Key Vault")),
             action: "Sync".into(),
             secondary: None,
         }),
-        Outcome::Failed { reason, message } if ready_reason(current) != Some(reason) => Some(Event {
-            type_: EventType::Warning,
-            reason: (*reason).into(),
-            note: Some(message.chars().take(1000).collect()),
-            action: "Sync".into(),
-            secondary: None,
-        }),
+        Outcome::Failed { reason, message } if ready_reason(current) != Some(reason) => {
+            Some(Event {
+                type_: EventType::Warning,
+                reason: (*reason).into(),
+                note: Some(message.chars().take(1000).collect()),
+                action: "Sync".into(),
+                secondary: None,
+            })
+        }
         _ => None,
     };
     if let Some(event) = event
@@ -193,36 +238,69 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> SyncResult {
     let find_patterns = compile_find_patterns(&spec.data_from).map_err(Ok)?;
     let identity = resolve_identity(kvs, ctx).await?;
 
-    let mut fetcher = Fetcher { ctx, vault_url: &spec.vault_url, identity: &identity, seen: HashMap::new(), listing: None };
+    let mut fetcher = Fetcher {
+        ctx,
+        vault_url: &spec.vault_url,
+        identity: &identity,
+        seen: HashMap::new(),
+        listing: None,
+    };
     let mut parts = Vec::new();
     for entry in &spec.data {
-        let remote = fetcher.get(&entry.remote_ref.name, entry.remote_ref.version.as_deref(), false).await?;
-        let value = render::render_ref(&remote, entry.remote_ref.property.as_deref(), entry.remote_ref.decoding_strategy)
-            .map_err(|e| Ok(e.into()))?;
+        let remote = fetcher
+            .get(
+                &entry.remote_ref.name,
+                entry.remote_ref.version.as_deref(),
+                false,
+            )
+            .await?;
+        let value = render::render_ref(
+            &remote,
+            entry.remote_ref.property.as_deref(),
+            entry.remote_ref.decoding_strategy,
+        )
+        .map_err(|e| Ok(e.into()))?;
         parts.push(BTreeMap::from([(entry.secret_key.clone(), value)]));
     }
     for (index, entry) in spec.data_from.iter().enumerate() {
         if let Some(extract) = &entry.extract {
-            let remote = fetcher.get(&extract.name, extract.version.as_deref(), false).await?;
-            parts.push(render::render_extract(&remote, extract.decoding_strategy).map_err(|e| Ok(e.into()))?);
+            let remote = fetcher
+                .get(&extract.name, extract.version.as_deref(), false)
+                .await?;
+            parts.push(
+                render::render_extract(&remote, extract.decoding_strategy)
+                    .map_err(|e| Ok(e.into()))?,
+            );
         } else if let Some(find) = &entry.find {
             let listing = fetcher.list().await?;
             let names = render::find_matches(find, find_patterns.get(&index), &listing);
             let mut found = BTreeMap::new();
             for name in names {
                 let remote = fetcher.get(&name, None, false).await?;
-                let value = render::decode(&remote.value, find.decoding_strategy)
-                    .ok_or_else(|| Ok(RenderError::BadEncoding { name: name.clone(), strategy: find.decoding_strategy }.into()))?;
+                let value =
+                    render::decode(&remote.value, find.decoding_strategy).ok_or_else(|| {
+                        Ok(RenderError::BadEncoding {
+                            name: name.clone(),
+                            strategy: find.decoding_strategy,
+                        }
+                        .into())
+                    })?;
                 found.insert(name, value);
             }
             parts.push(found);
         } else if let Some(certificate) = &entry.certificate {
-            let remote = fetcher.get(&certificate.name, certificate.version.as_deref(), true).await?;
+            let remote = fetcher
+                .get(&certificate.name, certificate.version.as_deref(), true)
+                .await?;
             parts.push(render::render_certificate(&remote).map_err(|e| Ok(e.into()))?);
         }
     }
     let data = render::merge(parts).map_err(|e| Ok(e.into()))?;
-    let versions = fetcher.seen.values().map(|r| (r.name.clone(), r.version.clone())).collect();
+    let versions = fetcher
+        .seen
+        .values()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
 
     let target = &spec.target;
     let desired = DesiredSecret {
@@ -238,28 +316,52 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> SyncResult {
     }
     .with_markers(target.reload);
     let wrote = write_target(&desired, ctx).await?;
-    Ok(Synced { secret_name: desired.name, versions, wrote })
+    Ok(Synced {
+        secret_name: desired.name,
+        versions,
+        wrote,
+    })
 }
 
 /// Checks what the schema cannot (it cannot reach the operator's flags).
 fn validate(kvs: &KeyVaultSecret, ctx: &Context) -> Result<(), Failure> {
     let spec = &kvs.spec;
-    ctx.vault.check_vault_url(&spec.vault_url).map_err(Failure::invalid)?;
-    spec.refresh_interval().map_err(|e| Failure::invalid(format!("refreshInterval: {e}")))?;
+    ctx.vault
+        .check_vault_url(&spec.vault_url)
+        .map_err(Failure::invalid)?;
+    spec.refresh_interval()
+        .map_err(|e| Failure::invalid(format!("refreshInterval: {e}")))?;
     if spec.data.is_empty() && spec.data_from.is_empty() {
-        return Err(Failure::invalid("nothing to sync: add at least one entry to data or dataFrom"));
+        return Err(Failure::invalid(
+            "nothing to sync: add at least one entry to data or dataFrom",
+        ));
     }
-    let auth_count = [spec.auth.workload_identity.is_some(), spec.auth.client_secret.is_some(), spec.auth.client_certificate.is_some()]
-        .into_iter()
-        .filter(|set| *set)
-        .count();
+    let auth_count = [
+        spec.auth.workload_identity.is_some(),
+        spec.auth.client_secret.is_some(),
+        spec.auth.client_certificate.is_some(),
+    ]
+    .into_iter()
+    .filter(|set| *set)
+    .count();
     if auth_count != 1 {
-        return Err(Failure::invalid("auth needs exactly one of workloadIdentity, clientSecret, clientCertificate"));
+        return Err(Failure::invalid(
+            "auth needs exactly one of workloadIdentity, clientSecret, clientCertificate",
+        ));
     }
     for entry in &spec.data_from {
-        let set = [entry.extract.is_some(), entry.find.is_some(), entry.certificate.is_some()].into_iter().filter(|s| *s).count();
+        let set = [
+            entry.extract.is_some(),
+            entry.find.is_some(),
+            entry.certificate.is_some(),
+        ]
+        .into_iter()
+        .filter(|s| *s)
+        .count();
         if set != 1 {
-            return Err(Failure::invalid("each dataFrom entry needs exactly one of extract, find, certificate"));
+            return Err(Failure::invalid(
+                "each dataFrom entry needs exactly one of extract, find, certificate",
+            ));
         }
     }
     Ok(())
@@ -273,19 +375,34 @@ fn compile_find_patterns(data_from: &[DataFrom]) -> Result<HashMap<usize, Regex>
             let regex = RegexBuilder::new(pattern)
                 .size_limit(1 << 20)
                 .build()
-                .map_err(|e| Failure::invalid(format!("dataFrom[{index}].find.nameRegex is not a valid regular expression: {e}")))?;
+                .map_err(|e| {
+                    Failure::invalid(format!(
+                        "dataFrom[{index}].find.nameRegex is not a valid regular expression: {e}"
+                    ))
+                })?;
             patterns.insert(index, regex);
         }
     }
     Ok(patterns)
 }
 
-async fn resolve_identity(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Identity, Result<Failure, Error>> {
+async fn resolve_identity(
+    kvs: &KeyVaultSecret,
+    ctx: &Context,
+) -> Result<Identity, Result<Failure, Error>> {
     let namespace = kvs.namespace().unwrap_or_default();
-    let Auth { workload_identity, client_secret, client_certificate } = &kvs.spec.auth;
+    let Auth {
+        workload_identity,
+        client_secret,
+        client_certificate,
+    } = &kvs.spec.auth;
     if let Some(wi) = workload_identity {
         let Some(sa_name) = &wi.service_account_name else {
-            if !ctx.operator_identity_namespaces.iter().any(|n| n == &namespace) {
+            if !ctx
+                .operator_identity_namespaces
+                .iter()
+                .any(|n| n == &namespace)
+            {
                 return Err(Ok(Failure {
                     reason: "AuthFailed",
                     message: format!(
@@ -301,7 +418,11 @@ async fn resolve_identity(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Identit
             .get_opt(sa_name)
             .await
             .map_err(|e| Err(e.into()))?
-            .ok_or_else(|| Ok(Failure::invalid(format!("service account {sa_name} does not exist in namespace {namespace}"))))?;
+            .ok_or_else(|| {
+                Ok(Failure::invalid(format!(
+                    "service account {sa_name} does not exist in namespace {namespace}"
+                )))
+            })?;
         let annotation = |key: &str| sa.annotations().get(key).cloned();
         let client_id = wi.client_id.clone().or_else(|| annotation(SA_CLIENT_ID_ANNOTATION)).ok_or_else(|| {
             Ok(Failure::invalid(format!(
@@ -318,7 +439,12 @@ async fn resolve_identity(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Identit
                     "no tenant id: set workloadIdentity.tenantId or annotate service account {sa_name} with {SA_TENANT_ID_ANNOTATION}"
                 )))
             })?;
-        return Ok(Identity::ServiceAccount { namespace, name: sa_name.clone(), tenant_id, client_id });
+        return Ok(Identity::ServiceAccount {
+            namespace,
+            name: sa_name.clone(),
+            tenant_id,
+            client_id,
+        });
     }
     let (auth, is_certificate) = match (client_secret, client_certificate) {
         (Some(auth), _) => (auth, false),
@@ -330,19 +456,37 @@ async fn resolve_identity(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Identit
         .get_opt(&reference.name)
         .await
         .map_err(|e| Err(e.into()))?
-        .ok_or_else(|| Ok(Failure::invalid(format!("credential Secret {} does not exist in namespace {namespace}", reference.name))))?;
+        .ok_or_else(|| {
+            Ok(Failure::invalid(format!(
+                "credential Secret {} does not exist in namespace {namespace}",
+                reference.name
+            )))
+        })?;
     let material = secret
         .data
         .as_ref()
         .and_then(|d| d.get(&reference.key))
         .and_then(|v| String::from_utf8(v.0.clone()).ok())
         .filter(|v| !v.trim().is_empty())
-        .ok_or_else(|| Ok(Failure::invalid(format!("credential Secret {} has no key {}", reference.name, reference.key))))?;
+        .ok_or_else(|| {
+            Ok(Failure::invalid(format!(
+                "credential Secret {} has no key {}",
+                reference.name, reference.key
+            )))
+        })?;
     let (tenant_id, client_id) = (auth.tenant_id.clone(), auth.client_id.clone());
     Ok(if is_certificate {
-        Identity::ClientCertificate { tenant_id, client_id, pem: material }
+        Identity::ClientCertificate {
+            tenant_id,
+            client_id,
+            pem: material,
+        }
     } else {
-        Identity::ClientSecret { tenant_id, client_id, secret: material.trim().to_owned() }
+        Identity::ClientSecret {
+            tenant_id,
+            client_id,
+            secret: material.trim().to_owned(),
+        }
     })
 }
 
@@ -356,25 +500,48 @@ struct Fetcher<'a> {
 }
 
 impl Fetcher<'_> {
-    async fn get(&mut self, name: &str, version: Option<&str>, as_pem: bool) -> Result<RemoteSecret, Result<Failure, Error>> {
+    async fn get(
+        &mut self,
+        name: &str,
+        version: Option<&str>,
+        as_pem: bool,
+    ) -> Result<RemoteSecret, Result<Failure, Error>> {
         let version = version.filter(|v| !v.is_empty()).map(str::to_owned);
         let key = (name.to_owned(), version.clone(), as_pem);
         if let Some(found) = self.seen.get(&key) {
             return Ok(found.clone());
         }
-        let result = self.ctx.vault.get(self.vault_url, self.identity, name, version.as_deref(), as_pem).await;
-        self.ctx.metrics.observe_vault_call("get", result.as_ref().err().map_or("ok", VaultError::reason));
+        let result = self
+            .ctx
+            .vault
+            .get(
+                self.vault_url,
+                self.identity,
+                name,
+                version.as_deref(),
+                as_pem,
+            )
+            .await;
+        self.ctx.metrics.observe_vault_call(
+            "get",
+            result.as_ref().err().map_or("ok", VaultError::reason),
+        );
         let remote = result.map_err(|e| Ok(Failure::vault(e)))?;
         self.seen.insert(key, remote.clone());
         Ok(remote)
     }
 
-    async fn list(&mut self) -> Result<Vec<crate::vault::RemoteSecretInfo>, Result<Failure, Error>> {
+    async fn list(
+        &mut self,
+    ) -> Result<Vec<crate::vault::RemoteSecretInfo>, Result<Failure, Error>> {
         if let Some(listing) = &self.listing {
             return Ok(listing.clone());
         }
         let result = self.ctx.vault.list(self.vault_url, self.identity).await;
-        self.ctx.metrics.observe_vault_call("list", result.as_ref().err().map_or("ok", VaultError::reason));
+        self.ctx.metrics.observe_vault_call(
+            "list",
+            result.as_ref().err().map_or("ok", VaultError::reason),
+        );
         let listing = result.map_err(|e| Ok(Failure::vault(e)))?;
         self.listing = Some(listing.clone());
         Ok(listing)
@@ -382,25 +549,44 @@ impl Fetcher<'_> {
 }
 
 /// Writes the target if it differs; returns whether it wrote.
-async fn write_target(desired: &DesiredSecret, ctx: &Context) -> Result<bool, Result<Failure, Error>> {
+async fn write_target(
+    desired: &DesiredSecret,
+    ctx: &Context,
+) -> Result<bool, Result<Failure, Error>> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &desired.namespace);
-    let existing = api.get_opt(&desired.name).await.map_err(|e| Err(e.into()))?;
+    let existing = api
+        .get_opt(&desired.name)
+        .await
+        .map_err(|e| Err(e.into()))?;
     match desired.decide(existing.as_ref()) {
         WriteDecision::UpToDate => Ok(false),
-        WriteDecision::Conflict(message) => {
-            Err(Ok(Failure { reason: "SecretConflict", message, transient: false, retry_after: None }))
-        }
+        WriteDecision::Conflict(message) => Err(Ok(Failure {
+            reason: "SecretConflict",
+            message,
+            transient: false,
+            retry_after: None,
+        })),
         WriteDecision::Apply => {
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            let written = api.patch(&desired.name, &params, &Patch::Apply(desired.apply_body())).await.map_err(|e| match e {
-                kube::Error::Api(status) if status.code == 422 => Ok(Failure::invalid(format!(
-                    "the API server refused Secret {}: {}",
-                    desired.name, status.message
-                ))),
-                other => Err(other.into()),
-            })?;
-            ctx.remember_own_write(&desired.namespace, &desired.name, written.resource_version());
-            ctx.notifier.secret_written(&desired.namespace, &desired.name);
+            let written = api
+                .patch(&desired.name, &params, &Patch::Apply(desired.apply_body()))
+                .await
+                .map_err(|e| match e {
+                    kube::Error::Api(status) if status.code == 422 => {
+                        Ok(Failure::invalid(format!(
+                            "the API server refused Secret {}: {}",
+                            desired.name, status.message
+                        )))
+                    }
+                    other => Err(other.into()),
+                })?;
+            ctx.remember_own_write(
+                &desired.namespace,
+                &desired.name,
+                written.resource_version(),
+            );
+            ctx.notifier
+                .secret_written(&desired.namespace, &desired.name);
             tracing::info!(namespace = %desired.namespace, secret = %desired.name, keys = desired.data.len(), "wrote Secret");
             Ok(true)
         }

@@ -23,10 +23,15 @@ pub enum RenderError {
     #[error("remote secret {name}: dataFrom.extract needs a JSON object value")]
     NotJsonObject { name: String },
     #[error("remote secret {name}: value is not valid {strategy:?}")]
-    BadEncoding { name: String, strategy: DecodingStrategy },
+    BadEncoding {
+        name: String,
+        strategy: DecodingStrategy,
+    },
     #[error("remote secret {name}: key {key:?} from dataFrom.extract is not a valid Secret key")]
     BadKey { name: String, key: String },
-    #[error("remote secret {name}: certificate needs a PEM value with a CERTIFICATE and a PRIVATE KEY block")]
+    #[error(
+        "remote secret {name}: certificate needs a PEM value with a CERTIFICATE and a PRIVATE KEY block"
+    )]
     NotPemCertificate { name: String },
     #[error("Secret key {key:?} is produced by more than one entry")]
     DuplicateKey { key: String },
@@ -40,11 +45,12 @@ pub enum RenderError {
 /// array indices). A literal dot in a key is written `\.`.
 pub fn json_property(document: &str, property: &str) -> Result<Option<String>, serde_json::Error> {
     let mut value: &serde_json::Value = &serde_json::from_str(document)?;
-    let owned;
     for segment in split_path(property) {
         let next = match value {
             serde_json::Value::Object(map) => map.get(&segment),
-            serde_json::Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+            serde_json::Value::Array(items) => {
+                segment.parse::<usize>().ok().and_then(|i| items.get(i))
+            }
             _ => None,
         };
         match next {
@@ -52,11 +58,10 @@ pub fn json_property(document: &str, property: &str) -> Result<Option<String>, s
             None => return Ok(None),
         }
     }
-    owned = match value {
+    Ok(Some(match value {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
-    };
-    Ok(Some(owned))
+    }))
 }
 
 fn split_path(property: &str) -> Vec<String> {
@@ -78,7 +83,10 @@ pub fn decode(value: &str, strategy: DecodingStrategy) -> Option<Vec<u8>> {
     match strategy {
         DecodingStrategy::None => Some(value.as_bytes().to_vec()),
         DecodingStrategy::Base64 => STANDARD.decode(trimmed).ok(),
-        DecodingStrategy::Base64URL => URL_SAFE.decode(trimmed).or_else(|_| URL_SAFE_NO_PAD.decode(trimmed)).ok(),
+        DecodingStrategy::Base64URL => URL_SAFE
+            .decode(trimmed)
+            .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed))
+            .ok(),
         DecodingStrategy::Auto => Some(
             STANDARD
                 .decode(trimmed)
@@ -97,14 +105,25 @@ pub fn render_ref(
     let text = match property.filter(|p| !p.is_empty()) {
         None => remote.value.clone(),
         Some(property) => match json_property(&remote.value, property) {
-            Err(_) => return Err(RenderError::NotJson { name: remote.name.clone(), property: property.into() }),
+            Err(_) => {
+                return Err(RenderError::NotJson {
+                    name: remote.name.clone(),
+                    property: property.into(),
+                });
+            }
             Ok(None) => {
-                return Err(RenderError::NoSuchProperty { name: remote.name.clone(), property: property.into() });
+                return Err(RenderError::NoSuchProperty {
+                    name: remote.name.clone(),
+                    property: property.into(),
+                });
             }
             Ok(Some(text)) => text,
         },
     };
-    decode(&text, strategy).ok_or(RenderError::BadEncoding { name: remote.name.clone(), strategy })
+    decode(&text, strategy).ok_or(RenderError::BadEncoding {
+        name: remote.name.clone(),
+        strategy,
+    })
 }
 
 /// `dataFrom.extract`: one key per top-level field of a JSON object value.
@@ -114,19 +133,29 @@ pub fn render_extract(
 ) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
     let object = match serde_json::from_str::<serde_json::Value>(&remote.value) {
         Ok(serde_json::Value::Object(object)) => object,
-        _ => return Err(RenderError::NotJsonObject { name: remote.name.clone() }),
+        _ => {
+            return Err(RenderError::NotJsonObject {
+                name: remote.name.clone(),
+            });
+        }
     };
     object
         .into_iter()
         .map(|(key, value)| {
             if !is_secret_key(&key) {
-                return Err(RenderError::BadKey { name: remote.name.clone(), key });
+                return Err(RenderError::BadKey {
+                    name: remote.name.clone(),
+                    key,
+                });
             }
             let text = match value {
                 serde_json::Value::String(s) => s,
                 other => other.to_string(),
             };
-            let bytes = decode(&text, strategy).ok_or(RenderError::BadEncoding { name: remote.name.clone(), strategy })?;
+            let bytes = decode(&text, strategy).ok_or(RenderError::BadEncoding {
+                name: remote.name.clone(),
+                strategy,
+            })?;
             Ok((key, bytes))
         })
         .collect()
@@ -158,13 +187,22 @@ pub fn render_certificate(remote: &RemoteSecret) -> Result<BTreeMap<String, Vec<
         }
     }
     if certs.is_empty() || key.is_empty() {
-        return Err(RenderError::NotPemCertificate { name: remote.name.clone() });
+        return Err(RenderError::NotPemCertificate {
+            name: remote.name.clone(),
+        });
     }
-    Ok(BTreeMap::from([("tls.crt".to_owned(), certs.into_bytes()), ("tls.key".to_owned(), key.into_bytes())]))
+    Ok(BTreeMap::from([
+        ("tls.crt".to_owned(), certs.into_bytes()),
+        ("tls.key".to_owned(), key.into_bytes()),
+    ]))
 }
 
 /// `dataFrom.find`: the names of enabled secrets that match the filter.
-pub fn find_matches(find: &FindRef, name_regex: Option<&Regex>, listing: &[RemoteSecretInfo]) -> Vec<String> {
+pub fn find_matches(
+    find: &FindRef,
+    name_regex: Option<&Regex>,
+    listing: &[RemoteSecretInfo],
+) -> Vec<String> {
     listing
         .iter()
         .filter(|info| info.enabled)
@@ -180,12 +218,16 @@ pub fn is_secret_key(key: &str) -> bool {
         && key.len() <= 253
         && key != "."
         && key != ".."
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
 }
 
 /// Merges the entries' outputs; a key produced twice is an error rather
 /// than a silent last-one-wins.
-pub fn merge(parts: Vec<BTreeMap<String, Vec<u8>>>) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
+pub fn merge(
+    parts: Vec<BTreeMap<String, Vec<u8>>>,
+) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
     let mut data = BTreeMap::new();
     for part in parts {
         for (key, value) in part {
@@ -203,23 +245,38 @@ mod tests {
     use proptest::prelude::*;
 
     fn remote(value: &str) -> RemoteSecret {
-        RemoteSecret { name: "s".into(), version: "v".into(), value: value.into(), content_type: None }
+        RemoteSecret {
+            name: "s".into(),
+            version: "v".into(),
+            value: value.into(),
+            content_type: None,
+        }
     }
 
     #[test]
     fn properties_walk_objects_and_arrays() {
         let doc = r#"{"db":{"password":"pw","port":5432},"hosts":["a","b"],"a.b":"dotted"}"#;
-        assert_eq!(json_property(doc, "db.password").unwrap().as_deref(), Some("pw"));
-        assert_eq!(json_property(doc, "db.port").unwrap().as_deref(), Some("5432"));
+        assert_eq!(
+            json_property(doc, "db.password").unwrap().as_deref(),
+            Some("pw")
+        );
+        assert_eq!(
+            json_property(doc, "db.port").unwrap().as_deref(),
+            Some("5432")
+        );
         assert_eq!(json_property(doc, "hosts.1").unwrap().as_deref(), Some("b"));
-        assert_eq!(json_property(doc, r"a\.b").unwrap().as_deref(), Some("dotted"));
+        assert_eq!(
+            json_property(doc, r"a\.b").unwrap().as_deref(),
+            Some("dotted")
+        );
         assert_eq!(json_property(doc, "db.user").unwrap(), None);
         assert!(json_property("not json", "x").is_err());
     }
 
     #[test]
     fn property_errors_do_not_reveal_the_value() {
-        let err = render_ref(&remote("hunter2"), Some("password"), DecodingStrategy::None).unwrap_err();
+        let err =
+            render_ref(&remote("hunter2"), Some("password"), DecodingStrategy::None).unwrap_err();
         assert!(matches!(err, RenderError::NotJson { .. }));
         assert!(!err.to_string().contains("hunter2"));
     }
@@ -228,13 +285,17 @@ mod tests {
     fn decoding_strategies() {
         assert_eq!(decode("aGk=", DecodingStrategy::Base64).unwrap(), b"hi");
         assert_eq!(decode("aGk", DecodingStrategy::Base64URL).unwrap(), b"hi");
-        assert_eq!(decode("not base64!", DecodingStrategy::Auto).unwrap(), b"not base64!");
+        assert_eq!(
+            decode("not base64!", DecodingStrategy::Auto).unwrap(),
+            b"not base64!"
+        );
         assert!(decode("not base64!", DecodingStrategy::Base64).is_none());
     }
 
     #[test]
     fn extract_needs_an_object_with_valid_keys() {
-        let data = render_extract(&remote(r#"{"user":"u","port":1}"#), DecodingStrategy::None).unwrap();
+        let data =
+            render_extract(&remote(r#"{"user":"u","port":1}"#), DecodingStrategy::None).unwrap();
         assert_eq!(data["user"], b"u");
         assert_eq!(data["port"], b"1");
         assert!(render_extract(&remote("[1]"), DecodingStrategy::None).is_err());
@@ -250,7 +311,11 @@ mod tests {
         let data = render_certificate(&remote(pem)).unwrap();
         let crt = String::from_utf8(data["tls.crt"].clone()).unwrap();
         assert!(crt.contains("LEAF") && crt.contains("CA") && !crt.contains("KEY"));
-        assert!(String::from_utf8(data["tls.key"].clone()).unwrap().contains("KEY"));
+        assert!(
+            String::from_utf8(data["tls.key"].clone())
+                .unwrap()
+                .contains("KEY")
+        );
         assert!(render_certificate(&remote("plain")).is_err());
     }
 
@@ -262,8 +327,16 @@ mod tests {
             tags: BTreeMap::from([("env".to_string(), env.to_string())]),
             updated: None,
         };
-        let listing = vec![info("app-a", true, "prod"), info("app-b", false, "prod"), info("app-c", true, "dev"), info("db", true, "prod")];
-        let find = FindRef { tags: BTreeMap::from([("env".into(), "prod".into())]), ..Default::default() };
+        let listing = vec![
+            info("app-a", true, "prod"),
+            info("app-b", false, "prod"),
+            info("app-c", true, "dev"),
+            info("db", true, "prod"),
+        ];
+        let find = FindRef {
+            tags: BTreeMap::from([("env".into(), "prod".into())]),
+            ..Default::default()
+        };
         let re = Regex::new("^app-").unwrap();
         assert_eq!(find_matches(&find, Some(&re), &listing), vec!["app-a"]);
     }
@@ -271,7 +344,10 @@ mod tests {
     #[test]
     fn duplicate_keys_are_refused() {
         let a = BTreeMap::from([("k".to_string(), b"1".to_vec())]);
-        assert_eq!(merge(vec![a.clone(), a]).unwrap_err(), RenderError::DuplicateKey { key: "k".into() });
+        assert_eq!(
+            merge(vec![a.clone(), a]).unwrap_err(),
+            RenderError::DuplicateKey { key: "k".into() }
+        );
     }
 
     proptest! {

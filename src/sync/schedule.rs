@@ -14,12 +14,20 @@ pub fn refresh_delay(interval: Duration, unit_random: f64) -> Duration {
 }
 
 /// Delay before retry number `failures` (1 = first failure).
-pub fn backoff_delay(failures: u32, retry_after: Option<Duration>, cap: Duration, unit_random: f64) -> Duration {
-    let exponential = Duration::from_secs(1).saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+pub fn backoff_delay(
+    failures: u32,
+    retry_after: Option<Duration>,
+    cap: Duration,
+    unit_random: f64,
+) -> Duration {
+    let exponential =
+        Duration::from_secs(1).saturating_mul(1u32 << failures.saturating_sub(1).min(20));
     let ceiling = exponential.min(cap);
     // "Equal jitter": at least half the step, so retries never bunch at zero.
     let jittered = ceiling.mul_f64(0.5 + 0.5 * unit_random.clamp(0.0, 1.0));
-    jittered.max(retry_after.unwrap_or_default()).min(cap.max(retry_after.unwrap_or_default()))
+    jittered
+        .max(retry_after.unwrap_or_default())
+        .min(cap.max(retry_after.unwrap_or_default()))
 }
 
 #[cfg(test)]
@@ -45,6 +53,9 @@ mod tests {
     #[test]
     fn retry_after_is_a_floor() {
         let cap = Duration::from_secs(300);
-        assert_eq!(backoff_delay(1, Some(Duration::from_secs(30)), cap, 0.0), Duration::from_secs(30));
+        assert_eq!(
+            backoff_delay(1, Some(Duration::from_secs(30)), cap, 0.0),
+            Duration::from_secs(30)
+        );
     }
 }

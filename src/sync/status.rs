@@ -17,9 +17,16 @@ use crate::api::KeyVaultSecretStatus;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The Secret holds exactly what the vault has; `wrote` if this attempt changed it.
-    Synced { secret_name: String, versions: BTreeMap<String, String>, wrote: bool },
+    Synced {
+        secret_name: String,
+        versions: BTreeMap<String, String>,
+        wrote: bool,
+    },
     /// Nothing was written; the reason and what to do about it.
-    Failed { reason: &'static str, message: String },
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// The status after `outcome`, given the stored one.
@@ -32,17 +39,36 @@ pub fn next_status(
     let mut status = current.cloned().unwrap_or_default();
     status.observed_generation = generation;
     let (condition_status, reason, message) = match outcome {
-        Outcome::Synced { secret_name, versions, wrote } => {
-            if *wrote || status.secret_name.as_deref() != Some(secret_name) || status.synced_versions != *versions {
+        Outcome::Synced {
+            secret_name,
+            versions,
+            wrote,
+        } => {
+            if *wrote
+                || status.secret_name.as_deref() != Some(secret_name)
+                || status.synced_versions != *versions
+            {
                 status.last_sync_time = Some(Time(now));
             }
             status.secret_name = Some(secret_name.clone());
             status.synced_versions = versions.clone();
-            ("True", "Synced", format!("Secret {secret_name} is in sync with Key Vault"))
+            (
+                "True",
+                "Synced",
+                format!("Secret {secret_name} is in sync with Key Vault"),
+            )
         }
         Outcome::Failed { reason, message } => ("False", *reason, message.clone()),
     };
-    set_condition(&mut status.conditions, "Ready", condition_status, reason, &message, generation, now);
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        condition_status,
+        reason,
+        &message,
+        generation,
+        now,
+    );
     status
 }
 
@@ -74,7 +100,11 @@ fn set_condition(
 
 /// The Ready condition's reason, if any (used to emit events only on change).
 pub fn ready_reason(status: Option<&KeyVaultSecretStatus>) -> Option<&str> {
-    status?.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.reason.as_str())
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.reason.as_str())
 }
 
 #[cfg(test)]
@@ -115,7 +145,10 @@ mod tests {
         let failed = next_status(
             Some(&first),
             Some(1),
-            &Outcome::Failed { reason: "Throttled", message: "throttled".into() },
+            &Outcome::Failed {
+                reason: "Throttled",
+                message: "throttled".into(),
+            },
             t0,
         );
         assert_eq!(failed.synced_versions, first.synced_versions);

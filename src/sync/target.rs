@@ -35,7 +35,13 @@ pub struct DesiredSecret {
 
 impl std::fmt::Debug for DesiredSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DesiredSecret({}/{}, keys {:?})", self.namespace, self.name, self.data.keys().collect::<Vec<_>>())
+        write!(
+            f,
+            "DesiredSecret({}/{}, keys {:?})",
+            self.namespace,
+            self.name,
+            self.data.keys().collect::<Vec<_>>()
+        )
     }
 }
 
@@ -53,19 +59,27 @@ pub enum WriteDecision {
 impl DesiredSecret {
     /// Labels and annotations kvsync sets, besides the user's own.
     pub fn with_markers(mut self, reload: bool) -> Self {
-        self.labels.insert(MANAGED_BY_LABEL.0.into(), MANAGED_BY_LABEL.1.into());
-        self.annotations.insert(OWNER_ANNOTATION.into(), self.owner_name.clone());
+        self.labels
+            .insert(MANAGED_BY_LABEL.0.into(), MANAGED_BY_LABEL.1.into());
+        self.annotations
+            .insert(OWNER_ANNOTATION.into(), self.owner_name.clone());
         if reload {
-            self.annotations.insert(RELOADER_MATCH_ANNOTATION.into(), "true".into());
+            self.annotations
+                .insert(RELOADER_MATCH_ANNOTATION.into(), "true".into());
         }
         self
     }
 
     /// Decides against the Secret that exists now (if any).
     pub fn decide(&self, existing: Option<&Secret>) -> WriteDecision {
-        let Some(existing) = existing else { return WriteDecision::Apply };
+        let Some(existing) = existing else {
+            return WriteDecision::Apply;
+        };
         let meta = &existing.metadata;
-        let owner = meta.annotations.as_ref().and_then(|a| a.get(OWNER_ANNOTATION));
+        let owner = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(OWNER_ANNOTATION));
         match (owner, self.policy) {
             (Some(owner), _) if owner != &self.owner_name => {
                 return WriteDecision::Conflict(format!(
@@ -81,14 +95,19 @@ impl DesiredSecret {
             }
             _ => {}
         }
-        let current: BTreeMap<String, Vec<u8>> =
-            existing.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+        let current: BTreeMap<String, Vec<u8>> = existing
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
         let data_ok = match self.policy {
             CreationPolicy::Merge => self.data.iter().all(|(k, v)| current.get(k) == Some(v)),
             _ => current == self.data,
         };
         let subset = |want: &BTreeMap<String, String>, have: &Option<BTreeMap<String, String>>| {
-            want.iter().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+            want.iter()
+                .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
         };
         let owned_by_us = meta
             .owner_references
@@ -96,8 +115,13 @@ impl DesiredSecret {
             .flatten()
             .any(|r| r.uid == self.owner_uid && r.controller == Some(true));
         let ownership_ok = self.policy != CreationPolicy::Owner || owned_by_us;
-        let type_ok = self.policy == CreationPolicy::Merge || existing.type_.as_deref().unwrap_or("Opaque") == self.type_;
-        if data_ok && type_ok && ownership_ok && subset(&self.labels, &meta.labels) && subset(&self.annotations, &meta.annotations)
+        let type_ok = self.policy == CreationPolicy::Merge
+            || existing.type_.as_deref().unwrap_or("Opaque") == self.type_;
+        if data_ok
+            && type_ok
+            && ownership_ok
+            && subset(&self.labels, &meta.labels)
+            && subset(&self.annotations, &meta.annotations)
         {
             WriteDecision::UpToDate
         } else {
@@ -108,7 +132,11 @@ impl DesiredSecret {
     /// The server-side-apply body. Under `Merge` it carries only kvsync's keys
     /// and markers, so the other field managers' keys are left alone.
     pub fn apply_body(&self) -> Value {
-        let data: BTreeMap<&String, String> = self.data.iter().map(|(k, v)| (k, STANDARD.encode(v))).collect();
+        let data: BTreeMap<&String, String> = self
+            .data
+            .iter()
+            .map(|(k, v)| (k, STANDARD.encode(v)))
+            .collect();
         let mut body = json!({
             "apiVersion": "v1",
             "kind": "Secret",
@@ -159,9 +187,16 @@ mod tests {
     }
 
     fn existing(desired: &DesiredSecret, extra: &[(&str, &[u8])]) -> Secret {
-        let mut data: BTreeMap<String, ByteString> =
-            desired.data.iter().map(|(k, v)| (k.clone(), ByteString(v.clone()))).collect();
-        data.extend(extra.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))));
+        let mut data: BTreeMap<String, ByteString> = desired
+            .data
+            .iter()
+            .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+            .collect();
+        data.extend(
+            extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))),
+        );
         Secret {
             metadata: ObjectMeta {
                 name: Some(desired.name.clone()),
@@ -183,7 +218,10 @@ mod tests {
     #[test]
     fn identical_content_is_not_rewritten() {
         let want = desired(CreationPolicy::Owner);
-        assert_eq!(want.decide(Some(&existing(&want, &[]))), WriteDecision::UpToDate);
+        assert_eq!(
+            want.decide(Some(&existing(&want, &[]))),
+            WriteDecision::UpToDate
+        );
         assert_eq!(want.decide(None), WriteDecision::Apply);
     }
 
@@ -191,9 +229,16 @@ mod tests {
     fn changed_or_extra_data_is_rewritten_when_owned() {
         let want = desired(CreationPolicy::Owner);
         let mut changed = existing(&want, &[]);
-        changed.data.as_mut().unwrap().insert("password".into(), ByteString(b"old".to_vec()));
+        changed
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("password".into(), ByteString(b"old".to_vec()));
         assert_eq!(want.decide(Some(&changed)), WriteDecision::Apply);
-        assert_eq!(want.decide(Some(&existing(&want, &[("stale", b"x")]))), WriteDecision::Apply);
+        assert_eq!(
+            want.decide(Some(&existing(&want, &[("stale", b"x")]))),
+            WriteDecision::Apply
+        );
     }
 
     #[test]
@@ -201,21 +246,39 @@ mod tests {
         let want = desired(CreationPolicy::Owner);
         let mut foreign = existing(&want, &[]);
         foreign.metadata.annotations = None;
-        assert!(matches!(want.decide(Some(&foreign)), WriteDecision::Conflict(_)));
+        assert!(matches!(
+            want.decide(Some(&foreign)),
+            WriteDecision::Conflict(_)
+        ));
         let merge = desired(CreationPolicy::Merge);
         let mut foreign = existing(&merge, &[("theirs", b"x")]);
         foreign.metadata.annotations = None;
-        assert_eq!(merge.decide(Some(&foreign)), WriteDecision::Apply, "adopt our keys only");
+        assert_eq!(
+            merge.decide(Some(&foreign)),
+            WriteDecision::Apply,
+            "adopt our keys only"
+        );
         let ours = existing(&merge, &[("theirs", b"x")]);
-        assert_eq!(merge.decide(Some(&ours)), WriteDecision::UpToDate, "their keys don't matter");
+        assert_eq!(
+            merge.decide(Some(&ours)),
+            WriteDecision::UpToDate,
+            "their keys don't matter"
+        );
     }
 
     #[test]
     fn two_keyvaultsecrets_cannot_share_a_secret() {
         let want = desired(CreationPolicy::Merge);
         let mut other = existing(&want, &[]);
-        other.metadata.annotations.as_mut().unwrap().insert(OWNER_ANNOTATION.into(), "other".into());
-        assert!(matches!(want.decide(Some(&other)), WriteDecision::Conflict(m) if m.contains("other")));
+        other
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(OWNER_ANNOTATION.into(), "other".into());
+        assert!(
+            matches!(want.decide(Some(&other)), WriteDecision::Conflict(m) if m.contains("other"))
+        );
     }
 
     #[test]
