@@ -2,7 +2,10 @@
 
 #[test]
 fn checked_in_crd_matches_the_types() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/keyvaultsecrets.kvsync.io.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/keyvaultsecrets.kvsync.io.yaml"
+    );
     let checked_in = std::fs::read_to_string(path).expect("crds/keyvaultsecrets.kvsync.io.yaml");
     assert!(
         checked_in == kvsync::api::crd_yaml(),

@@ -21,9 +21,20 @@ struct Fixture {
     client: kube::Client,
     ns: TestNamespace,
     emulator: Emulator,
-    _operator: Operator,
+    operator: Operator,
     _issuer_dir: tempfile::TempDir,
 }
+
+/// Values seeded into the vault (scanned for in logs, events and statuses).
+const SEED_VALUES: &[&str] = &[
+    "s3cr3t-db-value",
+    "nested-pw",
+    "aGVsbG8td29ybGQ=",
+    "alpha-val",
+    "beta-val",
+    "gamma-val",
+    "not-for-you",
+];
 
 fn seed(issuer: &str, jwks: &std::path::Path, namespace: &str, certificate_pem: &str) -> Value {
     json!({
@@ -91,7 +102,7 @@ impl Fixture {
             client,
             ns,
             emulator,
-            _operator: operator,
+            operator,
             _issuer_dir: dir,
         }
     }
@@ -132,6 +143,60 @@ impl Fixture {
             }
         })
         .await
+    }
+
+    /// Secret hygiene: no secret value, client secret, access token or client
+    /// assertion may appear in the operator's most verbose logs, in events, or
+    /// in any KeyVaultSecret status of the namespace.
+    async fn assert_nothing_leaked(&self, also: &[&str]) {
+        let issued = self.emulator.control(Method::GET, "issued", None).await;
+        let mut needles: Vec<String> = ["accessTokens", "clientAssertions"]
+            .iter()
+            .flat_map(|k| issued[k].as_array().cloned().unwrap_or_default())
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect();
+        assert!(
+            !needles.is_empty(),
+            "the emulator issued tokens during the test"
+        );
+        needles.extend(SEED_VALUES.iter().chain(also).map(|v| v.to_string()));
+        needles.push(SECRET_APP_PASSWORD.into());
+
+        let events: Value = self
+            .client
+            .request(
+                http::Request::get(format!("/api/v1/namespaces/{}/events", self.ns.name))
+                    .body(vec![])
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let statuses = serde_json::to_string(
+            &self
+                .kvs_api()
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|k| &k.status)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let haystacks = [
+            ("operator log", self.operator.process.output()),
+            ("events", events.to_string()),
+            ("statuses", statuses),
+        ];
+        for (place, text) in &haystacks {
+            for needle in &needles {
+                assert!(
+                    !text.contains(needle.as_str()),
+                    "{place} contains a secret ({} chars)",
+                    needle.len()
+                );
+            }
+        }
     }
 
     async fn secret_data(&self, name: &str) -> Option<BTreeMap<String, String>> {
@@ -289,6 +354,37 @@ async fn rotation_is_picked_up_and_idle_refreshes_write_nothing() {
         (f.secret_data("db").await?.get("pw")? == "rotated-value").then_some(())
     })
     .await;
+    f.assert_nothing_leaked(&["rotated-value"]).await;
+}
+
+#[tokio::test]
+async fn tokens_never_go_to_hosts_outside_the_allow_list() {
+    let f = Fixture::new("containment").await;
+    // A second "vault" the operator was not told to allow (it allows `localhost` only).
+    let rogue = Emulator::start(json!({"vaults": [{"name": "rogue", "secrets": [{"name": "db-password", "value": "x"}]}],
+        "apps": [{"tenantId": TENANT, "clientId": SA_APP, "access": [{"vault": "rogue", "secrets": ["*"]}]}]}))
+    .await;
+    let rogue_url = rogue.vault_url("rogue").replace("localhost", "127.0.0.1");
+    let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "rogue"},
+        "spec": {"vaultUrl": rogue_url, "auth": {"workloadIdentity": {"serviceAccountName": "shop-api"}},
+                 "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}});
+    f.kvs_api()
+        .patch("rogue", &PatchParams::apply("test"), &Patch::Apply(&body))
+        .await
+        .unwrap();
+    let refused = f.wait_reason("rogue", "InvalidSpec").await;
+    assert!(
+        ready(&refused)
+            .unwrap()
+            .message
+            .contains("not an allowed Key Vault host")
+    );
+    always(
+        "the rogue host sees no request",
+        Duration::from_secs(2),
+        || async { rogue.counters().await["total"].as_u64() == Some(0) },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -344,6 +440,7 @@ async fn client_secret_auth_and_its_rotation() {
         .unwrap();
     f.wait_reason("db", "Synced").await;
     assert_eq!(f.secret_data("db").await.unwrap()["pw"], "not-for-you");
+    f.assert_nothing_leaked(&["wrong"]).await;
 }
 
 #[tokio::test]
