@@ -156,7 +156,7 @@ impl Process {
             .env("KUBECONFIG", kubeconfig_path())
             .env(
                 "RUST_LOG",
-                std::env::var("KVSYNC_TEST_LOG").unwrap_or_else(|_| "kvsync=trace,info".into()),
+                std::env::var("KVSYNC_TEST_LOG").unwrap_or_else(|_| "trace".into()),
             )
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
