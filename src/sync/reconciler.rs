@@ -419,9 +419,13 @@ async fn resolve_identity(
             .await
             .map_err(|e| Err(e.into()))?
             .ok_or_else(|| {
-                Ok(Failure::invalid(format!(
-                    "service account {sa_name} does not exist in namespace {namespace}"
-                )))
+                // Service accounts are not watched: look again later instead of waiting for a spec change.
+                Ok(Failure {
+                    transient: true,
+                    ..Failure::invalid(format!(
+                        "service account {sa_name} does not exist in namespace {namespace}"
+                    ))
+                })
             })?;
         let annotation = |key: &str| sa.annotations().get(key).cloned();
         let client_id = wi.client_id.clone().or_else(|| annotation(SA_CLIENT_ID_ANNOTATION)).ok_or_else(|| {
