@@ -388,7 +388,7 @@ async fn tokens_never_go_to_hosts_outside_the_allow_list() {
 }
 
 #[tokio::test]
-async fn force_sync_annotation_syncs_immediately() {
+async fn force_sync_and_target_changes_sync_immediately() {
     let f = Fixture::new("force").await;
     f.apply("db", json!({"refreshInterval": "1h", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
         .await;
@@ -404,6 +404,28 @@ async fn force_sync_annotation_syncs_immediately() {
     eventually("the forced value", Duration::from_secs(5), || async {
         (f.secret_data("db").await?.get("pw")? == "forced-value").then_some(())
     })
+    .await;
+    // A deleted or hand-edited target is repaired at once, not at the next refresh (1h).
+    f.secrets()
+        .delete("db", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the deleted Secret to be recreated",
+        Duration::from_secs(5),
+        || async { (f.secret_data("db").await?.get("pw")? == "forced-value").then_some(()) },
+    )
+    .await;
+    let edit = json!({"stringData": {"pw": "tampered"}});
+    f.secrets()
+        .patch("db", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    eventually(
+        "the edited Secret to be repaired",
+        Duration::from_secs(5),
+        || async { (f.secret_data("db").await?.get("pw")? == "forced-value").then_some(()) },
+    )
     .await;
 }
 
