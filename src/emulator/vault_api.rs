@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// API versions of the stable secrets API the emulator speaks.
-pub const SUPPORTED_API_VERSIONS: [&str; 4] = ["7.5", "7.6", "2025-06-01", "2025-07-01"];
+const SUPPORTED_API_VERSIONS: [&str; 4] = ["7.5", "7.6", "2025-06-01", "2025-07-01"];
 const LATEST_API_VERSION: &str = "2025-07-01";
 
 /// Key Vault's values for a vault with soft delete (informational here).
