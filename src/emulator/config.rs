@@ -161,6 +161,8 @@ pub struct Config {
     pub vaults: Vec<VaultConfig>,
     pub apps: Vec<App>,
     pub issuers: BTreeMap<String, KeySourceConfig>,
+    /// What app registrations (here and at runtime) may refer to.
+    pub known_names: KnownNames,
 }
 
 /// Reads and validates a seed file.
@@ -258,6 +260,7 @@ fn validate(seed: SeedFile, base_dir: &Path) -> Result<Config, ConfigError> {
         vaults,
         apps,
         issuers,
+        known_names: known,
     })
 }
 

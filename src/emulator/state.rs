@@ -54,10 +54,6 @@ impl Emulator {
         tokens: TokenAuthority,
         issuers: IssuerKeys,
     ) -> Self {
-        let known_names = KnownNames {
-            vaults: config.vaults.iter().map(|v| v.name.clone()).collect(),
-            issuers: config.issuers.keys().cloned().collect(),
-        };
         let mut store = VaultStore::default();
         let mut vaults = BTreeMap::new();
         let created = now();
@@ -84,7 +80,7 @@ impl Emulator {
         Self {
             authority_host,
             vaults,
-            known_names,
+            known_names: config.known_names,
             tokens,
             issuers,
             store: Mutex::new(store),

@@ -9,6 +9,7 @@
 //! Not implemented (answered with 501): backup/restore, the deleted-secrets
 //! operations (`DELETE` purges at once), and certificate-backed `outContentType`.
 
+use super::directory::App;
 use super::faults::FaultTarget;
 use super::responses::{ServiceError, json_response};
 use super::state::{Emulator, VaultSite, lock, now};
@@ -27,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// API versions of the stable secrets API the emulator speaks.
-pub const SUPPORTED_API_VERSIONS: [&str; 4] = ["7.5", "7.6", "2025-06-01", "2025-07-01"];
+const SUPPORTED_API_VERSIONS: [&str; 4] = ["7.5", "7.6", "2025-06-01", "2025-07-01"];
 const LATEST_API_VERSION: &str = "2025-07-01";
 
 /// Key Vault's values for a vault with soft delete (informational here).
@@ -123,13 +124,25 @@ impl VaultContext {
         })
     }
 
-    fn forbidden(&self, caller: &Caller, action: &str, resource: &str) -> ServiceError {
-        ServiceError::forbidden_by_rbac(format!(
+    /// Refuses with `ForbiddenByRbac` unless the caller's app (still) exists and
+    /// `permitted` says yes.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        permitted: impl FnOnce(&App) -> bool,
+        action: &str,
+        resource: &str,
+    ) -> Result<(), ServiceError> {
+        let app = lock(&self.emulator.directory).app(&caller.tenant_id, &caller.client_id);
+        if app.is_some_and(|app| permitted(&app)) {
+            return Ok(());
+        }
+        Err(ServiceError::forbidden_by_rbac(format!(
             "Caller is not authorized to perform action on resource.\r\n\
              Caller: appid={};tid={}\r\nAction: 'Microsoft.KeyVault/vaults/secrets/{action}'\r\n\
              Resource: '{resource}'\r\nAssignment: (not found)\r\nVault: {}",
             caller.client_id, caller.tenant_id, self.name
-        ))
+        )))
     }
 
     /// Reading or writing one secret needs a grant on it.
@@ -139,30 +152,23 @@ impl VaultContext {
         secret: &str,
         action: &str,
     ) -> Result<(), ServiceError> {
-        let allowed = lock(&self.emulator.directory)
-            .app(&caller.tenant_id, &caller.client_id)
-            .is_some_and(|app| app.may_access_secret(&self.name, secret));
-        if allowed {
-            Ok(())
-        } else {
-            Err(self.forbidden(
-                caller,
-                action,
-                &format!("{}secrets/{secret}", self.site.url),
-            ))
-        }
+        let resource = format!("{}secrets/{secret}", self.site.url);
+        self.authorize(
+            caller,
+            |app| app.may_access_secret(&self.name, secret),
+            action,
+            &resource,
+        )
     }
 
     /// Listing needs a grant on the vault (on any of its secrets).
     fn authorize_list(&self, caller: &Caller) -> Result<(), ServiceError> {
-        let allowed = lock(&self.emulator.directory)
-            .app(&caller.tenant_id, &caller.client_id)
-            .is_some_and(|app| app.may_list(&self.name));
-        if allowed {
-            Ok(())
-        } else {
-            Err(self.forbidden(caller, "readMetadata/action", self.site.url.as_str()))
-        }
+        self.authorize(
+            caller,
+            |app| app.may_list(&self.name),
+            "readMetadata/action",
+            self.site.url.as_str(),
+        )
     }
 }
 
