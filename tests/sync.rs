@@ -23,6 +23,8 @@ struct Fixture {
     emulator: Emulator,
     operator: Operator,
     _issuer_dir: tempfile::TempDir,
+    /// Key + certificate registered for `CERT_APP`.
+    app_certificate: String,
 }
 
 /// Values seeded into the vault (scanned for in logs, events and statuses).
@@ -36,7 +38,15 @@ const SEED_VALUES: &[&str] = &[
     "not-for-you",
 ];
 
-fn seed(issuer: &str, jwks: &std::path::Path, namespace: &str, certificate_pem: &str) -> Value {
+const CERT_APP: &str = "33333333-3333-3333-3333-333333333333";
+
+fn seed(
+    issuer: &str,
+    jwks: &std::path::Path,
+    namespace: &str,
+    certificate_pem: &str,
+    app_certificate: &str,
+) -> Value {
     json!({
         "vaults": [{
             "name": "shop",
@@ -65,19 +75,24 @@ fn seed(issuer: &str, jwks: &std::path::Path, namespace: &str, certificate_pem: 
             {
                 "tenantId": TENANT, "clientId": SECRET_APP, "clientSecret": SECRET_APP_PASSWORD,
                 "access": [{"vault": "shop", "secrets": ["*"]}]
+            },
+            {
+                "tenantId": TENANT, "clientId": CERT_APP, "certificate": app_certificate,
+                "access": [{"vault": "shop", "secrets": ["db-password"]}]
             }
         ],
         "issuers": [{"issuer": issuer, "jwksFile": jwks}]
     })
 }
 
-fn test_certificate() -> String {
+/// A self-signed RSA certificate: (certificate PEM, private key PEM).
+fn test_certificate(name: &str) -> (String, String) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["web.shop.example".into()])
+    let cert = rcgen::CertificateParams::new(vec![name.into()])
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    format!("{}{}", key.serialize_pem(), cert.pem())
+    (cert.pem(), key.serialize_pem())
 }
 
 impl Fixture {
@@ -86,7 +101,16 @@ impl Fixture {
         let ns = TestNamespace::new(&client, test).await;
         let dir = tempfile::tempdir().unwrap();
         let (issuer, jwks) = cluster_issuer(&client, dir.path()).await;
-        let emulator = Emulator::start(seed(&issuer, &jwks, &ns.name, &test_certificate())).await;
+        let (web_cert, web_key) = test_certificate("web.shop.example");
+        let (app_cert, app_key) = test_certificate("kvsync-client");
+        let emulator = Emulator::start(seed(
+            &issuer,
+            &jwks,
+            &ns.name,
+            &format!("{web_key}{web_cert}"),
+            &app_cert,
+        ))
+        .await;
         let sa: ServiceAccount = serde_json::from_value(json!({
             "metadata": {"name": "shop-api", "annotations": {
                 "azure.workload.identity/client-id": SA_APP,
@@ -104,6 +128,7 @@ impl Fixture {
             emulator,
             operator,
             _issuer_dir: dir,
+            app_certificate: format!("{app_key}{app_cert}"),
         }
     }
 
@@ -463,6 +488,28 @@ async fn client_secret_auth_and_its_rotation() {
     f.wait_reason("db", "Synced").await;
     assert_eq!(f.secret_data("db").await.unwrap()["pw"], "not-for-you");
     f.assert_nothing_leaked(&["wrong"]).await;
+}
+
+#[tokio::test]
+async fn client_certificate_auth() {
+    let f = Fixture::new("clientcert").await;
+    let creds: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "kv-cert"}, "stringData": {"tls.pem": f.app_certificate}}),
+    )
+    .unwrap();
+    f.secrets()
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+    let auth = json!({"clientCertificate": {"tenantId": TENANT, "clientId": CERT_APP, "secretRef": {"name": "kv-cert", "key": "tls.pem"}}});
+    f.apply(
+        "db",
+        json!({"auth": auth, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
+    )
+    .await;
+    f.wait_reason("db", "Synced").await;
+    assert_eq!(f.secret_data("db").await.unwrap()["pw"], "s3cr3t-db-value");
+    f.assert_nothing_leaked(&[]).await;
 }
 
 #[tokio::test]
