@@ -6,6 +6,9 @@
 //! running one), or whatever cluster `KVSYNC_TEST_KUBECONFIG` points at.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+mod fixture;
+pub use fixture::*;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -315,29 +318,26 @@ pub struct Operator {
 
 impl Operator {
     /// Starts `kvsync run` for `namespace`, trusting and allowing `emulator`.
+    /// Flags in `extra` replace the defaults of the same name (short backoff
+    /// and request timeout).
     pub fn start(emulator: &Emulator, namespace: &str, extra: &[&str]) -> Self {
-        let mut args: Vec<String> = [
-            "run",
-            "--namespaces",
-            namespace,
-            "--operator-namespace",
-            namespace,
-            "--authority-host",
-            &emulator.endpoints.authority_host,
-            "--allow-vault-host",
-            "localhost",
-            "--extra-ca-file",
-            &emulator.endpoints.ca_file.display().to_string(),
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--max-backoff",
-            "4s",
-            "--request-timeout",
-            "3s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let ca_file = emulator.endpoints.ca_file.display().to_string();
+        let defaults = [
+            ("--namespaces", namespace),
+            ("--operator-namespace", namespace),
+            ("--authority-host", &emulator.endpoints.authority_host),
+            ("--allow-vault-host", "localhost"),
+            ("--extra-ca-file", &ca_file),
+            ("--metrics-addr", "127.0.0.1:0"),
+            ("--max-backoff", "4s"),
+            ("--request-timeout", "3s"),
+        ];
+        let mut args = vec!["run".to_string()];
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), value.to_string()]);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         Operator {
             process: Process::spawn(&args, tempfile::tempdir().unwrap()),
