@@ -151,6 +151,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn disabled_is_told_apart_from_rbac() {
@@ -187,5 +188,47 @@ mod tests {
         assert_eq!(inner_error_code(body).as_deref(), Some("SecretDisabled"));
         assert_eq!(error_message(body).as_deref(), Some("no"));
         assert_eq!(inner_error_code("not json"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn retry_after_parsing_never_panics(value in any::<String>()) {
+            let _ = parse_retry_after(&value);
+        }
+
+        #[test]
+        fn retry_after_seconds_are_read_exactly(seconds in any::<u64>(), pad in " {0,2}") {
+            prop_assert_eq!(
+                parse_retry_after(&format!("{pad}{seconds}{pad}")),
+                Some(Duration::from_secs(seconds))
+            );
+        }
+
+        /// Whatever a server answers (body, status, Retry-After), classifying
+        /// it and scheduling the retry cannot panic, and the retry honours
+        /// Retry-After as a floor.
+        #[test]
+        fn any_error_response_is_classified_and_scheduled(
+            body in prop_oneof![
+                any::<String>(),
+                ".{0,20}".prop_map(|code| format!(r#"{{"error":{{"code":"x","message":"m","innererror":{{"code":{code:?}}}}}}}"#)),
+                Just(r#"{"error":{"innererror":[]}}"#.to_string()),
+            ],
+            status in 400u16..600,
+            retry_after in any::<String>(),
+            failures in any::<u32>(),
+            unit_random in 0.0f64..=1.0,
+        ) {
+            let _ = error_message(&body);
+            let inner = inner_error_code(&body);
+            let retry_after = parse_retry_after(&retry_after);
+            let error = classify(status, inner.as_deref(), "m".into(), retry_after, "db");
+            let cap = Duration::from_secs(300);
+            if let VaultError::Throttled { retry_after } = error {
+                let delay = crate::sync::schedule::backoff_delay(failures, retry_after, cap, unit_random);
+                prop_assert!(delay >= retry_after.unwrap_or_default());
+                prop_assert!(delay <= cap.max(retry_after.unwrap_or_default()));
+            }
+        }
     }
 }
