@@ -59,7 +59,7 @@ impl VaultError {
                 classify(status, inner.as_deref(), message, retry_after, name)
             }
             ErrorKind::Credential => VaultError::Auth(credential_message(error)),
-            _ => VaultError::Unavailable(error.to_string()),
+            _ => VaultError::Unavailable(with_causes(error)),
         }
     }
 
@@ -141,6 +141,21 @@ fn credential_message(error: &azure_core::Error) -> String {
         .chars()
         .take(300)
         .collect()
+}
+
+/// An error and its causes (`failed to execute request: … : operation timed
+/// out`): the SDK's own text alone does not say what went wrong on the wire.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// `Retry-After` as delta-seconds (Key Vault's form when it sends one).
