@@ -20,6 +20,8 @@ pub struct Fixture {
     pub ns: TestNamespace,
     pub emulator: Emulator,
     pub operator: Operator,
+    /// The cluster's service-account token issuer (federated by `SA_APP`).
+    pub issuer: String,
     _issuer_dir: tempfile::TempDir,
     /// Key + certificate registered for `CERT_APP`.
     pub app_certificate: String,
@@ -61,15 +63,7 @@ pub fn seed(
             ]
         }],
         "apps": [
-            {
-                "tenantId": TENANT, "clientId": SA_APP,
-                "federatedCredentials": [{
-                    "issuer": issuer,
-                    "subject": format!("system:serviceaccount:{namespace}:shop-api"),
-                    "audience": "api://AzureADTokenExchange"
-                }],
-                "access": [{"vault": "shop", "secrets": ["db-password", "app-config", "json-blob", "b64-value", "app-alpha", "app-beta", "app-gamma", "web-cert"]}]
-            },
+            sa_app_registration(issuer, namespace, true),
             {
                 "tenantId": TENANT, "clientId": SECRET_APP, "clientSecret": SECRET_APP_PASSWORD,
                 "access": [{"vault": "shop", "secrets": ["*"]}]
@@ -80,6 +74,25 @@ pub fn seed(
             }
         ],
         "issuers": [{"issuer": issuer, "jwksFile": jwks}]
+    })
+}
+
+/// The app registration of `SA_APP` (control API / seed shape), federated
+/// with the `shop-api` service account of `namespace` unless `federated` is false.
+pub fn sa_app_registration(issuer: &str, namespace: &str, federated: bool) -> Value {
+    let credentials = if federated {
+        json!([{
+            "issuer": issuer,
+            "subject": format!("system:serviceaccount:{namespace}:shop-api"),
+            "audience": "api://AzureADTokenExchange"
+        }])
+    } else {
+        json!([])
+    };
+    json!({
+        "tenantId": TENANT, "clientId": SA_APP,
+        "federatedCredentials": credentials,
+        "access": [{"vault": "shop", "secrets": ["db-password", "app-config", "json-blob", "b64-value", "app-alpha", "app-beta", "app-gamma", "web-cert"]}]
     })
 }
 
@@ -130,6 +143,7 @@ impl Fixture {
             ns,
             emulator,
             operator,
+            issuer,
             _issuer_dir: dir,
             app_certificate: format!("{app_key}{app_cert}"),
         }
