@@ -48,6 +48,9 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             },
             extra_ca_pem: read_ca_file(args.extra_ca_file.as_deref())?,
             request_timeout: args.request_timeout,
+            change_detection: args.change_detection,
+            vault_concurrency: args.vault_concurrency,
+            max_backoff: args.max_backoff,
         },
     )?;
 

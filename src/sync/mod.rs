@@ -7,11 +7,10 @@
 //! ```
 //!
 //! Decisions are pure and live in [`render`], [`target`], [`status`] and
-//! [`schedule`]; [`reconciler`] does the I/O around them.
+//! [`crate::schedule`]; [`reconciler`] does the I/O around them.
 
 mod reconciler;
 pub mod render;
-pub mod schedule;
 pub mod status;
 pub mod target;
 
@@ -32,7 +31,7 @@ use crate::api::{FORCE_SYNC_ANNOTATION, KeyVaultSecret};
 use crate::metrics::SyncMetrics;
 use crate::reload::ReloadNotifier;
 use crate::scope::ScopeArgs;
-use crate::vault::VaultAccess;
+use crate::vault::{Freshness, VaultAccess};
 
 /// Shared state of the sync stage.
 pub struct Context {
@@ -51,6 +50,9 @@ pub struct Context {
     /// resourceVersion of each Secret as kvsync last wrote it, so the watch
     /// event caused by our own write does not trigger another sync.
     own_writes: Mutex<HashMap<(String, String), String>>,
+    /// The `kvsync.io/force-sync` value each KeyVaultSecret was last synced
+    /// with; a new value asks for a read of the vault as of now.
+    forced: Mutex<HashMap<String, Option<String>>>,
 }
 
 impl Context {
@@ -78,6 +80,7 @@ impl Context {
             max_backoff,
             failures: Mutex::default(),
             own_writes: Mutex::default(),
+            forced: Mutex::default(),
         }
     }
 
@@ -87,6 +90,17 @@ impl Context {
                 .lock()
                 .unwrap()
                 .insert((namespace.to_owned(), name.to_owned()), rv);
+        }
+    }
+
+    /// `Now` when the force-sync annotation changed since the last sync of
+    /// this object, else whatever the latest listing says.
+    fn freshness_for(&self, kvs: &KeyVaultSecret) -> Freshness {
+        let key = format!("{}/{}", kvs.namespace().unwrap_or_default(), kvs.name_any());
+        let value = kvs.annotations().get(FORCE_SYNC_ANNOTATION).cloned();
+        match self.forced.lock().unwrap().insert(key, value.clone()) {
+            Some(previous) if previous != value => Freshness::Now,
+            _ => Freshness::Latest,
         }
     }
 
@@ -163,7 +177,19 @@ pub async fn run(
         .predicate_filter(sync_trigger, Default::default());
     let store = reader.clone();
     let mapper_ctx = ctx.clone();
-    Controller::for_stream(kvs_events, reader)
+    // Vault changes found by the listing pollers sync the affected objects at once.
+    let vault_changes = ctx.vault.take_change_feed().map(|feed| {
+        tokio_stream::wrappers::UnboundedReceiverStream::new(feed).filter_map(|key| async move {
+            let (namespace, name) = key.split_once('/')?;
+            Some(ObjectRef::<KeyVaultSecret>::new(name).within(namespace))
+        })
+    });
+    let controller = Controller::for_stream(kvs_events, reader);
+    let controller = match vault_changes {
+        Some(changes) => controller.reconcile_on(changes),
+        None => controller,
+    };
+    controller
         .watches(
             secret_api,
             watcher::Config::default(),
