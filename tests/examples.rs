@@ -126,8 +126,8 @@ async fn the_dry_run_rejects_an_invalid_keyvaultsecret() {
 
 #[test]
 fn eso_before_example_is_valid_yaml_of_eso_kinds() {
-    let text =
-        std::fs::read_to_string(Path::new(ROOT).join("examples/migration/eso-before.yaml")).unwrap();
+    let text = std::fs::read_to_string(Path::new(ROOT).join("examples/migration/eso-before.yaml"))
+        .unwrap();
     let kinds: Vec<String> = documents(&text)
         .iter()
         .map(|d| d["kind"].as_str().unwrap_or_default().to_owned())
@@ -164,7 +164,9 @@ fn render_chart(values: &Value, namespace: &str, kube_version: &str) -> Option<S
         .expect("run scripts/render-chart.sh");
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(3) {
-        eprintln!("SKIPPED: the Helm engine is not installable here, chart not verified:\n{stderr}");
+        eprintln!(
+            "SKIPPED: the Helm engine is not installable here, chart not verified:\n{stderr}"
+        );
         return None;
     }
     assert!(out.status.success(), "render failed: {stderr}");
@@ -216,15 +218,23 @@ async fn chart_in_cluster_mode_is_accepted_by_the_api_server() {
     assert_eq!(cluster_roles.len(), 1, "one ClusterRole");
     let rules = cluster_roles[0]["rules"].as_array().unwrap();
     assert!(
-        rules.iter().any(|r| r["resources"] == json!(["namespaces"])),
+        rules
+            .iter()
+            .any(|r| r["resources"] == json!(["namespaces"])),
         "cluster mode reads Namespaces (for --namespace-selector)"
     );
     assert_eq!(find(&docs, "ClusterRoleBinding", None).len(), 1);
     let args = operator_args(&docs);
-    assert!(!args.iter().any(|a| a.starts_with("--namespaces")), "{args:?}");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--namespaces")),
+        "{args:?}"
+    );
     assert!(args.contains(&"--namespace-selector=kvsync=enabled".to_owned()));
     assert!(args.contains(&"--operator-identity-namespaces=platform".to_owned()));
-    assert!(find(&docs, "PodDisruptionBudget", None).is_empty(), "1 replica: no PDB");
+    assert!(
+        find(&docs, "PodDisruptionBudget", None).is_empty(),
+        "1 replica: no PDB"
+    );
 
     dry_run_all(&client, &docs, &release.name).await;
 }
@@ -247,16 +257,27 @@ async fn chart_in_namespaced_mode_grants_only_the_watched_namespaces() {
     };
     let docs = documents(&text);
 
-    assert!(find(&docs, "ClusterRole", None).is_empty(), "no cluster-wide grant");
+    assert!(
+        find(&docs, "ClusterRole", None).is_empty(),
+        "no cluster-wide grant"
+    );
     assert!(find(&docs, "ClusterRoleBinding", None).is_empty());
     for ns in [&team_a.name, &team_b.name] {
         assert_eq!(find(&docs, "Role", Some(ns)).len(), 1, "Role in {ns}");
-        assert_eq!(find(&docs, "RoleBinding", Some(ns)).len(), 1, "RoleBinding in {ns}");
+        assert_eq!(
+            find(&docs, "RoleBinding", Some(ns)).len(),
+            1,
+            "RoleBinding in {ns}"
+        );
     }
     let args = operator_args(&docs);
     let expected = format!("--namespaces={},{}", team_a.name, team_b.name);
     assert!(args.contains(&expected), "{args:?}");
-    assert_eq!(find(&docs, "PodDisruptionBudget", None).len(), 1, "2 replicas: a PDB");
+    assert_eq!(
+        find(&docs, "PodDisruptionBudget", None).len(),
+        1,
+        "2 replicas: a PDB"
+    );
 
     dry_run_all(&client, &docs, &release.name).await;
 
@@ -268,13 +289,20 @@ async fn chart_in_namespaced_mode_grants_only_the_watched_namespaces() {
         .filter(|d| d["kind"] == "Role" || d["kind"] == "RoleBinding")
     {
         let doc = doc.clone();
-        let gvk = GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", doc["kind"].as_str().unwrap());
+        let gvk = GroupVersionKind::gvk(
+            "rbac.authorization.k8s.io",
+            "v1",
+            doc["kind"].as_str().unwrap(),
+        );
         let (resource, _) = pinned_kind(&client, &gvk).await.unwrap();
         let ns = doc["metadata"]["namespace"].as_str().unwrap().to_owned();
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
-        api.create(&PostParams::default(), &serde_json::from_value(doc).unwrap())
-            .await
-            .expect("create RBAC");
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(doc).unwrap(),
+        )
+        .await
+        .expect("create RBAC");
     }
     let user = format!("system:serviceaccount:{}:kvsync", release.name);
     let may = |ns: &str, group: &str, resource: &str, sub: &str, verb: &str, name: &str| {
@@ -298,12 +326,21 @@ async fn chart_in_namespaced_mode_grants_only_the_watched_namespaces() {
         assert!(may(ns, "", "serviceaccounts", "token", "create", "shop-api").await);
         assert!(may(ns, "apps", "deployments", "", "patch", "shop-api").await);
         assert!(may(ns, "events.k8s.io", "events", "", "create", "").await);
-        assert!(!may(ns, "", "secrets", "", "delete", "db").await, "no delete");
+        assert!(
+            !may(ns, "", "secrets", "", "delete", "db").await,
+            "no delete"
+        );
     }
     let outside = outside.name.as_str();
-    assert!(!may(outside, "", "secrets", "", "get", "db").await, "secrets elsewhere");
+    assert!(
+        !may(outside, "", "secrets", "", "get", "db").await,
+        "secrets elsewhere"
+    );
     assert!(!may(outside, "kvsync.io", "keyvaultsecrets", "", "list", "").await);
-    assert!(!may("", "", "namespaces", "", "list", "").await, "no cluster reads");
+    assert!(
+        !may("", "", "namespaces", "", "list", "").await,
+        "no cluster reads"
+    );
     let own = release.name.as_str();
     assert!(may(own, "", "secrets", "", "get", "kvsync-digest-key").await);
     assert!(!may(own, "", "secrets", "", "get", "someone-elses").await);
@@ -316,7 +353,11 @@ fn chart_refuses_a_namespace_selector_in_namespaced_mode() {
     // could never match: a render error is better than a silent no-op.
     let dir = tempfile::tempdir().unwrap();
     let values_file = dir.path().join("values.yaml");
-    std::fs::write(&values_file, "watchNamespaces: [a]\nnamespaceSelector: team=shop\n").unwrap();
+    std::fs::write(
+        &values_file,
+        "watchNamespaces: [a]\nnamespaceSelector: team=shop\n",
+    )
+    .unwrap();
     let out = Command::new("bash")
         .arg(Path::new(ROOT).join("scripts/render-chart.sh"))
         .arg("-f")
