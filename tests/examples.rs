@@ -86,8 +86,26 @@ fn example_files() -> Vec<PathBuf> {
 #[tokio::test]
 async fn every_example_is_accepted_by_the_api_server() {
     let files = example_files();
-    // Guards against the directory walk silently finding nothing.
-    assert!(files.len() >= 9, "expected the examples, found {files:?}");
+    // Guards against the walk silently finding nothing or an example vanishing.
+    let names: Vec<_> = files
+        .iter()
+        .map(|f| f.strip_prefix(ROOT).unwrap().to_string_lossy().into_owned())
+        .collect();
+    for expected in [
+        "examples/client-certificate.yaml",
+        "examples/client-secret.yaml",
+        "examples/datafrom-find-extract.yaml",
+        "examples/migration/kvsync-after.yaml",
+        "examples/operator-identity.yaml",
+        "examples/reloader-search.yaml",
+        "examples/tls-certificate.yaml",
+        "examples/workload-identity.yaml",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
     let client = client().await;
     let ns = TestNamespace::new(&client, "examples").await;
     let mut failures = Vec::new();
