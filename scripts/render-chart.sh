@@ -18,12 +18,20 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${KVSYNC_HELM_VENV:-$HOME/.cache/kvsync/helm-venv}
 sdk=helm-python-sdk==0.2.2
 
-if ! "$venv/bin/python" -c 'import helm_python' >/dev/null 2>&1; then
-  {
-    python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' &&
-      python3 -m venv "$venv" &&
-      "$venv/bin/pip" install --quiet --disable-pip-version-check "$sdk"
-  } >&2 || { echo "render-chart.sh: cannot install $sdk (the Helm engine)" >&2; exit 3; }
+installed() { "$venv/bin/python" -c 'import helm_python' >/dev/null 2>&1; }
+if ! installed; then
+  # Tests render in parallel: one installs, the others wait for it.
+  mkdir -p "$(dirname "$venv")"
+  exec 9>"$venv.lock"
+  flock 9
+  if ! installed; then
+    {
+      python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' &&
+        python3 -m venv "$venv" &&
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "$sdk"
+    } >&2 || { echo "render-chart.sh: cannot install $sdk (the Helm engine)" >&2; exit 3; }
+  fi
+  flock -u 9
 fi
 
 # Run from / so that nothing in the caller's directory shadows a module.
