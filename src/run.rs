@@ -112,7 +112,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         }
     });
 
-    let sync = tokio::spawn(crate::sync::run(ctx, shutdown()));
+    let sync = tokio::spawn(crate::sync::run(ctx, shutdown.clone()));
     let reload = tokio::spawn(crate::reload::run(
         client,
         args.reload.clone(),

@@ -883,3 +883,33 @@ async fn many_keyvaultsecrets_share_one_listing_and_read_a_change_once() {
         "the changed secret is read once for all ten: {after}"
     );
 }
+
+#[tokio::test]
+async fn one_operator_serves_several_listed_namespaces() {
+    let f = Fixture::new("multi-a").await;
+    let other = TestNamespace::new(&f.client, "multi-b").await;
+    let operator = Operator::start(&f.emulator, &f.ns.name, &["--namespaces", &other.name]);
+    let creds: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "kv-creds"}, "stringData": {"clientSecret": SECRET_APP_PASSWORD}}),
+    )
+    .unwrap();
+    Api::<Secret>::namespaced(f.client.clone(), &other.name)
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+    let api_b: Api<KeyVaultSecret> = Api::namespaced(f.client.clone(), &other.name);
+    let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "db"},
+        "spec": {"vaultUrl": f.emulator.vault_url("shop"),
+                 "auth": {"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP, "secretRef": {"name": "kv-creds", "key": "clientSecret"}}},
+                 "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}});
+    api_b
+        .patch("db", &PatchParams::apply("test"), &Patch::Apply(&body))
+        .await
+        .unwrap();
+    eventually("the second namespace to sync", WAIT, || async {
+        let kvs = api_b.get("db").await.ok()?;
+        ready(&kvs).filter(|c| c.reason == "Synced").map(|_| ())
+    })
+    .await;
+    drop(operator);
+}

@@ -156,20 +156,64 @@ fn affected_by_secret(
     refs
 }
 
-/// Runs the controller until `shutdown` resolves.
-pub async fn run(
+/// Runs the sync stage until `shutdown` resolves: one controller for the
+/// whole cluster, or one per namespace listed in `--namespaces` (so that
+/// namespaced RBAC suffices: a cluster-wide watch would be refused).
+pub async fn run<F, Fut>(ctx: Arc<Context>, shutdown: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + Sync + 'static,
+{
+    let namespaces: Vec<Option<String>> = if ctx.scope.namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.scope.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut routes = HashMap::new();
+    let mut controllers = Vec::new();
+    for namespace in namespaces {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        controllers.push(run_controller(
+            ctx.clone(),
+            namespace.clone(),
+            rx,
+            shutdown(),
+        ));
+        routes.insert(namespace, tx);
+    }
+    // Vault changes found by the listing pollers sync the affected objects at once.
+    if let Some(mut feed) = ctx.vault.take_change_feed() {
+        tokio::spawn(async move {
+            while let Some(key) = feed.recv().await {
+                let Some((namespace, name)) = key.split_once('/') else {
+                    continue;
+                };
+                let route = routes
+                    .get(&Some(namespace.to_owned()))
+                    .or_else(|| routes.get(&None));
+                if let Some(route) = route {
+                    let _ = route.send(ObjectRef::<KeyVaultSecret>::new(name).within(namespace));
+                }
+            }
+        });
+    }
+    futures::future::join_all(controllers).await;
+}
+
+async fn run_controller(
     ctx: Arc<Context>,
+    namespace: Option<String>,
+    vault_changes: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<KeyVaultSecret>>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (kvs_api, secret_api): (Api<KeyVaultSecret>, Api<Secret>) =
-        match ctx.scope.single_namespace() {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client, ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client)),
-        };
+    let (kvs_api, secret_api): (Api<KeyVaultSecret>, Api<Secret>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
     let (reader, writer) = reflector::store();
     let kvs_events = reflector(writer, watcher(kvs_api, watcher::Config::default()))
         .default_backoff()
@@ -177,19 +221,10 @@ pub async fn run(
         .predicate_filter(sync_trigger, Default::default());
     let store = reader.clone();
     let mapper_ctx = ctx.clone();
-    // Vault changes found by the listing pollers sync the affected objects at once.
-    let vault_changes = ctx.vault.take_change_feed().map(|feed| {
-        tokio_stream::wrappers::UnboundedReceiverStream::new(feed).filter_map(|key| async move {
-            let (namespace, name) = key.split_once('/')?;
-            Some(ObjectRef::<KeyVaultSecret>::new(name).within(namespace))
-        })
-    });
-    let controller = Controller::for_stream(kvs_events, reader);
-    let controller = match vault_changes {
-        Some(changes) => controller.reconcile_on(changes),
-        None => controller,
-    };
-    controller
+    Controller::for_stream(kvs_events, reader)
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            vault_changes,
+        ))
         .watches(
             secret_api,
             watcher::Config::default(),
