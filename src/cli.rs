@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use crate::scope::ScopeArgs;
 
 #[derive(Parser, Debug)]
-#[command(name = "kvsync", version, about = "Azure Key Vault → Kubernetes Secrets, with rolling restarts on change")]
+#[command(
+    name = "kvsync",
+    version,
+    about = "Azure Key Vault → Kubernetes Secrets, with rolling restarts on change"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -41,12 +45,20 @@ pub struct RunArgs {
     pub scope: ScopeArgs,
 
     /// Entra ID authority host (sovereign clouds, the emulator).
-    #[arg(long, env = "AZURE_AUTHORITY_HOST", default_value = "https://login.microsoftonline.com/")]
+    #[arg(
+        long,
+        env = "AZURE_AUTHORITY_HOST",
+        default_value = "https://login.microsoftonline.com/"
+    )]
     pub authority_host: String,
 
     /// Extra allowed vault hosts besides the Azure Key Vault domains: exact
     /// host names or `*.suffix`. Tokens are only ever sent to allowed hosts.
-    #[arg(long = "allow-vault-host", env = "KVSYNC_ALLOW_VAULT_HOSTS", value_delimiter = ',')]
+    #[arg(
+        long = "allow-vault-host",
+        env = "KVSYNC_ALLOW_VAULT_HOSTS",
+        value_delimiter = ','
+    )]
     pub allow_vault_hosts: Vec<String>,
 
     /// PEM file with extra CA certificates to trust for Key Vault and Entra ID.
@@ -55,7 +67,11 @@ pub struct RunArgs {
 
     /// Namespaces whose KeyVaultSecrets may use the operator's own identity
     /// (`workloadIdentity` without `serviceAccountName`). Default: none.
-    #[arg(long, env = "KVSYNC_OPERATOR_IDENTITY_NAMESPACES", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KVSYNC_OPERATOR_IDENTITY_NAMESPACES",
+        value_delimiter = ','
+    )]
     pub operator_identity_namespaces: Vec<String>,
 
     /// The operator's own client id (injected by the AKS Workload Identity webhook).

@@ -11,10 +11,10 @@
 //! the tests and for local development.
 #![forbid(unsafe_code)]
 
-pub mod emulator;
-pub mod scope;
 pub mod api;
-pub mod vault;
 pub mod cli;
+pub mod emulator;
 pub mod reload;
 pub mod run;
+pub mod scope;
+pub mod vault;

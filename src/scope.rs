@@ -33,11 +33,28 @@ pub struct LabelSelector(BTreeMap<String, Option<String>>);
 impl LabelSelector {
     /// Whether `labels` satisfy every requirement of the selector.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.0.iter().all(|(key, want)| match (want, labels.get(key)) {
-            (None, found) => found.is_some(),
-            (Some(want), Some(found)) => want == found,
-            (Some(_), None) => false,
-        })
+        self.0
+            .iter()
+            .all(|(key, want)| match (want, labels.get(key)) {
+                (None, found) => found.is_some(),
+                (Some(want), Some(found)) => want == found,
+                (Some(_), None) => false,
+            })
+    }
+}
+
+/// The selector in the API's syntax (`k=v,k2`), for server-side filtering.
+impl std::fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut separator = "";
+        for (key, value) in &self.0 {
+            match value {
+                Some(value) => write!(f, "{separator}{key}={value}")?,
+                None => write!(f, "{separator}{key}")?,
+            }
+            separator = ",";
+        }
+        Ok(())
     }
 }
 
@@ -47,7 +64,10 @@ pub fn parse_selector(text: &str) -> Result<LabelSelector, String> {
     let mut requirements = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = match part.split_once('=') {
-            Some((k, v)) => (k.trim_end_matches('='), Some(v.trim_start_matches('=').to_owned())),
+            Some((k, v)) => (
+                k.trim_end_matches('='),
+                Some(v.trim_start_matches('=').to_owned()),
+            ),
             None => (part, None),
         };
         let valid = |s: &str| {
@@ -95,7 +115,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -117,6 +140,7 @@ mod tests {
         assert!(selector.matches(&labels(&[("team", "shop"), ("env", "x")])));
         assert!(!selector.matches(&labels(&[("team", "shop")])));
         assert!(!selector.matches(&labels(&[("team", "web"), ("env", "x")])));
+        assert_eq!(selector.to_string(), "env,team=shop");
         assert!(parse_selector("team in (a,b)").is_err());
         assert!(parse_selector("!team").is_err());
     }

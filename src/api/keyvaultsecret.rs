@@ -82,7 +82,10 @@ pub struct Auth {
 }
 
 fn exactly_one_auth(schema: &mut schemars::Schema) {
-    exactly_one_of(schema, &["workloadIdentity", "clientSecret", "clientCertificate"]);
+    exactly_one_of(
+        schema,
+        &["workloadIdentity", "clientSecret", "clientCertificate"],
+    );
 }
 
 /// Adds a structural `oneOf` that makes exactly one of `fields` required.
@@ -137,7 +140,10 @@ pub struct SecretKeyRef {
 pub struct Target {
     /// Secret name; default: the KeyVaultSecret's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"), length(max = 253))]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        length(max = 253)
+    )]
     pub name: Option<String>,
     /// Secret type, e.g. `Opaque`, `kubernetes.io/tls`. Default `Opaque`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
@@ -287,7 +293,9 @@ pub struct KeyVaultSecretStatus {
 
 impl KeyVaultSecretSpec {
     /// The refresh interval; `None` means "sync once".
-    pub fn refresh_interval(&self) -> Result<Option<std::time::Duration>, humantime::DurationError> {
+    pub fn refresh_interval(
+        &self,
+    ) -> Result<Option<std::time::Duration>, humantime::DurationError> {
         let text = self.refresh_interval.as_deref().unwrap_or("1h");
         let interval = humantime::parse_duration(text)?;
         Ok((!interval.is_zero()).then_some(interval))

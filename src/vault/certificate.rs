@@ -27,7 +27,11 @@ pub struct CertificateAssertion {
 
 impl std::fmt::Debug for CertificateAssertion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CertificateAssertion(client {}, x5t#S256 {})", self.client_id, self.thumbprint)
+        write!(
+            f,
+            "CertificateAssertion(client {}, x5t#S256 {})",
+            self.client_id, self.thumbprint
+        )
     }
 }
 
@@ -35,13 +39,17 @@ impl CertificateAssertion {
     /// `pem` holds the certificate and its RSA private key; `audience` is the token endpoint.
     pub fn new(pem: &str, client_id: &str, audience: &str) -> azure_core::Result<Self> {
         let invalid = |what: &str| {
-            azure_core::Error::with_message(ErrorKind::Credential, format!("client certificate: {what}"))
+            azure_core::Error::with_message(
+                ErrorKind::Credential,
+                format!("client certificate: {what}"),
+            )
         };
         let cert = CertificateDer::pem_slice_iter(pem.as_bytes())
             .next()
             .and_then(Result::ok)
             .ok_or_else(|| invalid("no CERTIFICATE block in the PEM"))?;
-        let key = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| invalid("no usable RSA PRIVATE KEY block in the PEM"))?;
+        let key = EncodingKey::from_rsa_pem(pem.as_bytes())
+            .map_err(|_| invalid("no usable RSA PRIVATE KEY block in the PEM"))?;
         Ok(CertificateAssertion {
             key,
             thumbprint: URL_SAFE_NO_PAD.encode(Sha256::digest(cert.as_ref())),
@@ -51,15 +59,22 @@ impl CertificateAssertion {
     }
 
     fn sign(&self) -> azure_core::Result<String> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let mut header = Header::new(Algorithm::RS256);
         header.x5t_s256 = Some(self.thumbprint.clone());
         let claims = serde_json::json!({
             "aud": self.audience, "iss": self.client_id, "sub": self.client_id,
             "jti": hex::encode(rand::random::<[u8; 16]>()), "nbf": now, "iat": now, "exp": now + 600,
         });
-        jsonwebtoken::encode(&header, &claims, &self.key)
-            .map_err(|e| azure_core::Error::with_message(ErrorKind::Credential, format!("signing the assertion: {e}")))
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| {
+            azure_core::Error::with_message(
+                ErrorKind::Credential,
+                format!("signing the assertion: {e}"),
+            )
+        })
     }
 }
 

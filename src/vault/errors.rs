@@ -36,12 +36,20 @@ impl VaultError {
     /// Classifies an SDK error; `name` is the secret asked for (for messages).
     pub fn from_sdk(error: &azure_core::Error, name: &str) -> Self {
         match error.kind() {
-            ErrorKind::HttpResponse { status, error_code, raw_response } => {
+            ErrorKind::HttpResponse {
+                status,
+                error_code,
+                raw_response,
+            } => {
                 let status = u16::from(*status);
-                let body = raw_response.as_ref().map(|r| String::from_utf8_lossy(r.body()).into_owned());
+                let body = raw_response
+                    .as_ref()
+                    .map(|r| String::from_utf8_lossy(r.body()).into_owned());
                 let inner = body.as_deref().and_then(inner_error_code);
                 let message = body.as_deref().and_then(error_message).unwrap_or_else(|| {
-                    error_code.clone().unwrap_or_else(|| format!("HTTP {status}"))
+                    error_code
+                        .clone()
+                        .unwrap_or_else(|| format!("HTTP {status}"))
                 });
                 let retry_after = raw_response.as_ref().and_then(|r| {
                     r.headers()
@@ -70,18 +78,34 @@ impl VaultError {
     /// What the user should do about it.
     pub fn hint(&self) -> &'static str {
         match self {
-            VaultError::Auth(_) => "check the client id, tenant id and credential (or the federated credential's issuer and subject)",
-            VaultError::Forbidden(_) => "grant the identity the \"Key Vault Secrets User\" role on the vault",
-            VaultError::Disabled(_) => "enable the secret in Key Vault or reference another version",
+            VaultError::Auth(_) => {
+                "check the client id, tenant id and credential (or the federated credential's issuer and subject)"
+            }
+            VaultError::Forbidden(_) => {
+                "grant the identity the \"Key Vault Secrets User\" role on the vault"
+            }
+            VaultError::Disabled(_) => {
+                "enable the secret in Key Vault or reference another version"
+            }
             VaultError::NotFound(_) => "create the secret in Key Vault or fix the name/version",
-            VaultError::Throttled { .. } => "kvsync backs off and retries; lower the request rate if it persists",
-            VaultError::Unavailable(_) => "kvsync retries with backoff; check the vault URL and network",
+            VaultError::Throttled { .. } => {
+                "kvsync backs off and retries; lower the request rate if it persists"
+            }
+            VaultError::Unavailable(_) => {
+                "kvsync retries with backoff; check the vault URL and network"
+            }
         }
     }
 }
 
 /// Pure classification of an HTTP failure.
-fn classify(status: u16, inner: Option<&str>, message: String, retry_after: Option<Duration>, name: &str) -> VaultError {
+fn classify(
+    status: u16,
+    inner: Option<&str>,
+    message: String,
+    retry_after: Option<Duration>,
+    name: &str,
+) -> VaultError {
     match (status, inner) {
         (403, Some("SecretDisabled")) => VaultError::Disabled(name.to_owned()),
         (401, _) => VaultError::Auth(message),
@@ -94,7 +118,9 @@ fn classify(status: u16, inner: Option<&str>, message: String, retry_after: Opti
 
 fn inner_error_code(body: &str) -> Option<String> {
     let json: serde_json::Value = serde_json::from_str(body).ok()?;
-    json["error"]["innererror"]["code"].as_str().map(str::to_owned)
+    json["error"]["innererror"]["code"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn error_message(body: &str) -> Option<String> {
@@ -108,7 +134,13 @@ fn error_message(body: &str) -> Option<String> {
 fn credential_message(error: &azure_core::Error) -> String {
     let text = format!("{error}");
     let start = text.find("AADSTS").unwrap_or(0);
-    text[start..].lines().next().unwrap_or_default().chars().take(300).collect()
+    text[start..]
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
 }
 
 /// `Retry-After` as delta-seconds (Key Vault's form when it sends one).
@@ -124,15 +156,29 @@ mod tests {
     fn disabled_is_told_apart_from_rbac() {
         let disabled = classify(403, Some("SecretDisabled"), "m".into(), None, "db");
         assert_eq!(disabled, VaultError::Disabled("db".into()));
-        assert_eq!(classify(403, Some("ForbiddenByRbac"), "no".into(), None, "db").reason(), "Forbidden");
+        assert_eq!(
+            classify(403, Some("ForbiddenByRbac"), "no".into(), None, "db").reason(),
+            "Forbidden"
+        );
     }
 
     #[test]
     fn throttling_keeps_retry_after() {
         let err = classify(429, None, "t".into(), parse_retry_after("7"), "db");
-        assert_eq!(err, VaultError::Throttled { retry_after: Some(Duration::from_secs(7)) });
-        assert_eq!(classify(503, None, "x".into(), None, "db").reason(), "VaultUnavailable");
-        assert_eq!(classify(404, None, "x".into(), None, "db").reason(), "RemoteNotFound");
+        assert_eq!(
+            err,
+            VaultError::Throttled {
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+        assert_eq!(
+            classify(503, None, "x".into(), None, "db").reason(),
+            "VaultUnavailable"
+        );
+        assert_eq!(
+            classify(404, None, "x".into(), None, "db").reason(),
+            "RemoteNotFound"
+        );
     }
 
     #[test]

@@ -23,7 +23,9 @@ pub struct AllowedHosts {
 
 impl AllowedHosts {
     pub fn new(extra: &[String]) -> Self {
-        AllowedHosts { extra: extra.iter().map(|h| h.to_ascii_lowercase()).collect() }
+        AllowedHosts {
+            extra: extra.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        }
     }
 
     /// Whether a token for this host may be sent at all.
@@ -36,14 +38,19 @@ impl AllowedHosts {
     /// resource's domain, so the SDK's challenge-resource check is turned off
     /// for them — and only for them.
     pub fn is_extra(&self, host: &str) -> bool {
-        !DEFAULT_VAULT_HOSTS.iter().any(|p| matches(p, host)) && self.extra.iter().any(|p| matches(p, host))
+        !DEFAULT_VAULT_HOSTS.iter().any(|p| matches(p, host))
+            && self.extra.iter().any(|p| matches(p, host))
     }
 }
 
 fn matches(pattern: &str, host: &str) -> bool {
     let host = host.to_ascii_lowercase();
     match pattern.strip_prefix("*.") {
-        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.'),
+        Some(suffix) => {
+            host.len() > suffix.len() + 1
+                && host.ends_with(suffix)
+                && host[..host.len() - suffix.len()].ends_with('.')
+        }
         None => host == pattern,
     }
 }
@@ -57,7 +64,10 @@ mod tests {
         let hosts = AllowedHosts::new(&[]);
         assert!(hosts.allows("shop-kv.vault.azure.net"));
         assert!(hosts.allows("SHOP.vault.azure.cn"));
-        assert!(!hosts.allows("vault.azure.net"), "the bare suffix is not a vault");
+        assert!(
+            !hosts.allows("vault.azure.net"),
+            "the bare suffix is not a vault"
+        );
         assert!(!hosts.allows("evilvault.azure.net"));
         assert!(!hosts.allows("shop.vault.azure.net.evil.com"));
         assert!(!hosts.allows("localhost"));

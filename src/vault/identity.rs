@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientMethodOptions, ClientOptions};
 use azure_identity::{
-    ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions, ClientSecretCredential,
-    ClientSecretCredentialOptions, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+    ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
+    ClientSecretCredential, ClientSecretCredentialOptions, WorkloadIdentityCredential,
+    WorkloadIdentityCredentialOptions,
 };
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -32,11 +33,24 @@ pub enum Identity {
     /// The operator's own federated identity (env injected by the AKS webhook).
     Operator,
     /// A service account's federated identity, via TokenRequest.
-    ServiceAccount { namespace: String, name: String, tenant_id: String, client_id: String },
+    ServiceAccount {
+        namespace: String,
+        name: String,
+        tenant_id: String,
+        client_id: String,
+    },
     /// An app registration's client secret.
-    ClientSecret { tenant_id: String, client_id: String, secret: String },
+    ClientSecret {
+        tenant_id: String,
+        client_id: String,
+        secret: String,
+    },
     /// An app registration's certificate (PEM private key + certificate).
-    ClientCertificate { tenant_id: String, client_id: String, pem: String },
+    ClientCertificate {
+        tenant_id: String,
+        client_id: String,
+        pem: String,
+    },
 }
 
 impl std::fmt::Debug for Identity {
@@ -44,11 +58,20 @@ impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Identity::Operator => write!(f, "operator"),
-            Identity::ServiceAccount { namespace, name, client_id, .. } => {
+            Identity::ServiceAccount {
+                namespace,
+                name,
+                client_id,
+                ..
+            } => {
                 write!(f, "serviceaccount {namespace}/{name} (client {client_id})")
             }
-            Identity::ClientSecret { client_id, .. } => write!(f, "client secret (client {client_id})"),
-            Identity::ClientCertificate { client_id, .. } => write!(f, "client certificate (client {client_id})"),
+            Identity::ClientSecret { client_id, .. } => {
+                write!(f, "client secret (client {client_id})")
+            }
+            Identity::ClientCertificate { client_id, .. } => {
+                write!(f, "client certificate (client {client_id})")
+            }
         }
     }
 }
@@ -59,13 +82,26 @@ impl Identity {
     pub fn cache_key(&self) -> String {
         match self {
             Identity::Operator => "operator".into(),
-            Identity::ServiceAccount { namespace, name, tenant_id, client_id } => {
+            Identity::ServiceAccount {
+                namespace,
+                name,
+                tenant_id,
+                client_id,
+            } => {
                 format!("sa/{namespace}/{name}/{tenant_id}/{client_id}")
             }
-            Identity::ClientSecret { tenant_id, client_id, secret } => {
+            Identity::ClientSecret {
+                tenant_id,
+                client_id,
+                secret,
+            } => {
                 format!("secret/{tenant_id}/{client_id}/{}", short_hash(secret))
             }
-            Identity::ClientCertificate { tenant_id, client_id, pem } => {
+            Identity::ClientCertificate {
+                tenant_id,
+                client_id,
+                pem,
+            } => {
                 format!("cert/{tenant_id}/{client_id}/{}", short_hash(pem))
             }
         }
@@ -94,8 +130,19 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    pub fn new(kube: kube::Client, options: ClientOptions, operator: OperatorIdentity, authority_host: String) -> Self {
-        Credentials { kube, options, operator, authority_host, cache: Mutex::default() }
+    pub fn new(
+        kube: kube::Client,
+        options: ClientOptions,
+        operator: OperatorIdentity,
+        authority_host: String,
+    ) -> Self {
+        Credentials {
+            kube,
+            options,
+            operator,
+            authority_host,
+            cache: Mutex::default(),
+        }
     }
 
     /// The credential for `identity`, built on first use.
@@ -117,13 +164,20 @@ impl Credentials {
     fn build(&self, identity: &Identity) -> azure_core::Result<Arc<dyn TokenCredential>> {
         let client_options = self.options.clone();
         Ok(match identity {
-            Identity::Operator => WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
-                credential_options: ClientAssertionCredentialOptions { client_options },
-                client_id: self.operator.client_id.clone(),
-                tenant_id: self.operator.tenant_id.clone(),
-                token_file_path: self.operator.token_file.clone(),
-            }))?,
-            Identity::ServiceAccount { namespace, name, tenant_id, client_id } => ClientAssertionCredential::new(
+            Identity::Operator => {
+                WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+                    credential_options: ClientAssertionCredentialOptions { client_options },
+                    client_id: self.operator.client_id.clone(),
+                    tenant_id: self.operator.tenant_id.clone(),
+                    token_file_path: self.operator.token_file.clone(),
+                }))?
+            }
+            Identity::ServiceAccount {
+                namespace,
+                name,
+                tenant_id,
+                client_id,
+            } => ClientAssertionCredential::new(
                 tenant_id.clone(),
                 client_id.clone(),
                 ServiceAccountAssertion {
@@ -133,19 +187,30 @@ impl Credentials {
                 },
                 Some(ClientAssertionCredentialOptions { client_options }),
             )?,
-            Identity::ClientSecret { tenant_id, client_id, secret } => ClientSecretCredential::new(
+            Identity::ClientSecret {
+                tenant_id,
+                client_id,
+                secret,
+            } => ClientSecretCredential::new(
                 tenant_id,
                 client_id.clone(),
                 secret.clone().into(),
                 Some(ClientSecretCredentialOptions { client_options }),
             )?,
-            Identity::ClientCertificate { tenant_id, client_id, pem } => ClientAssertionCredential::new(
+            Identity::ClientCertificate {
+                tenant_id,
+                client_id,
+                pem,
+            } => ClientAssertionCredential::new(
                 tenant_id.clone(),
                 client_id.clone(),
                 super::certificate::CertificateAssertion::new(
                     pem,
                     client_id,
-                    &format!("{}/{tenant_id}/oauth2/v2.0/token", self.authority_host.trim_end_matches('/')),
+                    &format!(
+                        "{}/{tenant_id}/oauth2/v2.0/token",
+                        self.authority_host.trim_end_matches('/')
+                    ),
                 )?,
                 Some(ClientAssertionCredentialOptions { client_options }),
             )?,
@@ -197,7 +262,8 @@ impl ClientAssertion for ServiceAccountAssertion {
                 )
             })?;
         let token = response.status.map(|s| s.token).unwrap_or_default();
-        *self.cached.lock().unwrap() = Some((token.clone(), Instant::now() + SA_TOKEN_LIFETIME * 4 / 5));
+        *self.cached.lock().unwrap() =
+            Some((token.clone(), Instant::now() + SA_TOKEN_LIFETIME * 4 / 5));
         Ok(token)
     }
 }

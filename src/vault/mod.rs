@@ -26,8 +26,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_security_keyvault_secrets::models::{ContentType, SecretClientGetSecretOptions};
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures::TryStreamExt;
@@ -48,7 +48,13 @@ pub struct RemoteSecret {
 
 impl std::fmt::Debug for RemoteSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RemoteSecret({}/{}, {} bytes)", self.name, self.version, self.value.len())
+        write!(
+            f,
+            "RemoteSecret({}/{}, {} bytes)",
+            self.name,
+            self.version,
+            self.value.len()
+        )
     }
 }
 
@@ -86,7 +92,8 @@ impl VaultAccess {
             .timeout(config.request_timeout)
             .connect_timeout(Duration::from_secs(5));
         if let Some(pem) = &config.extra_ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("extra CA file: {e}"))?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("extra CA file: {e}"))?;
             http = http.tls_certs_merge(certs);
         }
         let http = http.build().map_err(|e| format!("HTTP client: {e}"))?;
@@ -99,7 +106,12 @@ impl VaultAccess {
             ..Default::default()
         };
         Ok(VaultAccess {
-            credentials: Credentials::new(kube, options.clone(), config.operator, config.authority_host),
+            credentials: Credentials::new(
+                kube,
+                options.clone(),
+                config.operator,
+                config.authority_host,
+            ),
             options,
             allowed_hosts: config.allowed_hosts,
             clients: Mutex::default(),
@@ -108,7 +120,8 @@ impl VaultAccess {
 
     /// Whether a vault URL may be used at all (checked before any request).
     pub fn check_vault_url(&self, vault_url: &str) -> Result<(), String> {
-        let url = url::Url::parse(vault_url).map_err(|e| format!("vaultUrl {vault_url:?} is not a URL: {e}"))?;
+        let url = url::Url::parse(vault_url)
+            .map_err(|e| format!("vaultUrl {vault_url:?} is not a URL: {e}"))?;
         if url.scheme() != "https" {
             return Err(format!("vaultUrl {vault_url:?} must use https"));
         }
@@ -122,14 +135,25 @@ impl VaultAccess {
         Ok(())
     }
 
-    fn client(&self, vault_url: &str, identity: &Identity) -> Result<Arc<SecretClient>, VaultError> {
-        self.check_vault_url(vault_url).map_err(VaultError::Forbidden)?;
+    fn client(
+        &self,
+        vault_url: &str,
+        identity: &Identity,
+    ) -> Result<Arc<SecretClient>, VaultError> {
+        self.check_vault_url(vault_url)
+            .map_err(VaultError::Forbidden)?;
         let key = (vault_url.to_owned(), identity.cache_key());
         if let Some(client) = self.clients.lock().unwrap().get(&key) {
             return Ok(client.clone());
         }
-        let credential = self.credentials.get(identity).map_err(|e| VaultError::from_sdk(&e, ""))?;
-        let host = url::Url::parse(vault_url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+        let credential = self
+            .credentials
+            .get(identity)
+            .map_err(|e| VaultError::from_sdk(&e, ""))?;
+        let host = url::Url::parse(vault_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
         let options = SecretClientOptions {
             client_options: self.options.clone(),
             verify_challenge_resource: Some(!self.allowed_hosts.is_extra(&host)),
@@ -178,14 +202,29 @@ impl VaultAccess {
     }
 
     /// Lists every secret in the vault (names, tags, enabled; no values).
-    pub async fn list(&self, vault_url: &str, identity: &Identity) -> Result<Vec<RemoteSecretInfo>, VaultError> {
+    pub async fn list(
+        &self,
+        vault_url: &str,
+        identity: &Identity,
+    ) -> Result<Vec<RemoteSecretInfo>, VaultError> {
         let client = self.client(vault_url, identity)?;
-        let pager = client.list_secret_properties(None).map_err(|e| VaultError::from_sdk(&e, "(list)"))?;
-        let items: Vec<_> = pager.try_collect().await.map_err(|e| VaultError::from_sdk(&e, "(list)"))?;
+        let pager = client
+            .list_secret_properties(None)
+            .map_err(|e| VaultError::from_sdk(&e, "(list)"))?;
+        let items: Vec<_> = pager
+            .try_collect()
+            .await
+            .map_err(|e| VaultError::from_sdk(&e, "(list)"))?;
         Ok(items
             .into_iter()
             .filter_map(|item| {
-                let name = item.id.as_deref()?.trim_end_matches('/').rsplit('/').next()?.to_owned();
+                let name = item
+                    .id
+                    .as_deref()?
+                    .trim_end_matches('/')
+                    .rsplit('/')
+                    .next()?
+                    .to_owned();
                 let attributes = item.attributes.unwrap_or_default();
                 Some(RemoteSecretInfo {
                     name,
@@ -200,5 +239,6 @@ impl VaultAccess {
 
 /// Reads an optional PEM bundle file named by a flag.
 pub fn read_ca_file(path: Option<&Path>) -> Result<Option<Vec<u8>>, String> {
-    path.map(|p| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))).transpose()
+    path.map(|p| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display())))
+        .transpose()
 }
