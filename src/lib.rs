@@ -14,7 +14,10 @@
 pub mod api;
 pub mod cli;
 pub mod emulator;
+pub mod metrics;
 pub mod reload;
 pub mod run;
 pub mod scope;
+pub mod sync;
+pub mod telemetry;
 pub mod vault;

@@ -1,3 +1,5 @@
+//! The `kvsync` command line; see [`kvsync::cli`].
+
 use clap::Parser;
 use kvsync::cli::{Cli, Command};
 
@@ -6,6 +8,11 @@ async fn main() -> std::process::ExitCode {
     // One rustls provider for kube and the Azure SDK alike.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Command::Run(args) => args.log_format.as_str(),
+        _ => "text",
+    };
+    kvsync::telemetry::init(log_format);
     let result = match cli.command {
         Command::Run(args) => kvsync::run::run(*args).await,
         Command::Crd(args) => kvsync::run::crd(args).await,
@@ -14,7 +21,7 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("kvsync: {message}");
+            tracing::error!("{message}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,10 +1,159 @@
-//! Composition root of `kvsync run` (skeleton).
-use crate::cli::{CrdArgs, RunArgs};
+//! `kvsync run` and `kvsync crd`: wiring the stages together.
+//!
+//! Start-up order: telemetry → Kubernetes client → vault access → health and
+//! metrics server → sync and reload stages side by side. SIGTERM/SIGINT stop
+//! the controllers gracefully (in-flight syncs finish) before the process exits.
 
-pub async fn run(_args: RunArgs) -> Result<(), String> {
-    Err("not yet".into())
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::wait::{await_condition, conditions};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::api::{FIELD_MANAGER, KeyVaultSecret, crd_yaml};
+use crate::cli::{CrdArgs, RunArgs};
+use crate::metrics::SyncMetrics;
+use crate::vault::{AllowedHosts, OperatorIdentity, VaultAccess, VaultConfig, read_ca_file};
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn termination_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail on unix");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
 }
 
-pub async fn crd(_args: CrdArgs) -> Result<(), String> {
-    Err("not yet".into())
+pub async fn run(args: RunArgs) -> Result<(), String> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("Kubernetes client: {e}"))?;
+    let vault = VaultAccess::new(
+        client.clone(),
+        VaultConfig {
+            authority_host: args.authority_host.clone(),
+            allowed_hosts: AllowedHosts::new(&args.allow_vault_hosts),
+            operator: OperatorIdentity {
+                client_id: args.azure_client_id.clone(),
+                tenant_id: args.azure_tenant_id.clone(),
+                token_file: args.azure_federated_token_file.clone(),
+            },
+            extra_ca_pem: read_ca_file(args.extra_ca_file.as_deref())?,
+            request_timeout: args.request_timeout,
+        },
+    )?;
+
+    let mut registry = Registry::default();
+    let sync_metrics = SyncMetrics::register(&mut registry);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown = move || {
+        let mut rx = shutdown_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let (notifier, inbox) = crate::reload::channel();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kvsync".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let ctx = Arc::new(crate::sync::Context::new(
+        client.clone(),
+        vault,
+        recorder,
+        notifier,
+        sync_metrics,
+        args.scope.clone(),
+        args.operator_identity_namespaces.clone(),
+        args.azure_tenant_id.clone(),
+        args.max_backoff,
+    ));
+
+    let registry = Arc::new(registry);
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| format!("binding {}: {e}", args.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "serving /healthz, /readyz, /metrics");
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut body = String::new();
+                    let _ = prometheus_client::encoding::text::encode(&mut body, &registry);
+                    body
+                }
+            }),
+        );
+    let server = tokio::spawn({
+        let stop = shutdown();
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    });
+
+    let sync = tokio::spawn(crate::sync::run(ctx, shutdown()));
+    let reload = tokio::spawn(crate::reload::run(
+        client,
+        args.reload.clone(),
+        args.scope.clone(),
+        args.operator_namespace.clone(),
+        inbox,
+    ));
+    tracing::info!("kvsync started");
+    termination_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(20), sync).await;
+    reload.abort();
+    let _ = server.await;
+    Ok(())
+}
+
+/// Prints the CRD, or applies it and optionally waits until it is established.
+pub async fn crd(args: CrdArgs) -> Result<(), String> {
+    if !args.apply {
+        print!("{}", crd_yaml());
+        return Ok(());
+    }
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("Kubernetes client: {e}"))?;
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    let crd = KeyVaultSecret::crd();
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .map_err(|e| format!("applying CRD {name}: {e}"))?;
+    if args.wait {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(api, &name, conditions::is_crd_established()),
+        )
+        .await
+        .map_err(|_| format!("CRD {name} not established after 30s"))?
+        .map_err(|e| format!("waiting for CRD {name}: {e}"))?;
+    }
+    Ok(())
 }

@@ -31,7 +31,11 @@ pub fn kubeconfig_path() -> &'static Path {
             .status()
             .expect("run scripts/control-plane.sh up");
         assert!(status.success(), "scripts/control-plane.sh up failed");
-        let out = Command::new("bash").arg(&script).arg("env").output().unwrap();
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("env")
+            .output()
+            .unwrap();
         let line = String::from_utf8(out.stdout).unwrap();
         PathBuf::from(line.trim().trim_start_matches("export KUBECONFIG="))
     })
@@ -69,11 +73,19 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     pub async fn new(client: &kube::Client, test: &str) -> Self {
-        let name = format!("t-{}-{:06x}", test.replace('_', "-"), rand::random::<u32>() & 0xffffff);
+        let name = format!(
+            "t-{}-{:06x}",
+            test.replace('_', "-"),
+            rand::random::<u32>() & 0xffffff
+        );
         let api: Api<Namespace> = Api::all(client.clone());
-        let ns = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"kvsync-test": "true"}}}))
-            .unwrap();
-        api.create(&PostParams::default(), &ns).await.expect("create namespace");
+        let ns = serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"kvsync-test": "true"}}}),
+        )
+        .unwrap();
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
         TestNamespace { name }
     }
 }
@@ -84,7 +96,10 @@ impl Drop for TestNamespace {
         // Drop cannot await and the test's runtime may be shutting down: use a
         // short-lived runtime of our own on another thread.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 let api: Api<Namespace> = Api::all(client().await);
                 let _ = api.delete(&name, &DeleteParams::background()).await;
@@ -139,7 +154,10 @@ impl Process {
         let child = Command::new(env!("CARGO_BIN_EXE_kvsync"))
             .args(args)
             .env("KUBECONFIG", kubeconfig_path())
-            .env("RUST_LOG", std::env::var("KVSYNC_TEST_LOG").unwrap_or_else(|_| "kvsync=trace,info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("KVSYNC_TEST_LOG").unwrap_or_else(|_| "trace".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -159,7 +177,9 @@ impl Process {
 
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
         self.child.wait().unwrap()
     }
 
@@ -200,15 +220,29 @@ impl Emulator {
         let seed_path = dir.path().join("seed.json");
         std::fs::write(&seed_path, serde_json::to_vec_pretty(&seed).unwrap()).unwrap();
         let state = dir.path().join("state");
-        let args = ["emulator".to_string(), "--config".into(), seed_path.display().to_string(), "--state-dir".into(), state.display().to_string()];
+        let args = [
+            "emulator".to_string(),
+            "--config".into(),
+            seed_path.display().to_string(),
+            "--state-dir".into(),
+            state.display().to_string(),
+        ];
         let process = Process::spawn(&args, dir);
         let endpoints_file = state.join("endpoints.json");
-        let endpoints: Endpoints = eventually("the emulator's endpoints.json", Duration::from_secs(20), || {
-            let text = std::fs::read_to_string(&endpoints_file).ok();
-            async move { text.and_then(|t| serde_json::from_str(&t).ok()) }
-        })
+        let endpoints: Endpoints = eventually(
+            "the emulator's endpoints.json",
+            Duration::from_secs(20),
+            || {
+                let text = std::fs::read_to_string(&endpoints_file).ok();
+                async move { text.and_then(|t| serde_json::from_str(&t).ok()) }
+            },
+        )
         .await;
-        Emulator { endpoints, process, http: reqwest::Client::new() }
+        Emulator {
+            endpoints,
+            process,
+            http: reqwest::Client::new(),
+        }
     }
 
     pub fn vault_url(&self, vault: &str) -> String {
@@ -217,7 +251,11 @@ impl Emulator {
 
     /// Calls the control API; panics on a non-2xx answer.
     pub async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let url = format!("{}{}", self.endpoints.control_url, path.trim_start_matches('/'));
+        let url = format!(
+            "{}{}",
+            self.endpoints.control_url,
+            path.trim_start_matches('/')
+        );
         let mut request = self.http.request(method, &url);
         if let Some(body) = body {
             request = request.json(&body);
@@ -231,8 +269,12 @@ impl Emulator {
 
     /// Creates a new version of a secret (rotation).
     pub async fn set_secret(&self, vault: &str, name: &str, value: &str) -> Value {
-        self.control(reqwest::Method::PUT, &format!("vaults/{vault}/secrets/{name}"), Some(json!({"value": value})))
-            .await
+        self.control(
+            reqwest::Method::PUT,
+            &format!("vaults/{vault}/secrets/{name}"),
+            Some(json!({"value": value})),
+        )
+        .await
     }
 
     pub async fn counters(&self) -> Value {
@@ -244,7 +286,11 @@ impl Emulator {
 /// so the emulator can verify TokenRequest tokens as Entra verifies AKS ones.
 pub async fn cluster_issuer(client: &kube::Client, dir: &Path) -> (String, PathBuf) {
     let discovery: Value = client
-        .request(http::Request::get("/.well-known/openid-configuration").body(vec![]).unwrap())
+        .request(
+            http::Request::get("/.well-known/openid-configuration")
+                .body(vec![])
+                .unwrap(),
+        )
         .await
         .expect("issuer discovery");
     let jwks: Value = client
@@ -254,4 +300,47 @@ pub async fn cluster_issuer(client: &kube::Client, dir: &Path) -> (String, PathB
     let path = dir.join("cluster-jwks.json");
     std::fs::write(&path, serde_json::to_vec(&jwks).unwrap()).unwrap();
     (discovery["issuer"].as_str().unwrap().to_owned(), path)
+}
+
+/// Tenant and app ids used by the test seeds.
+pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub const SA_APP: &str = "11111111-1111-1111-1111-111111111111";
+pub const SECRET_APP: &str = "22222222-2222-2222-2222-222222222222";
+pub const SECRET_APP_PASSWORD: &str = "app-client-secret-value-9f8e7d";
+
+/// A running operator (`kvsync run`) scoped to one namespace.
+pub struct Operator {
+    pub process: Process,
+}
+
+impl Operator {
+    /// Starts `kvsync run` for `namespace`, trusting and allowing `emulator`.
+    pub fn start(emulator: &Emulator, namespace: &str, extra: &[&str]) -> Self {
+        let mut args: Vec<String> = [
+            "run",
+            "--namespaces",
+            namespace,
+            "--operator-namespace",
+            namespace,
+            "--authority-host",
+            &emulator.endpoints.authority_host,
+            "--allow-vault-host",
+            "localhost",
+            "--extra-ca-file",
+            &emulator.endpoints.ca_file.display().to_string(),
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--max-backoff",
+            "4s",
+            "--request-timeout",
+            "3s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Operator {
+            process: Process::spawn(&args, tempfile::tempdir().unwrap()),
+        }
+    }
 }

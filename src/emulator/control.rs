@@ -1,0 +1,178 @@
+//! The control API: plain HTTP on 127.0.0.1, not an Azure surface. Tests and demos
+//! use it to change the world behind the SDK's back and to look at what happened.
+//!
+//! | request | effect |
+//! |---------|--------|
+//! | `PUT /vaults/{vault}/secrets/{name}` `{value, contentType?, tags?, enabled?, nbf?, exp?}` | new version (a rotation); returns the bundle |
+//! | `PATCH /vaults/{vault}/secrets/{name}` `{enabled?, tags?, contentType?, nbf?, exp?}` | changes the latest version; returns it without value |
+//! | `DELETE /vaults/{vault}/secrets/{name}` | removes the secret with all versions |
+//! | `PUT /apps/{clientId}` (seed shape) / `DELETE /apps/{clientId}` | adds, replaces or removes an app registration |
+//! | `POST /faults` / `DELETE /faults` | queues an injected fault / clears all |
+//! | `GET /counters` / `POST /counters/reset` | request counters of the Azure surfaces |
+//! | `GET /issued` | every access token issued and client assertion presented |
+//! | `GET /healthz` | `ok` |
+//!
+//! Errors use Key Vault's error shape.
+
+use super::config::validate_app;
+use super::directory::AppRegistration;
+use super::faults::FaultRequest;
+use super::observed::Counters;
+use super::responses::{ServiceError, json_response};
+use super::state::{Emulator, lock, now};
+use super::store::{NewSecret, SecretUpdate, StoreError, VersionId};
+use super::vault_api::{SecretView, secret_json};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use std::sync::Arc;
+
+pub fn router(emulator: Arc<Emulator>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/vaults/{vault}/secrets/{name}",
+            put(set_secret).patch(update_secret).delete(delete_secret),
+        )
+        .route("/apps/{client_id}", put(upsert_app).delete(delete_app))
+        .route("/faults", post(add_fault).delete(clear_faults))
+        .route("/counters", get(counters))
+        .route("/counters/reset", post(reset_counters))
+        .route("/issued", get(issued))
+        .with_state(emulator)
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ServiceError> {
+    serde_json::from_slice(body).map_err(|error| {
+        ServiceError::bad_parameter(format!("The request body is not valid: {error}"))
+    })
+}
+
+fn vault_url<'a>(emulator: &'a Emulator, vault: &str) -> Result<&'a url::Url, ServiceError> {
+    emulator
+        .vaults
+        .get(vault)
+        .map(|site| &site.url)
+        .ok_or_else(|| StoreError::VaultNotFound(vault.to_owned()).into())
+}
+
+async fn set_secret(
+    State(emulator): State<Arc<Emulator>>,
+    Path((vault, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ServiceError> {
+    let secret: NewSecret = parse_body(&body)?;
+    let url = vault_url(&emulator, &vault)?;
+    let stored =
+        lock(&emulator.store).set_secret(&vault, &name, secret, VersionId::random(), now())?;
+    tracing::info!(%vault, secret = %name, version = stored.version.as_str(), "control: new secret version");
+    Ok(json_response(
+        StatusCode::OK,
+        &secret_json(url, stored, SecretView::Bundle),
+    ))
+}
+
+async fn update_secret(
+    State(emulator): State<Arc<Emulator>>,
+    Path((vault, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ServiceError> {
+    let update: SecretUpdate = parse_body(&body)?;
+    let url = vault_url(&emulator, &vault)?;
+    let updated = lock(&emulator.store).update_secret(&vault, &name, None, update, now())?;
+    tracing::info!(%vault, secret = %name, enabled = updated.enabled, "control: secret updated");
+    Ok(json_response(
+        StatusCode::OK,
+        &secret_json(url, updated, SecretView::Properties),
+    ))
+}
+
+async fn delete_secret(
+    State(emulator): State<Arc<Emulator>>,
+    Path((vault, name)): Path<(String, String)>,
+) -> Result<StatusCode, ServiceError> {
+    lock(&emulator.store).delete_secret(&vault, &name)?;
+    tracing::info!(%vault, secret = %name, "control: secret deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn upsert_app(
+    State(emulator): State<Arc<Emulator>>,
+    Path(client_id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ServiceError> {
+    let registration: AppRegistration = parse_body(&body)?;
+    if registration.client_id != client_id {
+        return Err(ServiceError::bad_parameter(format!(
+            "The body's clientId {:?} differs from the path's {client_id:?}.",
+            registration.client_id
+        )));
+    }
+    let app = validate_app(registration, &emulator.known_names)
+        .map_err(|error| ServiceError::bad_parameter(error.to_string()))?;
+    let replaced = lock(&emulator.directory).upsert(app);
+    tracing::info!(%client_id, replaced, "control: app registration stored");
+    Ok(if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    })
+}
+
+async fn delete_app(
+    State(emulator): State<Arc<Emulator>>,
+    Path(client_id): Path<String>,
+) -> Result<StatusCode, ServiceError> {
+    if lock(&emulator.directory).remove(&client_id) {
+        tracing::info!(%client_id, "control: app registration removed");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ServiceError::not_found(
+            "AppNotFound",
+            format!("No app with client id {client_id} is registered."),
+        ))
+    }
+}
+
+async fn add_fault(
+    State(emulator): State<Arc<Emulator>>,
+    body: Bytes,
+) -> Result<StatusCode, ServiceError> {
+    let request: FaultRequest = parse_body(&body)?;
+    let description = format!(
+        "{} {} {}* x{}",
+        request.target,
+        request.method.as_deref().unwrap_or("*"),
+        request.path_prefix,
+        request.count
+    );
+    lock(&emulator.faults)
+        .add(request, |vault| emulator.vaults.contains_key(vault))
+        .map_err(|error| ServiceError::bad_parameter(error.to_string()))?;
+    tracing::info!(fault = %description, "control: fault queued");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_faults(State(emulator): State<Arc<Emulator>>) -> StatusCode {
+    lock(&emulator.faults).clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn counters(State(emulator): State<Arc<Emulator>>) -> Response {
+    let counters = lock(&emulator.counters).clone();
+    json_response(StatusCode::OK, &counters)
+}
+
+async fn reset_counters(State(emulator): State<Arc<Emulator>>) -> StatusCode {
+    *lock(&emulator.counters) = Counters::default();
+    StatusCode::NO_CONTENT
+}
+
+async fn issued(State(emulator): State<Arc<Emulator>>) -> Response {
+    let issued = lock(&emulator.issued).clone();
+    json_response(StatusCode::OK, &issued)
+}

@@ -1,0 +1,32 @@
+//! `<state-dir>/endpoints.json`: where a running emulator can be reached. Written
+//! once every listener is bound, atomically (temporary file + rename), so a reader
+//! that sees the file may connect at once; removed on a clean exit.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub const ENDPOINTS_FILE: &str = "endpoints.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// Entra stand-in, `https://localhost:<port>/`: a client's authority host.
+    pub authority_host: String,
+    /// Vault name to vault URL, `https://localhost:<port>/`.
+    pub vaults: BTreeMap<String, String>,
+    /// Control API, `http://127.0.0.1:<port>/`.
+    pub control_url: String,
+    /// PEM CA certificate that signed the HTTPS listeners' certificate.
+    pub ca_file: PathBuf,
+    pub pid: u32,
+}
+
+impl Endpoints {
+    pub fn write_atomically(&self, state_dir: &Path) -> io::Result<()> {
+        let temporary = state_dir.join(format!(".{ENDPOINTS_FILE}.tmp"));
+        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        std::fs::write(&temporary, json)?;
+        std::fs::rename(&temporary, state_dir.join(ENDPOINTS_FILE))
+    }
+}

@@ -1,0 +1,112 @@
+//! The state shared by every listener of one emulator process.
+
+use super::config::{Config, KnownNames};
+use super::directory::Directory;
+use super::faults::FaultPlan;
+use super::issuers::IssuerKeys;
+use super::observed::{Counters, IssuedCredentials};
+use super::store::{VaultStore, VersionId};
+use super::tokens::{KEY_VAULT_RESOURCE, TokenAuthority};
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use url::Url;
+
+/// A vault's public address and the tenant its tokens must come from.
+#[derive(Debug, Clone)]
+pub struct VaultSite {
+    /// `https://localhost:<port>/`: the vault's stand-in for `https://<name>.vault.azure.net/`.
+    pub url: Url,
+    pub tenant_id: String,
+}
+
+pub struct Emulator {
+    /// `https://localhost:<port>/`: the stand-in for `https://login.microsoftonline.com/`.
+    pub authority_host: Url,
+    pub vaults: BTreeMap<String, VaultSite>,
+    /// What app registrations may refer to (fixed at start).
+    pub known_names: KnownNames,
+    pub tokens: TokenAuthority,
+    pub issuers: IssuerKeys,
+    pub store: Mutex<VaultStore>,
+    pub directory: Mutex<Directory>,
+    pub faults: Mutex<FaultPlan>,
+    pub counters: Mutex<Counters>,
+    pub issued: Mutex<IssuedCredentials>,
+}
+
+/// Locks a mutex; a panic elsewhere cannot leave this state half-changed (every
+/// change is a single assignment or collection operation), so poisoning is ignored.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Emulator {
+    /// Builds the state from the seed; `vault_urls` has one entry per seeded vault.
+    pub fn new(
+        config: Config,
+        authority_host: Url,
+        vault_urls: &BTreeMap<String, Url>,
+        tokens: TokenAuthority,
+        issuers: IssuerKeys,
+    ) -> Self {
+        let mut store = VaultStore::default();
+        let mut vaults = BTreeMap::new();
+        let created = now();
+        for vault in config.vaults {
+            store.add_vault(&vault.name);
+            for (name, secret) in vault.secrets {
+                store
+                    .set_secret(&vault.name, &name, secret, VersionId::random(), created)
+                    .expect("seed secrets were validated when the seed was loaded");
+            }
+            let url = vault_urls[&vault.name].clone();
+            vaults.insert(
+                vault.name,
+                VaultSite {
+                    url,
+                    tenant_id: vault.tenant_id,
+                },
+            );
+        }
+        let mut directory = Directory::default();
+        for app in config.apps {
+            directory.upsert(app);
+        }
+        Self {
+            authority_host,
+            vaults,
+            known_names: config.known_names,
+            tokens,
+            issuers,
+            store: Mutex::new(store),
+            directory: Mutex::new(directory),
+            faults: Mutex::new(FaultPlan::default()),
+            counters: Mutex::new(Counters::default()),
+            issued: Mutex::new(IssuedCredentials::default()),
+        }
+    }
+
+    /// The token endpoint URL of a tenant: the `aud` of certificate assertions.
+    pub fn token_endpoint(&self, tenant: &str) -> String {
+        format!("{}{tenant}/oauth2/v2.0/token", self.authority_host)
+    }
+
+    /// The `WWW-Authenticate` value a vault of `tenant` answers unauthenticated calls with.
+    pub fn challenge(&self, tenant: &str) -> String {
+        format!(
+            r#"Bearer authorization="{}{tenant}", resource="{KEY_VAULT_RESOURCE}""#,
+            self.authority_host
+        )
+    }
+
+    /// Tenants exist when an app or a vault lives in them.
+    pub fn knows_tenant(&self, tenant: &str) -> bool {
+        self.vaults.values().any(|site| site.tenant_id == tenant)
+            || lock(&self.directory).has_tenant(tenant)
+    }
+}

@@ -1,0 +1,243 @@
+//! The emulator's own access tokens: RS256 JWTs shaped like Entra's v1 tokens for
+//! Key Vault, signed with a key generated at start and checked by every vault.
+//!
+//! A vault accepts a token only when the signature is the emulator's, the audience
+//! is Key Vault's and the token has not expired; the caller's identity is then the
+//! `appid` and `tid` claims. Tokens do not survive a restart, like a real tenant's
+//! key rollover would not let them.
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// The resource (audience) of Key Vault data-plane tokens.
+pub const KEY_VAULT_RESOURCE: &str = "https://vault.azure.net";
+/// The only scope the token endpoint grants.
+pub const KEY_VAULT_SCOPE: &str = "https://vault.azure.net/.default";
+/// Lifetime of an access token, as `expires_in` reports it.
+pub const TOKEN_LIFETIME_SECONDS: i64 = 3599;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenKeyError {
+    #[error("cannot generate the token signing key: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("cannot load the token signing key: {0}")]
+    Load(#[from] jsonwebtoken::errors::Error),
+}
+
+/// Why a vault refuses a bearer token. The message becomes the 401's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejection {
+    #[error("AKV10000: Request is missing a Bearer or PoP token.")]
+    Missing,
+    #[error(
+        "AKV10022: Invalid token: the token is malformed or not signed by this tenant's authority."
+    )]
+    Invalid,
+    #[error("AKV10022: Invalid audience. Expected {KEY_VAULT_RESOURCE}.")]
+    WrongAudience,
+    #[error("AKV10013: Token validation failed: the token has expired.")]
+    Expired,
+    #[error(
+        "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/{expected_tenant}/."
+    )]
+    WrongTenant { expected_tenant: String },
+}
+
+/// Claims of an emulator access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub aud: String,
+    pub iss: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub tid: String,
+    pub appid: String,
+    pub oid: String,
+    pub sub: String,
+    pub idtyp: String,
+    pub ver: String,
+}
+
+/// Who made a request, as established from its bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant_id: String,
+    pub client_id: String,
+}
+
+pub struct TokenAuthority {
+    key_id: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+fn issuer_for(tenant: &str) -> String {
+    format!("https://sts.windows.net/{tenant}/")
+}
+
+impl TokenAuthority {
+    /// Generates a fresh RSA-2048 signing key.
+    pub fn generate() -> Result<Self, TokenKeyError> {
+        let key =
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)?;
+        Ok(Self {
+            key_id: uuid::Uuid::new_v4().simple().to_string(),
+            encoding: EncodingKey::from_rsa_pem(key.serialize_pem().as_bytes())?,
+            decoding: DecodingKey::from_rsa_pem(key.public_key_pem().as_bytes())?,
+        })
+    }
+
+    /// Signs an access token for an app, valid from `now` for [`TOKEN_LIFETIME_SECONDS`].
+    pub fn issue(
+        &self,
+        tenant_id: &str,
+        client_id: &str,
+        object_id: &str,
+        now: i64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let claims = AccessClaims {
+            aud: KEY_VAULT_RESOURCE.to_owned(),
+            iss: issuer_for(tenant_id),
+            iat: now,
+            nbf: now,
+            exp: now + TOKEN_LIFETIME_SECONDS,
+            tid: tenant_id.to_owned(),
+            appid: client_id.to_owned(),
+            oid: object_id.to_owned(),
+            sub: object_id.to_owned(),
+            idtyp: "app".to_owned(),
+            ver: "1.0".to_owned(),
+        };
+        let mut header = Header::new(Algorithm::RS256);
+        header.typ = Some("JWT".to_owned());
+        header.kid = Some(self.key_id.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
+    }
+
+    /// Checks a bearer token presented to a vault of `vault_tenant`.
+    pub fn verify(&self, token: &str, vault_tenant: &str) -> Result<Caller, TokenRejection> {
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&[KEY_VAULT_RESOURCE]);
+        validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss"]);
+        validation.validate_nbf = true;
+        validation.leeway = 0;
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &validation)
+            .map_err(|error| match error.kind() {
+                ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => {
+                    TokenRejection::Expired
+                }
+                ErrorKind::InvalidAudience => TokenRejection::WrongAudience,
+                _ => TokenRejection::Invalid,
+            })?
+            .claims;
+        if claims.iss != issuer_for(&claims.tid) {
+            return Err(TokenRejection::Invalid);
+        }
+        if claims.tid != vault_tenant {
+            return Err(TokenRejection::WrongTenant {
+                expected_tenant: vault_tenant.to_owned(),
+            });
+        }
+        Ok(Caller {
+            tenant_id: claims.tid,
+            client_id: claims.appid,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::LazyLock;
+
+    const TENANT: &str = "tenant-a";
+
+    static AUTHORITY: LazyLock<TokenAuthority> =
+        LazyLock::new(|| TokenAuthority::generate().unwrap());
+
+    fn now() -> i64 {
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+
+    #[test]
+    fn an_issued_token_identifies_the_app_to_a_vault_of_its_tenant() {
+        let token = AUTHORITY.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        assert_eq!(
+            AUTHORITY.verify(&token, TENANT).unwrap(),
+            Caller {
+                tenant_id: TENANT.into(),
+                client_id: "app-1".into()
+            }
+        );
+        let claims: AccessClaims = jsonwebtoken::dangerous::insecure_decode(&token)
+            .unwrap()
+            .claims;
+        assert_eq!(claims.aud, KEY_VAULT_RESOURCE);
+        assert_eq!(claims.iss, "https://sts.windows.net/tenant-a/");
+        assert_eq!(claims.exp - claims.iat, TOKEN_LIFETIME_SECONDS);
+    }
+
+    #[test]
+    fn a_token_of_another_tenant_is_refused() {
+        let token = AUTHORITY.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        assert_eq!(
+            AUTHORITY.verify(&token, "tenant-b"),
+            Err(TokenRejection::WrongTenant {
+                expected_tenant: "tenant-b".into()
+            })
+        );
+    }
+
+    #[test]
+    fn an_expired_token_is_refused() {
+        let token = AUTHORITY
+            .issue(TENANT, "app-1", "oid-1", now() - 2 * TOKEN_LIFETIME_SECONDS)
+            .unwrap();
+        assert_eq!(
+            AUTHORITY.verify(&token, TENANT),
+            Err(TokenRejection::Expired)
+        );
+    }
+
+    #[test]
+    fn tokens_of_another_key_or_garbage_are_refused() {
+        let other = TokenAuthority::generate().unwrap();
+        let forged = other.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        assert_eq!(
+            AUTHORITY.verify(&forged, TENANT),
+            Err(TokenRejection::Invalid)
+        );
+        assert_eq!(
+            AUTHORITY.verify("not.a.jwt", TENANT),
+            Err(TokenRejection::Invalid)
+        );
+        assert_eq!(AUTHORITY.verify("", TENANT), Err(TokenRejection::Invalid));
+    }
+
+    #[test]
+    fn a_token_for_another_resource_is_refused() {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(AUTHORITY.key_id.clone());
+        let now = now();
+        let claims = AccessClaims {
+            aud: "https://management.azure.com".into(),
+            iss: issuer_for(TENANT),
+            iat: now,
+            nbf: now,
+            exp: now + 60,
+            tid: TENANT.into(),
+            appid: "app-1".into(),
+            oid: "o".into(),
+            sub: "o".into(),
+            idtyp: "app".into(),
+            ver: "1.0".into(),
+        };
+        let token = jsonwebtoken::encode(&header, &claims, &AUTHORITY.encoding).unwrap();
+        assert_eq!(
+            AUTHORITY.verify(&token, TENANT),
+            Err(TokenRejection::WrongAudience)
+        );
+    }
+}

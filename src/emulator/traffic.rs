@@ -1,0 +1,83 @@
+//! What happens to every request of an Azure surface (a vault or Entra) around its
+//! handler: it is counted, it may be failed or held by an injected fault, and the
+//! response gets an `x-ms-request-id` as Azure's do.
+
+use super::entra::EntraError;
+use super::faults::{FaultKind, FaultTarget, StatusFault};
+use super::responses::ServiceError;
+use super::state::{Emulator, lock};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use std::time::Duration;
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
+
+/// One Azure surface, as the middleware sees it.
+#[derive(Clone)]
+pub struct Surface {
+    pub emulator: Arc<Emulator>,
+    pub target: FaultTarget,
+}
+
+impl Surface {
+    fn fault_response(&self, fault: StatusFault) -> Response {
+        let status =
+            StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        match self.target {
+            FaultTarget::Vault(_) => {
+                ServiceError::injected(status, fault.retry_after_seconds).into_response()
+            }
+            FaultTarget::Entra => {
+                EntraError::injected(status, fault.retry_after_seconds).into_response()
+            }
+        }
+    }
+}
+
+fn carries_bearer_token(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("Bearer "))
+}
+
+/// The middleware: counts the request, applies a pending fault, stamps a request id.
+pub async fn observe(
+    State(surface): State<Surface>,
+    matched: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let route = matched.as_ref().map_or("<unmatched>", MatchedPath::as_str);
+    let emulator = &surface.emulator;
+    lock(&emulator.counters).record_request(
+        format!("{} {method} {route}", surface.target),
+        carries_bearer_token(&request),
+    );
+    let fault = lock(&emulator.faults).take(&surface.target, &method, &path);
+    let mut response = match fault {
+        Some(FaultKind::Status(fault)) => surface.fault_response(fault),
+        Some(FaultKind::Hang(hang)) => {
+            tokio::time::sleep(Duration::from_millis(hang.hang_ms)).await;
+            next.run(request).await
+        }
+        None => next.run(request).await,
+    };
+    let request_id = uuid::Uuid::new_v4().hyphenated().to_string();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .entry(REQUEST_ID.clone())
+            .or_insert(value);
+    }
+    let status = response.status().as_u16();
+    lock(&emulator.counters).record_status(status);
+    tracing::info!(surface = %surface.target, %method, %path, status, injected = fault.is_some(), "request");
+    response
+}

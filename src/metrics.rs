@@ -1,0 +1,87 @@
+//! Prometheus metrics of the sync stage (the reload stage registers its own
+//! into the same registry). Labels are bounded sets: outcome reasons and
+//! error kinds, never object names.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VaultCallLabels {
+    operation: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    error: &'static str,
+}
+
+/// Sync-stage metrics.
+#[derive(Clone)]
+pub struct SyncMetrics {
+    syncs: Family<OutcomeLabels, Counter>,
+    sync_duration: Family<OutcomeLabels, Histogram>,
+    vault_calls: Family<VaultCallLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+}
+
+impl SyncMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = SyncMetrics {
+            syncs: Family::default(),
+            sync_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 14))
+            }),
+            vault_calls: Family::default(),
+            errors: Family::default(),
+        };
+        registry.register(
+            "kvsync_syncs",
+            "Syncs by outcome (written, unchanged, or the failure reason)",
+            metrics.syncs.clone(),
+        );
+        registry.register(
+            "kvsync_sync_duration_seconds",
+            "Time of one sync by outcome",
+            metrics.sync_duration.clone(),
+        );
+        registry.register(
+            "kvsync_keyvault_requests",
+            "Key Vault calls by operation and result",
+            metrics.vault_calls.clone(),
+        );
+        registry.register(
+            "kvsync_reconcile_errors",
+            "Reconciles that failed on the Kubernetes side",
+            metrics.errors.clone(),
+        );
+        metrics
+    }
+
+    pub fn observe_sync(&self, outcome: &'static str, took: Duration) {
+        self.syncs.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.sync_duration
+            .get_or_create(&OutcomeLabels { outcome })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn observe_vault_call(&self, operation: &'static str, result: &'static str) {
+        self.vault_calls
+            .get_or_create(&VaultCallLabels { operation, result })
+            .inc();
+    }
+
+    pub fn observe_error(&self, error: &'static str) {
+        self.errors.get_or_create(&ErrorLabels { error }).inc();
+    }
+}

@@ -1,0 +1,366 @@
+//! From fetched vault values to the Secret's `data` — pure, no I/O.
+//!
+//! Every `data`/`dataFrom` entry must resolve or nothing is written: the
+//! reconciler only applies a complete rendering, so a Secret is never half
+//! updated. Errors name the entry and what to fix, never a value.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+use regex::Regex;
+
+use crate::api::{DecodingStrategy, FindRef};
+use crate::vault::{RemoteSecret, RemoteSecretInfo};
+
+/// Why a rendering failed (shown as an `InvalidSpec` condition message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("remote secret {name}: value is not JSON, so property {property:?} cannot be read")]
+    NotJson { name: String, property: String },
+    #[error("remote secret {name}: property {property:?} does not exist in its JSON value")]
+    NoSuchProperty { name: String, property: String },
+    #[error("remote secret {name}: dataFrom.extract needs a JSON object value")]
+    NotJsonObject { name: String },
+    #[error("remote secret {name}: value is not valid {strategy:?}")]
+    BadEncoding {
+        name: String,
+        strategy: DecodingStrategy,
+    },
+    #[error("remote secret {name}: key {key:?} from dataFrom.extract is not a valid Secret key")]
+    BadKey { name: String, key: String },
+    #[error(
+        "remote secret {name}: certificate needs a PEM value with a CERTIFICATE and a PRIVATE KEY block"
+    )]
+    NotPemCertificate { name: String },
+    #[error("Secret key {key:?} is produced by more than one entry")]
+    DuplicateKey { key: String },
+}
+
+/// Reads a value at a dotted `property` path (`db.password`, `hosts.0`) of a
+/// JSON document. Strings come out raw; other JSON values as compact JSON.
+///
+/// Hand-written on purpose: ESO's gjson syntax has no maintained Rust
+/// equivalent, and the dotted subset covers the real uses (objects and
+/// array indices). A literal dot in a key is written `\.`.
+pub fn json_property(document: &str, property: &str) -> Result<Option<String>, serde_json::Error> {
+    let mut value: &serde_json::Value = &serde_json::from_str(document)?;
+    for segment in split_path(property) {
+        let next = match value {
+            serde_json::Value::Object(map) => map.get(&segment),
+            serde_json::Value::Array(items) => {
+                segment.parse::<usize>().ok().and_then(|i| items.get(i))
+            }
+            _ => None,
+        };
+        match next {
+            Some(found) => value = found,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }))
+}
+
+fn split_path(property: &str) -> Vec<String> {
+    let mut segments = vec![String::new()];
+    let mut chars = property.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => segments.last_mut().unwrap().extend(chars.next()),
+            '.' => segments.push(String::new()),
+            c => segments.last_mut().unwrap().push(c),
+        }
+    }
+    segments
+}
+
+/// Applies a decoding strategy to a value.
+pub fn decode(value: &str, strategy: DecodingStrategy) -> Option<Vec<u8>> {
+    let trimmed = value.trim();
+    match strategy {
+        DecodingStrategy::None => Some(value.as_bytes().to_vec()),
+        DecodingStrategy::Base64 => STANDARD.decode(trimmed).ok(),
+        DecodingStrategy::Base64URL => URL_SAFE
+            .decode(trimmed)
+            .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed))
+            .ok(),
+        DecodingStrategy::Auto => Some(
+            STANDARD
+                .decode(trimmed)
+                .or_else(|_| URL_SAFE.decode(trimmed))
+                .unwrap_or_else(|_| value.as_bytes().to_vec()),
+        ),
+    }
+}
+
+/// One `data[]` entry: the value (or a property of it), decoded.
+pub fn render_ref(
+    remote: &RemoteSecret,
+    property: Option<&str>,
+    strategy: DecodingStrategy,
+) -> Result<Vec<u8>, RenderError> {
+    let text = match property.filter(|p| !p.is_empty()) {
+        None => remote.value.clone(),
+        Some(property) => match json_property(&remote.value, property) {
+            Err(_) => {
+                return Err(RenderError::NotJson {
+                    name: remote.name.clone(),
+                    property: property.into(),
+                });
+            }
+            Ok(None) => {
+                return Err(RenderError::NoSuchProperty {
+                    name: remote.name.clone(),
+                    property: property.into(),
+                });
+            }
+            Ok(Some(text)) => text,
+        },
+    };
+    decode(&text, strategy).ok_or(RenderError::BadEncoding {
+        name: remote.name.clone(),
+        strategy,
+    })
+}
+
+/// `dataFrom.extract`: one key per top-level field of a JSON object value.
+pub fn render_extract(
+    remote: &RemoteSecret,
+    strategy: DecodingStrategy,
+) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
+    let object = match serde_json::from_str::<serde_json::Value>(&remote.value) {
+        Ok(serde_json::Value::Object(object)) => object,
+        _ => {
+            return Err(RenderError::NotJsonObject {
+                name: remote.name.clone(),
+            });
+        }
+    };
+    object
+        .into_iter()
+        .map(|(key, value)| {
+            if !is_secret_key(&key) {
+                return Err(RenderError::BadKey {
+                    name: remote.name.clone(),
+                    key,
+                });
+            }
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let bytes = decode(&text, strategy).ok_or(RenderError::BadEncoding {
+                name: remote.name.clone(),
+                strategy,
+            })?;
+            Ok((key, bytes))
+        })
+        .collect()
+}
+
+/// `dataFrom.certificate`: splits a PEM bundle into `tls.crt` (every
+/// certificate, leaf first as stored) and `tls.key` (the private key).
+pub fn render_certificate(remote: &RemoteSecret) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
+    let mut certs = String::new();
+    let mut key = String::new();
+    let mut current: Option<&mut String> = None;
+    for line in remote.value.lines() {
+        let line = line.trim_end();
+        if line.starts_with("-----BEGIN ") {
+            current = if line.contains("PRIVATE KEY") {
+                Some(&mut key)
+            } else if line.contains("CERTIFICATE") {
+                Some(&mut certs)
+            } else {
+                None
+            };
+        }
+        if let Some(buffer) = current.as_deref_mut() {
+            buffer.push_str(line);
+            buffer.push('\n');
+        }
+        if line.starts_with("-----END ") {
+            current = None;
+        }
+    }
+    if certs.is_empty() || key.is_empty() {
+        return Err(RenderError::NotPemCertificate {
+            name: remote.name.clone(),
+        });
+    }
+    Ok(BTreeMap::from([
+        ("tls.crt".to_owned(), certs.into_bytes()),
+        ("tls.key".to_owned(), key.into_bytes()),
+    ]))
+}
+
+/// `dataFrom.find`: the names of enabled secrets that match the filter.
+pub fn find_matches(
+    find: &FindRef,
+    name_regex: Option<&Regex>,
+    listing: &[RemoteSecretInfo],
+) -> Vec<String> {
+    listing
+        .iter()
+        .filter(|info| info.enabled)
+        .filter(|info| name_regex.is_none_or(|re| re.is_match(&info.name)))
+        .filter(|info| find.tags.iter().all(|(k, v)| info.tags.get(k) == Some(v)))
+        .map(|info| info.name.clone())
+        .collect()
+}
+
+/// Whether a string may be a key of a Secret's `data`.
+pub fn is_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && key != ".."
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+}
+
+/// Merges the entries' outputs; a key produced twice is an error rather
+/// than a silent last-one-wins.
+pub fn merge(
+    parts: Vec<BTreeMap<String, Vec<u8>>>,
+) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
+    let mut data = BTreeMap::new();
+    for part in parts {
+        for (key, value) in part {
+            if data.insert(key.clone(), value).is_some() {
+                return Err(RenderError::DuplicateKey { key });
+            }
+        }
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn remote(value: &str) -> RemoteSecret {
+        RemoteSecret {
+            name: "s".into(),
+            version: "v".into(),
+            value: value.into(),
+            content_type: None,
+        }
+    }
+
+    #[test]
+    fn properties_walk_objects_and_arrays() {
+        let doc = r#"{"db":{"password":"pw","port":5432},"hosts":["a","b"],"a.b":"dotted"}"#;
+        assert_eq!(
+            json_property(doc, "db.password").unwrap().as_deref(),
+            Some("pw")
+        );
+        assert_eq!(
+            json_property(doc, "db.port").unwrap().as_deref(),
+            Some("5432")
+        );
+        assert_eq!(json_property(doc, "hosts.1").unwrap().as_deref(), Some("b"));
+        assert_eq!(
+            json_property(doc, r"a\.b").unwrap().as_deref(),
+            Some("dotted")
+        );
+        assert_eq!(json_property(doc, "db.user").unwrap(), None);
+        assert!(json_property("not json", "x").is_err());
+    }
+
+    #[test]
+    fn property_errors_do_not_reveal_the_value() {
+        let err =
+            render_ref(&remote("hunter2"), Some("password"), DecodingStrategy::None).unwrap_err();
+        assert!(matches!(err, RenderError::NotJson { .. }));
+        assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn decoding_strategies() {
+        assert_eq!(decode("aGk=", DecodingStrategy::Base64).unwrap(), b"hi");
+        assert_eq!(decode("aGk", DecodingStrategy::Base64URL).unwrap(), b"hi");
+        assert_eq!(
+            decode("not base64!", DecodingStrategy::Auto).unwrap(),
+            b"not base64!"
+        );
+        assert!(decode("not base64!", DecodingStrategy::Base64).is_none());
+    }
+
+    #[test]
+    fn extract_needs_an_object_with_valid_keys() {
+        let data =
+            render_extract(&remote(r#"{"user":"u","port":1}"#), DecodingStrategy::None).unwrap();
+        assert_eq!(data["user"], b"u");
+        assert_eq!(data["port"], b"1");
+        assert!(render_extract(&remote("[1]"), DecodingStrategy::None).is_err());
+        assert!(matches!(
+            render_extract(&remote(r#"{"bad key":"x"}"#), DecodingStrategy::None),
+            Err(RenderError::BadKey { .. })
+        ));
+    }
+
+    #[test]
+    fn certificate_splits_into_tls_keys() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nKEY\n-----END PRIVATE KEY-----\n-----BEGIN CERTIFICATE-----\nLEAF\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n";
+        let data = render_certificate(&remote(pem)).unwrap();
+        let crt = String::from_utf8(data["tls.crt"].clone()).unwrap();
+        assert!(crt.contains("LEAF") && crt.contains("CA") && !crt.contains("KEY"));
+        assert!(
+            String::from_utf8(data["tls.key"].clone())
+                .unwrap()
+                .contains("KEY")
+        );
+        assert!(render_certificate(&remote("plain")).is_err());
+    }
+
+    #[test]
+    fn find_filters_on_name_tags_and_enabled() {
+        let info = |name: &str, enabled: bool, env: &str| RemoteSecretInfo {
+            name: name.into(),
+            enabled,
+            tags: BTreeMap::from([("env".to_string(), env.to_string())]),
+            updated: None,
+        };
+        let listing = vec![
+            info("app-a", true, "prod"),
+            info("app-b", false, "prod"),
+            info("app-c", true, "dev"),
+            info("db", true, "prod"),
+        ];
+        let find = FindRef {
+            tags: BTreeMap::from([("env".into(), "prod".into())]),
+            ..Default::default()
+        };
+        let re = Regex::new("^app-").unwrap();
+        assert_eq!(find_matches(&find, Some(&re), &listing), vec!["app-a"]);
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let a = BTreeMap::from([("k".to_string(), b"1".to_vec())]);
+        assert_eq!(
+            merge(vec![a.clone(), a]).unwrap_err(),
+            RenderError::DuplicateKey { key: "k".into() }
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn property_lookup_never_panics(doc in ".{0,64}", path in "[a-z0-9.\\\\]{0,16}") {
+            let _ = json_property(&doc, &path);
+        }
+
+        #[test]
+        fn base64_roundtrips(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let encoded = STANDARD.encode(&bytes);
+            prop_assert_eq!(decode(&encoded, DecodingStrategy::Base64).unwrap(), bytes.clone());
+            prop_assert_eq!(decode(&encoded, DecodingStrategy::Auto).unwrap(), bytes);
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The target Secret: what kvsync wants it to be, and whether writing it is
+//! needed or allowed — pure.
+//!
+//! Ownership is recorded in the annotation `kvsync.io/owner: <KeyVaultSecret
+//! name>` on every Secret kvsync writes (with `Owner` also a controller
+//! ownerReference, so the garbage collector deletes it). A Secret without
+//! that annotation, or naming another KeyVaultSecret, is someone else's and
+//! is only touched under `creationPolicy: Merge`.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use k8s_openapi::api::core::v1::Secret;
+use serde_json::{Value, json};
+
+use crate::api::{CreationPolicy, MANAGED_BY_LABEL, RELOADER_MATCH_ANNOTATION};
+
+/// Annotation naming the KeyVaultSecret that manages a Secret.
+pub const OWNER_ANNOTATION: &str = "kvsync.io/owner";
+
+/// The Secret as kvsync wants it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DesiredSecret {
+    pub name: String,
+    pub namespace: String,
+    pub owner_name: String,
+    pub owner_uid: String,
+    pub policy: CreationPolicy,
+    pub type_: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for DesiredSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "DesiredSecret({}/{}, keys {:?})",
+            self.namespace,
+            self.name,
+            self.data.keys().collect::<Vec<_>>()
+        )
+    }
+}
+
+/// What to do about the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteDecision {
+    /// It already matches: no write, no event, no resourceVersion bump.
+    UpToDate,
+    /// Create it, or update the fields kvsync manages.
+    Apply,
+    /// It belongs to someone else; the message says whose and what to do.
+    Conflict(String),
+}
+
+impl DesiredSecret {
+    /// Labels and annotations kvsync sets, besides the user's own.
+    pub fn with_markers(mut self, reload: bool) -> Self {
+        self.labels
+            .insert(MANAGED_BY_LABEL.0.into(), MANAGED_BY_LABEL.1.into());
+        self.annotations
+            .insert(OWNER_ANNOTATION.into(), self.owner_name.clone());
+        if reload {
+            self.annotations
+                .insert(RELOADER_MATCH_ANNOTATION.into(), "true".into());
+        }
+        self
+    }
+
+    /// Decides against the Secret that exists now (if any).
+    pub fn decide(&self, existing: Option<&Secret>) -> WriteDecision {
+        let Some(existing) = existing else {
+            return WriteDecision::Apply;
+        };
+        let meta = &existing.metadata;
+        let owner = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(OWNER_ANNOTATION));
+        match (owner, self.policy) {
+            (Some(owner), _) if owner != &self.owner_name => {
+                return WriteDecision::Conflict(format!(
+                    "Secret {} is managed by KeyVaultSecret {owner}; give this one another target.name",
+                    self.name
+                ));
+            }
+            (None, CreationPolicy::Owner | CreationPolicy::Orphan) => {
+                return WriteDecision::Conflict(format!(
+                    "Secret {} exists and is not managed by kvsync; delete it, choose another target.name, or set creationPolicy: Merge",
+                    self.name
+                ));
+            }
+            _ => {}
+        }
+        let current: BTreeMap<String, Vec<u8>> = existing
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
+        let data_ok = match self.policy {
+            CreationPolicy::Merge => self.data.iter().all(|(k, v)| current.get(k) == Some(v)),
+            _ => current == self.data,
+        };
+        let subset = |want: &BTreeMap<String, String>, have: &Option<BTreeMap<String, String>>| {
+            want.iter()
+                .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+        };
+        let owned_by_us = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.uid == self.owner_uid && r.controller == Some(true));
+        let ownership_ok = self.policy != CreationPolicy::Owner || owned_by_us;
+        let type_ok = self.policy == CreationPolicy::Merge
+            || existing.type_.as_deref().unwrap_or("Opaque") == self.type_;
+        if data_ok
+            && type_ok
+            && ownership_ok
+            && subset(&self.labels, &meta.labels)
+            && subset(&self.annotations, &meta.annotations)
+        {
+            WriteDecision::UpToDate
+        } else {
+            WriteDecision::Apply
+        }
+    }
+
+    /// The server-side-apply body. Under `Merge` it carries only kvsync's keys
+    /// and markers, so the other field managers' keys are left alone.
+    pub fn apply_body(&self) -> Value {
+        let data: BTreeMap<&String, String> = self
+            .data
+            .iter()
+            .map(|(k, v)| (k, STANDARD.encode(v)))
+            .collect();
+        let mut body = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": self.labels,
+                "annotations": self.annotations,
+            },
+            "data": data,
+        });
+        if self.policy != CreationPolicy::Merge {
+            body["type"] = json!(self.type_);
+        }
+        if self.policy == CreationPolicy::Owner {
+            body["metadata"]["ownerReferences"] = json!([{
+                "apiVersion": "kvsync.io/v1alpha1",
+                "kind": "KeyVaultSecret",
+                "name": self.owner_name,
+                "uid": self.owner_uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }]);
+        }
+        body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+    fn desired(policy: CreationPolicy) -> DesiredSecret {
+        DesiredSecret {
+            name: "db".into(),
+            namespace: "shop".into(),
+            owner_name: "db-kvs".into(),
+            owner_uid: "uid-1".into(),
+            policy,
+            type_: "Opaque".into(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            data: BTreeMap::from([("password".into(), b"pw".to_vec())]),
+        }
+        .with_markers(true)
+    }
+
+    fn existing(desired: &DesiredSecret, extra: &[(&str, &[u8])]) -> Secret {
+        let mut data: BTreeMap<String, ByteString> = desired
+            .data
+            .iter()
+            .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+            .collect();
+        data.extend(
+            extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))),
+        );
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(desired.name.clone()),
+                labels: Some(desired.labels.clone()),
+                annotations: Some(desired.annotations.clone()),
+                owner_references: Some(vec![OwnerReference {
+                    uid: "uid-1".into(),
+                    controller: Some(true),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(data),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn identical_content_is_not_rewritten() {
+        let want = desired(CreationPolicy::Owner);
+        assert_eq!(
+            want.decide(Some(&existing(&want, &[]))),
+            WriteDecision::UpToDate
+        );
+        assert_eq!(want.decide(None), WriteDecision::Apply);
+    }
+
+    #[test]
+    fn changed_or_extra_data_is_rewritten_when_owned() {
+        let want = desired(CreationPolicy::Owner);
+        let mut changed = existing(&want, &[]);
+        changed
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("password".into(), ByteString(b"old".to_vec()));
+        assert_eq!(want.decide(Some(&changed)), WriteDecision::Apply);
+        assert_eq!(
+            want.decide(Some(&existing(&want, &[("stale", b"x")]))),
+            WriteDecision::Apply
+        );
+    }
+
+    #[test]
+    fn someone_elses_secret_is_a_conflict_unless_merging() {
+        let want = desired(CreationPolicy::Owner);
+        let mut foreign = existing(&want, &[]);
+        foreign.metadata.annotations = None;
+        assert!(matches!(
+            want.decide(Some(&foreign)),
+            WriteDecision::Conflict(_)
+        ));
+        let merge = desired(CreationPolicy::Merge);
+        let mut foreign = existing(&merge, &[("theirs", b"x")]);
+        foreign.metadata.annotations = None;
+        assert_eq!(
+            merge.decide(Some(&foreign)),
+            WriteDecision::Apply,
+            "adopt our keys only"
+        );
+        let ours = existing(&merge, &[("theirs", b"x")]);
+        assert_eq!(
+            merge.decide(Some(&ours)),
+            WriteDecision::UpToDate,
+            "their keys don't matter"
+        );
+    }
+
+    #[test]
+    fn two_keyvaultsecrets_cannot_share_a_secret() {
+        let want = desired(CreationPolicy::Merge);
+        let mut other = existing(&want, &[]);
+        other
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(OWNER_ANNOTATION.into(), "other".into());
+        assert!(
+            matches!(want.decide(Some(&other)), WriteDecision::Conflict(m) if m.contains("other"))
+        );
+    }
+
+    #[test]
+    fn merge_body_leaves_type_and_ownership_alone() {
+        let body = desired(CreationPolicy::Merge).apply_body();
+        assert!(body.get("type").is_none());
+        assert!(body["metadata"].get("ownerReferences").is_none());
+        assert_eq!(body["data"]["password"], "cHc=");
+        let owned = desired(CreationPolicy::Owner).apply_body();
+        assert_eq!(owned["metadata"]["ownerReferences"][0]["controller"], true);
+    }
+}

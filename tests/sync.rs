@@ -1,0 +1,814 @@
+//! The sync stage against a real kube-apiserver and the Key Vault emulator:
+//! each test gets its own namespace, emulator and operator.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kvsync::api::KeyVaultSecret;
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Namespace + emulator + operator, with a service account federated to `SA_APP`.
+struct Fixture {
+    client: kube::Client,
+    ns: TestNamespace,
+    emulator: Emulator,
+    operator: Operator,
+    _issuer_dir: tempfile::TempDir,
+    /// Key + certificate registered for `CERT_APP`.
+    app_certificate: String,
+}
+
+/// Values seeded into the vault (scanned for in logs, events and statuses).
+const SEED_VALUES: &[&str] = &[
+    "s3cr3t-db-value",
+    "nested-pw",
+    "aGVsbG8td29ybGQ=",
+    "alpha-val",
+    "beta-val",
+    "gamma-val",
+    "not-for-you",
+];
+
+const CERT_APP: &str = "33333333-3333-3333-3333-333333333333";
+
+fn seed(
+    issuer: &str,
+    jwks: &std::path::Path,
+    namespace: &str,
+    certificate_pem: &str,
+    app_certificate: &str,
+) -> Value {
+    json!({
+        "vaults": [{
+            "name": "shop",
+            "secrets": [
+                {"name": "db-password", "value": "s3cr3t-db-value"},
+                {"name": "app-config", "value": "{\"user\":\"app\",\"port\":5432}"},
+                {"name": "json-blob", "value": "{\"db\":{\"password\":\"nested-pw\"}}"},
+                {"name": "b64-value", "value": "aGVsbG8td29ybGQ="},
+                {"name": "app-alpha", "value": "alpha-val", "tags": {"env": "prod"}},
+                {"name": "app-beta", "value": "beta-val", "tags": {"env": "dev"}},
+                {"name": "app-gamma", "value": "gamma-val", "tags": {"env": "prod"}, "enabled": false},
+                {"name": "web-cert", "value": certificate_pem, "contentType": "application/x-pem-file"},
+                {"name": "restricted", "value": "not-for-you"}
+            ]
+        }],
+        "apps": [
+            {
+                "tenantId": TENANT, "clientId": SA_APP,
+                "federatedCredentials": [{
+                    "issuer": issuer,
+                    "subject": format!("system:serviceaccount:{namespace}:shop-api"),
+                    "audience": "api://AzureADTokenExchange"
+                }],
+                "access": [{"vault": "shop", "secrets": ["db-password", "app-config", "json-blob", "b64-value", "app-alpha", "app-beta", "app-gamma", "web-cert"]}]
+            },
+            {
+                "tenantId": TENANT, "clientId": SECRET_APP, "clientSecret": SECRET_APP_PASSWORD,
+                "access": [{"vault": "shop", "secrets": ["*"]}]
+            },
+            {
+                "tenantId": TENANT, "clientId": CERT_APP, "certificate": app_certificate,
+                "access": [{"vault": "shop", "secrets": ["db-password"]}]
+            }
+        ],
+        "issuers": [{"issuer": issuer, "jwksFile": jwks}]
+    })
+}
+
+/// A self-signed RSA certificate: (certificate PEM, private key PEM).
+fn test_certificate(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+impl Fixture {
+    async fn new(test: &str) -> Self {
+        let client = client().await;
+        let ns = TestNamespace::new(&client, test).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (issuer, jwks) = cluster_issuer(&client, dir.path()).await;
+        let (web_cert, web_key) = test_certificate("web.shop.example");
+        let (app_cert, app_key) = test_certificate("kvsync-client");
+        let emulator = Emulator::start(seed(
+            &issuer,
+            &jwks,
+            &ns.name,
+            &format!("{web_key}{web_cert}"),
+            &app_cert,
+        ))
+        .await;
+        let sa: ServiceAccount = serde_json::from_value(json!({
+            "metadata": {"name": "shop-api", "annotations": {
+                "azure.workload.identity/client-id": SA_APP,
+                "azure.workload.identity/tenant-id": TENANT}}
+        }))
+        .unwrap();
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
+        let operator = Operator::start(&emulator, &ns.name, &[]);
+        Fixture {
+            client,
+            ns,
+            emulator,
+            operator,
+            _issuer_dir: dir,
+            app_certificate: format!("{app_key}{app_cert}"),
+        }
+    }
+
+    fn kvs_api(&self) -> Api<KeyVaultSecret> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    /// Applies a KeyVaultSecret with the emulator's vault URL and the federated service account.
+    async fn apply(&self, name: &str, mut spec: Value) -> KeyVaultSecret {
+        spec["vaultUrl"] = json!(self.emulator.vault_url("shop"));
+        if spec.get("auth").is_none() {
+            spec["auth"] = json!({"workloadIdentity": {"serviceAccountName": "shop-api"}});
+        }
+        let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": name}, "spec": spec});
+        self.kvs_api()
+            .patch(
+                name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Waits for the Ready condition to have `reason`; returns the object.
+    async fn wait_reason(&self, name: &str, reason: &str) -> KeyVaultSecret {
+        let api = self.kvs_api();
+        eventually(&format!("{name} to be {reason}"), WAIT, || {
+            let api = api.clone();
+            async move {
+                let kvs = api.get(name).await.ok()?;
+                (ready(&kvs).map(|c| c.reason.as_str()) == Some(reason)).then_some(kvs)
+            }
+        })
+        .await
+    }
+
+    /// Secret hygiene: no secret value, client secret, access token or client
+    /// assertion may appear in the operator's most verbose logs, in events, or
+    /// in any KeyVaultSecret status of the namespace.
+    async fn assert_nothing_leaked(&self, also: &[&str]) {
+        let issued = self.emulator.control(Method::GET, "issued", None).await;
+        let mut needles: Vec<String> = ["accessTokens", "clientAssertions"]
+            .iter()
+            .flat_map(|k| issued[k].as_array().cloned().unwrap_or_default())
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect();
+        assert!(
+            !needles.is_empty(),
+            "the emulator issued tokens during the test"
+        );
+        needles.extend(SEED_VALUES.iter().chain(also).map(|v| v.to_string()));
+        needles.push(SECRET_APP_PASSWORD.into());
+
+        let events: Value = self
+            .client
+            .request(
+                http::Request::get(format!("/api/v1/namespaces/{}/events", self.ns.name))
+                    .body(vec![])
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let statuses = serde_json::to_string(
+            &self
+                .kvs_api()
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|k| &k.status)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let haystacks = [
+            ("operator log", self.operator.process.output()),
+            ("events", events.to_string()),
+            ("statuses", statuses),
+        ];
+        for (place, text) in &haystacks {
+            for needle in &needles {
+                assert!(
+                    !text.contains(needle.as_str()),
+                    "{place} contains a secret ({} chars)",
+                    needle.len()
+                );
+            }
+        }
+    }
+
+    async fn secret_data(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        let secret = self.secrets().get_opt(name).await.unwrap()?;
+        Some(decoded(&secret))
+    }
+}
+
+fn ready(
+    kvs: &KeyVaultSecret,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    kvs.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+}
+
+fn decoded(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_data_form_syncs_into_one_secret() {
+    let f = Fixture::new("forms").await;
+    f.apply(
+        "app",
+        json!({
+            "target": {"name": "app-secret", "labels": {"team": "shop"}},
+            "data": [
+                {"secretKey": "password", "remoteRef": {"name": "db-password"}},
+                {"secretKey": "nested", "remoteRef": {"name": "json-blob", "property": "db.password"}},
+                {"secretKey": "decoded", "remoteRef": {"name": "b64-value", "decodingStrategy": "Base64"}}
+            ],
+            "dataFrom": [
+                {"extract": {"name": "app-config"}},
+                {"find": {"nameRegex": "^app-", "tags": {"env": "prod"}}}
+            ]
+        }),
+    )
+    .await;
+    let kvs = f.wait_reason("app", "Synced").await;
+    let data = f.secret_data("app-secret").await.unwrap();
+    let expected: BTreeMap<String, String> = [
+        ("password", "s3cr3t-db-value"),
+        ("nested", "nested-pw"),
+        ("decoded", "hello-world"),
+        ("user", "app"),
+        ("port", "5432"),
+        ("app-alpha", "alpha-val"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(
+        data, expected,
+        "disabled app-gamma and dev-tagged app-beta are left out"
+    );
+
+    let secret = f.secrets().get("app-secret").await.unwrap();
+    assert_eq!(
+        secret
+            .labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("kvsync")
+    );
+    assert_eq!(
+        secret.labels().get("team").map(String::as_str),
+        Some("shop")
+    );
+    assert_eq!(
+        secret
+            .annotations()
+            .get("reloader.stakater.com/match")
+            .map(String::as_str),
+        Some("true")
+    );
+    let owner = &secret.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("KeyVaultSecret", Some(true))
+    );
+
+    let status = kvs.status.unwrap();
+    assert_eq!(status.secret_name.as_deref(), Some("app-secret"));
+    assert_eq!(status.observed_generation, kvs.metadata.generation);
+    for name in [
+        "db-password",
+        "json-blob",
+        "b64-value",
+        "app-config",
+        "app-alpha",
+    ] {
+        let version = &status.synced_versions[name];
+        assert!(
+            version.len() == 32 && version.chars().all(|c| c.is_ascii_hexdigit()),
+            "{name}: {version}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tls_certificate_becomes_tls_crt_and_key() {
+    let f = Fixture::new("tls").await;
+    f.apply(
+        "web",
+        json!({"target": {"type": "kubernetes.io/tls"}, "dataFrom": [{"certificate": {"name": "web-cert"}}]}),
+    )
+    .await;
+    f.wait_reason("web", "Synced").await;
+    let secret = f.secrets().get("web").await.unwrap();
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let data = decoded(&secret);
+    assert!(data["tls.crt"].starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(data["tls.key"].contains("PRIVATE KEY") && !data["tls.key"].contains("CERTIFICATE"));
+}
+
+#[tokio::test]
+async fn rotation_is_picked_up_and_idle_refreshes_write_nothing() {
+    let f = Fixture::new("rotate").await;
+    f.apply("db", json!({"refreshInterval": "2s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
+        .await;
+    let first = f.wait_reason("db", "Synced").await;
+    let secret = f.secrets().get("db").await.unwrap();
+    let (secret_rv, kvs_rv) = (secret.resource_version(), first.resource_version());
+
+    // Three refresh intervals with no change: neither the Secret nor the status is written.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        f.secrets().get("db").await.unwrap().resource_version(),
+        secret_rv,
+        "Secret rewritten while idle"
+    );
+    assert_eq!(
+        f.kvs_api().get("db").await.unwrap().resource_version(),
+        kvs_rv,
+        "status rewritten while idle"
+    );
+    let gets = f.emulator.counters().await;
+    assert!(
+        gets["total"].as_u64().unwrap() >= 4,
+        "the vault was actually polled: {gets}"
+    );
+
+    f.emulator
+        .set_secret("shop", "db-password", "rotated-value")
+        .await;
+    eventually("the rotated value", Duration::from_secs(6), || async {
+        (f.secret_data("db").await?.get("pw")? == "rotated-value").then_some(())
+    })
+    .await;
+    f.assert_nothing_leaked(&["rotated-value"]).await;
+}
+
+#[tokio::test]
+async fn tokens_never_go_to_hosts_outside_the_allow_list() {
+    let f = Fixture::new("containment").await;
+    // A second "vault" the operator was not told to allow (it allows `localhost` only).
+    let rogue = Emulator::start(json!({"vaults": [{"name": "rogue", "secrets": [{"name": "db-password", "value": "x"}]}],
+        "apps": [{"tenantId": TENANT, "clientId": SA_APP, "access": [{"vault": "rogue", "secrets": ["*"]}]}]}))
+    .await;
+    let rogue_url = rogue.vault_url("rogue").replace("localhost", "127.0.0.1");
+    let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "rogue"},
+        "spec": {"vaultUrl": rogue_url, "auth": {"workloadIdentity": {"serviceAccountName": "shop-api"}},
+                 "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}});
+    f.kvs_api()
+        .patch("rogue", &PatchParams::apply("test"), &Patch::Apply(&body))
+        .await
+        .unwrap();
+    let refused = f.wait_reason("rogue", "InvalidSpec").await;
+    assert!(
+        ready(&refused)
+            .unwrap()
+            .message
+            .contains("not an allowed Key Vault host")
+    );
+    always(
+        "the rogue host sees no request",
+        Duration::from_secs(2),
+        || async { rogue.counters().await["total"].as_u64() == Some(0) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn force_sync_and_target_changes_sync_immediately() {
+    let f = Fixture::new("force").await;
+    f.apply("db", json!({"refreshInterval": "1h", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
+        .await;
+    f.wait_reason("db", "Synced").await;
+    f.emulator
+        .set_secret("shop", "db-password", "forced-value")
+        .await;
+    let patch = json!({"metadata": {"annotations": {"kvsync.io/force-sync": "1"}}});
+    f.kvs_api()
+        .patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    eventually("the forced value", Duration::from_secs(5), || async {
+        (f.secret_data("db").await?.get("pw")? == "forced-value").then_some(())
+    })
+    .await;
+    // A deleted or hand-edited target is repaired at once, not at the next refresh (1h).
+    f.secrets()
+        .delete("db", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the deleted Secret to be recreated",
+        Duration::from_secs(5),
+        || async { (f.secret_data("db").await?.get("pw")? == "forced-value").then_some(()) },
+    )
+    .await;
+    let edit = json!({"stringData": {"pw": "tampered"}});
+    f.secrets()
+        .patch("db", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    eventually(
+        "the edited Secret to be repaired",
+        Duration::from_secs(5),
+        || async { (f.secret_data("db").await?.get("pw")? == "forced-value").then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn client_secret_auth_and_its_rotation() {
+    let f = Fixture::new("clientsecret").await;
+    let creds: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "kv-creds"}, "stringData": {"clientSecret": "wrong"}}),
+    )
+    .unwrap();
+    f.secrets()
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+    let auth = json!({"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP, "secretRef": {"name": "kv-creds", "key": "clientSecret"}}});
+    f.apply(
+        "db",
+        json!({"auth": auth, "data": [{"secretKey": "pw", "remoteRef": {"name": "restricted"}}]}),
+    )
+    .await;
+    let failed = f.wait_reason("db", "AuthFailed").await;
+    assert!(
+        ready(&failed).unwrap().message.contains("AADSTS7000215"),
+        "{:?}",
+        ready(&failed)
+    );
+    assert!(f.secrets().get_opt("db").await.unwrap().is_none());
+
+    // Fixing the credential Secret is picked up without touching the KeyVaultSecret.
+    let fix = json!({"stringData": {"clientSecret": SECRET_APP_PASSWORD}});
+    f.secrets()
+        .patch("kv-creds", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    f.wait_reason("db", "Synced").await;
+    assert_eq!(f.secret_data("db").await.unwrap()["pw"], "not-for-you");
+    f.assert_nothing_leaked(&["wrong"]).await;
+}
+
+#[tokio::test]
+async fn client_certificate_auth() {
+    let f = Fixture::new("clientcert").await;
+    let creds: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "kv-cert"}, "stringData": {"tls.pem": f.app_certificate}}),
+    )
+    .unwrap();
+    f.secrets()
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+    let auth = json!({"clientCertificate": {"tenantId": TENANT, "clientId": CERT_APP, "secretRef": {"name": "kv-cert", "key": "tls.pem"}}});
+    f.apply(
+        "db",
+        json!({"auth": auth, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
+    )
+    .await;
+    f.wait_reason("db", "Synced").await;
+    assert_eq!(f.secret_data("db").await.unwrap()["pw"], "s3cr3t-db-value");
+    f.assert_nothing_leaked(&[]).await;
+}
+
+#[tokio::test]
+async fn identities_are_confined_to_their_namespace() {
+    let f = Fixture::new("isolation").await;
+    // The operator identity is refused where it is not allowed.
+    f.apply("op", json!({"auth": {"workloadIdentity": {}}, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
+        .await;
+    let refused = f.wait_reason("op", "AuthFailed").await;
+    assert!(
+        ready(&refused)
+            .unwrap()
+            .message
+            .contains("--operator-identity-namespaces")
+    );
+
+    // Namespace B's service account named like A's, annotated with A's client id: Entra
+    // (the emulator) refuses it because the federated subject names namespace A.
+    let other = TestNamespace::new(&f.client, "isolation-b").await;
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "impostor", "annotations": {
+        "azure.workload.identity/client-id": SA_APP, "azure.workload.identity/tenant-id": TENANT}}}))
+    .unwrap();
+    Api::<ServiceAccount>::namespaced(f.client.clone(), &other.name)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let operator_b = Operator::start(&f.emulator, &other.name, &[]);
+    let api_b: Api<KeyVaultSecret> = Api::namespaced(f.client.clone(), &other.name);
+    let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "steal"},
+        "spec": {"vaultUrl": f.emulator.vault_url("shop"), "auth": {"workloadIdentity": {"serviceAccountName": "impostor"}},
+                 "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}});
+    api_b
+        .patch("steal", &PatchParams::apply("test"), &Patch::Apply(&body))
+        .await
+        .unwrap();
+    let stolen = eventually("namespace B to be refused", WAIT, || async {
+        let kvs = api_b.get("steal").await.ok()?;
+        ready(&kvs).filter(|c| c.reason == "AuthFailed").cloned()
+    })
+    .await;
+    assert!(stolen.message.contains("AADSTS70021"), "{}", stolen.message);
+    assert!(
+        Api::<Secret>::namespaced(f.client.clone(), &other.name)
+            .get_opt("steal")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    drop(operator_b);
+}
+
+#[tokio::test]
+async fn an_unowned_secret_is_never_overwritten_but_can_be_merged() {
+    let f = Fixture::new("conflict").await;
+    let theirs: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "shared"}, "stringData": {"theirs": "keep-me"}}),
+    )
+    .unwrap();
+    f.secrets()
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    f.apply("owner", json!({"target": {"name": "shared"}, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
+        .await;
+    f.wait_reason("owner", "SecretConflict").await;
+    assert_eq!(
+        f.secret_data("shared").await.unwrap(),
+        BTreeMap::from([("theirs".into(), "keep-me".into())])
+    );
+
+    f.kvs_api()
+        .delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
+    f.apply(
+        "merger",
+        json!({"target": {"name": "shared", "creationPolicy": "Merge"}, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
+    )
+    .await;
+    f.wait_reason("merger", "Synced").await;
+    let data = f.secret_data("shared").await.unwrap();
+    assert_eq!(
+        (data["theirs"].as_str(), data["pw"].as_str()),
+        ("keep-me", "s3cr3t-db-value")
+    );
+
+    // A second KeyVaultSecret aiming at the same Secret is refused.
+    f.apply("second", json!({"target": {"name": "shared", "creationPolicy": "Merge"}, "data": [{"secretKey": "x", "remoteRef": {"name": "app-alpha"}}]}))
+        .await;
+    let second = f.wait_reason("second", "SecretConflict").await;
+    assert!(ready(&second).unwrap().message.contains("merger"));
+}
+
+#[tokio::test]
+async fn remote_failures_keep_the_last_good_secret() {
+    let f = Fixture::new("failures").await;
+    f.apply("db", json!({"refreshInterval": "1s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
+        .await;
+    f.wait_reason("db", "Synced").await;
+    let good = f.secrets().get("db").await.unwrap();
+    let force =
+        |n: u32| json!({"metadata": {"annotations": {"kvsync.io/force-sync": n.to_string()}}});
+
+    f.emulator
+        .control(
+            Method::PATCH,
+            "vaults/shop/secrets/db-password",
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    f.wait_reason("db", "RemoteDisabled").await;
+    f.emulator
+        .control(
+            Method::PATCH,
+            "vaults/shop/secrets/db-password",
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    f.wait_reason("db", "Synced").await;
+
+    f.emulator
+        .control(Method::POST, "faults", Some(json!({"target": "vault:shop", "pathPrefix": "/secrets/db-password", "count": 1000, "kind": {"status": 429}})))
+        .await;
+    f.kvs_api()
+        .patch("db", &PatchParams::default(), &Patch::Merge(force(1)))
+        .await
+        .unwrap();
+    f.wait_reason("db", "Throttled").await;
+    f.emulator.control(Method::DELETE, "faults", None).await;
+    f.emulator
+        .control(Method::POST, "faults", Some(json!({"target": "vault:shop", "pathPrefix": "/secrets/db-password", "count": 1000, "kind": {"status": 500}})))
+        .await;
+    f.wait_reason("db", "VaultUnavailable").await;
+    f.emulator.control(Method::DELETE, "faults", None).await;
+    f.wait_reason("db", "Synced").await;
+
+    f.emulator
+        .control(Method::DELETE, "vaults/shop/secrets/db-password", None)
+        .await;
+    f.wait_reason("db", "RemoteNotFound").await;
+
+    f.apply(
+        "forbidden",
+        json!({"data": [{"secretKey": "pw", "remoteRef": {"name": "restricted"}}]}),
+    )
+    .await;
+    let forbidden = f.wait_reason("forbidden", "Forbidden").await;
+    assert!(
+        ready(&forbidden)
+            .unwrap()
+            .message
+            .contains("Key Vault Secrets User")
+    );
+
+    let now = f.secrets().get("db").await.unwrap();
+    assert_eq!(
+        now.data, good.data,
+        "the Secret kept its last good data through every failure"
+    );
+    assert_eq!(
+        now.resource_version(),
+        good.resource_version(),
+        "and was never rewritten"
+    );
+}
+
+#[tokio::test]
+async fn deletion_follows_the_creation_policy() {
+    let f = Fixture::new("deletion").await;
+    let spec = |policy: &str| json!({"target": {"creationPolicy": policy}, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]});
+    f.apply("owned", spec("Owner")).await;
+    f.apply("orphan", spec("Orphan")).await;
+    f.wait_reason("owned", "Synced").await;
+    f.wait_reason("orphan", "Synced").await;
+    for name in ["owned", "orphan"] {
+        f.kvs_api()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    eventually(
+        "the garbage collector to delete the owned Secret",
+        WAIT,
+        || async {
+            f.secrets()
+                .get_opt("owned")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    always(
+        "the orphan Secret stays",
+        Duration::from_secs(2),
+        || async { f.secrets().get_opt("orphan").await.unwrap().is_some() },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_or_reported() {
+    let f = Fixture::new("invalid").await;
+    // Rejected by the schema.
+    let bad = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "bad"},
+        "spec": {"vaultUrl": "http://shop.vault.azure.net/", "auth": {"workloadIdentity": {}, "clientSecret": {"tenantId": "t", "clientId": "c", "secretRef": {"name": "x", "key": "y"}}},
+                 "refreshInterval": "soon", "data": [{"secretKey": "bad key", "remoteRef": {"name": "under_score"}}]}});
+    let error = f
+        .kvs_api()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(bad).unwrap(),
+        )
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    for field in [
+        "spec.vaultUrl",
+        "spec.auth",
+        "spec.refreshInterval",
+        "secretKey",
+        "remoteRef.name",
+    ] {
+        assert!(
+            message.contains(field),
+            "schema error should name {field}: {message}"
+        );
+    }
+
+    // Accepted by the schema, refused by the operator before any request.
+    let before = f.emulator.counters().await["total"].as_u64().unwrap();
+    let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "evil"},
+        "spec": {"vaultUrl": "https://attacker.example.com/", "auth": {"workloadIdentity": {"serviceAccountName": "shop-api"}},
+                 "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}});
+    f.kvs_api()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(body).unwrap(),
+        )
+        .await
+        .unwrap();
+    let evil = f.wait_reason("evil", "InvalidSpec").await;
+    assert!(
+        ready(&evil)
+            .unwrap()
+            .message
+            .contains("not an allowed Key Vault host")
+    );
+
+    f.apply(
+        "regex",
+        json!({"dataFrom": [{"find": {"nameRegex": "(unclosed"}}]}),
+    )
+    .await;
+    f.wait_reason("regex", "InvalidSpec").await;
+    f.apply("notjson", json!({"data": [{"secretKey": "pw", "remoteRef": {"name": "db-password", "property": "a.b"}}]})).await;
+    let notjson = f.wait_reason("notjson", "InvalidSpec").await;
+    assert!(
+        !ready(&notjson).unwrap().message.contains("s3cr3t"),
+        "no value in conditions"
+    );
+    assert!(
+        f.secrets().get_opt("notjson").await.unwrap().is_none(),
+        "nothing half-written"
+    );
+    let after = f.emulator.counters().await["total"].as_u64().unwrap();
+    assert!(
+        after - before <= 4,
+        "only the not-json fetch reached the vault ({before} → {after})"
+    );
+}
+
+#[tokio::test]
+async fn kubectl_columns_show_ready_reason_and_secret() {
+    let f = Fixture::new("columns").await;
+    f.apply("db", json!({"target": {"name": "db-creds"}, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]})).await;
+    f.wait_reason("db", "Synced").await;
+    let request = http::Request::get(format!(
+        "/apis/kvsync.io/v1alpha1/namespaces/{}/keyvaultsecrets",
+        f.ns.name
+    ))
+    .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+    .body(vec![])
+    .unwrap();
+    let table: Value = f.client.request(request).await.unwrap();
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Name", "Ready", "Reason", "Secret", "Last Sync", "Age"]
+    );
+    let cells = &table["rows"][0]["cells"];
+    assert_eq!(
+        (cells[1].as_str(), cells[2].as_str(), cells[3].as_str()),
+        (Some("True"), Some("Synced"), Some("db-creds"))
+    );
+}
