@@ -411,7 +411,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(affected, [web.workload.clone()]);
+        assert_eq!(affected, std::slice::from_ref(&web.workload));
         assert_eq!(
             index.apply_resource(secret("ns", "db", "v1", 2)),
             ResourceChange::Unchanged { reacting: 1 }
@@ -425,7 +425,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(affected, [web.workload.clone()]);
+        assert_eq!(affected, std::slice::from_ref(&web.workload));
         assert_eq!(
             index.remove_resource("ns", &ResourceRef::secret("db")),
             [web.workload]
@@ -513,7 +513,7 @@ mod tests {
         let listed = [("a".to_string(), "kept".to_string())].into();
         assert_eq!(
             index.retain_resources(ResourceKind::Secret, Some("a"), &listed),
-            [web.workload.clone()]
+            std::slice::from_ref(&web.workload)
         );
         assert_eq!(index.resources("a").len(), 1);
         assert_eq!(
@@ -535,7 +535,10 @@ mod tests {
         let web = workload("ns", "web", &[AUTO], &[]);
         index.apply_workload(web.clone());
         assert!(!index.is_selected("ns"));
-        assert_eq!(index.set_selected("ns", true), [web.workload.clone()]);
+        assert_eq!(
+            index.set_selected("ns", true),
+            std::slice::from_ref(&web.workload)
+        );
         assert!(index.is_selected("ns"));
         assert_eq!(index.set_selected("ns", true), [], "already selected");
         assert_eq!(index.set_selected("ns", false), []);

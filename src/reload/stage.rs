@@ -159,7 +159,7 @@ impl Stage {
                 }
                 ResourceChange::Stale => {}
             },
-            Observed::Workload(observation) => self.observe_workload(observation, due),
+            Observed::Workload(observation) => self.observe_workload(*observation, due),
             Observed::Namespace { name, selected } => {
                 let revealed = self.index.set_selected(&name, selected);
                 self.mark_all(revealed, due);

@@ -30,7 +30,8 @@ use crate::scope::{LabelSelector, ScopeArgs};
 #[derive(Debug)]
 pub enum Observed {
     Resource(ResourceObservation),
-    Workload(WorkloadObservation),
+    /// Boxed: a parsed policy is much larger than the other variants.
+    Workload(Box<WorkloadObservation>),
     /// A Namespace and whether its labels pass `--namespace-selector`.
     Namespace {
         name: String,
@@ -216,7 +217,7 @@ impl WatchPlan {
             source,
             move |object: &W| {
                 in_scope(&scope, object)
-                    .then(|| observe_workload(object).map(Observed::Workload))
+                    .then(|| observe_workload(object).map(|w| Observed::Workload(Box::new(w))))
                     .flatten()
             },
         )
