@@ -148,6 +148,11 @@ pub struct Process {
 }
 
 impl Process {
+    /// Starts `kvsync` with these arguments (its log in a fresh temporary directory).
+    pub fn start(args: &[String]) -> Self {
+        Self::spawn(args, tempfile::tempdir().unwrap())
+    }
+
     fn spawn(args: &[String], dir: tempfile::TempDir) -> Self {
         let log = dir.path().join("output.log");
         let out = std::fs::File::create(&log).unwrap();
