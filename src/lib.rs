@@ -17,6 +17,7 @@ pub mod emulator;
 pub mod metrics;
 pub mod reload;
 pub mod run;
+pub mod schedule;
 pub mod scope;
 pub mod sync;
 pub mod telemetry;

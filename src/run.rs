@@ -48,11 +48,15 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             },
             extra_ca_pem: read_ca_file(args.extra_ca_file.as_deref())?,
             request_timeout: args.request_timeout,
+            change_detection: args.change_detection,
+            vault_concurrency: args.vault_concurrency,
+            max_backoff: args.max_backoff,
         },
     )?;
 
     let mut registry = Registry::default();
     let sync_metrics = SyncMetrics::register(&mut registry);
+    crate::reload::register_metrics(&mut registry);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shutdown = move || {
         let mut rx = shutdown_rx.clone();
@@ -109,8 +113,8 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         }
     });
 
-    let sync = tokio::spawn(crate::sync::run(ctx, shutdown()));
-    let reload = tokio::spawn(crate::reload::run(
+    let sync = tokio::spawn(crate::sync::run(ctx, shutdown.clone()));
+    let mut reload = tokio::spawn(crate::reload::run(
         client,
         args.reload.clone(),
         args.scope.clone(),
@@ -118,13 +122,22 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         inbox,
     ));
     tracing::info!("kvsync started");
-    termination_signal().await;
+    // The reload stage only returns when it cannot start (its digest key):
+    // that stops the operator with the reason rather than running half of it.
+    let outcome = tokio::select! {
+        () = termination_signal() => Ok(()),
+        stopped = &mut reload => match stopped {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("reload stage: {error}")),
+            Err(panic) => Err(format!("reload stage: {panic}")),
+        },
+    };
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(20), sync).await;
     reload.abort();
     let _ = server.await;
-    Ok(())
+    outcome
 }
 
 /// Prints the CRD, or applies it and optionally waits until it is established.

@@ -43,6 +43,21 @@ impl LabelSelector {
     }
 }
 
+/// The selector in the API's syntax (`k=v,k2`), for server-side filtering.
+impl std::fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut separator = "";
+        for (key, value) in &self.0 {
+            match value {
+                Some(value) => write!(f, "{separator}{key}={value}")?,
+                None => write!(f, "{separator}{key}")?,
+            }
+            separator = ",";
+        }
+        Ok(())
+    }
+}
+
 /// Parses `k=v,k2,k3=v3`. Set-based selectors (`in`, `notin`, `!k`) are rejected
 /// with a clear message rather than misread.
 pub fn parse_selector(text: &str) -> Result<LabelSelector, String> {
@@ -126,6 +141,7 @@ mod tests {
         assert!(selector.matches(&labels(&[("team", "shop"), ("env", "x")])));
         assert!(!selector.matches(&labels(&[("team", "shop")])));
         assert!(!selector.matches(&labels(&[("team", "web"), ("env", "x")])));
+        assert_eq!(selector.to_string(), "env,team=shop");
         assert!(parse_selector("team in (a,b)").is_err());
         assert!(parse_selector("!team").is_err());
     }

@@ -364,7 +364,7 @@ mod tests {
             unit_random in 0.0f64..=1.0,
         ) {
             if let Ok(Some(interval)) = spec(&text).refresh_interval() {
-                let delay = crate::sync::schedule::refresh_delay(interval, unit_random);
+                let delay = crate::schedule::refresh_delay(interval, unit_random);
                 prop_assert!(delay >= interval.mul_f64(0.9) && delay <= interval.mul_f64(1.1));
             }
         }

@@ -1,18 +1,105 @@
-//! Reload stage: rolls Deployments, StatefulSets and DaemonSets whose Secrets
-//! or ConfigMaps changed (Stakater Reloader's annotation contract).
+//! Reload stage: rolls Deployments, StatefulSets and DaemonSets when the data
+//! of a Secret or ConfigMap they react to changes — Stakater Reloader's
+//! annotation contract, made level-triggered.
 //!
-//! (Skeleton: the interface the rest of the operator uses.)
+//! ```text
+//!  watch Secrets/ConfigMaps ──┐  reduce to          ┌────────── Index ───────────┐
+//!  fast path (SecretWritten) ─┼─ digest + flags ───▶│ namespace → resources:     │
+//!  watch Deployments/         │  reduce to policy,  │   (kind,name) → digest     │
+//!   StatefulSets/DaemonSets ──┘  uses, record ─────▶│ namespace → workloads:     │
+//!                                                   │   policy, uses, record, …  │
+//!                                                   └─────────────┬──────────────┘
+//!                        affected workloads, marked due after the debounce
+//!                                                                 ▼
+//!            Schedule ──due──▶ desired members ──▶ decide(record, desired, last restart)
+//!                                                                 │
+//!      UpToDate │ Baseline: patch record │ Restart: patch record + pod template │ Wait
+//! ```
+//!
+//! Why level-triggered: the workload itself records (in a metadata annotation)
+//! the digest of every resource it reacts to as of its last restart, and the
+//! decision compares that record with the present. So the outcome depends
+//! only on the cluster's state, never on which events the process happened to
+//! see: restarting the operator restarts nothing, a change made while it was
+//! down is applied once when it returns, and a burst of changes within the
+//! debounce — or within the minimum interval after a restart — becomes one
+//! rollout. A workload seen for the first time is baselined, not restarted.
+//!
+//! Module map: [`annotations`] (the contract), `uses` (what a pod spec
+//! references), `digest` (keyed digests), [`record`] (what kvsync writes on
+//! workloads), `decide` (pure decision and timing), `index` (the memory),
+//! `observe`/`watch` (objects → index entries), `stage` (the event loop and
+//! patches), `events`, [`metrics`], `key_secret` (where the digest key lives).
 
+pub mod annotations;
+mod decide;
+mod digest;
+mod events;
+mod index;
+mod key_secret;
+pub mod kinds;
+pub mod metrics;
+mod observe;
+pub mod record;
+mod stage;
+mod uses;
+mod watch;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+pub use key_secret::KEY_SECRET_NAME;
+pub use metrics::register_metrics;
+
+use crate::scope::{LabelSelector, ScopeArgs, parse_selector};
+
 /// Flags of the reload stage.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReloadArgs {
-    /// Changes to one workload within this window are folded into one rollout.
+    /// Changes to one workload within this window after the first are folded
+    /// into one rollout.
     #[arg(long, env = "KVSYNC_RELOAD_DEBOUNCE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub reload_debounce: Duration,
+
+    /// At most one restart per workload within this interval; later changes
+    /// fold into one restart when it has passed. A workload's pause-period
+    /// annotation (e.g. `deployment.reloader.stakater.com/pause-period`) can
+    /// lengthen it. The default leaves time for a rollout to start while
+    /// keeping a flapping Secret from causing a restart storm.
+    #[arg(long, env = "KVSYNC_MIN_RELOAD_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub min_reload_interval: Duration,
+
+    /// Only Secrets and ConfigMaps whose labels match this equality selector
+    /// (e.g. `reload=true`) count; others look absent to the reload stage.
+    #[arg(long, env = "KVSYNC_RESOURCE_LABEL_SELECTOR", value_parser = parse_selector)]
+    pub resource_label_selector: Option<LabelSelector>,
+}
+
+/// Why the reload stage could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(
+        "the operator namespace `{0}` does not exist (it holds the reload digest key); create it or set --operator-namespace"
+    )]
+    OperatorNamespaceMissing(String),
+    #[error(
+        "could not read or create the reload digest key Secret {namespace}/{KEY_SECRET_NAME}: {source}"
+    )]
+    DigestKeyAccess {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "the reload digest key Secret {namespace}/{KEY_SECRET_NAME} is unusable ({source}); delete it to have a new one made (workloads are then re-baselined, not restarted)"
+    )]
+    DigestKeyMalformed {
+        namespace: String,
+        #[source]
+        source: digest::WrongKeyLength,
+    },
 }
 
 /// A Secret the sync stage just wrote (the in-process fast path).
@@ -46,18 +133,32 @@ pub fn channel() -> (ReloadNotifier, ReloadInbox) {
     (ReloadNotifier(tx), ReloadInbox(rx))
 }
 
-/// Runs the reload stage until the process stops.
+/// Runs the reload stage until the process stops. Fails only at start-up
+/// (the digest key); watch and API errors later are retried and counted.
 pub async fn run(
-    _client: kube::Client,
-    _args: ReloadArgs,
-    _scope: crate::scope::ScopeArgs,
-    _operator_namespace: String,
-    mut inbox: ReloadInbox,
-) -> anyhow_like::Result {
-    while inbox.0.recv().await.is_some() {}
+    client: kube::Client,
+    args: ReloadArgs,
+    scope: ScopeArgs,
+    operator_namespace: String,
+    inbox: ReloadInbox,
+) -> Result<(), ReloadError> {
+    let key = key_secret::load_or_create(&client, &operator_namespace).await?;
+    let key_id = key.id();
+    let namespace_selector = scope.namespace_selector.is_some();
+    let plan = watch::WatchPlan {
+        client: client.clone(),
+        key: Arc::new(key),
+        scope,
+        resource_selector: args.resource_label_selector,
+    };
+    let (sources, inputs) = plan.streams(inbox.0);
+    let timing = stage::Timing {
+        debounce: args.reload_debounce,
+        min_reload_interval: args.min_reload_interval,
+    };
+    tracing::info!(key_id, ?timing, "reload stage starting");
+    stage::Stage::new(client, key_id, timing, sources, namespace_selector)
+        .run(inputs)
+        .await;
     Ok(())
-}
-
-mod anyhow_like {
-    pub type Result = std::result::Result<(), String>;
 }

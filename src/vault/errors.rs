@@ -240,7 +240,7 @@ mod tests {
             let error = classify(status, inner.as_deref(), "m".into(), retry_after, "db");
             let cap = Duration::from_secs(300);
             if let VaultError::Throttled { retry_after } = error {
-                let delay = crate::sync::schedule::backoff_delay(failures, retry_after, cap, unit_random);
+                let delay = crate::schedule::backoff_delay(failures, retry_after, cap, unit_random);
                 prop_assert!(delay >= retry_after.unwrap_or_default());
                 prop_assert!(delay <= cap.max(retry_after.unwrap_or_default()));
             }

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 mod fixture;
+#[allow(unused_imports)] // not every test binary uses the fixture
 pub use fixture::*;
 
 use std::future::Future;
@@ -151,6 +152,11 @@ pub struct Process {
 }
 
 impl Process {
+    /// Starts `kvsync` with these arguments (its log in a fresh temporary directory).
+    pub fn start(args: &[String]) -> Self {
+        Self::spawn(args, tempfile::tempdir().unwrap())
+    }
+
     fn spawn(args: &[String], dir: tempfile::TempDir) -> Self {
         let log = dir.path().join("output.log");
         let out = std::fs::File::create(&log).unwrap();

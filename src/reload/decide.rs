@@ -1,0 +1,513 @@
+//! The restart decision, free of I/O: which resources a workload reacts to
+//! right now ([`desired_members`]), what to do about the difference to what it
+//! was last started with ([`decide`]), and when to look again ([`Schedule`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+use super::annotations::{ReloadPolicy, ResourceFlags};
+use super::index::ResourceState;
+use super::kinds::{ResourceKind, ResourceRef};
+use super::record::{Applied, MemberState, Members};
+
+/// The resources `policy` reacts to, given what the pod spec `uses` and the
+/// Secrets and ConfigMaps of the namespace, with their current states.
+///
+/// Candidates are the used resources (present or not: a used resource that is
+/// missing is a member in state `Absent`, so its creation counts as a change)
+/// and, for kinds with named entries, every present resource of that kind.
+pub fn desired_members(
+    policy: &ReloadPolicy,
+    uses: &BTreeSet<ResourceRef>,
+    resources: &BTreeMap<ResourceRef, ResourceState>,
+) -> Members {
+    let named = ResourceKind::ALL
+        .into_iter()
+        .filter(|kind| !policy.rules(*kind).patterns.is_empty())
+        .flat_map(|kind| {
+            resources
+                .range(ResourceRef::new(kind, "")..)
+                .take_while(move |(r, _)| r.kind == kind)
+                .map(|(r, _)| r)
+        });
+    uses.iter()
+        .chain(named)
+        .filter_map(|resource| {
+            let state = resources.get(resource);
+            let flags = state.map_or(ResourceFlags::default(), |s| s.flags);
+            policy
+                .reacts_to(resource, uses.contains(resource), flags)
+                .then(|| {
+                    let member =
+                        state.map_or(MemberState::Absent, |s| MemberState::Present(s.digest));
+                    (resource.clone(), member)
+                })
+        })
+        .collect()
+}
+
+/// Why the record is rewritten without a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Baseline {
+    /// kvsync has not seen the workload before (or cannot read its record).
+    FirstSight,
+    /// The record was made with another digest key.
+    KeyChanged,
+    /// The workload started or stopped reacting to some resource; none of
+    /// those it kept reacting to changed.
+    MembershipChanged,
+}
+
+impl Baseline {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Baseline::FirstSight => "first_sight",
+            Baseline::KeyChanged => "digest_key_changed",
+            Baseline::MembershipChanged => "membership_changed",
+        }
+    }
+}
+
+/// What to do with one workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The record matches: nothing to write.
+    UpToDate,
+    /// Write the desired members as the record; do not restart.
+    Baseline(Baseline),
+    /// Restart (and record the desired members): these resources changed.
+    Restart { changed: Vec<ResourceRef> },
+    /// These resources changed, but the workload restarted too recently:
+    /// look again after this long. Nothing is written meanwhile, so later
+    /// changes fold into that one restart.
+    Wait {
+        remaining: Duration,
+        changed: Vec<ResourceRef>,
+    },
+    /// The workload no longer carries reload annotations: remove the record,
+    /// so opting in again starts from a fresh baseline.
+    Forget,
+}
+
+/// Everything [`decide`] looks at.
+#[derive(Debug)]
+pub struct Situation<'a> {
+    /// False when the workload carries no reload annotation at all.
+    pub opted_in: bool,
+    pub applied: &'a Applied,
+    pub key_id: &'a str,
+    pub desired: &'a Members,
+    pub last_restart: Option<OffsetDateTime>,
+    /// The longer of `--min-reload-interval` and the workload's pause period.
+    pub min_interval: Duration,
+    pub now: OffsetDateTime,
+}
+
+pub fn decide(s: &Situation<'_>) -> Verdict {
+    let record = match s.applied {
+        _ if !s.opted_in => {
+            return if *s.applied == Applied::Never {
+                Verdict::UpToDate
+            } else {
+                Verdict::Forget
+            };
+        }
+        Applied::Never | Applied::Unreadable => return Verdict::Baseline(Baseline::FirstSight),
+        Applied::Record(record) if record.key_id != s.key_id => {
+            return Verdict::Baseline(Baseline::KeyChanged);
+        }
+        Applied::Record(record) => record,
+    };
+    let changed: Vec<ResourceRef> = s
+        .desired
+        .iter()
+        .filter(|(resource, state)| {
+            record
+                .members
+                .get(*resource)
+                .is_some_and(|was| was != *state)
+        })
+        .map(|(resource, _)| resource.clone())
+        .collect();
+    if changed.is_empty() {
+        return if record.members == *s.desired {
+            Verdict::UpToDate
+        } else {
+            Verdict::Baseline(Baseline::MembershipChanged)
+        };
+    }
+    match s.last_restart {
+        Some(last) => {
+            // A restart stamped in the future (clock skew) waits at most one interval.
+            let since = (s.now - last).clamp(time::Duration::ZERO, time::Duration::MAX);
+            let remaining = s.min_interval.saturating_sub(since.unsigned_abs());
+            if remaining.is_zero() {
+                Verdict::Restart { changed }
+            } else {
+                Verdict::Wait { remaining, changed }
+            }
+        }
+        None => Verdict::Restart { changed },
+    }
+}
+
+/// When each dirty workload is next evaluated.
+///
+/// Coalescing: the first change marks a workload due one debounce later;
+/// further changes before then do not move it, so a steady trickle of changes
+/// still gets evaluated (latency is bounded by the debounce) and everything
+/// that arrived meanwhile is folded into that one evaluation.
+#[derive(Debug)]
+pub struct Schedule<K> {
+    due: BTreeSet<(Instant, K)>,
+    by_key: HashMap<K, Instant>,
+}
+
+impl<K> Default for Schedule<K> {
+    fn default() -> Self {
+        Schedule {
+            due: BTreeSet::new(),
+            by_key: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Hash + Clone> Schedule<K> {
+    /// Evaluate `key` at `at`, or earlier if it is already due earlier.
+    pub fn mark(&mut self, key: K, at: Instant) {
+        match self.by_key.get(&key) {
+            Some(existing) if *existing <= at => {}
+            _ => self.set(key, at),
+        }
+    }
+
+    /// Evaluate `key` at `at` at the earliest (a rate limit).
+    pub fn postpone(&mut self, key: K, at: Instant) {
+        match self.by_key.get(&key) {
+            Some(existing) if *existing >= at => {}
+            _ => self.set(key, at),
+        }
+    }
+
+    pub fn forget(&mut self, key: &K) {
+        if let Some(at) = self.by_key.remove(key) {
+            self.due.remove(&(at, key.clone()));
+        }
+    }
+
+    /// The earliest due time, if anything is scheduled.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.due.first().map(|(at, _)| *at)
+    }
+
+    /// Removes and returns everything due at `now`, earliest first.
+    pub fn take_due(&mut self, now: Instant) -> Vec<K> {
+        let mut taken = Vec::new();
+        while let Some((at, _)) = self.due.first()
+            && *at <= now
+        {
+            let (_, key) = self.due.pop_first().expect("checked above");
+            self.by_key.remove(&key);
+            taken.push(key);
+        }
+        taken
+    }
+
+    fn set(&mut self, key: K, at: Instant) {
+        if let Some(old) = self.by_key.insert(key.clone(), at) {
+            self.due.remove(&(old, key.clone()));
+        }
+        self.due.insert((at, key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reload::annotations::Annotations;
+    use crate::reload::digest::{Digest, DigestKey};
+    use crate::reload::kinds::WorkloadKind;
+    use crate::reload::record::AppliedRecord;
+
+    fn digest(text: &str) -> Digest {
+        let key = DigestKey::from_bytes(&[7; 32]).unwrap();
+        key.config_map(Some(&[("v".to_string(), text.to_string())].into()), None)
+    }
+
+    fn state(text: &str) -> ResourceState {
+        ResourceState {
+            digest: digest(text),
+            flags: ResourceFlags::default(),
+            version: None,
+        }
+    }
+
+    fn policy(pairs: &[(&str, &str)]) -> ReloadPolicy {
+        let annotations: Annotations = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ReloadPolicy::parse(WorkloadKind::Deployment, &annotations, &Annotations::new()).0
+    }
+
+    #[test]
+    fn members_are_used_or_named_resources_the_policy_reacts_to() {
+        let resources: BTreeMap<_, _> = [
+            (ResourceRef::secret("used"), state("1")),
+            (ResourceRef::secret("named-1"), state("2")),
+            (ResourceRef::secret("other"), state("3")),
+            (ResourceRef::config_map("named-2"), state("4")),
+        ]
+        .into();
+        let uses = [ResourceRef::secret("used"), ResourceRef::secret("missing")].into();
+        let p = policy(&[
+            ("reloader.stakater.com/auto", "true"),
+            ("secret.reloader.stakater.com/reload", "named-.*"),
+        ]);
+        let members = desired_members(&p, &uses, &resources);
+        let expected: Members = [
+            (ResourceRef::secret("missing"), MemberState::Absent),
+            (
+                ResourceRef::secret("named-1"),
+                MemberState::Present(digest("2")),
+            ),
+            (
+                ResourceRef::secret("used"),
+                MemberState::Present(digest("1")),
+            ),
+        ]
+        .into();
+        assert_eq!(members, expected);
+    }
+
+    #[test]
+    fn search_members_need_the_match_flag() {
+        let mut matched = state("1");
+        matched.flags.matched = true;
+        let resources = [
+            (ResourceRef::secret("a"), matched),
+            (ResourceRef::secret("b"), state("2")),
+        ]
+        .into();
+        let uses = [ResourceRef::secret("a"), ResourceRef::secret("b")].into();
+        let members = desired_members(
+            &policy(&[("reloader.stakater.com/search", "true")]),
+            &uses,
+            &resources,
+        );
+        assert_eq!(
+            members.keys().collect::<Vec<_>>(),
+            [&ResourceRef::secret("a")]
+        );
+    }
+
+    const KEY: &str = "k1";
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn at(seconds: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_700_000_000 + seconds).unwrap()
+    }
+
+    fn members(pairs: &[(&str, Option<&str>)]) -> Members {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    ResourceRef::secret(*name),
+                    value.map_or(MemberState::Absent, |v| MemberState::Present(digest(v))),
+                )
+            })
+            .collect()
+    }
+
+    fn applied(pairs: &[(&str, Option<&str>)]) -> Applied {
+        Applied::Record(AppliedRecord {
+            key_id: KEY.into(),
+            members: members(pairs),
+        })
+    }
+
+    fn verdict(
+        applied: &Applied,
+        desired: &Members,
+        last_restart: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Verdict {
+        decide(&Situation {
+            opted_in: true,
+            applied,
+            key_id: KEY,
+            desired,
+            last_restart,
+            min_interval: MINUTE,
+            now,
+        })
+    }
+
+    #[test]
+    fn first_sight_and_unreadable_records_baseline_without_restart() {
+        let desired = members(&[("a", Some("1"))]);
+        assert_eq!(
+            verdict(&Applied::Never, &desired, None, at(0)),
+            Verdict::Baseline(Baseline::FirstSight)
+        );
+        assert_eq!(
+            verdict(&Applied::Unreadable, &desired, None, at(0)),
+            Verdict::Baseline(Baseline::FirstSight)
+        );
+    }
+
+    #[test]
+    fn same_data_is_up_to_date() {
+        let desired = members(&[("a", Some("1")), ("b", None)]);
+        let record = applied(&[("a", Some("1")), ("b", None)]);
+        assert_eq!(verdict(&record, &desired, None, at(0)), Verdict::UpToDate);
+    }
+
+    #[test]
+    fn changed_data_restarts_once_naming_every_changed_resource() {
+        let record = applied(&[
+            ("a", Some("1")),
+            ("b", Some("2")),
+            ("c", None),
+            ("d", Some("4")),
+        ]);
+        let desired = members(&[
+            ("a", Some("1")),
+            ("b", Some("changed")),
+            ("c", Some("created")),
+            ("d", None),
+        ]);
+        let changed = vec![
+            ResourceRef::secret("b"),
+            ResourceRef::secret("c"),
+            ResourceRef::secret("d"),
+        ];
+        assert_eq!(
+            verdict(&record, &desired, None, at(0)),
+            Verdict::Restart { changed }
+        );
+    }
+
+    #[test]
+    fn membership_changes_alone_only_rewrite_the_record() {
+        let record = applied(&[("a", Some("1")), ("gone", Some("2"))]);
+        let desired = members(&[("a", Some("1")), ("new", Some("3"))]);
+        assert_eq!(
+            verdict(&record, &desired, None, at(0)),
+            Verdict::Baseline(Baseline::MembershipChanged)
+        );
+        // ...but a data change among the kept ones still restarts.
+        let desired = members(&[("a", Some("changed")), ("new", Some("3"))]);
+        assert_eq!(
+            verdict(&record, &desired, None, at(0)),
+            Verdict::Restart {
+                changed: vec![ResourceRef::secret("a")]
+            }
+        );
+    }
+
+    #[test]
+    fn another_key_rebaselines_instead_of_restarting_everything() {
+        let record = Applied::Record(AppliedRecord {
+            key_id: "old".into(),
+            members: members(&[("a", Some("1"))]),
+        });
+        let desired = members(&[("a", Some("other digest under the new key"))]);
+        assert_eq!(
+            verdict(&record, &desired, None, at(0)),
+            Verdict::Baseline(Baseline::KeyChanged)
+        );
+    }
+
+    #[test]
+    fn restarts_are_rate_limited_by_the_last_restart() {
+        let record = applied(&[("a", Some("1"))]);
+        let desired = members(&[("a", Some("2"))]);
+        let changed = vec![ResourceRef::secret("a")];
+        assert_eq!(
+            verdict(&record, &desired, Some(at(0)), at(20)),
+            Verdict::Wait {
+                remaining: Duration::from_secs(40),
+                changed: changed.clone()
+            }
+        );
+        assert_eq!(
+            verdict(&record, &desired, Some(at(0)), at(60)),
+            Verdict::Restart {
+                changed: changed.clone()
+            }
+        );
+        assert_eq!(
+            verdict(&record, &desired, Some(at(1000)), at(0)),
+            Verdict::Wait {
+                remaining: MINUTE,
+                changed
+            },
+            "a future stamp waits one interval, not forever"
+        );
+    }
+
+    #[test]
+    fn opting_out_forgets_the_record_and_never_touches_strangers() {
+        let desired = Members::new();
+        let situation = |applied| Situation {
+            opted_in: false,
+            applied,
+            key_id: KEY,
+            desired: &desired,
+            last_restart: None,
+            min_interval: MINUTE,
+            now: at(0),
+        };
+        assert_eq!(decide(&situation(&Applied::Never)), Verdict::UpToDate);
+        let recorded = applied(&[("a", Some("1"))]);
+        assert_eq!(decide(&situation(&recorded)), Verdict::Forget);
+        assert_eq!(decide(&situation(&Applied::Unreadable)), Verdict::Forget);
+    }
+
+    #[test]
+    fn schedule_coalesces_to_the_first_deadline() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut schedule = Schedule::default();
+        schedule.mark("a", t0 + s(2));
+        schedule.mark("a", t0 + s(3));
+        schedule.mark("b", t0 + s(1));
+        assert_eq!(schedule.next_due(), Some(t0 + s(1)));
+        assert_eq!(schedule.take_due(t0), Vec::<&str>::new());
+        assert_eq!(
+            schedule.take_due(t0 + s(2)),
+            ["b", "a"],
+            "each once, earliest first"
+        );
+        assert_eq!(schedule.next_due(), None);
+    }
+
+    #[test]
+    fn schedule_postpones_for_rate_limits_and_marks_can_pull_back() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut schedule = Schedule::default();
+        schedule.mark("a", t0 + s(1));
+        schedule.postpone("a", t0 + s(10));
+        assert_eq!(schedule.next_due(), Some(t0 + s(10)));
+        schedule.postpone("a", t0 + s(5));
+        assert_eq!(
+            schedule.next_due(),
+            Some(t0 + s(10)),
+            "postpone never moves earlier"
+        );
+        schedule.mark("a", t0 + s(2));
+        assert_eq!(
+            schedule.next_due(),
+            Some(t0 + s(2)),
+            "a new change is evaluated promptly"
+        );
+        schedule.forget(&"a");
+        assert_eq!(schedule.next_due(), None);
+    }
+}

@@ -1,0 +1,130 @@
+//! Kubernetes Events on workloads (`events.k8s.io/v1`, Kubernetes ≥ 1.19):
+//! `Reloaded` after a restart, naming the resources that changed (names only,
+//! never values), and a `Warning` for annotation values that had to be skipped.
+//!
+//! Written directly rather than through kube's `Recorder`, which folds events
+//! with the same reason into one series and would keep showing the first
+//! restart's resource names for later restarts.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+use super::annotations::PolicyProblem;
+use super::kinds::{ResourceRef, WorkloadRef};
+use super::metrics::metrics;
+
+const CONTROLLER: &str = "kvsync.io/reload";
+/// The API's limit for an Event's note.
+const NOTE_LIMIT: usize = 1024;
+
+/// Publishes Events in the background: a failed Event never holds up or
+/// fails a restart.
+#[derive(Clone)]
+pub struct EventPublisher {
+    client: kube::Client,
+    /// `reportingInstance`: the pod name when the operator runs in one.
+    instance: String,
+}
+
+/// A workload to write an Event about.
+pub struct Regarding<'a> {
+    pub workload: &'a WorkloadRef,
+    pub uid: &'a str,
+}
+
+impl EventPublisher {
+    pub fn new(client: kube::Client) -> Self {
+        let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "kvsync".to_owned());
+        EventPublisher { client, instance }
+    }
+
+    pub fn reloaded(&self, regarding: Regarding<'_>, changed: &[ResourceRef]) {
+        let names: Vec<String> = changed.iter().map(ResourceRef::to_string).collect();
+        let note = format!("Rolling restart: {} changed", names.join(", "));
+        self.publish(regarding, "Normal", "Reloaded", "Restart", note);
+    }
+
+    pub fn invalid_annotations(&self, regarding: Regarding<'_>, problems: &[PolicyProblem]) {
+        let notes: Vec<String> = problems.iter().map(PolicyProblem::to_string).collect();
+        self.publish(
+            regarding,
+            "Warning",
+            "InvalidReloadAnnotation",
+            "ParseAnnotations",
+            notes.join("; "),
+        );
+    }
+
+    fn publish(
+        &self,
+        regarding: Regarding<'_>,
+        type_: &str,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let now = Timestamp::now();
+        let workload = regarding.workload;
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{}.{:x}", workload.name, now.as_nanosecond())),
+                namespace: Some(workload.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some(type_.to_owned()),
+            reason: Some(reason.to_owned()),
+            action: Some(action.to_owned()),
+            note: Some(truncate(note, NOTE_LIMIT)),
+            regarding: Some(ObjectReference {
+                api_version: Some("apps/v1".to_owned()),
+                kind: Some(workload.kind.as_str().to_owned()),
+                name: Some(workload.name.clone()),
+                namespace: Some(workload.namespace.clone()),
+                uid: Some(regarding.uid.to_owned()),
+                ..ObjectReference::default()
+            }),
+            reporting_controller: Some(CONTROLLER.to_owned()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Event::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &workload.namespace);
+        let workload = workload.to_string();
+        tokio::spawn(async move {
+            if let Err(error) = api.create(&PostParams::default(), &event).await {
+                metrics().error("event");
+                tracing::warn!(%workload, %error, "could not publish an Event");
+            }
+        });
+    }
+}
+
+/// Cuts `text` to at most `limit` bytes, on a character boundary.
+fn truncate(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut end = limit - "…".len();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_are_cut_on_character_boundaries() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        let long = "é".repeat(600);
+        let cut = truncate(long, NOTE_LIMIT);
+        assert!(cut.len() <= NOTE_LIMIT);
+        assert!(cut.ends_with('…'));
+    }
+}

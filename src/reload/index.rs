@@ -1,0 +1,551 @@
+//! The reload stage's whole memory of the cluster.
+//!
+//! ```text
+//! Index
+//! └─ namespace ─┬─ resources: (kind, name) → ResourceState { digest, match/ignore flags, version }
+//!               └─ workloads: (kind, name) → WorkloadState { policy (parsed annotations),
+//!                                                            uses (from the pod spec),
+//!                                                            applied record, last restart, … }
+//! ```
+//!
+//! Watchers reduce every object to one of these entries as it arrives and drop
+//! it: no Secret value, no pod spec, no full object outlives its watch event.
+//! With thousands of Secrets that is tens of bytes each instead of kilobytes.
+//! A resource change finds the workloads it affects by asking each workload of
+//! its namespace's policy — a handful of set look-ups — so no reverse index has
+//! to be kept in step.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use time::OffsetDateTime;
+
+use super::annotations::{PolicyProblem, ReloadPolicy, ResourceFlags};
+use super::digest::Digest;
+use super::kinds::{ResourceKind, ResourceRef, WorkloadKind, WorkloadRef};
+use super::record::Applied;
+
+/// What is kept of one Secret or ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceState {
+    pub digest: Digest,
+    pub flags: ResourceFlags,
+    /// `metadata.resourceVersion` when numeric, to drop observations older
+    /// than one already applied (a fast-path read racing a watch event).
+    pub version: Option<u64>,
+}
+
+/// What is kept of one workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadState {
+    pub uid: String,
+    /// For the optimistic-concurrency precondition of the restart patch.
+    pub resource_version: String,
+    pub policy: ReloadPolicy,
+    /// Annotation values the policy had to skip.
+    pub problems: Vec<PolicyProblem>,
+    pub uses: BTreeSet<ResourceRef>,
+    pub applied: Applied,
+    pub last_restart: Option<OffsetDateTime>,
+    /// Being deleted: never restarted.
+    pub deleting: bool,
+}
+
+impl WorkloadState {
+    /// Whether `other` could lead to another decision (the version and uid aside).
+    fn decides_like(&self, other: &WorkloadState) -> bool {
+        self.policy == other.policy
+            && self.uses == other.uses
+            && self.applied == other.applied
+            && self.last_restart == other.last_restart
+            && self.deleting == other.deleting
+    }
+
+    fn numeric_version(&self) -> Option<u64> {
+        self.resource_version.parse().ok()
+    }
+
+    fn reacts_to(&self, resource: &ResourceRef, flags: ResourceFlags) -> bool {
+        self.policy
+            .reacts_to(resource, self.uses.contains(resource), flags)
+    }
+}
+
+/// A resource as a watcher or the fast path saw it.
+#[derive(Clone, Debug)]
+pub struct ResourceObservation {
+    pub namespace: String,
+    pub resource: ResourceRef,
+    pub state: ResourceState,
+}
+
+/// A workload as a watcher (or a patch response) showed it.
+#[derive(Clone, Debug)]
+pub struct WorkloadObservation {
+    pub workload: WorkloadRef,
+    pub state: WorkloadState,
+}
+
+/// The outcome of recording a resource observation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResourceChange {
+    /// Older than what the index holds: dropped.
+    Stale,
+    /// Same data and flags (a metadata-only update or a no-op write); this
+    /// many workloads react to the resource and were left alone.
+    Unchanged { reacting: usize },
+    /// Data or flags changed: these workloads need a look.
+    Changed { affected: Vec<WorkloadRef> },
+}
+
+/// The outcome of recording a workload observation.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WorkloadChange {
+    /// Something that feeds the decision changed (or the workload is new).
+    pub needs_evaluation: bool,
+    /// Problems with its annotations not reported before.
+    pub new_problems: Vec<PolicyProblem>,
+}
+
+#[derive(Debug, Default)]
+struct NamespaceIndex {
+    resources: BTreeMap<ResourceRef, ResourceState>,
+    workloads: BTreeMap<(WorkloadKind, String), WorkloadState>,
+}
+
+impl NamespaceIndex {
+    fn reacting<'a>(
+        &'a self,
+        namespace: &'a str,
+        resource: &'a ResourceRef,
+        flags: &'a [ResourceFlags],
+    ) -> impl Iterator<Item = WorkloadRef> + 'a {
+        self.workloads
+            .iter()
+            .filter(move |(_, w)| flags.iter().any(|f| w.reacts_to(resource, *f)))
+            .map(move |((kind, name), _)| WorkloadRef {
+                kind: *kind,
+                namespace: namespace.to_owned(),
+                name: name.clone(),
+            })
+    }
+}
+
+#[derive(Debug)]
+pub struct Index {
+    namespaces: HashMap<String, NamespaceIndex>,
+    /// Namespaces whose labels pass `--namespace-selector`; `None` without one.
+    selected: Option<HashSet<String>>,
+}
+
+impl Index {
+    /// `namespace_selector`: whether `--namespace-selector` is set (then no
+    /// namespace counts until its labels were seen to match).
+    pub fn new(namespace_selector: bool) -> Self {
+        Index {
+            namespaces: HashMap::new(),
+            selected: namespace_selector.then(HashSet::new),
+        }
+    }
+
+    pub fn apply_resource(&mut self, observation: ResourceObservation) -> ResourceChange {
+        let ResourceObservation {
+            namespace,
+            resource,
+            state,
+        } = observation;
+        let ns = self.namespaces.entry(namespace.clone()).or_default();
+        let old = ns.resources.get(&resource);
+        if let (Some(old), Some(new_version)) = (old.and_then(|o| o.version), state.version)
+            && new_version < old
+        {
+            return ResourceChange::Stale;
+        }
+        let old_flags = old.map_or(ResourceFlags::default(), |o| o.flags);
+        let changed = old.is_none_or(|o| o.digest != state.digest || o.flags != state.flags);
+        let flags = [old_flags, state.flags];
+        let change = if changed {
+            ResourceChange::Changed {
+                affected: ns.reacting(&namespace, &resource, &flags).collect(),
+            }
+        } else {
+            ResourceChange::Unchanged {
+                reacting: ns.reacting(&namespace, &resource, &flags[1..]).count(),
+            }
+        };
+        ns.resources.insert(resource, state);
+        change
+    }
+
+    /// Forgets a deleted resource; returns the workloads that reacted to it.
+    pub fn remove_resource(&mut self, namespace: &str, resource: &ResourceRef) -> Vec<WorkloadRef> {
+        let Some(ns) = self.namespaces.get_mut(namespace) else {
+            return Vec::new();
+        };
+        let Some(old) = ns.resources.remove(resource) else {
+            return Vec::new();
+        };
+        let affected = ns.reacting(namespace, resource, &[old.flags]).collect();
+        self.drop_namespace_if_empty(namespace);
+        affected
+    }
+
+    pub fn apply_workload(&mut self, observation: WorkloadObservation) -> WorkloadChange {
+        let WorkloadObservation { workload, state } = observation;
+        let ns = self.namespaces.entry(workload.namespace).or_default();
+        let key = (workload.kind, workload.name);
+        let old = ns.workloads.get(&key);
+        if let (Some(old), Some(new)) = (
+            old.and_then(WorkloadState::numeric_version),
+            state.numeric_version(),
+        ) && new < old
+        {
+            // An event from before our own patch, which the index already holds.
+            return WorkloadChange::default();
+        }
+        let change = WorkloadChange {
+            needs_evaluation: old.is_none_or(|old| !old.decides_like(&state)),
+            new_problems: match old {
+                Some(old) if old.problems == state.problems => Vec::new(),
+                _ => state.problems.clone(),
+            },
+        };
+        ns.workloads.insert(key, state);
+        change
+    }
+
+    pub fn remove_workload(&mut self, workload: &WorkloadRef) {
+        if let Some(ns) = self.namespaces.get_mut(&workload.namespace) {
+            ns.workloads.remove(&(workload.kind, workload.name.clone()));
+            self.drop_namespace_if_empty(&workload.namespace);
+        }
+    }
+
+    pub fn workload(&self, workload: &WorkloadRef) -> Option<&WorkloadState> {
+        self.namespaces
+            .get(&workload.namespace)?
+            .workloads
+            .get(&(workload.kind, workload.name.clone()))
+    }
+
+    /// The Secrets and ConfigMaps of a namespace (empty if none are known).
+    pub fn resources(&self, namespace: &str) -> &BTreeMap<ResourceRef, ResourceState> {
+        static NONE: BTreeMap<ResourceRef, ResourceState> = BTreeMap::new();
+        self.namespaces
+            .get(namespace)
+            .map_or(&NONE, |ns| &ns.resources)
+    }
+
+    /// Every known workload.
+    pub fn workloads(&self) -> Vec<WorkloadRef> {
+        self.namespaces
+            .iter()
+            .flat_map(|(namespace, ns)| {
+                ns.workloads.keys().map(|(kind, name)| WorkloadRef {
+                    kind: *kind,
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether workloads in `namespace` may be acted on (`--namespace-selector`).
+    pub fn is_selected(&self, namespace: &str) -> bool {
+        self.selected.as_ref().is_none_or(|s| s.contains(namespace))
+    }
+
+    /// Records whether a namespace's labels pass the selector; returns its
+    /// workloads when it just came into scope (they may have missed changes).
+    pub fn set_selected(&mut self, namespace: &str, selected: bool) -> Vec<WorkloadRef> {
+        let Some(set) = &mut self.selected else {
+            return Vec::new();
+        };
+        let newly_selected = if selected {
+            set.insert(namespace.to_owned())
+        } else {
+            set.remove(namespace);
+            false
+        };
+        if !newly_selected {
+            return Vec::new();
+        }
+        self.workloads()
+            .into_iter()
+            .filter(|w| w.namespace == namespace)
+            .collect()
+    }
+
+    /// After a re-list: forgets the resources of `kind` (in `namespace`, or
+    /// everywhere) that the list did not contain, i.e. were deleted while the
+    /// watch was down. Returns the workloads that reacted to them.
+    pub fn retain_resources(
+        &mut self,
+        kind: ResourceKind,
+        namespace: Option<&str>,
+        listed: &HashSet<(String, String)>,
+    ) -> Vec<WorkloadRef> {
+        let gone: Vec<(String, ResourceRef)> = self
+            .namespaces
+            .iter()
+            .filter(|(ns, _)| namespace.is_none_or(|only| only == ns.as_str()))
+            .flat_map(|(ns, index)| {
+                index
+                    .resources
+                    .keys()
+                    .filter(|r| r.kind == kind && !listed.contains(&(ns.clone(), r.name.clone())))
+                    .map(|r| (ns.clone(), r.clone()))
+            })
+            .collect();
+        gone.iter()
+            .flat_map(|(ns, resource)| self.remove_resource(ns, resource))
+            .collect()
+    }
+
+    /// After a re-list: forgets the workloads of `kind` the list did not contain.
+    pub fn retain_workloads(
+        &mut self,
+        kind: WorkloadKind,
+        namespace: Option<&str>,
+        listed: &HashSet<(String, String)>,
+    ) {
+        let gone: Vec<WorkloadRef> = self
+            .workloads()
+            .into_iter()
+            .filter(|w| w.kind == kind && namespace.is_none_or(|only| only == w.namespace))
+            .filter(|w| !listed.contains(&(w.namespace.clone(), w.name.clone())))
+            .collect();
+        for workload in &gone {
+            self.remove_workload(workload);
+        }
+    }
+
+    /// After a re-list of namespaces: only the listed ones stay selected.
+    pub fn retain_selected(&mut self, listed: &HashSet<String>) {
+        if let Some(set) = &mut self.selected {
+            set.retain(|ns| listed.contains(ns));
+        }
+    }
+
+    fn drop_namespace_if_empty(&mut self, namespace: &str) {
+        if self
+            .namespaces
+            .get(namespace)
+            .is_some_and(|ns| ns.resources.is_empty() && ns.workloads.is_empty())
+        {
+            self.namespaces.remove(namespace);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reload::annotations::Annotations;
+    use crate::reload::digest::DigestKey;
+
+    fn key() -> DigestKey {
+        DigestKey::from_bytes(&[1; 32]).unwrap()
+    }
+
+    fn secret(ns: &str, name: &str, value: &str, version: u64) -> ResourceObservation {
+        let data = [(
+            "k".to_string(),
+            k8s_openapi::ByteString(value.as_bytes().to_vec()),
+        )]
+        .into();
+        ResourceObservation {
+            namespace: ns.into(),
+            resource: ResourceRef::secret(name),
+            state: ResourceState {
+                digest: key().secret(Some(&data)),
+                flags: ResourceFlags::default(),
+                version: Some(version),
+            },
+        }
+    }
+
+    fn workload(
+        ns: &str,
+        name: &str,
+        annotations: &[(&str, &str)],
+        uses: &[&str],
+    ) -> WorkloadObservation {
+        let annotations: Annotations = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (policy, problems) =
+            ReloadPolicy::parse(WorkloadKind::Deployment, &annotations, &Annotations::new());
+        WorkloadObservation {
+            workload: WorkloadRef {
+                kind: WorkloadKind::Deployment,
+                namespace: ns.into(),
+                name: name.into(),
+            },
+            state: WorkloadState {
+                uid: "uid".into(),
+                resource_version: "1".into(),
+                policy,
+                problems,
+                uses: uses.iter().map(|n| ResourceRef::secret(*n)).collect(),
+                applied: Applied::Never,
+                last_restart: None,
+                deleting: false,
+            },
+        }
+    }
+
+    const AUTO: (&str, &str) = ("reloader.stakater.com/auto", "true");
+
+    #[test]
+    fn a_data_change_affects_the_workloads_reacting_to_it() {
+        let mut index = Index::new(false);
+        let web = workload("ns", "web", &[AUTO], &["db"]);
+        let other = workload("ns", "other", &[AUTO], &["cache"]);
+        let elsewhere = workload("ns2", "web", &[AUTO], &["db"]);
+        for w in [&web, &other, &elsewhere] {
+            assert!(index.apply_workload(w.clone()).needs_evaluation);
+        }
+        let ResourceChange::Changed { affected } =
+            index.apply_resource(secret("ns", "db", "v1", 1))
+        else {
+            panic!()
+        };
+        assert_eq!(affected, std::slice::from_ref(&web.workload));
+        assert_eq!(
+            index.apply_resource(secret("ns", "db", "v1", 2)),
+            ResourceChange::Unchanged { reacting: 1 }
+        );
+        assert_eq!(
+            index.apply_resource(secret("ns", "db", "v0", 1)),
+            ResourceChange::Stale
+        );
+        let ResourceChange::Changed { affected } =
+            index.apply_resource(secret("ns", "db", "v2", 3))
+        else {
+            panic!()
+        };
+        assert_eq!(affected, std::slice::from_ref(&web.workload));
+        assert_eq!(
+            index.remove_resource("ns", &ResourceRef::secret("db")),
+            [web.workload]
+        );
+    }
+
+    #[test]
+    fn flag_changes_affect_workloads_that_reacted_before_or_after() {
+        let mut index = Index::new(false);
+        let web = workload(
+            "ns",
+            "web",
+            &[("reloader.stakater.com/search", "true")],
+            &["db"],
+        );
+        index.apply_workload(web.clone());
+        let plain = secret("ns", "db", "v", 1);
+        assert_eq!(
+            index.apply_resource(plain.clone()),
+            ResourceChange::Changed { affected: vec![] }
+        );
+        let mut matched = plain.clone();
+        matched.state.flags.matched = true;
+        assert_eq!(
+            index.apply_resource(matched),
+            ResourceChange::Changed {
+                affected: vec![web.workload.clone()]
+            }
+        );
+        assert_eq!(
+            index.apply_resource(plain),
+            ResourceChange::Changed {
+                affected: vec![web.workload]
+            }
+        );
+    }
+
+    #[test]
+    fn workload_updates_that_decide_nothing_new_are_quiet() {
+        let mut index = Index::new(false);
+        let web = workload(
+            "ns",
+            "web",
+            &[("secret.reloader.stakater.com/reload", "ok,bad[")],
+            &[],
+        );
+        let first = index.apply_workload(web.clone());
+        assert!(first.needs_evaluation);
+        assert_eq!(first.new_problems.len(), 1);
+        let mut status_update = web.clone();
+        status_update.state.resource_version = "2".into();
+        assert_eq!(
+            index.apply_workload(status_update),
+            WorkloadChange::default(),
+            "problems are reported once"
+        );
+        let mut restarted = web.clone();
+        restarted.state.resource_version = "3".into();
+        restarted.state.last_restart = Some(OffsetDateTime::UNIX_EPOCH);
+        assert!(index.apply_workload(restarted).needs_evaluation);
+        assert_eq!(
+            index.workload(&web.workload).unwrap().last_restart,
+            Some(OffsetDateTime::UNIX_EPOCH)
+        );
+        let mut patched = web.clone();
+        patched.state.resource_version = "9".into();
+        index.apply_workload(patched);
+        assert_eq!(
+            index.apply_workload(web.clone()),
+            WorkloadChange::default(),
+            "older than the patch response"
+        );
+        assert_eq!(index.workload(&web.workload).unwrap().resource_version, "9");
+    }
+
+    #[test]
+    fn relists_forget_what_was_deleted_meanwhile() {
+        let mut index = Index::new(false);
+        let web = workload("a", "web", &[AUTO], &["gone"]);
+        index.apply_workload(web.clone());
+        index.apply_workload(workload("b", "api", &[AUTO], &[]));
+        index.apply_resource(secret("a", "gone", "v", 1));
+        index.apply_resource(secret("a", "kept", "v", 1));
+        index.apply_resource(secret("b", "gone", "v", 1));
+        let listed = [("a".to_string(), "kept".to_string())].into();
+        assert_eq!(
+            index.retain_resources(ResourceKind::Secret, Some("a"), &listed),
+            std::slice::from_ref(&web.workload)
+        );
+        assert_eq!(index.resources("a").len(), 1);
+        assert_eq!(
+            index.resources("b").len(),
+            1,
+            "other namespaces are not part of that list"
+        );
+        index.retain_workloads(
+            WorkloadKind::Deployment,
+            None,
+            &[("a".to_string(), "web".to_string())].into(),
+        );
+        assert_eq!(index.workloads(), [web.workload]);
+    }
+
+    #[test]
+    fn namespace_selection_gates_and_reveals_workloads() {
+        let mut index = Index::new(true);
+        let web = workload("ns", "web", &[AUTO], &[]);
+        index.apply_workload(web.clone());
+        assert!(!index.is_selected("ns"));
+        assert_eq!(
+            index.set_selected("ns", true),
+            std::slice::from_ref(&web.workload)
+        );
+        assert!(index.is_selected("ns"));
+        assert_eq!(index.set_selected("ns", true), [], "already selected");
+        assert_eq!(index.set_selected("ns", false), []);
+        assert!(!index.is_selected("ns"));
+        index.set_selected("ns", true);
+        index.retain_selected(&HashSet::new());
+        assert!(!index.is_selected("ns"));
+        assert!(Index::new(false).is_selected("anything"));
+    }
+}

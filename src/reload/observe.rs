@@ -1,0 +1,214 @@
+//! Reduces Kubernetes objects to index entries, the moment they arrive.
+
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
+
+use super::annotations::{Annotations, ReloadPolicy, ResourceFlags};
+use super::digest::{Digest, DigestKey};
+use super::index::{ResourceObservation, ResourceState, WorkloadObservation, WorkloadState};
+use super::kinds::{ResourceRef, WorkloadKind, WorkloadRef};
+use super::record::{Applied, DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_restarted_at};
+use super::uses::uses;
+
+/// A Deployment, StatefulSet or DaemonSet.
+pub trait WorkloadObject:
+    kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: WorkloadKind;
+    fn pod_template(&self) -> Option<&PodTemplateSpec>;
+}
+
+impl WorkloadObject for Deployment {
+    const KIND: WorkloadKind = WorkloadKind::Deployment;
+    fn pod_template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+}
+
+impl WorkloadObject for StatefulSet {
+    const KIND: WorkloadKind = WorkloadKind::StatefulSet;
+    fn pod_template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+}
+
+impl WorkloadObject for DaemonSet {
+    const KIND: WorkloadKind = WorkloadKind::DaemonSet;
+    fn pod_template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+}
+
+/// A Secret or ConfigMap, digested with the operator's key.
+pub trait ResourceObject:
+    kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    fn reference(name: String) -> ResourceRef;
+    fn digest(&self, key: &DigestKey) -> Digest;
+}
+
+impl ResourceObject for Secret {
+    fn reference(name: String) -> ResourceRef {
+        ResourceRef::secret(name)
+    }
+    fn digest(&self, key: &DigestKey) -> Digest {
+        key.secret(self.data.as_ref())
+    }
+}
+
+impl ResourceObject for ConfigMap {
+    fn reference(name: String) -> ResourceRef {
+        ResourceRef::config_map(name)
+    }
+    fn digest(&self, key: &DigestKey) -> Digest {
+        key.config_map(self.data.as_ref(), self.binary_data.as_ref())
+    }
+}
+
+fn numeric_version(meta: &ObjectMeta) -> Option<u64> {
+    meta.resource_version.as_deref()?.parse().ok()
+}
+
+/// `None` for an object without name or namespace (never sent by a server).
+pub fn observe_resource<R: ResourceObject>(
+    key: &DigestKey,
+    object: &R,
+) -> Option<ResourceObservation> {
+    let meta = object.meta();
+    Some(ResourceObservation {
+        namespace: meta.namespace.clone()?,
+        resource: R::reference(meta.name.clone()?),
+        state: ResourceState {
+            digest: object.digest(key),
+            flags: meta
+                .annotations
+                .as_ref()
+                .map(ResourceFlags::from_annotations)
+                .unwrap_or_default(),
+            version: numeric_version(meta),
+        },
+    })
+}
+
+/// `None` for an object without name or namespace (never sent by a server).
+pub fn observe_workload<W: WorkloadObject>(object: &W) -> Option<WorkloadObservation> {
+    static NONE: Annotations = Annotations::new();
+    let meta = object.meta();
+    let template = object.pod_template();
+    let annotations = meta.annotations.as_ref().unwrap_or(&NONE);
+    let template_annotations = template
+        .and_then(|t| t.metadata.as_ref()?.annotations.as_ref())
+        .unwrap_or(&NONE);
+    let (policy, problems) = ReloadPolicy::parse(W::KIND, annotations, template_annotations);
+    Some(WorkloadObservation {
+        workload: WorkloadRef {
+            kind: W::KIND,
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+        },
+        state: WorkloadState {
+            uid: meta.uid.clone().unwrap_or_default(),
+            resource_version: meta.resource_version.clone().unwrap_or_default(),
+            policy,
+            problems,
+            uses: template
+                .and_then(|t| t.spec.as_ref())
+                .map(uses)
+                .unwrap_or_default(),
+            applied: Applied::from_annotation(
+                annotations.get(DIGEST_ANNOTATION).map(String::as_str),
+            ),
+            last_restart: parse_restarted_at(
+                template_annotations
+                    .get(RESTARTED_AT_ANNOTATION)
+                    .map(String::as_str),
+            ),
+            deleting: meta.deletion_timestamp.is_some(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secrets_reduce_to_digest_and_flags() {
+        let key = DigestKey::generate();
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "db", "namespace": "ns", "resourceVersion": "42",
+                         "annotations": {"reloader.stakater.com/match": "true"}},
+            "data": {"password": "aHVudGVyMg=="}
+        }))
+        .unwrap();
+        let observed = observe_resource(&key, &secret).unwrap();
+        assert_eq!(observed.namespace, "ns");
+        assert_eq!(observed.resource, ResourceRef::secret("db"));
+        assert_eq!(observed.state.version, Some(42));
+        assert!(observed.state.flags.matched);
+        assert_eq!(observed.state.digest, key.secret(secret.data.as_ref()));
+    }
+
+    #[test]
+    fn config_maps_digest_both_data_sections() {
+        let key = DigestKey::generate();
+        let cm = |binary: &str| -> ConfigMap {
+            serde_json::from_value(json!({
+                "metadata": {"name": "app", "namespace": "ns"},
+                "data": {"a": "1"}, "binaryData": {"b": binary}
+            }))
+            .unwrap()
+        };
+        let one = observe_resource(&key, &cm("AA==")).unwrap();
+        let two = observe_resource(&key, &cm("AQ==")).unwrap();
+        assert_eq!(one.resource, ResourceRef::config_map("app"));
+        assert_ne!(one.state.digest, two.state.digest);
+        assert_eq!(one.state.version, None);
+    }
+
+    #[test]
+    fn workloads_reduce_to_policy_uses_and_record() {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
+                         "annotations": {"reloader.stakater.com/auto": "true", DIGEST_ANNOTATION: "garbage"}},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"annotations": {RESTARTED_AT_ANNOTATION: "2024-01-02T03:04:05Z"}},
+                    "spec": {"containers": [{"name": "c", "envFrom": [{"secretRef": {"name": "db"}}]}]}
+                }
+            }
+        }))
+        .unwrap();
+        let observed = observe_workload(&deployment).unwrap();
+        assert_eq!(observed.workload.to_string(), "Deployment ns/web");
+        assert_eq!(observed.state.uid, "u1");
+        assert_eq!(observed.state.resource_version, "7");
+        assert!(observed.state.policy.secrets.auto);
+        assert_eq!(observed.state.uses, [ResourceRef::secret("db")].into());
+        assert_eq!(observed.state.applied, Applied::Unreadable);
+        assert_eq!(
+            observed.state.last_restart.map(|t| t.unix_timestamp()),
+            Some(1_704_164_645)
+        );
+        assert!(!observed.state.deleting);
+    }
+}

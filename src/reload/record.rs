@@ -1,0 +1,184 @@
+//! What kvsync writes on a workload, and reads back after a restart.
+//!
+//! - `kvsync.io/reload-digest` (workload *metadata* annotation): the digest of
+//!   each resource the workload reacted to when it was last restarted or
+//!   baselined, plus the id of the key the digests were made with. Metadata
+//!   annotations do not roll pods, so this can be written freely.
+//! - `kvsync.io/restartedAt` (pod *template* annotation): when kvsync last
+//!   restarted the workload. Changing it is what rolls the pods; reading it
+//!   back gives the rate limit a memory that survives operator restarts.
+//!
+//! Digests are kept per resource rather than as one digest over the set, so
+//! that a workload starting or stopping to react to a resource (an edited
+//! annotation, a new volume in the pod spec — which rolls the pods anyway)
+//! updates the record without a restart: only a resource whose data differs
+//! from what the workload was last started with causes one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::digest::Digest;
+use super::kinds::ResourceRef;
+
+/// Metadata annotation holding the applied digests (see module docs).
+pub const DIGEST_ANNOTATION: &str = "kvsync.io/reload-digest";
+/// Pod template annotation whose change is the restart (see module docs).
+pub const RESTARTED_AT_ANNOTATION: &str = "kvsync.io/restartedAt";
+
+const ABSENT: &str = "absent";
+
+/// The state of one resource a workload reacts to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    Present(Digest),
+    /// Referenced but not there (or not visible through `--resource-label-selector`).
+    Absent,
+}
+
+/// The resources a workload reacts to, with their states.
+pub type Members = BTreeMap<ResourceRef, MemberState>;
+
+/// The content of [`DIGEST_ANNOTATION`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedRecord {
+    /// [`super::digest::DigestKey::id`] of the key the digests were made with.
+    pub key_id: String,
+    pub members: Members,
+}
+
+/// What a workload's [`DIGEST_ANNOTATION`] says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// No annotation: kvsync has not seen this workload before.
+    Never,
+    /// An annotation kvsync cannot read (edited by hand): treated like `Never`.
+    Unreadable,
+    Record(AppliedRecord),
+}
+
+impl Applied {
+    pub fn from_annotation(value: Option<&str>) -> Self {
+        match value {
+            None => Applied::Never,
+            Some(text) => AppliedRecord::parse(text).map_or(Applied::Unreadable, Applied::Record),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    key: String,
+    digests: BTreeMap<String, String>,
+}
+
+impl AppliedRecord {
+    pub fn render(&self) -> String {
+        let digests = self
+            .members
+            .iter()
+            .map(|(resource, state)| {
+                let state = match state {
+                    MemberState::Present(digest) => digest.to_string(),
+                    MemberState::Absent => ABSENT.to_owned(),
+                };
+                (resource.to_string(), state)
+            })
+            .collect();
+        serde_json::to_string(&Wire {
+            key: self.key_id.clone(),
+            digests,
+        })
+        .expect("a map of strings always serialises")
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let wire: Wire = serde_json::from_str(text).ok()?;
+        let members = wire
+            .digests
+            .iter()
+            .map(|(resource, state)| {
+                let state = match state.as_str() {
+                    ABSENT => MemberState::Absent,
+                    digest => MemberState::Present(digest.parse().ok()?),
+                };
+                Some((ResourceRef::parse(resource)?, state))
+            })
+            .collect::<Option<_>>()?;
+        Some(AppliedRecord {
+            key_id: wire.key,
+            members,
+        })
+    }
+}
+
+/// Reads [`RESTARTED_AT_ANNOTATION`]; an unreadable value counts as "never".
+pub fn parse_restarted_at(value: Option<&str>) -> Option<OffsetDateTime> {
+    value.and_then(|v| OffsetDateTime::parse(v, &Rfc3339).ok())
+}
+
+/// Renders a [`RESTARTED_AT_ANNOTATION`] value. Sub-second precision keeps
+/// two restarts within one second distinct (the same value would roll nothing).
+pub fn format_restarted_at(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339)
+        .expect("any UTC time has an RFC 3339 form")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reload::digest::DigestKey;
+
+    #[test]
+    fn record_round_trips() {
+        let key = DigestKey::generate();
+        let record = AppliedRecord {
+            key_id: key.id(),
+            members: [
+                (
+                    ResourceRef::secret("db"),
+                    MemberState::Present(key.secret(None)),
+                ),
+                (ResourceRef::config_map("app"), MemberState::Absent),
+            ]
+            .into(),
+        };
+        let text = record.render();
+        assert!(text.contains("\"Secret/db\""), "{text}");
+        assert_eq!(AppliedRecord::parse(&text), Some(record.clone()));
+        assert_eq!(
+            Applied::from_annotation(Some(&text)),
+            Applied::Record(record)
+        );
+    }
+
+    #[test]
+    fn unreadable_annotations_are_not_errors() {
+        assert_eq!(Applied::from_annotation(None), Applied::Never);
+        for garbage in [
+            "",
+            "{}",
+            "not json",
+            r#"{"key":"k","digests":{"Pod/x":"absent"}}"#,
+            r#"{"key":"k","digests":{"Secret/x":"zz"}}"#,
+        ] {
+            assert_eq!(
+                Applied::from_annotation(Some(garbage)),
+                Applied::Unreadable,
+                "{garbage}"
+            );
+        }
+    }
+
+    #[test]
+    fn restarted_at_round_trips_with_sub_second_precision() {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        let text = format_restarted_at(at);
+        assert_eq!(text, "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(parse_restarted_at(Some(&text)), Some(at));
+        assert_eq!(parse_restarted_at(Some("yesterday")), None);
+        assert_eq!(parse_restarted_at(None), None);
+    }
+}

@@ -1,0 +1,443 @@
+//! The reload stage's event loop: folds watch events into the index, marks
+//! affected workloads, and when a workload is due evaluates it and writes the
+//! verdict back with one patch.
+//!
+//! Nothing is evaluated before every watcher has listed once: a workload
+//! judged against a half-loaded index would see its resources as absent.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher::Event;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tracing::{debug, info, warn};
+
+use super::decide::{Schedule, Situation, Verdict, decide, desired_members};
+use super::events::{EventPublisher, Regarding};
+use super::index::{Index, ResourceChange, WorkloadObservation};
+use super::kinds::{WorkloadKind, WorkloadRef};
+use super::metrics::metrics;
+use super::observe::{WorkloadObject, observe_workload};
+use super::record::{
+    AppliedRecord, DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION, format_restarted_at,
+};
+use super::watch::{Input, Listing, Observed, Source, Watched};
+
+/// Wait before retrying a workload whose patch failed for another reason
+/// than a conflict (which the next watch event resolves).
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(10);
+
+const FIELD_MANAGER: &str = "kvsync-reload";
+
+/// Timing settings of the stage.
+#[derive(Debug)]
+pub struct Timing {
+    pub debounce: Duration,
+    pub min_reload_interval: Duration,
+}
+
+struct SourceState {
+    source: Source,
+    listed_once: bool,
+    /// Keys seen since the last `Init`, while a (re-)list is in progress.
+    listing: Option<Listing>,
+}
+
+pub struct Stage {
+    client: kube::Client,
+    key_id: String,
+    timing: Timing,
+    index: Index,
+    schedule: Schedule<WorkloadRef>,
+    sources: Vec<SourceState>,
+    ready: bool,
+    events: EventPublisher,
+}
+
+impl Stage {
+    pub fn new(
+        client: kube::Client,
+        key_id: String,
+        timing: Timing,
+        sources: Vec<Source>,
+        namespace_selector: bool,
+    ) -> Self {
+        Stage {
+            events: EventPublisher::new(client.clone()),
+            client,
+            key_id,
+            timing,
+            index: Index::new(namespace_selector),
+            schedule: Schedule::default(),
+            sources: sources
+                .into_iter()
+                .map(|source| SourceState {
+                    source,
+                    listed_once: false,
+                    listing: None,
+                })
+                .collect(),
+            ready: false,
+        }
+    }
+
+    /// Runs until `inputs` ends (it does not: watchers retry forever).
+    pub async fn run(mut self, mut inputs: BoxStream<'static, Input>) {
+        loop {
+            let due = if self.ready {
+                self.schedule.next_due()
+            } else {
+                None
+            };
+            tokio::select! {
+                input = inputs.next() => match input {
+                    Some(input) => self.handle(input),
+                    None => return,
+                },
+                () = sleep_until(due) => {
+                    for workload in self.schedule.take_due(Instant::now()) {
+                        self.evaluate(workload).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Watch { source, event } => self.watch_event(source, event),
+            Input::WatchFailed { source, error } => {
+                metrics().error("watch");
+                let watched = self.sources.get(source).map(|s| &s.source);
+                warn!(?watched, %error, "watch failed; retrying with backoff");
+            }
+            Input::Fetched(Ok(Some(observation))) => self.observe(Observed::Resource(observation)),
+            Input::Fetched(Ok(None)) => {}
+            Input::Fetched(Err((written, error))) => {
+                metrics().error("fast_path_read");
+                warn!(namespace = %written.namespace, name = %written.name, %error,
+                      "could not read a written Secret; its watch event will cover it");
+            }
+        }
+    }
+
+    fn watch_event(&mut self, source: usize, event: Event<Observed>) {
+        let Some(state) = self.sources.get_mut(source) else {
+            return;
+        };
+        match event {
+            Event::Init => state.listing = Some(Listing::new()),
+            Event::InitApply(observed) => {
+                if let Some(listing) = &mut state.listing {
+                    listing.insert(observed.listing_key());
+                }
+                self.observe(observed);
+            }
+            Event::InitDone => {
+                let listed = state.listing.take().unwrap_or_default();
+                state.listed_once = true;
+                let source = state.source.clone();
+                self.forget_unlisted(&source, &listed);
+                self.become_ready_when_listed();
+            }
+            Event::Apply(observed) => self.observe(observed),
+            Event::Delete(observed) => self.forget(observed),
+        }
+    }
+
+    fn observe(&mut self, observed: Observed) {
+        let due = Instant::now() + self.timing.debounce;
+        match observed {
+            Observed::Resource(observation) => match self.index.apply_resource(observation) {
+                ResourceChange::Changed { affected } => self.mark_all(affected, due),
+                ResourceChange::Unchanged { reacting } => {
+                    metrics().skipped("data_unchanged", reacting as u64)
+                }
+                ResourceChange::Stale => {}
+            },
+            Observed::Workload(observation) => self.observe_workload(*observation, due),
+            Observed::Namespace { name, selected } => {
+                let revealed = self.index.set_selected(&name, selected);
+                self.mark_all(revealed, due);
+            }
+        }
+    }
+
+    fn observe_workload(&mut self, observation: WorkloadObservation, due: Instant) {
+        let workload = observation.workload.clone();
+        let uid = observation.state.uid.clone();
+        let change = self.index.apply_workload(observation);
+        if !change.new_problems.is_empty() {
+            for problem in &change.new_problems {
+                metrics().error("invalid_annotation");
+                warn!(%workload, %problem, "unusable reload annotation");
+            }
+            self.events.invalid_annotations(
+                Regarding {
+                    workload: &workload,
+                    uid: &uid,
+                },
+                &change.new_problems,
+            );
+        }
+        if change.needs_evaluation {
+            self.schedule.mark(workload, due);
+        }
+    }
+
+    fn forget(&mut self, observed: Observed) {
+        let due = Instant::now() + self.timing.debounce;
+        match observed {
+            Observed::Resource(r) => {
+                let affected = self.index.remove_resource(&r.namespace, &r.resource);
+                self.mark_all(affected, due);
+            }
+            Observed::Workload(w) => {
+                self.index.remove_workload(&w.workload);
+                self.schedule.forget(&w.workload);
+            }
+            Observed::Namespace { name, .. } => {
+                self.index.set_selected(&name, false);
+            }
+        }
+    }
+
+    fn forget_unlisted(&mut self, source: &Source, listed: &Listing) {
+        let namespace = source.namespace.as_deref();
+        match source.watched {
+            Watched::Resources(kind) => {
+                let affected = self.index.retain_resources(kind, namespace, listed);
+                self.mark_all(affected, Instant::now() + self.timing.debounce);
+            }
+            Watched::Workloads(kind) => self.index.retain_workloads(kind, namespace, listed),
+            Watched::Namespaces => {
+                self.index
+                    .retain_selected(&listed.iter().map(|(name, _)| name.clone()).collect());
+            }
+        }
+    }
+
+    fn become_ready_when_listed(&mut self) {
+        if self.ready || !self.sources.iter().all(|s| s.listed_once) {
+            return;
+        }
+        self.ready = true;
+        let workloads = self.index.workloads();
+        info!(
+            workloads = workloads.len(),
+            "reload stage has listed everything; evaluating"
+        );
+        let now = Instant::now();
+        for workload in workloads {
+            self.schedule.mark(workload, now);
+        }
+    }
+
+    fn mark_all(&mut self, workloads: Vec<WorkloadRef>, due: Instant) {
+        for workload in workloads {
+            self.schedule.mark(workload, due);
+        }
+    }
+
+    async fn evaluate(&mut self, workload: WorkloadRef) {
+        if !self.index.is_selected(&workload.namespace) {
+            return;
+        }
+        let Some(state) = self.index.workload(&workload) else {
+            return;
+        };
+        if state.deleting {
+            return;
+        }
+        let desired = desired_members(
+            &state.policy,
+            &state.uses,
+            self.index.resources(&workload.namespace),
+        );
+        let now = OffsetDateTime::now_utc();
+        let verdict = decide(&Situation {
+            opted_in: !state.policy.is_inert(),
+            applied: &state.applied,
+            key_id: &self.key_id,
+            desired: &desired,
+            last_restart: state.last_restart,
+            min_interval: self
+                .timing
+                .min_reload_interval
+                .max(state.policy.pause_period.unwrap_or_default()),
+            now,
+        });
+        let resource_version = state.resource_version.clone();
+        let uid = state.uid.clone();
+        let record = AppliedRecord {
+            key_id: self.key_id.clone(),
+            members: desired,
+        };
+        match verdict {
+            Verdict::UpToDate => {}
+            Verdict::Baseline(why) => {
+                metrics().skipped(why.as_str(), 1);
+                info!(%workload, reason = why.as_str(), "recording digests without a restart");
+                self.write(
+                    &workload,
+                    patch_body(&resource_version, Some(&record), None),
+                )
+                .await;
+            }
+            Verdict::Forget => {
+                info!(%workload, "no reload annotations any more; removing the digest record");
+                self.write(&workload, patch_body(&resource_version, None, None))
+                    .await;
+            }
+            Verdict::Restart { changed } => {
+                let body = patch_body(&resource_version, Some(&record), Some(now));
+                if self.write(&workload, body).await {
+                    metrics().rollout(workload.kind.as_str());
+                    let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
+                    info!(%workload, changed = ?names, "rolling restart");
+                    self.events.reloaded(
+                        Regarding {
+                            workload: &workload,
+                            uid: &uid,
+                        },
+                        &changed,
+                    );
+                }
+            }
+            Verdict::Wait { remaining, changed } => {
+                metrics().skipped("rate_limited", 1);
+                debug!(%workload, ?remaining, changed = changed.len(), "restart deferred by the minimum interval");
+                self.schedule.postpone(workload, Instant::now() + remaining);
+            }
+        }
+    }
+
+    /// Applies `body` to the workload; records the response in the index.
+    /// Returns whether it was applied.
+    async fn write(&mut self, workload: &WorkloadRef, body: Value) -> bool {
+        let client = self.client.clone();
+        let result = match workload.kind {
+            WorkloadKind::Deployment => patch::<Deployment>(client, workload, body).await,
+            WorkloadKind::StatefulSet => patch::<StatefulSet>(client, workload, body).await,
+            WorkloadKind::DaemonSet => patch::<DaemonSet>(client, workload, body).await,
+        };
+        match result {
+            Ok(updated) => {
+                if let Some(observation) = updated {
+                    self.observe_workload(observation, Instant::now() + self.timing.debounce);
+                }
+                true
+            }
+            Err(kube::Error::Api(status)) if status.is_conflict() => {
+                // Changed since we looked: its watch event brings the new state.
+                debug!(%workload, "workload changed meanwhile; evaluating again");
+                self.schedule
+                    .mark(workload.clone(), Instant::now() + self.timing.debounce);
+                false
+            }
+            Err(kube::Error::Api(status)) if status.is_not_found() => false,
+            Err(error) => {
+                metrics().error("patch");
+                warn!(%workload, %error, "could not update the workload; retrying");
+                self.schedule
+                    .mark(workload.clone(), Instant::now() + RETRY_AFTER_ERROR);
+                false
+            }
+        }
+    }
+}
+
+async fn patch<W: WorkloadObject>(
+    client: kube::Client,
+    workload: &WorkloadRef,
+    body: Value,
+) -> Result<Option<WorkloadObservation>, kube::Error> {
+    let api: Api<W> = Api::namespaced(client, &workload.namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let updated = api
+        .patch(&workload.name, &params, &Patch::Merge(body))
+        .await?;
+    Ok(observe_workload(&updated))
+}
+
+/// The one merge patch that records digests (`None`: removes the record) and,
+/// with `restarted_at`, restarts. `resourceVersion` makes it conditional on
+/// the workload being as evaluated.
+fn patch_body(
+    resource_version: &str,
+    record: Option<&AppliedRecord>,
+    restarted_at: Option<OffsetDateTime>,
+) -> Value {
+    let mut body = json!({
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": { DIGEST_ANNOTATION: record.map(AppliedRecord::render) },
+        }
+    });
+    if let Some(at) = restarted_at {
+        body["spec"] = json!({
+            "template": { "metadata": { "annotations": { RESTARTED_AT_ANNOTATION: format_restarted_at(at) } } }
+        });
+    }
+    body
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reload::record::Members;
+
+    #[test]
+    fn restart_and_record_go_in_one_conditional_patch() {
+        let record = AppliedRecord {
+            key_id: "k".into(),
+            members: Members::new(),
+        };
+        let at = OffsetDateTime::from_unix_timestamp(0).unwrap();
+        let body = patch_body("41", Some(&record), Some(at));
+        assert_eq!(body["metadata"]["resourceVersion"], "41");
+        assert_eq!(
+            body["metadata"]["annotations"][DIGEST_ANNOTATION],
+            record.render()
+        );
+        assert_eq!(
+            body["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT_ANNOTATION],
+            "1970-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn baselines_touch_metadata_only_and_forgetting_removes_the_record() {
+        let record = AppliedRecord {
+            key_id: "k".into(),
+            members: Members::new(),
+        };
+        let body = patch_body("1", Some(&record), None);
+        assert!(body.get("spec").is_none(), "{body}");
+        let body = patch_body("1", None, None);
+        assert_eq!(
+            body["metadata"]["annotations"][DIGEST_ANNOTATION],
+            Value::Null
+        );
+        assert!(
+            body["metadata"]["annotations"]
+                .as_object()
+                .unwrap()
+                .contains_key(DIGEST_ANNOTATION)
+        );
+    }
+}

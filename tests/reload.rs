@@ -1,0 +1,744 @@
+//! The reload stage against a real kube-apiserver and kube-controller-manager:
+//! each test gets its own namespace and its own `kvsync run` scoped to it.
+//!
+//! No kubelet runs, so pods never start; a restart is what a user would see in
+//! the API: a new ReplicaSet for a Deployment, a new ControllerRevision for a
+//! StatefulSet or DaemonSet. "Nothing happens" claims are checked over a
+//! window several times the debounce, and most are followed by a change that
+//! must restart, which proves the operator was listening all along.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::{ByteString, NamespaceResourceScope};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use kvsync::reload::record::{DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use support::*;
+
+/// Upper bound for anything that should happen.
+const WAIT: Duration = Duration::from_secs(20);
+/// How long "nothing happens" must hold: many times the test debounce.
+const QUIET: Duration = Duration::from_secs(3);
+
+const AUTO: (&str, &str) = ("reloader.stakater.com/auto", "true");
+
+/// A namespace, a client, and the operator watching that namespace.
+struct Fixture {
+    client: kube::Client,
+    ns: TestNamespace,
+    operator: Option<Process>,
+}
+
+impl Fixture {
+    /// A namespace without an operator yet.
+    async fn new(test: &str) -> Self {
+        let client = client().await;
+        let ns = TestNamespace::new(&client, test).await;
+        Fixture {
+            client,
+            ns,
+            operator: None,
+        }
+    }
+
+    /// Starts `kvsync run` for the namespace (the digest key lives there too),
+    /// with a short debounce and minimum interval unless `extra` overrides them.
+    fn start_operator(&mut self, extra: &[&str]) {
+        let mut args: Vec<&str> = vec![
+            "run",
+            "--namespaces",
+            &self.ns.name,
+            "--operator-namespace",
+            &self.ns.name,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ];
+        for (flag, default) in [
+            ("--reload-debounce", "300ms"),
+            ("--min-reload-interval", "1s"),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend([flag, default]);
+            }
+        }
+        args.extend(extra);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        self.operator = Some(Process::start(&args));
+    }
+
+    /// SIGTERM and wait: the operator stops cleanly.
+    fn stop_operator(&mut self) {
+        let operator = self.operator.take().expect("an operator is running");
+        assert!(
+            operator.terminate().success(),
+            "the operator exits cleanly on SIGTERM"
+        );
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    /// Creates or replaces a Secret's data, labels and annotations
+    /// (server-side apply: an unchanged apply is a no-op on the server).
+    async fn secret(
+        &self,
+        name: &str,
+        data: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+        labels: &[(&str, &str)],
+    ) {
+        let data: BTreeMap<String, ByteString> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect();
+        let body = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "annotations": pairs(annotations), "labels": pairs(labels)},
+            "data": data,
+        });
+        self.apply::<Secret>(name, body).await;
+    }
+
+    async fn config_map(&self, name: &str, data: &[(&str, &str)], annotations: &[(&str, &str)]) {
+        let body = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "annotations": pairs(annotations)},
+            "data": pairs(data),
+        });
+        self.apply::<ConfigMap>(name, body).await;
+    }
+
+    async fn apply<K>(&self, name: &str, body: Value)
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + Debug,
+    {
+        self.api::<K>()
+            .patch(
+                name,
+                &PatchParams::apply("kvsync-reload-test").force(),
+                &Patch::Apply(body),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+    }
+
+    /// Creates a Deployment, StatefulSet or DaemonSet named `name` whose pod
+    /// uses `secrets` (envFrom) and `config_maps` (mounted volumes).
+    async fn workload<K>(
+        &self,
+        name: &str,
+        annotations: &[(&str, &str)],
+        template_annotations: &[(&str, &str)],
+        secrets: &[&str],
+        config_maps: &[&str],
+    ) where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + Debug,
+    {
+        let kind = K::kind(&());
+        let volumes: Vec<Value> = config_maps
+            .iter()
+            .map(|cm| json!({"name": cm, "configMap": {"name": cm}}))
+            .collect();
+        let mounts: Vec<Value> = config_maps
+            .iter()
+            .map(|cm| json!({"name": cm, "mountPath": format!("/etc/{cm}")}))
+            .collect();
+        let env_from: Vec<Value> = secrets
+            .iter()
+            .map(|s| json!({"secretRef": {"name": s}}))
+            .collect();
+        let mut spec = json!({
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": pairs(template_annotations)},
+                "spec": {
+                    "containers": [{"name": "app", "image": "example.invalid/app", "envFrom": env_from, "volumeMounts": mounts}],
+                    "volumes": volumes,
+                }
+            }
+        });
+        if kind == "StatefulSet" {
+            spec["serviceName"] = json!(name);
+        }
+        let body = json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "annotations": pairs(annotations)}, "spec": spec});
+        let object: K = serde_json::from_value(body).unwrap();
+        self.api::<K>()
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("create {kind} {name}: {e}"));
+    }
+
+    async fn deployment(
+        &self,
+        name: &str,
+        annotations: &[(&str, &str)],
+        secrets: &[&str],
+        config_maps: &[&str],
+    ) {
+        self.workload::<Deployment>(name, annotations, &[], secrets, config_maps)
+            .await;
+    }
+
+    /// ReplicaSets of a Deployment: one per distinct pod template it has had.
+    async fn replica_sets(&self, deployment: &str) -> usize {
+        let list = self
+            .api::<ReplicaSet>()
+            .list(&ListParams::default())
+            .await
+            .expect("list replica sets");
+        list.items
+            .iter()
+            .filter(|rs| rs.owner_references().iter().any(|o| o.name == deployment))
+            .count()
+    }
+
+    /// ControllerRevisions of a StatefulSet or DaemonSet.
+    async fn revisions(&self, owner: &str) -> usize {
+        let list = self
+            .api::<ControllerRevision>()
+            .list(&ListParams::default())
+            .await
+            .expect("list revisions");
+        list.items
+            .iter()
+            .filter(|r| r.owner_references().iter().any(|o| o.name == owner))
+            .count()
+    }
+
+    /// Waits until the Deployment has exactly `count` ReplicaSets, then checks
+    /// it keeps that many (no second rollout follows).
+    async fn expect_replica_sets(&self, deployment: &str, count: usize) {
+        eventually(
+            &format!("{deployment} to have {count} ReplicaSets"),
+            WAIT,
+            || async { (self.replica_sets(deployment).await == count).then_some(()) },
+        )
+        .await;
+        always(
+            &format!("{deployment} keeping {count} ReplicaSets"),
+            QUIET,
+            || async { self.replica_sets(deployment).await == count },
+        )
+        .await;
+    }
+
+    async fn annotations<K>(&self, name: &str) -> BTreeMap<String, String>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        self.api::<K>()
+            .get(name)
+            .await
+            .expect("get workload")
+            .annotations()
+            .clone()
+    }
+
+    /// Waits until kvsync has recorded its baseline on a workload.
+    async fn baselined<K>(&self, name: &str)
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        eventually(&format!("the digest record on {name}"), WAIT, || async {
+            self.annotations::<K>(name)
+                .await
+                .contains_key(DIGEST_ANNOTATION)
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// Notes of the Events with `reason` about the workload `name`.
+    async fn event_notes(&self, name: &str, reason: &str) -> Vec<String> {
+        let list = self
+            .api::<Event>()
+            .list(&ListParams::default())
+            .await
+            .expect("list events");
+        list.items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.note)
+            .collect()
+    }
+}
+
+fn pairs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn data_changes_restart_once_and_nothing_else_does() {
+    let mut f = Fixture::new("reload-data").await;
+    f.secret("db", &[("password", "one")], &[], &[]).await;
+    f.config_map("app", &[("mode", "blue")], &[]).await;
+    f.deployment("web", &[AUTO], &["db"], &["app"]).await;
+    f.deployment("plain", &[], &["db"], &["app"]).await;
+    f.start_operator(&[]);
+
+    // First sight: baselined, not restarted.
+    f.baselined::<Deployment>("web").await;
+    f.expect_replica_sets("web", 1).await;
+    assert!(
+        !f.annotations::<Deployment>("plain")
+            .await
+            .contains_key(DIGEST_ANNOTATION),
+        "workloads without reload annotations are never written to"
+    );
+
+    // Metadata-only changes and identical rewrites restart nothing.
+    f.secret(
+        "db",
+        &[("password", "one")],
+        &[("note", "rotated-by-hand")],
+        &[("team", "shop")],
+    )
+    .await;
+    let unchanged = f.api::<Secret>().get("db").await.unwrap();
+    f.api::<Secret>()
+        .replace("db", &PostParams::default(), &unchanged)
+        .await
+        .unwrap();
+    f.config_map("app", &[("mode", "blue")], &[("note", "touched")])
+        .await;
+    f.expect_replica_sets("web", 1).await;
+
+    // A data change: exactly one rollout, and an Event naming the resource.
+    f.secret("db", &[("password", "two")], &[], &[]).await;
+    f.expect_replica_sets("web", 2).await;
+    let notes = f.event_notes("web", "Reloaded").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains("Secret/db") && !notes[0].contains("two"),
+        "names only, never values: {notes:?}"
+    );
+    let restarted_at = &f
+        .api::<Deployment>()
+        .get("web")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap()[RESTARTED_AT_ANNOTATION];
+    assert!(!restarted_at.is_empty());
+
+    // A ConfigMap's data counts the same way; a new key is a change too.
+    f.config_map("app", &[("mode", "blue"), ("extra", "1")], &[])
+        .await;
+    f.expect_replica_sets("web", 3).await;
+    assert_eq!(
+        f.replica_sets("plain").await,
+        1,
+        "the unannotated workload never restarted"
+    );
+}
+
+#[tokio::test]
+async fn changes_made_together_roll_out_once() {
+    let mut f = Fixture::new("reload-together").await;
+    f.secret("a", &[("k", "1")], &[], &[]).await;
+    f.secret("b", &[("k", "1")], &[], &[]).await;
+    f.config_map("c", &[("k", "1")], &[]).await;
+    f.deployment("web", &[AUTO], &["a", "b"], &["c"]).await;
+    f.start_operator(&["--reload-debounce", "1s"]);
+    f.baselined::<Deployment>("web").await;
+
+    f.secret("a", &[("k", "2")], &[], &[]).await;
+    f.secret("b", &[("k", "2")], &[], &[]).await;
+    f.config_map("c", &[("k", "2")], &[]).await;
+    f.expect_replica_sets("web", 2).await;
+    let notes = f.event_notes("web", "Reloaded").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    for name in ["Secret/a", "Secret/b", "ConfigMap/c"] {
+        assert!(notes[0].contains(name), "{name} missing from {notes:?}");
+    }
+}
+
+#[tokio::test]
+async fn typed_auto_reacts_to_its_own_kind_only() {
+    let mut f = Fixture::new("reload-typed").await;
+    f.secret("s", &[("k", "1")], &[], &[]).await;
+    f.config_map("c", &[("k", "1")], &[]).await;
+    f.deployment(
+        "secrets-only",
+        &[("secret.reloader.stakater.com/auto", "true")],
+        &["s"],
+        &["c"],
+    )
+    .await;
+    f.deployment(
+        "config-only",
+        &[("configmap.reloader.stakater.com/auto", "true")],
+        &["s"],
+        &["c"],
+    )
+    .await;
+    f.start_operator(&[]);
+    f.baselined::<Deployment>("secrets-only").await;
+    f.baselined::<Deployment>("config-only").await;
+
+    f.config_map("c", &[("k", "2")], &[]).await;
+    f.expect_replica_sets("config-only", 2).await;
+    assert_eq!(f.replica_sets("secrets-only").await, 1);
+
+    f.secret("s", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("secrets-only", 2).await;
+    assert_eq!(f.replica_sets("config-only").await, 2);
+}
+
+#[tokio::test]
+async fn named_lists_fire_without_use_and_excludes_win() {
+    let mut f = Fixture::new("reload-named").await;
+    for name in ["named", "pre-1", "other", "excluded", "included"] {
+        f.secret(name, &[("k", "1")], &[], &[]).await;
+    }
+    f.config_map("settings", &[("k", "1")], &[]).await;
+    // Uses nothing, names secrets by list and regex, and a ConfigMap.
+    f.deployment(
+        "listed",
+        &[
+            ("secret.reloader.stakater.com/reload", "named, pre-.*"),
+            ("configmap.reloader.stakater.com/reload", "settings"),
+        ],
+        &[],
+        &[],
+    )
+    .await;
+    f.deployment(
+        "auto",
+        &[
+            AUTO,
+            ("secrets.exclude.reloader.stakater.com/reload", "excluded"),
+        ],
+        &["excluded", "included"],
+        &[],
+    )
+    .await;
+    f.start_operator(&[]);
+    f.baselined::<Deployment>("listed").await;
+    f.baselined::<Deployment>("auto").await;
+
+    f.secret("other", &[("k", "2")], &[], &[]).await;
+    f.secret("excluded", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("listed", 1).await;
+    assert_eq!(
+        f.replica_sets("auto").await,
+        1,
+        "an excluded secret never restarts"
+    );
+
+    f.secret("named", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("listed", 2).await;
+    f.secret("pre-1", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("listed", 3).await;
+    f.config_map("settings", &[("k", "2")], &[]).await;
+    f.expect_replica_sets("listed", 4).await;
+    f.secret("included", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("auto", 2).await;
+}
+
+#[tokio::test]
+async fn search_needs_match_unless_auto_and_ignore_always_wins() {
+    let mut f = Fixture::new("reload-search").await;
+    let matched = [("reloader.stakater.com/match", "true")];
+    f.secret("matched", &[("k", "1")], &matched, &[]).await;
+    f.secret("unmatched", &[("k", "1")], &[], &[]).await;
+    f.secret(
+        "ignored",
+        &[("k", "1")],
+        &[("reloader.stakater.com/ignore", "true")],
+        &[],
+    )
+    .await;
+    let search = ("reloader.stakater.com/search", "true");
+    f.deployment("searching", &[search], &["matched", "unmatched"], &[])
+        .await;
+    f.deployment("both", &[search, AUTO], &["unmatched", "ignored"], &[])
+        .await;
+    f.start_operator(&[]);
+    f.baselined::<Deployment>("searching").await;
+    f.baselined::<Deployment>("both").await;
+
+    f.secret(
+        "ignored",
+        &[("k", "2")],
+        &[("reloader.stakater.com/ignore", "true")],
+        &[],
+    )
+    .await;
+    f.expect_replica_sets("both", 1).await;
+
+    f.secret("unmatched", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("both", 2).await;
+    assert_eq!(
+        f.replica_sets("searching").await,
+        1,
+        "search without match does not react"
+    );
+
+    f.secret("matched", &[("k", "2")], &matched, &[]).await;
+    f.expect_replica_sets("searching", 2).await;
+}
+
+#[tokio::test]
+async fn pod_template_annotations_count_when_the_workload_has_none() {
+    let mut f = Fixture::new("reload-template").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.workload::<Deployment>("web", &[], &[AUTO], &["db"], &[])
+        .await;
+    // The workload's own (false) auto hides the template's.
+    f.workload::<Deployment>(
+        "off",
+        &[("reloader.stakater.com/auto", "false")],
+        &[AUTO],
+        &["db"],
+        &[],
+    )
+    .await;
+    f.start_operator(&[]);
+    f.baselined::<Deployment>("web").await;
+
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("web", 2).await;
+    assert_eq!(f.replica_sets("off").await, 1);
+    assert!(
+        !f.annotations::<Deployment>("off")
+            .await
+            .contains_key(DIGEST_ANNOTATION)
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_expression_is_reported_and_everything_else_keeps_working() {
+    let mut f = Fixture::new("reload-invalid").await;
+    f.secret("ok", &[("k", "1")], &[], &[]).await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.deployment(
+        "broken",
+        &[("secret.reloader.stakater.com/reload", "ok,bad-[")],
+        &[],
+        &[],
+    )
+    .await;
+    f.deployment("healthy", &[AUTO], &["db"], &[]).await;
+    f.start_operator(&[]);
+
+    let notes = eventually(
+        "a Warning event about the broken annotation",
+        WAIT,
+        || async {
+            let notes = f.event_notes("broken", "InvalidReloadAnnotation").await;
+            (!notes.is_empty()).then_some(notes)
+        },
+    )
+    .await;
+    assert!(
+        notes[0].contains("bad-[") && notes[0].contains("secret.reloader.stakater.com/reload"),
+        "{notes:?}"
+    );
+    f.baselined::<Deployment>("broken").await;
+    f.baselined::<Deployment>("healthy").await;
+
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("healthy", 2).await;
+    f.secret("ok", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("broken", 2).await;
+    assert_eq!(
+        f.event_notes("broken", "InvalidReloadAnnotation")
+            .await
+            .len(),
+        1,
+        "reported once, not on every update"
+    );
+}
+
+#[tokio::test]
+async fn operator_restarts_restart_nothing_and_changes_made_meanwhile_apply_once() {
+    let mut f = Fixture::new("reload-restart").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.deployment("web", &[AUTO], &["db"], &[]).await;
+    f.start_operator(&[]);
+    f.baselined::<Deployment>("web").await;
+
+    f.stop_operator();
+    f.start_operator(&[]);
+    f.expect_replica_sets("web", 1).await;
+
+    f.stop_operator();
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.secret("db", &[("k", "3")], &[], &[]).await;
+    f.expect_replica_sets("web", 1).await;
+    f.start_operator(&[]);
+    f.expect_replica_sets("web", 2).await;
+}
+
+#[tokio::test]
+async fn statefulsets_and_daemonsets_roll_to_a_new_revision() {
+    let mut f = Fixture::new("reload-kinds").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.workload::<StatefulSet>("store", &[AUTO], &[], &["db"], &[])
+        .await;
+    f.workload::<DaemonSet>("agent", &[AUTO], &[], &["db"], &[])
+        .await;
+    f.start_operator(&[]);
+    f.baselined::<StatefulSet>("store").await;
+    f.baselined::<DaemonSet>("agent").await;
+    always("no new revisions on first sight", QUIET, || async {
+        f.revisions("store").await == 1 && f.revisions("agent").await == 1
+    })
+    .await;
+
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    eventually("new revisions of both", WAIT, || async {
+        (f.revisions("store").await == 2 && f.revisions("agent").await == 2).then_some(())
+    })
+    .await;
+    always("exactly one new revision each", QUIET, || async {
+        f.revisions("store").await == 2 && f.revisions("agent").await == 2
+    })
+    .await;
+    assert_eq!(f.event_notes("store", "Reloaded").await.len(), 1);
+    assert_eq!(f.event_notes("agent", "Reloaded").await.len(), 1);
+}
+
+#[tokio::test]
+async fn min_reload_interval_folds_later_changes_into_one_restart() {
+    let mut f = Fixture::new("reload-interval").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.deployment("web", &[AUTO], &["db"], &[]).await;
+    f.start_operator(&["--min-reload-interval", "8s"]);
+    f.baselined::<Deployment>("web").await;
+
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    eventually("the first restart", WAIT, || async {
+        (f.replica_sets("web").await == 2).then_some(())
+    })
+    .await;
+    f.secret("db", &[("k", "3")], &[], &[]).await;
+    f.secret("db", &[("k", "4")], &[], &[]).await;
+    always("no second restart within the interval", QUIET, || async {
+        f.replica_sets("web").await == 2
+    })
+    .await;
+    f.expect_replica_sets("web", 3).await;
+}
+
+#[tokio::test]
+async fn pause_period_annotation_spaces_restarts_of_its_workload() {
+    let mut f = Fixture::new("reload-pause").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.deployment(
+        "paused",
+        &[
+            AUTO,
+            ("deployment.reloader.stakater.com/pause-period", "8s"),
+        ],
+        &["db"],
+        &[],
+    )
+    .await;
+    f.deployment("free", &[AUTO], &["db"], &[]).await;
+    f.start_operator(&[]);
+    f.baselined::<Deployment>("paused").await;
+    f.baselined::<Deployment>("free").await;
+
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("free", 2).await;
+    assert_eq!(f.replica_sets("paused").await, 2);
+
+    // More than the 1s minimum interval later: the free one restarts again,
+    // the paused one waits for its period.
+    f.secret("db", &[("k", "3")], &[], &[]).await;
+    eventually("the free workload's second restart", WAIT, || async {
+        (f.replica_sets("free").await == 3).then_some(())
+    })
+    .await;
+    assert_eq!(f.replica_sets("paused").await, 2);
+    f.expect_replica_sets("paused", 3).await;
+}
+
+#[tokio::test]
+async fn resource_label_selector_limits_which_resources_count() {
+    let mut f = Fixture::new("reload-selector").await;
+    let labelled = [("reload", "yes")];
+    f.secret("labelled", &[("k", "1")], &[], &labelled).await;
+    f.secret("unlabelled", &[("k", "1")], &[], &[]).await;
+    f.deployment("web", &[AUTO], &["labelled", "unlabelled"], &[])
+        .await;
+    f.start_operator(&["--resource-label-selector", "reload=yes"]);
+    f.baselined::<Deployment>("web").await;
+
+    f.secret("unlabelled", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("web", 1).await;
+    f.secret("labelled", &[("k", "2")], &[], &labelled).await;
+    f.expect_replica_sets("web", 2).await;
+}
+
+#[tokio::test]
+async fn a_missing_operator_namespace_stops_the_operator_with_a_clear_error() {
+    let f = Fixture::new("reload-no-op-ns").await;
+    let missing = format!("{}-missing", f.ns.name);
+    let args: Vec<String> = [
+        "run",
+        "--namespaces",
+        &f.ns.name,
+        "--operator-namespace",
+        &missing,
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let operator = Process::start(&args);
+    let output = eventually(
+        "the operator to report the missing namespace",
+        WAIT,
+        || async {
+            let output = operator.output();
+            output.contains("does not exist").then_some(output)
+        },
+    )
+    .await;
+    assert!(output.contains(&missing), "{output}");
+    let status = operator.terminate();
+    assert!(!status.success(), "exits with failure: {status:?}");
+}
