@@ -158,9 +158,19 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// `Retry-After` as delta-seconds (Key Vault's form when it sends one).
+/// Longest `Retry-After` honoured. Key Vault asks for seconds; a larger value
+/// (from a misbehaving proxy, say) would stall syncing, and an absurd one
+/// overflowed the backoff's `Instant` arithmetic and panicked.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` as delta-seconds (Key Vault's form when it sends one), at
+/// most [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -215,7 +225,7 @@ mod tests {
         fn retry_after_seconds_are_read_exactly(seconds in any::<u64>(), pad in " {0,2}") {
             prop_assert_eq!(
                 parse_retry_after(&format!("{pad}{seconds}{pad}")),
-                Some(Duration::from_secs(seconds))
+                Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
             );
         }
 
