@@ -66,10 +66,7 @@ impl Failure {
     }
 
     fn vault(error: VaultError) -> Self {
-        let retry_after = match &error {
-            VaultError::Throttled { retry_after } => *retry_after,
-            _ => None,
-        };
+        let retry_after = error.retry_after();
         Failure {
             reason: error.reason(),
             message: format!("{error}; {}", error.hint()),

@@ -63,6 +63,14 @@ impl VaultError {
         }
     }
 
+    /// How long the vault asked to be left alone, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            VaultError::Throttled { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// The condition reason shown on the KeyVaultSecret.
     pub fn reason(&self) -> &'static str {
         match self {
