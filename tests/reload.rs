@@ -847,3 +847,45 @@ async fn a_key_vault_rotation_rolls_the_workload_using_the_synced_secret() {
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(!notes[0].contains("second-value"), "{notes:?}");
 }
+
+#[tokio::test]
+async fn deletions_restart_nothing_and_appearances_only_what_could_run_without() {
+    let mut f = Fixture::new("reload-absent").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.deployment("web", &[AUTO], &["db", "not-yet"], &[]).await;
+    // The same, but its pods can start without `extra` (an optional reference).
+    let optional = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "tolerant", "annotations": pairs(&[AUTO])},
+        "spec": {
+            "selector": {"matchLabels": {"app": "tolerant"}},
+            "template": {
+                "metadata": {"labels": {"app": "tolerant"}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app",
+                         "envFrom": [{"secretRef": {"name": "extra", "optional": true}}]}]}
+            }
+        }
+    });
+    f.apply::<Deployment>("tolerant", optional).await;
+    f.start_operator(&[]);
+    f.baselined::<Deployment>("web").await;
+    f.baselined::<Deployment>("tolerant").await;
+
+    // A required Secret appearing: the pods were waiting for it, no restart.
+    // An optional one appearing: the pods run without it, so they restart.
+    f.secret("not-yet", &[("k", "1")], &[], &[]).await;
+    f.secret("extra", &[("k", "1")], &[], &[]).await;
+    f.expect_replica_sets("tolerant", 2).await;
+    assert_eq!(f.replica_sets("web").await, 1);
+
+    // Deleting a Secret restarts nothing; re-creating it with the same data
+    // neither; with other data, once.
+    let secrets = f.api::<Secret>();
+    secrets.delete("db", &Default::default()).await.unwrap();
+    f.expect_replica_sets("web", 1).await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.expect_replica_sets("web", 1).await;
+    secrets.delete("db", &Default::default()).await.unwrap();
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("web", 2).await;
+}

@@ -275,6 +275,7 @@ impl Stage {
             applied: &state.applied,
             key_id: &self.key_id,
             desired: &desired,
+            uses: &state.uses,
             last_restart: state.last_restart,
             min_interval: self
                 .timing
@@ -284,28 +285,31 @@ impl Stage {
         });
         let resource_version = state.resource_version.clone();
         let uid = state.uid.clone();
-        let record = AppliedRecord {
+        let record = |members| AppliedRecord {
             key_id: self.key_id.clone(),
-            members: desired,
+            members,
         };
         match verdict {
             Verdict::UpToDate => {}
-            Verdict::Baseline(why) => {
+            Verdict::Baseline {
+                why,
+                record: members,
+            } => {
                 metrics().skipped(why.as_str(), 1);
                 info!(%workload, reason = why.as_str(), "recording digests without a restart");
-                self.write(
-                    &workload,
-                    patch_body(&resource_version, Some(&record), None),
-                )
-                .await;
+                let body = patch_body(&resource_version, Some(&record(members)), None);
+                self.write(&workload, body).await;
             }
             Verdict::Forget => {
                 info!(%workload, "no reload annotations any more; removing the digest record");
                 self.write(&workload, patch_body(&resource_version, None, None))
                     .await;
             }
-            Verdict::Restart { changed } => {
-                let body = patch_body(&resource_version, Some(&record), Some(now));
+            Verdict::Restart {
+                changed,
+                record: members,
+            } => {
+                let body = patch_body(&resource_version, Some(&record(members)), Some(now));
                 if self.write(&workload, body).await {
                     metrics().rollout(workload.kind.as_str());
                     let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
