@@ -325,7 +325,7 @@ impl Stage {
             }
             Verdict::Wait { remaining, changed } => {
                 metrics().skipped("rate_limited", 1);
-                debug!(%workload, ?remaining, changed = changed.len(), "restart deferred by the minimum interval");
+                info!(%workload, ?remaining, changed = changed.len(), "restart deferred by the minimum interval");
                 self.schedule.postpone(workload, Instant::now() + remaining);
             }
         }
