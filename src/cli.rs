@@ -88,6 +88,21 @@ pub struct RunArgs {
     #[arg(long, env = "KVSYNC_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// How vault changes are noticed: `list` (one paged listing per vault and
+    /// identity per refresh window; values read only when changed) or `get`
+    /// (a GET per referenced secret per refresh, as ESO does).
+    #[arg(
+        long,
+        env = "KVSYNC_CHANGE_DETECTION",
+        value_enum,
+        default_value = "list"
+    )]
+    pub change_detection: crate::vault::ChangeDetection,
+
+    /// Concurrent requests per vault (Key Vault throttles per vault).
+    #[arg(long, env = "KVSYNC_VAULT_CONCURRENCY", default_value_t = 8)]
+    pub vault_concurrency: usize,
+
     /// Longest wait between retries after a failure.
     #[arg(long, env = "KVSYNC_MAX_BACKOFF", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_backoff: Duration,
@@ -106,4 +121,7 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub reload: crate::reload::ReloadArgs,
+
+    #[command(flatten)]
+    pub leader: crate::leader::LeaderArgs,
 }

@@ -14,9 +14,11 @@
 pub mod api;
 pub mod cli;
 pub mod emulator;
+pub mod leader;
 pub mod metrics;
 pub mod reload;
 pub mod run;
+pub mod schedule;
 pub mod scope;
 pub mod sync;
 pub mod telemetry;

@@ -631,7 +631,7 @@ async fn remote_failures_keep_the_last_good_secret() {
     f.wait_reason("db", "Synced").await;
 
     f.emulator
-        .control(Method::POST, "faults", Some(json!({"target": "vault:shop", "pathPrefix": "/secrets/db-password", "count": 1000, "kind": {"status": 429}})))
+        .control(Method::POST, "faults", Some(json!({"target": "vault:shop", "pathPrefix": "/secrets", "count": 1000, "kind": {"status": 429}})))
         .await;
     f.kvs_api()
         .patch("db", &PatchParams::default(), &Patch::Merge(force(1)))
@@ -640,7 +640,7 @@ async fn remote_failures_keep_the_last_good_secret() {
     f.wait_reason("db", "Throttled").await;
     f.emulator.control(Method::DELETE, "faults", None).await;
     f.emulator
-        .control(Method::POST, "faults", Some(json!({"target": "vault:shop", "pathPrefix": "/secrets/db-password", "count": 1000, "kind": {"status": 500}})))
+        .control(Method::POST, "faults", Some(json!({"target": "vault:shop", "pathPrefix": "/secrets", "count": 1000, "kind": {"status": 500}})))
         .await;
     f.wait_reason("db", "VaultUnavailable").await;
     f.emulator.control(Method::DELETE, "faults", None).await;
@@ -811,4 +811,180 @@ async fn kubectl_columns_show_ready_reason_and_secret() {
         (cells[1].as_str(), cells[2].as_str(), cells[3].as_str()),
         (Some("True"), Some("Synced"), Some("db-creds"))
     );
+}
+
+/// Sum of the emulator's counters for one route (`/secrets/{name}` also
+/// counts its trailing-slash form, which the SDK uses for the latest version).
+fn count(counters: &Value, route: &str) -> u64 {
+    counters["byEndpoint"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.trim_end_matches('/').ends_with(route))
+        .map(|(_, v)| v.as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn many_keyvaultsecrets_share_one_listing_and_read_a_change_once() {
+    let f = Fixture::new("economy").await;
+    for i in 0..10 {
+        f.apply(
+            &format!("app-{i}"),
+            json!({"refreshInterval": "2s", "data": [
+                {"secretKey": "pw", "remoteRef": {"name": "db-password"}},
+                {"secretKey": "cfg", "remoteRef": {"name": "app-config"}}]}),
+        )
+        .await;
+    }
+    for i in 0..10 {
+        f.wait_reason(&format!("app-{i}"), "Synced").await;
+    }
+    // Values first read in the same second as their last update are read once
+    // more (Key Vault's `updated` has one-second resolution); let that pass.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    f.emulator
+        .control(Method::POST, "counters/reset", None)
+        .await;
+    // An observation window of three refresh intervals.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let idle = f.emulator.counters().await;
+    let (lists, gets) = (
+        count(&idle, "GET /secrets"),
+        count(&idle, "GET /secrets/{name}"),
+    );
+    assert_eq!(gets, 0, "no value is read while nothing changes: {idle}");
+    assert!(
+        (1..=5).contains(&lists),
+        "one shared listing per interval, not one per object: {idle}"
+    );
+
+    f.emulator
+        .control(Method::POST, "counters/reset", None)
+        .await;
+    f.emulator
+        .set_secret("shop", "db-password", "rotated-for-all")
+        .await;
+    for i in 0..10 {
+        let name = format!("app-{i}");
+        eventually(
+            "every Secret to get the rotated value",
+            Duration::from_secs(8),
+            || async {
+                (f.secret_data(&name).await?.get("pw")? == "rotated-for-all").then_some(())
+            },
+        )
+        .await;
+    }
+    let after = f.emulator.counters().await;
+    assert_eq!(
+        count(&after, "GET /secrets/{name}"),
+        1,
+        "the changed secret is read once for all ten: {after}"
+    );
+}
+
+#[tokio::test]
+async fn one_operator_serves_several_listed_namespaces() {
+    let f = Fixture::new("multi-a").await;
+    let other = TestNamespace::new(&f.client, "multi-b").await;
+    let operator = Operator::start(&f.emulator, &f.ns.name, &["--namespaces", &other.name]);
+    let creds: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "kv-creds"}, "stringData": {"clientSecret": SECRET_APP_PASSWORD}}),
+    )
+    .unwrap();
+    Api::<Secret>::namespaced(f.client.clone(), &other.name)
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+    let api_b: Api<KeyVaultSecret> = Api::namespaced(f.client.clone(), &other.name);
+    let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "db"},
+        "spec": {"vaultUrl": f.emulator.vault_url("shop"),
+                 "auth": {"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP, "secretRef": {"name": "kv-creds", "key": "clientSecret"}}},
+                 "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}});
+    api_b
+        .patch("db", &PatchParams::apply("test"), &Patch::Apply(&body))
+        .await
+        .unwrap();
+    eventually("the second namespace to sync", WAIT, || async {
+        let kvs = api_b.get("db").await.ok()?;
+        ready(&kvs).filter(|c| c.reason == "Synced").map(|_| ())
+    })
+    .await;
+    drop(operator);
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_acts_and_a_standby_takes_over() {
+    let f = Fixture::new("leader").await;
+    let home = TestNamespace::new(&f.client, "leader-home").await;
+    let replica = |identity: &str| {
+        Operator::start(
+            &f.emulator,
+            &home.name,
+            &["--leader-identity", identity, "--lease-duration", "3s"],
+        )
+    };
+    let leader = replica("replica-a");
+    let home_secrets: Api<Secret> = Api::namespaced(f.client.clone(), &home.name);
+    eventually("replica-a to lead", WAIT, || async {
+        leader
+            .process
+            .output()
+            .contains("became the leader")
+            .then_some(())
+    })
+    .await;
+    let standby = replica("replica-b");
+
+    let creds: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "kv-creds"}, "stringData": {"clientSecret": SECRET_APP_PASSWORD}}),
+    )
+    .unwrap();
+    home_secrets
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+    let kvs: Api<KeyVaultSecret> = Api::namespaced(f.client.clone(), &home.name);
+    let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "db"},
+        "spec": {"vaultUrl": f.emulator.vault_url("shop"), "refreshInterval": "1s",
+                 "auth": {"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP, "secretRef": {"name": "kv-creds", "key": "clientSecret"}}},
+                 "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}});
+    kvs.patch("db", &PatchParams::apply("test"), &Patch::Apply(&body))
+        .await
+        .unwrap();
+    let value = |want: &'static str| {
+        let api = home_secrets.clone();
+        move || {
+            let api = api.clone();
+            async move {
+                let secret = api.get_opt("db").await.ok()??;
+                (secret.data?.get("pw")?.0 == want.as_bytes()).then_some(())
+            }
+        }
+    };
+    eventually("the leader to sync", WAIT, value("s3cr3t-db-value")).await;
+    assert!(
+        !standby.process.output().contains("became the leader"),
+        "two leaders at once"
+    );
+    assert!(
+        !standby.process.output().contains("wrote Secret"),
+        "the standby acted"
+    );
+
+    // The leader crashes; the standby takes over within a lease duration or so.
+    leader.process.kill();
+    f.emulator
+        .set_secret("shop", "db-password", "after-failover")
+        .await;
+    let started = std::time::Instant::now();
+    eventually(
+        "the standby to take over and sync",
+        Duration::from_secs(20),
+        value("after-failover"),
+    )
+    .await;
+    assert!(standby.process.output().contains("became the leader"));
+    eprintln!("failover took {:?}", started.elapsed());
 }

@@ -7,11 +7,10 @@
 //! ```
 //!
 //! Decisions are pure and live in [`render`], [`target`], [`status`] and
-//! [`schedule`]; [`reconciler`] does the I/O around them.
+//! [`crate::schedule`]; [`reconciler`] does the I/O around them.
 
 mod reconciler;
 pub mod render;
-pub mod schedule;
 pub mod status;
 pub mod target;
 
@@ -32,7 +31,7 @@ use crate::api::{FORCE_SYNC_ANNOTATION, KeyVaultSecret};
 use crate::metrics::SyncMetrics;
 use crate::reload::ReloadNotifier;
 use crate::scope::ScopeArgs;
-use crate::vault::VaultAccess;
+use crate::vault::{Freshness, VaultAccess};
 
 /// Shared state of the sync stage.
 pub struct Context {
@@ -51,6 +50,9 @@ pub struct Context {
     /// resourceVersion of each Secret as kvsync last wrote it, so the watch
     /// event caused by our own write does not trigger another sync.
     own_writes: Mutex<HashMap<(String, String), String>>,
+    /// The `kvsync.io/force-sync` value each KeyVaultSecret was last synced
+    /// with; a new value asks for a read of the vault as of now.
+    forced: Mutex<HashMap<String, Option<String>>>,
 }
 
 impl Context {
@@ -78,6 +80,7 @@ impl Context {
             max_backoff,
             failures: Mutex::default(),
             own_writes: Mutex::default(),
+            forced: Mutex::default(),
         }
     }
 
@@ -87,6 +90,17 @@ impl Context {
                 .lock()
                 .unwrap()
                 .insert((namespace.to_owned(), name.to_owned()), rv);
+        }
+    }
+
+    /// `Now` when the force-sync annotation changed since the last sync of
+    /// this object, else whatever the latest listing says.
+    fn freshness_for(&self, kvs: &KeyVaultSecret) -> Freshness {
+        let key = format!("{}/{}", kvs.namespace().unwrap_or_default(), kvs.name_any());
+        let value = kvs.annotations().get(FORCE_SYNC_ANNOTATION).cloned();
+        match self.forced.lock().unwrap().insert(key, value.clone()) {
+            Some(previous) if previous != value => Freshness::Now,
+            _ => Freshness::Latest,
         }
     }
 
@@ -142,20 +156,64 @@ fn affected_by_secret(
     refs
 }
 
-/// Runs the controller until `shutdown` resolves.
-pub async fn run(
+/// Runs the sync stage until `shutdown` resolves: one controller for the
+/// whole cluster, or one per namespace listed in `--namespaces` (so that
+/// namespaced RBAC suffices: a cluster-wide watch would be refused).
+pub async fn run<F, Fut>(ctx: Arc<Context>, shutdown: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + Sync + 'static,
+{
+    let namespaces: Vec<Option<String>> = if ctx.scope.namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.scope.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut routes = HashMap::new();
+    let mut controllers = Vec::new();
+    for namespace in namespaces {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        controllers.push(run_controller(
+            ctx.clone(),
+            namespace.clone(),
+            rx,
+            shutdown(),
+        ));
+        routes.insert(namespace, tx);
+    }
+    // Vault changes found by the listing pollers sync the affected objects at once.
+    if let Some(mut feed) = ctx.vault.take_change_feed() {
+        tokio::spawn(async move {
+            while let Some(key) = feed.recv().await {
+                let Some((namespace, name)) = key.split_once('/') else {
+                    continue;
+                };
+                let route = routes
+                    .get(&Some(namespace.to_owned()))
+                    .or_else(|| routes.get(&None));
+                if let Some(route) = route {
+                    let _ = route.send(ObjectRef::<KeyVaultSecret>::new(name).within(namespace));
+                }
+            }
+        });
+    }
+    futures::future::join_all(controllers).await;
+}
+
+async fn run_controller(
     ctx: Arc<Context>,
+    namespace: Option<String>,
+    vault_changes: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<KeyVaultSecret>>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (kvs_api, secret_api): (Api<KeyVaultSecret>, Api<Secret>) =
-        match ctx.scope.single_namespace() {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client, ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client)),
-        };
+    let (kvs_api, secret_api): (Api<KeyVaultSecret>, Api<Secret>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
     let (reader, writer) = reflector::store();
     let kvs_events = reflector(writer, watcher(kvs_api, watcher::Config::default()))
         .default_backoff()
@@ -164,6 +222,9 @@ pub async fn run(
     let store = reader.clone();
     let mapper_ctx = ctx.clone();
     Controller::for_stream(kvs_events, reader)
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            vault_changes,
+        ))
         .watches(
             secret_api,
             watcher::Config::default(),

@@ -19,11 +19,11 @@ use serde_json::json;
 
 use super::Context;
 use super::render::{self, RenderError};
-use super::schedule;
 use super::status::{Outcome, next_status, ready_reason};
 use super::target::{DesiredSecret, WriteDecision};
 use crate::api::{Auth, DataFrom, FIELD_MANAGER, KeyVaultSecret};
-use crate::vault::{Identity, RemoteSecret, VaultError};
+use crate::schedule;
+use crate::vault::{Freshness, Identity, Interest, RemoteSecret, VaultError};
 
 /// Service-account annotations set for Azure Workload Identity.
 const SA_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
@@ -238,10 +238,21 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> SyncResult {
     let find_patterns = compile_find_patterns(&spec.data_from).map_err(Ok)?;
     let identity = resolve_identity(kvs, ctx).await?;
 
+    if let Ok(Some(interval)) = spec.refresh_interval() {
+        let subscriber = format!("{namespace}/{}", kvs.name_any());
+        ctx.vault.subscribe(
+            &spec.vault_url,
+            &identity,
+            &subscriber,
+            interest(kvs),
+            interval,
+        );
+    }
     let mut fetcher = Fetcher {
         ctx,
         vault_url: &spec.vault_url,
         identity: &identity,
+        freshness: ctx.freshness_for(kvs),
         seen: HashMap::new(),
         listing: None,
     };
@@ -321,6 +332,23 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> SyncResult {
         versions,
         wrote,
     })
+}
+
+/// The vault secrets a KeyVaultSecret depends on (for change notifications).
+fn interest(kvs: &KeyVaultSecret) -> Interest {
+    let spec = &kvs.spec;
+    if spec.data_from.iter().any(|entry| entry.find.is_some()) {
+        return Interest::Everything;
+    }
+    let refs = spec.data.iter().map(|d| d.remote_ref.name.clone());
+    let from = spec.data_from.iter().filter_map(|entry| {
+        entry
+            .extract
+            .as_ref()
+            .map(|e| e.name.clone())
+            .or_else(|| entry.certificate.as_ref().map(|c| c.name.clone()))
+    });
+    Interest::Names(refs.chain(from).collect())
 }
 
 /// Checks what the schema cannot (it cannot reach the operator's flags).
@@ -499,6 +527,7 @@ struct Fetcher<'a> {
     ctx: &'a Context,
     vault_url: &'a str,
     identity: &'a Identity,
+    freshness: Freshness,
     seen: HashMap<(String, Option<String>, bool), RemoteSecret>,
     listing: Option<Vec<crate::vault::RemoteSecretInfo>>,
 }
@@ -524,6 +553,7 @@ impl Fetcher<'_> {
                 name,
                 version.as_deref(),
                 as_pem,
+                self.freshness,
             )
             .await;
         self.ctx.metrics.observe_vault_call(
@@ -541,7 +571,11 @@ impl Fetcher<'_> {
         if let Some(listing) = &self.listing {
             return Ok(listing.clone());
         }
-        let result = self.ctx.vault.list(self.vault_url, self.identity).await;
+        let result = self
+            .ctx
+            .vault
+            .list(self.vault_url, self.identity, self.freshness)
+            .await;
         self.ctx.metrics.observe_vault_call(
             "list",
             result.as_ref().err().map_or("ok", VaultError::reason),

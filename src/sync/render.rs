@@ -250,6 +250,7 @@ mod tests {
             version: "v".into(),
             value: value.into(),
             content_type: None,
+            updated: None,
         }
     }
 

@@ -6,36 +6,41 @@
 //!                                                    └─ AllowedHosts: no token leaves for an unlisted host
 //! ```
 //!
-//! The reconciler sees only this small interface, so change detection by
-//! listing and request de-duplication can be added here without touching it.
-//! The SDK's own retry policy is off: backoff is decided by the reconciler,
-//! which knows whether a Secret already holds good data and can share one
-//! backoff per vault instead of multiplying retries per request.
+//! The reconciler sees only this small interface (`get`, `list`,
+//! `subscribe`). Behind it, with `--change-detection=list` (the default),
+//! each (vault, identity) is listed once per refresh window and values are
+//! read only when the listing says they changed (see [`view`]); with `get`,
+//! every read is a GET, as ESO does (kept as the benchmark baseline).
+//! Every call passes the vault's [`gate`]: a concurrency limit and one shared
+//! backoff after a 429. The SDK's own retry policy is off: backoff is decided
+//! here and by the reconciler, which knows whether a Secret already holds
+//! good data, instead of multiplying retries per request.
 
 mod certificate;
+mod detect;
 mod errors;
+mod gate;
 mod hosts;
 mod identity;
+mod sdk;
+mod view;
 
 pub use errors::VaultError;
 pub use hosts::{AllowedHosts, DEFAULT_VAULT_HOSTS};
 pub use identity::{FEDERATION_AUDIENCE, Identity, OperatorIdentity};
 
+pub use view::Interest;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
-use azure_core::http::{ClientOptions, RetryOptions, Transport};
-use azure_security_keyvault_secrets::models::{ContentType, SecretClientGetSecretOptions};
-use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
-use futures::TryStreamExt;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use identity::Credentials;
-
-/// Content type Key Vault gives PEM certificate-backed secrets (and can convert PKCS#12 to).
-pub const PEM_CONTENT_TYPE: &str = "application/x-pem-file";
+use gate::VaultGate;
+use sdk::Sdk;
+use view::{Listed, VaultView, answered_by_listing, unix_now, value_key};
 
 /// One secret version as read from the vault.
 #[derive(Clone, PartialEq, Eq)]
@@ -44,6 +49,8 @@ pub struct RemoteSecret {
     pub version: String,
     pub value: String,
     pub content_type: Option<String>,
+    /// The version's `updated` attribute (Unix seconds).
+    pub updated: Option<i64>,
 }
 
 impl std::fmt::Debug for RemoteSecret {
@@ -76,94 +83,72 @@ pub struct VaultConfig {
     /// Extra CA certificates (PEM) to trust, e.g. the emulator's.
     pub extra_ca_pem: Option<Vec<u8>>,
     pub request_timeout: Duration,
+    pub change_detection: ChangeDetection,
+    /// Concurrent requests per vault.
+    pub vault_concurrency: usize,
+    /// Cap of the shared per-vault backoff after a 429.
+    pub max_backoff: Duration,
+}
+
+/// How kvsync notices that a vault secret changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChangeDetection {
+    /// One paged listing per (vault, identity) per refresh window; values read only when changed.
+    List,
+    /// A GET per referenced secret per refresh (what ESO does; the benchmark baseline).
+    Get,
+}
+
+/// How recent a read must be.
+#[derive(Clone, Copy, Debug)]
+pub enum Freshness {
+    /// Whatever the latest listing says (the poller keeps it within one refresh window).
+    Latest,
+    /// Read the vault as of now (`kvsync.io/force-sync`).
+    Now,
 }
 
 /// Reads Key Vault on behalf of identities.
 pub struct VaultAccess {
-    credentials: Credentials,
-    options: ClientOptions,
-    allowed_hosts: AllowedHosts,
-    clients: Mutex<HashMap<(String, String), Arc<SecretClient>>>,
+    inner: Arc<Inner>,
 }
+
+struct Inner {
+    sdk: Sdk,
+    config: VaultConfig,
+    gates: Mutex<HashMap<String, Arc<VaultGate>>>,
+    views: Mutex<HashMap<(String, String), Arc<VaultView>>>,
+    changes: UnboundedSender<String>,
+    change_feed: Mutex<Option<UnboundedReceiver<String>>>,
+}
+
+/// How long a refused listing makes kvsync read by GET for that identity.
+const LISTING_REFUSED_FOR: Duration = Duration::from_secs(600);
 
 impl VaultAccess {
     pub fn new(kube: kube::Client, config: VaultConfig) -> Result<Self, String> {
-        let mut http = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(pem) = &config.extra_ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| format!("extra CA file: {e}"))?;
-            http = http.tls_certs_merge(certs);
-        }
-        let http = http.build().map_err(|e| format!("HTTP client: {e}"))?;
-        let mut cloud = CustomConfiguration::default();
-        cloud.authority_host = config.authority_host.clone();
-        let options = ClientOptions {
-            transport: Some(Transport::new(Arc::new(http))),
-            retry: RetryOptions::none(),
-            cloud: Some(Arc::new(CloudConfiguration::Custom(cloud))),
-            ..Default::default()
-        };
+        let (changes, feed) = unbounded_channel();
         Ok(VaultAccess {
-            credentials: Credentials::new(
-                kube,
-                options.clone(),
-                config.operator,
-                config.authority_host,
-            ),
-            options,
-            allowed_hosts: config.allowed_hosts,
-            clients: Mutex::default(),
+            inner: Arc::new(Inner {
+                sdk: Sdk::new(kube, &config)?,
+                config,
+                gates: Mutex::default(),
+                views: Mutex::default(),
+                changes,
+                change_feed: Mutex::new(Some(feed)),
+            }),
         })
+    }
+
+    /// Keys (`namespace/name`) of subscribers whose secrets changed in the vault.
+    /// Can be taken once.
+    pub fn take_change_feed(&self) -> Option<UnboundedReceiver<String>> {
+        self.inner.change_feed.lock().unwrap().take()
     }
 
     /// Whether a vault URL may be used at all (checked before any request).
     pub fn check_vault_url(&self, vault_url: &str) -> Result<(), String> {
-        let url = url::Url::parse(vault_url)
-            .map_err(|e| format!("vaultUrl {vault_url:?} is not a URL: {e}"))?;
-        if url.scheme() != "https" {
-            return Err(format!("vaultUrl {vault_url:?} must use https"));
-        }
-        let host = url.host_str().unwrap_or_default();
-        if !self.allowed_hosts.allows(host) {
-            return Err(format!(
-                "vault host {host:?} is not an allowed Key Vault host (allowed: {}, plus --allow-vault-host)",
-                DEFAULT_VAULT_HOSTS.join(", ")
-            ));
-        }
-        Ok(())
-    }
-
-    fn client(
-        &self,
-        vault_url: &str,
-        identity: &Identity,
-    ) -> Result<Arc<SecretClient>, VaultError> {
-        self.check_vault_url(vault_url)
-            .map_err(VaultError::Forbidden)?;
-        let key = (vault_url.to_owned(), identity.cache_key());
-        if let Some(client) = self.clients.lock().unwrap().get(&key) {
-            return Ok(client.clone());
-        }
-        let credential = self
-            .credentials
-            .get(identity)
-            .map_err(|e| VaultError::from_sdk(&e, ""))?;
-        let host = url::Url::parse(vault_url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_owned))
-            .unwrap_or_default();
-        let options = SecretClientOptions {
-            client_options: self.options.clone(),
-            verify_challenge_resource: Some(!self.allowed_hosts.is_extra(&host)),
-            ..Default::default()
-        };
-        let client = SecretClient::new(vault_url, credential, Some(options))
-            .map_err(|e| VaultError::Unavailable(format!("vault client: {e}")))?;
-        let client = Arc::new(client);
-        self.clients.lock().unwrap().insert(key, client.clone());
-        Ok(client)
+        self.inner.sdk.check_vault_url(vault_url)
     }
 
     /// Reads one secret (the latest version when `version` is `None`). With
@@ -175,65 +160,175 @@ impl VaultAccess {
         name: &str,
         version: Option<&str>,
         as_pem: bool,
+        freshness: Freshness,
     ) -> Result<RemoteSecret, VaultError> {
-        let client = self.client(vault_url, identity)?;
-        let options = SecretClientGetSecretOptions {
-            secret_version: version.filter(|v| !v.is_empty()).map(str::to_owned),
-            out_content_type: as_pem.then_some(ContentType::Pem),
-            ..Default::default()
+        let inner = &self.inner;
+        if inner.config.change_detection == ChangeDetection::Get {
+            return inner
+                .gate(vault_url)
+                .run(inner.sdk.get(vault_url, identity, name, version, as_pem))
+                .await;
+        }
+        let view = inner.view(vault_url, identity);
+        let key = value_key(name, version, as_pem);
+        let snapshot = if key.1.is_some() || view.listing_refused() {
+            None
+        } else {
+            match inner.listing(&view, vault_url, identity, freshness).await {
+                Ok(listed) => Some(listed.snapshot),
+                Err(VaultError::Forbidden(_)) => None,
+                Err(other) => return Err(other),
+            }
         };
-        let secret = client
-            .get_secret(name, Some(options))
-            .await
-            .and_then(|r| r.into_model())
-            .map_err(|e| VaultError::from_sdk(&e, name))?;
-        let version = secret
-            .id
+        if let Some(error) = snapshot
             .as_deref()
-            .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
-            .unwrap_or_default()
-            .to_owned();
-        Ok(RemoteSecret {
-            name: name.to_owned(),
-            version,
-            value: secret.value.unwrap_or_default(),
-            content_type: secret.content_type,
-        })
+            .and_then(|s| answered_by_listing(s, name))
+        {
+            return Err(error);
+        }
+        let lock = view.read_lock(&key);
+        let _single_flight = lock.lock().await;
+        if let Some(found) = view.cached(&key, snapshot.as_deref()) {
+            return Ok(found);
+        }
+        let read_at = unix_now();
+        let secret = inner
+            .gate(vault_url)
+            .run(inner.sdk.get(vault_url, identity, name, version, as_pem))
+            .await?;
+        view.remember(key, secret.clone(), read_at);
+        Ok(secret)
     }
 
-    /// Lists every secret in the vault (names, tags, enabled; no values).
+    /// Every secret in the vault (names, tags, enabled; no values).
     pub async fn list(
         &self,
         vault_url: &str,
         identity: &Identity,
+        freshness: Freshness,
     ) -> Result<Vec<RemoteSecretInfo>, VaultError> {
-        let client = self.client(vault_url, identity)?;
-        let pager = client
-            .list_secret_properties(None)
-            .map_err(|e| VaultError::from_sdk(&e, "(list)"))?;
-        let items: Vec<_> = pager
-            .try_collect()
-            .await
-            .map_err(|e| VaultError::from_sdk(&e, "(list)"))?;
-        Ok(items
-            .into_iter()
-            .filter_map(|item| {
-                let name = item
-                    .id
-                    .as_deref()?
-                    .trim_end_matches('/')
-                    .rsplit('/')
-                    .next()?
-                    .to_owned();
-                let attributes = item.attributes.unwrap_or_default();
-                Some(RemoteSecretInfo {
-                    name,
-                    enabled: attributes.enabled.unwrap_or(true),
-                    tags: item.tags.unwrap_or_default().into_iter().collect(),
-                    updated: attributes.updated.map(|t| t.unix_timestamp()),
-                })
+        let inner = &self.inner;
+        if inner.config.change_detection == ChangeDetection::Get {
+            return inner
+                .gate(vault_url)
+                .run(inner.sdk.list(vault_url, identity))
+                .await;
+        }
+        let view = inner.view(vault_url, identity);
+        let listed = inner.listing(&view, vault_url, identity, freshness).await?;
+        Ok(listed.snapshot.values().cloned().collect())
+    }
+
+    /// Registers `subscriber` (`namespace/name`) as depending on `interest`
+    /// in this vault, so that a change found by the poller syncs it at once.
+    /// Renewed on every sync; forgotten when no longer renewed.
+    pub fn subscribe(
+        &self,
+        vault_url: &str,
+        identity: &Identity,
+        subscriber: &str,
+        interest: Interest,
+        interval: Duration,
+    ) {
+        if self.inner.config.change_detection == ChangeDetection::Get {
+            return;
+        }
+        let view = self.inner.view(vault_url, identity);
+        if view.subscribe(subscriber, interest, interval) {
+            tokio::spawn(poll(
+                self.inner.clone(),
+                view,
+                vault_url.to_owned(),
+                identity.clone(),
+            ));
+        }
+    }
+}
+
+impl Inner {
+    fn gate(&self, vault_url: &str) -> Arc<VaultGate> {
+        let mut gates = self.gates.lock().unwrap();
+        gates
+            .entry(vault_url.trim_end_matches('/').to_ascii_lowercase())
+            .or_insert_with(|| {
+                Arc::new(VaultGate::new(
+                    self.config.vault_concurrency,
+                    self.config.max_backoff,
+                ))
             })
-            .collect())
+            .clone()
+    }
+
+    fn view(&self, vault_url: &str, identity: &Identity) -> Arc<VaultView> {
+        let key = (
+            vault_url.trim_end_matches('/').to_ascii_lowercase(),
+            identity.cache_key(),
+        );
+        self.views.lock().unwrap().entry(key).or_default().clone()
+    }
+
+    /// The listing, re-read if it is older than `freshness` allows. Callers
+    /// arriving while a listing is in flight wait for it instead of sending
+    /// their own.
+    async fn listing(
+        &self,
+        view: &VaultView,
+        vault_url: &str,
+        identity: &Identity,
+        freshness: Freshness,
+    ) -> Result<Listed, VaultError> {
+        let asked = Instant::now();
+        let mut guard = view.listing.lock().await;
+        if let Some(listed) = guard.as_ref() {
+            let fresh_enough = match freshness {
+                Freshness::Latest => true,
+                Freshness::Now => listed.started >= asked,
+            };
+            if fresh_enough {
+                return match view.listing_failure.lock().unwrap().clone() {
+                    Some(failure) => Err(failure),
+                    None => Ok(listed.clone()),
+                };
+            }
+        }
+        let started = Instant::now();
+        let result = self
+            .gate(vault_url)
+            .run(self.sdk.list(vault_url, identity))
+            .await;
+        let items = match result {
+            Ok(items) => items,
+            Err(VaultError::Forbidden(message)) => {
+                *view.listing_refused_until.lock().unwrap() =
+                    Some(Instant::now() + LISTING_REFUSED_FOR);
+                return Err(VaultError::Forbidden(message));
+            }
+            Err(other) => {
+                *view.listing_failure.lock().unwrap() = Some(other.clone());
+                return Err(other);
+            }
+        };
+        *view.listing_failure.lock().unwrap() = None;
+        let snapshot = Arc::new(items.into_iter().map(|i| (i.name.clone(), i)).collect());
+        let listed = Listed { started, snapshot };
+        let previous = guard.replace(listed.clone());
+        if let Some(previous) = previous {
+            view.notify_changes(&previous.snapshot, &listed.snapshot, &self.changes);
+        }
+        Ok(listed)
+    }
+}
+
+/// Keeps one (vault, identity) listing fresh while anyone subscribes to it.
+async fn poll(inner: Arc<Inner>, view: Arc<VaultView>, vault_url: String, identity: Identity) {
+    while let Some(period) = view.poll_period() {
+        tokio::time::sleep(crate::schedule::refresh_delay(period, rand::random())).await;
+        if let Err(error) = inner
+            .listing(&view, &vault_url, &identity, Freshness::Now)
+            .await
+        {
+            tracing::debug!(vault = %vault_url, %error, "listing failed; subscribers retry on their own schedule");
+        }
     }
 }
 

@@ -1,0 +1,20 @@
+# kvsync operator image.
+#
+# Build:  docker build -t kvsync:dev .
+# The builder compiles the release binary from the locked dependency graph; the
+# runtime is distroless "cc" (glibc + libgcc, which the Rust binary links
+# against) running as the image's built-in non-root user (65532).
+
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin kvsync \
+ && cp target/release/kvsync /kvsync
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=builder /kvsync /kvsync
+USER nonroot:nonroot
+# Health (/healthz, /readyz) and Prometheus metrics (/metrics).
+EXPOSE 8080
+ENTRYPOINT ["/kvsync"]
+CMD ["run"]

@@ -1,0 +1,76 @@
+{{/* Chart name, overridable. */}}
+{{- define "kvsync.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name of the release's objects: the release name, plus the chart name unless it already contains it. */}}
+{{- define "kvsync.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kvsync.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kvsync.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kvsync.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "kvsync.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "kvsync.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kvsync.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Rules the operator needs in every namespace it acts in (bound cluster-wide in
+cluster mode, per watched namespace in namespaced mode).
+*/}}
+{{- define "kvsync.workloadRules" -}}
+# Its own resource; status is written only when it changes.
+- apiGroups: [kvsync.io]
+  resources: [keyvaultsecrets]
+  verbs: [get, list, watch]
+- apiGroups: [kvsync.io]
+  resources: [keyvaultsecrets/status]
+  verbs: [get, patch, update]
+# Target Secrets (written by server-side apply) and client-secret/certificate
+# credentials referenced from a KeyVaultSecret.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, patch, update]
+# Workload Identity: read the ServiceAccount's client/tenant annotations and
+# request a token for it to exchange with Entra ID.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [serviceaccounts/token]
+  verbs: [create]
+# Reload stage: ConfigMaps referenced by workloads (Reloader compatibility).
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch]
+# Reload stage: rolling restarts are patches of the pod template.
+- apiGroups: [apps]
+  resources: [deployments, statefulsets, daemonsets]
+  verbs: [get, list, watch, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}

@@ -1,0 +1,182 @@
+//! Calls to Key Vault through the official SDK: one `SecretClient` per
+//! (vault, identity) so its challenge scope and credential token cache are
+//! reused, and no retries of its own (see the module above).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+use azure_core::http::{ClientOptions, RetryOptions, Transport};
+use azure_security_keyvault_secrets::models::{ContentType, SecretClientGetSecretOptions};
+use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
+use futures::TryStreamExt;
+
+use super::identity::Credentials;
+use super::{
+    AllowedHosts, DEFAULT_VAULT_HOSTS, Identity, RemoteSecret, RemoteSecretInfo, VaultConfig,
+    VaultError,
+};
+
+/// The official SDK clients, one per (vault, identity), and their credentials.
+pub struct Sdk {
+    credentials: Credentials,
+    options: ClientOptions,
+    allowed_hosts: AllowedHosts,
+    clients: Mutex<HashMap<(String, String), Arc<SecretClient>>>,
+}
+
+impl Sdk {
+    pub fn new(kube: kube::Client, config: &VaultConfig) -> Result<Self, String> {
+        let mut http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(pem) = &config.extra_ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("extra CA file: {e}"))?;
+            http = http.tls_certs_merge(certs);
+        }
+        let http = http.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let mut cloud = CustomConfiguration::default();
+        cloud.authority_host = config.authority_host.clone();
+        let options = ClientOptions {
+            transport: Some(Transport::new(Arc::new(http))),
+            retry: RetryOptions::none(),
+            cloud: Some(Arc::new(CloudConfiguration::Custom(cloud))),
+            ..Default::default()
+        };
+        Ok(Sdk {
+            credentials: Credentials::new(
+                kube,
+                options.clone(),
+                config.operator.clone(),
+                config.authority_host.clone(),
+            ),
+            options,
+            allowed_hosts: config.allowed_hosts.clone(),
+            clients: Mutex::default(),
+        })
+    }
+
+    /// Whether a vault URL may be used at all (checked before any request).
+    pub fn check_vault_url(&self, vault_url: &str) -> Result<(), String> {
+        let url = url::Url::parse(vault_url)
+            .map_err(|e| format!("vaultUrl {vault_url:?} is not a URL: {e}"))?;
+        if url.scheme() != "https" {
+            return Err(format!("vaultUrl {vault_url:?} must use https"));
+        }
+        let host = url.host_str().unwrap_or_default();
+        if !self.allowed_hosts.allows(host) {
+            return Err(format!(
+                "vault host {host:?} is not an allowed Key Vault host (allowed: {}, plus --allow-vault-host)",
+                DEFAULT_VAULT_HOSTS.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    fn client(
+        &self,
+        vault_url: &str,
+        identity: &Identity,
+    ) -> Result<Arc<SecretClient>, VaultError> {
+        self.check_vault_url(vault_url)
+            .map_err(VaultError::Forbidden)?;
+        let key = (vault_url.to_owned(), identity.cache_key());
+        if let Some(client) = self.clients.lock().unwrap().get(&key) {
+            return Ok(client.clone());
+        }
+        let credential = self
+            .credentials
+            .get(identity)
+            .map_err(|e| VaultError::from_sdk(&e, ""))?;
+        let host = url::Url::parse(vault_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let options = SecretClientOptions {
+            client_options: self.options.clone(),
+            verify_challenge_resource: Some(!self.allowed_hosts.is_extra(&host)),
+            ..Default::default()
+        };
+        let client = SecretClient::new(vault_url, credential, Some(options))
+            .map_err(|e| VaultError::Unavailable(format!("vault client: {e}")))?;
+        let client = Arc::new(client);
+        self.clients.lock().unwrap().insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Reads one secret (the latest version when `version` is `None`). With
+    /// `as_pem`, Key Vault converts a PKCS#12 certificate-backed secret to PEM.
+    pub async fn get(
+        &self,
+        vault_url: &str,
+        identity: &Identity,
+        name: &str,
+        version: Option<&str>,
+        as_pem: bool,
+    ) -> Result<RemoteSecret, VaultError> {
+        let client = self.client(vault_url, identity)?;
+        let options = SecretClientGetSecretOptions {
+            secret_version: version.filter(|v| !v.is_empty()).map(str::to_owned),
+            out_content_type: as_pem.then_some(ContentType::Pem),
+            ..Default::default()
+        };
+        let secret = client
+            .get_secret(name, Some(options))
+            .await
+            .and_then(|r| r.into_model())
+            .map_err(|e| VaultError::from_sdk(&e, name))?;
+        let version = secret
+            .id
+            .as_deref()
+            .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(RemoteSecret {
+            name: name.to_owned(),
+            version,
+            value: secret.value.unwrap_or_default(),
+            content_type: secret.content_type,
+            updated: secret
+                .attributes
+                .and_then(|a| a.updated)
+                .map(|t| t.unix_timestamp()),
+        })
+    }
+
+    /// Lists every secret in the vault (names, tags, enabled; no values).
+    pub async fn list(
+        &self,
+        vault_url: &str,
+        identity: &Identity,
+    ) -> Result<Vec<RemoteSecretInfo>, VaultError> {
+        let client = self.client(vault_url, identity)?;
+        let pager = client
+            .list_secret_properties(None)
+            .map_err(|e| VaultError::from_sdk(&e, "(list)"))?;
+        let items: Vec<_> = pager
+            .try_collect()
+            .await
+            .map_err(|e| VaultError::from_sdk(&e, "(list)"))?;
+        Ok(items
+            .into_iter()
+            .filter_map(|item| {
+                let name = item
+                    .id
+                    .as_deref()?
+                    .trim_end_matches('/')
+                    .rsplit('/')
+                    .next()?
+                    .to_owned();
+                let attributes = item.attributes.unwrap_or_default();
+                Some(RemoteSecretInfo {
+                    name,
+                    enabled: attributes.enabled.unwrap_or(true),
+                    tags: item.tags.unwrap_or_default().into_iter().collect(),
+                    updated: attributes.updated.map(|t| t.unix_timestamp()),
+                })
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,448 @@
+//! Scale benchmark: kvsync against the real control plane and the emulator,
+//! with change detection by listing and with ESO-style GETs, side by side.
+//!
+//! ```text
+//! cargo bench --bench scale -- [--sizes 100,1000] [--vault-secrets 100] [--interval 30s]
+//!                              [--unrelated-secrets 0] [--deployments 0] [--samples 10]
+//! ```
+//!
+//! For each change-detection mode and size N it creates N KeyVaultSecrets
+//! over the vault's secrets (round robin) and measures: time until all are
+//! Ready; Key Vault requests in an idle refresh cycle and in one where 1 % of
+//! the vault secrets changed; Kubernetes writes (Secret and status
+//! resourceVersion changes) in the idle cycle; latency from a vault change to
+//! the Secret updated (and to the Deployment template patched when
+//! `--deployments` > 0), with and without `kvsync.io/force-sync`; and the
+//! operator's peak RSS. It prints one table and the ratios of the two modes.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kvsync::api::KeyVaultSecret;
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::*;
+
+struct Options {
+    sizes: Vec<usize>,
+    vault_secrets: usize,
+    interval: Duration,
+    unrelated_secrets: usize,
+    deployments: usize,
+    samples: usize,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        sizes: vec![100, 1000],
+        vault_secrets: 100,
+        interval: Duration::from_secs(30),
+        unrelated_secrets: 0,
+        deployments: 0,
+        samples: 10,
+    };
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    for pair in args.chunks(2) {
+        let value = pair.get(1).map(String::as_str).unwrap_or_default();
+        match pair[0].as_str() {
+            "--sizes" => {
+                options.sizes = value
+                    .split(',')
+                    .map(|n| n.parse().expect("--sizes 100,1000"))
+                    .collect()
+            }
+            "--vault-secrets" => options.vault_secrets = value.parse().expect("--vault-secrets N"),
+            "--interval" => {
+                options.interval = humantime::parse_duration(value).expect("--interval 30s")
+            }
+            "--unrelated-secrets" => {
+                options.unrelated_secrets = value.parse().expect("--unrelated-secrets N")
+            }
+            "--deployments" => options.deployments = value.parse().expect("--deployments N"),
+            "--samples" => options.samples = value.parse().expect("--samples N"),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    options
+}
+
+/// One row of the result table.
+#[derive(Default)]
+struct Row {
+    mode: &'static str,
+    size: usize,
+    ready: Duration,
+    idle_requests: u64,
+    change_requests: u64,
+    idle_writes: usize,
+    secret_latency: Vec<Duration>,
+    forced_latency: Vec<Duration>,
+    rollout_latency: Vec<Duration>,
+    peak_rss_mib: f64,
+}
+
+fn percentile(samples: &[Duration], p: f64) -> String {
+    if samples.is_empty() {
+        return "-".into();
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    format!("{:.2}s", sorted[index].as_secs_f64())
+}
+
+fn secret_name(i: usize) -> String {
+    format!("s-{i:03}")
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Resource versions of every Secret and KeyVaultSecret in the namespace.
+async fn versions(client: &kube::Client, ns: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for s in secrets
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=kvsync"))
+        .await
+        .unwrap()
+    {
+        out.insert(
+            format!("secret/{}", s.name_any()),
+            s.resource_version().unwrap_or_default(),
+        );
+    }
+    let kvs: Api<KeyVaultSecret> = Api::namespaced(client.clone(), ns);
+    for k in kvs.list(&ListParams::default()).await.unwrap() {
+        out.insert(
+            format!("kvs/{}", k.name_any()),
+            k.resource_version().unwrap_or_default(),
+        );
+    }
+    out
+}
+
+fn vault_requests(counters: &Value) -> u64 {
+    counters["byEndpoint"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("vault:"))
+        .map(|(_, v)| v.as_u64().unwrap())
+        .sum()
+}
+
+async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, &format!("bench-{mode}-{size}")).await;
+    let secrets: Vec<Value> = (0..options.vault_secrets)
+        .map(|i| json!({"name": secret_name(i), "value": format!("v0-{i}")}))
+        .collect();
+    let emulator = Emulator::start(json!({
+        "vaults": [{"name": "shop", "secrets": secrets}],
+        "apps": [{"tenantId": TENANT, "clientId": SECRET_APP, "clientSecret": SECRET_APP_PASSWORD,
+                  "access": [{"vault": "shop", "secrets": ["*"]}]}]
+    }))
+    .await;
+    let secret_api: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let creds: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "kv-creds"}, "stringData": {"clientSecret": SECRET_APP_PASSWORD}}),
+    )
+    .unwrap();
+    secret_api
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+
+    // Unrelated Secrets (the operator must not keep them in memory) and Deployments.
+    stream::iter(0..options.unrelated_secrets)
+        .for_each_concurrent(16, |i| {
+            let api = secret_api.clone();
+            async move {
+                let s: Secret = serde_json::from_value(
+                    json!({"metadata": {"name": format!("unrelated-{i}")}, "stringData": {"k": "x".repeat(256)}}),
+                )
+                .unwrap();
+                api.create(&PostParams::default(), &s).await.unwrap();
+            }
+        })
+        .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployment_count = options.deployments.min(size);
+    stream::iter(0..deployment_count)
+        .for_each_concurrent(16, |i| {
+            let api = deployments.clone();
+            async move {
+                let d: Deployment = serde_json::from_value(json!({
+                    "metadata": {"name": format!("app-{i}"), "annotations": {"reloader.stakater.com/auto": "true"}},
+                    "spec": {"replicas": 0, "selector": {"matchLabels": {"app": format!("app-{i}")}},
+                        "template": {"metadata": {"labels": {"app": format!("app-{i}")}},
+                            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9",
+                                "envFrom": [{"secretRef": {"name": format!("kvs-{i}")}}]}]}}}
+                }))
+                .unwrap();
+                api.create(&PostParams::default(), &d).await.unwrap();
+            }
+        })
+        .await;
+
+    let interval = humantime::format_duration(options.interval)
+        .to_string()
+        .replace(' ', "");
+    let operator = Operator::start(&emulator, &ns.name, &["--change-detection", mode]);
+    let kvs_api: Api<KeyVaultSecret> = Api::namespaced(client.clone(), &ns.name);
+    let started = Instant::now();
+    stream::iter(0..size)
+        .for_each_concurrent(16, |i| {
+            let api = kvs_api.clone();
+            let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": format!("kvs-{i}")},
+                "spec": {"vaultUrl": emulator.vault_url("shop"), "refreshInterval": interval,
+                    "auth": {"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP, "secretRef": {"name": "kv-creds", "key": "clientSecret"}}},
+                    "data": [{"secretKey": "value", "remoteRef": {"name": secret_name(i % options.vault_secrets)}}]}});
+            async move {
+                api.patch(&format!("kvs-{i}"), &PatchParams::apply("bench"), &Patch::Apply(&body)).await.unwrap();
+            }
+        })
+        .await;
+    eventually(
+        "every KeyVaultSecret Ready",
+        Duration::from_secs(600),
+        || async {
+            let list = kvs_api.list(&ListParams::default()).await.ok()?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|k| {
+                    k.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                })
+                .count();
+            (ready == size).then_some(())
+        },
+    )
+    .await;
+    let mut row = Row {
+        mode,
+        size,
+        ready: started.elapsed(),
+        ..Default::default()
+    };
+
+    // Let first-sync effects settle (same-second re-reads, reload baselines), then one idle cycle.
+    tokio::time::sleep(options.interval / 2).await;
+    let before = versions(&client, &ns.name).await;
+    emulator.control(Method::POST, "counters/reset", None).await;
+    tokio::time::sleep(options.interval.mul_f64(1.1)).await;
+    row.idle_requests = vault_requests(&emulator.counters().await);
+    let after = versions(&client, &ns.name).await;
+    row.idle_writes = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(v))
+        .count();
+
+    // One cycle in which 1 % of the vault secrets change.
+    let changed = (options.vault_secrets / 100).max(1);
+    emulator.control(Method::POST, "counters/reset", None).await;
+    for i in 0..changed {
+        emulator
+            .set_secret("shop", &secret_name(i), &format!("v1-{i}"))
+            .await;
+    }
+    tokio::time::sleep(options.interval.mul_f64(1.1)).await;
+    row.change_requests = vault_requests(&emulator.counters().await);
+
+    // Latency: vault change → Secret updated (every KeyVaultSecret using it) → Deployment patched.
+    let rotated: Vec<usize> =
+        (changed..changed + options.samples.min(options.vault_secrets - changed)).collect();
+    let templates =
+        |deployments: Vec<Deployment>| -> BTreeMap<String, Option<BTreeMap<String, String>>> {
+            deployments
+                .into_iter()
+                .map(|d| {
+                    let annotations = d
+                        .spec
+                        .and_then(|s| s.template.metadata)
+                        .and_then(|m| m.annotations);
+                    (d.metadata.name.unwrap_or_default(), annotations)
+                })
+                .collect()
+        };
+    let templates_before = templates(
+        deployments
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items,
+    );
+    let rotation_start = Instant::now();
+    for &i in &rotated {
+        emulator
+            .set_secret("shop", &secret_name(i), &format!("v2-{i}"))
+            .await;
+    }
+    let mut pending_secrets: BTreeMap<String, String> = (0..size)
+        .filter(|k| rotated.contains(&(k % options.vault_secrets)))
+        .map(|k| {
+            (
+                format!("kvs-{k}"),
+                format!("v2-{}", k % options.vault_secrets),
+            )
+        })
+        .collect();
+    let mut pending_rollouts: Vec<String> = pending_secrets
+        .keys()
+        .filter_map(|k| k.strip_prefix("kvs-"))
+        .filter(|i| i.parse::<usize>().unwrap() < deployment_count)
+        .map(|i| format!("app-{i}"))
+        .collect();
+    let deadline = rotation_start + options.interval * 3 + Duration::from_secs(10);
+    while (!pending_secrets.is_empty() || !pending_rollouts.is_empty()) && Instant::now() < deadline
+    {
+        for secret in secret_api
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=kvsync"))
+            .await
+            .unwrap()
+        {
+            let value = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get("value"))
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+            let name = secret.name_any();
+            if pending_secrets
+                .get(&name)
+                .is_some_and(|want| Some(want) == value.as_ref())
+            {
+                pending_secrets.remove(&name);
+                row.secret_latency.push(rotation_start.elapsed());
+            }
+        }
+        if !pending_rollouts.is_empty() {
+            let now = templates(
+                deployments
+                    .list(&ListParams::default())
+                    .await
+                    .unwrap()
+                    .items,
+            );
+            pending_rollouts.retain(|name| {
+                let rolled = now.get(name) != templates_before.get(name);
+                if rolled {
+                    row.rollout_latency.push(rotation_start.elapsed());
+                }
+                !rolled
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // With force-sync: rotate, then annotate the KeyVaultSecrets using the secret.
+    for sample in 0..options.samples.min(5) {
+        let i = (sample + 50) % options.vault_secrets;
+        emulator
+            .set_secret("shop", &secret_name(i), &format!("v3-{i}"))
+            .await;
+        let target = format!("kvs-{i}");
+        let start = Instant::now();
+        let force =
+            json!({"metadata": {"annotations": {"kvsync.io/force-sync": format!("{sample}")}}});
+        kvs_api
+            .patch(&target, &PatchParams::default(), &Patch::Merge(&force))
+            .await
+            .unwrap();
+        let want = format!("v3-{i}");
+        let reached = eventually("the forced value", options.interval * 2, || async {
+            let secret = secret_api.get(&target).await.ok()?;
+            let value = secret
+                .data?
+                .get("value")
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())?;
+            (value == want).then(|| start.elapsed())
+        })
+        .await;
+        row.forced_latency.push(reached);
+    }
+    row.peak_rss_mib = peak_rss_mib(operator.process.pid());
+    row
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let options = options();
+    let mut rows = Vec::new();
+    for &size in &options.sizes {
+        for mode in ["list", "get"] {
+            eprintln!(
+                "== {mode} × {size} KeyVaultSecrets over {} vault secrets",
+                options.vault_secrets
+            );
+            rows.push(run_one(&options, mode, size).await);
+        }
+    }
+    println!(
+        "\nrefreshInterval {}, {} vault secrets, {} unrelated Secrets, {} Deployments\n",
+        humantime::format_duration(options.interval),
+        options.vault_secrets,
+        options.unrelated_secrets,
+        options.deployments
+    );
+    println!(
+        "| mode | KeyVaultSecrets | all Ready | KV requests, idle cycle | KV requests, 1 % changed | k8s writes, idle cycle | change→Secret p50/p99 | forced p50/p99 | change→template p50/p99 | peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.1}s | {} | {} | {} | {}/{} | {}/{} | {}/{} | {:.1} MiB |",
+            r.mode,
+            r.size,
+            r.ready.as_secs_f64(),
+            r.idle_requests,
+            r.change_requests,
+            r.idle_writes,
+            percentile(&r.secret_latency, 0.5),
+            percentile(&r.secret_latency, 0.99),
+            percentile(&r.forced_latency, 0.5),
+            percentile(&r.forced_latency, 0.99),
+            percentile(&r.rollout_latency, 0.5),
+            percentile(&r.rollout_latency, 0.99),
+            r.peak_rss_mib
+        );
+    }
+    println!();
+    for pair in rows.chunks(2) {
+        if let [list, get] = pair {
+            println!(
+                "N={}: idle-cycle Key Vault requests get/list = {}/{} = {:.0}x; 1%-change cycle {}/{} = {:.0}x",
+                list.size,
+                get.idle_requests,
+                list.idle_requests,
+                get.idle_requests as f64 / list.idle_requests.max(1) as f64,
+                get.change_requests,
+                list.change_requests,
+                get.change_requests as f64 / list.change_requests.max(1) as f64
+            );
+        }
+    }
+}
