@@ -418,6 +418,15 @@ async fn force_sync_and_target_changes_sync_immediately() {
     f.apply("db", json!({"refreshInterval": "1h", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
         .await;
     f.wait_reason("db", "Synced").await;
+    let secret = f.secrets().get("db").await.unwrap();
+    assert_eq!(
+        secret
+            .annotations()
+            .get("reloader.stakater.com/match")
+            .map(String::as_str),
+        Some("true"),
+        "an omitted target still opts in to reload"
+    );
     f.emulator
         .set_secret("shop", "db-password", "forced-value")
         .await;
