@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::ResourceExt;
@@ -27,8 +27,9 @@ use support::*;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const WAIT: Duration = Duration::from_secs(30);
-/// The pod name the test operator pretends to have (downward API `metadata.name`).
+/// Pod names the test operators pretend to have (downward API `metadata.name`).
 const POD_NAME: &str = "kvsync-7d9f-test0";
+const STANDBY_POD_NAME: &str = "kvsync-7d9f-test1";
 
 #[test]
 fn chart_crd_matches_the_types() {
@@ -283,10 +284,10 @@ impl Installed {
         Some(installed)
     }
 
-    /// `kvsync run` as the chart's Deployment would start it, but with the
-    /// ServiceAccount's token, the emulator trusted, and metrics on a free
-    /// loopback port.
-    fn start_operator(&self, emulator: &Emulator) -> Process {
+    /// `kvsync run` as the chart's Deployment would start it in pod
+    /// `pod_name`, but with the ServiceAccount's token, the emulator trusted,
+    /// and metrics on a free loopback port.
+    fn start_operator(&self, emulator: &Emulator, pod_name: &str) -> Process {
         let mut args: Vec<String> = operator_args(&self.docs)
             .into_iter()
             .filter(|a| !a.starts_with("--metrics-addr"))
@@ -312,7 +313,7 @@ impl Installed {
                 let name = e["name"].as_str().unwrap().to_owned();
                 let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
                     Some("metadata.namespace") => self.release_namespace.clone(),
-                    Some("metadata.name") => POD_NAME.to_owned(),
+                    Some("metadata.name") => pod_name.to_owned(),
                     Some(other) => panic!("{name}: the test cannot emulate fieldRef {other}"),
                     // The chart's level, plus the status of every API call
                     // (for `refused_calls`).
@@ -358,16 +359,33 @@ impl Drop for Installed {
     }
 }
 
-/// A vault with one secret, readable by `SECRET_APP` with its client secret.
-async fn emulator() -> Emulator {
-    Emulator::start(json!({
+/// A vault with one secret, readable by `SECRET_APP` with its client secret
+/// and by `SA_APP` federated to ServiceAccount `shop-api` of `namespace`
+/// (Workload Identity). The directory holds the cluster's JWKS.
+async fn emulator(client: &kube::Client, namespace: &str) -> (Emulator, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (issuer, jwks) = cluster_issuer(client, dir.path()).await;
+    let emulator = Emulator::start(json!({
         "vaults": [{"name": "shop", "secrets": [{"name": "db-password", "value": "first-value"}]}],
-        "apps": [{
-            "tenantId": TENANT, "clientId": SECRET_APP, "clientSecret": SECRET_APP_PASSWORD,
-            "access": [{"vault": "shop", "secrets": ["*"]}]
-        }]
+        "apps": [
+            {
+                "tenantId": TENANT, "clientId": SECRET_APP, "clientSecret": SECRET_APP_PASSWORD,
+                "access": [{"vault": "shop", "secrets": ["*"]}]
+            },
+            {
+                "tenantId": TENANT, "clientId": SA_APP,
+                "federatedCredentials": [{
+                    "issuer": issuer,
+                    "subject": format!("system:serviceaccount:{namespace}:shop-api"),
+                    "audience": "api://AzureADTokenExchange"
+                }],
+                "access": [{"vault": "shop", "secrets": ["*"]}]
+            }
+        ],
+        "issuers": [{"issuer": issuer, "jwksFile": jwks}]
     }))
-    .await
+    .await;
+    (emulator, dir)
 }
 
 async fn apply<K>(client: &kube::Client, namespace: &str, body: Value)
@@ -388,10 +406,12 @@ where
         .unwrap_or_else(|e| panic!("apply {name}: {e}"));
 }
 
-/// The user's journey in `namespace`: a KeyVaultSecret (client-secret auth)
-/// syncs, and a Deployment with `reloader.stakater.com/auto` rolls when the
-/// value is rotated in the vault. Also checks the Events a user would read
-/// and that the operator never met a refusal.
+/// The user's journey in `namespace`: KeyVaultSecrets sync (one with
+/// client-secret auth, one with Workload Identity: the operator reads the
+/// ServiceAccount and requests a token for it), and a Deployment with
+/// `reloader.stakater.com/auto` rolls when the value is rotated in the vault.
+/// Also checks the status and Events a user would read, and that the
+/// operator is never refused anything.
 async fn sync_and_reload(
     client: &kube::Client,
     namespace: &str,
@@ -415,6 +435,23 @@ async fn sync_and_reload(
                         "data": [{"secretKey": "password", "remoteRef": {"name": "db-password"}}]}}),
     )
     .await;
+    apply::<ServiceAccount>(
+        client,
+        namespace,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "shop-api",
+               "annotations": {"azure.workload.identity/client-id": SA_APP,
+                               "azure.workload.identity/tenant-id": TENANT}}}),
+    )
+    .await;
+    apply::<KeyVaultSecret>(
+        client,
+        namespace,
+        json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "db-wi"},
+               "spec": {"vaultUrl": emulator.vault_url("shop"), "refreshInterval": "1h",
+                        "auth": {"workloadIdentity": {"serviceAccountName": "shop-api"}},
+                        "data": [{"secretKey": "password", "remoteRef": {"name": "db-password"}}]}}),
+    )
+    .await;
     apply::<Deployment>(
         client,
         namespace,
@@ -427,17 +464,12 @@ async fn sync_and_reload(
     )
     .await;
 
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let password = |expected: &'static str| {
-        let secrets = secrets.clone();
-        async move {
-            let secret = secrets.get_opt("db").await.ok()??;
-            let value = secret.data?.get("password")?.0.clone();
-            (value == expected.as_bytes()).then_some(())
-        }
-    };
     until(operator, "the Secret synced from the vault", || {
-        password("first-value")
+        password(client, namespace, "db", "first-value")
+    })
+    .await;
+    until(operator, "the Workload Identity Secret synced", || {
+        password(client, namespace, "db-wi", "first-value")
     })
     .await;
     let kvs: Api<KeyVaultSecret> = Api::namespaced(client.clone(), namespace);
@@ -476,7 +508,7 @@ async fn sync_and_reload(
         .set_secret("shop", "db-password", "rotated-value")
         .await;
     until(operator, "the rotated value in the Secret", || {
-        password("rotated-value")
+        password(client, namespace, "db", "rotated-value")
     })
     .await;
     until(operator, "a new ReplicaSet (rolling restart)", || async {
@@ -502,6 +534,30 @@ async fn sync_and_reload(
         "the operator was refused something:\n{}",
         refused.join("\n")
     );
+}
+
+/// `Some` once Secret `name` holds `expected` under `password`.
+async fn password(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    expected: &str,
+) -> Option<()> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .ok()??;
+    let value = secret.data?.get("password")?.0.clone();
+    (value == expected.as_bytes()).then_some(())
+}
+
+/// SIGTERM: the operator exits cleanly, releasing the Lease, and was never
+/// refused anything (including on the way out).
+fn stop(operator: Process) {
+    let (status, output) = operator.terminate_with_output();
+    assert!(status.success(), "the operator exits cleanly on SIGTERM");
+    let refused = refused_calls(&output);
+    assert!(refused.is_empty(), "refused:\n{}", refused.join("\n"));
 }
 
 /// Like [`eventually`], but fails at once, listing them, when the operator
@@ -563,8 +619,8 @@ fn refused_calls(output: &str) -> Vec<String> {
     refused
 }
 
-/// The operator holds the chart's Lease under its pod name.
-async fn assert_leader(client: &kube::Client, installed: &Installed) {
+/// The holder of the chart's Lease.
+async fn leader(client: &kube::Client, installed: &Installed) -> Option<String> {
     let args = operator_args(&installed.docs);
     let lease_name = args
         .iter()
@@ -574,8 +630,7 @@ async fn assert_leader(client: &kube::Client, installed: &Installed) {
         .get(lease_name)
         .await
         .expect("the Lease exists");
-    let holder = lease.spec.and_then(|s| s.holder_identity);
-    assert_eq!(holder.as_deref(), Some(POD_NAME), "holder of {lease_name}");
+    lease.spec.and_then(|s| s.holder_identity)
 }
 
 /// The status code of a refused call, `None` if it succeeded.
@@ -598,15 +653,38 @@ async fn namespaced_rbac_suffices_for_sync_and_reload_and_grants_nothing_more() 
         "reloadDebounce": "300ms",
         "minReloadInterval": "1s",
         "maxBackoff": "4s",
+        "replicas": 2,
+        "leaderElection": {"leaseDuration": "3s"},
     });
     let Some(installed) = Installed::new(&client, "kvsync", &release.name, values).await else {
         return;
     };
-    let emulator = emulator().await;
-    let operator = installed.start_operator(&emulator);
+    let (emulator, _issuer) = emulator(&client, &watched.name).await;
+    let operator = installed.start_operator(&emulator, POD_NAME);
 
     sync_and_reload(&client, &watched.name, &emulator, &operator).await;
-    assert_leader(&client, &installed).await;
+    assert_eq!(leader(&client, &installed).await.as_deref(), Some(POD_NAME));
+
+    // replicas: 2 — a second replica waits as a standby and takes over when
+    // the leader goes, all with the chart's Lease rules.
+    let standby = installed.start_operator(&emulator, STANDBY_POD_NAME);
+    until(&standby, "the second replica to wait as a standby", || {
+        let waiting = standby.output().contains("waiting to become the leader");
+        async move { waiting.then_some(()) }
+    })
+    .await;
+    stop(operator);
+    until(&standby, "the standby to take the Lease", || async {
+        (leader(&client, &installed).await.as_deref() == Some(STANDBY_POD_NAME)).then_some(())
+    })
+    .await;
+    emulator
+        .set_secret("shop", "db-password", "after-takeover")
+        .await;
+    until(&standby, "the new leader to sync", || {
+        password(&client, &watched.name, "db", "after-takeover")
+    })
+    .await;
 
     // The same token, used directly: what the operator may not do.
     let token = client_from(&installed.kubeconfig).await;
@@ -665,10 +743,7 @@ async fn namespaced_rbac_suffices_for_sync_and_reload_and_grants_nothing_more() 
         "other Leases of its own namespace"
     );
 
-    assert!(
-        operator.terminate().success(),
-        "the operator exits cleanly on SIGTERM (releasing the Lease)"
-    );
+    stop(standby);
 }
 
 #[tokio::test]
@@ -699,10 +774,10 @@ async fn cluster_rbac_suffices_for_sync_and_reload() {
         return;
     };
     assert_eq!(installed.cluster_objects.len(), 2, "ClusterRole + binding");
-    let emulator = emulator().await;
-    let operator = installed.start_operator(&emulator);
+    let (emulator, _issuer) = emulator(&client, &watched.name).await;
+    let operator = installed.start_operator(&emulator, POD_NAME);
 
     sync_and_reload(&client, &watched.name, &emulator, &operator).await;
-    assert_leader(&client, &installed).await;
-    assert!(operator.terminate().success());
+    assert_eq!(leader(&client, &installed).await.as_deref(), Some(POD_NAME));
+    stop(operator);
 }

@@ -238,11 +238,17 @@ impl Process {
     }
 
     /// SIGTERM, then wait for a clean exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.terminate_with_output().0
+    }
+
+    /// SIGTERM, wait for the exit, and return everything the process printed.
+    pub fn terminate_with_output(mut self) -> (std::process::ExitStatus, String) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status();
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        (status, self.output())
     }
 
     /// SIGKILL: a crash, as far as the operator can tell.
