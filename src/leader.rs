@@ -10,6 +10,8 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -34,6 +36,9 @@ pub struct LeaderArgs {
     pub leader_identity: Option<String>,
 }
 
+/// How often a waiting standby reports who holds the Lease.
+const STANDBY_REPORT_EVERY: Duration = Duration::from_secs(30);
+
 /// A held Lease.
 pub struct Leadership {
     state: watch::Receiver<bool>,
@@ -51,7 +56,7 @@ pub async fn acquire(
         .leader_identity
         .clone()
         .unwrap_or_else(default_identity);
-    let manager = LeaseManagerBuilder::new(client, &args.lease_name)
+    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
         .with_namespace(namespace)
         .with_identity(&identity)
         .with_duration(duration)
@@ -61,10 +66,27 @@ pub async fn acquire(
         .map_err(|e| format!("lease {namespace}/{}: {e}", args.lease_name))?;
     let (mut state, task) = manager.watch().await;
     tracing::info!(lease = %args.lease_name, %namespace, %identity, "waiting to become the leader");
-    state
-        .wait_for(|leader| *leader)
-        .await
-        .map_err(|_| "the lease manager stopped".to_owned())?;
+    let leases: Api<Lease> = Api::namespaced(client, namespace);
+    loop {
+        match tokio::time::timeout(STANDBY_REPORT_EVERY, state.wait_for(|leader| *leader)).await {
+            Ok(Ok(_)) => break,
+            Ok(Err(_)) => return Err("the lease manager stopped".to_owned()),
+            // The lease manager keeps its errors to itself: say who holds the
+            // Lease, or why it cannot even be read, so a stuck standby is visible.
+            Err(_) => match leases.get_opt(&args.lease_name).await {
+                Ok(lease) => {
+                    let holder = lease
+                        .and_then(|l| l.spec)
+                        .and_then(|s| s.holder_identity)
+                        .unwrap_or_default();
+                    tracing::info!(lease = %args.lease_name, %holder, "standby: the lease is held by another replica");
+                }
+                Err(error) => {
+                    tracing::warn!(lease = %args.lease_name, %error, "standby: cannot read the lease")
+                }
+            },
+        }
+    }
     tracing::info!(%identity, "became the leader");
     Ok(Leadership { state, task })
 }
