@@ -121,4 +121,7 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub reload: crate::reload::ReloadArgs,
+
+    #[command(flatten)]
+    pub leader: crate::leader::LeaderArgs,
 }

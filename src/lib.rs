@@ -14,6 +14,7 @@
 pub mod api;
 pub mod cli;
 pub mod emulator;
+pub mod leader;
 pub mod metrics;
 pub mod reload;
 pub mod run;

@@ -113,6 +113,27 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         }
     });
 
+    ensure_namespace_exists(&client, &args.operator_namespace).await?;
+    // A standby serves /healthz and waits here until it holds the Lease.
+    let mut leadership = if args.leader.leader_election {
+        tokio::select! {
+            held = crate::leader::acquire(client.clone(), &args.leader, &args.operator_namespace) => Some(held?),
+            () = termination_signal() => {
+                let _ = shutdown_tx.send(true);
+                let _ = server.await;
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+    let leadership_lost = async {
+        match leadership.as_mut() {
+            Some(held) => held.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+
     let sync = tokio::spawn(crate::sync::run(ctx, shutdown.clone()));
     let mut reload = tokio::spawn(crate::reload::run(
         client,
@@ -126,6 +147,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     // that stops the operator with the reason rather than running half of it.
     let outcome = tokio::select! {
         () = termination_signal() => Ok(()),
+        () = leadership_lost => Err("lost the leader lease; stopping so that only the new leader acts".to_owned()),
         stopped = &mut reload => match stopped {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(format!("reload stage: {error}")),
@@ -136,8 +158,28 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(20), sync).await;
     reload.abort();
+    if let Some(held) = leadership {
+        held.release().await;
+    }
     let _ = server.await;
     outcome
+}
+
+/// The operator's own namespace holds its Lease and digest key; a typo there
+/// should stop it with a clear message. Without RBAC to read Namespaces the
+/// check is skipped and the first namespaced call reports it instead.
+async fn ensure_namespace_exists(client: &kube::Client, namespace: &str) -> Result<(), String> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    match api.get_opt(namespace).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!(
+            "the operator namespace {namespace} does not exist: create it, or set --operator-namespace (POD_NAMESPACE)"
+        )),
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
+        Err(error) => Err(format!(
+            "checking the operator namespace {namespace}: {error}"
+        )),
+    }
 }
 
 /// Prints the CRD, or applies it and optionally waits until it is established.

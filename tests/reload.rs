@@ -742,3 +742,150 @@ async fn a_missing_operator_namespace_stops_the_operator_with_a_clear_error() {
     let status = operator.terminate();
     assert!(!status.success(), "exits with failure: {status:?}");
 }
+
+#[tokio::test]
+async fn namespace_selector_gates_workloads_until_the_namespace_matches() {
+    let mut f = Fixture::new("reload-nssel").await;
+    let label = format!("kvsync-reload-{}", f.ns.name);
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.deployment("web", &[AUTO], &["db"], &[]).await;
+    // Cluster-wide watches, acting only in namespaces carrying the label.
+    let args: Vec<String> = [
+        "run",
+        "--namespace-selector",
+        &format!("{label}=yes"),
+        "--operator-namespace",
+        &f.ns.name,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--reload-debounce",
+        "300ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    f.operator = Some(Process::start(&args));
+
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    always(
+        "nothing happens outside the selected namespaces",
+        QUIET,
+        || async {
+            f.replica_sets("web").await == 1
+                && !f
+                    .annotations::<Deployment>("web")
+                    .await
+                    .contains_key(DIGEST_ANNOTATION)
+        },
+    )
+    .await;
+
+    // Coming into scope is a first sight: baselined, not restarted.
+    let labels = json!({"metadata": {"labels": {label: "yes"}}});
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(f.client.clone())
+        .patch(&f.ns.name, &PatchParams::default(), &Patch::Merge(&labels))
+        .await
+        .unwrap();
+    f.baselined::<Deployment>("web").await;
+    f.expect_replica_sets("web", 1).await;
+    f.secret("db", &[("k", "3")], &[], &[]).await;
+    f.expect_replica_sets("web", 2).await;
+}
+
+#[tokio::test]
+async fn a_key_vault_rotation_rolls_the_workload_using_the_synced_secret() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "reload-e2e").await;
+    let emulator = Emulator::start(json!({
+        "vaults": [{"name": "shop", "secrets": [{"name": "db-password", "value": "first-value"}]}],
+        "apps": [{"tenantId": TENANT, "clientId": SECRET_APP, "clientSecret": SECRET_APP_PASSWORD,
+                  "access": [{"vault": "shop", "secrets": ["*"]}]}]
+    }))
+    .await;
+    let f = Fixture {
+        client,
+        ns,
+        operator: None,
+    };
+    f.secret(
+        "kv-creds",
+        &[("clientSecret", SECRET_APP_PASSWORD)],
+        &[],
+        &[],
+    )
+    .await;
+    let kvs = json!({
+        "apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "db"},
+        "spec": {
+            "vaultUrl": emulator.vault_url("shop"),
+            "refreshInterval": "1s",
+            "auth": {"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP,
+                                      "secretRef": {"name": "kv-creds", "key": "clientSecret"}}},
+            "data": [{"secretKey": "password", "remoteRef": {"name": "db-password"}}]
+        }
+    });
+    f.apply::<kvsync::api::KeyVaultSecret>("db", kvs).await;
+    f.deployment("web", &[AUTO], &["db"], &[]).await;
+    let _operator = Operator::start(
+        &emulator,
+        &f.ns.name,
+        &["--reload-debounce", "300ms", "--min-reload-interval", "1s"],
+    );
+
+    eventually("the synced Secret", WAIT, || async {
+        f.api::<Secret>().get_opt("db").await.ok().flatten()
+    })
+    .await;
+    f.baselined::<Deployment>("web").await;
+    f.expect_replica_sets("web", 1).await;
+
+    emulator
+        .set_secret("shop", "db-password", "second-value")
+        .await;
+    f.expect_replica_sets("web", 2).await;
+    let notes = f.event_notes("web", "Reloaded").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(!notes[0].contains("second-value"), "{notes:?}");
+}
+
+#[tokio::test]
+async fn deletions_restart_nothing_and_appearances_only_what_could_run_without() {
+    let mut f = Fixture::new("reload-absent").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.deployment("web", &[AUTO], &["db", "not-yet"], &[]).await;
+    // The same, but its pods can start without `extra` (an optional reference).
+    let optional = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "tolerant", "annotations": pairs(&[AUTO])},
+        "spec": {
+            "selector": {"matchLabels": {"app": "tolerant"}},
+            "template": {
+                "metadata": {"labels": {"app": "tolerant"}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app",
+                         "envFrom": [{"secretRef": {"name": "extra", "optional": true}}]}]}
+            }
+        }
+    });
+    f.apply::<Deployment>("tolerant", optional).await;
+    f.start_operator(&[]);
+    f.baselined::<Deployment>("web").await;
+    f.baselined::<Deployment>("tolerant").await;
+
+    // A required Secret appearing: the pods were waiting for it, no restart.
+    // An optional one appearing: the pods run without it, so they restart.
+    f.secret("not-yet", &[("k", "1")], &[], &[]).await;
+    f.secret("extra", &[("k", "1")], &[], &[]).await;
+    f.expect_replica_sets("tolerant", 2).await;
+    assert_eq!(f.replica_sets("web").await, 1);
+
+    // Deleting a Secret restarts nothing; re-creating it with the same data
+    // neither; with other data, once.
+    let secrets = f.api::<Secret>();
+    secrets.delete("db", &Default::default()).await.unwrap();
+    f.expect_replica_sets("web", 1).await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.expect_replica_sets("web", 1).await;
+    secrets.delete("db", &Default::default()).await.unwrap();
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("web", 2).await;
+}

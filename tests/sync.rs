@@ -183,6 +183,15 @@ async fn force_sync_and_target_changes_sync_immediately() {
     f.apply("db", json!({"refreshInterval": "1h", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
         .await;
     f.wait_reason("db", "Synced").await;
+    let secret = f.secrets().get("db").await.unwrap();
+    assert_eq!(
+        secret
+            .annotations()
+            .get("reloader.stakater.com/match")
+            .map(String::as_str),
+        Some("true"),
+        "an omitted target still opts in to reload"
+    );
     f.emulator
         .set_secret("shop", "db-password", "forced-value")
         .await;
@@ -677,4 +686,79 @@ async fn one_operator_serves_several_listed_namespaces() {
     })
     .await;
     drop(operator);
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_acts_and_a_standby_takes_over() {
+    let f = Fixture::new("leader").await;
+    let home = TestNamespace::new(&f.client, "leader-home").await;
+    let replica = |identity: &str| {
+        Operator::start(
+            &f.emulator,
+            &home.name,
+            &["--leader-identity", identity, "--lease-duration", "3s"],
+        )
+    };
+    let leader = replica("replica-a");
+    let home_secrets: Api<Secret> = Api::namespaced(f.client.clone(), &home.name);
+    eventually("replica-a to lead", WAIT, || async {
+        leader
+            .process
+            .output()
+            .contains("became the leader")
+            .then_some(())
+    })
+    .await;
+    let standby = replica("replica-b");
+
+    let creds: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "kv-creds"}, "stringData": {"clientSecret": SECRET_APP_PASSWORD}}),
+    )
+    .unwrap();
+    home_secrets
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+    let kvs: Api<KeyVaultSecret> = Api::namespaced(f.client.clone(), &home.name);
+    let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "db"},
+        "spec": {"vaultUrl": f.emulator.vault_url("shop"), "refreshInterval": "1s",
+                 "auth": {"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP, "secretRef": {"name": "kv-creds", "key": "clientSecret"}}},
+                 "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}});
+    kvs.patch("db", &PatchParams::apply("test"), &Patch::Apply(&body))
+        .await
+        .unwrap();
+    let value = |want: &'static str| {
+        let api = home_secrets.clone();
+        move || {
+            let api = api.clone();
+            async move {
+                let secret = api.get_opt("db").await.ok()??;
+                (secret.data?.get("pw")?.0 == want.as_bytes()).then_some(())
+            }
+        }
+    };
+    eventually("the leader to sync", WAIT, value("s3cr3t-db-value")).await;
+    assert!(
+        !standby.process.output().contains("became the leader"),
+        "two leaders at once"
+    );
+    assert!(
+        !standby.process.output().contains("wrote Secret"),
+        "the standby acted"
+    );
+
+    // The leader crashes; the standby takes over within a lease duration or so.
+    leader.process.kill();
+    f.emulator
+        .set_secret("shop", "db-password", "after-failover")
+        .await;
+    let started = std::time::Instant::now();
+    eventually(
+        "the standby to take over and sync",
+        Duration::from_secs(20),
+        value("after-failover"),
+    )
+    .await;
+    assert!(standby.process.output().contains("became the leader"));
+    eprintln!("failover took {:?}", started.elapsed());
 }

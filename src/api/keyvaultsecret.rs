@@ -135,7 +135,7 @@ pub struct SecretKeyRef {
 }
 
 /// The Secret that kvsync writes.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Target {
     /// Secret name; default: the KeyVaultSecret's name.
@@ -162,6 +162,21 @@ pub struct Target {
 
 fn default_true() -> bool {
     true
+}
+
+/// Written by hand: an omitted `target` must mean `reload: true`, like an
+/// omitted `target.reload` (a derived `Default` would say false).
+impl Default for Target {
+    fn default() -> Self {
+        Target {
+            name: None,
+            type_: None,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            creation_policy: CreationPolicy::default(),
+            reload: default_true(),
+        }
+    }
 }
 
 /// Who owns the target Secret.

@@ -12,16 +12,17 @@ use super::annotations::{ReloadPolicy, ResourceFlags};
 use super::index::ResourceState;
 use super::kinds::{ResourceKind, ResourceRef};
 use super::record::{Applied, MemberState, Members};
+use super::uses::{Need, Uses};
 
 /// The resources `policy` reacts to, given what the pod spec `uses` and the
 /// Secrets and ConfigMaps of the namespace, with their current states.
 ///
 /// Candidates are the used resources (present or not: a used resource that is
-/// missing is a member in state `Absent`, so its creation counts as a change)
-/// and, for kinds with named entries, every present resource of that kind.
+/// missing is a member in state `Absent`) and, for kinds with named entries,
+/// every present resource of that kind.
 pub fn desired_members(
     policy: &ReloadPolicy,
-    uses: &BTreeSet<ResourceRef>,
+    uses: &Uses,
     resources: &BTreeMap<ResourceRef, ResourceState>,
 ) -> Members {
     let named = ResourceKind::ALL
@@ -33,13 +34,13 @@ pub fn desired_members(
                 .take_while(move |(r, _)| r.kind == kind)
                 .map(|(r, _)| r)
         });
-    uses.iter()
+    uses.keys()
         .chain(named)
         .filter_map(|resource| {
             let state = resources.get(resource);
             let flags = state.map_or(ResourceFlags::default(), |s| s.flags);
             policy
-                .reacts_to(resource, uses.contains(resource), flags)
+                .reacts_to(resource, uses.contains_key(resource), flags)
                 .then(|| {
                     let member =
                         state.map_or(MemberState::Absent, |s| MemberState::Present(s.digest));
@@ -56,9 +57,10 @@ pub enum Baseline {
     FirstSight,
     /// The record was made with another digest key.
     KeyChanged,
-    /// The workload started or stopped reacting to some resource; none of
-    /// those it kept reacting to changed.
-    MembershipChanged,
+    /// The record is out of date in ways that need no restart: the workload
+    /// started or stopped reacting to some resource, or a resource its pods
+    /// require appeared (they cannot have started without it).
+    RecordUpdated,
 }
 
 impl Baseline {
@@ -66,7 +68,7 @@ impl Baseline {
         match self {
             Baseline::FirstSight => "first_sight",
             Baseline::KeyChanged => "digest_key_changed",
-            Baseline::MembershipChanged => "membership_changed",
+            Baseline::RecordUpdated => "record_updated",
         }
     }
 }
@@ -76,10 +78,13 @@ impl Baseline {
 pub enum Verdict {
     /// The record matches: nothing to write.
     UpToDate,
-    /// Write the desired members as the record; do not restart.
-    Baseline(Baseline),
-    /// Restart (and record the desired members): these resources changed.
-    Restart { changed: Vec<ResourceRef> },
+    /// Write `record`; do not restart.
+    Baseline { why: Baseline, record: Members },
+    /// Restart and write `record`: these resources changed.
+    Restart {
+        changed: Vec<ResourceRef>,
+        record: Members,
+    },
     /// These resources changed, but the workload restarted too recently:
     /// look again after this long. Nothing is written meanwhile, so later
     /// changes fold into that one restart.
@@ -100,12 +105,26 @@ pub struct Situation<'a> {
     pub applied: &'a Applied,
     pub key_id: &'a str,
     pub desired: &'a Members,
+    /// What the pod spec uses, for whether pods can start without a resource.
+    pub uses: &'a Uses,
     pub last_restart: Option<OffsetDateTime>,
     /// The longer of `--min-reload-interval` and the workload's pause period.
     pub min_interval: Duration,
     pub now: OffsetDateTime,
 }
 
+/// Compares the record (what the pods were started with) to the present.
+///
+/// Per resource the workload reacts to, both before and now:
+/// - different data → restart;
+/// - deleted → no restart (a restart cannot give the pods anything newer, and
+///   new pods would not start); the record keeps the data the pods have, so a
+///   re-creation restarts only if it brings different data;
+/// - appeared → restart only if pods could start without it (every reference
+///   `optional`); pods that require it were waiting for it, and the kubelet
+///   starts them with it.
+///
+/// Resources new to the set are recorded without a restart.
 pub fn decide(s: &Situation<'_>) -> Verdict {
     let record = match s.applied {
         _ if !s.opted_in => {
@@ -115,42 +134,64 @@ pub fn decide(s: &Situation<'_>) -> Verdict {
                 Verdict::Forget
             };
         }
-        Applied::Never | Applied::Unreadable => return Verdict::Baseline(Baseline::FirstSight),
+        Applied::Never | Applied::Unreadable => {
+            let record = s.desired.clone();
+            return Verdict::Baseline {
+                why: Baseline::FirstSight,
+                record,
+            };
+        }
         Applied::Record(record) if record.key_id != s.key_id => {
-            return Verdict::Baseline(Baseline::KeyChanged);
+            let record = s.desired.clone();
+            return Verdict::Baseline {
+                why: Baseline::KeyChanged,
+                record,
+            };
         }
         Applied::Record(record) => record,
     };
-    let changed: Vec<ResourceRef> = s
-        .desired
-        .iter()
-        .filter(|(resource, state)| {
-            record
-                .members
-                .get(*resource)
-                .is_some_and(|was| was != *state)
-        })
-        .map(|(resource, _)| resource.clone())
-        .collect();
+    let mut changed = Vec::new();
+    let mut next = Members::new();
+    for (resource, now) in s.desired {
+        let was = record.members.get(resource).copied();
+        let restarts = match (was, *now) {
+            (Some(MemberState::Present(a)), MemberState::Present(b)) => a != b,
+            (Some(MemberState::Absent), MemberState::Present(_)) => {
+                s.uses.get(resource) != Some(&Need::Required)
+            }
+            _ => false,
+        };
+        if restarts {
+            changed.push(resource.clone());
+        }
+        let kept = match (was, *now) {
+            (Some(present @ MemberState::Present(_)), MemberState::Absent) => present,
+            _ => *now,
+        };
+        next.insert(resource.clone(), kept);
+    }
     if changed.is_empty() {
-        return if record.members == *s.desired {
+        return if next == record.members {
             Verdict::UpToDate
         } else {
-            Verdict::Baseline(Baseline::MembershipChanged)
+            Verdict::Baseline {
+                why: Baseline::RecordUpdated,
+                record: next,
+            }
         };
     }
-    match s.last_restart {
-        Some(last) => {
-            // A restart stamped in the future (clock skew) waits at most one interval.
-            let since = (s.now - last).clamp(time::Duration::ZERO, time::Duration::MAX);
-            let remaining = s.min_interval.saturating_sub(since.unsigned_abs());
-            if remaining.is_zero() {
-                Verdict::Restart { changed }
-            } else {
-                Verdict::Wait { remaining, changed }
-            }
+    let remaining = s.last_restart.map_or(Duration::ZERO, |last| {
+        // A restart stamped in the future (clock skew) waits at most one interval.
+        let since = (s.now - last).clamp(time::Duration::ZERO, time::Duration::MAX);
+        s.min_interval.saturating_sub(since.unsigned_abs())
+    });
+    if remaining.is_zero() {
+        Verdict::Restart {
+            changed,
+            record: next,
         }
-        None => Verdict::Restart { changed },
+    } else {
+        Verdict::Wait { remaining, changed }
     }
 }
 
@@ -262,7 +303,7 @@ mod tests {
             (ResourceRef::config_map("named-2"), state("4")),
         ]
         .into();
-        let uses = [ResourceRef::secret("used"), ResourceRef::secret("missing")].into();
+        let uses = secrets(&[("used", Need::Required), ("missing", Need::Required)]);
         let p = policy(&[
             ("reloader.stakater.com/auto", "true"),
             ("secret.reloader.stakater.com/reload", "named-.*"),
@@ -292,7 +333,7 @@ mod tests {
             (ResourceRef::secret("b"), state("2")),
         ]
         .into();
-        let uses = [ResourceRef::secret("a"), ResourceRef::secret("b")].into();
+        let uses = secrets(&[("a", Need::Required), ("b", Need::Optional)]);
         let members = desired_members(
             &policy(&[("reloader.stakater.com/search", "true")]),
             &uses,
@@ -330,9 +371,31 @@ mod tests {
         })
     }
 
+    fn secrets(pairs: &[(&str, Need)]) -> Uses {
+        pairs
+            .iter()
+            .map(|(name, need)| (ResourceRef::secret(*name), *need))
+            .collect()
+    }
+
+    /// The verdict for a workload whose pods require every desired resource.
     fn verdict(
         applied: &Applied,
         desired: &Members,
+        last_restart: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Verdict {
+        let uses: Uses = desired
+            .keys()
+            .map(|r| (r.clone(), Need::Required))
+            .collect();
+        verdict_using(applied, desired, &uses, last_restart, now)
+    }
+
+    fn verdict_using(
+        applied: &Applied,
+        desired: &Members,
+        uses: &Uses,
         last_restart: Option<OffsetDateTime>,
         now: OffsetDateTime,
     ) -> Verdict {
@@ -341,22 +404,29 @@ mod tests {
             applied,
             key_id: KEY,
             desired,
+            uses,
             last_restart,
             min_interval: MINUTE,
             now,
         })
     }
 
+    fn restart(names: &[&str], record: Members) -> Verdict {
+        let changed = names.iter().map(|n| ResourceRef::secret(*n)).collect();
+        Verdict::Restart { changed, record }
+    }
+
     #[test]
     fn first_sight_and_unreadable_records_baseline_without_restart() {
-        let desired = members(&[("a", Some("1"))]);
-        assert_eq!(
-            verdict(&Applied::Never, &desired, None, at(0)),
-            Verdict::Baseline(Baseline::FirstSight)
-        );
+        let desired = members(&[("a", Some("1")), ("b", None)]);
+        let baseline = Verdict::Baseline {
+            why: Baseline::FirstSight,
+            record: desired.clone(),
+        };
+        assert_eq!(verdict(&Applied::Never, &desired, None, at(0)), baseline);
         assert_eq!(
             verdict(&Applied::Unreadable, &desired, None, at(0)),
-            Verdict::Baseline(Baseline::FirstSight)
+            baseline
         );
     }
 
@@ -369,26 +439,56 @@ mod tests {
 
     #[test]
     fn changed_data_restarts_once_naming_every_changed_resource() {
-        let record = applied(&[
-            ("a", Some("1")),
-            ("b", Some("2")),
-            ("c", None),
-            ("d", Some("4")),
-        ]);
+        let record = applied(&[("a", Some("1")), ("b", Some("2")), ("c", Some("3"))]);
         let desired = members(&[
             ("a", Some("1")),
             ("b", Some("changed")),
-            ("c", Some("created")),
-            ("d", None),
+            ("c", Some("also")),
         ]);
-        let changed = vec![
-            ResourceRef::secret("b"),
-            ResourceRef::secret("c"),
-            ResourceRef::secret("d"),
-        ];
         assert_eq!(
             verdict(&record, &desired, None, at(0)),
-            Verdict::Restart { changed }
+            restart(&["b", "c"], desired.clone())
+        );
+    }
+
+    #[test]
+    fn deletions_never_restart_and_the_record_keeps_what_pods_have() {
+        let record = applied(&[("a", Some("1"))]);
+        let deleted = members(&[("a", None)]);
+        assert_eq!(verdict(&record, &deleted, None, at(0)), Verdict::UpToDate);
+        // Re-created with the same data: nothing; with other data: a restart.
+        let same = members(&[("a", Some("1"))]);
+        assert_eq!(verdict(&record, &same, None, at(0)), Verdict::UpToDate);
+        let other = members(&[("a", Some("2"))]);
+        assert_eq!(
+            verdict(&record, &other, None, at(0)),
+            restart(&["a"], other.clone())
+        );
+    }
+
+    #[test]
+    fn appearing_resources_restart_only_pods_that_could_run_without_them() {
+        let record = applied(&[("needed", None), ("optional", None)]);
+        let uses = secrets(&[("needed", Need::Required), ("optional", Need::Optional)]);
+        let needed_appears = members(&[("needed", Some("1")), ("optional", None)]);
+        assert_eq!(
+            verdict_using(&record, &needed_appears, &uses, None, at(0)),
+            Verdict::Baseline {
+                why: Baseline::RecordUpdated,
+                record: needed_appears.clone()
+            }
+        );
+        let optional_appears = members(&[("needed", None), ("optional", Some("1"))]);
+        assert_eq!(
+            verdict_using(&record, &optional_appears, &uses, None, at(0)),
+            restart(&["optional"], optional_appears.clone())
+        );
+        // Named but unused resources are not needed by the pods either.
+        let unused = members(&[("needed", None), ("optional", None), ("named", Some("1"))]);
+        let record = applied(&[("needed", None), ("optional", None), ("named", None)]);
+        assert_eq!(
+            verdict_using(&record, &unused, &uses, None, at(0)),
+            restart(&["named"], unused.clone())
         );
     }
 
@@ -398,15 +498,16 @@ mod tests {
         let desired = members(&[("a", Some("1")), ("new", Some("3"))]);
         assert_eq!(
             verdict(&record, &desired, None, at(0)),
-            Verdict::Baseline(Baseline::MembershipChanged)
+            Verdict::Baseline {
+                why: Baseline::RecordUpdated,
+                record: desired.clone()
+            }
         );
         // ...but a data change among the kept ones still restarts.
         let desired = members(&[("a", Some("changed")), ("new", Some("3"))]);
         assert_eq!(
             verdict(&record, &desired, None, at(0)),
-            Verdict::Restart {
-                changed: vec![ResourceRef::secret("a")]
-            }
+            restart(&["a"], desired.clone())
         );
     }
 
@@ -419,7 +520,10 @@ mod tests {
         let desired = members(&[("a", Some("other digest under the new key"))]);
         assert_eq!(
             verdict(&record, &desired, None, at(0)),
-            Verdict::Baseline(Baseline::KeyChanged)
+            Verdict::Baseline {
+                why: Baseline::KeyChanged,
+                record: desired.clone()
+            }
         );
     }
 
@@ -437,9 +541,7 @@ mod tests {
         );
         assert_eq!(
             verdict(&record, &desired, Some(at(0)), at(60)),
-            Verdict::Restart {
-                changed: changed.clone()
-            }
+            restart(&["a"], desired.clone())
         );
         assert_eq!(
             verdict(&record, &desired, Some(at(1000)), at(0)),
@@ -454,11 +556,13 @@ mod tests {
     #[test]
     fn opting_out_forgets_the_record_and_never_touches_strangers() {
         let desired = Members::new();
+        let uses = Uses::new();
         let situation = |applied| Situation {
             opted_in: false,
             applied,
             key_id: KEY,
             desired: &desired,
+            uses: &uses,
             last_restart: None,
             min_interval: MINUTE,
             now: at(0),

@@ -15,7 +15,7 @@
 //! its namespace's policy — a handful of set look-ups — so no reverse index has
 //! to be kept in step.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use time::OffsetDateTime;
 
@@ -23,6 +23,7 @@ use super::annotations::{PolicyProblem, ReloadPolicy, ResourceFlags};
 use super::digest::Digest;
 use super::kinds::{ResourceKind, ResourceRef, WorkloadKind, WorkloadRef};
 use super::record::Applied;
+use super::uses::Uses;
 
 /// What is kept of one Secret or ConfigMap.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub struct WorkloadState {
     pub policy: ReloadPolicy,
     /// Annotation values the policy had to skip.
     pub problems: Vec<PolicyProblem>,
-    pub uses: BTreeSet<ResourceRef>,
+    pub uses: Uses,
     pub applied: Applied,
     pub last_restart: Option<OffsetDateTime>,
     /// Being deleted: never restarted.
@@ -66,7 +67,7 @@ impl WorkloadState {
 
     fn reacts_to(&self, resource: &ResourceRef, flags: ResourceFlags) -> bool {
         self.policy
-            .reacts_to(resource, self.uses.contains(resource), flags)
+            .reacts_to(resource, self.uses.contains_key(resource), flags)
     }
 }
 
@@ -387,7 +388,10 @@ mod tests {
                 resource_version: "1".into(),
                 policy,
                 problems,
-                uses: uses.iter().map(|n| ResourceRef::secret(*n)).collect(),
+                uses: uses
+                    .iter()
+                    .map(|n| (ResourceRef::secret(*n), crate::reload::uses::Need::Required))
+                    .collect(),
                 applied: Applied::Never,
                 last_restart: None,
                 deleting: false,

@@ -24,6 +24,9 @@
 //! down is applied once when it returns, and a burst of changes within the
 //! debounce — or within the minimum interval after a restart — becomes one
 //! rollout. A workload seen for the first time is baselined, not restarted.
+//! Deleting a resource restarts nothing (the record keeps what the pods have);
+//! a resource appearing restarts only pods that could run without it (see
+//! `decide`).
 //!
 //! Module map: [`annotations`] (the contract), `uses` (what a pod spec
 //! references), `digest` (keyed digests), [`record`] (what kvsync writes on
@@ -72,7 +75,8 @@ pub struct ReloadArgs {
     pub min_reload_interval: Duration,
 
     /// Only Secrets and ConfigMaps whose labels match this equality selector
-    /// (e.g. `reload=true`) count; others look absent to the reload stage.
+    /// (e.g. `reload=true`) count; the reload stage does not see the others
+    /// (filtered by the API server, so they cost no memory either).
     #[arg(long, env = "KVSYNC_RESOURCE_LABEL_SELECTOR", value_parser = parse_selector)]
     pub resource_label_selector: Option<LabelSelector>,
 }

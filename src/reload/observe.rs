@@ -203,7 +203,14 @@ mod tests {
         assert_eq!(observed.state.uid, "u1");
         assert_eq!(observed.state.resource_version, "7");
         assert!(observed.state.policy.secrets.auto);
-        assert_eq!(observed.state.uses, [ResourceRef::secret("db")].into());
+        assert_eq!(
+            observed.state.uses,
+            [(
+                ResourceRef::secret("db"),
+                crate::reload::uses::Need::Required
+            )]
+            .into()
+        );
         assert_eq!(observed.state.applied, Applied::Unreadable);
         assert_eq!(
             observed.state.last_restart.map(|t| t.unix_timestamp()),

@@ -1,9 +1,11 @@
 //! What kvsync writes on a workload, and reads back after a restart.
 //!
 //! - `kvsync.io/reload-digest` (workload *metadata* annotation): the digest of
-//!   each resource the workload reacted to when it was last restarted or
-//!   baselined, plus the id of the key the digests were made with. Metadata
-//!   annotations do not roll pods, so this can be written freely.
+//!   each resource the workload reacts to, as its pods have it — from when it
+//!   was last restarted or baselined; a resource deleted since keeps the
+//!   digest the pods still have — plus the id of the key the digests were
+//!   made with. Metadata annotations do not roll pods, so this can be written
+//!   freely.
 //! - `kvsync.io/restartedAt` (pod *template* annotation): when kvsync last
 //!   restarted the workload. Changing it is what rolls the pods; reading it
 //!   back gives the rate limit a memory that survives operator restarts.
@@ -34,7 +36,8 @@ const ABSENT: &str = "absent";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberState {
     Present(Digest),
-    /// Referenced but not there (or not visible through `--resource-label-selector`).
+    /// Referenced but never seen (or not visible through
+    /// `--resource-label-selector`).
     Absent,
 }
 

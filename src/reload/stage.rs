@@ -40,6 +40,15 @@ pub struct Timing {
     pub min_reload_interval: Duration,
 }
 
+/// How an object came to be observed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Someone wrote it (a watch event, or the sync stage's report).
+    Written,
+    /// A (re-)list returned it: nothing was necessarily written.
+    Listed,
+}
+
 struct SourceState {
     source: Source,
     listed_once: bool,
@@ -115,7 +124,9 @@ impl Stage {
                 let watched = self.sources.get(source).map(|s| &s.source);
                 warn!(?watched, %error, "watch failed; retrying with backoff");
             }
-            Input::Fetched(Ok(Some(observation))) => self.observe(Observed::Resource(observation)),
+            Input::Fetched(Ok(Some(observation))) => {
+                self.observe(Observed::Resource(observation), Seen::Written)
+            }
             Input::Fetched(Ok(None)) => {}
             Input::Fetched(Err((written, error))) => {
                 metrics().error("fast_path_read");
@@ -135,7 +146,7 @@ impl Stage {
                 if let Some(listing) = &mut state.listing {
                     listing.insert(observed.listing_key());
                 }
-                self.observe(observed);
+                self.observe(observed, Seen::Listed);
             }
             Event::InitDone => {
                 let listed = state.listing.take().unwrap_or_default();
@@ -144,20 +155,20 @@ impl Stage {
                 self.forget_unlisted(&source, &listed);
                 self.become_ready_when_listed();
             }
-            Event::Apply(observed) => self.observe(observed),
+            Event::Apply(observed) => self.observe(observed, Seen::Written),
             Event::Delete(observed) => self.forget(observed),
         }
     }
 
-    fn observe(&mut self, observed: Observed) {
+    fn observe(&mut self, observed: Observed, seen: Seen) {
         let due = Instant::now() + self.timing.debounce;
         match observed {
             Observed::Resource(observation) => match self.index.apply_resource(observation) {
                 ResourceChange::Changed { affected } => self.mark_all(affected, due),
-                ResourceChange::Unchanged { reacting } => {
-                    metrics().skipped("data_unchanged", reacting as u64)
+                ResourceChange::Unchanged { reacting } if seen == Seen::Written => {
+                    metrics().skipped("data_unchanged", reacting as u64);
                 }
-                ResourceChange::Stale => {}
+                ResourceChange::Unchanged { .. } | ResourceChange::Stale => {}
             },
             Observed::Workload(observation) => self.observe_workload(*observation, due),
             Observed::Namespace { name, selected } => {
@@ -264,6 +275,7 @@ impl Stage {
             applied: &state.applied,
             key_id: &self.key_id,
             desired: &desired,
+            uses: &state.uses,
             last_restart: state.last_restart,
             min_interval: self
                 .timing
@@ -273,28 +285,31 @@ impl Stage {
         });
         let resource_version = state.resource_version.clone();
         let uid = state.uid.clone();
-        let record = AppliedRecord {
+        let record = |members| AppliedRecord {
             key_id: self.key_id.clone(),
-            members: desired,
+            members,
         };
         match verdict {
             Verdict::UpToDate => {}
-            Verdict::Baseline(why) => {
+            Verdict::Baseline {
+                why,
+                record: members,
+            } => {
                 metrics().skipped(why.as_str(), 1);
                 info!(%workload, reason = why.as_str(), "recording digests without a restart");
-                self.write(
-                    &workload,
-                    patch_body(&resource_version, Some(&record), None),
-                )
-                .await;
+                let body = patch_body(&resource_version, Some(&record(members)), None);
+                self.write(&workload, body).await;
             }
             Verdict::Forget => {
                 info!(%workload, "no reload annotations any more; removing the digest record");
                 self.write(&workload, patch_body(&resource_version, None, None))
                     .await;
             }
-            Verdict::Restart { changed } => {
-                let body = patch_body(&resource_version, Some(&record), Some(now));
+            Verdict::Restart {
+                changed,
+                record: members,
+            } => {
+                let body = patch_body(&resource_version, Some(&record(members)), Some(now));
                 if self.write(&workload, body).await {
                     metrics().rollout(workload.kind.as_str());
                     let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
@@ -310,7 +325,7 @@ impl Stage {
             }
             Verdict::Wait { remaining, changed } => {
                 metrics().skipped("rate_limited", 1);
-                debug!(%workload, ?remaining, changed = changed.len(), "restart deferred by the minimum interval");
+                info!(%workload, ?remaining, changed = changed.len(), "restart deferred by the minimum interval");
                 self.schedule.postpone(workload, Instant::now() + remaining);
             }
         }

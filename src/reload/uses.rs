@@ -1,19 +1,34 @@
 //! Which Secrets and ConfigMaps a pod spec uses — the set `auto` and
-//! `search` react to.
+//! `search` react to — and whether a pod can start without each.
 //!
 //! As in Reloader, a volume counts only when some container or init container
 //! mounts it (a declared but unmounted volume cannot change what runs), while
 //! `env[].valueFrom` and `envFrom` references always count. Projected volume
 //! sources count like plain volumes.
+//!
+//! A reference is *required* unless marked `optional: true`; one required
+//! reference makes the resource required. A pod cannot start while a
+//! required resource is missing — the kubelet keeps retrying and starts it
+//! with the data once it appears — so its appearance needs no restart.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
 
 use super::kinds::ResourceRef;
 
-/// The resources `spec` uses, sorted.
-pub fn uses(spec: &PodSpec) -> BTreeSet<ResourceRef> {
+/// Whether pods can start without a resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    Required,
+    Optional,
+}
+
+/// The resources a pod spec uses, sorted.
+pub type Uses = BTreeMap<ResourceRef, Need>;
+
+/// The resources `spec` uses.
+pub fn uses(spec: &PodSpec) -> Uses {
     let containers = || {
         spec.containers
             .iter()
@@ -27,7 +42,7 @@ pub fn uses(spec: &PodSpec) -> BTreeSet<ResourceRef> {
                 .any(|m| m.name == volume.name)
         })
     };
-    let mut used = BTreeSet::new();
+    let mut used = Uses::new();
     for volume in spec.volumes.iter().flatten().filter(|v| mounted(v)) {
         volume_sources(volume, &mut used);
     }
@@ -37,12 +52,31 @@ pub fn uses(spec: &PodSpec) -> BTreeSet<ResourceRef> {
     used
 }
 
-fn volume_sources(volume: &Volume, used: &mut BTreeSet<ResourceRef>) {
-    if let Some(name) = volume.secret.as_ref().and_then(|s| s.secret_name.as_ref()) {
-        used.insert(ResourceRef::secret(name));
+/// Records a reference; `Required` wins over `Optional`.
+fn add(used: &mut Uses, resource: ResourceRef, optional: Option<bool>) {
+    let need = if optional == Some(true) {
+        Need::Optional
+    } else {
+        Need::Required
+    };
+    let entry = used.entry(resource).or_insert(need);
+    if need == Need::Required {
+        *entry = Need::Required;
+    }
+}
+
+fn volume_sources(volume: &Volume, used: &mut Uses) {
+    if let Some(secret) = &volume.secret
+        && let Some(name) = &secret.secret_name
+    {
+        add(used, ResourceRef::secret(name), secret.optional);
     }
     if let Some(config_map) = &volume.config_map {
-        used.insert(ResourceRef::config_map(&config_map.name));
+        add(
+            used,
+            ResourceRef::config_map(&config_map.name),
+            config_map.optional,
+        );
     }
     let projections = volume
         .projected
@@ -50,15 +84,19 @@ fn volume_sources(volume: &Volume, used: &mut BTreeSet<ResourceRef>) {
         .flat_map(|p| p.sources.iter().flatten());
     for projection in projections {
         if let Some(secret) = &projection.secret {
-            used.insert(ResourceRef::secret(&secret.name));
+            add(used, ResourceRef::secret(&secret.name), secret.optional);
         }
         if let Some(config_map) = &projection.config_map {
-            used.insert(ResourceRef::config_map(&config_map.name));
+            add(
+                used,
+                ResourceRef::config_map(&config_map.name),
+                config_map.optional,
+            );
         }
     }
 }
 
-fn env_sources(container: &Container, used: &mut BTreeSet<ResourceRef>) {
+fn env_sources(container: &Container, used: &mut Uses) {
     for source in container
         .env
         .iter()
@@ -66,18 +104,22 @@ fn env_sources(container: &Container, used: &mut BTreeSet<ResourceRef>) {
         .filter_map(|e| e.value_from.as_ref())
     {
         if let Some(key) = &source.secret_key_ref {
-            used.insert(ResourceRef::secret(&key.name));
+            add(used, ResourceRef::secret(&key.name), key.optional);
         }
         if let Some(key) = &source.config_map_key_ref {
-            used.insert(ResourceRef::config_map(&key.name));
+            add(used, ResourceRef::config_map(&key.name), key.optional);
         }
     }
     for source in container.env_from.iter().flatten() {
         if let Some(secret) = &source.secret_ref {
-            used.insert(ResourceRef::secret(&secret.name));
+            add(used, ResourceRef::secret(&secret.name), secret.optional);
         }
         if let Some(config_map) = &source.config_map_ref {
-            used.insert(ResourceRef::config_map(&config_map.name));
+            add(
+                used,
+                ResourceRef::config_map(&config_map.name),
+                config_map.optional,
+            );
         }
     }
 }
@@ -120,19 +162,19 @@ mod tests {
                 ]}}
             ]
         }));
-        let expected: BTreeSet<_> = [
-            ResourceRef::secret("env-secret"),
+        let expected: Vec<_> = [
             ResourceRef::config_map("env-cm"),
-            ResourceRef::secret("from-secret"),
             ResourceRef::config_map("from-cm"),
-            ResourceRef::secret("init-secret"),
-            ResourceRef::secret("vol-secret"),
-            ResourceRef::config_map("vol-cm"),
-            ResourceRef::secret("proj-secret"),
             ResourceRef::config_map("proj-cm"),
+            ResourceRef::config_map("vol-cm"),
+            ResourceRef::secret("env-secret"),
+            ResourceRef::secret("from-secret"),
+            ResourceRef::secret("init-secret"),
+            ResourceRef::secret("proj-secret"),
+            ResourceRef::secret("vol-secret"),
         ]
         .into();
-        assert_eq!(uses(&spec), expected);
+        assert_eq!(uses(&spec).into_keys().collect::<Vec<_>>(), expected);
     }
 
     #[test]
@@ -144,6 +186,29 @@ mod tests {
                 {"name": "declared-only", "secret": {"secretName": "b"}}
             ]
         }));
-        assert_eq!(uses(&spec), [ResourceRef::secret("a")].into());
+        assert_eq!(
+            uses(&spec),
+            [(ResourceRef::secret("a"), Need::Required)].into()
+        );
+    }
+
+    #[test]
+    fn one_required_reference_makes_a_resource_required() {
+        let spec = spec(json!({
+            "containers": [
+                {"name": "a", "envFrom": [{"secretRef": {"name": "both", "optional": true}},
+                                          {"secretRef": {"name": "optional", "optional": true}}]},
+                {"name": "b", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "both", "key": "k", "optional": false}}}],
+                 "volumeMounts": [{"name": "v", "mountPath": "/v"}]}
+            ],
+            "volumes": [{"name": "v", "configMap": {"name": "cm", "optional": true}}]
+        }));
+        let expected: Uses = [
+            (ResourceRef::config_map("cm"), Need::Optional),
+            (ResourceRef::secret("both"), Need::Required),
+            (ResourceRef::secret("optional"), Need::Optional),
+        ]
+        .into();
+        assert_eq!(uses(&spec), expected);
     }
 }

@@ -16,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
@@ -100,11 +101,50 @@ impl Drop for PrivatePlane {
 /// runtime it was made on, and every `#[tokio::test]` has its own runtime).
 pub async fn client() -> kube::Client {
     ensure_crds_installed();
-    let kubeconfig = Kubeconfig::read_from(kubeconfig_path()).expect("read kubeconfig");
+    client_from(kubeconfig_path()).await
+}
+
+/// A client from another kubeconfig (e.g. [`token_kubeconfig`]'s).
+pub async fn client_from(path: &Path) -> kube::Client {
+    let kubeconfig = Kubeconfig::read_from(path).expect("read kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("kubeconfig");
     kube::Client::try_from(config).expect("client")
+}
+
+/// Writes `dir/kubeconfig`: the shared cluster (same server and CA) with a
+/// TokenRequest token of ServiceAccount `namespace/name` as its only user.
+/// The token has the API server's default audience, as a pod's would.
+pub async fn token_kubeconfig(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    dir: &Path,
+) -> PathBuf {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"expirationSeconds": 3600}})).unwrap();
+    let answer = api
+        .create_subresource::<TokenRequest, TokenRequest>(
+            "token",
+            name,
+            &PostParams::default(),
+            &request,
+        )
+        .await
+        .expect("TokenRequest");
+    let token = answer.status.expect("a token").token;
+    let admin = Kubeconfig::read_from(kubeconfig_path()).expect("read kubeconfig");
+    let user = format!("{namespace}-{name}");
+    let mut config = serde_json::to_value(&admin).unwrap();
+    config["users"] = json!([{"name": user, "user": {"token": token}}]);
+    for context in config["contexts"].as_array_mut().into_iter().flatten() {
+        context["context"]["user"] = json!(user);
+    }
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    path
 }
 
 /// Installs the CRDs once per test binary, with the operator's own `crd` output
@@ -208,16 +248,33 @@ impl Process {
         Self::spawn(args, tempfile::tempdir().unwrap())
     }
 
+    /// Starts `kvsync` as someone else: with `kubeconfig` (e.g. one holding a
+    /// ServiceAccount's token) and extra environment variables (which may
+    /// override the harness's `RUST_LOG`).
+    pub fn start_as(args: &[String], kubeconfig: &Path, env: &[(String, String)]) -> Self {
+        Self::spawn_with(args, tempfile::tempdir().unwrap(), kubeconfig, env)
+    }
+
     fn spawn(args: &[String], dir: tempfile::TempDir) -> Self {
+        Self::spawn_with(args, dir, kubeconfig_path(), &[])
+    }
+
+    fn spawn_with(
+        args: &[String],
+        dir: tempfile::TempDir,
+        kubeconfig: &Path,
+        env: &[(String, String)],
+    ) -> Self {
         let log = dir.path().join("output.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kvsync"))
             .args(args)
-            .env("KUBECONFIG", kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("KVSYNC_TEST_LOG").unwrap_or_else(|_| "trace".into()),
             )
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -241,11 +298,17 @@ impl Process {
     }
 
     /// SIGTERM, then wait for a clean exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.terminate_with_output().0
+    }
+
+    /// SIGTERM, wait for the exit, and return everything the process printed.
+    pub fn terminate_with_output(mut self) -> (std::process::ExitStatus, String) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status();
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        (status, self.output())
     }
 
     /// SIGKILL: a crash, as far as the operator can tell.
@@ -404,5 +467,103 @@ impl Operator {
         Operator {
             process: Process::spawn(&args, tempfile::tempdir().unwrap()),
         }
+    }
+}
+
+/// The documents of a multi-document YAML text (empty documents dropped).
+pub fn documents(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_norway::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// Server-side applies a manifest of any kind (found by discovery), with the
+/// admin client. Namespaced objects go to `namespace` (replacing their own
+/// `metadata.namespace`) unless `keep_namespace` is set and they name one.
+/// With `dry_run` the API server validates everything but persists nothing.
+pub async fn apply_manifest(
+    client: &kube::Client,
+    mut doc: Value,
+    namespace: &str,
+    keep_namespace: bool,
+    dry_run: bool,
+) -> Result<(), String> {
+    use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams};
+    use kube::discovery::{Scope, pinned_kind};
+    let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_owned();
+    let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+    let name = doc["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+    let gvk = GroupVersionKind::gvk(group, version, &kind);
+    let (resource, caps) = pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| format!("{kind} {name}: discovery of {api_version}: {e}"))?;
+    let api: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
+        if !keep_namespace || doc["metadata"]["namespace"].is_null() {
+            doc["metadata"]["namespace"] = json!(namespace);
+        }
+        let ns = doc["metadata"]["namespace"].as_str().unwrap().to_owned();
+        Api::namespaced_with(client.clone(), &ns, &resource)
+    } else {
+        Api::all_with(client.clone(), &resource)
+    };
+    let mut params = PatchParams::apply("kvsync-tests").force();
+    params.dry_run = dry_run;
+    api.patch(&name, &params, &Patch::Apply(&doc))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{kind} {name}: {e}"))
+}
+
+/// What `scripts/render-chart.sh` (the real Helm engine) made of the chart.
+pub enum Rendered {
+    Manifests(String),
+    /// The template refused the values (a `fail`): its message.
+    Refused(String),
+    /// The Helm engine cannot be installed on this machine.
+    Unavailable,
+}
+
+/// Renders the chart with these values as release `release` in `namespace`.
+pub fn render_chart(
+    values: &Value,
+    release: &str,
+    namespace: &str,
+    kube_version: Option<&str>,
+) -> Rendered {
+    let dir = tempfile::tempdir().unwrap();
+    let values_file = dir.path().join("values.yaml");
+    std::fs::write(&values_file, serde_norway::to_string(values).unwrap()).unwrap();
+    let mut command = Command::new("bash");
+    command
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/render-chart.sh"))
+        .arg("-f")
+        .arg(&values_file)
+        .args([
+            "--name",
+            release,
+            "--namespace",
+            namespace,
+            "--include-crds",
+        ]);
+    if let Some(version) = kube_version {
+        command.args(["--kube-version", version]);
+    }
+    let out = command.output().expect("run scripts/render-chart.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    match out.status.code() {
+        Some(0) => Rendered::Manifests(String::from_utf8(out.stdout).unwrap()),
+        Some(3) => {
+            eprintln!(
+                "SKIPPED: the Helm engine is not installable here, chart not verified:\n{stderr}"
+            );
+            Rendered::Unavailable
+        }
+        _ => Rendered::Refused(stderr),
     }
 }

@@ -37,6 +37,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{/* The leader-election Lease (in the release namespace). */}}
+{{- define "kvsync.leaseName" -}}
+{{- default (include "kvsync.fullname" .) .Values.leaderElection.leaseName -}}
+{{- end -}}
+
 {{/*
 Rules the operator needs in every namespace it acts in (bound cluster-wide in
 cluster mode, per watched namespace in namespaced mode).
@@ -48,12 +53,13 @@ cluster mode, per watched namespace in namespaced mode).
   verbs: [get, list, watch]
 - apiGroups: [kvsync.io]
   resources: [keyvaultsecrets/status]
-  verbs: [get, patch, update]
-# Target Secrets (written by server-side apply) and client-secret/certificate
-# credentials referenced from a KeyVaultSecret.
+  verbs: [patch]
+# Target Secrets (written by server-side apply: patch, plus create when the
+# apply creates one), client-secret/certificate credentials referenced from a
+# KeyVaultSecret, and the reload stage's watch of Secrets.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch, create, patch, update]
+  verbs: [get, list, watch, create, patch]
 # Workload Identity: read the ServiceAccount's client/tenant annotations and
 # request a token for it to exchange with Entra ID.
 - apiGroups: [""]
