@@ -468,6 +468,14 @@ impl Operator {
             process: Process::spawn(&args, tempfile::tempdir().unwrap()),
         }
     }
+
+    /// SIGKILLs the operator (a crash: no graceful shutdown) and, once it is
+    /// gone, starts a new one with these arguments.
+    pub fn crash_and_restart(&mut self, emulator: &Emulator, namespace: &str, extra: &[&str]) {
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
+        *self = Operator::start(emulator, namespace, extra);
+    }
 }
 
 /// The documents of a multi-document YAML text (empty documents dropped).
