@@ -474,6 +474,40 @@ async fn other_writers_keys_are_repaired_or_left_alone() {
     })
     .await;
 
+    // A key someone adds to an owned Secret is removed: its data is exactly
+    // the vault's. Once: no write (or status write) per refresh follows.
+    f.apply("db", json!({"refreshInterval": "1s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
+        .await;
+    let extra = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+        "data": {"extra": "eA=="}});
+    f.secrets()
+        .patch("db", &intruder("intruder"), &Patch::Apply(&extra))
+        .await
+        .unwrap();
+    eventually(
+        "the added key to be removed",
+        Duration::from_secs(5),
+        || async {
+            let data = f.secret_data("db").await?;
+            (data == BTreeMap::from([("pw".to_string(), "s3cr3t-db-value".to_string())]))
+                .then_some(())
+        },
+    )
+    .await;
+    let (secret_rv, status_rv) = (
+        f.secrets().get("db").await.unwrap().resource_version(),
+        f.kvs_api().get("db").await.unwrap().resource_version(),
+    );
+    always(
+        "no rewrites after the repair (three refreshes)",
+        Duration::from_secs(3),
+        || async {
+            f.secrets().get("db").await.unwrap().resource_version() == secret_rv
+                && f.kvs_api().get("db").await.unwrap().resource_version() == status_rv
+        },
+    )
+    .await;
+
     // A Merge target: their key stays, an added key stays, our key is repaired.
     let theirs: Secret = serde_json::from_value(
         json!({"metadata": {"name": "shared"}, "stringData": {"theirs": "keep-me"}}),
