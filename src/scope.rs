@@ -99,15 +99,6 @@ impl ScopeArgs {
             .as_ref()
             .is_none_or(|selector| selector.matches(labels))
     }
-
-    /// The single namespace to watch when exactly one is configured; watching
-    /// one namespace needs only namespaced RBAC, so it is worth special-casing.
-    pub fn single_namespace(&self) -> Option<&str> {
-        match self.namespaces.as_slice() {
-            [only] => Some(only),
-            _ => None,
-        }
-    }
 }
 
 #[cfg(test)]

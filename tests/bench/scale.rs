@@ -260,8 +260,10 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
         ..Default::default()
     };
 
-    // Let first-sync effects settle (same-second re-reads, reload baselines), then one idle cycle.
-    tokio::time::sleep(options.interval / 2).await;
+    // Let first-sync effects settle for one refresh cycle: a value first read
+    // in the same second as its last update is read once more (Key Vault's
+    // `updated` has one-second resolution), and reload baselines are written.
+    tokio::time::sleep(options.interval.mul_f64(1.1)).await;
     let before = versions(&client, &ns.name).await;
     emulator.control(Method::POST, "counters/reset", None).await;
     tokio::time::sleep(options.interval.mul_f64(1.1)).await;
