@@ -70,7 +70,8 @@ impl VaultGate {
         result
     }
 
-    fn remaining_backoff(&self) -> Option<Duration> {
+    /// How long the vault still backs off after a 429, if it does.
+    pub fn remaining_backoff(&self) -> Option<Duration> {
         let throttle = self.throttle.lock().unwrap();
         throttle
             .until

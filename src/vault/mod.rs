@@ -336,11 +336,19 @@ async fn poll(inner: Arc<Inner>, view: Arc<VaultView>, vault_url: String, identi
         let delay = if failures == 0 {
             crate::schedule::refresh_delay(period, rand::random())
         } else {
+            // Not before the vault's shared 429 backoff ends: waking into it
+            // would fail without a request and back off a second time.
             crate::schedule::backoff_delay(
                 failures,
                 retry_after,
                 inner.config.max_backoff,
                 rand::random(),
+            )
+            .max(
+                inner
+                    .gate(&vault_url)
+                    .remaining_backoff()
+                    .unwrap_or_default(),
             )
         };
         if failures == 0 {
