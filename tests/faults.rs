@@ -76,18 +76,11 @@ fn max_attempts(window: Duration, retry_after: Option<Duration>) -> u64 {
 
 /// Fewest attempts within `window` when each takes up to `latency`, the first
 /// starting within one refresh (1.1 s) of the window's start: retrying must
-/// really happen, not stop. After a 429 the vault's shared gate may turn a
-/// retry into a fast failure that sends nothing, so requests can then be up
-/// to two backoffs apart (`spacing` 2).
-fn min_attempts(
-    window: Duration,
-    retry_after: Option<Duration>,
-    latency: Duration,
-    spacing: u32,
-) -> u64 {
+/// really happen, not stop.
+fn min_attempts(window: Duration, retry_after: Option<Duration>, latency: Duration) -> u64 {
     let (mut elapsed, mut attempts) = (Duration::from_millis(1100) + latency, 1);
     loop {
-        elapsed += backoff_bounds(attempts as u32, retry_after).1 * spacing + latency;
+        elapsed += backoff_bounds(attempts as u32, retry_after).1 + latency;
         if elapsed > window {
             return attempts;
         }
@@ -181,12 +174,7 @@ async fn vault_outage(
     let window = started.elapsed();
     let requests = count(&f.emulator.counters().await, VAULT);
     let (low, high) = (
-        min_attempts(
-            window,
-            retry_after,
-            latency,
-            if reason == "Throttled" { 2 } else { 1 },
-        ),
+        min_attempts(window, retry_after, latency),
         max_attempts(window, retry_after),
     );
     eprintln!(
