@@ -6,6 +6,9 @@
 #   scripts/control-plane.sh up      build if needed, start everything, write a kubeconfig
 #   scripts/control-plane.sh env     print `export KUBECONFIG=…` for the running plane
 #   scripts/control-plane.sh down    stop exactly the processes `up` started
+#   scripts/control-plane.sh restart-apiserver
+#                                    stop kube-apiserver and start it again (same flags
+#                                    and ports); etcd and the controller-manager keep running
 #
 # State lives in $KVSYNC_PLANE_DIR (default ~/.cache/kvsync/plane); binaries in
 # $KVSYNC_CACHE (default ~/.cache/kvsync). Nothing is written into the checkout.
@@ -129,6 +132,45 @@ make_certs() {
   printf '%s,admin,admin,system:masters\n' "$(cat "$d/admin.token")" >"$d/tokens.csv"
 }
 
+# start_apiserver: kube-apiserver on the ports recorded in $PLANE/ports; waits until ready.
+start_apiserver() {
+  local etcd_port api_port
+  # shellcheck disable=SC1091
+  . "$PLANE/ports"
+  local issuer=https://127.0.0.1:$api_port pki=$PLANE/pki
+  log "starting kube-apiserver $K8S_VERSION on $issuer"
+  setsid "$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --secure-port "$api_port" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" --token-auth-file "$pki/tokens.csv" --authorization-mode RBAC \
+    --service-account-issuer "$issuer" --service-account-key-file "$pki/sa.pub" \
+    --service-account-signing-key-file "$pki/sa.key" --api-audiences "$issuer" \
+    --service-cluster-ip-range 10.0.0.0/24 --insecure-port 0 \
+    >>"$PLANE/logs/kube-apiserver.log" 2>&1 </dev/null &
+  echo $! >"$PLANE/kube-apiserver.pid"
+  wait_for kube-apiserver 90 curl --http1.1 -fsS --cacert "$pki/ca.crt" \
+    -H "Authorization: Bearer $(cat "$pki/admin.token")" "$issuer/readyz"
+}
+
+# stop NAME: stop the process whose PID is in $PLANE/NAME.pid (TERM, then KILL after 5 s).
+stop() {
+  local name=$1 pid
+  if pid_alive "$PLANE/$name.pid"; then
+    pid=$(cat "$PLANE/$name.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    log "stopped $name (pid $pid)"
+  fi
+  rm -f "$PLANE/$name.pid"
+}
+
+restart_apiserver() {
+  running || { log "not running; run: $0 up"; return 1; }
+  stop kube-apiserver
+  start_apiserver
+}
+
 up() {
   if running; then log "already running (KUBECONFIG=$PLANE/kubeconfig)"; return 0; fi
   build
@@ -148,18 +190,9 @@ up() {
   echo $! >"$PLANE/etcd.pid"
   wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
 
-  log "starting kube-apiserver $K8S_VERSION on $issuer"
-  setsid "$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --secure-port "$api_port" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
-    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
-    --client-ca-file "$pki/ca.crt" --token-auth-file "$pki/tokens.csv" --authorization-mode RBAC \
-    --service-account-issuer "$issuer" --service-account-key-file "$pki/sa.pub" \
-    --service-account-signing-key-file "$pki/sa.key" --api-audiences "$issuer" \
-    --service-cluster-ip-range 10.0.0.0/24 --insecure-port 0 \
-    >"$PLANE/logs/kube-apiserver.log" 2>&1 </dev/null &
-  echo $! >"$PLANE/kube-apiserver.pid"
+  printf 'etcd_port=%s\napi_port=%s\n' "$etcd_port" "$api_port" >"$PLANE/ports"
+  start_apiserver
   local token; token=$(cat "$pki/admin.token")
-  wait_for kube-apiserver 90 curl --http1.1 -fsS --cacert "$pki/ca.crt" -H "Authorization: Bearer $token" "$issuer/readyz"
 
   cat >"$PLANE/kubeconfig" <<KCFG
 apiVersion: v1
@@ -203,20 +236,14 @@ env() {
 }
 
 down() {
-  local name pid
+  local name
   for name in kube-controller-manager kube-apiserver etcd; do
-    if pid_alive "$PLANE/$name.pid"; then
-      pid=$(cat "$PLANE/$name.pid")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
-      log "stopped $name (pid $pid)"
-    fi
-    rm -f "$PLANE/$name.pid"
+    stop "$name"
   done
 }
 
 case "${1:-}" in
   build|up|env|down) "$1" ;;
-  *) echo "usage: $0 build|up|env|down" >&2; exit 2 ;;
+  restart-apiserver) restart_apiserver ;;
+  *) echo "usage: $0 build|up|env|down|restart-apiserver" >&2; exit 2 ;;
 esac

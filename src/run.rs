@@ -134,7 +134,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         }
     };
 
-    let sync = tokio::spawn(crate::sync::run(ctx, shutdown.clone()));
+    let mut sync = tokio::spawn(crate::sync::run(ctx, shutdown.clone()));
     let mut reload = tokio::spawn(crate::reload::run(
         client,
         args.reload.clone(),
@@ -145,6 +145,9 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     tracing::info!("kvsync started");
     // The reload stage only returns when it cannot start (its digest key):
     // that stops the operator with the reason rather than running half of it.
+    // The sync stage returns only on shutdown; if it ends before (a panic in
+    // a reconcile), the process exits so that it is restarted, instead of
+    // staying up and healthy while nothing syncs.
     let outcome = tokio::select! {
         () = termination_signal() => Ok(()),
         () = leadership_lost => Err("lost the leader lease; stopping so that only the new leader acts".to_owned()),
@@ -153,10 +156,16 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             Ok(Err(error)) => Err(format!("reload stage: {error}")),
             Err(panic) => Err(format!("reload stage: {panic}")),
         },
+        stopped = &mut sync => Err(match stopped {
+            Ok(()) => "sync stage stopped unexpectedly".to_owned(),
+            Err(panic) => format!("sync stage: {panic}"),
+        }),
     };
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(20), sync).await;
+    if !sync.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(20), sync).await;
+    }
     reload.abort();
     if let Some(held) = leadership {
         held.release().await;

@@ -2,9 +2,9 @@
 //!
 //! Refreshes are spread with ±10 % jitter so that objects created (or
 //! re-listed after a restart) together drift apart instead of hitting Key
-//! Vault in waves. Failures back off exponentially from 1 s with full
-//! jitter up to a cap, and a `Retry-After` from Key Vault is honoured as a
-//! floor.
+//! Vault in waves. Failures back off exponentially from 1 s with equal
+//! jitter (at least half of each step) up to a cap, and a `Retry-After`
+//! from Key Vault is honoured as a floor.
 
 use std::time::Duration;
 

@@ -104,6 +104,7 @@ impl ScopeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -134,5 +135,26 @@ mod tests {
         assert_eq!(selector.to_string(), "env,team=shop");
         assert!(parse_selector("team in (a,b)").is_err());
         assert!(parse_selector("!team").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn selector_parsing_never_panics(text in any::<String>()) {
+            let _ = parse_selector(&text);
+        }
+
+        /// A selector written from a label set matches that set, and stops
+        /// matching when one of its labels changes value.
+        #[test]
+        fn selectors_written_from_labels_match_them(
+            labels in proptest::collection::btree_map("[a-z0-9][-a-z0-9_./]{0,20}", "[A-Za-z0-9][-A-Za-z0-9_.]{0,20}", 1..5),
+        ) {
+            let text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let selector = parse_selector(&text.join(",")).unwrap();
+            prop_assert!(selector.matches(&labels));
+            let mut changed = labels.clone();
+            changed.values_mut().next().unwrap().push('x');
+            prop_assert!(!selector.matches(&changed));
+        }
     }
 }

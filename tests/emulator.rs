@@ -747,6 +747,41 @@ async fn revoking_a_federated_credential_at_runtime_refuses_the_next_token_reque
     assert_refused_with(&error, 70021);
 }
 
+#[tokio::test]
+async fn a_signing_key_rollover_refuses_every_token_issued_before_it() {
+    let emulator = Emulator::start_standard().await;
+    let url = format!(
+        "{}secrets/db-password?api-version=2025-07-01",
+        emulator.vault("shop")
+    );
+    let read = |token: String| {
+        let request = emulator.http.get(&url).bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+    let before = emulator.token(READER, READER_SECRET).await;
+    assert_eq!(read(before.clone()).await.status(), 200);
+
+    emulator
+        .control_ok(reqwest::Method::POST, "tokens/rollover", None)
+        .await;
+    let refused = read(before).await;
+    assert_eq!(refused.status(), 401);
+    assert!(
+        refused.headers().contains_key("www-authenticate"),
+        "a challenge tells the client where to get a new token"
+    );
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("AKV10022"),
+        "{body}"
+    );
+    let after = emulator.token(READER, READER_SECRET).await;
+    assert_eq!(read(after).await.status(), 200);
+}
+
 /// A client assertion exactly as azure_identity's ClientCertificateCredential
 /// builds it (that credential needs OpenSSL, so its assertion is made here and
 /// sent through the SDK's assertion path).

@@ -306,13 +306,21 @@ pub struct KeyVaultSecretStatus {
     pub last_sync_time: Option<Time>,
 }
 
+/// Longest `refreshInterval` accepted (180 days). The schema's pattern admits
+/// any number of digits; longer intervals are refused with a message instead
+/// of overflowing the scheduler's arithmetic.
+pub const MAX_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(180 * 86400);
+
 impl KeyVaultSecretSpec {
     /// The refresh interval; `None` means "sync once".
-    pub fn refresh_interval(
-        &self,
-    ) -> Result<Option<std::time::Duration>, humantime::DurationError> {
+    pub fn refresh_interval(&self) -> Result<Option<std::time::Duration>, String> {
         let text = self.refresh_interval.as_deref().unwrap_or("1h");
-        let interval = humantime::parse_duration(text)?;
+        let interval = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+        if interval > MAX_REFRESH_INTERVAL {
+            return Err(format!(
+                "{text:?} is longer than the maximum of 180d; use 0 to sync only once"
+            ));
+        }
         Ok((!interval.is_zero()).then_some(interval))
     }
 }
@@ -325,5 +333,55 @@ impl KeyVaultSecret {
             .name
             .clone()
             .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn spec(refresh_interval: &str) -> KeyVaultSecretSpec {
+        serde_json::from_value(serde_json::json!({
+            "vaultUrl": "https://shop.vault.azure.net/",
+            "auth": {"workloadIdentity": {}},
+            "refreshInterval": refresh_interval,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn refresh_interval_forms() {
+        let minutes = |m: u64| Ok(Some(std::time::Duration::from_secs(60 * m)));
+        assert_eq!(spec("15m").refresh_interval(), minutes(15));
+        assert_eq!(spec("1h30m").refresh_interval(), minutes(90));
+        assert_eq!(spec("0").refresh_interval(), Ok(None));
+        assert!(spec("soon").refresh_interval().is_err());
+        let too_long = spec("18446744073709551615s")
+            .refresh_interval()
+            .unwrap_err();
+        assert!(too_long.contains("maximum of 180d"), "{too_long}");
+    }
+
+    proptest! {
+        #[test]
+        fn refresh_interval_never_panics(text in any::<String>()) {
+            let _ = spec(&text).refresh_interval();
+        }
+
+        /// Whatever the schema lets through can be scheduled.
+        #[test]
+        fn schema_valid_intervals_can_be_scheduled(
+            text in prop_oneof![
+                "(0|([0-9]{1,22}(ms|s|m|h|d)){1,3})",
+                (any::<u64>(), prop_oneof!["ms", "s", "m", "h", "d"]).prop_map(|(n, unit)| format!("{n}{unit}")),
+            ],
+            unit_random in 0.0f64..=1.0,
+        ) {
+            if let Ok(Some(interval)) = spec(&text).refresh_interval() {
+                let delay = crate::schedule::refresh_delay(interval, unit_random);
+                prop_assert!(delay >= interval.mul_f64(0.9) && delay <= interval.mul_f64(1.1));
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! | `DELETE /vaults/{vault}/secrets/{name}` | removes the secret with all versions |
 //! | `PUT /apps/{clientId}` (seed shape) / `DELETE /apps/{clientId}` | adds, replaces or removes an app registration |
 //! | `POST /faults` / `DELETE /faults` | queues an injected fault / clears all |
+//! | `POST /tokens/rollover` | new token signing key: every access token issued so far is refused (401) |
 //! | `GET /counters` / `POST /counters/reset` | request counters of the Azure surfaces |
 //! | `GET /issued` | every access token issued and client assertion presented |
 //! | `GET /healthz` | `ok` |
@@ -21,6 +22,7 @@ use super::observed::Counters;
 use super::responses::{ServiceError, json_response};
 use super::state::{Emulator, lock, now};
 use super::store::{NewSecret, SecretUpdate, StoreError, VersionId};
+use super::tokens::TokenAuthority;
 use super::vault_api::{SecretView, secret_json};
 use axum::Router;
 use axum::body::Bytes;
@@ -40,6 +42,7 @@ pub fn router(emulator: Arc<Emulator>) -> Router {
         )
         .route("/apps/{client_id}", put(upsert_app).delete(delete_app))
         .route("/faults", post(add_fault).delete(clear_faults))
+        .route("/tokens/rollover", post(rollover_tokens))
         .route("/counters", get(counters))
         .route("/counters/reset", post(reset_counters))
         .route("/issued", get(issued))
@@ -154,6 +157,18 @@ async fn add_fault(
         .add(request, |vault| emulator.vaults.contains_key(vault))
         .map_err(|error| ServiceError::bad_parameter(error.to_string()))?;
     tracing::info!(fault = %description, "control: fault queued");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rollover_tokens(
+    State(emulator): State<Arc<Emulator>>,
+) -> Result<StatusCode, ServiceError> {
+    let authority = TokenAuthority::generate().map_err(|error| ServiceError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        ..ServiceError::bad_parameter(error.to_string())
+    })?;
+    *lock(&emulator.tokens) = authority;
+    tracing::info!("control: token signing key rolled over");
     Ok(StatusCode::NO_CONTENT)
 }
 

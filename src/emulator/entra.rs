@@ -398,23 +398,21 @@ async fn verify_assertion(
 }
 
 fn issue(emulator: &Emulator, app: &App, kind: CredentialKind) -> Response {
-    let access_token =
-        match emulator
-            .tokens
-            .issue(&app.tenant_id, &app.client_id, &app.object_id, now())
-        {
-            Ok(token) => token,
-            Err(error) => {
-                tracing::error!(%error, "cannot sign an access token");
-                return EntraError::without_code(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "The emulator could not sign an access token.".to_owned(),
-                    None,
-                )
-                .into_response();
-            }
-        };
+    let signed =
+        lock(&emulator.tokens).issue(&app.tenant_id, &app.client_id, &app.object_id, now());
+    let access_token = match signed {
+        Ok(token) => token,
+        Err(error) => {
+            tracing::error!(%error, "cannot sign an access token");
+            return EntraError::without_code(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "The emulator could not sign an access token.".to_owned(),
+                None,
+            )
+            .into_response();
+        }
+    };
     lock(&emulator.issued)
         .access_tokens
         .push(access_token.clone());

@@ -25,7 +25,8 @@ pub struct Emulator {
     pub vaults: BTreeMap<String, VaultSite>,
     /// What app registrations may refer to (fixed at start).
     pub known_names: KnownNames,
-    pub tokens: TokenAuthority,
+    /// Replaced by a key rollover (control API), which invalidates every token issued.
+    pub tokens: Mutex<TokenAuthority>,
     pub issuers: IssuerKeys,
     pub store: Mutex<VaultStore>,
     pub directory: Mutex<Directory>,
@@ -81,7 +82,7 @@ impl Emulator {
             authority_host,
             vaults,
             known_names: config.known_names,
-            tokens,
+            tokens: Mutex::new(tokens),
             issuers,
             store: Mutex::new(store),
             directory: Mutex::new(directory),

@@ -111,10 +111,7 @@ impl VaultContext {
             .and_then(|value| value.strip_prefix("Bearer "));
         let verified = match token {
             None => Err(TokenRejection::Missing),
-            Some(token) => self
-                .emulator
-                .tokens
-                .verify(token.trim(), &self.site.tenant_id),
+            Some(token) => lock(&self.emulator.tokens).verify(token.trim(), &self.site.tenant_id),
         };
         verified.map_err(|rejection| {
             ServiceError::unauthorized(

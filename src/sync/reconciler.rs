@@ -66,10 +66,7 @@ impl Failure {
     }
 
     fn vault(error: VaultError) -> Self {
-        let retry_after = match &error {
-            VaultError::Throttled { retry_after } => *retry_after,
-            _ => None,
-        };
+        let retry_after = error.retry_after();
         Failure {
             reason: error.reason(),
             message: format!("{error}; {}", error.hint()),
@@ -605,19 +602,44 @@ async fn write_target(
             retry_after: None,
         })),
         WriteDecision::Apply => {
+            let refused = |e| match e {
+                kube::Error::Api(status) if status.code == 422 => Ok(Failure::invalid(format!(
+                    "the API server refused Secret {}: {}",
+                    desired.name, status.message
+                ))),
+                other => Err(other.into()),
+            };
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            let written = api
+            let mut written = api
                 .patch(&desired.name, &params, &Patch::Apply(desired.apply_body()))
                 .await
-                .map_err(|e| match e {
-                    kube::Error::Api(status) if status.code == 422 => {
-                        Ok(Failure::invalid(format!(
-                            "the API server refused Secret {}: {}",
-                            desired.name, status.message
-                        )))
-                    }
-                    other => Err(other.into()),
-                })?;
+                .map_err(refused)?;
+            let foreign = desired.foreign_keys(&written);
+            if !foreign.is_empty() {
+                // Guarded by the resourceVersion just written: a concurrent
+                // change makes this fail (409) and the sync is retried.
+                let removal: serde_json::Map<String, serde_json::Value> = foreign
+                    .iter()
+                    .map(|key| (key.clone(), serde_json::Value::Null))
+                    .collect();
+                let patch = json!({
+                    "metadata": {"resourceVersion": written.resource_version()},
+                    "data": removal,
+                });
+                let params = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                };
+                written = api
+                    .patch(&desired.name, &params, &Patch::Merge(patch))
+                    .await
+                    .map_err(refused)?;
+            }
+            if written.resource_version() == existing.as_ref().and_then(|s| s.resource_version()) {
+                // The apply changed nothing (e.g. only fields kvsync does not
+                // own differed): not a write, so no event, reload or status.
+                return Ok(false);
+            }
             ctx.remember_own_write(
                 &desired.namespace,
                 &desired.name,

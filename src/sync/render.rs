@@ -358,6 +358,67 @@ mod tests {
         }
 
         #[test]
+        fn decoding_and_extraction_never_panic(value in any::<String>()) {
+            for strategy in [DecodingStrategy::None, DecodingStrategy::Base64, DecodingStrategy::Base64URL, DecodingStrategy::Auto] {
+                let _ = decode(&value, strategy);
+                let _ = render_extract(&remote(&value), strategy);
+            }
+        }
+
+        #[test]
+        fn pem_splitting_never_panics(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    Just("-----BEGIN CERTIFICATE-----".to_string()),
+                    Just("-----END CERTIFICATE-----".to_string()),
+                    Just("-----BEGIN RSA PRIVATE KEY-----".to_string()),
+                    Just("-----END RSA PRIVATE KEY-----".to_string()),
+                    Just("-----BEGIN ".to_string()),
+                    any::<String>(),
+                ],
+                0..12,
+            ),
+            separator in prop_oneof![Just("\n"), Just("\r\n"), Just("")],
+        ) {
+            let _ = render_certificate(&remote(&lines.join(separator)));
+        }
+
+        #[test]
+        fn pem_bundles_split_into_every_certificate_and_the_key(
+            bodies in proptest::collection::vec("[A-Za-z0-9+/]{1,64}", 1..5),
+            key_body in "[A-Za-z0-9+/]{1,64}",
+            key_position in 0usize..5,
+            crlf in any::<bool>(),
+        ) {
+            let block = |label: &str, body: &str| format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n");
+            let mut blocks: Vec<String> = bodies.iter().map(|b| block("CERTIFICATE", b)).collect();
+            let key = block("PRIVATE KEY", &key_body);
+            blocks.insert(key_position.min(blocks.len()), key.clone());
+            let mut pem = blocks.concat();
+            if crlf {
+                pem = pem.replace('\n', "\r\n");
+            }
+            let data = render_certificate(&remote(&pem)).unwrap();
+            let certificates: String = bodies.iter().map(|b| block("CERTIFICATE", b)).collect();
+            prop_assert_eq!(String::from_utf8(data["tls.crt"].clone()).unwrap(), certificates);
+            prop_assert_eq!(String::from_utf8(data["tls.key"].clone()).unwrap(), key);
+        }
+
+        #[test]
+        fn properties_of_generated_documents_are_found(
+            key in "[a-z.]{1,8}",
+            inner in "[a-z]{1,8}",
+            value in any::<String>(),
+            index in 0usize..3,
+        ) {
+            let mut items = vec![serde_json::json!(null); 3];
+            items[index] = serde_json::json!({ inner.clone(): value.clone() });
+            let document = serde_json::json!({ key.clone(): items }).to_string();
+            let path = format!("{}.{index}.{inner}", key.replace('.', "\\."));
+            prop_assert_eq!(json_property(&document, &path).unwrap(), Some(value));
+        }
+
+        #[test]
         fn base64_roundtrips(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let encoded = STANDARD.encode(&bytes);
             prop_assert_eq!(decode(&encoded, DecodingStrategy::Base64).unwrap(), bytes.clone());

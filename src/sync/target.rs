@@ -129,6 +129,24 @@ impl DesiredSecret {
         }
     }
 
+    /// Keys of `secret` that kvsync must remove because they are not its own:
+    /// under `Owner` and `Orphan` the data is exactly the vault's, but a key
+    /// another field manager added survives kvsync's server-side apply (SSA
+    /// only removes fields the applier owns). Under `Merge` there are none.
+    pub fn foreign_keys(&self, secret: &Secret) -> Vec<String> {
+        if self.policy == CreationPolicy::Merge {
+            return Vec::new();
+        }
+        secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(key, _)| key)
+            .filter(|key| !self.data.contains_key(*key))
+            .cloned()
+            .collect()
+    }
+
     /// The server-side-apply body. Under `Merge` it carries only kvsync's keys
     /// and markers, so the other field managers' keys are left alone.
     pub fn apply_body(&self) -> Value {
@@ -278,6 +296,20 @@ mod tests {
             .insert(OWNER_ANNOTATION.into(), "other".into());
         assert!(
             matches!(want.decide(Some(&other)), WriteDecision::Conflict(m) if m.contains("other"))
+        );
+    }
+
+    #[test]
+    fn keys_added_by_others_are_foreign_unless_merging() {
+        let owned = desired(CreationPolicy::Owner);
+        let secret = existing(&owned, &[("extra", b"x")]);
+        assert_eq!(owned.foreign_keys(&secret), vec!["extra".to_string()]);
+        assert!(owned.foreign_keys(&existing(&owned, &[])).is_empty());
+        let merge = desired(CreationPolicy::Merge);
+        assert!(
+            merge
+                .foreign_keys(&existing(&merge, &[("extra", b"x")]))
+                .is_empty()
         );
     }
 

@@ -59,7 +59,15 @@ impl VaultError {
                 classify(status, inner.as_deref(), message, retry_after, name)
             }
             ErrorKind::Credential => VaultError::Auth(credential_message(error)),
-            _ => VaultError::Unavailable(error.to_string()),
+            _ => VaultError::Unavailable(with_causes(error)),
+        }
+    }
+
+    /// How long the vault asked to be left alone, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            VaultError::Throttled { retry_after } => *retry_after,
+            _ => None,
         }
     }
 
@@ -143,14 +151,40 @@ fn credential_message(error: &azure_core::Error) -> String {
         .collect()
 }
 
-/// `Retry-After` as delta-seconds (Key Vault's form when it sends one).
+/// An error and its causes (`failed to execute request: … : operation timed
+/// out`): the SDK's own text alone does not say what went wrong on the wire.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Longest `Retry-After` honoured. Key Vault asks for seconds; a larger value
+/// (from a misbehaving proxy, say) would stall syncing, and an absurd one
+/// overflowed the backoff's `Instant` arithmetic and panicked.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After` as delta-seconds (Key Vault's form when it sends one), at
+/// most [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn disabled_is_told_apart_from_rbac() {
@@ -187,5 +221,47 @@ mod tests {
         assert_eq!(inner_error_code(body).as_deref(), Some("SecretDisabled"));
         assert_eq!(error_message(body).as_deref(), Some("no"));
         assert_eq!(inner_error_code("not json"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn retry_after_parsing_never_panics(value in any::<String>()) {
+            let _ = parse_retry_after(&value);
+        }
+
+        #[test]
+        fn retry_after_seconds_are_read_exactly(seconds in any::<u64>(), pad in " {0,2}") {
+            prop_assert_eq!(
+                parse_retry_after(&format!("{pad}{seconds}{pad}")),
+                Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+            );
+        }
+
+        /// Whatever a server answers (body, status, Retry-After), classifying
+        /// it and scheduling the retry cannot panic, and the retry honours
+        /// Retry-After as a floor.
+        #[test]
+        fn any_error_response_is_classified_and_scheduled(
+            body in prop_oneof![
+                any::<String>(),
+                ".{0,20}".prop_map(|code| format!(r#"{{"error":{{"code":"x","message":"m","innererror":{{"code":{code:?}}}}}}}"#)),
+                Just(r#"{"error":{"innererror":[]}}"#.to_string()),
+            ],
+            status in 400u16..600,
+            retry_after in any::<String>(),
+            failures in any::<u32>(),
+            unit_random in 0.0f64..=1.0,
+        ) {
+            let _ = error_message(&body);
+            let inner = inner_error_code(&body);
+            let retry_after = parse_retry_after(&retry_after);
+            let error = classify(status, inner.as_deref(), "m".into(), retry_after, "db");
+            let cap = Duration::from_secs(300);
+            if let VaultError::Throttled { retry_after } = error {
+                let delay = crate::schedule::backoff_delay(failures, retry_after, cap, unit_random);
+                prop_assert!(delay >= retry_after.unwrap_or_default());
+                prop_assert!(delay <= cap.max(retry_after.unwrap_or_default()));
+            }
+        }
     }
 }

@@ -106,4 +106,15 @@ mod tests {
             matches!(second, Err(VaultError::Throttled { retry_after: Some(wait) }) if wait > Duration::from_secs(4))
         );
     }
+
+    #[tokio::test]
+    async fn any_retry_after_a_server_sends_is_waited_out_without_overflow() {
+        let gate = VaultGate::new(4, Duration::from_secs(60));
+        let huge = super::super::errors::parse_retry_after("18446744073709551615");
+        let first: Result<(), _> = gate
+            .run(async { Err(VaultError::Throttled { retry_after: huge }) })
+            .await;
+        assert!(first.is_err());
+        assert!(gate.remaining_backoff().is_some());
+    }
 }

@@ -161,6 +161,11 @@ impl Credentials {
         Ok(cache.entry(key).or_insert(credential).clone())
     }
 
+    /// Drops the credential of `identity` (and its token cache).
+    pub fn forget(&self, identity: &Identity) {
+        self.cache.lock().unwrap().remove(&identity.cache_key());
+    }
+
     fn build(&self, identity: &Identity) -> azure_core::Result<Arc<dyn TokenCredential>> {
         let client_options = self.options.clone();
         Ok(match identity {

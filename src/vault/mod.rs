@@ -305,6 +305,7 @@ impl Inner {
             }
             Err(other) => {
                 *view.listing_failure.lock().unwrap() = Some(other.clone());
+                view.listing_failed.notify_waiters();
                 return Err(other);
             }
         };
@@ -320,14 +321,54 @@ impl Inner {
 }
 
 /// Keeps one (vault, identity) listing fresh while anyone subscribes to it.
+///
+/// While listing fails, subscribers see the failure without sending requests
+/// of their own, so the poller alone retries: with backoff (exponential from
+/// 1 s, capped by `--max-backoff`, `Retry-After` as a floor) instead of every
+/// period, so that an outage is neither hammered at short refresh intervals
+/// nor noticed late at long ones (a listing that fails for someone else, a
+/// force-sync say, starts the backoff too). When the listing works again
+/// every subscriber is told to sync at once.
 async fn poll(inner: Arc<Inner>, view: Arc<VaultView>, vault_url: String, identity: Identity) {
+    let mut failures = 0;
+    let mut retry_after = None;
     while let Some(period) = view.poll_period() {
-        tokio::time::sleep(crate::schedule::refresh_delay(period, rand::random())).await;
-        if let Err(error) = inner
+        let delay = if failures == 0 {
+            crate::schedule::refresh_delay(period, rand::random())
+        } else {
+            crate::schedule::backoff_delay(
+                failures,
+                retry_after,
+                inner.config.max_backoff,
+                rand::random(),
+            )
+        };
+        if failures == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = view.listing_failed.notified() => {
+                    failures = 1;
+                    retry_after = view.listing_failure.lock().unwrap().as_ref().and_then(VaultError::retry_after);
+                    continue;
+                }
+            }
+        } else {
+            tokio::time::sleep(delay).await;
+        }
+        match inner
             .listing(&view, &vault_url, &identity, Freshness::Now)
             .await
         {
-            tracing::debug!(vault = %vault_url, %error, "listing failed; subscribers retry on their own schedule");
+            Ok(_) if failures > 0 => {
+                failures = 0;
+                view.notify_all(&inner.changes);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                failures += 1;
+                retry_after = error.retry_after();
+                tracing::debug!(vault = %vault_url, %error, failures, "listing failed; retrying with backoff");
+            }
         }
     }
 }

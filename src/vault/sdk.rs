@@ -106,6 +106,25 @@ impl Sdk {
         Ok(client)
     }
 
+    /// Classifies a failed call. A 401 from the vault means it refuses the
+    /// token kvsync presented (a signing-key rollover, a revoked or otherwise
+    /// invalid token): the SDK would keep presenting it from the credential's
+    /// cache until it expires, so the identity's credential and clients are
+    /// dropped and the next attempt asks Entra for a new token.
+    fn failed(&self, identity: &Identity, error: &azure_core::Error, name: &str) -> VaultError {
+        if matches!(
+            error.kind(),
+            azure_core::error::ErrorKind::HttpResponse { status, .. }
+                if *status == azure_core::http::StatusCode::Unauthorized
+        ) {
+            let key = identity.cache_key();
+            tracing::debug!(identity = ?identity, "token refused by the vault; dropping the cached credential");
+            self.credentials.forget(identity);
+            self.clients.lock().unwrap().retain(|(_, k), _| *k != key);
+        }
+        VaultError::from_sdk(error, name)
+    }
+
     /// Reads one secret (the latest version when `version` is `None`). With
     /// `as_pem`, Key Vault converts a PKCS#12 certificate-backed secret to PEM.
     pub async fn get(
@@ -126,7 +145,7 @@ impl Sdk {
             .get_secret(name, Some(options))
             .await
             .and_then(|r| r.into_model())
-            .map_err(|e| VaultError::from_sdk(&e, name))?;
+            .map_err(|e| self.failed(identity, &e, name))?;
         let version = secret
             .id
             .as_deref()
@@ -154,11 +173,11 @@ impl Sdk {
         let client = self.client(vault_url, identity)?;
         let pager = client
             .list_secret_properties(None)
-            .map_err(|e| VaultError::from_sdk(&e, "(list)"))?;
+            .map_err(|e| self.failed(identity, &e, "(list)"))?;
         let items: Vec<_> = pager
             .try_collect()
             .await
-            .map_err(|e| VaultError::from_sdk(&e, "(list)"))?;
+            .map_err(|e| self.failed(identity, &e, "(list)"))?;
         Ok(items
             .into_iter()
             .filter_map(|item| {

@@ -79,6 +79,9 @@ pub struct VaultView {
     /// Why the latest listing attempt failed, if it did: until a listing
     /// succeeds again, reads report it rather than vouch for stale data.
     pub listing_failure: Mutex<Option<VaultError>>,
+    /// Wakes the poller when a listing someone else asked for failed, so it
+    /// retries with backoff instead of after a whole (possibly long) period.
+    pub listing_failed: tokio::sync::Notify,
 }
 
 /// Unix seconds now.
@@ -115,6 +118,13 @@ impl VaultView {
             *self.poller_running.lock().unwrap() = false;
         }
         period
+    }
+
+    /// Tells every subscriber to sync now (the listing works again after failing).
+    pub fn notify_all(&self, notify: &UnboundedSender<String>) {
+        for key in self.subscribers.lock().unwrap().keys() {
+            let _ = notify.send(key.clone());
+        }
     }
 
     /// Tells subscribers whose names changed between two listings to sync now.

@@ -6,6 +6,10 @@
 //! running one), or whatever cluster `KVSYNC_TEST_KUBECONFIG` points at.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+mod fixture;
+#[allow(unused_imports)] // not every test binary uses the fixture
+pub use fixture::*;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,10 +22,16 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 
+/// A control plane of this test binary's own (see [`PrivatePlane`]), if it made one.
+static PRIVATE_KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
+
 /// Path of the kubeconfig of the cluster every test in this run shares.
 pub fn kubeconfig_path() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
+        if let Some(path) = PRIVATE_KUBECONFIG.get() {
+            return path.clone();
+        }
         if let Ok(path) = std::env::var("KVSYNC_TEST_KUBECONFIG") {
             return PathBuf::from(path);
         }
@@ -40,6 +50,51 @@ pub fn kubeconfig_path() -> &'static Path {
         let line = String::from_utf8(out.stdout).unwrap();
         PathBuf::from(line.trim().trim_start_matches("export KUBECONFIG="))
     })
+}
+
+/// A control plane (etcd, kube-apiserver, kube-controller-manager) for tests
+/// that disrupt it, started with `scripts/control-plane.sh up` in a directory
+/// of its own and stopped (`down`) when dropped, also when the test fails.
+/// Every client and process of the test binary then uses it, so a test binary
+/// that makes one must run nothing else.
+pub struct PrivatePlane {
+    dir: tempfile::TempDir,
+}
+
+impl PrivatePlane {
+    pub fn up() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let plane = PrivatePlane { dir };
+        assert!(plane.script("up"), "scripts/control-plane.sh up failed");
+        PRIVATE_KUBECONFIG
+            .set(plane.dir.path().join("kubeconfig"))
+            .expect("one private plane per test binary, made before any client");
+        assert_eq!(kubeconfig_path(), plane.dir.path().join("kubeconfig"));
+        plane
+    }
+
+    /// Stops kube-apiserver and starts it again with the same flags and port.
+    pub fn restart_apiserver(&self) {
+        assert!(
+            self.script("restart-apiserver"),
+            "scripts/control-plane.sh restart-apiserver failed"
+        );
+    }
+
+    fn script(&self, command: &str) -> bool {
+        Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane.sh"))
+            .arg(command)
+            .env("KVSYNC_PLANE_DIR", self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for PrivatePlane {
+    fn drop(&mut self) {
+        self.script("down");
+    }
 }
 
 /// A client for the shared cluster (one per test: a client is bound to the
@@ -232,6 +287,11 @@ impl Process {
         self.child.id()
     }
 
+    /// Whether the process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// Everything the process printed so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -383,33 +443,38 @@ pub struct Operator {
 
 impl Operator {
     /// Starts `kvsync run` for `namespace`, trusting and allowing `emulator`.
+    /// Flags in `extra` replace the defaults of the same name (short backoff
+    /// and request timeout).
     pub fn start(emulator: &Emulator, namespace: &str, extra: &[&str]) -> Self {
-        let mut args: Vec<String> = [
-            "run",
-            "--namespaces",
-            namespace,
-            "--operator-namespace",
-            namespace,
-            "--authority-host",
-            &emulator.endpoints.authority_host,
-            "--allow-vault-host",
-            "localhost",
-            "--extra-ca-file",
-            &emulator.endpoints.ca_file.display().to_string(),
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--max-backoff",
-            "4s",
-            "--request-timeout",
-            "3s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let ca_file = emulator.endpoints.ca_file.display().to_string();
+        let defaults = [
+            ("--namespaces", namespace),
+            ("--operator-namespace", namespace),
+            ("--authority-host", &emulator.endpoints.authority_host),
+            ("--allow-vault-host", "localhost"),
+            ("--extra-ca-file", &ca_file),
+            ("--metrics-addr", "127.0.0.1:0"),
+            ("--max-backoff", "4s"),
+            ("--request-timeout", "3s"),
+        ];
+        let mut args = vec!["run".to_string()];
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), value.to_string()]);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         Operator {
             process: Process::spawn(&args, tempfile::tempdir().unwrap()),
         }
+    }
+
+    /// SIGKILLs the operator (a crash: no graceful shutdown) and, once it is
+    /// gone, starts a new one with these arguments.
+    pub fn crash_and_restart(&mut self, emulator: &Emulator, namespace: &str, extra: &[&str]) {
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
+        *self = Operator::start(emulator, namespace, extra);
     }
 }
 

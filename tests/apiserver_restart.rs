@@ -1,0 +1,73 @@
+//! The kube-apiserver restarts under a running operator. This test brings up a
+//! control plane of its own (the restart must not disturb other tests) and so
+//! lives alone in its test binary.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_keeps_working_across_an_apiserver_restart() {
+    // Declared first so it is dropped last: the namespace and processes go first.
+    let plane = PrivatePlane::up();
+    let mut f = Fixture::new("apirestart").await;
+    f.apply("db", json!({"refreshInterval": "1s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
+        .await;
+    f.wait_reason("db", "Synced").await;
+
+    // The vault changes while the API server is away: the operator cannot
+    // write it then, and must once the API server is back.
+    let restart = Instant::now();
+    std::thread::scope(|scope| {
+        let restarting = scope.spawn(|| plane.restart_apiserver());
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                eventually(
+                    "the API server to go away",
+                    Duration::from_secs(20),
+                    || async { f.secrets().get_opt("db").await.is_err().then_some(()) },
+                )
+                .await;
+                f.emulator
+                    .set_secret("shop", "db-password", "rotated-while-apiserver-down")
+                    .await;
+            })
+        });
+        restarting.join().unwrap();
+    });
+    let downtime = restart.elapsed();
+    eventually(
+        "the rotation after the restart",
+        Duration::from_secs(60),
+        || async {
+            (f.secret_data("db").await?.get("pw")? == "rotated-while-apiserver-down").then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "apiserver restart took {downtime:.1?}; rotation synced {:.1?} after it was back",
+        restart.elapsed() - downtime
+    );
+
+    // Watches were re-established: a new KeyVaultSecret and a new rotation are synced.
+    f.apply("later", json!({"refreshInterval": "1s", "data": [{"secretKey": "cfg", "remoteRef": {"name": "app-config", "property": "user"}}]}))
+        .await;
+    f.wait_reason("later", "Synced").await;
+    assert_eq!(f.secret_data("later").await.unwrap()["cfg"], "app");
+    f.emulator
+        .set_secret("shop", "db-password", "rotated-after-restart")
+        .await;
+    eventually("a rotation after the restart", WAIT, || async {
+        (f.secret_data("db").await?.get("pw")? == "rotated-after-restart").then_some(())
+    })
+    .await;
+
+    assert!(f.operator.process.is_running(), "the operator exited");
+    let log = f.operator.process.output();
+    assert!(!log.contains("panicked"), "the operator panicked");
+    drop(f);
+    drop(plane);
+}

@@ -1,0 +1,267 @@
+//! The sync fixture: a namespace, a Key Vault emulator seeded with the `shop`
+//! vault, a federated service account and an operator scoped to the namespace.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kvsync::api::KeyVaultSecret;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::*;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Namespace + emulator + operator, with a service account federated to `SA_APP`.
+pub struct Fixture {
+    pub client: kube::Client,
+    pub ns: TestNamespace,
+    pub emulator: Emulator,
+    pub operator: Operator,
+    /// The cluster's service-account token issuer (federated by `SA_APP`).
+    pub issuer: String,
+    _issuer_dir: tempfile::TempDir,
+    /// Key + certificate registered for `CERT_APP`.
+    pub app_certificate: String,
+}
+
+/// Values seeded into the vault (scanned for in logs, events and statuses).
+pub const SEED_VALUES: &[&str] = &[
+    "s3cr3t-db-value",
+    "nested-pw",
+    "aGVsbG8td29ybGQ=",
+    "alpha-val",
+    "beta-val",
+    "gamma-val",
+    "not-for-you",
+];
+
+pub const CERT_APP: &str = "33333333-3333-3333-3333-333333333333";
+
+pub fn seed(
+    issuer: &str,
+    jwks: &std::path::Path,
+    namespace: &str,
+    certificate_pem: &str,
+    app_certificate: &str,
+) -> Value {
+    json!({
+        "vaults": [{
+            "name": "shop",
+            "secrets": [
+                {"name": "db-password", "value": "s3cr3t-db-value"},
+                {"name": "app-config", "value": "{\"user\":\"app\",\"port\":5432}"},
+                {"name": "json-blob", "value": "{\"db\":{\"password\":\"nested-pw\"}}"},
+                {"name": "b64-value", "value": "aGVsbG8td29ybGQ="},
+                {"name": "app-alpha", "value": "alpha-val", "tags": {"env": "prod"}},
+                {"name": "app-beta", "value": "beta-val", "tags": {"env": "dev"}},
+                {"name": "app-gamma", "value": "gamma-val", "tags": {"env": "prod"}, "enabled": false},
+                {"name": "web-cert", "value": certificate_pem, "contentType": "application/x-pem-file"},
+                {"name": "restricted", "value": "not-for-you"}
+            ]
+        }],
+        "apps": [
+            sa_app_registration(issuer, namespace, true),
+            {
+                "tenantId": TENANT, "clientId": SECRET_APP, "clientSecret": SECRET_APP_PASSWORD,
+                "access": [{"vault": "shop", "secrets": ["*"]}]
+            },
+            {
+                "tenantId": TENANT, "clientId": CERT_APP, "certificate": app_certificate,
+                "access": [{"vault": "shop", "secrets": ["db-password"]}]
+            }
+        ],
+        "issuers": [{"issuer": issuer, "jwksFile": jwks}]
+    })
+}
+
+/// The app registration of `SA_APP` (control API / seed shape), federated
+/// with the `shop-api` service account of `namespace` unless `federated` is false.
+pub fn sa_app_registration(issuer: &str, namespace: &str, federated: bool) -> Value {
+    let credentials = if federated {
+        json!([{
+            "issuer": issuer,
+            "subject": format!("system:serviceaccount:{namespace}:shop-api"),
+            "audience": "api://AzureADTokenExchange"
+        }])
+    } else {
+        json!([])
+    };
+    json!({
+        "tenantId": TENANT, "clientId": SA_APP,
+        "federatedCredentials": credentials,
+        "access": [{"vault": "shop", "secrets": ["db-password", "app-config", "json-blob", "b64-value", "app-alpha", "app-beta", "app-gamma", "web-cert"]}]
+    })
+}
+
+/// A self-signed RSA certificate: (certificate PEM, private key PEM).
+pub fn test_certificate(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+impl Fixture {
+    pub async fn new(test: &str) -> Self {
+        Self::with_operator_args(test, &[]).await
+    }
+
+    /// Like [`Fixture::new`], with extra `kvsync run` flags (they override the defaults).
+    pub async fn with_operator_args(test: &str, operator_args: &[&str]) -> Self {
+        let client = client().await;
+        let ns = TestNamespace::new(&client, test).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (issuer, jwks) = cluster_issuer(&client, dir.path()).await;
+        let (web_cert, web_key) = test_certificate("web.shop.example");
+        let (app_cert, app_key) = test_certificate("kvsync-client");
+        let emulator = Emulator::start(seed(
+            &issuer,
+            &jwks,
+            &ns.name,
+            &format!("{web_key}{web_cert}"),
+            &app_cert,
+        ))
+        .await;
+        let sa: ServiceAccount = serde_json::from_value(json!({
+            "metadata": {"name": "shop-api", "annotations": {
+                "azure.workload.identity/client-id": SA_APP,
+                "azure.workload.identity/tenant-id": TENANT}}
+        }))
+        .unwrap();
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
+        let operator = Operator::start(&emulator, &ns.name, operator_args);
+        Fixture {
+            client,
+            ns,
+            emulator,
+            operator,
+            issuer,
+            _issuer_dir: dir,
+            app_certificate: format!("{app_key}{app_cert}"),
+        }
+    }
+
+    pub fn kvs_api(&self) -> Api<KeyVaultSecret> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    pub fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    /// Applies a KeyVaultSecret with the emulator's vault URL and the federated service account.
+    pub async fn apply(&self, name: &str, mut spec: Value) -> KeyVaultSecret {
+        spec["vaultUrl"] = json!(self.emulator.vault_url("shop"));
+        if spec.get("auth").is_none() {
+            spec["auth"] = json!({"workloadIdentity": {"serviceAccountName": "shop-api"}});
+        }
+        let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": name}, "spec": spec});
+        self.kvs_api()
+            .patch(
+                name,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Waits for the Ready condition to have `reason`; returns the object.
+    pub async fn wait_reason(&self, name: &str, reason: &str) -> KeyVaultSecret {
+        let api = self.kvs_api();
+        eventually(&format!("{name} to be {reason}"), WAIT, || {
+            let api = api.clone();
+            async move {
+                let kvs = api.get(name).await.ok()?;
+                (ready(&kvs).map(|c| c.reason.as_str()) == Some(reason)).then_some(kvs)
+            }
+        })
+        .await
+    }
+
+    /// Secret hygiene: no secret value, client secret, access token or client
+    /// assertion may appear in the operator's most verbose logs, in events, or
+    /// in any KeyVaultSecret status of the namespace.
+    pub async fn assert_nothing_leaked(&self, also: &[&str]) {
+        let issued = self.emulator.control(Method::GET, "issued", None).await;
+        let mut needles: Vec<String> = ["accessTokens", "clientAssertions"]
+            .iter()
+            .flat_map(|k| issued[k].as_array().cloned().unwrap_or_default())
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect();
+        assert!(
+            !needles.is_empty(),
+            "the emulator issued tokens during the test"
+        );
+        needles.extend(SEED_VALUES.iter().chain(also).map(|v| v.to_string()));
+        needles.push(SECRET_APP_PASSWORD.into());
+
+        let events: Value = self
+            .client
+            .request(
+                http::Request::get(format!("/api/v1/namespaces/{}/events", self.ns.name))
+                    .body(vec![])
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let statuses = serde_json::to_string(
+            &self
+                .kvs_api()
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .map(|k| &k.status)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let haystacks = [
+            ("operator log", self.operator.process.output()),
+            ("events", events.to_string()),
+            ("statuses", statuses),
+        ];
+        for (place, text) in &haystacks {
+            for needle in &needles {
+                assert!(
+                    !text.contains(needle.as_str()),
+                    "{place} contains a secret ({} chars)",
+                    needle.len()
+                );
+            }
+        }
+    }
+
+    pub async fn secret_data(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        let secret = self.secrets().get_opt(name).await.unwrap()?;
+        Some(decoded(&secret))
+    }
+}
+
+pub fn ready(
+    kvs: &KeyVaultSecret,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    kvs.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+}
+
+pub fn decoded(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
+}
