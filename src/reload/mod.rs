@@ -63,7 +63,7 @@ use crate::scope::{LabelSelector, ScopeArgs, parse_selector};
 pub struct ReloadArgs {
     /// Changes to one workload within this window after the first are folded
     /// into one rollout.
-    #[arg(long, env = "KVSYNC_RELOAD_DEBOUNCE", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KVSYNC_RELOAD_DEBOUNCE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub reload_debounce: Duration,
 
     /// At most one restart per workload within this interval; later changes

@@ -89,6 +89,7 @@ struct Row {
     secret_latency: Vec<Duration>,
     forced_latency: Vec<Duration>,
     rollout_latency: Vec<Duration>,
+    forced_rollout_latency: Vec<Duration>,
     peak_rss_mib: f64,
 }
 
@@ -395,6 +396,20 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
         })
         .await;
         row.forced_latency.push(reached);
+        let workload = format!("app-{i}");
+        if i < deployment_count {
+            let before = templates_before.get(&workload).cloned();
+            let rolled = eventually("the forced rollout", options.interval * 2, || async {
+                let now = deployments.get(&workload).await.ok()?;
+                let annotations = now
+                    .spec
+                    .and_then(|s| s.template.metadata)
+                    .and_then(|m| m.annotations);
+                (Some(annotations) != before).then(|| start.elapsed())
+            })
+            .await;
+            row.forced_rollout_latency.push(rolled);
+        }
     }
     row.peak_rss_mib = peak_rss_mib(operator.process.pid());
     row
@@ -422,12 +437,12 @@ async fn main() {
         options.deployments
     );
     println!(
-        "| mode | KeyVaultSecrets | all Ready | KV requests, idle cycle | KV requests, 1 % changed | k8s writes, idle cycle | change→Secret p50/p99 | forced p50/p99 | change→template p50/p99 | peak RSS |"
+        "| mode | KeyVaultSecrets | all Ready | KV requests, idle cycle | KV requests, 1 % changed | k8s writes, idle cycle | change→Secret p50/p99 | forced→Secret p50/p99 | change→template p50/p99 | forced→template p50/p99 | peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.1}s | {} | {} | {} | {}/{} | {}/{} | {}/{} | {:.1} MiB |",
+            "| {} | {} | {:.1}s | {} | {} | {} | {}/{} | {}/{} | {}/{} | {}/{} | {:.1} MiB |",
             r.mode,
             r.size,
             r.ready.as_secs_f64(),
@@ -440,6 +455,8 @@ async fn main() {
             percentile(&r.forced_latency, 0.99),
             percentile(&r.rollout_latency, 0.5),
             percentile(&r.rollout_latency, 0.99),
+            percentile(&r.forced_rollout_latency, 0.5),
+            percentile(&r.forced_rollout_latency, 0.99),
             r.peak_rss_mib
         );
     }
