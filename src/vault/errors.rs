@@ -87,7 +87,7 @@ impl VaultError {
     pub fn hint(&self) -> &'static str {
         match self {
             VaultError::Auth(_) => {
-                "check the client id, tenant id and credential (or the federated credential's issuer and subject)"
+                "check the client id, tenant id and credential (or the federated credential's issuer and subject); without an AADSTS code above, Entra ID itself failed and kvsync retries"
             }
             VaultError::Forbidden(_) => {
                 "grant the identity the \"Key Vault Secrets User\" role on the vault"
