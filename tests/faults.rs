@@ -286,11 +286,7 @@ async fn an_outage_seen_between_long_refreshes_ends_within_one_backoff() {
     f.emulator
         .set_secret("shop", "db-password", "rotated-during-outage")
         .await;
-    let force = json!({"metadata": {"annotations": {"kvsync.io/force-sync": "1"}}});
-    f.kvs_api()
-        .patch("db", &PatchParams::default(), &Patch::Merge(&force))
-        .await
-        .unwrap();
+    f.force_sync("db", "1").await;
     f.wait_reason("db", "VaultUnavailable").await;
     hold_last_good(&f, &good, "VaultUnavailable", Duration::from_secs(6)).await;
     f.emulator.control(Method::DELETE, "faults", None).await;

@@ -195,11 +195,7 @@ async fn force_sync_and_target_changes_sync_immediately() {
     f.emulator
         .set_secret("shop", "db-password", "forced-value")
         .await;
-    let patch = json!({"metadata": {"annotations": {"kvsync.io/force-sync": "1"}}});
-    f.kvs_api()
-        .patch("db", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    f.force_sync("db", "1").await;
     eventually("the forced value", Duration::from_secs(5), || async {
         (f.secret_data("db").await?.get("pw")? == "forced-value").then_some(())
     })
@@ -384,8 +380,6 @@ async fn remote_failures_keep_the_last_good_secret() {
         .await;
     f.wait_reason("db", "Synced").await;
     let good = f.secrets().get("db").await.unwrap();
-    let force =
-        |n: u32| json!({"metadata": {"annotations": {"kvsync.io/force-sync": n.to_string()}}});
 
     f.emulator
         .control(
@@ -407,10 +401,7 @@ async fn remote_failures_keep_the_last_good_secret() {
     f.emulator
         .control(Method::POST, "faults", Some(json!({"target": "vault:shop", "pathPrefix": "/secrets", "count": 1000, "kind": {"status": 429}})))
         .await;
-    f.kvs_api()
-        .patch("db", &PatchParams::default(), &Patch::Merge(force(1)))
-        .await
-        .unwrap();
+    f.force_sync("db", "1").await;
     f.wait_reason("db", "Throttled").await;
     f.emulator.control(Method::DELETE, "faults", None).await;
     f.emulator

@@ -153,6 +153,20 @@ impl Fixture {
         Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
+    /// Sets `kvsync.io/force-sync: <token>` on a KeyVaultSecret (a new token syncs at once).
+    pub async fn force_sync(&self, name: &str, token: &str) {
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {"kvsync.io/force-sync": token}}});
+        self.kvs_api()
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+    }
+
     pub fn secrets(&self) -> Api<Secret> {
         Api::namespaced(self.client.clone(), &self.ns.name)
     }
