@@ -32,6 +32,8 @@ install_packages() {
   command -v etcd >/dev/null || missing+=(etcd-server)
   command -v rsync >/dev/null || missing+=(rsync)
   command -v jq >/dev/null || missing+=(jq)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v python3 >/dev/null || missing+=(python3)
   command -v openssl >/dev/null || missing+=(openssl)
   command -v dpkg-source >/dev/null || missing+=(dpkg-dev)
   [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || missing+=(golang-github-modern-go-reflect2-dev)

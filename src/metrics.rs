@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -33,6 +34,16 @@ pub struct SyncMetrics {
     sync_duration: Family<OutcomeLabels, Histogram>,
     vault_calls: Family<VaultCallLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
+    in_flight: Gauge,
+}
+
+/// Counts one sync as in flight until dropped (so early returns are covered).
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl SyncMetrics {
@@ -44,6 +55,7 @@ impl SyncMetrics {
             }),
             vault_calls: Family::default(),
             errors: Family::default(),
+            in_flight: Gauge::default(),
         };
         registry.register(
             "kvsync_syncs",
@@ -65,7 +77,19 @@ impl SyncMetrics {
             "Reconciles that failed on the Kubernetes side",
             metrics.errors.clone(),
         );
+        registry.register(
+            "kvsync_syncs_in_flight",
+            "Syncs running now (bounded by the controller's concurrency; a lasting high value means a backlog)",
+            metrics.in_flight.clone(),
+        );
         metrics
+    }
+
+    /// Marks a sync as started; the controller's backlog shows as this gauge
+    /// staying high.
+    pub fn sync_started(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
     }
 
     pub fn observe_sync(&self, outcome: &'static str, took: Duration) {

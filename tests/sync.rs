@@ -753,3 +753,73 @@ async fn only_the_lease_holder_acts_and_a_standby_takes_over() {
     assert!(standby.process.output().contains("became the leader"));
     eprintln!("failover took {:?}", started.elapsed());
 }
+
+/// The metrics address the operator logged at start.
+fn metrics_url(output: &str) -> Option<String> {
+    let line = output.lines().find(|l| l.contains("serving /healthz"))?;
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+    Some(format!("http://{addr}"))
+}
+
+#[tokio::test]
+async fn health_metrics_json_logs_and_graceful_shutdown() {
+    let f = Fixture::new("service").await;
+    // A second operator for another namespace, with JSON logs, to stop with SIGTERM.
+    let home = TestNamespace::new(&f.client, "service-json").await;
+    let operator = Operator::start(&f.emulator, &home.name, &["--log-format", "json"]);
+    f.apply(
+        "db",
+        json!({"data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
+    )
+    .await;
+    f.wait_reason("db", "Synced").await;
+
+    let base = eventually("the metrics address in the log", WAIT, || async {
+        metrics_url(&f.operator.process.output())
+    })
+    .await;
+    let http = reqwest::Client::new();
+    for path in ["/healthz", "/readyz"] {
+        let response = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+    }
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "kvsync_syncs_total{outcome=\"written\"} 1",
+        "kvsync_keyvault_requests_total{operation=\"get\",result=\"ok\"}",
+        "kvsync_sync_duration_seconds_bucket",
+        "kvsync_syncs_in_flight",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "/metrics lacks {series}:\n{metrics}"
+        );
+    }
+
+    let json_lines = eventually("JSON log lines", WAIT, || async {
+        let output = operator.process.output();
+        output.contains("became the leader").then_some(output)
+    })
+    .await;
+    for line in json_lines.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<Value>(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+    }
+    let (status, output) = operator.process.terminate_with_output();
+    assert!(
+        status.success(),
+        "SIGTERM ends the operator cleanly: {status:?}"
+    );
+    assert!(output.contains("shutting down"));
+}

@@ -92,6 +92,7 @@ struct Synced {
 /// The controller's reconcile function.
 pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
+    let _in_flight = ctx.metrics.sync_started();
     let namespace = kvs.namespace().unwrap_or_default();
     if !in_scope(&ctx, &namespace).await? {
         return Ok(Action::await_change());
