@@ -87,8 +87,14 @@ build() {
       log "building $what $K8S_VERSION (about 4 minutes on 2 cores; only on the first run)"
       (cd "$tree/.go/src/k8s.io/kubernetes" && \
         GOPATH=$tree/.go CGO_ENABLED=0 HOME=$work/home GOFLAGS=-mod=vendor \
-        make WHAT=cmd/$what >"$work/build-$what.log" 2>&1) || {
-          tail -n 40 "$work/build-$what.log" >&2; exit 1; }
+        make WHAT=cmd/$what >"$work/build-$what.log" 2>&1) &
+      local build=$! started=$SECONDS
+      # Progress while the (silent) Go build runs.
+      while kill -0 "$build" 2>/dev/null; do
+        sleep 15
+        kill -0 "$build" 2>/dev/null && log "  … still building $what ($((SECONDS - started))s)"
+      done
+      wait "$build" || { tail -n 40 "$work/build-$what.log" >&2; exit 1; }
       cp "$tree/_output/local/bin/linux/amd64/$what" "$BIN/$what.tmp"
       mv "$BIN/$what.tmp" "$BIN/$what"
     fi
