@@ -7,8 +7,12 @@
 //!                       Deployments / StatefulSets / DaemonSets ◀── reload (digest, rollout)
 //! ```
 //!
-//! One module per stage of that flow, plus the Key Vault + Entra ID emulator used by
-//! the tests and for local development.
+//! One module per stage of that flow — [`api`] (the custom resource), [`vault`]
+//! (Key Vault access, change detection by listing), [`sync`] (the reconciler),
+//! [`reload`] (rolling restarts) — plus [`run`] and [`cli`] (wiring and flags),
+//! [`leader`] (Lease-based election), [`scope`] (which namespaces), [`schedule`]
+//! (refresh and backoff timing), [`metrics`] and [`telemetry`], and the
+//! [`emulator`] of Key Vault + Entra ID used by the tests and for local development.
 #![forbid(unsafe_code)]
 
 pub mod api;
