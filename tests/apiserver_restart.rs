@@ -14,9 +14,7 @@ async fn the_operator_keeps_working_across_an_apiserver_restart() {
     // Declared first so it is dropped last: the namespace and processes go first.
     let plane = PrivatePlane::up();
     let mut f = Fixture::new("apirestart").await;
-    f.apply("db", json!({"refreshInterval": "1s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
-        .await;
-    f.wait_reason("db", "Synced").await;
+    f.synced_db("1s").await;
 
     // The vault changes while the API server is away: the operator cannot
     // write it then, and must once the API server is back.

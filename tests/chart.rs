@@ -332,30 +332,22 @@ impl Installed {
 impl Drop for Installed {
     fn drop(&mut self) {
         let objects = std::mem::take(&mut self.cluster_objects);
-        // As TestNamespace: no await in Drop, and the test's runtime may be gone.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let client = client().await;
-                for (kind, name) in objects {
-                    let dp = DeleteParams::default();
-                    let _ = match kind.as_str() {
-                        "ClusterRole" => Api::<ClusterRole>::all(client.clone())
-                            .delete(&name, &dp)
-                            .await
-                            .map(|_| ()),
-                        _ => Api::<ClusterRoleBinding>::all(client.clone())
-                            .delete(&name, &dp)
-                            .await
-                            .map(|_| ()),
-                    };
-                }
-            });
-        })
-        .join();
+        cleanup_in_drop(async move {
+            let client = client().await;
+            for (kind, name) in objects {
+                let dp = DeleteParams::default();
+                let _ = match kind.as_str() {
+                    "ClusterRole" => Api::<ClusterRole>::all(client.clone())
+                        .delete(&name, &dp)
+                        .await
+                        .map(|_| ()),
+                    _ => Api::<ClusterRoleBinding>::all(client.clone())
+                        .delete(&name, &dp)
+                        .await
+                        .map(|_| ()),
+                };
+            }
+        });
     }
 }
 

@@ -99,14 +99,6 @@ fn count(counters: &Value, endpoint: &str) -> u64 {
         .sum()
 }
 
-/// Syncs `db` every second from `db-password`; returns the Secret as first written.
-async fn synced_db(f: &Fixture) -> Secret {
-    f.apply("db", json!({"refreshInterval": "1s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
-        .await;
-    f.wait_reason("db", "Synced").await;
-    f.secrets().get("db").await.unwrap()
-}
-
 /// Asserts for `period` that the Secret is exactly `good` (same data, never
 /// rewritten) and that `db`'s condition says `reason`.
 async fn hold_last_good(f: &Fixture, good: &Secret, reason: &str, period: Duration) {
@@ -150,7 +142,7 @@ async fn vault_outage(
     latency: Duration,
 ) -> (u64, Duration) {
     let f = fixture(test).await;
-    let good = synced_db(&f).await;
+    let good = f.synced_db("1s").await;
     f.emulator
         .control(Method::POST, "counters/reset", None)
         .await;
@@ -272,10 +264,7 @@ async fn a_429_storm_with_retry_after_waits_as_told_even_beyond_the_cap() {
 #[tokio::test]
 async fn an_outage_seen_between_long_refreshes_ends_within_one_backoff() {
     let f = fixture("longrefresh").await;
-    f.apply("db", json!({"refreshInterval": "1h", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
-        .await;
-    f.wait_reason("db", "Synced").await;
-    let good = f.secrets().get("db").await.unwrap();
+    let good = f.synced_db("1h").await;
     f.emulator
         .control(
             Method::POST,
@@ -312,7 +301,7 @@ async fn an_outage_seen_between_long_refreshes_ends_within_one_backoff() {
 #[tokio::test]
 async fn a_refused_token_is_replaced_once_entra_recovers() {
     let f = fixture("tokenrollover").await;
-    let good = synced_db(&f).await;
+    let good = f.synced_db("1s").await;
     f.emulator
         .control(Method::POST, "counters/reset", None)
         .await;
@@ -367,7 +356,7 @@ async fn a_refused_token_is_replaced_once_entra_recovers() {
 #[tokio::test]
 async fn a_revoked_federated_credential_is_reported_and_recovered() {
     let f = fixture("revoked").await;
-    let good = synced_db(&f).await;
+    let good = f.synced_db("1s").await;
     let app_path = format!("apps/{SA_APP}");
     f.emulator
         .control(
@@ -438,9 +427,7 @@ async fn other_writers_keys_are_repaired_or_left_alone() {
     let intruder = |manager: &str| PatchParams::apply(manager).force();
 
     // An owned Secret: another field manager takes over `pw` with a forced apply.
-    f.apply("db", json!({"refreshInterval": "1h", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
-        .await;
-    f.wait_reason("db", "Synced").await;
+    f.synced_db("1h").await;
     let takeover = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
         "data": {"pw": "dGFtcGVyZWQ="}});
     f.secrets()

@@ -180,10 +180,7 @@ async fn tokens_never_go_to_hosts_outside_the_allow_list() {
 #[tokio::test]
 async fn force_sync_and_target_changes_sync_immediately() {
     let f = Fixture::new("force").await;
-    f.apply("db", json!({"refreshInterval": "1h", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
-        .await;
-    f.wait_reason("db", "Synced").await;
-    let secret = f.secrets().get("db").await.unwrap();
+    let secret = f.synced_db("1h").await;
     assert_eq!(
         secret
             .annotations()
@@ -376,10 +373,7 @@ async fn an_unowned_secret_is_never_overwritten_but_can_be_merged() {
 #[tokio::test]
 async fn remote_failures_keep_the_last_good_secret() {
     let f = Fixture::new("failures").await;
-    f.apply("db", json!({"refreshInterval": "1s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
-        .await;
-    f.wait_reason("db", "Synced").await;
-    let good = f.secrets().get("db").await.unwrap();
+    let good = f.synced_db("1s").await;
 
     f.emulator
         .control(

@@ -153,6 +153,19 @@ impl Fixture {
         Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
+    /// Applies KeyVaultSecret `db` (key `pw` from vault secret `db-password`,
+    /// refreshed every `interval`), waits until it is synced and returns the
+    /// Secret as first written.
+    pub async fn synced_db(&self, interval: &str) -> Secret {
+        self.apply(
+            "db",
+            serde_json::json!({"refreshInterval": interval, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
+        )
+        .await;
+        self.wait_reason("db", "Synced").await;
+        self.secrets().get("db").await.unwrap()
+    }
+
     /// Sets `kvsync.io/force-sync: <token>` on a KeyVaultSecret (a new token syncs at once).
     pub async fn force_sync(&self, name: &str, token: &str) {
         let patch =

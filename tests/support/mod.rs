@@ -188,20 +188,25 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let name = self.name.clone();
-        // Drop cannot await and the test's runtime may be shutting down: use a
-        // short-lived runtime of our own on another thread.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let api: Api<Namespace> = Api::all(client().await);
-                let _ = api.delete(&name, &DeleteParams::background()).await;
-            });
-        })
-        .join();
+        cleanup_in_drop(async move {
+            let api: Api<Namespace> = Api::all(client().await);
+            let _ = api.delete(&name, &DeleteParams::background()).await;
+        });
     }
+}
+
+/// Runs async clean-up from a `Drop`: Drop cannot await and the test's
+/// runtime may be shutting down, so it runs to completion on a short-lived
+/// runtime of its own on another thread.
+pub fn cleanup_in_drop(cleanup: impl Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(cleanup);
+    })
+    .join();
 }
 
 /// Polls `check` until it yields `Some`, failing the test with `what` after `timeout`.
