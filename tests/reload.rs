@@ -54,8 +54,10 @@ impl Fixture {
     }
 
     /// Starts `kvsync run` for the namespace (the digest key lives there too),
-    /// with a short debounce and minimum interval unless `extra` overrides them.
-    fn start_operator(&mut self, extra: &[&str]) {
+    /// with a short debounce and minimum interval unless `extra` overrides them,
+    /// and waits until its reload stage has listed everything: every window
+    /// after this one watches an operator that is looking.
+    async fn start_operator(&mut self, extra: &[&str]) {
         let mut args: Vec<&str> = vec![
             "run",
             "--namespaces",
@@ -75,7 +77,9 @@ impl Fixture {
         }
         args.extend(extra);
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        self.operator = Some(Process::start(&args));
+        let operator = Process::start(&args);
+        reload_listed(&operator).await;
+        self.operator = Some(operator);
     }
 
     /// SIGTERM and wait: the operator stops cleanly.
@@ -190,6 +194,12 @@ impl Fixture {
             .create(&PostParams::default(), &object)
             .await
             .unwrap_or_else(|e| panic!("create {kind} {name}: {e}"));
+        // Counts of ReplicaSets/revisions start at one, not at zero.
+        if kind == "Deployment" {
+            first_rollout_made::<ReplicaSet>(&self.client, &self.ns.name, name).await;
+        } else {
+            first_rollout_made::<ControllerRevision>(&self.client, &self.ns.name, name).await;
+        }
     }
 
     async fn deployment(
@@ -205,28 +215,12 @@ impl Fixture {
 
     /// ReplicaSets of a Deployment: one per distinct pod template it has had.
     async fn replica_sets(&self, deployment: &str) -> usize {
-        let list = self
-            .api::<ReplicaSet>()
-            .list(&ListParams::default())
-            .await
-            .expect("list replica sets");
-        list.items
-            .iter()
-            .filter(|rs| rs.owner_references().iter().any(|o| o.name == deployment))
-            .count()
+        owned::<ReplicaSet>(&self.client, &self.ns.name, deployment).await
     }
 
     /// ControllerRevisions of a StatefulSet or DaemonSet.
     async fn revisions(&self, owner: &str) -> usize {
-        let list = self
-            .api::<ControllerRevision>()
-            .list(&ListParams::default())
-            .await
-            .expect("list revisions");
-        list.items
-            .iter()
-            .filter(|r| r.owner_references().iter().any(|o| o.name == owner))
-            .count()
+        owned::<ControllerRevision>(&self.client, &self.ns.name, owner).await
     }
 
     /// Waits until the Deployment has exactly `count` ReplicaSets, then checks
@@ -308,7 +302,7 @@ async fn data_changes_restart_once_and_nothing_else_does() {
     f.config_map("app", &[("mode", "blue")], &[]).await;
     f.deployment("web", &[AUTO], &["db"], &["app"]).await;
     f.deployment("plain", &[], &["db"], &["app"]).await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
 
     // First sight: baselined, not restarted.
     f.baselined::<Deployment>("web").await;
@@ -378,7 +372,7 @@ async fn changes_made_together_roll_out_once() {
     f.secret("b", &[("k", "1")], &[], &[]).await;
     f.config_map("c", &[("k", "1")], &[]).await;
     f.deployment("web", &[AUTO], &["a", "b"], &["c"]).await;
-    f.start_operator(&["--reload-debounce", "1s"]);
+    f.start_operator(&["--reload-debounce", "1s"]).await;
     f.baselined::<Deployment>("web").await;
 
     f.secret("a", &[("k", "2")], &[], &[]).await;
@@ -411,7 +405,7 @@ async fn typed_auto_reacts_to_its_own_kind_only() {
         &["c"],
     )
     .await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("secrets-only").await;
     f.baselined::<Deployment>("config-only").await;
 
@@ -452,7 +446,7 @@ async fn named_lists_fire_without_use_and_excludes_win() {
         &[],
     )
     .await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("listed").await;
     f.baselined::<Deployment>("auto").await;
 
@@ -493,7 +487,7 @@ async fn search_needs_match_unless_auto_and_ignore_always_wins() {
         .await;
     f.deployment("both", &[search, AUTO], &["unmatched", "ignored"], &[])
         .await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("searching").await;
     f.baselined::<Deployment>("both").await;
 
@@ -533,7 +527,7 @@ async fn pod_template_annotations_count_when_the_workload_has_none() {
         &[],
     )
     .await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("web").await;
 
     f.secret("db", &[("k", "2")], &[], &[]).await;
@@ -559,7 +553,7 @@ async fn an_invalid_expression_is_reported_and_everything_else_keeps_working() {
     )
     .await;
     f.deployment("healthy", &[AUTO], &["db"], &[]).await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
 
     let notes = eventually(
         "a Warning event about the broken annotation",
@@ -595,18 +589,18 @@ async fn operator_restarts_restart_nothing_and_changes_made_meanwhile_apply_once
     let mut f = Fixture::new("reload-restart").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.deployment("web", &[AUTO], &["db"], &[]).await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("web").await;
 
     f.stop_operator();
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.expect_replica_sets("web", 1).await;
 
     f.stop_operator();
     f.secret("db", &[("k", "2")], &[], &[]).await;
     f.secret("db", &[("k", "3")], &[], &[]).await;
     f.expect_replica_sets("web", 1).await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.expect_replica_sets("web", 2).await;
 }
 
@@ -618,7 +612,7 @@ async fn statefulsets_and_daemonsets_roll_to_a_new_revision() {
         .await;
     f.workload::<DaemonSet>("agent", &[AUTO], &[], &["db"], &[])
         .await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<StatefulSet>("store").await;
     f.baselined::<DaemonSet>("agent").await;
     always("no new revisions on first sight", QUIET, || async {
@@ -644,7 +638,7 @@ async fn min_reload_interval_folds_later_changes_into_one_restart() {
     let mut f = Fixture::new("reload-interval").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.deployment("web", &[AUTO], &["db"], &[]).await;
-    f.start_operator(&["--min-reload-interval", "8s"]);
+    f.start_operator(&["--min-reload-interval", "8s"]).await;
     f.baselined::<Deployment>("web").await;
 
     f.secret("db", &[("k", "2")], &[], &[]).await;
@@ -676,7 +670,7 @@ async fn pause_period_annotation_spaces_restarts_of_its_workload() {
     )
     .await;
     f.deployment("free", &[AUTO], &["db"], &[]).await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("paused").await;
     f.baselined::<Deployment>("free").await;
 
@@ -703,7 +697,8 @@ async fn resource_label_selector_limits_which_resources_count() {
     f.secret("unlabelled", &[("k", "1")], &[], &[]).await;
     f.deployment("web", &[AUTO], &["labelled", "unlabelled"], &[])
         .await;
-    f.start_operator(&["--resource-label-selector", "reload=yes"]);
+    f.start_operator(&["--resource-label-selector", "reload=yes"])
+        .await;
     f.baselined::<Deployment>("web").await;
 
     f.secret("unlabelled", &[("k", "2")], &[], &[]).await;
@@ -764,7 +759,10 @@ async fn namespace_selector_gates_workloads_until_the_namespace_matches() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    f.operator = Some(Process::start(&args));
+    let operator = Process::start(&args);
+    // The window below means something only once the operator is looking.
+    reload_listed(&operator).await;
+    f.operator = Some(operator);
 
     f.secret("db", &[("k", "2")], &[], &[]).await;
     always(
@@ -867,7 +865,7 @@ async fn deletions_restart_nothing_and_appearances_only_what_could_run_without()
         }
     });
     f.apply::<Deployment>("tolerant", optional).await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("web").await;
     f.baselined::<Deployment>("tolerant").await;
 
