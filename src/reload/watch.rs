@@ -101,16 +101,7 @@ impl WatchPlan {
         &self,
         inbox: tokio::sync::mpsc::Receiver<SecretWritten>,
     ) -> (Vec<Source>, BoxStream<'static, Input>) {
-        let namespaces: Vec<Option<String>> = if self.scope.namespaces.is_empty() {
-            vec![None]
-        } else {
-            self.scope
-                .namespaces
-                .iter()
-                .filter(|ns| self.scope.name_in_scope(ns))
-                .map(|ns| Some(ns.clone()))
-                .collect()
-        };
+        let namespaces = self.scope.watched_namespaces();
         let mut sources = Vec::new();
         let mut streams = Vec::new();
         for namespace in &namespaces {

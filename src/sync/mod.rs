@@ -164,11 +164,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
-    let namespaces: Vec<Option<String>> = if ctx.scope.namespaces.is_empty() {
-        vec![None]
-    } else {
-        ctx.scope.namespaces.iter().cloned().map(Some).collect()
-    };
+    let namespaces = ctx.scope.watched_namespaces();
     let mut routes = HashMap::new();
     let mut controllers = Vec::new();
     for namespace in namespaces {
