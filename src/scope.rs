@@ -5,7 +5,8 @@
 //! empty), is not in `--ignore-namespaces`, and — if `--namespace-selector` is
 //! set — its labels match the selector. The first two are decided here from
 //! values alone; the label selector needs the Namespace object, so callers
-//! pass its labels in.
+//! pass its labels in. Which namespaces the stages watch follows from the
+//! same flags, in one place: [`ScopeArgs::watched_namespaces`].
 
 use std::collections::BTreeMap;
 

@@ -156,9 +156,10 @@ fn affected_by_secret(
     refs
 }
 
-/// Runs the sync stage until `shutdown` resolves: one controller for the
-/// whole cluster, or one per namespace listed in `--namespaces` (so that
-/// namespaced RBAC suffices: a cluster-wide watch would be refused).
+/// Runs the sync stage until `shutdown` resolves: one controller per
+/// [`ScopeArgs::watched_namespaces`] entry — the whole cluster, or each
+/// namespace listed in `--namespaces` and not ignored (so that namespaced
+/// RBAC suffices: a cluster-wide watch would be refused).
 pub async fn run<F, Fut>(ctx: Arc<Context>, shutdown: F)
 where
     F: Fn() -> Fut,
