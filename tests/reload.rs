@@ -790,6 +790,8 @@ async fn namespace_selector_gates_workloads_until_the_namespace_matches() {
     let label = format!("kvsync-reload-{}", f.ns.name);
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.deployment("web", &[AUTO], &["db"], &[]).await;
+    let invalid = ("secret.reloader.stakater.com/reload", "bad-[");
+    f.deployment("broken", &[invalid], &[], &[]).await;
     // Cluster-wide watches, acting only in namespaces carrying the label.
     let args: Vec<String> = [
         "run",
@@ -820,6 +822,9 @@ async fn namespace_selector_gates_workloads_until_the_namespace_matches() {
                     .annotations::<Deployment>("web")
                     .await
                     .contains_key(DIGEST_ANNOTATION)
+                && f.event_notes("broken", "InvalidReloadAnnotation")
+                    .await
+                    .is_empty()
         },
     )
     .await;
@@ -832,6 +837,15 @@ async fn namespace_selector_gates_workloads_until_the_namespace_matches() {
         .unwrap();
     f.baselined::<Deployment>("web").await;
     f.expect_replica_sets("web", 1).await;
+    // Its problems are reported once it is in scope, not before.
+    eventually("the Warning about the broken annotation", WAIT, || async {
+        (f.event_notes("broken", "InvalidReloadAnnotation")
+            .await
+            .len()
+            == 1)
+            .then_some(())
+    })
+    .await;
     f.secret("db", &[("k", "3")], &[], &[]).await;
     f.expect_replica_sets("web", 2).await;
 }

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
+use super::annotations::PolicyProblem;
 use super::decide::{Schedule, Situation, Verdict, decide, desired_members};
 use super::events::{EventPublisher, Regarding};
 use super::index::{Index, ResourceChange, WorkloadObservation};
@@ -176,6 +177,13 @@ impl Stage {
             Observed::Workload(observation) => self.observe_workload(*observation, due),
             Observed::Namespace { name, selected } => {
                 let revealed = self.index.set_selected(&name, selected);
+                // Problems of workloads outside the selection were not
+                // reported: now they are in scope, they are.
+                for workload in &revealed {
+                    if let Some(state) = self.index.workload(workload) {
+                        self.report_problems(workload, &state.uid, &state.problems);
+                    }
+                }
                 self.mark_all(revealed, due);
             }
         }
@@ -185,22 +193,28 @@ impl Stage {
         let workload = observation.workload.clone();
         let uid = observation.state.uid.clone();
         let change = self.index.apply_workload(observation);
-        if !change.new_problems.is_empty() {
-            for problem in &change.new_problems {
-                self.metrics.error("invalid_annotation");
-                warn!(%workload, %problem, "unusable reload annotation");
-            }
-            self.events.invalid_annotations(
-                Regarding {
-                    workload: &workload,
-                    uid: &uid,
-                },
-                &change.new_problems,
-            );
+        // A namespace outside `--namespace-selector` is not the operator's to
+        // write Events in; its problems are reported if it comes into scope.
+        if self.index.is_selected(&workload.namespace) {
+            self.report_problems(&workload, &uid, &change.new_problems);
         }
         if change.needs_evaluation {
             self.schedule.mark(workload, due);
         }
+    }
+
+    /// Counts, logs and publishes (one Warning Event) a workload's unusable
+    /// annotation values.
+    fn report_problems(&self, workload: &WorkloadRef, uid: &str, problems: &[PolicyProblem]) {
+        if problems.is_empty() {
+            return;
+        }
+        for problem in problems {
+            self.metrics.error("invalid_annotation");
+            warn!(%workload, %problem, "unusable reload annotation");
+        }
+        self.events
+            .invalid_annotations(Regarding { workload, uid }, problems);
     }
 
     fn forget(&mut self, observed: Observed) {
