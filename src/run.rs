@@ -120,8 +120,10 @@ impl Shutdown {
         }
     }
 
+    /// Stores the request even when nobody listens yet, so that a later
+    /// [`Shutdown::signal`] resolves at once.
     fn begin(&self) {
-        let _ = self.0.send(true);
+        self.0.send_replace(true);
     }
 }
 
