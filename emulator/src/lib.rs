@@ -242,7 +242,12 @@ pub async fn start(options: Options) -> Result<Running, EmulatorError> {
         ca_file,
         pid: std::process::id(),
     };
-    let running = Running::serve(emulator, listeners, RustlsConfig::from_config(tls.server_config), endpoints)?;
+    let running = Running::serve(
+        emulator,
+        listeners,
+        RustlsConfig::from_config(tls.server_config),
+        endpoints,
+    )?;
     tracing::info!(
         authority_host = %running.endpoints.authority_host,
         vaults = ?running.endpoints.vaults,

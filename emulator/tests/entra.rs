@@ -226,7 +226,6 @@ async fn certificate_assertions_are_checked_against_the_registered_certificate()
     }
 }
 
-
 /// A minimal OIDC issuer like a kube-apiserver: discovery and JWKS over HTTPS,
 /// only for callers with the right bearer token.
 struct OidcIssuer {

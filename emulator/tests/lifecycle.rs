@@ -33,10 +33,7 @@ async fn shutdown_and_drop_stop_every_listener() {
         } = emulator;
         assert!(answers(&http, &endpoints.control_url).await);
         assert!(
-            http.get(&endpoints.authority_host)
-                .send()
-                .await
-                .is_ok(),
+            http.get(&endpoints.authority_host).send().await.is_ok(),
             "Entra answers while running"
         );
         if graceful {

@@ -145,7 +145,6 @@ pub fn indent(text: &str, spaces: usize) -> String {
         .join("\n")
 }
 
-
 /// A Key Vault + Entra ID emulator running in-process (stopped when dropped).
 pub struct Emulator {
     pub running: Running,
@@ -222,7 +221,11 @@ impl Emulator {
 
     /// A workload identity credential reading its assertion from a token file, as
     /// in a pod with Azure Workload Identity.
-    pub fn workload_credential(&self, client_id: &str, assertion: &str) -> Arc<dyn TokenCredential> {
+    pub fn workload_credential(
+        &self,
+        client_id: &str,
+        assertion: &str,
+    ) -> Arc<dyn TokenCredential> {
         let token_file = tempfile::NamedTempFile::new_in(self.dir.path()).unwrap();
         std::fs::write(token_file.path(), assertion).unwrap();
         let (_, path) = token_file.keep().unwrap();
