@@ -321,7 +321,7 @@ impl Running {
     }
 
     /// Stops accepting, lets in-flight requests finish (for at most
-    /// [`SHUTDOWN_GRACE`]) and waits until every listener has stopped.
+    /// `SHUTDOWN_GRACE`, 2 s) and waits until every listener has stopped.
     pub async fn shutdown(mut self) {
         self.https.graceful_shutdown(Some(SHUTDOWN_GRACE));
         let _ = self.stop_control.send(true);
