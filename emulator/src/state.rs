@@ -1,4 +1,4 @@
-//! The state shared by every listener of one emulator process.
+//! The state shared by every listener of one running emulator.
 
 use super::config::{Config, KnownNames};
 use super::directory::Directory;
