@@ -31,6 +31,7 @@
 //! SIGINT.
 
 mod assertion;
+mod clock;
 mod config;
 mod control;
 mod directory;

@@ -32,6 +32,33 @@ pub enum VaultError {
     Unavailable(String),
 }
 
+/// Why kvsync cannot talk to Key Vault at all (a start-up problem).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("extra CA file: {0}")]
+    ExtraCa(#[source] reqwest::Error),
+    #[error("HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("reading {path}: {source}")]
+    ReadCaFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why a KeyVaultSecret's `vaultUrl` may not be used (no token is sent to it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VaultUrlError {
+    #[error("vaultUrl {url:?} is not a URL: {reason}")]
+    NotAUrl { url: String, reason: url::ParseError },
+    #[error("vaultUrl {0:?} must use https")]
+    NotHttps(String),
+    #[error(
+        "vault host {host:?} is not an allowed Key Vault host (allowed: {allowed}, plus --allow-vault-host)"
+    )]
+    HostNotAllowed { host: String, allowed: String },
+}
+
 impl VaultError {
     /// Classifies an SDK error; `name` is the secret asked for (for messages).
     pub fn from_sdk(error: &azure_core::Error, name: &str) -> Self {
