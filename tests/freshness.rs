@@ -275,7 +275,9 @@ async fn a_second_update_in_the_same_second_is_synced_with_the_vault_clock_behin
 /// The clock knob moves the vault's timestamps.
 #[tokio::test]
 async fn the_emulator_clock_skew_moves_updated() {
-    let emulator = Emulator::start(json!({"vaults": [{"name": "shop", "tenantId": TENANT, "secrets": []}]})).await;
+    let emulator =
+        Emulator::start(json!({"vaults": [{"name": "shop", "tenantId": TENANT, "secrets": []}]}))
+            .await;
     emulator
         .control(Method::POST, "clock", Some(json!({"skewSeconds": -3600})))
         .await;

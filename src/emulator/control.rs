@@ -72,8 +72,7 @@ async fn set_secret(
 ) -> Result<Response, ServiceError> {
     let secret: NewSecret = parse_body(&body)?;
     let url = vault_url(&emulator, &vault)?;
-    let stored =
-        lock(&emulator.store).set_secret(
+    let stored = lock(&emulator.store).set_secret(
         &vault,
         &name,
         secret,

@@ -452,8 +452,7 @@ fn update_secret(
         nbf: body.attributes.nbf,
         exp: body.attributes.exp,
     };
-    let updated =
-        lock(&context.emulator.store).update_secret(
+    let updated = lock(&context.emulator.store).update_secret(
         &context.name,
         name,
         version,

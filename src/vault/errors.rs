@@ -50,7 +50,10 @@ pub enum SetupError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VaultUrlError {
     #[error("vaultUrl {url:?} is not a URL: {reason}")]
-    NotAUrl { url: String, reason: url::ParseError },
+    NotAUrl {
+        url: String,
+        reason: url::ParseError,
+    },
     #[error("vaultUrl {0:?} must use https")]
     NotHttps(String),
     #[error(

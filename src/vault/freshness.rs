@@ -259,10 +259,7 @@ mod tests {
             t0 + 10 * S
         );
         // A shorter subscriber moves the next listing closer (or to now).
-        assert_eq!(
-            next_listing(Some(ok), 2 * S, cap, 0.5, t0 + S),
-            t0 + 2 * S
-        );
+        assert_eq!(next_listing(Some(ok), 2 * S, cap, 0.5, t0 + S), t0 + 2 * S);
         let failed = LastListing { failures: 3, ..ok };
         assert_eq!(
             next_listing(Some(failed), 3600 * S, cap, 1.0, t0 + S),

@@ -236,9 +236,10 @@ impl VaultAccess {
         });
         let outcome = result.map(|(secret, _)| secret);
         let ended = Instant::now();
-        let retry_from = outcome.as_ref().err().map(|error| {
-            ended + retry_window(1, error.retry_after(), inner.config.max_backoff)
-        });
+        let retry_from = outcome
+            .as_ref()
+            .err()
+            .map(|error| ended + retry_window(1, error.retry_after(), inner.config.max_backoff));
         *read = Some(ValueRead {
             attempt: Attempt {
                 started,

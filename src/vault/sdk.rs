@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+use azure_core::http::headers::HeaderName;
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_security_keyvault_secrets::models::{ContentType, SecretClientGetSecretOptions};
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
-use azure_core::http::headers::HeaderName;
 use futures::TryStreamExt;
 
 use super::errors::{SetupError, VaultUrlError};
@@ -38,8 +38,7 @@ impl Sdk {
             .timeout(config.request_timeout)
             .connect_timeout(Duration::from_secs(5));
         if let Some(pem) = &config.extra_ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(SetupError::ExtraCa)?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(SetupError::ExtraCa)?;
             http = http.tls_certs_merge(certs);
         }
         let http = http.build().map_err(SetupError::HttpClient)?;
@@ -88,8 +87,10 @@ impl Sdk {
     pub fn retain(&self, live: impl Fn(&str, &str) -> bool) {
         let mut clients = self.clients.lock().unwrap();
         clients.retain(|(vault, identity), _| live(vault, identity));
-        let identities: std::collections::HashSet<&str> =
-            clients.keys().map(|(_, identity)| identity.as_str()).collect();
+        let identities: std::collections::HashSet<&str> = clients
+            .keys()
+            .map(|(_, identity)| identity.as_str())
+            .collect();
         self.credentials
             .retain(|identity| identities.contains(identity));
     }

@@ -86,7 +86,11 @@ impl ListingState {
             started: attempt.started,
             ended: attempt.ended,
             failures: self.failures,
-            retry_after: attempt.outcome.as_ref().err().and_then(VaultError::retry_after),
+            retry_after: attempt
+                .outcome
+                .as_ref()
+                .err()
+                .and_then(VaultError::retry_after),
         })
     }
 }
@@ -294,4 +298,92 @@ pub fn current_value(read: &ValueRead, listing: &Snapshot) -> Option<RemoteSecre
         .as_ref()
         .is_some_and(|stamp| still_current(stamp, info))
         .then(|| secret.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use crate::vault::RemoteSecretInfo;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn names(names: &[&str]) -> Interest {
+        Interest::Names(names.iter().map(|n| n.to_string()).collect())
+    }
+
+    fn listing(names: &[&str]) -> Snapshot {
+        names
+            .iter()
+            .map(|name| {
+                let info = RemoteSecretInfo {
+                    name: name.to_string(),
+                    enabled: true,
+                    tags: BTreeMap::new(),
+                    updated: Some(1),
+                };
+                (name.to_string(), info)
+            })
+            .collect()
+    }
+
+    fn woken(view: &VaultView) -> bool {
+        futures::FutureExt::now_or_never(view.wake.notified()).is_some()
+    }
+
+    #[tokio::test]
+    async fn a_shorter_subscriber_wakes_the_poller_and_sets_the_period() {
+        let view = VaultView::default();
+        assert!(
+            view.subscribe("ns/slow", names(&["a"]), 60 * MINUTE),
+            "first starts the poller"
+        );
+        assert!(!view.subscribe("ns/fast", names(&["b"]), Duration::from_secs(5)));
+        assert!(woken(&view), "the sleeping poller re-plans at once");
+        assert_eq!(view.poll_period(), Some(Duration::from_secs(5)));
+        assert!(!view.subscribe("ns/medium", names(&["c"]), MINUTE));
+        assert!(!woken(&view), "a longer one changes nothing");
+        // The fast one moves to a long interval: the period follows.
+        view.subscribe("ns/fast", names(&["b"]), 60 * MINUTE);
+        assert_eq!(view.poll_period(), Some(MINUTE));
+    }
+
+    #[test]
+    fn values_follow_the_listing_and_their_readers() {
+        let view = VaultView::default();
+        let (gone, kept, held) = (
+            value_key("gone", None, false),
+            value_key("kept", None, false),
+            value_key("held", None, false),
+        );
+        for key in [&gone, &kept, &held] {
+            view.slot(key);
+        }
+        let holder = view.slot(&held);
+        view.forget_unlisted(&listing(&["kept"]));
+        let cached: Vec<_> = {
+            let values = view.values.lock().unwrap();
+            let mut names: Vec<_> = values.keys().map(|k| k.0.clone()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(cached, ["held", "kept"], "a read in flight keeps its slot");
+        drop(holder);
+
+        let later = Instant::now() + 2 * MINUTE;
+        assert!(view.prune(MINUTE, later), "nobody subscribed or read: idle");
+        assert!(
+            view.values.lock().unwrap().is_empty(),
+            "unread values dropped"
+        );
+    }
+
+    #[test]
+    fn a_subscribed_view_is_never_idle() {
+        let view = VaultView::default();
+        view.subscribe("ns/a", Interest::Everything, MINUTE);
+        assert!(!view.prune(MINUTE, Instant::now() + 10 * MINUTE));
+        assert!(!view.prune(MINUTE, Instant::now()));
+    }
 }
