@@ -208,6 +208,20 @@ async fn a_pinned_version_is_rechecked() {
         (ready(&kvs)?.reason == "Synced").then_some(())
     })
     .await;
+
+    // What the re-checks cost while idle: a GET of the pinned version about
+    // once per interval (a refresh reuses a read younger than its interval).
+    f.emulator
+        .control(Method::POST, "counters/reset", None)
+        .await;
+    let window = Duration::from_secs(6);
+    tokio::time::sleep(window).await;
+    let (lists, gets) = listings_and_reads(&f.emulator.counters().await);
+    eprintln!("pinned: idle {window:?} at 2 s: {lists} listings, {gets} pinned re-checks");
+    assert!(
+        (1..=4).contains(&gets),
+        "{gets} re-checks of the pinned version in {window:?}"
+    );
 }
 
 /// Sleeps until just after the start of the next wall-clock second (the
