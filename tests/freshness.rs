@@ -60,6 +60,10 @@ async fn a_short_interval_is_honoured_beside_a_long_one() {
     )
     .await;
     f.wait_reason("slow", "Synced").await;
+    // From a later second than the seeding on, a value read is trusted while
+    // the listing says it is unchanged: only a listing recent enough for the
+    // 5 s object can reveal the rotation.
+    next_second().await;
     f.apply(
         "fast",
         json!({"refreshInterval": "5s", "data": data_entry("db-password")}),
