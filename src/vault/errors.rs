@@ -3,7 +3,8 @@
 //! The SDK reports failures as `azure_core::Error`; this turns them into the
 //! few cases the reconciler distinguishes (and shows as a condition reason).
 //! Messages carry Key Vault's and Entra's own explanations, which never
-//! contain a secret value.
+//! contain a secret value. [`SetupError`] and [`VaultUrlError`] are the
+//! start-up and `vaultUrl` problems found before any request.
 
 use std::time::Duration;
 
