@@ -166,6 +166,11 @@ impl Credentials {
         self.cache.lock().unwrap().retain(|key, _| keep(key));
     }
 
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.cache.lock().unwrap().len()
+    }
+
     /// Drops the credential of `identity` (and its token cache).
     pub fn forget(&self, identity: &Identity) {
         self.cache.lock().unwrap().remove(&identity.cache_key());

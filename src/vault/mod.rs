@@ -476,3 +476,67 @@ pub fn read_ca_file(path: Option<&Path>) -> Result<Option<Vec<u8>>, SetupError> 
     })
     .transpose()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A vault access whose clients are never used for a request.
+    fn access() -> VaultAccess {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let kube =
+            kube::Client::try_from(kube::Config::new("https://127.0.0.1:1".parse().unwrap()))
+                .unwrap();
+        let config = VaultConfig {
+            authority_host: "https://localhost:1/".into(),
+            allowed_hosts: AllowedHosts::new(&["localhost".into()]),
+            operator: OperatorIdentity::default(),
+            extra_ca_pem: None,
+            request_timeout: Duration::from_secs(1),
+            change_detection: ChangeDetection::List,
+            vault_concurrency: 4,
+            max_backoff: Duration::from_secs(4),
+        };
+        VaultAccess::new(kube, config).unwrap()
+    }
+
+    fn identity(client: &str) -> Identity {
+        Identity::ClientSecret {
+            tenant_id: "t".into(),
+            client_id: client.into(),
+            secret: "s".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn state_of_vaults_nobody_uses_is_dropped() {
+        let access = access();
+        let inner = &access.inner;
+        let (used, unused) = ("https://localhost/used", "https://localhost/unused");
+        access.subscribe(
+            used,
+            &identity("a"),
+            "ns/kept",
+            Interest::Everything,
+            Duration::from_secs(3600),
+        );
+        for (vault, client) in [(used, "a"), (unused, "b")] {
+            inner.view(vault, &identity(client));
+            inner.gate(vault);
+            inner.sdk.client(vault, &identity(client)).unwrap();
+        }
+        inner.sweep_unused(Instant::now());
+        assert_eq!(inner.views.lock().unwrap().len(), 2, "recently used: kept");
+
+        inner.sweep_unused(Instant::now() + UNUSED_FOR * 2);
+        let views: Vec<_> = inner.views.lock().unwrap().keys().cloned().collect();
+        assert_eq!(views, [(vault_key(used), identity("a").cache_key())]);
+        let gates: Vec<_> = inner.gates.lock().unwrap().keys().cloned().collect();
+        assert_eq!(gates, [vault_key(used)]);
+        assert_eq!(
+            inner.sdk.clients(),
+            1,
+            "the unused client and credential are dropped"
+        );
+    }
+}

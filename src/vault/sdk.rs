@@ -95,7 +95,7 @@ impl Sdk {
             .retain(|identity| identities.contains(identity));
     }
 
-    fn client(
+    pub(super) fn client(
         &self,
         vault_url: &str,
         identity: &Identity,
@@ -124,6 +124,18 @@ impl Sdk {
         let client = Arc::new(client);
         self.clients.lock().unwrap().insert(key, client.clone());
         Ok(client)
+    }
+
+    /// How many (vault, identity) clients and credentials are kept.
+    #[cfg(test)]
+    pub fn clients(&self) -> usize {
+        let clients = self.clients.lock().unwrap().len();
+        assert_eq!(
+            clients,
+            self.credentials.len(),
+            "one credential per identity here"
+        );
+        clients
     }
 
     /// Classifies a failed call. A 401 from the vault means it refuses the
