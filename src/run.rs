@@ -46,13 +46,14 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                 tenant_id: args.azure_tenant_id.clone(),
                 token_file: args.azure_federated_token_file.clone(),
             },
-            extra_ca_pem: read_ca_file(args.extra_ca_file.as_deref())?,
+            extra_ca_pem: read_ca_file(args.extra_ca_file.as_deref()).map_err(|e| e.to_string())?,
             request_timeout: args.request_timeout,
             change_detection: args.change_detection,
             vault_concurrency: args.vault_concurrency,
             max_backoff: args.max_backoff,
         },
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
 
     let mut registry = Registry::default();
     let sync_metrics = SyncMetrics::register(&mut registry);

@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 mod assertion;
+mod clock;
 mod config;
 mod control;
 mod directory;

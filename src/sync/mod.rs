@@ -94,13 +94,17 @@ impl Context {
     }
 
     /// `Now` when the force-sync annotation changed since the last sync of
-    /// this object, else whatever the latest listing says.
+    /// this object or it has no refresh interval, else what the vault said
+    /// within its refresh interval.
     fn freshness_for(&self, kvs: &KeyVaultSecret) -> Freshness {
         let key = format!("{}/{}", kvs.namespace().unwrap_or_default(), kvs.name_any());
         let value = kvs.annotations().get(FORCE_SYNC_ANNOTATION).cloned();
         match self.forced.lock().unwrap().insert(key, value.clone()) {
             Some(previous) if previous != value => Freshness::Now,
-            _ => Freshness::Latest,
+            _ => match kvs.spec.refresh_interval() {
+                Ok(Some(interval)) => Freshness::Within(interval),
+                _ => Freshness::Now,
+            },
         }
     }
 

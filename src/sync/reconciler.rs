@@ -354,7 +354,7 @@ fn validate(kvs: &KeyVaultSecret, ctx: &Context) -> Result<(), Failure> {
     let spec = &kvs.spec;
     ctx.vault
         .check_vault_url(&spec.vault_url)
-        .map_err(Failure::invalid)?;
+        .map_err(|e| Failure::invalid(e.to_string()))?;
     spec.refresh_interval()
         .map_err(|e| Failure::invalid(format!("refreshInterval: {e}")))?;
     if spec.data.is_empty() && spec.data_from.is_empty() {
