@@ -102,8 +102,8 @@ pub enum ChangeDetection {
 /// How recent a read must be.
 #[derive(Clone, Copy, Debug)]
 pub enum Freshness {
-    /// Whatever the latest listing says (the poller keeps it within one refresh window).
-    Latest,
+    /// A listing started no longer ago than this.
+    Within(Duration),
     /// Read the vault as of now (`kvsync.io/force-sync`).
     Now,
 }
@@ -281,7 +281,7 @@ impl Inner {
         let mut guard = view.listing.lock().await;
         if let Some(listed) = guard.as_ref() {
             let fresh_enough = match freshness {
-                Freshness::Latest => true,
+                Freshness::Within(_) => true,
                 Freshness::Now => listed.started >= asked,
             };
             if fresh_enough {
