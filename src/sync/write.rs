@@ -38,7 +38,9 @@ pub async fn write_target(
 ) -> Result<bool, SyncError> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &desired.namespace);
     let existing = api.get_opt(&desired.name).await?;
-    match desired.decide(existing.as_ref()) {
+    let decision = desired.decide(existing.as_ref());
+    tracing::debug!(namespace = %desired.namespace, secret = %desired.name, ?decision, "target decision");
+    match decision {
         WriteDecision::UpToDate => Ok(false),
         WriteDecision::Conflict(message) => Err(SyncError::Conflict(message)),
         WriteDecision::Missing => Err(SyncError::SecretMissing(desired.name.clone())),
