@@ -312,17 +312,21 @@ impl Process {
     }
 
     /// SIGTERM, then wait for a clean exit.
-    pub fn terminate(self) -> std::process::ExitStatus {
-        self.terminate_with_output().0
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.stop()
     }
 
     /// SIGTERM, wait for the exit, and return everything the process printed.
     pub fn terminate_with_output(mut self) -> (std::process::ExitStatus, String) {
+        (self.stop(), self.output())
+    }
+
+    /// SIGTERM and wait for the exit, keeping the output readable.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status();
-        let status = self.child.wait().unwrap();
-        (status, self.output())
+        self.child.wait().unwrap()
     }
 
     /// SIGKILL: a crash, as far as the operator can tell.
@@ -498,6 +502,24 @@ impl Operator {
     /// Flags in `extra` replace the defaults of the same name (short backoff
     /// and request timeout).
     pub fn start(emulator: &Emulator, namespace: &str, extra: &[&str]) -> Self {
+        Operator {
+            process: Process::start(&Self::args(emulator, namespace, extra)),
+        }
+    }
+
+    /// Like [`Operator::start`], acting with `kubeconfig`'s identity.
+    pub fn start_as(
+        emulator: &Emulator,
+        namespace: &str,
+        extra: &[&str],
+        kubeconfig: &Path,
+    ) -> Self {
+        Operator {
+            process: Process::start_as(&Self::args(emulator, namespace, extra), kubeconfig, &[]),
+        }
+    }
+
+    fn args(emulator: &Emulator, namespace: &str, extra: &[&str]) -> Vec<String> {
         let ca_file = emulator.endpoints.ca_file.display().to_string();
         let defaults = [
             ("--namespaces", namespace),
@@ -516,9 +538,7 @@ impl Operator {
             }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Operator {
-            process: Process::spawn(&args, tempfile::tempdir().unwrap()),
-        }
+        args
     }
 
     /// SIGKILLs the operator (a crash: no graceful shutdown) and, once it is
