@@ -589,8 +589,15 @@ fn data_matches(
                 .iter()
                 .map(|(k, v)| format!("{k}={}", history.label(v)))
                 .collect();
+            let secrets: BTreeSet<(String, String)> = PLAIN
+                .iter()
+                .chain(JSON.iter())
+                .map(|n| (spec.vault.clone(), n.to_string()))
+                .filter(|changed| depends_on(entry, &spec.vault, changed))
+                .collect();
+            let timeline = history.timeline(&secrets, 6).join("; ");
             return Err(format!(
-                "entry {} holds [{}], not a rendering of any vault state live in the window",
+                "entry {} holds [{}], not a rendering of any vault state live in the window; its vault history: {timeline}",
                 Spec {
                     entries: vec![entry.clone()],
                     ..spec.clone()
@@ -666,8 +673,18 @@ pub struct Object {
     pub triggers: Vec<(At, Trigger)>,
     /// Last time the checker saw `Ready=True`.
     pub last_seen_ready: Option<At>,
-    /// The previous observation (for "a failing sync writes nothing").
-    pub previous: Option<Observation>,
+    /// Since when the object has been seen failing with an unchanged status.
+    pub failing: Option<Failing>,
+}
+
+/// A failing object's status and Secret when first seen so: while the
+/// status stays the same, the Secret must too.
+pub struct Failing {
+    kvs_version: String,
+    since: At,
+    data: Option<BTreeMap<String, String>>,
+    /// When the Secret was first seen changed nonetheless.
+    changed_seen: Option<At>,
 }
 
 impl Object {
@@ -827,18 +844,20 @@ fn synced_versions_match(
     Ok(())
 }
 
-/// The rule of issue 10 for one observation of one object.
+/// The rule of issue 10 for one observation of one object (and the
+/// object's memory of what it saw, for the next observation).
 pub fn check(
-    object: &Object,
+    object: &mut Object,
     seen: &Observation,
     history: &History,
     clock: &Clock,
 ) -> Vec<Violation> {
     let mut violations = Vec::new();
+    let name = object.name.clone();
     let mut fail = |rule, detail: String| {
         violations.push(Violation {
             rule,
-            object: object.name.clone(),
+            object: name.clone(),
             detail,
         })
     };
@@ -903,34 +922,50 @@ pub fn check(
         {
             fail("synced-versions", e);
         }
-    } else if let Some(previous) = &object.previous
-        && previous.ready.as_ref().is_some_and(|r| !r.status)
-        && previous.kvs_version == seen.kvs_version
-        && !object
-            .target_deletions()
-            .any(|at| at >= previous.read_from && at <= seen.read_to)
-    {
-        let data = |o: &Observation| o.secret.as_ref().map(|(_, d)| d.clone());
-        if data(previous) != data(seen) {
-            fail(
-                "failing-sync-keeps-last-good",
-                format!(
-                    "Ready={} ({}) with no status change, yet the Secret changed ({} → {})",
-                    ready.status,
-                    ready.reason,
-                    if previous.secret.is_some() {
-                        "present"
-                    } else {
-                        "absent"
-                    },
-                    if seen.secret.is_some() {
-                        "present"
-                    } else {
-                        "absent"
-                    },
-                ),
-            );
+    } else {
+        let deletions: Vec<At> = object.target_deletions().collect();
+        let deleted_since = |t: At| deletions.iter().any(|at| *at >= t);
+        let data = seen.secret.as_ref().map(|(_, d)| d.clone());
+        match &mut object.failing {
+            Some(failing)
+                if failing.kvs_version == seen.kvs_version && !deleted_since(failing.since) =>
+            {
+                if failing.data != data {
+                    // A successful sync writes the Secret, then its status:
+                    // give the status write SLACK to follow.
+                    let changed = *failing.changed_seen.get_or_insert(now);
+                    if clock.uptime(changed, now) >= SLACK {
+                        fail(
+                            "failing-sync-keeps-last-good",
+                            format!(
+                                "Ready=False ({}) unchanged since {:.1}s, yet the Secret changed ({} → {}) {:.1}s ago",
+                                ready.reason,
+                                failing.since.as_secs_f64(),
+                                if failing.data.is_some() {
+                                    "present"
+                                } else {
+                                    "absent"
+                                },
+                                if data.is_some() { "present" } else { "absent" },
+                                now.saturating_sub(changed).as_secs_f64()
+                            ),
+                        );
+                    }
+                }
+            }
+            _ => {
+                object.failing = Some(Failing {
+                    kvs_version: seen.kvs_version.clone(),
+                    since: seen.read_to,
+                    data,
+                    changed_seen: None,
+                })
+            }
         }
+    }
+    if ready.status {
+        object.failing = None;
+        object.last_seen_ready = Some(now);
     }
     violations
 }
@@ -939,7 +974,12 @@ pub fn check(
 /// with its rendering and exact `syncedVersions`, or — when a ref is
 /// disabled or deleted — not Ready with that reason and the last good
 /// Secret kept.
-pub fn settled(object: &Object, seen: &Observation, history: &History) -> Result<(), String> {
+pub fn settled(
+    object: &Object,
+    seen: &Observation,
+    history: &History,
+    check_versions: bool,
+) -> Result<(), String> {
     let (generation, spec) = object.current();
     let ready = seen.ready.as_ref().ok_or("no Ready condition")?;
     if ready.observed_generation != generation || seen.status_generation != Some(generation) {
@@ -973,7 +1013,10 @@ pub fn settled(object: &Object, seen: &Observation, history: &History) -> Result
             }
             // Only the current state: it has been live since `now` at the latest.
             let after = now + Duration::from_millis(1);
-            synced_versions_match(spec, &seen.synced_versions, history, after, after)
+            match check_versions {
+                true => synced_versions_match(spec, &seen.synced_versions, history, after, after),
+                false => Ok(()),
+            }
         }
         Err(broken) => {
             if ready.status || !broken.iter().any(|b| b.reason() == ready.reason) {
