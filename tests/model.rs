@@ -419,22 +419,23 @@ impl Run {
 
     fn random_kind(&mut self) -> Kind {
         let mut table = vec![
-            (Kind::Rotate, 28),
-            (Kind::Recreate, 4),
-            (Kind::Disable, 7),
-            (Kind::Enable, 4),
-            (Kind::Delete, 5),
-            (Kind::DeleteTarget, 6),
-            (Kind::ForceSync, 10),
+            (Kind::Rotate, 56),
+            (Kind::Recreate, 8),
+            (Kind::Disable, 14),
+            (Kind::Enable, 8),
+            (Kind::Delete, 10),
+            (Kind::DeleteTarget, 12),
+            (Kind::ForceSync, 20),
         ];
         if self.spec_edits {
             table.extend([
-                (Kind::AddEntry, 4),
-                (Kind::RemoveEntry, 4),
-                (Kind::ChangeInterval, 4),
-                (Kind::ChangePin, 4),
+                (Kind::AddEntry, 8),
+                (Kind::RemoveEntry, 8),
+                (Kind::ChangeInterval, 8),
+                (Kind::ChangePin, 8),
             ]);
         }
+        // Rare: each restart makes the next RESTART_GRACE lenient.
         if self.restarts {
             table.push((Kind::Sigterm, 1));
         }
@@ -923,7 +924,7 @@ async fn the_rule_holds_for_a_random_schedule() {
             }
         }
         // Pacing only, so that refreshes fall between steps; the checks below are the proof.
-        let pause = Duration::from_millis(run.rng.random_range(150..600));
+        let pause = Duration::from_millis(run.rng.random_range(100..400));
         tokio::time::sleep(pause).await;
         run.check_all().await;
         if step == steps / 2 {
