@@ -310,7 +310,7 @@ impl Run {
         );
         self.operator = Some(Operator::start(&self.emulator, &self.ns.name, ARGS));
         let up = self.now();
-        self.clock.downtimes.push((began, up + RESTART_GRACE));
+        self.clock.down(began, up + RESTART_GRACE);
         self.note(format!(
             "operator restarted ({})",
             if kill { "SIGKILL" } else { "SIGTERM" }
@@ -698,9 +698,14 @@ impl Run {
                     .take(4)
                     .map(|(at, t)| format!("{t:?}@{:.1}s", at.as_secs_f64()))
                     .collect();
+                let downtimes: Vec<String> = self
+                    .clock
+                    .downtimes()
+                    .iter()
+                    .map(|(s, e)| format!("{:.1}–{:.1}s", s.as_secs_f64(), e.as_secs_f64()))
+                    .collect();
                 text += &format!(
-                    "    triggers (latest first): {triggers:?}; downtimes {:?}\n",
-                    self.clock.downtimes
+                    "    triggers (latest first): {triggers:?}; operator down or starting: {downtimes:?}\n"
                 );
             }
         }
@@ -738,9 +743,7 @@ impl Run {
             .max()
             .unwrap_or_default();
         let budget = staleness_bound(longest) + MAX_BACKOFF;
-        let start = self
-            .now()
-            .max(self.clock.downtimes.last().map_or(At::ZERO, |d| d.1));
+        let start = self.now().max(self.clock.up_again());
         let deadline = start + budget;
         let mut stable: Option<(At, Versions)> = None;
         let check_versions = !self.skip.contains("synced-versions");
@@ -1049,6 +1052,6 @@ async fn start(seed: u64) -> Run {
     }
     run.operator = Some(Operator::start(&run.emulator, &run.ns.name, ARGS));
     let up = run.now();
-    run.clock.downtimes.push((At::ZERO, up + RESTART_GRACE));
+    run.clock.down(At::ZERO, up + RESTART_GRACE);
     run
 }

@@ -621,11 +621,28 @@ fn data_matches(
 /// When the operator was not running, or had just started.
 #[derive(Default)]
 pub struct Clock {
-    /// (stop began, started again + RESTART_GRACE), in order.
-    pub downtimes: Vec<(At, At)>,
+    /// (stop began, started again + RESTART_GRACE), in order, disjoint.
+    downtimes: Vec<(At, At)>,
 }
 
 impl Clock {
+    /// The operator is down (or just started) from `from` until `to`.
+    pub fn down(&mut self, from: At, to: At) {
+        match self.downtimes.last_mut() {
+            Some(last) if from <= last.1 => last.1 = last.1.max(to),
+            _ => self.downtimes.push((from, to)),
+        }
+    }
+
+    /// When the operator is up again (after the last grace).
+    pub fn up_again(&self) -> At {
+        self.downtimes.last().map_or(At::ZERO, |d| d.1)
+    }
+
+    pub fn downtimes(&self) -> &[(At, At)] {
+        &self.downtimes
+    }
+
     /// Operator time between `from` and `to`: wall time minus downtimes.
     pub fn uptime(&self, from: At, to: At) -> Duration {
         let down: Duration = self
@@ -714,9 +731,12 @@ impl Object {
 
     /// The oldest vault moment the data of a Ready object may show at `now`:
     /// one interval (+ jitter + slack) of operator time back — the longest
-    /// interval of any spec in force during that window, none if one was 0 —
-    /// and never before a force-sync (or, for `refreshInterval: 0`, a
-    /// creation, spec edit or target deletion) the operator has had SLACK to act on.
+    /// interval of any spec in force during that window, none if one was 0.
+    /// For `refreshInterval: 0` (no periodic bound): never before the last
+    /// creation, spec edit, force-sync or target deletion the operator has
+    /// had SLACK to act on. (With an interval, the interval is the bound: a
+    /// force-sync reads as of now, but a later refresh may use a listing as
+    /// old as the interval allows.)
     fn floor(&self, clock: &Clock, now: At, observed_generation: i64) -> At {
         let (generation, spec) = self.current();
         let mut periodic = None;
@@ -739,7 +759,7 @@ impl Object {
         let triggered = self
             .triggers
             .iter()
-            .filter(|(_, kind)| *kind == Trigger::ForceSync || once)
+            .filter(|_| once)
             .map(|(at, _)| *at)
             .filter(|at| clock.uptime(*at, now) >= SLACK)
             .max();
@@ -1048,9 +1068,10 @@ mod tests {
 
     #[test]
     fn clock_skips_downtime() {
-        let clock = Clock {
-            downtimes: vec![(s(10), s(20))],
-        };
+        let mut clock = Clock::default();
+        clock.down(s(10), s(15));
+        clock.down(s(12), s(20));
+        assert_eq!(clock.downtimes(), [(s(10), s(20))]);
         assert_eq!(clock.uptime(s(0), s(30)), s(20));
         assert_eq!(clock.back(s(30), s(5)), s(25));
         assert_eq!(clock.back(s(30), s(15)), s(5));
