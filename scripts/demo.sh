@@ -18,9 +18,10 @@ fi
 
 say "building the control plane (first run only: ~10 minutes, progress below)"
 scripts/control-plane.sh build
-say "building kvsync"
-cargo build --locked 2>&1 | grep -E '^\s*(Compiling kvsync|Finished)' || true
+say "building kvsync and kvsync-emulator"
+cargo build --locked -p kvsync -p kvsync-emulator 2>&1 | grep -E '^\s*(Compiling kvsync|Finished)' || true
 KVSYNC=$CARGO_TARGET_DIR/debug/kvsync
+EMULATOR=$CARGO_TARGET_DIR/debug/kvsync-emulator
 
 work=$(mktemp -d)
 export KVSYNC_PLANE_DIR=$work/plane
@@ -41,7 +42,7 @@ say "starting the Key Vault + Entra ID emulator"
 issuer=$(kubectl get --raw /.well-known/openid-configuration | jq -r .issuer)
 kubectl get --raw /openid/v1/jwks >"$work/jwks.json"
 sed -e "s#ISSUER#$issuer#g" -e "s#JWKS_FILE#$work/jwks.json#g" examples/demo/seed.yaml >"$work/seed.yaml"
-"$KVSYNC" emulator --config "$work/seed.yaml" --state-dir "$work/emulator" >"$work/emulator.log" 2>&1 &
+"$EMULATOR" --config "$work/seed.yaml" --state-dir "$work/emulator" >"$work/emulator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -f "$work/emulator/endpoints.json" ] && break; sleep 0.1; done
 endpoints=$work/emulator/endpoints.json

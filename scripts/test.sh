@@ -4,7 +4,8 @@
 #      kube-apiserver/kube-controller-manager 1.20.2 once (cached in ~/.cache/kvsync),
 #   2. checks formatting and lints,
 #   3. starts a private control plane (etcd + kube-apiserver + controller-manager),
-#   4. runs every unit and integration test against it and the Key Vault emulator,
+#   4. runs every unit and integration test of the workspace (the operator, and
+#      the emulator crate) against it and the in-process Key Vault emulator,
 #   5. stops exactly the processes it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,11 +26,11 @@ scripts/control-plane.sh build
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+step "cargo clippy (the operator and the emulator crate)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "build"
-cargo test --locked --no-run
+cargo test --workspace --locked --no-run
 
 plane=$(mktemp -d)
 export KVSYNC_PLANE_DIR=$plane
@@ -39,4 +40,4 @@ scripts/control-plane.sh up
 export KVSYNC_TEST_KUBECONFIG=$plane/kubeconfig
 
 step "tests"
-cargo test --locked -- --test-threads "${KVSYNC_TEST_THREADS:-4}"
+cargo test --workspace --locked -- --test-threads "${KVSYNC_TEST_THREADS:-4}"

@@ -1,4 +1,4 @@
-//! Command line: `kvsync run` (the operator), `kvsync crd` and `kvsync emulator`.
+//! Command line: `kvsync run` (the operator) and `kvsync crd`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,8 +25,6 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the KeyVaultSecret CRD as YAML (or apply it to the cluster).
     Crd(CrdArgs),
-    /// Run the Key Vault + Entra ID emulator (local development and tests).
-    Emulator(crate::emulator::EmulatorArgs),
 }
 
 #[derive(clap::Args, Debug)]

@@ -11,13 +11,15 @@
 //! (Key Vault access, change detection by listing), [`sync`] (the reconciler),
 //! [`reload`] (rolling restarts) — plus [`run`] and [`cli`] (wiring and flags),
 //! [`leader`] (Lease-based election), [`scope`] (which namespaces), [`schedule`]
-//! (refresh and backoff timing), [`metrics`] and [`telemetry`], and the
-//! [`emulator`] of Key Vault + Entra ID used by the tests and for local development.
+//! (refresh and backoff timing), [`metrics`] and [`telemetry`].
+//!
+//! The Key Vault + Entra ID emulator the tests and the demo run against is a
+//! crate of its own in this workspace (`emulator/`, package `kvsync-emulator`);
+//! the operator neither contains nor depends on it.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod cli;
-pub mod emulator;
 pub mod leader;
 pub mod metrics;
 pub mod reload;

@@ -16,7 +16,6 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => kvsync::run::run(*args).await.map_err(|e| e.to_string()),
         Command::Crd(args) => kvsync::run::crd(args).await.map_err(|e| e.to_string()),
-        Command::Emulator(args) => kvsync::emulator::run(args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

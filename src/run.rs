@@ -32,7 +32,9 @@ use crate::cli::{CrdArgs, RunArgs};
 use crate::leader::{LeaderError, Leadership};
 use crate::metrics::Metrics;
 use crate::reload::ReloadError;
-use crate::vault::{AllowedHosts, OperatorIdentity, VaultAccess, VaultConfig, read_ca_file};
+use crate::vault::{
+    AllowedHosts, OperatorIdentity, SetupError, VaultAccess, VaultConfig, read_ca_file,
+};
 
 /// Why `kvsync run` stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +42,8 @@ pub enum RunError {
     #[error("Kubernetes client: {0}")]
     Client(#[source] kube::Error),
     /// The vault settings cannot work (CA file, hosts, identity).
-    #[error("{0}")]
-    Vault(Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Vault(#[from] SetupError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -158,7 +160,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 
 /// Key Vault access as the flags configure it.
 fn vault_access(client: &kube::Client, args: &RunArgs) -> Result<VaultAccess, RunError> {
-    let vault_error = |e| RunError::Vault(Box::from(e));
     VaultAccess::new(
         client.clone(),
         VaultConfig {
@@ -169,14 +170,14 @@ fn vault_access(client: &kube::Client, args: &RunArgs) -> Result<VaultAccess, Ru
                 tenant_id: args.azure_tenant_id.clone(),
                 token_file: args.azure_federated_token_file.clone(),
             },
-            extra_ca_pem: read_ca_file(args.extra_ca_file.as_deref()).map_err(vault_error)?,
+            extra_ca_pem: read_ca_file(args.extra_ca_file.as_deref())?,
             request_timeout: args.request_timeout,
             change_detection: args.change_detection,
             vault_concurrency: args.vault_concurrency,
             max_backoff: args.max_backoff,
         },
     )
-    .map_err(vault_error)
+    .map_err(RunError::Vault)
 }
 
 /// Serves `/healthz`, `/readyz` and `/metrics` on `addr` until `shutdown`.

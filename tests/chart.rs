@@ -713,12 +713,12 @@ async fn namespaced_rbac_suffices_for_sync_and_reload_and_grants_nothing_more() 
     );
     assert_eq!(
         refusal_code(
-            secrets(&watched.name)
+            Api::<KeyVaultSecret>::namespaced(token.clone(), &watched.name)
                 .delete("db", &DeleteParams::default())
                 .await
         ),
         Some(403),
-        "deleting a Secret it manages"
+        "deleting a KeyVaultSecret"
     );
     assert_eq!(
         refusal_code(secrets(&release.name).get("someone-elses").await),

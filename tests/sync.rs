@@ -770,13 +770,6 @@ async fn only_the_lease_holder_acts_and_a_standby_takes_over() {
     eprintln!("failover took {:?}", started.elapsed());
 }
 
-/// The metrics address the operator logged at start.
-fn metrics_url(output: &str) -> Option<String> {
-    let line = output.lines().find(|l| l.contains("serving /healthz"))?;
-    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
-    Some(format!("http://{addr}"))
-}
-
 #[tokio::test]
 async fn health_metrics_json_logs_and_graceful_shutdown() {
     let f = Fixture::new("service").await;

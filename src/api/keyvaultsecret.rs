@@ -247,6 +247,27 @@ pub struct DataFrom {
     pub certificate: Option<CertificateRef>,
 }
 
+/// The one source a `dataFrom` entry names.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DataFromSource<'a> {
+    Extract(&'a ExtractRef),
+    Find(&'a FindRef),
+    Certificate(&'a CertificateRef),
+}
+
+impl DataFrom {
+    /// The entry's source; `None` unless exactly one is set (the schema
+    /// requires one, but a 1.20 API server prunes rather than validates).
+    pub fn source(&self) -> Option<DataFromSource<'_>> {
+        match (&self.extract, &self.find, &self.certificate) {
+            (Some(extract), None, None) => Some(DataFromSource::Extract(extract)),
+            (None, Some(find), None) => Some(DataFromSource::Find(find)),
+            (None, None, Some(certificate)) => Some(DataFromSource::Certificate(certificate)),
+            _ => None,
+        }
+    }
+}
+
 fn exactly_one_data_from(schema: &mut schemars::Schema) {
     exactly_one_of(schema, &["extract", "find", "certificate"]);
 }

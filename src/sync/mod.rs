@@ -1,18 +1,30 @@
 //! Sync stage: the `KeyVaultSecret` controller.
 //!
 //! ```text
-//!  KeyVaultSecret (watch, filtered to spec/force-sync changes) ─┐
-//!  Secret events (targets by kvsync.io/owner, credential refs) ─┼─▶ reconcile ──▶ vault ──▶ render ──▶ SSA Secret
-//!  requeue (refreshInterval ± jitter, or backoff)  ─────────────┘                                   └─▶ reload fast path
+//!  KeyVaultSecret (watch, filtered to spec/force-sync/deletion changes) ─┐
+//!  Secret metadata events (target by name or kvsync.io/owner, credentials)┼─▶ reconcile ──▶ vault ──▶ render ──▶ SSA Secret
+//!  ServiceAccount metadata events (workload identity annotations) ───────┤                                   └─▶ reload fast path
+//!  vault changes found by the listing pollers ───────────────────────────┤
+//!  requeue (refreshInterval ± jitter, or backoff) ───────────────────────┘
 //! ```
 //!
-//! Decisions are pure and live in [`render`], [`target`], [`status`] and
-//! [`crate::schedule`]; [`reconciler`] does the I/O around them.
+//! Decisions are pure and live in [`render`], [`target`], [`status`],
+//! [`memory`] and [`crate::schedule`]; [`reconciler`] runs the steps, with
+//! [`identity`], [`fetch`] and [`write`] doing the I/O around them, and
+//! [`error`] saying what each failure means for the status and the retry.
 
+mod error;
+mod fetch;
+mod identity;
+pub mod memory;
 mod reconciler;
 pub mod render;
 pub mod status;
 pub mod target;
+mod write;
+
+pub use error::{Retry, SyncError};
+pub use reconciler::MERGE_FINALIZER;
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -20,9 +32,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
@@ -31,7 +44,8 @@ use crate::api::{FORCE_SYNC_ANNOTATION, KeyVaultSecret};
 use crate::metrics::SyncMetrics;
 use crate::reload::ReloadNotifier;
 use crate::scope::ScopeArgs;
-use crate::vault::{Freshness, VaultAccess};
+use crate::vault::VaultAccess;
+use memory::Memory;
 
 /// Shared state of the sync stage.
 pub struct Context {
@@ -45,14 +59,8 @@ pub struct Context {
     /// Tenant for service accounts that don't name one (the operator's `AZURE_TENANT_ID`).
     pub default_tenant_id: Option<String>,
     pub max_backoff: Duration,
-    /// Consecutive failures per KeyVaultSecret (`ns/name`), for backoff.
-    failures: Mutex<HashMap<String, u32>>,
-    /// resourceVersion of each Secret as kvsync last wrote it, so the watch
-    /// event caused by our own write does not trigger another sync.
-    own_writes: Mutex<HashMap<(String, String), String>>,
-    /// The `kvsync.io/force-sync` value each KeyVaultSecret was last synced
-    /// with; a new value asks for a read of the vault as of now.
-    forced: Mutex<HashMap<String, Option<String>>>,
+    /// What is remembered per object between syncs (see [`memory`]).
+    memory: Mutex<Memory>,
 }
 
 impl Context {
@@ -78,82 +86,119 @@ impl Context {
             operator_identity_namespaces,
             default_tenant_id,
             max_backoff,
-            failures: Mutex::default(),
-            own_writes: Mutex::default(),
-            forced: Mutex::default(),
+            memory: Mutex::default(),
         }
     }
 
-    fn remember_own_write(&self, namespace: &str, name: &str, resource_version: Option<String>) {
-        if let Some(rv) = resource_version {
-            self.own_writes
+    fn is_own_write(&self, secret: &PartialObjectMeta<Secret>) -> bool {
+        let namespace = secret.namespace().unwrap_or_default();
+        secret.resource_version().is_some_and(|rv| {
+            self.memory
                 .lock()
                 .unwrap()
-                .insert((namespace.to_owned(), name.to_owned()), rv);
-        }
+                .is_own_write(&namespace, &secret.name_any(), &rv)
+        })
     }
 
-    /// `Now` when the force-sync annotation changed since the last sync of
-    /// this object, else whatever the latest listing says.
-    fn freshness_for(&self, kvs: &KeyVaultSecret) -> Freshness {
-        let key = format!("{}/{}", kvs.namespace().unwrap_or_default(), kvs.name_any());
-        let value = kvs.annotations().get(FORCE_SYNC_ANNOTATION).cloned();
-        match self.forced.lock().unwrap().insert(key, value.clone()) {
-            Some(previous) if previous != value => Freshness::Now,
-            _ => Freshness::Latest,
+    /// The objects an event on a Secret or ServiceAccount concerns: their
+    /// next sync reads the vault as of now (a repair, or a fixed credential).
+    fn read_now(&self, objects: Vec<ObjectRef<KeyVaultSecret>>) -> Vec<ObjectRef<KeyVaultSecret>> {
+        let mut memory = self.memory.lock().unwrap();
+        for object in &objects {
+            let namespace = object.namespace.as_deref().unwrap_or_default();
+            memory.request_read_now(&format!("{namespace}/{}", object.name));
         }
+        objects
     }
 
-    fn is_own_write(&self, secret: &Secret) -> bool {
-        let key = (secret.namespace().unwrap_or_default(), secret.name_any());
-        secret
-            .resource_version()
-            .is_some_and(|rv| self.own_writes.lock().unwrap().get(&key) == Some(&rv))
+    /// Follows the KeyVaultSecret watch: a deleted object's memory is
+    /// dropped, and after a re-list everything of objects no longer there.
+    fn follow(&self, event: &watcher::Event<KeyVaultSecret>, store: &Store<KeyVaultSecret>) {
+        match event {
+            watcher::Event::Delete(kvs) => {
+                self.memory
+                    .lock()
+                    .unwrap()
+                    .forget(&reconciler::object_key(kvs));
+            }
+            watcher::Event::InitDone => {
+                let alive: std::collections::HashSet<String> = store
+                    .state()
+                    .iter()
+                    .map(|kvs| reconciler::object_key(kvs))
+                    .collect();
+                self.memory
+                    .lock()
+                    .unwrap()
+                    .retain(|object| alive.contains(object));
+            }
+            _ => {}
+        }
     }
 }
 
-/// What makes a KeyVaultSecret event worth a sync: a spec change (generation)
-/// or a new `kvsync.io/force-sync` value. Status writes pass neither, so
-/// kvsync's own status updates do not cause Key Vault reads.
+/// What makes a KeyVaultSecret event worth a sync: a spec change (generation),
+/// a new `kvsync.io/force-sync` value, or the start of its deletion. Status
+/// writes pass none, so kvsync's own status updates do not cause Key Vault reads.
 fn sync_trigger(kvs: &KeyVaultSecret) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     predicates::generation(kvs).hash(&mut hasher);
     kvs.annotations()
         .get(FORCE_SYNC_ANNOTATION)
         .hash(&mut hasher);
+    kvs.metadata.deletion_timestamp.is_some().hash(&mut hasher);
     Some(hasher.finish())
 }
 
 /// KeyVaultSecrets to sync after an event on this Secret: the one that
-/// writes it (by annotation, covering every creation policy) and any that
-/// use it as a credential.
+/// writes it (by annotation, covering every creation policy), any whose
+/// target it is by name (a Merge target that appeared, a conflicting
+/// Secret that went away) and any that use it as a credential.
 fn affected_by_secret(
-    secret: &Secret,
+    secret: &PartialObjectMeta<Secret>,
     store: &Store<KeyVaultSecret>,
 ) -> Vec<ObjectRef<KeyVaultSecret>> {
     let namespace = secret.namespace().unwrap_or_default();
     let name = secret.name_any();
-    let mut refs: Vec<_> = secret
-        .annotations()
-        .get(target::OWNER_ANNOTATION)
-        .map(|owner| ObjectRef::new(owner).within(&namespace))
-        .into_iter()
-        .collect();
-    refs.extend(
-        store
-            .state()
-            .iter()
-            .filter(|kvs| kvs.namespace().as_deref() == Some(&namespace))
-            .filter(|kvs| {
-                let auth = &kvs.spec.auth;
-                [&auth.client_secret, &auth.client_certificate]
+    let owner = secret.annotations().get(target::OWNER_ANNOTATION);
+    store
+        .state()
+        .iter()
+        .filter(|kvs| kvs.namespace().as_deref() == Some(&namespace))
+        .filter(|kvs| {
+            let auth = &kvs.spec.auth;
+            owner == Some(&kvs.name_any())
+                || kvs.target_name() == name
+                || [&auth.client_secret, &auth.client_certificate]
                     .into_iter()
                     .flatten()
                     .any(|c| c.secret_ref.name == name)
-            })
-            .map(|kvs| ObjectRef::from_obj(kvs.as_ref())),
-    );
-    refs
+        })
+        .map(|kvs| ObjectRef::from_obj(kvs.as_ref()))
+        .collect()
+}
+
+/// KeyVaultSecrets whose workload identity is this ServiceAccount.
+fn affected_by_service_account(
+    sa: &PartialObjectMeta<ServiceAccount>,
+    store: &Store<KeyVaultSecret>,
+) -> Vec<ObjectRef<KeyVaultSecret>> {
+    let namespace = sa.namespace().unwrap_or_default();
+    let name = sa.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|kvs| kvs.namespace().as_deref() == Some(&namespace))
+        .filter(|kvs| {
+            kvs.spec
+                .auth
+                .workload_identity
+                .as_ref()
+                .and_then(|wi| wi.service_account_name.as_ref())
+                == Some(&name)
+        })
+        .map(|kvs| ObjectRef::from_obj(kvs.as_ref()))
+        .collect()
 }
 
 /// Runs the sync stage until `shutdown` resolves: one controller per
@@ -197,42 +242,72 @@ where
     futures::future::join_all(controllers).await;
 }
 
+/// An API for one namespace, or for all.
+fn scoped_api<K>(client: &kube::Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 async fn run_controller(
     ctx: Arc<Context>,
     namespace: Option<String>,
     vault_changes: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<KeyVaultSecret>>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    let (kvs_api, secret_api): (Api<KeyVaultSecret>, Api<Secret>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client)),
-    };
     let (reader, writer) = reflector::store();
-    let kvs_events = reflector(writer, watcher(kvs_api, watcher::Config::default()))
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(sync_trigger, Default::default());
-    let store = reader.clone();
-    let mapper_ctx = ctx.clone();
+    let follow_ctx = ctx.clone();
+    let follow_store = reader.clone();
+    let kvs_events = reflector(
+        writer,
+        watcher(
+            scoped_api(&ctx.client, &namespace),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            follow_ctx.follow(event, &follow_store);
+        }
+    })
+    .applied_objects()
+    .predicate_filter(sync_trigger, Default::default());
+    // Metadata only: the mappers need names, annotations and resourceVersions,
+    // not the data of every Secret in the cluster.
+    let secret_events = watcher(
+        scoped_api::<PartialObjectMeta<Secret>>(&ctx.client, &namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let sa_events = watcher(
+        scoped_api::<PartialObjectMeta<ServiceAccount>>(&ctx.client, &namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (secret_store, sa_store) = (reader.clone(), reader.clone());
+    let (secret_ctx, sa_ctx) = (ctx.clone(), ctx.clone());
     Controller::for_stream(kvs_events, reader)
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
             vault_changes,
         ))
-        .watches(
-            secret_api,
-            watcher::Config::default(),
-            move |secret: Secret| {
-                if mapper_ctx.is_own_write(&secret) {
-                    Vec::new()
-                } else {
-                    affected_by_secret(&secret, &store)
-                }
-            },
-        )
+        .watches_stream(secret_events, move |secret| {
+            if secret_ctx.is_own_write(&secret) {
+                Vec::new()
+            } else {
+                secret_ctx.read_now(affected_by_secret(&secret, &secret_store))
+            }
+        })
+        .watches_stream(sa_events, move |sa| {
+            sa_ctx.read_now(affected_by_service_account(&sa, &sa_store))
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconciler::reconcile, reconciler::error_policy, ctx)
         .for_each(|result| async move {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use serde_json::Value;
 
 use crate::api::KeyVaultSecretStatus;
 
@@ -107,6 +108,44 @@ pub fn ready_reason(status: Option<&KeyVaultSecretStatus>) -> Option<&str> {
         .map(|c| c.reason.as_str())
 }
 
+/// The JSON merge patch (RFC 7386) that turns `current` into `next`: keys
+/// that `next` no longer has are set to `null`, so removing a `data` entry
+/// removes its `syncedVersions` key instead of leaving it behind (a plain
+/// merge patch of `next` cannot delete map keys, and would then differ from
+/// the stored status on every refresh).
+///
+/// Written by hand: it is the inverse of `json_patch::merge`, which the
+/// `json-patch` crate does not offer, and it is ten lines.
+pub fn merge_patch(current: Option<&KeyVaultSecretStatus>, next: &KeyVaultSecretStatus) -> Value {
+    let next = serde_json::to_value(next).expect("a status always serializes");
+    match current {
+        Some(current) => diff(
+            &serde_json::to_value(current).expect("a status always serializes"),
+            next,
+        ),
+        None => next,
+    }
+}
+
+fn diff(current: &Value, next: Value) -> Value {
+    match (current, next) {
+        (Value::Object(current), Value::Object(mut next)) => {
+            for (key, old) in current {
+                match next.remove(key) {
+                    None => {
+                        next.insert(key.clone(), Value::Null);
+                    }
+                    Some(new) => {
+                        next.insert(key.clone(), diff(old, new));
+                    }
+                }
+            }
+            Value::Object(next)
+        }
+        (_, next) => next,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +193,24 @@ mod tests {
         assert_eq!(failed.synced_versions, first.synced_versions);
         assert_eq!(ready_reason(Some(&failed)), Some("Throttled"));
         assert_eq!(failed.conditions[0].status, "False");
+    }
+
+    #[test]
+    fn a_removed_version_is_deleted_by_the_patch() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let two = Outcome::Synced {
+            secret_name: "db".into(),
+            versions: BTreeMap::from([("a".into(), "1".into()), ("b".into(), "1".into())]),
+            wrote: true,
+        };
+        let first = next_status(None, Some(1), &two, t0);
+        let second = next_status(Some(&first), Some(2), &synced("v1", true), t0);
+        let patch = merge_patch(Some(&first), &second);
+        assert_eq!(patch["syncedVersions"]["a"], Value::Null);
+        assert_eq!(patch["syncedVersions"]["b"], Value::Null);
+        assert_eq!(patch["syncedVersions"]["pw"], "v1");
+        let mut stored = serde_json::to_value(&first).unwrap();
+        json_patch::merge(&mut stored, &patch);
+        assert_eq!(stored, serde_json::to_value(&second).unwrap());
     }
 }

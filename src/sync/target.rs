@@ -6,15 +6,20 @@
 //! ownerReference, so the garbage collector deletes it). A Secret without
 //! that annotation, or naming another KeyVaultSecret, is someone else's and
 //! is only touched under `creationPolicy: Merge`.
+//!
+//! What kvsync wrote is read back from the Secret's `managedFields` (the
+//! entry of field manager `kvsync`, operation `Apply`): a label, annotation
+//! or (under `Merge`) data key kvsync applied earlier but no longer wants is
+//! removed by the next apply, and nothing another manager owns is touched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 
-use crate::api::{CreationPolicy, MANAGED_BY_LABEL, RELOADER_MATCH_ANNOTATION};
+use crate::api::{CreationPolicy, FIELD_MANAGER, MANAGED_BY_LABEL, RELOADER_MATCH_ANNOTATION};
 
 /// Annotation naming the KeyVaultSecret that manages a Secret.
 pub const OWNER_ANNOTATION: &str = "kvsync.io/owner";
@@ -54,6 +59,49 @@ pub enum WriteDecision {
     Apply,
     /// It belongs to someone else; the message says whose and what to do.
     Conflict(String),
+    /// `Merge` needs an existing Secret, and there is none.
+    Missing,
+}
+
+/// What kvsync's field manager applied to a Secret, by `managedFields`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AppliedFields {
+    pub labels: BTreeSet<String>,
+    pub annotations: BTreeSet<String>,
+    pub data: BTreeSet<String>,
+}
+
+impl AppliedFields {
+    /// Reads the `kvsync` Apply entry of `secret`'s managedFields.
+    pub fn of(secret: &Secret) -> Self {
+        let mut applied = AppliedFields::default();
+        let entries = secret.metadata.managed_fields.iter().flatten();
+        for entry in entries.filter(|e| {
+            e.manager.as_deref() == Some(FIELD_MANAGER) && e.operation.as_deref() == Some("Apply")
+        }) {
+            let Some(fields) = &entry.fields_v1 else {
+                continue;
+            };
+            let keys = |path: &[&str]| -> Vec<String> {
+                let mut node = &fields.0;
+                for step in path {
+                    node = &node[*step];
+                }
+                node.as_object()
+                    .into_iter()
+                    .flat_map(|map| map.keys())
+                    .filter_map(|key| key.strip_prefix("f:"))
+                    .map(str::to_owned)
+                    .collect()
+            };
+            applied.labels.extend(keys(&["f:metadata", "f:labels"]));
+            applied
+                .annotations
+                .extend(keys(&["f:metadata", "f:annotations"]));
+            applied.data.extend(keys(&["f:data"]));
+        }
+        applied
+    }
 }
 
 impl DesiredSecret {
@@ -73,7 +121,10 @@ impl DesiredSecret {
     /// Decides against the Secret that exists now (if any).
     pub fn decide(&self, existing: Option<&Secret>) -> WriteDecision {
         let Some(existing) = existing else {
-            return WriteDecision::Apply;
+            return match self.policy {
+                CreationPolicy::Merge => WriteDecision::Missing,
+                _ => WriteDecision::Apply,
+            };
         };
         let meta = &existing.metadata;
         let owner = meta
@@ -117,9 +168,17 @@ impl DesiredSecret {
         let ownership_ok = self.policy != CreationPolicy::Owner || owned_by_us;
         let type_ok = self.policy == CreationPolicy::Merge
             || existing.type_.as_deref().unwrap_or("Opaque") == self.type_;
+        let applied = AppliedFields::of(existing);
+        let nothing_stale = applied.labels.iter().all(|k| self.labels.contains_key(k))
+            && applied
+                .annotations
+                .iter()
+                .all(|k| self.annotations.contains_key(k))
+            && applied.data.iter().all(|k| self.data.contains_key(k));
         if data_ok
             && type_ok
             && ownership_ok
+            && nothing_stale
             && subset(&self.labels, &meta.labels)
             && subset(&self.annotations, &meta.annotations)
         {
@@ -145,6 +204,38 @@ impl DesiredSecret {
             .filter(|key| !self.data.contains_key(*key))
             .cloned()
             .collect()
+    }
+
+    /// The server-side-apply body that withdraws everything kvsync applied to
+    /// Secret `name` (its keys and markers): what is left of a `Merge`
+    /// target when its KeyVaultSecret goes away.
+    pub fn withdrawal_body(secret: &Secret) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": secret.metadata.name,
+                "namespace": secret.metadata.namespace,
+                "resourceVersion": secret.metadata.resource_version,
+            },
+        })
+    }
+
+    /// The server-side-apply body that keeps a released Secret's data and
+    /// type (applied by another field manager before kvsync withdraws, so
+    /// that the values stay and the immutable type is not reset).
+    pub fn keep_body(secret: &Secret) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": secret.metadata.name,
+                "namespace": secret.metadata.namespace,
+                "resourceVersion": secret.metadata.resource_version,
+            },
+            "type": secret.type_,
+            "data": secret.data,
+        })
     }
 
     /// The server-side-apply body. Under `Merge` it carries only kvsync's keys
@@ -321,5 +412,78 @@ mod tests {
         assert_eq!(body["data"]["password"], "cHc=");
         let owned = desired(CreationPolicy::Owner).apply_body();
         assert_eq!(owned["metadata"]["ownerReferences"][0]["controller"], true);
+    }
+
+    fn applied_by_kvsync(secret: &mut Secret, fields: serde_json::Value) {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+        secret.metadata.managed_fields = Some(vec![
+            ManagedFieldsEntry {
+                manager: Some("someone".into()),
+                operation: Some("Apply".into()),
+                fields_v1: Some(FieldsV1(json!({"f:data": {"f:theirs": {}}}))),
+                ..Default::default()
+            },
+            ManagedFieldsEntry {
+                manager: Some(FIELD_MANAGER.into()),
+                operation: Some("Apply".into()),
+                fields_v1: Some(FieldsV1(fields)),
+                ..Default::default()
+            },
+        ]);
+    }
+
+    #[test]
+    fn a_marker_or_key_kvsync_applied_and_no_longer_wants_is_removed() {
+        let want = desired(CreationPolicy::Merge);
+        let mut secret = existing(&want, &[("theirs", b"x"), ("dropped", b"y")]);
+        secret
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("team".into(), "a".into());
+        applied_by_kvsync(
+            &mut secret,
+            json!({"f:metadata": {"f:labels": {"f:team": {}}, "f:annotations": {"f:kvsync.io/owner": {}}},
+                   "f:data": {"f:password": {}}}),
+        );
+        assert_eq!(
+            AppliedFields::of(&secret).labels,
+            BTreeSet::from(["team".to_string()])
+        );
+        assert_eq!(
+            want.decide(Some(&secret)),
+            WriteDecision::Apply,
+            "label removed from spec"
+        );
+
+        applied_by_kvsync(
+            &mut secret,
+            json!({"f:data": {"f:password": {}, "f:dropped": {}}}),
+        );
+        assert_eq!(
+            want.decide(Some(&secret)),
+            WriteDecision::Apply,
+            "data entry removed from spec"
+        );
+
+        applied_by_kvsync(&mut secret, json!({"f:data": {"f:password": {}}}));
+        assert_eq!(
+            want.decide(Some(&secret)),
+            WriteDecision::UpToDate,
+            "another manager's label and keys are not kvsync's to remove"
+        );
+    }
+
+    #[test]
+    fn merge_onto_a_missing_secret_does_not_create_it() {
+        assert_eq!(
+            desired(CreationPolicy::Merge).decide(None),
+            WriteDecision::Missing
+        );
+        assert_eq!(
+            desired(CreationPolicy::Orphan).decide(None),
+            WriteDecision::Apply
+        );
     }
 }

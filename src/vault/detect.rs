@@ -9,6 +9,13 @@
 //! `updated` has one-second resolution, so a value read in the same second as
 //! its last update might have been superseded in that same second; such a
 //! value is never trusted (it is read again at the next opportunity).
+//!
+//! "The same second" is judged on the vault's clock, never the operator's:
+//! the read is stamped with the `Date` of the vault's own response, which
+//! the same clock as `updated` wrote. The operator's clock may be off by
+//! seconds either way without a second update in one second being missed.
+//! Only when a response carries no `Date` is the operator's clock used, set
+//! back by [`CLOCK_MARGIN`].
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -33,14 +40,26 @@ pub fn changed_names(before: &Snapshot, after: &Snapshot) -> BTreeSet<String> {
 pub struct ReadStamp {
     /// The version's `updated` attribute (Unix seconds), if Key Vault sent one.
     pub updated: Option<i64>,
-    /// When it was read (Unix seconds).
-    pub read_at: i64,
+    /// A second of the vault's clock (Unix seconds) no later than the read.
+    pub as_of: i64,
 }
 
-/// Whether a value read with `stamp` is still the latest according to `info`.
+/// How far the operator's clock is assumed to run ahead of the vault's at
+/// most, for the rare response without a `Date` header.
+pub const CLOCK_MARGIN_SECONDS: i64 = 30;
+
+/// The stamp's `as_of`: the vault's `Date` when it sent one, else the
+/// operator's clock set back by [`CLOCK_MARGIN_SECONDS`].
+pub fn as_of(vault_date: Option<i64>, operator_now: i64) -> i64 {
+    vault_date.unwrap_or(operator_now - CLOCK_MARGIN_SECONDS)
+}
+
+/// Whether a value read with `stamp` is still the latest according to `info`:
+/// unchanged since, and read in a later second (of the vault's clock) than
+/// its update, so no second update can hide in the same second.
 pub fn still_current(stamp: &ReadStamp, info: &RemoteSecretInfo) -> bool {
     match (stamp.updated, info.updated) {
-        (Some(read), Some(listed)) => info.enabled && read == listed && stamp.read_at > read,
+        (Some(read), Some(listed)) => info.enabled && read == listed && stamp.as_of > read,
         _ => false,
     }
 }
@@ -64,6 +83,19 @@ mod tests {
     }
 
     #[test]
+    fn without_a_date_the_operators_clock_is_trusted_only_with_a_margin() {
+        assert_eq!(as_of(Some(100), 500), 100, "the vault's Date wins");
+        assert_eq!(as_of(None, 500), 500 - CLOCK_MARGIN_SECONDS);
+        // Read 3 s after the update by the operator's clock, which runs 3 s
+        // ahead: the read may be in the update's second, so it is not trusted.
+        let stamp = ReadStamp {
+            updated: Some(100),
+            as_of: as_of(None, 103),
+        };
+        assert!(!still_current(&stamp, &info("a", 100, true)));
+    }
+
+    #[test]
     fn differences_are_new_removed_and_changed_entries() {
         let before = snapshot(&[info("a", 1, true), info("b", 1, true), info("c", 1, true)]);
         let after = snapshot(&[
@@ -84,7 +116,7 @@ mod tests {
         assert!(still_current(
             &ReadStamp {
                 updated: Some(100),
-                read_at: 101
+                as_of: 101
             },
             &listed
         ));
@@ -92,7 +124,7 @@ mod tests {
             !still_current(
                 &ReadStamp {
                     updated: Some(100),
-                    read_at: 100
+                    as_of: 100
                 },
                 &listed
             ),
@@ -102,7 +134,7 @@ mod tests {
             !still_current(
                 &ReadStamp {
                     updated: Some(99),
-                    read_at: 150
+                    as_of: 150
                 },
                 &listed
             ),
@@ -111,14 +143,14 @@ mod tests {
         assert!(!still_current(
             &ReadStamp {
                 updated: Some(100),
-                read_at: 101
+                as_of: 101
             },
             &info("a", 100, false)
         ));
         assert!(!still_current(
             &ReadStamp {
                 updated: None,
-                read_at: 101
+                as_of: 101
             },
             &listed
         ));

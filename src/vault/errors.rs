@@ -3,7 +3,8 @@
 //! The SDK reports failures as `azure_core::Error`; this turns them into the
 //! few cases the reconciler distinguishes (and shows as a condition reason).
 //! Messages carry Key Vault's and Entra's own explanations, which never
-//! contain a secret value.
+//! contain a secret value. [`SetupError`] and [`VaultUrlError`] are the
+//! start-up and `vaultUrl` problems found before any request.
 
 use std::time::Duration;
 
@@ -30,6 +31,36 @@ pub enum VaultError {
     /// 5xx, timeouts, connection failures.
     #[error("vault unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Why kvsync cannot talk to Key Vault at all (a start-up problem).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("extra CA file: {0}")]
+    ExtraCa(#[source] reqwest::Error),
+    #[error("HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("reading {path}: {source}")]
+    ReadCaFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why a KeyVaultSecret's `vaultUrl` may not be used (no token is sent to it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VaultUrlError {
+    #[error("vaultUrl {url:?} is not a URL: {reason}")]
+    NotAUrl {
+        url: String,
+        reason: url::ParseError,
+    },
+    #[error("vaultUrl {0:?} must use https")]
+    NotHttps(String),
+    #[error(
+        "vault host {host:?} is not an allowed Key Vault host (allowed: {allowed}, plus --allow-vault-host)"
+    )]
+    HostNotAllowed { host: String, allowed: String },
 }
 
 impl VaultError {

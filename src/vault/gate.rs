@@ -41,11 +41,7 @@ impl VaultGate {
     where
         F: Future<Output = Result<T, VaultError>>,
     {
-        if let Some(wait) = self.remaining_backoff() {
-            return Err(VaultError::Throttled {
-                retry_after: Some(wait),
-            });
-        }
+        self.admit()?;
         let _permit = self
             .permits
             .acquire()
@@ -68,6 +64,16 @@ impl VaultGate {
             Err(_) => {}
         }
         result
+    }
+
+    /// `Throttled` (and nothing is sent) while the vault backs off after a 429.
+    pub fn admit(&self) -> Result<(), VaultError> {
+        match self.remaining_backoff() {
+            Some(wait) => Err(VaultError::Throttled {
+                retry_after: Some(wait),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// How long the vault still backs off after a 429, if it does.

@@ -161,6 +161,16 @@ impl Credentials {
         Ok(cache.entry(key).or_insert(credential).clone())
     }
 
+    /// Keeps only the credentials whose identity key passes `keep`.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.cache.lock().unwrap().retain(|key, _| keep(key));
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.cache.lock().unwrap().len()
+    }
+
     /// Drops the credential of `identity` (and its token cache).
     pub fn forget(&self, identity: &Identity) {
         self.cache.lock().unwrap().remove(&identity.cache_key());

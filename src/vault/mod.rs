@@ -7,10 +7,14 @@
 //! ```
 //!
 //! The reconciler sees only this small interface (`get`, `list`,
-//! `subscribe`). Behind it, with `--change-detection=list` (the default),
-//! each (vault, identity) is listed once per refresh window and values are
-//! read only when the listing says they changed (see [`view`]); with `get`,
-//! every read is a GET, as ESO does (kept as the benchmark baseline).
+//! `subscribe`). Every read says how recent its answer must be
+//! ([`Freshness`]: within the object's own refresh interval, or as of now),
+//! whatever else shares the vault and identity ([`freshness`]). Behind it,
+//! with `--change-detection=list` (the default), each (vault, identity) is
+//! listed once per shortest subscribed interval and values are read only
+//! when the listing says they changed (see [`view`]); with `get`, every
+//! read is a GET, as ESO does (kept as the benchmark baseline). State of
+//! vaults nobody reads any more is dropped.
 //! Every call passes the vault's [`gate`]: a concurrency limit and one shared
 //! backoff after a 429. The SDK's own retry policy is off: backoff is decided
 //! here and by the reconciler, which knows whether a Secret already holds
@@ -19,28 +23,34 @@
 mod certificate;
 mod detect;
 mod errors;
+mod freshness;
 mod gate;
 mod hosts;
 mod identity;
 mod sdk;
 mod view;
 
-pub use errors::VaultError;
+pub use errors::{SetupError, VaultError, VaultUrlError};
+pub use freshness::Freshness;
 pub use hosts::{AllowedHosts, DEFAULT_VAULT_HOSTS};
 pub use identity::{FEDERATION_AUDIENCE, Identity, OperatorIdentity};
 
 pub use view::Interest;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use detect::{ReadStamp, Snapshot, as_of};
+use freshness::{Attempt, Decision, Need, decide, next_listing, retry_window};
 use gate::VaultGate;
 use sdk::Sdk;
-use view::{Listed, VaultView, answered_by_listing, unix_now, value_key};
+use view::{
+    ListingState, ValueRead, VaultView, answered_by_listing, current_value, unix_now, value_key,
+};
 
 /// One secret version as read from the vault.
 #[derive(Clone, PartialEq, Eq)]
@@ -99,15 +109,6 @@ pub enum ChangeDetection {
     Get,
 }
 
-/// How recent a read must be.
-#[derive(Clone, Copy, Debug)]
-pub enum Freshness {
-    /// Whatever the latest listing says (the poller keeps it within one refresh window).
-    Latest,
-    /// Read the vault as of now (`kvsync.io/force-sync`).
-    Now,
-}
-
 /// Reads Key Vault on behalf of identities.
 pub struct VaultAccess {
     inner: Arc<Inner>,
@@ -125,19 +126,33 @@ struct Inner {
 /// How long a refused listing makes kvsync read by GET for that identity.
 const LISTING_REFUSED_FOR: Duration = Duration::from_secs(600);
 
+/// State of a (vault, identity) nobody subscribes to is dropped after this
+/// long without a read; so are cached values nobody read for this long (or
+/// three intervals of the slowest subscriber, if longer).
+const UNUSED_FOR: Duration = Duration::from_secs(600);
+
+/// How often unused state is looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The key of a vault in every map here: its URL, case and trailing slash aside.
+fn vault_key(vault_url: &str) -> String {
+    vault_url.trim_end_matches('/').to_ascii_lowercase()
+}
+
 impl VaultAccess {
-    pub fn new(kube: kube::Client, config: VaultConfig) -> Result<Self, String> {
+    /// Must be called within a Tokio runtime (it starts the sweeper of unused state).
+    pub fn new(kube: kube::Client, config: VaultConfig) -> Result<Self, SetupError> {
         let (changes, feed) = unbounded_channel();
-        Ok(VaultAccess {
-            inner: Arc::new(Inner {
-                sdk: Sdk::new(kube, &config)?,
-                config,
-                gates: Mutex::default(),
-                views: Mutex::default(),
-                changes,
-                change_feed: Mutex::new(Some(feed)),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            sdk: Sdk::new(kube, &config)?,
+            config,
+            gates: Mutex::default(),
+            views: Mutex::default(),
+            changes,
+            change_feed: Mutex::new(Some(feed)),
+        });
+        tokio::spawn(sweep_unused(Arc::downgrade(&inner)));
+        Ok(VaultAccess { inner })
     }
 
     /// Keys (`namespace/name`) of subscribers whose secrets changed in the vault.
@@ -147,12 +162,13 @@ impl VaultAccess {
     }
 
     /// Whether a vault URL may be used at all (checked before any request).
-    pub fn check_vault_url(&self, vault_url: &str) -> Result<(), String> {
+    pub fn check_vault_url(&self, vault_url: &str) -> Result<(), VaultUrlError> {
         self.inner.sdk.check_vault_url(vault_url)
     }
 
     /// Reads one secret (the latest version when `version` is `None`). With
     /// `as_pem`, Key Vault converts a PKCS#12 certificate-backed secret to PEM.
+    /// The answer is what the vault said at most `freshness` ago.
     pub async fn get(
         &self,
         vault_url: &str,
@@ -163,19 +179,22 @@ impl VaultAccess {
         freshness: Freshness,
     ) -> Result<RemoteSecret, VaultError> {
         let inner = &self.inner;
+        let view = inner.view(vault_url, identity);
         if inner.config.change_detection == ChangeDetection::Get {
             return inner
                 .gate(vault_url)
                 .run(inner.sdk.get(vault_url, identity, name, version, as_pem))
-                .await;
+                .await
+                .map(|(secret, _)| secret);
         }
-        let view = inner.view(vault_url, identity);
+        let asked = Instant::now();
+        let need = freshness.need(asked);
         let key = value_key(name, version, as_pem);
         let snapshot = if key.1.is_some() || view.listing_refused() {
             None
         } else {
-            match inner.listing(&view, vault_url, identity, freshness).await {
-                Ok(listed) => Some(listed.snapshot),
+            match inner.listing(&view, vault_url, identity, need).await {
+                Ok(snapshot) => Some(snapshot),
                 Err(VaultError::Forbidden(_)) => None,
                 Err(other) => return Err(other),
             }
@@ -186,21 +205,57 @@ impl VaultAccess {
         {
             return Err(error);
         }
-        let lock = view.read_lock(&key);
-        let _single_flight = lock.lock().await;
-        if let Some(found) = view.cached(&key, snapshot.as_deref()) {
-            return Ok(found);
+        let slot = view.slot(&key);
+        let mut read = slot.read.lock().await;
+        if let Some(previous) = read.as_ref() {
+            // A listing judges latest values; without one (a pinned version,
+            // or a refused listing) the read's own age does.
+            match snapshot.as_deref() {
+                Some(listing) => {
+                    if let Some(found) = current_value(previous, listing) {
+                        return Ok(found);
+                    }
+                }
+                None => {
+                    let need = freshness.for_own_age().need(asked);
+                    if let Decision::Answer(outcome) =
+                        decide(Some(&previous.attempt), need, Instant::now())
+                    {
+                        return outcome;
+                    }
+                }
+            }
         }
-        let read_at = unix_now();
-        let secret = inner
-            .gate(vault_url)
+        let gate = inner.gate(vault_url);
+        gate.admit()?;
+        let started = Instant::now();
+        let result = gate
             .run(inner.sdk.get(vault_url, identity, name, version, as_pem))
-            .await?;
-        view.remember(key, secret.clone(), read_at);
-        Ok(secret)
+            .await;
+        let stamp = result.as_ref().ok().map(|(secret, date)| ReadStamp {
+            updated: secret.updated,
+            as_of: as_of(*date, unix_now()),
+        });
+        let outcome = result.map(|(secret, _)| secret);
+        let ended = Instant::now();
+        let retry_from = outcome
+            .as_ref()
+            .err()
+            .map(|error| ended + retry_window(1, error.retry_after(), inner.config.max_backoff));
+        *read = Some(ValueRead {
+            attempt: Attempt {
+                started,
+                ended,
+                outcome: outcome.clone(),
+                retry_from,
+            },
+            stamp,
+        });
+        outcome
     }
 
-    /// Every secret in the vault (names, tags, enabled; no values).
+    /// Every secret in the vault (names, tags, enabled; no values), as the
+    /// vault listed them at most `freshness` ago.
     pub async fn list(
         &self,
         vault_url: &str,
@@ -208,19 +263,21 @@ impl VaultAccess {
         freshness: Freshness,
     ) -> Result<Vec<RemoteSecretInfo>, VaultError> {
         let inner = &self.inner;
+        let view = inner.view(vault_url, identity);
         if inner.config.change_detection == ChangeDetection::Get {
             return inner
                 .gate(vault_url)
                 .run(inner.sdk.list(vault_url, identity))
                 .await;
         }
-        let view = inner.view(vault_url, identity);
-        let listed = inner.listing(&view, vault_url, identity, freshness).await?;
-        Ok(listed.snapshot.values().cloned().collect())
+        let need = freshness.need(Instant::now());
+        let snapshot = inner.listing(&view, vault_url, identity, need).await?;
+        Ok(snapshot.values().cloned().collect())
     }
 
     /// Registers `subscriber` (`namespace/name`) as depending on `interest`
-    /// in this vault, so that a change found by the poller syncs it at once.
+    /// in this vault, so that a change found by the poller syncs it at once,
+    /// and so that the vault is listed at least every `interval`.
     /// Renewed on every sync; forgotten when no longer renewed.
     pub fn subscribe(
         &self,
@@ -249,7 +306,7 @@ impl Inner {
     fn gate(&self, vault_url: &str) -> Arc<VaultGate> {
         let mut gates = self.gates.lock().unwrap();
         gates
-            .entry(vault_url.trim_end_matches('/').to_ascii_lowercase())
+            .entry(vault_key(vault_url))
             .or_insert_with(|| {
                 Arc::new(VaultGate::new(
                     self.config.vault_concurrency,
@@ -260,129 +317,228 @@ impl Inner {
     }
 
     fn view(&self, vault_url: &str, identity: &Identity) -> Arc<VaultView> {
-        let key = (
-            vault_url.trim_end_matches('/').to_ascii_lowercase(),
-            identity.cache_key(),
-        );
-        self.views.lock().unwrap().entry(key).or_default().clone()
+        let key = (vault_key(vault_url), identity.cache_key());
+        let view = self.views.lock().unwrap().entry(key).or_default().clone();
+        view.touch();
+        view
     }
 
-    /// The listing, re-read if it is older than `freshness` allows. Callers
-    /// arriving while a listing is in flight wait for it instead of sending
-    /// their own.
+    /// The listing as recent as `need` asks (see [`freshness`]): the newest
+    /// attempt's outcome if it qualifies, else a new listing. Callers
+    /// arriving while a listing is in flight wait for it, and it answers them
+    /// if it is recent enough for them.
     async fn listing(
         &self,
         view: &VaultView,
         vault_url: &str,
         identity: &Identity,
-        freshness: Freshness,
-    ) -> Result<Listed, VaultError> {
-        let asked = Instant::now();
-        let mut guard = view.listing.lock().await;
-        if let Some(listed) = guard.as_ref() {
-            let fresh_enough = match freshness {
-                Freshness::Latest => true,
-                Freshness::Now => listed.started >= asked,
-            };
-            if fresh_enough {
-                return match view.listing_failure.lock().unwrap().clone() {
-                    Some(failure) => Err(failure),
-                    None => Ok(listed.clone()),
-                };
-            }
+        need: Need,
+    ) -> Result<Arc<Snapshot>, VaultError> {
+        let mut state = view.listing.lock().await;
+        if let Decision::Answer(outcome) = decide(state.newest.as_ref(), need, Instant::now()) {
+            return outcome;
         }
+        let gate = self.gate(vault_url);
+        gate.admit()?;
         let started = Instant::now();
-        let result = self
-            .gate(vault_url)
-            .run(self.sdk.list(vault_url, identity))
-            .await;
-        let items = match result {
-            Ok(items) => items,
-            Err(VaultError::Forbidden(message)) => {
-                *view.listing_refused_until.lock().unwrap() =
-                    Some(Instant::now() + LISTING_REFUSED_FOR);
-                return Err(VaultError::Forbidden(message));
+        let result = gate.run(self.sdk.list(vault_url, identity)).await;
+        let ended = Instant::now();
+        let outcome = match result {
+            Ok(items) => {
+                let snapshot: Arc<Snapshot> =
+                    Arc::new(items.into_iter().map(|i| (i.name.clone(), i)).collect());
+                self.listed(view, &mut state, &snapshot);
+                Ok(snapshot)
             }
-            Err(other) => {
-                *view.listing_failure.lock().unwrap() = Some(other.clone());
-                view.listing_failed.notify_waiters();
-                return Err(other);
+            Err(error) => {
+                state.failures += 1;
+                if matches!(error, VaultError::Forbidden(_)) {
+                    view.refuse_listing_until(ended + LISTING_REFUSED_FOR);
+                }
+                Err(error)
             }
         };
-        *view.listing_failure.lock().unwrap() = None;
-        let snapshot = Arc::new(items.into_iter().map(|i| (i.name.clone(), i)).collect());
-        let listed = Listed { started, snapshot };
-        let previous = guard.replace(listed.clone());
-        if let Some(previous) = previous {
-            view.notify_changes(&previous.snapshot, &listed.snapshot, &self.changes);
+        let retry_from = outcome.as_ref().err().map(|error| {
+            ended + retry_window(state.failures, error.retry_after(), self.config.max_backoff)
+        });
+        state.newest = Some(Attempt {
+            started,
+            ended,
+            outcome: outcome.clone(),
+            retry_from,
+        });
+        // Whoever listed, the poller plans its next listing from this one.
+        view.wake.notify_one();
+        outcome
+    }
+
+    /// Records a successful listing: drops values of names gone from the
+    /// vault and tells subscribers what changed (everyone after an outage).
+    fn listed(&self, view: &VaultView, state: &mut ListingState, snapshot: &Arc<Snapshot>) {
+        view.forget_unlisted(snapshot);
+        let recovered = std::mem::take(&mut state.failures) > 0;
+        if let Some(previous) = state.last_good.replace(snapshot.clone()) {
+            view.notify_changes(&previous, snapshot, &self.changes);
         }
-        Ok(listed)
+        if recovered {
+            view.notify_all(&self.changes);
+        }
+    }
+
+    /// Drops the state of (vault, identity) pairs nobody subscribes to or
+    /// read lately (views, gates, SDK clients, credentials), and cached
+    /// values nobody read lately.
+    fn sweep_unused(&self, now: Instant) {
+        let live: HashSet<(String, String)> = {
+            let mut views = self.views.lock().unwrap();
+            views.retain(|_, view| {
+                let keep_values_for = UNUSED_FOR.max(view.longest_interval() * 3);
+                let idle = view.prune(keep_values_for, now);
+                !idle || Arc::strong_count(view) > 1
+            });
+            views.keys().cloned().collect()
+        };
+        let live_vaults: HashSet<&str> = live.iter().map(|(vault, _)| vault.as_str()).collect();
+        self.gates.lock().unwrap().retain(|vault, gate| {
+            live_vaults.contains(vault.as_str())
+                || gate.remaining_backoff().is_some()
+                || Arc::strong_count(gate) > 1
+        });
+        self.sdk
+            .retain(|vault, identity| live.contains(&(vault.to_owned(), identity.to_owned())));
+    }
+}
+
+/// Sweeps unused state every [`SWEEP_EVERY`] until the vault access is dropped.
+async fn sweep_unused(inner: Weak<Inner>) {
+    let mut ticks = tokio::time::interval(SWEEP_EVERY);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.sweep_unused(Instant::now());
     }
 }
 
 /// Keeps one (vault, identity) listing fresh while anyone subscribes to it.
 ///
-/// While listing fails, subscribers see the failure without sending requests
-/// of their own, so the poller alone retries: with backoff (exponential from
-/// 1 s, capped by `--max-backoff`, `Retry-After` as a floor) instead of every
-/// period, so that an outage is neither hammered at short refresh intervals
-/// nor noticed late at long ones (a listing that fails for someone else, a
-/// force-sync say, starts the backoff too). When the listing works again
-/// every subscriber is told to sync at once.
+/// It lists one period (the shortest live subscriber's interval, jittered)
+/// after the newest listing, whoever asked for that one, and plans again
+/// whenever it is woken: a shorter subscriber came, or someone else listed.
+/// While listing fails it retries with backoff (exponential from 1 s,
+/// capped by `--max-backoff`, `Retry-After` as a floor, never into the
+/// vault's shared 429 backoff) instead of every period, so that an outage is
+/// neither hammered at short refresh intervals nor noticed late at long ones;
+/// readers in between share the failure until its retry window closes. When
+/// the listing works again every subscriber is told to sync at once.
 async fn poll(inner: Arc<Inner>, view: Arc<VaultView>, vault_url: String, identity: Identity) {
-    let mut failures = 0;
-    let mut retry_after = None;
+    // One random draw per listing planned from, so re-planning keeps the jitter.
+    let mut jitter: Option<(Instant, f64)> = None;
     while let Some(period) = view.poll_period() {
-        let delay = if failures == 0 {
-            crate::schedule::refresh_delay(period, rand::random())
-        } else {
-            // Not before the vault's shared 429 backoff ends: waking into it
-            // would fail without a request and back off a second time.
-            crate::schedule::backoff_delay(
-                failures,
-                retry_after,
-                inner.config.max_backoff,
-                rand::random(),
-            )
-            .max(
-                inner
-                    .gate(&vault_url)
-                    .remaining_backoff()
-                    .unwrap_or_default(),
-            )
+        let last = view.listing.lock().await.last();
+        let unit_random = match (jitter, last) {
+            (Some((from, drawn)), Some(last)) if from == last.started => drawn,
+            _ => {
+                let drawn = rand::random();
+                jitter = last.map(|last| (last.started, drawn));
+                drawn
+            }
         };
-        if failures == 0 {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = view.listing_failed.notified() => {
-                    failures = 1;
-                    retry_after = view.listing_failure.lock().unwrap().as_ref().and_then(VaultError::retry_after);
-                    continue;
-                }
-            }
-        } else {
-            tokio::time::sleep(delay).await;
+        let now = Instant::now();
+        let due = next_listing(last, period, inner.config.max_backoff, unit_random, now).max(
+            now + inner
+                .gate(&vault_url)
+                .remaining_backoff()
+                .unwrap_or_default(),
+        );
+        tokio::select! {
+            _ = tokio::time::sleep_until(due.into()) => {}
+            _ = view.wake.notified() => continue,
         }
-        match inner
-            .listing(&view, &vault_url, &identity, Freshness::Now)
-            .await
-        {
-            Ok(_) if failures > 0 => {
-                failures = 0;
-                view.notify_all(&inner.changes);
-            }
-            Ok(_) => {}
-            Err(error) => {
-                failures += 1;
-                retry_after = error.retry_after();
-                tracing::debug!(vault = %vault_url, %error, failures, "listing failed; retrying with backoff");
-            }
+        // Any listing newer than the one planned from will do.
+        let need = Need {
+            not_before: last.map(|last| last.started + Duration::from_nanos(1)),
+            waits_out_failures: false,
+        };
+        if let Err(error) = inner.listing(&view, &vault_url, &identity, need).await {
+            tracing::debug!(vault = %vault_url, %error, "listing failed; retrying with backoff");
         }
     }
 }
 
 /// Reads an optional PEM bundle file named by a flag.
-pub fn read_ca_file(path: Option<&Path>) -> Result<Option<Vec<u8>>, String> {
-    path.map(|p| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display())))
-        .transpose()
+pub fn read_ca_file(path: Option<&Path>) -> Result<Option<Vec<u8>>, SetupError> {
+    path.map(|p| {
+        std::fs::read(p).map_err(|source| SetupError::ReadCaFile {
+            path: p.to_owned(),
+            source,
+        })
+    })
+    .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A vault access whose clients are never used for a request.
+    fn access() -> VaultAccess {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let kube =
+            kube::Client::try_from(kube::Config::new("https://127.0.0.1:1".parse().unwrap()))
+                .unwrap();
+        let config = VaultConfig {
+            authority_host: "https://localhost:1/".into(),
+            allowed_hosts: AllowedHosts::new(&["localhost".into()]),
+            operator: OperatorIdentity::default(),
+            extra_ca_pem: None,
+            request_timeout: Duration::from_secs(1),
+            change_detection: ChangeDetection::List,
+            vault_concurrency: 4,
+            max_backoff: Duration::from_secs(4),
+        };
+        VaultAccess::new(kube, config).unwrap()
+    }
+
+    fn identity(client: &str) -> Identity {
+        Identity::ClientSecret {
+            tenant_id: "t".into(),
+            client_id: client.into(),
+            secret: "s".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn state_of_vaults_nobody_uses_is_dropped() {
+        let access = access();
+        let inner = &access.inner;
+        let (used, unused) = ("https://localhost/used", "https://localhost/unused");
+        access.subscribe(
+            used,
+            &identity("a"),
+            "ns/kept",
+            Interest::Everything,
+            Duration::from_secs(3600),
+        );
+        for (vault, client) in [(used, "a"), (unused, "b")] {
+            inner.view(vault, &identity(client));
+            inner.gate(vault);
+            inner.sdk.client(vault, &identity(client)).unwrap();
+        }
+        inner.sweep_unused(Instant::now());
+        assert_eq!(inner.views.lock().unwrap().len(), 2, "recently used: kept");
+
+        inner.sweep_unused(Instant::now() + UNUSED_FOR * 2);
+        let views: Vec<_> = inner.views.lock().unwrap().keys().cloned().collect();
+        assert_eq!(views, [(vault_key(used), identity("a").cache_key())]);
+        let gates: Vec<_> = inner.gates.lock().unwrap().keys().cloned().collect();
+        assert_eq!(gates, [vault_key(used)]);
+        assert_eq!(
+            inner.sdk.clients(),
+            1,
+            "the unused client and credential are dropped"
+        );
+    }
 }

@@ -1,22 +1,28 @@
 //! Calls to Key Vault through the official SDK: one `SecretClient` per
 //! (vault, identity) so its challenge scope and credential token cache are
-//! reused, and no retries of its own (see the module above).
+//! reused, and no retries of its own (see the module above). Clients and
+//! credentials of (vault, identity) pairs nobody uses any more are dropped
+//! ([`Sdk::retain`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+use azure_core::http::headers::HeaderName;
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_security_keyvault_secrets::models::{ContentType, SecretClientGetSecretOptions};
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures::TryStreamExt;
 
+use super::errors::{SetupError, VaultUrlError};
 use super::identity::Credentials;
 use super::{
     AllowedHosts, DEFAULT_VAULT_HOSTS, Identity, RemoteSecret, RemoteSecretInfo, VaultConfig,
-    VaultError,
+    VaultError, vault_key,
 };
+
+const DATE: HeaderName = HeaderName::from_static("date");
 
 /// The official SDK clients, one per (vault, identity), and their credentials.
 pub struct Sdk {
@@ -27,16 +33,15 @@ pub struct Sdk {
 }
 
 impl Sdk {
-    pub fn new(kube: kube::Client, config: &VaultConfig) -> Result<Self, String> {
+    pub fn new(kube: kube::Client, config: &VaultConfig) -> Result<Self, SetupError> {
         let mut http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(Duration::from_secs(5));
         if let Some(pem) = &config.extra_ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| format!("extra CA file: {e}"))?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(SetupError::ExtraCa)?;
             http = http.tls_certs_merge(certs);
         }
-        let http = http.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let http = http.build().map_err(SetupError::HttpClient)?;
         let mut cloud = CustomConfiguration::default();
         cloud.authority_host = config.authority_host.clone();
         let options = ClientOptions {
@@ -59,30 +64,45 @@ impl Sdk {
     }
 
     /// Whether a vault URL may be used at all (checked before any request).
-    pub fn check_vault_url(&self, vault_url: &str) -> Result<(), String> {
-        let url = url::Url::parse(vault_url)
-            .map_err(|e| format!("vaultUrl {vault_url:?} is not a URL: {e}"))?;
+    pub fn check_vault_url(&self, vault_url: &str) -> Result<(), VaultUrlError> {
+        let url = url::Url::parse(vault_url).map_err(|reason| VaultUrlError::NotAUrl {
+            url: vault_url.to_owned(),
+            reason,
+        })?;
         if url.scheme() != "https" {
-            return Err(format!("vaultUrl {vault_url:?} must use https"));
+            return Err(VaultUrlError::NotHttps(vault_url.to_owned()));
         }
         let host = url.host_str().unwrap_or_default();
         if !self.allowed_hosts.allows(host) {
-            return Err(format!(
-                "vault host {host:?} is not an allowed Key Vault host (allowed: {}, plus --allow-vault-host)",
-                DEFAULT_VAULT_HOSTS.join(", ")
-            ));
+            return Err(VaultUrlError::HostNotAllowed {
+                host: host.to_owned(),
+                allowed: DEFAULT_VAULT_HOSTS.join(", "),
+            });
         }
         Ok(())
     }
 
-    fn client(
+    /// Drops the clients and credentials of (vault, identity) pairs for
+    /// which `live(vault_key, identity_key)` is false.
+    pub fn retain(&self, live: impl Fn(&str, &str) -> bool) {
+        let mut clients = self.clients.lock().unwrap();
+        clients.retain(|(vault, identity), _| live(vault, identity));
+        let identities: std::collections::HashSet<&str> = clients
+            .keys()
+            .map(|(_, identity)| identity.as_str())
+            .collect();
+        self.credentials
+            .retain(|identity| identities.contains(identity));
+    }
+
+    pub(super) fn client(
         &self,
         vault_url: &str,
         identity: &Identity,
     ) -> Result<Arc<SecretClient>, VaultError> {
         self.check_vault_url(vault_url)
-            .map_err(VaultError::Forbidden)?;
-        let key = (vault_url.to_owned(), identity.cache_key());
+            .map_err(|e| VaultError::Forbidden(e.to_string()))?;
+        let key = (vault_key(vault_url), identity.cache_key());
         if let Some(client) = self.clients.lock().unwrap().get(&key) {
             return Ok(client.clone());
         }
@@ -106,6 +126,18 @@ impl Sdk {
         Ok(client)
     }
 
+    /// How many (vault, identity) clients and credentials are kept.
+    #[cfg(test)]
+    pub fn clients(&self) -> usize {
+        let clients = self.clients.lock().unwrap().len();
+        assert_eq!(
+            clients,
+            self.credentials.len(),
+            "one credential per identity here"
+        );
+        clients
+    }
+
     /// Classifies a failed call. A 401 from the vault means it refuses the
     /// token kvsync presented (a signing-key rollover, a revoked or otherwise
     /// invalid token): the SDK would keep presenting it from the credential's
@@ -127,6 +159,7 @@ impl Sdk {
 
     /// Reads one secret (the latest version when `version` is `None`). With
     /// `as_pem`, Key Vault converts a PKCS#12 certificate-backed secret to PEM.
+    /// Also returns the response's `Date` (Unix seconds of the vault's clock).
     pub async fn get(
         &self,
         vault_url: &str,
@@ -134,17 +167,24 @@ impl Sdk {
         name: &str,
         version: Option<&str>,
         as_pem: bool,
-    ) -> Result<RemoteSecret, VaultError> {
+    ) -> Result<(RemoteSecret, Option<i64>), VaultError> {
         let client = self.client(vault_url, identity)?;
         let options = SecretClientGetSecretOptions {
             secret_version: version.filter(|v| !v.is_empty()).map(str::to_owned),
             out_content_type: as_pem.then_some(ContentType::Pem),
             ..Default::default()
         };
-        let secret = client
+        let response = client
             .get_secret(name, Some(options))
             .await
-            .and_then(|r| r.into_model())
+            .map_err(|e| self.failed(identity, &e, name))?;
+        let date = response
+            .headers()
+            .get_optional_str(&DATE)
+            .and_then(|d| azure_core::time::parse_rfc7231(d).ok())
+            .map(|d| d.unix_timestamp());
+        let secret = response
+            .into_model()
             .map_err(|e| self.failed(identity, &e, name))?;
         let version = secret
             .id
@@ -152,7 +192,7 @@ impl Sdk {
             .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
             .unwrap_or_default()
             .to_owned();
-        Ok(RemoteSecret {
+        let secret = RemoteSecret {
             name: name.to_owned(),
             version,
             value: secret.value.unwrap_or_default(),
@@ -161,7 +201,8 @@ impl Sdk {
                 .attributes
                 .and_then(|a| a.updated)
                 .map(|t| t.unix_timestamp()),
-        })
+        };
+        Ok((secret, date))
     }
 
     /// Lists every secret in the vault (names, tags, enabled; no values).

@@ -1,28 +1,40 @@
-//! One vault as seen by one identity: the latest listing, values read from
-//! it, who is interested in which names, and the poller that keeps the
+//! One vault as seen by one identity: the newest listing attempt, values
+//! read, who is interested in which names, and the poller that keeps the
 //! listing fresh.
 //!
 //! ```text
-//!   poller ── every min(refreshInterval of subscribers) ──▶ GET /secrets (paged, 25/page)
-//!     │                                                       │
-//!     │                              diff with previous listing (detect::changed_names)
+//!   subscribe(interval) ── shorter than the period? ── wake ──┐
+//!                                                             ▼
+//!   poller ── one period (shortest live interval) after the newest listing,
+//!     │       or one backoff after a failed one (freshness::next_listing) ──▶ GET /secrets (paged)
+//!     │                              diff with the last good listing (detect::changed_names)
 //!     ▼                                                       │
-//!   subscribers interested in a changed name ◀── "sync now" ──┘
+//!   subscribers interested in a changed name ◀── "sync now" ──┘   (all of them after an outage)
 //!
-//!   reads: value cache hit if the listing says it is still current (detect::still_current),
-//!          else one GET — concurrent reads of the same ref share it (single-flight)
+//!   readers: listing as recent as their Freshness needs (freshness::decide), else one
+//!            listing for all who wait (single-flight); the poller re-plans from it.
+//!            latest values: cached while the listing says current (detect::still_current),
+//!            pinned versions: re-read once their read is older than the reader's bound;
+//!            either way one GET per ref for all concurrent readers (single-flight).
 //! ```
 //!
 //! So an idle refresh cycle costs one listing per (vault, identity), however
-//! many KeyVaultSecrets and refs use it, and a changed secret is read once.
+//! many KeyVaultSecrets and refs use it, plus one GET per pinned ref; a
+//! changed secret is read once.
+//!
+//! Memory follows use: values of names gone from the listing are dropped at
+//! once, values nobody read for a while by [`VaultView::prune`], and the
+//! whole view by its owner once [`VaultView::idle`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::detect::{ReadStamp, Snapshot, changed_names, still_current};
+use super::freshness::{Attempt, LastListing, poll_period};
 use super::{RemoteSecret, VaultError};
 
 /// Which names a subscriber's Secret depends on.
@@ -56,35 +68,78 @@ impl Subscription {
     }
 }
 
-/// A listing and when it was requested.
-#[derive(Clone)]
-pub struct Listed {
-    pub started: Instant,
-    pub snapshot: Arc<Snapshot>,
+/// The listing side of a view (behind an async lock held while listing, so
+/// that concurrent readers wait for the listing in flight).
+#[derive(Default)]
+pub struct ListingState {
+    /// The newest listing attempt, successful or not.
+    pub newest: Option<Attempt<Arc<Snapshot>>>,
+    /// The newest successful listing (what changes are found against).
+    pub last_good: Option<Arc<Snapshot>>,
+    /// Consecutive failed attempts.
+    pub failures: u32,
 }
 
-type ValueKey = (String, Option<String>, bool);
+impl ListingState {
+    pub fn last(&self) -> Option<LastListing> {
+        self.newest.as_ref().map(|attempt| LastListing {
+            started: attempt.started,
+            ended: attempt.ended,
+            failures: self.failures,
+            retry_after: attempt
+                .outcome
+                .as_ref()
+                .err()
+                .and_then(VaultError::retry_after),
+        })
+    }
+}
+
+/// What was last read of one (name, version, as_pem).
+pub struct ValueRead {
+    pub attempt: Attempt<RemoteSecret>,
+    /// For values read successfully: what judges whether they are current.
+    pub stamp: Option<ReadStamp>,
+}
+
+/// One ref's cache entry; its async lock makes concurrent reads one request.
+#[derive(Default)]
+pub struct ValueSlot {
+    pub read: tokio::sync::Mutex<Option<ValueRead>>,
+    last_used: Mutex<Option<Instant>>,
+}
+
+pub type ValueKey = (String, Option<String>, bool);
 
 /// State of one (vault, identity).
-#[derive(Default)]
 pub struct VaultView {
-    /// Held while listing: concurrent callers wait for the one in flight.
-    pub listing: tokio::sync::Mutex<Option<Listed>>,
-    values: Mutex<HashMap<ValueKey, (RemoteSecret, ReadStamp)>>,
-    reads_in_flight: Mutex<HashMap<ValueKey, Arc<tokio::sync::Mutex<()>>>>,
+    pub listing: tokio::sync::Mutex<ListingState>,
+    values: Mutex<HashMap<ValueKey, Arc<ValueSlot>>>,
     subscribers: Mutex<HashMap<String, Subscription>>,
     poller_running: Mutex<bool>,
     /// Listing was forbidden for this identity: read by GET until then.
-    pub listing_refused_until: Mutex<Option<Instant>>,
-    /// Why the latest listing attempt failed, if it did: until a listing
-    /// succeeds again, reads report it rather than vouch for stale data.
-    pub listing_failure: Mutex<Option<VaultError>>,
-    /// Wakes the poller when a listing someone else asked for failed, so it
-    /// retries with backoff instead of after a whole (possibly long) period.
-    pub listing_failed: tokio::sync::Notify,
+    listing_refused_until: Mutex<Option<Instant>>,
+    /// Wakes the poller to plan again: a shorter subscriber came, or
+    /// someone else's listing attempt ended.
+    pub wake: Notify,
+    last_used: Mutex<Instant>,
 }
 
-/// Unix seconds now.
+impl Default for VaultView {
+    fn default() -> Self {
+        VaultView {
+            listing: Default::default(),
+            values: Default::default(),
+            subscribers: Default::default(),
+            poller_running: Default::default(),
+            listing_refused_until: Default::default(),
+            wake: Notify::new(),
+            last_used: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+/// Unix seconds now (the operator's clock).
 pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -93,18 +148,33 @@ pub fn unix_now() -> i64 {
 }
 
 impl VaultView {
-    /// Registers (or renews) interest; returns whether a poller must be started.
+    /// Marks the view as in use (it is not dropped while used).
+    pub fn touch(&self) {
+        *self.last_used.lock().unwrap() = Instant::now();
+    }
+
+    /// Registers (or renews) interest; returns whether a poller must be
+    /// started. Wakes a running poller when the period got shorter.
     pub fn subscribe(&self, subscriber: &str, interest: Interest, interval: Duration) -> bool {
-        self.subscribers.lock().unwrap().insert(
-            subscriber.to_owned(),
-            Subscription {
-                interest,
-                interval,
-                renewed: Instant::now(),
-            },
-        );
+        let shorter = {
+            let mut subscribers = self.subscribers.lock().unwrap();
+            let before = poll_period(subscribers.values().map(|s| s.interval));
+            subscribers.insert(
+                subscriber.to_owned(),
+                Subscription {
+                    interest,
+                    interval,
+                    renewed: Instant::now(),
+                },
+            );
+            before.is_some_and(|period| interval < period)
+        };
         let mut running = self.poller_running.lock().unwrap();
-        !std::mem::replace(&mut *running, true)
+        let start = !std::mem::replace(&mut *running, true);
+        if shorter && !start {
+            self.wake.notify_one();
+        }
+        start
     }
 
     /// The polling period (shortest interval of live subscribers), pruning
@@ -113,7 +183,7 @@ impl VaultView {
         let now = Instant::now();
         let mut subscribers = self.subscribers.lock().unwrap();
         subscribers.retain(|_, s| !s.expired(now));
-        let period = subscribers.values().map(|s| s.interval).min();
+        let period = poll_period(subscribers.values().map(|s| s.interval));
         if period.is_none() {
             *self.poller_running.lock().unwrap() = false;
         }
@@ -149,35 +219,47 @@ impl VaultView {
         notified
     }
 
-    /// A cached value that the listing says is still the latest (or a pinned
-    /// version, which never changes).
-    pub fn cached(&self, key: &ValueKey, listing: Option<&Snapshot>) -> Option<RemoteSecret> {
-        let values = self.values.lock().unwrap();
-        let (secret, stamp) = values.get(key)?;
-        let pinned = key.1.is_some();
-        let current = pinned
-            || listing
-                .and_then(|l| l.get(&key.0))
-                .is_some_and(|info| still_current(stamp, info));
-        current.then(|| secret.clone())
-    }
-
-    pub fn remember(&self, key: ValueKey, secret: RemoteSecret, read_at: i64) {
-        let stamp = ReadStamp {
-            updated: secret.updated,
-            read_at,
-        };
-        self.values.lock().unwrap().insert(key, (secret, stamp));
-    }
-
-    /// The lock that makes concurrent reads of one ref a single request.
-    pub fn read_lock(&self, key: &ValueKey) -> Arc<tokio::sync::Mutex<()>> {
-        self.reads_in_flight
+    /// The cache entry of one ref (made on first use).
+    pub fn slot(&self, key: &ValueKey) -> Arc<ValueSlot> {
+        let slot = self
+            .values
             .lock()
             .unwrap()
             .entry(key.clone())
             .or_default()
-            .clone()
+            .clone();
+        *slot.last_used.lock().unwrap() = Some(Instant::now());
+        slot
+    }
+
+    /// Drops cached values of names the listing no longer has.
+    pub fn forget_unlisted(&self, listing: &Snapshot) {
+        self.values
+            .lock()
+            .unwrap()
+            .retain(|(name, _, _), slot| listing.contains_key(name) || Arc::strong_count(slot) > 1);
+    }
+
+    /// Drops cached values nobody read for `unused_for`, and returns whether
+    /// the whole view is idle: no subscriber, no poller, no use for `unused_for`.
+    pub fn prune(&self, unused_for: Duration, now: Instant) -> bool {
+        let stale = |at: Option<Instant>| at.is_none_or(|at| now.duration_since(at) > unused_for);
+        self.values.lock().unwrap().retain(|_, slot| {
+            Arc::strong_count(slot) > 1 || !stale(*slot.last_used.lock().unwrap())
+        });
+        let nobody_subscribed = !*self.poller_running.lock().unwrap();
+        nobody_subscribed && stale(Some(*self.last_used.lock().unwrap()))
+    }
+
+    /// The longest interval of a live subscriber (values it reads are kept
+    /// at least three times that long).
+    pub fn longest_interval(&self) -> Duration {
+        let subscribers = self.subscribers.lock().unwrap();
+        subscribers
+            .values()
+            .map(|s| s.interval)
+            .max()
+            .unwrap_or_default()
     }
 
     pub fn listing_refused(&self) -> bool {
@@ -185,6 +267,10 @@ impl VaultView {
             .lock()
             .unwrap()
             .is_some_and(|until| Instant::now() < until)
+    }
+
+    pub fn refuse_listing_until(&self, until: Instant) {
+        *self.listing_refused_until.lock().unwrap() = Some(until);
     }
 }
 
@@ -202,4 +288,102 @@ pub fn answered_by_listing(snapshot: &Snapshot, name: &str) -> Option<VaultError
         .get(name)
         .filter(|info| !info.enabled)
         .map(|_| VaultError::Disabled(name.to_owned()))
+}
+
+/// A cached latest-version value that the listing says is still the latest.
+pub fn current_value(read: &ValueRead, listing: &Snapshot) -> Option<RemoteSecret> {
+    let secret = read.attempt.outcome.as_ref().ok()?;
+    let info = listing.get(&secret.name)?;
+    read.stamp
+        .as_ref()
+        .is_some_and(|stamp| still_current(stamp, info))
+        .then(|| secret.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use crate::vault::RemoteSecretInfo;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn names(names: &[&str]) -> Interest {
+        Interest::Names(names.iter().map(|n| n.to_string()).collect())
+    }
+
+    fn listing(names: &[&str]) -> Snapshot {
+        names
+            .iter()
+            .map(|name| {
+                let info = RemoteSecretInfo {
+                    name: name.to_string(),
+                    enabled: true,
+                    tags: BTreeMap::new(),
+                    updated: Some(1),
+                };
+                (name.to_string(), info)
+            })
+            .collect()
+    }
+
+    fn woken(view: &VaultView) -> bool {
+        futures::FutureExt::now_or_never(view.wake.notified()).is_some()
+    }
+
+    #[tokio::test]
+    async fn a_shorter_subscriber_wakes_the_poller_and_sets_the_period() {
+        let view = VaultView::default();
+        assert!(
+            view.subscribe("ns/slow", names(&["a"]), 60 * MINUTE),
+            "first starts the poller"
+        );
+        assert!(!view.subscribe("ns/fast", names(&["b"]), Duration::from_secs(5)));
+        assert!(woken(&view), "the sleeping poller re-plans at once");
+        assert_eq!(view.poll_period(), Some(Duration::from_secs(5)));
+        assert!(!view.subscribe("ns/medium", names(&["c"]), MINUTE));
+        assert!(!woken(&view), "a longer one changes nothing");
+        // The fast one moves to a long interval: the period follows.
+        view.subscribe("ns/fast", names(&["b"]), 60 * MINUTE);
+        assert_eq!(view.poll_period(), Some(MINUTE));
+    }
+
+    #[test]
+    fn values_follow_the_listing_and_their_readers() {
+        let view = VaultView::default();
+        let (gone, kept, held) = (
+            value_key("gone", None, false),
+            value_key("kept", None, false),
+            value_key("held", None, false),
+        );
+        for key in [&gone, &kept, &held] {
+            view.slot(key);
+        }
+        let holder = view.slot(&held);
+        view.forget_unlisted(&listing(&["kept"]));
+        let cached: Vec<_> = {
+            let values = view.values.lock().unwrap();
+            let mut names: Vec<_> = values.keys().map(|k| k.0.clone()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(cached, ["held", "kept"], "a read in flight keeps its slot");
+        drop(holder);
+
+        let later = Instant::now() + 2 * MINUTE;
+        assert!(view.prune(MINUTE, later), "nobody subscribed or read: idle");
+        assert!(
+            view.values.lock().unwrap().is_empty(),
+            "unread values dropped"
+        );
+    }
+
+    #[test]
+    fn a_subscribed_view_is_never_idle() {
+        let view = VaultView::default();
+        view.subscribe("ns/a", Interest::Everything, MINUTE);
+        assert!(!view.prune(MINUTE, Instant::now() + 10 * MINUTE));
+        assert!(!view.prune(MINUTE, Instant::now()));
+    }
 }

@@ -268,10 +268,58 @@ impl Fixture {
         }
     }
 
+    /// The operator's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let base = eventually("the metrics address in the log", WAIT, || async {
+            metrics_url(&self.operator.process.output())
+        })
+        .await;
+        reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `kvsync_syncs_total` for one outcome (0 before the first).
+    pub async fn sync_count(&self, outcome: &str) -> u64 {
+        let series = format!("kvsync_syncs_total{{outcome=\"{outcome}\"}} ");
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .map_or(0, |count| count.trim().parse().unwrap())
+    }
+
+    /// How many times a Warning event with this reason was recorded in the namespace.
+    pub async fn warning_events(&self, reason: &str) -> i32 {
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns.name);
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|e| {
+                e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason)
+            })
+            .map(|e| e.count.unwrap_or(1))
+            .sum()
+    }
+
     pub async fn secret_data(&self, name: &str) -> Option<BTreeMap<String, String>> {
         let secret = self.secrets().get_opt(name).await.unwrap()?;
         Some(decoded(&secret))
     }
+}
+
+/// The metrics address the operator logged at start.
+pub fn metrics_url(output: &str) -> Option<String> {
+    let line = output.lines().find(|l| l.contains("serving /healthz"))?;
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+    Some(format!("http://{addr}"))
 }
 
 pub fn ready(

@@ -1,6 +1,15 @@
 //! Test ground shared by the integration tests: one real control plane per test
-//! run, a fresh namespace per test, and the emulator and operator as real
-//! subprocesses of the `kvsync` binary.
+//! run, a fresh namespace per test, the Key Vault + Entra ID emulator in-process
+//! (the `kvsync-emulator` library, on a thread and runtime of its own) and the
+//! operator as a real subprocess of the `kvsync` binary.
+//!
+//! ```text
+//!  test (its own tokio runtime)            emulator thread (its own runtime)
+//!   Emulator::start(seed) ──options──▶ kvsync_emulator::start ─▶ Running
+//!            ◀──────────── Endpoints ──────────┘                    │
+//!   Operator::start(&emulator) ─▶ `kvsync run` subprocess ─HTTPS─▶ listeners
+//!   drop(Emulator) ──stop──▶ Running dropped, thread joined
+//! ```
 //!
 //! The control plane is `scripts/control-plane.sh up` (idempotent: it reuses a
 //! running one), or whatever cluster `KVSYNC_TEST_KUBECONFIG` points at.
@@ -243,7 +252,7 @@ where
     }
 }
 
-/// A running `kvsync` subprocess (emulator or operator), killed on drop.
+/// A running `kvsync` subprocess (the operator), killed on drop.
 pub struct Process {
     child: Child,
     pub log: PathBuf,
@@ -306,17 +315,21 @@ impl Process {
     }
 
     /// SIGTERM, then wait for a clean exit.
-    pub fn terminate(self) -> std::process::ExitStatus {
-        self.terminate_with_output().0
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.stop()
     }
 
     /// SIGTERM, wait for the exit, and return everything the process printed.
     pub fn terminate_with_output(mut self) -> (std::process::ExitStatus, String) {
+        (self.stop(), self.output())
+    }
+
+    /// SIGTERM and wait for the exit, keeping the output readable.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status();
-        let status = self.child.wait().unwrap();
-        (status, self.output())
+        self.child.wait().unwrap()
     }
 
     /// SIGKILL: a crash, as far as the operator can tell.
@@ -333,20 +346,15 @@ impl Drop for Process {
     }
 }
 
-/// The emulator's published endpoints (`<state-dir>/endpoints.json`).
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct Endpoints {
-    pub authority_host: String,
-    pub vaults: std::collections::BTreeMap<String, String>,
-    pub control_url: String,
-    pub ca_file: PathBuf,
-}
+pub use kvsync_emulator::Endpoints;
 
-/// A running Key Vault + Entra ID emulator.
+/// A running Key Vault + Entra ID emulator, stopped when dropped.
 pub struct Emulator {
     pub endpoints: Endpoints,
-    pub process: Process,
     http: reqwest::Client,
+    _server: EmulatorThread,
+    /// The seed and the state directory (the CA file the operator trusts).
+    _dir: tempfile::TempDir,
 }
 
 impl Emulator {
@@ -355,29 +363,17 @@ impl Emulator {
         let dir = tempfile::tempdir().unwrap();
         let seed_path = dir.path().join("seed.json");
         std::fs::write(&seed_path, serde_json::to_vec_pretty(&seed).unwrap()).unwrap();
-        let state = dir.path().join("state");
-        let args = [
-            "emulator".to_string(),
-            "--config".into(),
-            seed_path.display().to_string(),
-            "--state-dir".into(),
-            state.display().to_string(),
-        ];
-        let process = Process::spawn(&args, dir);
-        let endpoints_file = state.join("endpoints.json");
-        let endpoints: Endpoints = eventually(
-            "the emulator's endpoints.json",
-            Duration::from_secs(20),
-            || {
-                let text = std::fs::read_to_string(&endpoints_file).ok();
-                async move { text.and_then(|t| serde_json::from_str(&t).ok()) }
-            },
-        )
-        .await;
+        let options = kvsync_emulator::Options::new(seed_path, dir.path().join("state"));
+        let (server, started) = EmulatorThread::spawn(options);
+        let endpoints = started
+            .await
+            .expect("the emulator thread reports its start")
+            .unwrap_or_else(|error| panic!("the emulator did not start: {error}"));
         Emulator {
             endpoints,
-            process,
             http: reqwest::Client::new(),
+            _server: server,
+            _dir: dir,
         }
     }
 
@@ -418,6 +414,61 @@ impl Emulator {
     }
 }
 
+/// The emulator serving on a thread and multi-threaded runtime of its own, as
+/// its own process did: a test that blocks its runtime (waiting for the
+/// operator's exit, say) cannot stall it, and it outlives no test.
+struct EmulatorThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+type Started = tokio::sync::oneshot::Receiver<Result<Endpoints, kvsync_emulator::EmulatorError>>;
+
+impl EmulatorThread {
+    /// Starts the emulator; the receiver yields its endpoints once every listener is bound.
+    fn spawn(options: kvsync_emulator::Options) -> (Self, Started) {
+        let (started, started_rx) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("emulator".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("the emulator's runtime");
+                runtime.block_on(async move {
+                    match kvsync_emulator::start(options).await {
+                        Ok(running) => {
+                            let _ = started.send(Ok(running.endpoints.clone()));
+                            // Until the test drops its Emulator (or panics).
+                            let _ = stopped.await;
+                            drop(running);
+                        }
+                        Err(error) => {
+                            let _ = started.send(Err(error));
+                        }
+                    }
+                });
+            })
+            .expect("spawn the emulator thread");
+        let server = EmulatorThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        (server, started_rx)
+    }
+}
+
+impl Drop for EmulatorThread {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The cluster's service-account token issuer and its JWKS, written to a file,
 /// so the emulator can verify TokenRequest tokens as Entra verifies AKS ones.
 pub async fn cluster_issuer(client: &kube::Client, dir: &Path) -> (String, PathBuf) {
@@ -454,6 +505,24 @@ impl Operator {
     /// Flags in `extra` replace the defaults of the same name (short backoff
     /// and request timeout).
     pub fn start(emulator: &Emulator, namespace: &str, extra: &[&str]) -> Self {
+        Operator {
+            process: Process::start(&Self::args(emulator, namespace, extra)),
+        }
+    }
+
+    /// Like [`Operator::start`], acting with `kubeconfig`'s identity.
+    pub fn start_as(
+        emulator: &Emulator,
+        namespace: &str,
+        extra: &[&str],
+        kubeconfig: &Path,
+    ) -> Self {
+        Operator {
+            process: Process::start_as(&Self::args(emulator, namespace, extra), kubeconfig, &[]),
+        }
+    }
+
+    fn args(emulator: &Emulator, namespace: &str, extra: &[&str]) -> Vec<String> {
         let ca_file = emulator.endpoints.ca_file.display().to_string();
         let defaults = [
             ("--namespaces", namespace),
@@ -472,9 +541,7 @@ impl Operator {
             }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Operator {
-            process: Process::spawn(&args, tempfile::tempdir().unwrap()),
-        }
+        args
     }
 
     /// SIGKILLs the operator (a crash: no graceful shutdown) and, once it is

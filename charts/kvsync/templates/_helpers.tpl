@@ -47,24 +47,28 @@ Rules the operator needs in every namespace it acts in (bound cluster-wide in
 cluster mode, per watched namespace in namespaced mode).
 */}}
 {{- define "kvsync.workloadRules" -}}
-# Its own resource; status is written only when it changes.
+# Its own resource; status is written only when it changes. Patch: the
+# kvsync.io/merge-cleanup finalizer on creationPolicy Merge objects.
 - apiGroups: [kvsync.io]
   resources: [keyvaultsecrets]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, patch]
 - apiGroups: [kvsync.io]
   resources: [keyvaultsecrets/status]
   verbs: [patch]
 # Target Secrets (written by server-side apply: patch, plus create when the
-# apply creates one), client-secret/certificate credentials referenced from a
+# apply creates one; delete: the old target of an Owner KeyVaultSecret whose
+# target.name changed, only if it carries that object's kvsync.io/owner
+# marker), client-secret/certificate credentials referenced from a
 # KeyVaultSecret, and the reload stage's watch of Secrets.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch, create, patch]
-# Workload Identity: read the ServiceAccount's client/tenant annotations and
+  verbs: [get, list, watch, create, patch, delete]
+# Workload Identity: read the ServiceAccount's client/tenant annotations
+# (watched, so that annotating it fixes a KeyVaultSecret at once) and
 # request a token for it to exchange with Entra ID.
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [get]
+  verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [serviceaccounts/token]
   verbs: [create]

@@ -1,5 +1,6 @@
-//! The state shared by every listener of one emulator process.
+//! The state shared by every listener of one running emulator.
 
+use super::clock::VaultClock;
 use super::config::{Config, KnownNames};
 use super::directory::Directory;
 use super::faults::FaultPlan;
@@ -33,6 +34,8 @@ pub struct Emulator {
     pub faults: Mutex<FaultPlan>,
     pub counters: Mutex<Counters>,
     pub issued: Mutex<IssuedCredentials>,
+    /// The vaults' clock (skewable through the control API).
+    pub vault_clock: VaultClock,
 }
 
 /// Locks a mutex; a panic elsewhere cannot leave this state half-changed (every
@@ -89,6 +92,7 @@ impl Emulator {
             faults: Mutex::new(FaultPlan::default()),
             counters: Mutex::new(Counters::default()),
             issued: Mutex::new(IssuedCredentials::default()),
+            vault_clock: VaultClock::default(),
         }
     }
 

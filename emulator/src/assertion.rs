@@ -180,7 +180,7 @@ pub fn verify_certificate_assertion(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::directory::{App, AppRegistration};
+    use crate::directory::{App, AppRegistration};
     use jsonwebtoken::EncodingKey;
     use serde_json::json;
     use sha1::{Digest, Sha1};

@@ -1,6 +1,8 @@
-//! `<state-dir>/endpoints.json`: where a running emulator can be reached. Written
-//! once every listener is bound, atomically (temporary file + rename), so a reader
-//! that sees the file may connect at once; removed on a clean exit.
+//! Where a running emulator can be reached: [`Running::endpoints`](crate::Running)
+//! in-process, and `<state-dir>/endpoints.json` from the `kvsync-emulator`
+//! binary, written once every listener is bound, atomically (temporary file +
+//! rename), so a reader that sees the file may connect at once; removed on a
+//! clean exit.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -19,6 +21,7 @@ pub struct Endpoints {
     pub control_url: String,
     /// PEM CA certificate that signed the HTTPS listeners' certificate.
     pub ca_file: PathBuf,
+    /// The process serving these listeners.
     pub pid: u32,
 }
 

@@ -10,6 +10,7 @@
 //! | `POST /faults` / `DELETE /faults` | queues an injected fault / clears all |
 //! | `POST /tokens/rollover` | new token signing key: every access token issued so far is refused (401) |
 //! | `GET /counters` / `POST /counters/reset` | request counters of the Azure surfaces |
+//! | `POST /clock` `{skewSeconds}` | sets the vaults' clock off by that many seconds (`updated`, `created`, `Date`) |
 //! | `GET /issued` | every access token issued and client assertion presented |
 //! | `GET /healthz` | `ok` |
 //!
@@ -20,7 +21,7 @@ use super::directory::AppRegistration;
 use super::faults::FaultRequest;
 use super::observed::Counters;
 use super::responses::{ServiceError, json_response};
-use super::state::{Emulator, lock, now};
+use super::state::{Emulator, lock};
 use super::store::{NewSecret, SecretUpdate, StoreError, VersionId};
 use super::tokens::TokenAuthority;
 use super::vault_api::{SecretView, secret_json};
@@ -46,6 +47,7 @@ pub fn router(emulator: Arc<Emulator>) -> Router {
         .route("/counters", get(counters))
         .route("/counters/reset", post(reset_counters))
         .route("/issued", get(issued))
+        .route("/clock", post(set_clock))
         .with_state(emulator)
 }
 
@@ -70,8 +72,13 @@ async fn set_secret(
 ) -> Result<Response, ServiceError> {
     let secret: NewSecret = parse_body(&body)?;
     let url = vault_url(&emulator, &vault)?;
-    let stored =
-        lock(&emulator.store).set_secret(&vault, &name, secret, VersionId::random(), now())?;
+    let stored = lock(&emulator.store).set_secret(
+        &vault,
+        &name,
+        secret,
+        VersionId::random(),
+        emulator.vault_clock.now(),
+    )?;
     tracing::info!(%vault, secret = %name, version = stored.version.as_str(), "control: new secret version");
     Ok(json_response(
         StatusCode::OK,
@@ -86,7 +93,13 @@ async fn update_secret(
 ) -> Result<Response, ServiceError> {
     let update: SecretUpdate = parse_body(&body)?;
     let url = vault_url(&emulator, &vault)?;
-    let updated = lock(&emulator.store).update_secret(&vault, &name, None, update, now())?;
+    let updated = lock(&emulator.store).update_secret(
+        &vault,
+        &name,
+        None,
+        update,
+        emulator.vault_clock.now(),
+    )?;
     tracing::info!(%vault, secret = %name, enabled = updated.enabled, "control: secret updated");
     Ok(json_response(
         StatusCode::OK,
@@ -190,4 +203,23 @@ async fn reset_counters(State(emulator): State<Arc<Emulator>>) -> StatusCode {
 async fn issued(State(emulator): State<Arc<Emulator>>) -> Response {
     let issued = lock(&emulator.issued).clone();
     json_response(StatusCode::OK, &issued)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClockBody {
+    skew_seconds: i64,
+}
+
+async fn set_clock(
+    State(emulator): State<Arc<Emulator>>,
+    body: Bytes,
+) -> Result<Response, ServiceError> {
+    let body: ClockBody = parse_body(&body)?;
+    emulator.vault_clock.set_skew(body.skew_seconds);
+    tracing::info!(skew_seconds = body.skew_seconds, "control: vault clock set");
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"skewSeconds": body.skew_seconds}),
+    ))
 }

@@ -12,7 +12,7 @@
 use super::directory::App;
 use super::faults::FaultTarget;
 use super::responses::{ServiceError, json_response};
-use super::state::{Emulator, VaultSite, lock, now};
+use super::state::{Emulator, VaultSite, lock};
 use super::store::{NewSecret, Page, PageRequest, SecretUpdate, SecretVersion, VersionId};
 use super::tokens::{Caller, TokenRejection};
 use super::traffic::{Surface, observe};
@@ -179,7 +179,11 @@ async fn gate(
     let caller = context.authenticate(&request)?;
     request.extensions_mut().insert(api_version);
     request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
+    let mut response = next.run(request).await;
+    if let Ok(date) = header::HeaderValue::from_str(&context.emulator.vault_clock.http_date()) {
+        response.headers_mut().insert(header::DATE, date);
+    }
+    Ok(response)
 }
 
 #[derive(Serialize)]
@@ -427,7 +431,7 @@ async fn set_secret(
         &name,
         secret,
         VersionId::random(),
-        now(),
+        context.emulator.vault_clock.now(),
     )?;
     Ok(secret_response(&context, stored, SecretView::Bundle))
 }
@@ -448,8 +452,13 @@ fn update_secret(
         nbf: body.attributes.nbf,
         exp: body.attributes.exp,
     };
-    let updated =
-        lock(&context.emulator.store).update_secret(&context.name, name, version, update, now())?;
+    let updated = lock(&context.emulator.store).update_secret(
+        &context.name,
+        name,
+        version,
+        update,
+        context.emulator.vault_clock.now(),
+    )?;
     Ok(secret_response(context, updated, SecretView::Properties))
 }
 
@@ -481,6 +490,8 @@ async fn delete_secret(
     Ok(secret_response(
         &context,
         deleted,
-        SecretView::Deleted { at: now() },
+        SecretView::Deleted {
+            at: context.emulator.vault_clock.now(),
+        },
     ))
 }

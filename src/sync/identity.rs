@@ -1,0 +1,141 @@
+//! Which identity reads the vault for a KeyVaultSecret: its own
+//! ServiceAccount (federated), the operator's (only where allowed), or an
+//! app registration whose credential is in a Secret of the namespace.
+//!
+//! Every failure here is the user's to fix ([`SyncError::AuthConfig`] or
+//! [`SyncError::InvalidSpec`]); the ServiceAccount and Secret watches bring
+//! the object back as soon as the fix is made.
+
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::ResourceExt;
+use kube::api::Api;
+
+use super::Context;
+use super::error::SyncError;
+use crate::api::{ClientSecretAuth, KeyVaultSecret, WorkloadIdentityAuth};
+use crate::vault::Identity;
+
+/// Service-account annotations set for Azure Workload Identity.
+pub const SA_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
+pub const SA_TENANT_ID_ANNOTATION: &str = "azure.workload.identity/tenant-id";
+
+pub async fn resolve(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Identity, SyncError> {
+    let namespace = kvs.namespace().unwrap_or_default();
+    let auth = &kvs.spec.auth;
+    match (
+        &auth.workload_identity,
+        &auth.client_secret,
+        &auth.client_certificate,
+    ) {
+        (Some(wi), None, None) => match &wi.service_account_name {
+            None => operator_identity(ctx, &namespace),
+            Some(sa) => service_account_identity(ctx, &namespace, sa, wi).await,
+        },
+        (None, Some(auth), None) => {
+            let secret = credential(ctx, &namespace, auth).await?;
+            Ok(Identity::ClientSecret {
+                tenant_id: auth.tenant_id.clone(),
+                client_id: auth.client_id.clone(),
+                secret: secret.trim().to_owned(),
+            })
+        }
+        (None, None, Some(auth)) => Ok(Identity::ClientCertificate {
+            tenant_id: auth.tenant_id.clone(),
+            client_id: auth.client_id.clone(),
+            pem: credential(ctx, &namespace, auth).await?,
+        }),
+        _ => Err(SyncError::InvalidSpec(
+            "auth needs exactly one of workloadIdentity, clientSecret, clientCertificate".into(),
+        )),
+    }
+}
+
+/// The operator's own identity, if this namespace may use it.
+fn operator_identity(ctx: &Context, namespace: &str) -> Result<Identity, SyncError> {
+    if ctx
+        .operator_identity_namespaces
+        .iter()
+        .any(|n| n == namespace)
+    {
+        Ok(Identity::Operator)
+    } else {
+        Err(SyncError::AuthConfig(format!(
+            "the operator's own identity may not be used from namespace {namespace}; set workloadIdentity.serviceAccountName, or ask the kvsync admin to add {namespace} to --operator-identity-namespaces"
+        )))
+    }
+}
+
+/// A ServiceAccount of the namespace, with client and tenant id from the
+/// spec or the ServiceAccount's Workload Identity annotations.
+async fn service_account_identity(
+    ctx: &Context,
+    namespace: &str,
+    sa_name: &str,
+    wi: &WorkloadIdentityAuth,
+) -> Result<Identity, SyncError> {
+    let sa = Api::<ServiceAccount>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(sa_name)
+        .await?
+        .ok_or_else(|| {
+            SyncError::InvalidSpec(format!(
+                "service account {sa_name} does not exist in namespace {namespace}"
+            ))
+        })?;
+    let annotation = |key: &str| sa.annotations().get(key).cloned();
+    let client_id = wi
+        .client_id
+        .clone()
+        .or_else(|| annotation(SA_CLIENT_ID_ANNOTATION))
+        .ok_or_else(|| {
+            SyncError::InvalidSpec(format!(
+                "no client id: set workloadIdentity.clientId or annotate service account {sa_name} with {SA_CLIENT_ID_ANNOTATION}"
+            ))
+        })?;
+    let tenant_id = wi
+        .tenant_id
+        .clone()
+        .or_else(|| annotation(SA_TENANT_ID_ANNOTATION))
+        .or_else(|| ctx.default_tenant_id.clone())
+        .ok_or_else(|| {
+            SyncError::InvalidSpec(format!(
+                "no tenant id: set workloadIdentity.tenantId or annotate service account {sa_name} with {SA_TENANT_ID_ANNOTATION}"
+            ))
+        })?;
+    Ok(Identity::ServiceAccount {
+        namespace: namespace.to_owned(),
+        name: sa_name.to_owned(),
+        tenant_id,
+        client_id,
+    })
+}
+
+/// The credential (client secret or certificate PEM) an app registration's
+/// `secretRef` points at.
+async fn credential(
+    ctx: &Context,
+    namespace: &str,
+    auth: &ClientSecretAuth,
+) -> Result<String, SyncError> {
+    let reference = &auth.secret_ref;
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(&reference.name)
+        .await?
+        .ok_or_else(|| {
+            SyncError::InvalidSpec(format!(
+                "credential Secret {} does not exist in namespace {namespace}",
+                reference.name
+            ))
+        })?;
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&reference.key))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| {
+            SyncError::InvalidSpec(format!(
+                "credential Secret {} has no key {}",
+                reference.name, reference.key
+            ))
+        })
+}

@@ -1,0 +1,176 @@
+//! Writing the target Secret, and letting go of Secrets kvsync no longer
+//! manages.
+//!
+//! ```text
+//!  DesiredSecret ──decide (pure, target.rs)──▶ UpToDate ── no request
+//!                                           ├▶ Conflict / Missing ── SyncError, nothing written
+//!                                           └▶ Apply ── SSA (manager kvsync) ──▶ drop foreign keys ──▶ notify reload
+//!
+//!  target renamed   Owner ── delete the old Secret
+//!                   Orphan ─ release it: keep the data, drop kvsync's markers and field ownership
+//!                   Merge ── withdraw kvsync's keys and markers from it
+//!  Merge object deleted ── withdraw (behind the kvsync.io/merge-cleanup finalizer)
+//! ```
+//!
+//! An API server's refusal becomes [`SyncError::write_refused`]: `InvalidSpec`
+//! for a 422, `WriteFailed` (with backoff) for RBAC, admission webhooks,
+//! quota or conflicts.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::json;
+
+use super::Context;
+use super::error::SyncError;
+use super::target::{DesiredSecret, OWNER_ANNOTATION, WriteDecision};
+use crate::api::{CreationPolicy, FIELD_MANAGER};
+
+/// Field manager that keeps the data of a released `Orphan` Secret, so that
+/// kvsync's own apply can drop its ownership without deleting the values.
+pub const RELEASED_FIELD_MANAGER: &str = "kvsync-released";
+
+/// Writes the target if it differs; returns whether it wrote.
+pub async fn write_target(
+    ctx: &Context,
+    object: &str,
+    desired: &DesiredSecret,
+) -> Result<bool, SyncError> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &desired.namespace);
+    let existing = api.get_opt(&desired.name).await?;
+    let decision = desired.decide(existing.as_ref());
+    tracing::debug!(namespace = %desired.namespace, secret = %desired.name, ?decision, "target decision");
+    match decision {
+        WriteDecision::UpToDate => Ok(false),
+        WriteDecision::Conflict(message) => Err(SyncError::Conflict(message)),
+        WriteDecision::Missing => Err(SyncError::SecretMissing(desired.name.clone())),
+        WriteDecision::Apply => {
+            let written = apply(&api, desired).await?;
+            let written = remove_foreign_keys(&api, desired, written).await?;
+            let resource_version = written.resource_version();
+            if resource_version == existing.as_ref().and_then(|s| s.resource_version()) {
+                // The apply changed nothing (e.g. only fields kvsync does not
+                // own differed): not a write, so no event, reload or status.
+                return Ok(false);
+            }
+            if let Some(rv) = resource_version {
+                ctx.memory.lock().unwrap().remember_own_write(
+                    object,
+                    &desired.namespace,
+                    &desired.name,
+                    rv,
+                );
+            }
+            ctx.notifier
+                .secret_written(&desired.namespace, &desired.name);
+            tracing::info!(namespace = %desired.namespace, secret = %desired.name, keys = desired.data.len(), "wrote Secret");
+            Ok(true)
+        }
+    }
+}
+
+/// Server-side apply of kvsync's fields.
+async fn apply(api: &Api<Secret>, desired: &DesiredSecret) -> Result<Secret, SyncError> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&desired.name, &params, &Patch::Apply(desired.apply_body()))
+        .await
+        .map_err(|e| SyncError::write_refused(&desired.name, e))
+}
+
+/// Removes keys another field manager added to a Secret whose data is
+/// kvsync's alone (SSA only removes fields the applier owns).
+async fn remove_foreign_keys(
+    api: &Api<Secret>,
+    desired: &DesiredSecret,
+    written: Secret,
+) -> Result<Secret, SyncError> {
+    let foreign = desired.foreign_keys(&written);
+    if foreign.is_empty() {
+        return Ok(written);
+    }
+    // Guarded by the resourceVersion just written: a concurrent change
+    // makes this fail (409) and the sync is retried.
+    let removal: serde_json::Map<String, serde_json::Value> = foreign
+        .into_iter()
+        .map(|key| (key, serde_json::Value::Null))
+        .collect();
+    let patch = json!({
+        "metadata": {"resourceVersion": written.resource_version()},
+        "data": removal,
+    });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    api.patch(&desired.name, &params, &Patch::Merge(patch))
+        .await
+        .map_err(|e| SyncError::write_refused(&desired.name, e))
+}
+
+/// Lets go of `previous`, the Secret this KeyVaultSecret wrote before its
+/// `target.name` changed, as `policy` says. Secrets not marked as this
+/// object's are left alone.
+pub async fn let_go_of_previous(
+    ctx: &Context,
+    namespace: &str,
+    owner_name: &str,
+    previous: &str,
+    policy: CreationPolicy,
+) -> Result<(), SyncError> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(existing) = api.get_opt(previous).await? else {
+        return Ok(());
+    };
+    if existing
+        .annotations()
+        .get(OWNER_ANNOTATION)
+        .map(String::as_str)
+        != Some(owner_name)
+    {
+        return Ok(());
+    }
+    let refused = |e| SyncError::write_refused(previous, e);
+    match policy {
+        CreationPolicy::Owner => {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: existing.uid(),
+                    resource_version: existing.resource_version(),
+                }),
+                ..Default::default()
+            };
+            api.delete(previous, &params).await.map_err(refused)?;
+        }
+        CreationPolicy::Orphan => {
+            let keep = PatchParams::apply(RELEASED_FIELD_MANAGER).force();
+            let kept = api
+                .patch(
+                    previous,
+                    &keep,
+                    &Patch::Apply(DesiredSecret::keep_body(&existing)),
+                )
+                .await
+                .map_err(refused)?;
+            withdraw(&api, &kept).await?;
+        }
+        CreationPolicy::Merge => withdraw(&api, &existing).await?,
+    }
+    tracing::info!(%namespace, secret = %previous, ?policy, "let go of the previous target Secret");
+    Ok(())
+}
+
+/// Withdraws everything kvsync applied to `secret` (its keys and markers)
+/// with an empty apply; fields co-owned by another manager stay. Guarded by
+/// the resourceVersion read, so it never creates a Secret that went away.
+pub async fn withdraw(api: &Api<Secret>, secret: &Secret) -> Result<(), SyncError> {
+    let name = secret.name_any();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(
+        &name,
+        &params,
+        &Patch::Apply(DesiredSecret::withdrawal_body(secret)),
+    )
+    .await
+    .map_err(|e| SyncError::write_refused(&name, e))?;
+    Ok(())
+}
