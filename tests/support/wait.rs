@@ -8,7 +8,8 @@
 //! ```text
 //!  create Deployment ──▶ first_rollout_made ──┐
 //!  start operator ─────▶ reload_listed ───────┼──▶ always("nothing happens", …)
-//!  write a resource ───▶ (baseline recorded) ─┘
+//!  write a resource ───▶ (baseline recorded) ─┤
+//!  sync from a vault ──▶ vault_reads_settled ──┘
 //! ```
 
 use std::fmt::Debug;
@@ -19,7 +20,7 @@ use kube::api::{Api, ListParams};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::{Process, eventually};
+use super::{Emulator, Process, eventually};
 
 /// What the reload stage logs once every one of its watchers has listed:
 /// from then on it has judged every workload against a complete index.
@@ -84,5 +85,39 @@ where
         PRECONDITION,
         || async { (owned::<K>(client, namespace, owner).await >= 1).then_some(()) },
     )
+    .await;
+}
+
+/// Listings and value reads the emulator counted (`GET /secrets` and
+/// `GET /secrets/{name}…` of any vault).
+fn listings_and_reads(counters: &serde_json::Value) -> (u64, u64) {
+    let mut found = (0, 0);
+    for (key, n) in counters["byEndpoint"].as_object().into_iter().flatten() {
+        let route = key.split_once(' ').map_or(key.as_str(), |(_, route)| route);
+        let n = n.as_u64().unwrap_or_default();
+        if route.trim_end_matches('/') == "GET /secrets" {
+            found.0 += n;
+        } else if route.starts_with("GET /secrets/") {
+            found.1 += n;
+        }
+    }
+    found
+}
+
+/// Waits until the emulator has served two listings in a row with no value
+/// read between them (resetting its counters). A value read in the same
+/// second as its update is not trusted and is read again after the next
+/// listing, so an "idle: nothing is read" window opens only after this.
+pub async fn vault_reads_settled(emulator: &Emulator, timeout: Duration) {
+    let reset = || emulator.control(reqwest::Method::POST, "counters/reset", None);
+    eventually("two listings without a value read", timeout, || async {
+        reset().await;
+        let reads = eventually("two listings", timeout, || async {
+            let (listings, reads) = listings_and_reads(&emulator.counters().await);
+            (listings >= 2).then_some(reads)
+        })
+        .await;
+        (reads == 0).then_some(())
+    })
     .await;
 }
