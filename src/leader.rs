@@ -39,6 +39,20 @@ pub struct LeaderArgs {
 /// How often a waiting standby reports who holds the Lease.
 const STANDBY_REPORT_EVERY: Duration = Duration::from_secs(30);
 
+/// Why this replica could not become the leader.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("lease {namespace}/{name}: {source}")]
+    Lease {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    #[error("the lease manager stopped")]
+    ManagerStopped,
+}
+
 /// A held Lease.
 pub struct Leadership {
     state: watch::Receiver<bool>,
@@ -50,7 +64,7 @@ pub async fn acquire(
     client: kube::Client,
     args: &LeaderArgs,
     namespace: &str,
-) -> Result<Leadership, String> {
+) -> Result<Leadership, LeaderError> {
     let duration = args.lease_duration.as_secs().max(3);
     let identity = args
         .leader_identity
@@ -63,14 +77,18 @@ pub async fn acquire(
         .with_grace((duration / 3).max(1))
         .build()
         .await
-        .map_err(|e| format!("lease {namespace}/{}: {e}", args.lease_name))?;
+        .map_err(|source| LeaderError::Lease {
+            namespace: namespace.to_owned(),
+            name: args.lease_name.clone(),
+            source,
+        })?;
     let (mut state, task) = manager.watch().await;
     tracing::info!(lease = %args.lease_name, %namespace, %identity, "waiting to become the leader");
     let leases: Api<Lease> = Api::namespaced(client, namespace);
     loop {
         match tokio::time::timeout(STANDBY_REPORT_EVERY, state.wait_for(|leader| *leader)).await {
             Ok(Ok(_)) => break,
-            Ok(Err(_)) => return Err("the lease manager stopped".to_owned()),
+            Ok(Err(_)) => return Err(LeaderError::ManagerStopped),
             // The lease manager keeps its errors to itself: say who holds the
             // Lease, or why it cannot even be read, so a stuck standby is visible.
             Err(_) => match leases.get_opt(&args.lease_name).await {

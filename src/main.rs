@@ -14,8 +14,8 @@ async fn main() -> std::process::ExitCode {
     };
     kvsync::telemetry::init(log_format);
     let result = match cli.command {
-        Command::Run(args) => kvsync::run::run(*args).await,
-        Command::Crd(args) => kvsync::run::crd(args).await,
+        Command::Run(args) => kvsync::run::run(*args).await.map_err(|e| e.to_string()),
+        Command::Crd(args) => kvsync::run::crd(args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

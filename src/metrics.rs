@@ -1,6 +1,14 @@
-//! Prometheus metrics of the sync stage (the reload stage registers its own
-//! into the same registry). Labels are bounded sets: outcome reasons and
-//! error kinds, never object names.
+//! Prometheus metrics: one registry, every name under the `kvsync_` prefix,
+//! one set per stage ([`SyncMetrics`] here, [`ReloadMetrics`] beside the
+//! reload stage), made by [`Metrics::register`] and injected into each stage
+//! by [`crate::run`] — never global. Labels are bounded sets: outcome reasons
+//! and error kinds, never object names.
+//!
+//! ```text
+//!  Registry ── "kvsync" prefix ──┬─ SyncMetrics   ──▶ sync::Context
+//!     │                          └─ ReloadMetrics ──▶ reload::run
+//!     └──▶ /metrics
+//! ```
 
 use std::time::Duration;
 
@@ -10,6 +18,28 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+pub use crate::reload::metrics::ReloadMetrics;
+
+/// Prefix of every metric name.
+const PREFIX: &str = "kvsync";
+
+/// The metrics of both stages, registered into one registry.
+pub struct Metrics {
+    pub sync: SyncMetrics,
+    pub reload: ReloadMetrics,
+}
+
+impl Metrics {
+    /// Registers every metric of the operator in `registry`, under [`PREFIX`].
+    pub fn register(registry: &mut Registry) -> Self {
+        let registry = registry.sub_registry_with_prefix(PREFIX);
+        Metrics {
+            sync: SyncMetrics::register(registry),
+            reload: ReloadMetrics::register(registry),
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -47,7 +77,8 @@ impl Drop for InFlight {
 }
 
 impl SyncMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    /// Adds the sync metrics to `registry` (names relative to its prefix).
+    fn register(registry: &mut Registry) -> Self {
         let metrics = SyncMetrics {
             syncs: Family::default(),
             sync_duration: Family::new_with_constructor(|| {
@@ -58,27 +89,27 @@ impl SyncMetrics {
             in_flight: Gauge::default(),
         };
         registry.register(
-            "kvsync_syncs",
+            "syncs",
             "Syncs by outcome (written, unchanged, or the failure reason)",
             metrics.syncs.clone(),
         );
         registry.register(
-            "kvsync_sync_duration_seconds",
+            "sync_duration_seconds",
             "Time of one sync by outcome",
             metrics.sync_duration.clone(),
         );
         registry.register(
-            "kvsync_keyvault_requests",
+            "keyvault_requests",
             "Key Vault calls by operation and result",
             metrics.vault_calls.clone(),
         );
         registry.register(
-            "kvsync_reconcile_errors",
+            "reconcile_errors",
             "Reconciles that failed on the Kubernetes side",
             metrics.errors.clone(),
         );
         registry.register(
-            "kvsync_syncs_in_flight",
+            "syncs_in_flight",
             "Syncs running now (bounded by the controller's concurrency; a lasting high value means a backlog)",
             metrics.in_flight.clone(),
         );

@@ -1,9 +1,18 @@
 //! `kvsync run` and `kvsync crd`: wiring the stages together.
 //!
-//! Start-up order: telemetry → Kubernetes client → vault access → health and
-//! metrics server → sync and reload stages side by side. SIGTERM/SIGINT stop
-//! the controllers gracefully (in-flight syncs finish) before the process exits.
+//! `run` is a sequence of named steps:
+//!
+//! ```text
+//!  connect ─▶ vault_access ─▶ Metrics::register ─▶ serve_probes_and_metrics
+//!     ─▶ ensure_namespace_exists ─▶ become_leader (a standby waits here)
+//!     ─▶ start_stages (sync ∥ reload) ─▶ supervise (until a signal, a lost
+//!        Lease or a stage ending) ─▶ shut_down
+//! ```
+//!
+//! SIGTERM/SIGINT stop the controllers gracefully (in-flight syncs finish)
+//! before the process exits.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +25,75 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::wait::{await_condition, conditions};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
+use tokio::task::{JoinError, JoinHandle};
 
 use crate::api::{FIELD_MANAGER, KeyVaultSecret, crd_yaml};
 use crate::cli::{CrdArgs, RunArgs};
-use crate::metrics::SyncMetrics;
-use crate::vault::{AllowedHosts, OperatorIdentity, VaultAccess, VaultConfig, read_ca_file};
+use crate::leader::{LeaderError, Leadership};
+use crate::metrics::Metrics;
+use crate::reload::ReloadError;
+use crate::vault::{
+    AllowedHosts, OperatorIdentity, SetupError, VaultAccess, VaultConfig, read_ca_file,
+};
+
+/// Why `kvsync run` stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// The vault settings cannot work (CA file, hosts, identity).
+    #[error(transparent)]
+    Vault(#[from] SetupError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the operator namespace {0} does not exist: create it, or set --operator-namespace (POD_NAMESPACE)"
+    )]
+    OperatorNamespaceMissing(String),
+    #[error("checking the operator namespace {namespace}: {source}")]
+    OperatorNamespaceCheck {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Leader(#[from] LeaderError),
+    #[error("lost the leader lease; stopping so that only the new leader acts")]
+    LeaseLost,
+    #[error("reload stage: {0}")]
+    Reload(#[source] ReloadError),
+    #[error("reload stage: {0}")]
+    ReloadPanicked(#[source] JoinError),
+    #[error("sync stage stopped unexpectedly")]
+    SyncStopped,
+    #[error("sync stage: {0}")]
+    SyncPanicked(#[source] JoinError),
+}
+
+/// Why `kvsync crd --apply` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CrdError {
+    #[error("Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("applying CRD {name}: {source}")]
+    Apply {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("CRD {0} not established after 30s")]
+    NotEstablished(String),
+    #[error("waiting for CRD {name}: {source}")]
+    Wait {
+        name: String,
+        #[source]
+        source: kube::runtime::wait::Error,
+    },
+}
 
 /// Resolves when SIGTERM or SIGINT arrives.
 async fn termination_signal() {
@@ -32,11 +105,62 @@ async fn termination_signal() {
     }
 }
 
-pub async fn run(args: RunArgs) -> Result<(), String> {
+/// Tells the server and the controllers to stop gracefully.
+#[derive(Clone)]
+struct Shutdown(watch::Sender<bool>);
+
+impl Shutdown {
+    fn new() -> Self {
+        Shutdown(watch::channel(false).0)
+    }
+
+    /// A future that resolves once [`Shutdown::begin`] was called.
+    fn signal(&self) -> impl Future<Output = ()> + Send + Sync + use<> {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Stores the request even when nobody listens yet, so that a later
+    /// [`Shutdown::signal`] resolves at once.
+    fn begin(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// The running stages.
+struct Stages {
+    sync: JoinHandle<()>,
+    reload: JoinHandle<Result<(), ReloadError>>,
+}
+
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let client = kube::Client::try_default()
         .await
-        .map_err(|e| format!("Kubernetes client: {e}"))?;
-    let vault = VaultAccess::new(
+        .map_err(RunError::Client)?;
+    let vault = vault_access(&client, &args)?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let shutdown = Shutdown::new();
+    let server = serve_probes_and_metrics(args.metrics_addr, registry, &shutdown).await?;
+
+    ensure_namespace_exists(&client, &args.operator_namespace).await?;
+    let Some(mut leadership) = become_leader(&client, &args).await? else {
+        // Terminated while waiting as a standby.
+        shutdown.begin();
+        let _ = server.await;
+        return Ok(());
+    };
+    let mut stages = start_stages(client, vault, metrics, &args, &shutdown);
+    let outcome = supervise(&mut stages, leadership.as_mut()).await;
+    shut_down(stages, leadership, server, &shutdown).await;
+    outcome
+}
+
+/// Key Vault access as the flags configure it.
+fn vault_access(client: &kube::Client, args: &RunArgs) -> Result<VaultAccess, RunError> {
+    VaultAccess::new(
         client.clone(),
         VaultConfig {
             authority_host: args.authority_host.clone(),
@@ -46,51 +170,29 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                 tenant_id: args.azure_tenant_id.clone(),
                 token_file: args.azure_federated_token_file.clone(),
             },
-            extra_ca_pem: read_ca_file(args.extra_ca_file.as_deref()).map_err(|e| e.to_string())?,
+            extra_ca_pem: read_ca_file(args.extra_ca_file.as_deref())?,
             request_timeout: args.request_timeout,
             change_detection: args.change_detection,
             vault_concurrency: args.vault_concurrency,
             max_backoff: args.max_backoff,
         },
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(RunError::Vault)
+}
 
-    let mut registry = Registry::default();
-    let sync_metrics = SyncMetrics::register(&mut registry);
-    crate::reload::register_metrics(&mut registry);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let shutdown = move || {
-        let mut rx = shutdown_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
-
-    let (notifier, inbox) = crate::reload::channel();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "kvsync".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
-    let ctx = Arc::new(crate::sync::Context::new(
-        client.clone(),
-        vault,
-        recorder,
-        notifier,
-        sync_metrics,
-        args.scope.clone(),
-        args.operator_identity_namespaces.clone(),
-        args.azure_tenant_id.clone(),
-        args.max_backoff,
-    ));
-
-    let registry = Arc::new(registry);
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+/// Serves `/healthz`, `/readyz` and `/metrics` on `addr` until `shutdown`.
+async fn serve_probes_and_metrics(
+    addr: SocketAddr,
+    registry: Registry,
+    shutdown: &Shutdown,
+) -> Result<JoinHandle<std::io::Result<()>>, RunError> {
+    let bind_error = |source| RunError::Bind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("binding {}: {e}", args.metrics_addr))?;
-    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "serving /healthz, /readyz, /metrics");
+        .map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    tracing::info!(addr = %local, "serving /healthz, /readyz, /metrics");
+    let registry = Arc::new(registry);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
@@ -105,102 +207,147 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                 }
             }),
         );
-    let server = tokio::spawn({
-        let stop = shutdown();
-        async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        }
-    });
+    let stop = shutdown.signal();
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+    }))
+}
 
-    ensure_namespace_exists(&client, &args.operator_namespace).await?;
-    // A standby serves /healthz and waits here until it holds the Lease.
-    let mut leadership = if args.leader.leader_election {
-        tokio::select! {
-            held = crate::leader::acquire(client.clone(), &args.leader, &args.operator_namespace) => Some(held?),
-            () = termination_signal() => {
-                let _ = shutdown_tx.send(true);
-                let _ = server.await;
-                return Ok(());
-            }
-        }
-    } else {
-        None
-    };
-    let leadership_lost = async {
-        match leadership.as_mut() {
-            Some(held) => held.lost().await,
-            None => std::future::pending().await,
-        }
-    };
+/// With leader election, waits (as a standby, serving `/healthz`) until this
+/// replica holds the Lease: `Some(Some(lease))`, or `None` when terminated
+/// meanwhile. Without it, `Some(None)` at once.
+async fn become_leader(
+    client: &kube::Client,
+    args: &RunArgs,
+) -> Result<Option<Option<Leadership>>, RunError> {
+    if !args.leader.leader_election {
+        return Ok(Some(None));
+    }
+    tokio::select! {
+        held = crate::leader::acquire(client.clone(), &args.leader, &args.operator_namespace) => Ok(Some(Some(held?))),
+        () = termination_signal() => Ok(None),
+    }
+}
 
-    let mut sync = tokio::spawn(crate::sync::run(ctx, shutdown.clone()));
-    let mut reload = tokio::spawn(crate::reload::run(
+/// Spawns the sync and reload stages side by side, joined by the fast path.
+fn start_stages(
+    client: kube::Client,
+    vault: VaultAccess,
+    metrics: Metrics,
+    args: &RunArgs,
+    shutdown: &Shutdown,
+) -> Stages {
+    let (notifier, inbox) = crate::reload::channel();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kvsync".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let ctx = Arc::new(crate::sync::Context::new(
+        client.clone(),
+        vault,
+        recorder,
+        notifier,
+        metrics.sync,
+        args.scope.clone(),
+        args.operator_identity_namespaces.clone(),
+        args.azure_tenant_id.clone(),
+        args.max_backoff,
+    ));
+    let stop = shutdown.clone();
+    let sync = tokio::spawn(crate::sync::run(ctx, move || stop.signal()));
+    let reload = tokio::spawn(crate::reload::run(
         client,
         args.reload.clone(),
         args.scope.clone(),
         args.operator_namespace.clone(),
         inbox,
+        metrics.reload,
     ));
     tracing::info!("kvsync started");
-    // The reload stage only returns when it cannot start (its digest key):
-    // that stops the operator with the reason rather than running half of it.
-    // The sync stage returns only on shutdown; if it ends before (a panic in
-    // a reconcile), the process exits so that it is restarted, instead of
-    // staying up and healthy while nothing syncs.
-    let outcome = tokio::select! {
-        () = termination_signal() => Ok(()),
-        () = leadership_lost => Err("lost the leader lease; stopping so that only the new leader acts".to_owned()),
-        stopped = &mut reload => match stopped {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(format!("reload stage: {error}")),
-            Err(panic) => Err(format!("reload stage: {panic}")),
-        },
-        stopped = &mut sync => Err(match stopped {
-            Ok(()) => "sync stage stopped unexpectedly".to_owned(),
-            Err(panic) => format!("sync stage: {panic}"),
-        }),
+    Stages { sync, reload }
+}
+
+/// Waits for the first reason to stop: a signal (a clean stop), the Lease
+/// lost, or a stage ending. The reload stage only returns when it cannot
+/// start (its digest key): that stops the operator with the reason rather
+/// than running half of it. The sync stage returns only on shutdown; if it
+/// ends before (a panic in a reconcile), the process exits so that it is
+/// restarted, instead of staying up and healthy while nothing syncs.
+async fn supervise(
+    stages: &mut Stages,
+    leadership: Option<&mut Leadership>,
+) -> Result<(), RunError> {
+    let leadership_lost = async {
+        match leadership {
+            Some(held) => held.lost().await,
+            None => std::future::pending().await,
+        }
     };
-    tracing::info!("shutting down");
-    let _ = shutdown_tx.send(true);
-    if !sync.is_finished() {
-        let _ = tokio::time::timeout(Duration::from_secs(20), sync).await;
+    tokio::select! {
+        () = termination_signal() => Ok(()),
+        () = leadership_lost => Err(RunError::LeaseLost),
+        stopped = &mut stages.reload => match stopped {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(RunError::Reload(error)),
+            Err(panic) => Err(RunError::ReloadPanicked(panic)),
+        },
+        stopped = &mut stages.sync => Err(match stopped {
+            Ok(()) => RunError::SyncStopped,
+            Err(panic) => RunError::SyncPanicked(panic),
+        }),
     }
-    reload.abort();
+}
+
+/// Lets in-flight syncs finish (up to 20 s), stops the reload stage, gives
+/// the Lease to a standby and stops the server.
+async fn shut_down(
+    stages: Stages,
+    leadership: Option<Leadership>,
+    server: JoinHandle<std::io::Result<()>>,
+    shutdown: &Shutdown,
+) {
+    tracing::info!("shutting down");
+    shutdown.begin();
+    if !stages.sync.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(20), stages.sync).await;
+    }
+    stages.reload.abort();
     if let Some(held) = leadership {
         held.release().await;
     }
     let _ = server.await;
-    outcome
 }
 
 /// The operator's own namespace holds its Lease and digest key; a typo there
 /// should stop it with a clear message. Without RBAC to read Namespaces the
 /// check is skipped and the first namespaced call reports it instead.
-async fn ensure_namespace_exists(client: &kube::Client, namespace: &str) -> Result<(), String> {
+async fn ensure_namespace_exists(client: &kube::Client, namespace: &str) -> Result<(), RunError> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     match api.get_opt(namespace).await {
         Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(format!(
-            "the operator namespace {namespace} does not exist: create it, or set --operator-namespace (POD_NAMESPACE)"
-        )),
+        Ok(None) => Err(RunError::OperatorNamespaceMissing(namespace.to_owned())),
         Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
-        Err(error) => Err(format!(
-            "checking the operator namespace {namespace}: {error}"
-        )),
+        Err(source) => Err(RunError::OperatorNamespaceCheck {
+            namespace: namespace.to_owned(),
+            source,
+        }),
     }
 }
 
 /// Prints the CRD, or applies it and optionally waits until it is established.
-pub async fn crd(args: CrdArgs) -> Result<(), String> {
+pub async fn crd(args: CrdArgs) -> Result<(), CrdError> {
     if !args.apply {
         print!("{}", crd_yaml());
         return Ok(());
     }
     let client = kube::Client::try_default()
         .await
-        .map_err(|e| format!("Kubernetes client: {e}"))?;
+        .map_err(CrdError::Client)?;
     let api: Api<CustomResourceDefinition> = Api::all(client);
     let crd = KeyVaultSecret::crd();
     let name = crd.metadata.name.clone().unwrap_or_default();
@@ -210,15 +357,21 @@ pub async fn crd(args: CrdArgs) -> Result<(), String> {
         &Patch::Apply(&crd),
     )
     .await
-    .map_err(|e| format!("applying CRD {name}: {e}"))?;
+    .map_err(|source| CrdError::Apply {
+        name: name.clone(),
+        source,
+    })?;
     if args.wait {
         tokio::time::timeout(
             Duration::from_secs(30),
             await_condition(api, &name, conditions::is_crd_established()),
         )
         .await
-        .map_err(|_| format!("CRD {name} not established after 30s"))?
-        .map_err(|e| format!("waiting for CRD {name}: {e}"))?;
+        .map_err(|_| CrdError::NotEstablished(name.clone()))?
+        .map_err(|source| CrdError::Wait {
+            name: name.clone(),
+            source,
+        })?;
     }
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! empty), is not in `--ignore-namespaces`, and — if `--namespace-selector` is
 //! set — its labels match the selector. The first two are decided here from
 //! values alone; the label selector needs the Namespace object, so callers
-//! pass its labels in.
+//! pass its labels in. Which namespaces the stages watch follows from the
+//! same flags, in one place: [`ScopeArgs::watched_namespaces`].
 
 use std::collections::BTreeMap;
 
@@ -58,9 +59,14 @@ impl std::fmt::Display for LabelSelector {
     }
 }
 
+/// A selector requirement that is not `key=value` or `key`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("label selector requirement `{0}` is not of the form key=value or key")]
+pub struct SelectorError(String);
+
 /// Parses `k=v,k2,k3=v3`. Set-based selectors (`in`, `notin`, `!k`) are rejected
 /// with a clear message rather than misread.
-pub fn parse_selector(text: &str) -> Result<LabelSelector, String> {
+pub fn parse_selector(text: &str) -> Result<LabelSelector, SelectorError> {
     let mut requirements = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = match part.split_once('=') {
@@ -76,9 +82,7 @@ pub fn parse_selector(text: &str) -> Result<LabelSelector, String> {
                     .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
         };
         if !valid(key) || value.as_deref().is_some_and(|v| !v.is_empty() && !valid(v)) {
-            return Err(format!(
-                "label selector requirement `{part}` is not of the form key=value or key"
-            ));
+            return Err(SelectorError(part.to_owned()));
         }
         requirements.insert(key.to_owned(), value);
     }
@@ -86,6 +90,21 @@ pub fn parse_selector(text: &str) -> Result<LabelSelector, String> {
 }
 
 impl ScopeArgs {
+    /// What each stage watches: `None` (every namespace, one cluster-wide
+    /// watch) when `--namespaces` is empty, else every listed namespace that is
+    /// in scope by name (so namespaced RBAC suffices, and an ignored one is not
+    /// watched at all).
+    pub fn watched_namespaces(&self) -> Vec<Option<String>> {
+        if self.namespaces.is_empty() {
+            return vec![None];
+        }
+        self.namespaces
+            .iter()
+            .filter(|ns| self.name_in_scope(ns))
+            .map(|ns| Some(ns.clone()))
+            .collect()
+    }
+
     /// Whether a namespace is in scope by name (the label selector is checked
     /// separately by [`ScopeArgs::labels_in_scope`]).
     pub fn name_in_scope(&self, namespace: &str) -> bool {
@@ -124,6 +143,21 @@ mod tests {
         assert!(!scope.name_in_scope("b"), "ignore wins over the allow list");
         assert!(!scope.name_in_scope("c"));
         assert!(ScopeArgs::default().name_in_scope("anything"));
+    }
+
+    #[test]
+    fn watched_namespaces_are_the_listed_ones_in_scope_or_all() {
+        let scope = ScopeArgs {
+            namespaces: vec!["a".into(), "b".into()],
+            ignore_namespaces: vec!["b".into()],
+            namespace_selector: None,
+        };
+        assert_eq!(scope.watched_namespaces(), [Some("a".to_owned())]);
+        let everywhere = ScopeArgs {
+            ignore_namespaces: vec!["b".into()],
+            ..ScopeArgs::default()
+        };
+        assert_eq!(everywhere.watched_namespaces(), [None]);
     }
 
     #[test]

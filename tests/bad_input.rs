@@ -3,6 +3,10 @@
 //! a `Ready=False` condition whose reason and message say what to fix. None of
 //! them may panic the operator or stop a good KeyVaultSecret in the same
 //! namespace from syncing.
+//!
+//! One test per group of cases, each with its own namespace and operator, so
+//! a failing group does not hide the others; within a group every case that
+//! misses is reported together.
 
 mod support;
 
@@ -15,11 +19,24 @@ use kvsync::api::KeyVaultSecret;
 use serde_json::{Value, json};
 use support::*;
 
-/// A spec with the fixture's vault URL and service account filled in unless
-/// given; a `null` removes the field.
-fn body(f: &Fixture, name: &str, spec: Value) -> Value {
+/// A case the schema refuses: (name, spec, fields the error must name).
+type Refused = (&'static str, Value, &'static [&'static str]);
+/// A case the operator reports: (name, spec, reason, message part).
+type Reported = (&'static str, Value, &'static str, String);
+
+/// What the reported cases refer to.
+struct Refs<'a> {
+    /// The namespace of the case.
+    namespace: &'a str,
+    /// Another namespace, holding a credential Secret a reference must not reach.
+    other_namespace: &'a str,
+}
+
+/// A spec with `vault_url` and the fixture's service account filled in
+/// unless given; a `null` removes the field.
+fn body(vault_url: &str, name: &str, spec: Value) -> Value {
     let mut full = json!({
-        "vaultUrl": f.emulator.vault_url("shop"),
+        "vaultUrl": vault_url,
         "auth": {"workloadIdentity": {"serviceAccountName": "shop-api"}},
     });
     for (key, value) in spec.as_object().unwrap() {
@@ -33,16 +50,21 @@ fn body(f: &Fixture, name: &str, spec: Value) -> Value {
 }
 
 /// Creates a KeyVaultSecret through the API server, as `kubectl create` would.
-async fn create(f: &Fixture, name: &str, spec: Value) -> Result<KeyVaultSecret, kube::Error> {
-    let raw = body(f, name, spec);
+async fn create(
+    client: &kube::Client,
+    namespace: &str,
+    vault_url: &str,
+    name: &str,
+    spec: Value,
+) -> Result<KeyVaultSecret, kube::Error> {
+    let raw = body(vault_url, name, spec);
     let request = http::Request::post(format!(
-        "/apis/kvsync.io/v1alpha1/namespaces/{}/keyvaultsecrets",
-        f.ns.name
+        "/apis/kvsync.io/v1alpha1/namespaces/{namespace}/keyvaultsecrets"
     ))
     .header("Content-Type", "application/json")
     .body(serde_json::to_vec(&raw).unwrap())
     .unwrap();
-    f.client.request(request).await
+    client.request(request).await
 }
 
 fn base64(text: &str) -> String {
@@ -54,68 +76,21 @@ fn pw_from(remote: Value) -> Value {
     json!([{"secretKey": "pw", "remoteRef": remote}])
 }
 
-#[tokio::test]
-async fn malformed_keyvaultsecrets_are_refused_or_reported() {
-    let f = Fixture::new("badinput").await;
-    let ns = f.ns.name.clone();
+fn pw() -> Value {
+    pw_from(json!({"name": "db-password"}))
+}
 
-    // A good KeyVaultSecret that must keep syncing throughout.
-    f.apply(
-        "good",
-        json!({"refreshInterval": "1s", "data": pw_from(json!({"name": "db-password"}))}),
-    )
-    .await;
-    f.wait_reason("good", "Synced").await;
+fn client_secret(secret_ref: Value) -> Value {
+    json!({"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP, "secretRef": secret_ref}})
+}
 
-    // Remote values the cases need, besides the fixture's seed.
-    f.emulator
-        .set_secret("shop", "bad-keys", r#"{"bad key":"x"}"#)
-        .await;
-    let big = "x".repeat(24 * 1024);
-    for i in 0..48 {
-        f.emulator
-            .set_secret("shop", &format!("big-{i:02}"), &big)
-            .await;
-    }
-    // Cluster objects the cases need.
-    let sa: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": "no-annotations"}})).unwrap();
-    Api::<ServiceAccount>::namespaced(f.client.clone(), &ns)
-        .create(&PostParams::default(), &sa)
-        .await
-        .unwrap();
-    for (name, data) in [
-        (
-            "app-creds",
-            json!({"clientSecret": base64(SECRET_APP_PASSWORD)}),
-        ),
-        ("creds-without-key", json!({"other": "eA=="})),
-        ("someone-elses", json!({"theirs": "eA=="})),
-    ] {
-        let secret: Secret =
-            serde_json::from_value(json!({"metadata": {"name": name}, "data": data})).unwrap();
-        f.secrets()
-            .create(&PostParams::default(), &secret)
-            .await
-            .unwrap();
-    }
-    // A credential Secret in another namespace, which a reference must not reach.
-    let other = TestNamespace::new(&f.client, "badinput-other").await;
-    let stolen: Secret = serde_json::from_value(json!({"metadata": {"name": "kv-creds"},
-        "stringData": {"clientSecret": SECRET_APP_PASSWORD}}))
-    .unwrap();
-    Api::<Secret>::namespaced(f.client.clone(), &other.name)
-        .create(&PostParams::default(), &stolen)
-        .await
-        .unwrap();
+/// An identity that may read every secret of the vault.
+fn reader() -> Value {
+    client_secret(json!({"name": "app-creds", "key": "clientSecret"}))
+}
 
-    let pw = || pw_from(json!({"name": "db-password"}));
-    let client_secret = |secret_ref: Value| json!({"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP, "secretRef": secret_ref}});
-    // An identity that may read every secret of the vault.
-    let reader = || client_secret(json!({"name": "app-creds", "key": "clientSecret"}));
-
-    // Refused by the schema: (name, spec, fields the error must name).
-    let refused: Vec<(&str, Value, &[&str])> = vec![
+fn refused_cases() -> Vec<Refused> {
+    vec![
         (
             "no-auth",
             json!({"auth": null, "data": pw()}),
@@ -256,10 +231,12 @@ async fn malformed_keyvaultsecrets_are_refused_or_reported() {
             json!({"data": {"pw": "db-password"}}),
             &["spec.data"],
         ),
-    ];
+    ]
+}
 
-    // Accepted by the schema, reported by the operator: (name, spec, reason, message part).
-    let reported: Vec<(&str, Value, &str, String)> = vec![
+/// Specs the operator refuses before or after reading the vault: `InvalidSpec`.
+fn spec_cases() -> Vec<Reported> {
+    vec![
         (
             "host-not-allowed",
             json!({"vaultUrl": "https://attacker.example.com/", "data": pw()}),
@@ -350,6 +327,12 @@ async fn malformed_keyvaultsecrets_are_refused_or_reported() {
             "InvalidSpec",
             "produced by more than one entry".into(),
         ),
+    ]
+}
+
+/// Secrets the vault does not have or does not give.
+fn vault_cases() -> Vec<Reported> {
+    vec![
         (
             "remote-absent",
             json!({"auth": reader(), "data": pw_from(json!({"name": "no-such-secret"}))}),
@@ -374,11 +357,20 @@ async fn malformed_keyvaultsecrets_are_refused_or_reported() {
             "Forbidden",
             "Key Vault Secrets User".into(),
         ),
+    ]
+}
+
+/// Identities and credentials that cannot work.
+fn identity_cases(refs: &Refs) -> Vec<Reported> {
+    vec![
         (
             "sa-absent",
             json!({"auth": {"workloadIdentity": {"serviceAccountName": "nobody"}}, "data": pw()}),
             "InvalidSpec",
-            format!("service account nobody does not exist in namespace {ns}"),
+            format!(
+                "service account nobody does not exist in namespace {}",
+                refs.namespace
+            ),
         ),
         (
             "sa-unannotated",
@@ -396,7 +388,10 @@ async fn malformed_keyvaultsecrets_are_refused_or_reported() {
             "creds-absent",
             json!({"auth": client_secret(json!({"name": "nope", "key": "clientSecret"})), "data": pw()}),
             "InvalidSpec",
-            format!("credential Secret nope does not exist in namespace {ns}"),
+            format!(
+                "credential Secret nope does not exist in namespace {}",
+                refs.namespace
+            ),
         ),
         (
             "creds-key-absent",
@@ -407,10 +402,19 @@ async fn malformed_keyvaultsecrets_are_refused_or_reported() {
         // The API server prunes the unknown `namespace` field: the reference stays in this namespace.
         (
             "creds-other-namespace",
-            json!({"auth": client_secret(json!({"name": "kv-creds", "key": "clientSecret", "namespace": other.name})), "data": pw()}),
+            json!({"auth": client_secret(json!({"name": "kv-creds", "key": "clientSecret", "namespace": refs.other_namespace})), "data": pw()}),
             "InvalidSpec",
-            format!("credential Secret kv-creds does not exist in namespace {ns}"),
+            format!(
+                "credential Secret kv-creds does not exist in namespace {}",
+                refs.namespace
+            ),
         ),
+    ]
+}
+
+/// Targets kvsync may not take, and Secrets the API server refuses.
+fn target_cases() -> Vec<Reported> {
+    vec![
         (
             "target-taken",
             json!({"target": {"name": "someone-elses"}, "data": pw()}),
@@ -441,30 +445,68 @@ async fn malformed_keyvaultsecrets_are_refused_or_reported() {
             "InvalidSpec",
             "the API server refused Secret too-big".into(),
         ),
-    ];
-    assert!(refused.len() + reported.len() >= 30);
+    ]
+}
 
-    for (name, spec, fields) in &refused {
-        let error = create(&f, name, spec.clone())
-            .await
-            .expect_err(&format!("{name} must be refused by the schema"));
+#[test]
+fn the_tables_cover_at_least_thirty_cases() {
+    let refs = Refs {
+        namespace: "ns",
+        other_namespace: "other",
+    };
+    let reported = [
+        spec_cases(),
+        vault_cases(),
+        identity_cases(&refs),
+        target_cases(),
+    ]
+    .concat();
+    assert!(refused_cases().len() + reported.len() >= 30);
+}
+
+#[tokio::test]
+async fn the_schema_refuses_malformed_specs_naming_the_field() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "badinput-schema").await;
+    let mut wrong = Vec::new();
+    for (name, spec, fields) in refused_cases() {
+        let Err(error) = create(
+            &client,
+            &ns.name,
+            "https://shop.vault.azure.net/",
+            name,
+            spec,
+        )
+        .await
+        else {
+            wrong.push(format!("{name} must be refused by the schema"));
+            continue;
+        };
         let message = error.to_string();
-        for field in *fields {
-            assert!(
-                message.contains(field),
-                "{name}: the error should name {field}: {message}"
-            );
+        for field in fields {
+            if !message.contains(field) {
+                wrong.push(format!("{name}: the error should name {field}: {message}"));
+            }
         }
     }
-    for (name, spec, _, _) in &reported {
-        create(&f, name, spec.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{name} is schema-valid: {e}"));
-    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[tokio::test]
+async fn invalid_specs_are_reported_and_unknown_fields_pruned() {
+    let f = with_good_keyvaultsecret("badinput-spec").await;
+    f.emulator
+        .set_secret("shop", "bad-keys", r#"{"bad key":"x"}"#)
+        .await;
+    app_credentials(&f).await;
+    let cases = spec_cases();
+    create_reported(&f, &cases).await;
     // Unknown fields are pruned by the API server (Kubernetes 1.20 has no
     // strict field validation): they can neither break nor change anything.
     create(
-        &f,
+        &f.client,
+        &f.ns.name,
+        &f.emulator.vault_url("shop"),
         "unknown-fields",
         json!({"refreshIntervall": "1s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password", "typo": 1}}]}),
     )
@@ -473,13 +515,141 @@ async fn malformed_keyvaultsecrets_are_refused_or_reported() {
     let pruned = serde_json::to_value(f.kvs_api().get("unknown-fields").await.unwrap()).unwrap();
     assert!(pruned["spec"].get("refreshIntervall").is_none());
     assert!(pruned["spec"]["data"][0]["remoteRef"].get("typo").is_none());
+    let expected = expected_conditions(&cases, &[("unknown-fields", ("Synced", "in sync"))]);
+    reach_conditions(&f, &expected).await;
+    for name in ["property-not-json"] {
+        assert!(
+            f.secrets().get_opt(name).await.unwrap().is_none(),
+            "{name} was written"
+        );
+    }
+    survived(&f, &[]).await;
+}
 
-    // Every reported case reaches its condition.
-    let expected: BTreeMap<&str, (&str, &str)> = reported
+#[tokio::test]
+async fn vault_refusals_are_reported() {
+    let f = with_good_keyvaultsecret("badinput-vault").await;
+    app_credentials(&f).await;
+    let cases = vault_cases();
+    create_reported(&f, &cases).await;
+    reach_conditions(&f, &expected_conditions(&cases, &[])).await;
+    survived(&f, &[]).await;
+}
+
+#[tokio::test]
+async fn unusable_identities_and_credentials_are_reported() {
+    let f = with_good_keyvaultsecret("badinput-identity").await;
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "no-annotations"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(f.client.clone(), &f.ns.name)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    create_secret(&f, "creds-without-key", json!({"other": "eA=="})).await;
+    // A credential Secret in another namespace, which a reference must not reach.
+    let other = TestNamespace::new(&f.client, "badinput-other").await;
+    let stolen: Secret = serde_json::from_value(json!({"metadata": {"name": "kv-creds"},
+        "stringData": {"clientSecret": SECRET_APP_PASSWORD}}))
+    .unwrap();
+    Api::<Secret>::namespaced(f.client.clone(), &other.name)
+        .create(&PostParams::default(), &stolen)
+        .await
+        .unwrap();
+    let cases = identity_cases(&Refs {
+        namespace: &f.ns.name,
+        other_namespace: &other.name,
+    });
+    create_reported(&f, &cases).await;
+    reach_conditions(&f, &expected_conditions(&cases, &[])).await;
+    survived(&f, &[]).await;
+}
+
+#[tokio::test]
+async fn taken_targets_and_refused_secrets_are_reported_and_write_nothing() {
+    let f = with_good_keyvaultsecret("badinput-target").await;
+    app_credentials(&f).await;
+    create_secret(&f, "someone-elses", json!({"theirs": "eA=="})).await;
+    let big = "x".repeat(24 * 1024);
+    for i in 0..48 {
+        f.emulator
+            .set_secret("shop", &format!("big-{i:02}"), &big)
+            .await;
+    }
+    let cases = target_cases();
+    create_reported(&f, &cases).await;
+    reach_conditions(&f, &expected_conditions(&cases, &[])).await;
+    // Nothing was written for a failing KeyVaultSecret, and the taken Secrets are untouched.
+    for name in ["too-big", "tls-without-keys", "label-invalid"] {
+        assert!(
+            f.secrets().get_opt(name).await.unwrap().is_none(),
+            "{name} was written"
+        );
+    }
+    assert_eq!(
+        f.secret_data("someone-elses").await.unwrap(),
+        BTreeMap::from([("theirs".into(), "x".into())])
+    );
+    assert_eq!(
+        f.secret_data("good").await.unwrap()["pw"],
+        "s3cr3t-db-value"
+    );
+    survived(&f, &[&big]).await;
+}
+
+/// The sync fixture with a good KeyVaultSecret that must keep syncing throughout.
+async fn with_good_keyvaultsecret(test: &str) -> Fixture {
+    let f = Fixture::new(test).await;
+    f.apply(
+        "good",
+        json!({"refreshInterval": "1s", "data": pw_from(json!({"name": "db-password"}))}),
+    )
+    .await;
+    f.wait_reason("good", "Synced").await;
+    f
+}
+
+async fn create_secret(f: &Fixture, name: &str, data: Value) {
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": name}, "data": data})).unwrap();
+    f.secrets()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+/// The credential Secret of [`reader`].
+async fn app_credentials(f: &Fixture) {
+    create_secret(
+        f,
+        "app-creds",
+        json!({"clientSecret": base64(SECRET_APP_PASSWORD)}),
+    )
+    .await;
+}
+
+async fn create_reported(f: &Fixture, cases: &[Reported]) {
+    let vault_url = f.emulator.vault_url("shop");
+    for (name, spec, _, _) in cases {
+        create(&f.client, &f.ns.name, &vault_url, name, spec.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{name} is schema-valid: {e}"));
+    }
+}
+
+fn expected_conditions<'a>(
+    cases: &'a [Reported],
+    also: &[(&'a str, (&'a str, &'a str))],
+) -> BTreeMap<&'a str, (&'a str, &'a str)> {
+    cases
         .iter()
         .map(|(name, _, reason, message)| (*name, (*reason, message.as_str())))
-        .chain([("unknown-fields", ("Synced", "in sync"))])
-        .collect();
+        .chain(also.iter().copied())
+        .collect()
+}
+
+/// Waits until every KeyVaultSecret in `expected` has its condition: (reason,
+/// message part); after 60 s fails listing every one that has not.
+async fn reach_conditions(f: &Fixture, expected: &BTreeMap<&str, (&str, &str)>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut wrong = Vec::new();
@@ -511,28 +681,12 @@ async fn malformed_keyvaultsecrets_are_refused_or_reported() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Nothing was written for a failing KeyVaultSecret, and the taken Secrets are untouched.
-    for name in [
-        "too-big",
-        "tls-without-keys",
-        "label-invalid",
-        "property-not-json",
-    ] {
-        assert!(
-            f.secrets().get_opt(name).await.unwrap().is_none(),
-            "{name} was written"
-        );
-    }
-    assert_eq!(
-        f.secret_data("someone-elses").await.unwrap(),
-        BTreeMap::from([("theirs".into(), "x".into())])
-    );
-    assert_eq!(
-        f.secret_data("good").await.unwrap()["pw"],
-        "s3cr3t-db-value"
-    );
+}
 
-    // The good KeyVaultSecret still follows the vault.
+/// The operator came through the bad input: the good KeyVaultSecret still
+/// follows the vault, nothing panicked, and no secret (nor any of `also`)
+/// leaked into logs, events or statuses.
+async fn survived(f: &Fixture, also: &[&str]) {
     f.emulator
         .set_secret("shop", "db-password", "rotated-amid-bad-input")
         .await;
@@ -550,6 +704,7 @@ async fn malformed_keyvaultsecrets_are_refused_or_reported() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    f.assert_nothing_leaked(&["rotated-amid-bad-input", &big])
-        .await;
+    let mut leaks = vec!["rotated-amid-bad-input"];
+    leaks.extend(also);
+    f.assert_nothing_leaked(&leaks).await;
 }

@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::*;
@@ -114,6 +115,22 @@ async fn hold_last_good(f: &Fixture, good: &Secret, reason: &str, period: Durati
         },
     )
     .await;
+}
+
+/// How many times kvsync reported writing the Secret of KeyVaultSecret
+/// `name` (its `Synced` Events, counting those folded into a series). Each
+/// is published after the status write of its sync.
+async fn secret_writes(f: &Fixture, name: &str) -> i32 {
+    Api::<Event>::namespaced(f.client.clone(), &f.ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Synced"))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+        .sum()
 }
 
 /// Waits until `db` is `Synced` again; returns how long that took.
@@ -461,6 +478,7 @@ async fn other_writers_keys_are_repaired_or_left_alone() {
     // the vault's. Once: no write (or status write) per refresh follows.
     f.apply("db", json!({"refreshInterval": "1s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
         .await;
+    let writes_before = secret_writes(&f, "db").await;
     let extra = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
         "data": {"extra": "eA=="}});
     f.secrets()
@@ -476,6 +494,12 @@ async fn other_writers_keys_are_repaired_or_left_alone() {
                 .then_some(())
         },
     )
+    .await;
+    // The window opens once the repairing sync is over: its Event follows
+    // its status write.
+    eventually("the repair's Synced event", WAIT, || async {
+        (secret_writes(&f, "db").await > writes_before).then_some(())
+    })
     .await;
     let (secret_rv, status_rv) = (
         f.secrets().get("db").await.unwrap().resource_version(),

@@ -90,8 +90,9 @@ async fn a_short_interval_is_honoured_beside_a_long_one() {
     eprintln!("mixed intervals: worst staleness observed {worst:.1?} (bound {limit:?})");
 
     // Idle: values read in the same second as their update are read once
-    // more (one-second resolution of `updated`); let that pass first.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // more (one-second resolution of `updated`); the window opens once those
+    // re-reads are over.
+    vault_reads_settled(&f.emulator, Duration::from_secs(60)).await;
     f.emulator
         .control(Method::POST, "counters/reset", None)
         .await;

@@ -21,11 +21,12 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::{ByteString, NamespaceResourceScope};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
-use kvsync::reload::record::{DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION};
+use kvsync::reload::record::{DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_restarted_at};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use support::*;
+use time::OffsetDateTime;
 
 /// Upper bound for anything that should happen.
 const WAIT: Duration = Duration::from_secs(20);
@@ -54,8 +55,10 @@ impl Fixture {
     }
 
     /// Starts `kvsync run` for the namespace (the digest key lives there too),
-    /// with a short debounce and minimum interval unless `extra` overrides them.
-    fn start_operator(&mut self, extra: &[&str]) {
+    /// with a short debounce and minimum interval unless `extra` overrides them,
+    /// and waits until its reload stage has listed everything: every window
+    /// after this one watches an operator that is looking.
+    async fn start_operator(&mut self, extra: &[&str]) {
         let mut args: Vec<&str> = vec![
             "run",
             "--namespaces",
@@ -75,7 +78,9 @@ impl Fixture {
         }
         args.extend(extra);
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        self.operator = Some(Process::start(&args));
+        let operator = Process::start(&args);
+        reload_listed(&operator).await;
+        self.operator = Some(operator);
     }
 
     /// SIGTERM and wait: the operator stops cleanly.
@@ -190,6 +195,12 @@ impl Fixture {
             .create(&PostParams::default(), &object)
             .await
             .unwrap_or_else(|e| panic!("create {kind} {name}: {e}"));
+        // Counts of ReplicaSets/revisions start at one, not at zero.
+        if kind == "Deployment" {
+            first_rollout_made::<ReplicaSet>(&self.client, &self.ns.name, name).await;
+        } else {
+            first_rollout_made::<ControllerRevision>(&self.client, &self.ns.name, name).await;
+        }
     }
 
     async fn deployment(
@@ -205,28 +216,12 @@ impl Fixture {
 
     /// ReplicaSets of a Deployment: one per distinct pod template it has had.
     async fn replica_sets(&self, deployment: &str) -> usize {
-        let list = self
-            .api::<ReplicaSet>()
-            .list(&ListParams::default())
-            .await
-            .expect("list replica sets");
-        list.items
-            .iter()
-            .filter(|rs| rs.owner_references().iter().any(|o| o.name == deployment))
-            .count()
+        owned::<ReplicaSet>(&self.client, &self.ns.name, deployment).await
     }
 
     /// ControllerRevisions of a StatefulSet or DaemonSet.
     async fn revisions(&self, owner: &str) -> usize {
-        let list = self
-            .api::<ControllerRevision>()
-            .list(&ListParams::default())
-            .await
-            .expect("list revisions");
-        list.items
-            .iter()
-            .filter(|r| r.owner_references().iter().any(|o| o.name == owner))
-            .count()
+        owned::<ControllerRevision>(&self.client, &self.ns.name, owner).await
     }
 
     /// Waits until the Deployment has exactly `count` ReplicaSets, then checks
@@ -278,6 +273,28 @@ impl Fixture {
         .await;
     }
 
+    /// When kvsync last restarted Deployment `name`: its pod template's
+    /// restartedAt, which the operator also reads back to time the next one.
+    async fn restarted_at(&self, name: &str) -> OffsetDateTime {
+        let deployment = self.api::<Deployment>().get(name).await.unwrap();
+        let template = deployment.spec.unwrap().template.metadata.unwrap();
+        let value = template
+            .annotations
+            .unwrap_or_default()
+            .remove(RESTARTED_AT_ANNOTATION);
+        parse_restarted_at(value.as_deref()).expect("a restartedAt annotation")
+    }
+
+    /// The part of `QUIET` that ends before `interval` has passed since
+    /// Deployment `name`'s last restart: a "not restarted again" window must
+    /// close before the restart it waits for is due, however late (on a
+    /// loaded machine) it opens.
+    async fn quiet_before_due(&self, name: &str, interval: Duration) -> Duration {
+        let due = self.restarted_at(name).await + interval;
+        let left = due - OffsetDateTime::now_utc() - Duration::from_millis(500);
+        QUIET.min(left.try_into().unwrap_or_default())
+    }
+
     /// Notes of the Events with `reason` about the workload `name`.
     async fn event_notes(&self, name: &str, reason: &str) -> Vec<String> {
         let list = self
@@ -308,7 +325,7 @@ async fn data_changes_restart_once_and_nothing_else_does() {
     f.config_map("app", &[("mode", "blue")], &[]).await;
     f.deployment("web", &[AUTO], &["db"], &["app"]).await;
     f.deployment("plain", &[], &["db"], &["app"]).await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
 
     // First sight: baselined, not restarted.
     f.baselined::<Deployment>("web").await;
@@ -378,7 +395,7 @@ async fn changes_made_together_roll_out_once() {
     f.secret("b", &[("k", "1")], &[], &[]).await;
     f.config_map("c", &[("k", "1")], &[]).await;
     f.deployment("web", &[AUTO], &["a", "b"], &["c"]).await;
-    f.start_operator(&["--reload-debounce", "1s"]);
+    f.start_operator(&["--reload-debounce", "1s"]).await;
     f.baselined::<Deployment>("web").await;
 
     f.secret("a", &[("k", "2")], &[], &[]).await;
@@ -411,7 +428,7 @@ async fn typed_auto_reacts_to_its_own_kind_only() {
         &["c"],
     )
     .await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("secrets-only").await;
     f.baselined::<Deployment>("config-only").await;
 
@@ -452,7 +469,7 @@ async fn named_lists_fire_without_use_and_excludes_win() {
         &[],
     )
     .await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("listed").await;
     f.baselined::<Deployment>("auto").await;
 
@@ -493,7 +510,7 @@ async fn search_needs_match_unless_auto_and_ignore_always_wins() {
         .await;
     f.deployment("both", &[search, AUTO], &["unmatched", "ignored"], &[])
         .await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("searching").await;
     f.baselined::<Deployment>("both").await;
 
@@ -533,7 +550,7 @@ async fn pod_template_annotations_count_when_the_workload_has_none() {
         &[],
     )
     .await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("web").await;
 
     f.secret("db", &[("k", "2")], &[], &[]).await;
@@ -559,7 +576,7 @@ async fn an_invalid_expression_is_reported_and_everything_else_keeps_working() {
     )
     .await;
     f.deployment("healthy", &[AUTO], &["db"], &[]).await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
 
     let notes = eventually(
         "a Warning event about the broken annotation",
@@ -595,18 +612,18 @@ async fn operator_restarts_restart_nothing_and_changes_made_meanwhile_apply_once
     let mut f = Fixture::new("reload-restart").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.deployment("web", &[AUTO], &["db"], &[]).await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("web").await;
 
     f.stop_operator();
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.expect_replica_sets("web", 1).await;
 
     f.stop_operator();
     f.secret("db", &[("k", "2")], &[], &[]).await;
     f.secret("db", &[("k", "3")], &[], &[]).await;
     f.expect_replica_sets("web", 1).await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.expect_replica_sets("web", 2).await;
 }
 
@@ -618,7 +635,7 @@ async fn statefulsets_and_daemonsets_roll_to_a_new_revision() {
         .await;
     f.workload::<DaemonSet>("agent", &[AUTO], &[], &["db"], &[])
         .await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<StatefulSet>("store").await;
     f.baselined::<DaemonSet>("agent").await;
     always("no new revisions on first sight", QUIET, || async {
@@ -644,7 +661,7 @@ async fn min_reload_interval_folds_later_changes_into_one_restart() {
     let mut f = Fixture::new("reload-interval").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.deployment("web", &[AUTO], &["db"], &[]).await;
-    f.start_operator(&["--min-reload-interval", "8s"]);
+    f.start_operator(&["--min-reload-interval", "8s"]).await;
     f.baselined::<Deployment>("web").await;
 
     f.secret("db", &[("k", "2")], &[], &[]).await;
@@ -654,11 +671,18 @@ async fn min_reload_interval_folds_later_changes_into_one_restart() {
     .await;
     f.secret("db", &[("k", "3")], &[], &[]).await;
     f.secret("db", &[("k", "4")], &[], &[]).await;
-    always("no second restart within the interval", QUIET, || async {
+    let window = f.quiet_before_due("web", Duration::from_secs(8)).await;
+    let first = f.restarted_at("web").await;
+    always("no second restart within the interval", window, || async {
         f.replica_sets("web").await == 2
     })
     .await;
     f.expect_replica_sets("web", 3).await;
+    let spacing = f.restarted_at("web").await - first;
+    assert!(
+        spacing >= Duration::from_secs(8),
+        "restarted again after {spacing}"
+    );
 }
 
 #[tokio::test]
@@ -676,13 +700,18 @@ async fn pause_period_annotation_spaces_restarts_of_its_workload() {
     )
     .await;
     f.deployment("free", &[AUTO], &["db"], &[]).await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("paused").await;
     f.baselined::<Deployment>("free").await;
 
     f.secret("db", &[("k", "2")], &[], &[]).await;
     f.expect_replica_sets("free", 2).await;
-    assert_eq!(f.replica_sets("paused").await, 2);
+    // Restarted by the same change (its ReplicaSet may trail free's).
+    eventually("the paused workload's first restart", WAIT, || async {
+        (f.replica_sets("paused").await == 2).then_some(())
+    })
+    .await;
+    let first = f.restarted_at("paused").await;
 
     // More than the 1s minimum interval later: the free one restarts again,
     // the paused one waits for its period.
@@ -691,8 +720,19 @@ async fn pause_period_annotation_spaces_restarts_of_its_workload() {
         (f.replica_sets("free").await == 3).then_some(())
     })
     .await;
-    assert_eq!(f.replica_sets("paused").await, 2);
+    let window = f.quiet_before_due("paused", Duration::from_secs(8)).await;
+    always(
+        "the paused workload waiting for its period",
+        window,
+        || async { f.replica_sets("paused").await == 2 },
+    )
+    .await;
     f.expect_replica_sets("paused", 3).await;
+    let spacing = f.restarted_at("paused").await - first;
+    assert!(
+        spacing >= Duration::from_secs(8),
+        "restarted again after {spacing}"
+    );
 }
 
 #[tokio::test]
@@ -703,7 +743,8 @@ async fn resource_label_selector_limits_which_resources_count() {
     f.secret("unlabelled", &[("k", "1")], &[], &[]).await;
     f.deployment("web", &[AUTO], &["labelled", "unlabelled"], &[])
         .await;
-    f.start_operator(&["--resource-label-selector", "reload=yes"]);
+    f.start_operator(&["--resource-label-selector", "reload=yes"])
+        .await;
     f.baselined::<Deployment>("web").await;
 
     f.secret("unlabelled", &[("k", "2")], &[], &[]).await;
@@ -749,6 +790,8 @@ async fn namespace_selector_gates_workloads_until_the_namespace_matches() {
     let label = format!("kvsync-reload-{}", f.ns.name);
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.deployment("web", &[AUTO], &["db"], &[]).await;
+    let invalid = ("secret.reloader.stakater.com/reload", "bad-[");
+    f.deployment("broken", &[invalid], &[], &[]).await;
     // Cluster-wide watches, acting only in namespaces carrying the label.
     let args: Vec<String> = [
         "run",
@@ -764,7 +807,10 @@ async fn namespace_selector_gates_workloads_until_the_namespace_matches() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    f.operator = Some(Process::start(&args));
+    let operator = Process::start(&args);
+    // The window below means something only once the operator is looking.
+    reload_listed(&operator).await;
+    f.operator = Some(operator);
 
     f.secret("db", &[("k", "2")], &[], &[]).await;
     always(
@@ -776,6 +822,9 @@ async fn namespace_selector_gates_workloads_until_the_namespace_matches() {
                     .annotations::<Deployment>("web")
                     .await
                     .contains_key(DIGEST_ANNOTATION)
+                && f.event_notes("broken", "InvalidReloadAnnotation")
+                    .await
+                    .is_empty()
         },
     )
     .await;
@@ -788,6 +837,15 @@ async fn namespace_selector_gates_workloads_until_the_namespace_matches() {
         .unwrap();
     f.baselined::<Deployment>("web").await;
     f.expect_replica_sets("web", 1).await;
+    // Its problems are reported once it is in scope, not before.
+    eventually("the Warning about the broken annotation", WAIT, || async {
+        (f.event_notes("broken", "InvalidReloadAnnotation")
+            .await
+            .len()
+            == 1)
+            .then_some(())
+    })
+    .await;
     f.secret("db", &[("k", "3")], &[], &[]).await;
     f.expect_replica_sets("web", 2).await;
 }
@@ -867,7 +925,7 @@ async fn deletions_restart_nothing_and_appearances_only_what_could_run_without()
         }
     });
     f.apply::<Deployment>("tolerant", optional).await;
-    f.start_operator(&[]);
+    f.start_operator(&[]).await;
     f.baselined::<Deployment>("web").await;
     f.baselined::<Deployment>("tolerant").await;
 

@@ -332,15 +332,30 @@ pub struct KeyVaultSecretStatus {
 /// of overflowing the scheduler's arithmetic.
 pub const MAX_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(180 * 86400);
 
+/// Why a `refreshInterval` cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RefreshIntervalError {
+    #[error("{text:?}: {source}")]
+    Unparsable {
+        text: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    #[error("{0:?} is longer than the maximum of 180d; use 0 to sync only once")]
+    TooLong(String),
+}
+
 impl KeyVaultSecretSpec {
     /// The refresh interval; `None` means "sync once".
-    pub fn refresh_interval(&self) -> Result<Option<std::time::Duration>, String> {
+    pub fn refresh_interval(&self) -> Result<Option<std::time::Duration>, RefreshIntervalError> {
         let text = self.refresh_interval.as_deref().unwrap_or("1h");
-        let interval = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+        let interval =
+            humantime::parse_duration(text).map_err(|source| RefreshIntervalError::Unparsable {
+                text: text.to_owned(),
+                source,
+            })?;
         if interval > MAX_REFRESH_INTERVAL {
-            return Err(format!(
-                "{text:?} is longer than the maximum of 180d; use 0 to sync only once"
-            ));
+            return Err(RefreshIntervalError::TooLong(text.to_owned()));
         }
         Ok((!interval.is_zero()).then_some(interval))
     }
@@ -381,7 +396,10 @@ mod tests {
         let too_long = spec("18446744073709551615s")
             .refresh_interval()
             .unwrap_err();
-        assert!(too_long.contains("maximum of 180d"), "{too_long}");
+        assert!(
+            too_long.to_string().contains("maximum of 180d"),
+            "{too_long}"
+        );
     }
 
     proptest! {

@@ -78,22 +78,29 @@ pub type Annotations = BTreeMap<String, String>;
 #[derive(Clone, Debug)]
 pub struct Pattern(Regex);
 
+/// A `…/reload` entry that is not a usable regular expression.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", useful_line(.0))]
+pub struct InvalidPattern(regex::Error);
+
+/// The regex crate's message spans several lines with a caret diagram; the
+/// line starting with "error:" is the useful part.
+fn useful_line(error: &regex::Error) -> String {
+    let text = error.to_string();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or(&text);
+    line.trim_start_matches("error:").trim().to_owned()
+}
+
 impl Pattern {
-    fn compile(entry: &str) -> Result<Self, String> {
+    fn compile(entry: &str) -> Result<Self, InvalidPattern> {
         RegexBuilder::new(&format!("^(?:{entry})$"))
             .size_limit(PATTERN_SIZE_LIMIT)
             .build()
             .map(Pattern)
-            .map_err(|error| {
-                // The regex crate's message spans several lines with a caret
-                // diagram; the line starting with "error:" is the useful part.
-                let text = error.to_string();
-                let line = text
-                    .lines()
-                    .find(|l| l.starts_with("error:"))
-                    .unwrap_or(&text);
-                line.trim_start_matches("error:").trim().to_owned()
-            })
+            .map_err(InvalidPattern)
     }
 
     pub fn is_match(&self, name: &str) -> bool {

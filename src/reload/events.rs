@@ -14,7 +14,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 
 use super::annotations::PolicyProblem;
 use super::kinds::{ResourceRef, WorkloadRef};
-use super::metrics::metrics;
+use super::metrics::ReloadMetrics;
 
 const CONTROLLER: &str = "kvsync.io/reload";
 /// The API's limit for an Event's note.
@@ -27,6 +27,7 @@ pub struct EventPublisher {
     client: kube::Client,
     /// `reportingInstance`: the pod name when the operator runs in one.
     instance: String,
+    metrics: ReloadMetrics,
 }
 
 /// A workload to write an Event about.
@@ -36,9 +37,13 @@ pub struct Regarding<'a> {
 }
 
 impl EventPublisher {
-    pub fn new(client: kube::Client) -> Self {
+    pub fn new(client: kube::Client, metrics: ReloadMetrics) -> Self {
         let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "kvsync".to_owned());
-        EventPublisher { client, instance }
+        EventPublisher {
+            client,
+            instance,
+            metrics,
+        }
     }
 
     pub fn reloaded(&self, regarding: Regarding<'_>, changed: &[ResourceRef]) {
@@ -93,9 +98,10 @@ impl EventPublisher {
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &workload.namespace);
         let workload = workload.to_string();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             if let Err(error) = api.create(&PostParams::default(), &event).await {
-                metrics().error("event");
+                metrics.error("event");
                 tracing::warn!(%workload, %error, "could not publish an Event");
             }
         });

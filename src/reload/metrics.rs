@@ -1,8 +1,7 @@
-//! Prometheus counters of the reload stage.
-//!
-//! One process-wide set: [`register_metrics`] adds it to the registry the
-//! operator serves on `/metrics`; the stage counts into it whether or not it
-//! was registered (tests, `kvsync run` without a metrics port).
+//! Prometheus counters of the reload stage, registered by
+//! [`crate::metrics::Metrics::register`] beside the sync stage's and handed
+//! to the stage by [`crate::run`] (never global: each stage and each test
+//! counts into the set it was given).
 //!
 //! - `kvsync_reload_rollouts_total{kind}`: rolling restarts triggered.
 //! - `kvsync_reload_skipped_total{reason}`: restarts not done, by reason:
@@ -14,31 +13,51 @@
 //!   `invalid_annotation` (an unusable annotation value), `watch`,
 //!   `fast_path_read`, `event` (publishing an Event failed).
 
-use std::sync::LazyLock;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: &'static str,
+struct KindLabel {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
+struct ReasonLabel {
+    reason: &'static str,
 }
 
-#[derive(Default)]
-pub struct Metrics {
+/// Reload-stage counters (cheap to clone: the families are shared).
+#[derive(Clone, Default)]
+pub struct ReloadMetrics {
     rollouts: Family<KindLabel, Counter>,
     skipped: Family<ReasonLabel, Counter>,
     errors: Family<ReasonLabel, Counter>,
 }
 
-impl Metrics {
+impl ReloadMetrics {
+    /// Adds the counters to `registry` (names relative to its prefix).
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = ReloadMetrics::default();
+        registry.register(
+            "reload_rollouts",
+            "Rolling restarts triggered by the reload stage",
+            metrics.rollouts.clone(),
+        );
+        registry.register(
+            "reload_skipped",
+            "Restarts not done, by reason",
+            metrics.skipped.clone(),
+        );
+        registry.register(
+            "reload_errors",
+            "Reload stage errors, by reason",
+            metrics.errors.clone(),
+        );
+        metrics
+    }
+
     pub fn rollout(&self, kind: &'static str) {
         self.rollouts.get_or_create(&KindLabel { kind }).inc();
     }
@@ -56,43 +75,18 @@ impl Metrics {
     }
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
-
-/// The process-wide counters.
-pub fn metrics() -> &'static Metrics {
-    &METRICS
-}
-
-/// Adds the reload stage's counters to `registry`.
-pub fn register_metrics(registry: &mut Registry) {
-    registry.register(
-        "kvsync_reload_rollouts",
-        "Rolling restarts triggered by the reload stage",
-        METRICS.rollouts.clone(),
-    );
-    registry.register(
-        "kvsync_reload_skipped",
-        "Restarts not done, by reason",
-        METRICS.skipped.clone(),
-    );
-    registry.register(
-        "kvsync_reload_errors",
-        "Reload stage errors, by reason",
-        METRICS.errors.clone(),
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
 
     #[test]
     fn counters_are_exposed_with_their_labels() {
         let mut registry = Registry::default();
-        register_metrics(&mut registry);
-        metrics().rollout("Deployment");
-        metrics().skipped("rate_limited", 2);
-        metrics().error("patch");
+        let metrics = Metrics::register(&mut registry).reload;
+        metrics.rollout("Deployment");
+        metrics.skipped("rate_limited", 2);
+        metrics.error("patch");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [

@@ -32,7 +32,7 @@
 //! references), `digest` (keyed digests), [`record`] (what kvsync writes on
 //! workloads), `decide` (pure decision and timing), `index` (the memory),
 //! `observe`/`watch` (objects → index entries), `stage` (the event loop and
-//! patches), `events`, [`metrics`], `key_secret` (where the digest key lives).
+//! patches), `events`, [`metrics`] (its counters, injected), `key_secret` (where the digest key lives).
 
 pub mod annotations;
 mod decide;
@@ -54,7 +54,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub use key_secret::KEY_SECRET_NAME;
-pub use metrics::register_metrics;
 
 use crate::scope::{LabelSelector, ScopeArgs, parse_selector};
 
@@ -145,6 +144,7 @@ pub async fn run(
     scope: ScopeArgs,
     operator_namespace: String,
     inbox: ReloadInbox,
+    metrics: metrics::ReloadMetrics,
 ) -> Result<(), ReloadError> {
     let key = key_secret::load_or_create(&client, &operator_namespace).await?;
     let key_id = key.id();
@@ -161,7 +161,7 @@ pub async fn run(
         min_reload_interval: args.min_reload_interval,
     };
     tracing::info!(key_id, ?timing, "reload stage starting");
-    stage::Stage::new(client, key_id, timing, sources, namespace_selector)
+    stage::Stage::new(client, key_id, timing, sources, namespace_selector, metrics)
         .run(inputs)
         .await;
     Ok(())

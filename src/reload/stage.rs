@@ -16,11 +16,12 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
+use super::annotations::PolicyProblem;
 use super::decide::{Schedule, Situation, Verdict, decide, desired_members};
 use super::events::{EventPublisher, Regarding};
 use super::index::{Index, ResourceChange, WorkloadObservation};
 use super::kinds::{WorkloadKind, WorkloadRef};
-use super::metrics::metrics;
+use super::metrics::ReloadMetrics;
 use super::observe::{WorkloadObject, observe_workload};
 use super::record::{
     AppliedRecord, DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION, format_restarted_at,
@@ -65,6 +66,7 @@ pub struct Stage {
     sources: Vec<SourceState>,
     ready: bool,
     events: EventPublisher,
+    metrics: ReloadMetrics,
 }
 
 impl Stage {
@@ -74,9 +76,11 @@ impl Stage {
         timing: Timing,
         sources: Vec<Source>,
         namespace_selector: bool,
+        metrics: ReloadMetrics,
     ) -> Self {
         Stage {
-            events: EventPublisher::new(client.clone()),
+            events: EventPublisher::new(client.clone(), metrics.clone()),
+            metrics,
             client,
             key_id,
             timing,
@@ -120,7 +124,7 @@ impl Stage {
         match input {
             Input::Watch { source, event } => self.watch_event(source, event),
             Input::WatchFailed { source, error } => {
-                metrics().error("watch");
+                self.metrics.error("watch");
                 let watched = self.sources.get(source).map(|s| &s.source);
                 warn!(?watched, %error, "watch failed; retrying with backoff");
             }
@@ -129,7 +133,7 @@ impl Stage {
             }
             Input::Fetched(Ok(None)) => {}
             Input::Fetched(Err((written, error))) => {
-                metrics().error("fast_path_read");
+                self.metrics.error("fast_path_read");
                 warn!(namespace = %written.namespace, name = %written.name, %error,
                       "could not read a written Secret; its watch event will cover it");
             }
@@ -166,13 +170,20 @@ impl Stage {
             Observed::Resource(observation) => match self.index.apply_resource(observation) {
                 ResourceChange::Changed { affected } => self.mark_all(affected, due),
                 ResourceChange::Unchanged { reacting } if seen == Seen::Written => {
-                    metrics().skipped("data_unchanged", reacting as u64);
+                    self.metrics.skipped("data_unchanged", reacting as u64);
                 }
                 ResourceChange::Unchanged { .. } | ResourceChange::Stale => {}
             },
             Observed::Workload(observation) => self.observe_workload(*observation, due),
             Observed::Namespace { name, selected } => {
                 let revealed = self.index.set_selected(&name, selected);
+                // Problems of workloads outside the selection were not
+                // reported: now they are in scope, they are.
+                for workload in &revealed {
+                    if let Some(state) = self.index.workload(workload) {
+                        self.report_problems(workload, &state.uid, &state.problems);
+                    }
+                }
                 self.mark_all(revealed, due);
             }
         }
@@ -182,22 +193,28 @@ impl Stage {
         let workload = observation.workload.clone();
         let uid = observation.state.uid.clone();
         let change = self.index.apply_workload(observation);
-        if !change.new_problems.is_empty() {
-            for problem in &change.new_problems {
-                metrics().error("invalid_annotation");
-                warn!(%workload, %problem, "unusable reload annotation");
-            }
-            self.events.invalid_annotations(
-                Regarding {
-                    workload: &workload,
-                    uid: &uid,
-                },
-                &change.new_problems,
-            );
+        // A namespace outside `--namespace-selector` is not the operator's to
+        // write Events in; its problems are reported if it comes into scope.
+        if self.index.is_selected(&workload.namespace) {
+            self.report_problems(&workload, &uid, &change.new_problems);
         }
         if change.needs_evaluation {
             self.schedule.mark(workload, due);
         }
+    }
+
+    /// Counts, logs and publishes (one Warning Event) a workload's unusable
+    /// annotation values.
+    fn report_problems(&self, workload: &WorkloadRef, uid: &str, problems: &[PolicyProblem]) {
+        if problems.is_empty() {
+            return;
+        }
+        for problem in problems {
+            self.metrics.error("invalid_annotation");
+            warn!(%workload, %problem, "unusable reload annotation");
+        }
+        self.events
+            .invalid_annotations(Regarding { workload, uid }, problems);
     }
 
     fn forget(&mut self, observed: Observed) {
@@ -295,7 +312,7 @@ impl Stage {
                 why,
                 record: members,
             } => {
-                metrics().skipped(why.as_str(), 1);
+                self.metrics.skipped(why.as_str(), 1);
                 info!(%workload, reason = why.as_str(), "recording digests without a restart");
                 let body = patch_body(&resource_version, Some(&record(members)), None);
                 self.write(&workload, body).await;
@@ -311,7 +328,7 @@ impl Stage {
             } => {
                 let body = patch_body(&resource_version, Some(&record(members)), Some(now));
                 if self.write(&workload, body).await {
-                    metrics().rollout(workload.kind.as_str());
+                    self.metrics.rollout(workload.kind.as_str());
                     let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
                     info!(%workload, changed = ?names, "rolling restart");
                     self.events.reloaded(
@@ -324,7 +341,7 @@ impl Stage {
                 }
             }
             Verdict::Wait { remaining, changed } => {
-                metrics().skipped("rate_limited", 1);
+                self.metrics.skipped("rate_limited", 1);
                 info!(%workload, ?remaining, changed = changed.len(), "restart deferred by the minimum interval");
                 self.schedule.postpone(workload, Instant::now() + remaining);
             }
@@ -356,7 +373,7 @@ impl Stage {
             }
             Err(kube::Error::Api(status)) if status.is_not_found() => false,
             Err(error) => {
-                metrics().error("patch");
+                self.metrics.error("patch");
                 warn!(%workload, %error, "could not update the workload; retrying");
                 self.schedule
                     .mark(workload.clone(), Instant::now() + RETRY_AFTER_ERROR);

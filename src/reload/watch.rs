@@ -2,9 +2,11 @@
 //! [`Input`]s: every object is reduced to its index entry inside the stream,
 //! before it reaches the stage, and dropped there.
 //!
-//! One watcher per watched kind, and per namespace when `--namespaces` lists
-//! some (namespaced watches need only namespaced RBAC); a single cluster-wide
-//! watcher per kind otherwise, filtered by `--ignore-namespaces`.
+//! One watcher per watched kind and per entry of
+//! [`ScopeArgs::watched_namespaces`] (the same list the sync stage watches):
+//! per listed namespace when `--namespaces` lists some (namespaced watches
+//! need only namespaced RBAC), else a single cluster-wide watcher per kind,
+//! filtered by `--ignore-namespaces`.
 
 use std::collections::HashSet;
 use std::fmt::Debug;
@@ -101,16 +103,7 @@ impl WatchPlan {
         &self,
         inbox: tokio::sync::mpsc::Receiver<SecretWritten>,
     ) -> (Vec<Source>, BoxStream<'static, Input>) {
-        let namespaces: Vec<Option<String>> = if self.scope.namespaces.is_empty() {
-            vec![None]
-        } else {
-            self.scope
-                .namespaces
-                .iter()
-                .filter(|ns| self.scope.name_in_scope(ns))
-                .map(|ns| Some(ns.clone()))
-                .collect()
-        };
+        let namespaces = self.scope.watched_namespaces();
         let mut sources = Vec::new();
         let mut streams = Vec::new();
         for namespace in &namespaces {

@@ -201,19 +201,16 @@ fn affected_by_service_account(
         .collect()
 }
 
-/// Runs the sync stage until `shutdown` resolves: one controller for the
-/// whole cluster, or one per namespace listed in `--namespaces` (so that
-/// namespaced RBAC suffices: a cluster-wide watch would be refused).
+/// Runs the sync stage until `shutdown` resolves: one controller per
+/// [`ScopeArgs::watched_namespaces`] entry — the whole cluster, or each
+/// namespace listed in `--namespaces` and not ignored (so that namespaced
+/// RBAC suffices: a cluster-wide watch would be refused).
 pub async fn run<F, Fut>(ctx: Arc<Context>, shutdown: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
-    let namespaces: Vec<Option<String>> = if ctx.scope.namespaces.is_empty() {
-        vec![None]
-    } else {
-        ctx.scope.namespaces.iter().cloned().map(Some).collect()
-    };
+    let namespaces = ctx.scope.watched_namespaces();
     let mut routes = HashMap::new();
     let mut controllers = Vec::new();
     for namespace in namespaces {

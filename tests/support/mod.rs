@@ -16,8 +16,11 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 mod fixture;
+mod wait;
 #[allow(unused_imports)] // not every test binary uses the fixture
 pub use fixture::*;
+#[allow(unused_imports)] // not every test binary waits for every precondition
+pub use wait::*;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
