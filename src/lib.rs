@@ -10,7 +10,8 @@
 //! One module per stage of that flow — [`api`] (the custom resource), [`vault`]
 //! (Key Vault access, change detection by listing), [`sync`] (the reconciler),
 //! [`reload`] (rolling restarts) — plus [`run`] and [`cli`] (wiring and flags),
-//! [`leader`] (Lease-based election), [`scope`] (which namespaces), [`schedule`]
+//! [`cluster`] (the API client and watch timeouts), [`leader`] (Lease-based
+//! election), [`scope`] (which namespaces), [`schedule`]
 //! (refresh and backoff timing), [`metrics`] and [`telemetry`].
 //!
 //! The Key Vault + Entra ID emulator the tests and the demo run against is a
@@ -20,6 +21,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod leader;
 pub mod metrics;
 pub mod reload;

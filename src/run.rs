@@ -136,9 +136,7 @@ struct Stages {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let client = kube::Client::try_default()
-        .await
-        .map_err(RunError::Client)?;
+    let client = crate::cluster::client().await.map_err(RunError::Client)?;
     let vault = vault_access(&client, &args)?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -345,7 +343,7 @@ pub async fn crd(args: CrdArgs) -> Result<(), CrdError> {
         print!("{}", crd_yaml());
         return Ok(());
     }
-    let client = kube::Client::try_default()
+    let client = crate::cluster::client()
         .await
         .map_err(CrdError::Client)?;
     let api: Api<CustomResourceDefinition> = Api::all(client);

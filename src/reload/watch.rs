@@ -147,7 +147,7 @@ impl WatchPlan {
             let api = Api::<Namespace>::all(self.client.clone());
             streams.push(watch_stream(
                 api,
-                watcher::Config::default(),
+                crate::cluster::watch_config(),
                 sources.len(),
                 move |ns: &Namespace| {
                     Some(Observed::Namespace {
@@ -180,7 +180,7 @@ impl WatchPlan {
         source: usize,
         namespace: Option<&str>,
     ) -> BoxStream<'static, Input> {
-        let mut config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
+        let mut config = crate::cluster::watch_config().page_size(LIST_PAGE_SIZE);
         if let Some(selector) = &self.resource_selector {
             config = config.labels(&selector.to_string());
         }
@@ -206,7 +206,7 @@ impl WatchPlan {
         let scope = self.scope.clone();
         watch_stream(
             self.api::<W>(namespace),
-            watcher::Config::default(),
+            crate::cluster::watch_config(),
             source,
             move |object: &W| {
                 in_scope(&scope, object)

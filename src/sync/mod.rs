@@ -267,7 +267,7 @@ async fn run_controller(
         writer,
         watcher(
             scoped_api(&ctx.client, &namespace),
-            watcher::Config::default(),
+            crate::cluster::watch_config(),
         ),
     )
     .default_backoff()
@@ -282,13 +282,13 @@ async fn run_controller(
     // not the data of every Secret in the cluster.
     let secret_events = watcher(
         scoped_api::<PartialObjectMeta<Secret>>(&ctx.client, &namespace),
-        watcher::Config::default(),
+        crate::cluster::watch_config(),
     )
     .default_backoff()
     .touched_objects();
     let sa_events = watcher(
         scoped_api::<PartialObjectMeta<ServiceAccount>>(&ctx.client, &namespace),
-        watcher::Config::default(),
+        crate::cluster::watch_config(),
     )
     .default_backoff()
     .touched_objects();
