@@ -343,9 +343,7 @@ pub async fn crd(args: CrdArgs) -> Result<(), CrdError> {
         print!("{}", crd_yaml());
         return Ok(());
     }
-    let client = crate::cluster::client()
-        .await
-        .map_err(CrdError::Client)?;
+    let client = crate::cluster::client().await.map_err(CrdError::Client)?;
     let api: Api<CustomResourceDefinition> = Api::all(client);
     let crd = KeyVaultSecret::crd();
     let name = crd.metadata.name.clone().unwrap_or_default();

@@ -161,16 +161,18 @@ async fn vault_outage(
     let f = fixture(test).await;
     let good = f.synced_db("1s").await;
     f.emulator
-        .control(Method::POST, "counters/reset", None)
-        .await;
-    let started = Instant::now();
-    f.emulator
         .control(
             Method::POST,
             "faults",
             Some(json!({"target": "vault:shop", "count": 100_000, "kind": kind})),
         )
         .await;
+    // Counted from after the fault is in place: a healthy listing made
+    // between a reset and the fault would be one request no backoff governs.
+    f.emulator
+        .control(Method::POST, "counters/reset", None)
+        .await;
+    let started = Instant::now();
     let failed = f.wait_reason("db", reason).await;
     let condition = ready(&failed).unwrap();
     assert!(

