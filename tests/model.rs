@@ -250,6 +250,17 @@ impl Run {
         object.triggers.push((at, trigger));
     }
 
+    /// Records that `trigger` happened to object `name` now.
+    fn triggered(&mut self, name: &str, trigger: Trigger, line: String) {
+        let at = self.now();
+        self.objects
+            .get_mut(name)
+            .unwrap()
+            .triggers
+            .push((at, trigger));
+        self.note(line);
+    }
+
     async fn force_sync(&mut self, name: &str) {
         self.counter += 1;
         let patch = json!({"metadata": {"annotations": {FORCE_SYNC_ANNOTATION: format!("t{}", self.counter)}}});
@@ -257,27 +268,17 @@ impl Run {
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .unwrap();
-        let at = self.now();
-        self.objects
-            .get_mut(name)
-            .unwrap()
-            .triggers
-            .push((at, Trigger::ForceSync));
-        self.note(format!("force-sync {name}"));
+        self.triggered(name, Trigger::ForceSync, format!("force-sync {name}"));
     }
 
     async fn delete_target(&mut self, name: &str) {
         let deleted = self.secrets().delete(name, &DeleteParams::default()).await;
         match deleted {
-            Ok(_) => {
-                let at = self.now();
-                self.objects
-                    .get_mut(name)
-                    .unwrap()
-                    .triggers
-                    .push((at, Trigger::TargetDeleted));
-                self.note(format!("delete Secret {name}"));
-            }
+            Ok(_) => self.triggered(
+                name,
+                Trigger::TargetDeleted,
+                format!("delete Secret {name}"),
+            ),
             Err(kube::Error::Api(status)) if status.code == 404 => {
                 self.note(format!("delete Secret {name}: already absent"));
             }

@@ -225,17 +225,10 @@ impl DesiredSecret {
     /// type (applied by another field manager before kvsync withdraws, so
     /// that the values stay and the immutable type is not reset).
     pub fn keep_body(secret: &Secret) -> Value {
-        json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": secret.metadata.name,
-                "namespace": secret.metadata.namespace,
-                "resourceVersion": secret.metadata.resource_version,
-            },
-            "type": secret.type_,
-            "data": secret.data,
-        })
+        let mut body = Self::withdrawal_body(secret);
+        body["type"] = json!(secret.type_);
+        body["data"] = json!(secret.data);
+        body
     }
 
     /// The server-side-apply body. Under `Merge` it carries only kvsync's keys
