@@ -552,7 +552,8 @@ async fn create_churn_credentials(client: &kube::Client, namespace: &str) {
 
 /// Deletes every KeyVaultSecret of `namespace` and waits until neither they
 /// nor the Secrets kvsync created for them (garbage-collected through their
-/// owner references) are left.
+/// owner references; the ones with a `kvsync.io/owner` annotation, unlike the
+/// reload digest key) are left.
 async fn delete_all(client: &kube::Client, namespace: &str) {
     let kvs_api: Api<KeyVaultSecret> = Api::namespaced(client.clone(), namespace);
     let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -564,11 +565,18 @@ async fn delete_all(client: &kube::Client, namespace: &str) {
         "no KeyVaultSecret and no managed Secret left",
         Duration::from_secs(900),
         || async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
             let one = ListParams::default().limit(1);
             let kvs_left = !kvs_api.list(&one).await.ok()?.items.is_empty();
-            let managed = one.labels("app.kubernetes.io/managed-by=kvsync");
-            let secrets_left = !secret_api.list(&managed).await.ok()?.items.is_empty();
-            (!kvs_left && !secrets_left).then_some(())
+            let managed = ListParams::default().labels("app.kubernetes.io/managed-by=kvsync");
+            let targets_left = secret_api
+                .list(&managed)
+                .await
+                .ok()?
+                .items
+                .iter()
+                .any(|s| s.annotations().contains_key("kvsync.io/owner"));
+            (!kvs_left && !targets_left).then_some(())
         },
     )
     .await;
