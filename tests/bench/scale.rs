@@ -27,8 +27,9 @@
 //!  operator started ─▶ probe object Ready, deleted ─▶ RSS "at rest"
 //!  ┌─ cycle k (--cycles times) ────────────────────────────────────────────┐
 //!  │ create N ─▶ all Ready ─▶ RSS "with N"                                 │
-//!  │ delete N ─▶ no KeyVaultSecret, no managed Secret ─▶ 3 × interval ─▶   │
-//!  │ RSS "deleted" (+ Key Vault requests in that window: pollers stopped?) │
+//!  │ delete N ─▶ no KeyVaultSecret, no target Secret ─▶ 5 intervals        │
+//!  │ (unrenewed subscriptions expire after 3) ─▶ 1 interval ─▶ RSS         │
+//!  │ "deleted" + Key Vault requests in that last interval (pollers: 0)     │
 //!  └───────────────────────────────────────────────────────────────────────┘
 //!  --sweep-wait (default 11m: the vault layer drops state unused for 10 min,
 //!  swept every minute) ─▶ RSS "after sweep"
@@ -656,12 +657,15 @@ async fn churn(options: &Options, size: usize) -> Vec<Measurement> {
         let started = Instant::now();
         delete_all(&client, &ns.name).await;
         let took = started.elapsed();
+        // Subscriptions nobody renews expire after three intervals; the
+        // pollers list at most once more. Then one interval must be quiet.
+        tokio::time::sleep(options.interval * 5).await;
         emulator.control(Method::POST, "counters/reset", None).await;
-        tokio::time::sleep(options.interval * 3).await;
+        tokio::time::sleep(options.interval).await;
         rows.push(Measurement {
             vault_requests: Some(vault_requests(&emulator.counters().await)),
             ..Measurement::now(
-                format!("cycle {cycle}: all deleted, + 3 intervals"),
+                format!("cycle {cycle}: all deleted, + 6 intervals"),
                 0,
                 took,
                 pid,
@@ -699,7 +703,7 @@ fn print_churn(options: &Options, size: usize, rows: &[Measurement]) {
         humantime::format_duration(options.interval)
     );
     println!(
-        "| stage | KeyVaultSecrets | took | RSS | RSS − at rest | peak RSS | KV requests in the wait |"
+        "| stage | KeyVaultSecrets | took (to Ready / to gone / wait) | RSS | RSS − at rest | peak RSS | KV requests in the last interval / the wait |"
     );
     println!("|---|---|---|---|---|---|---|");
     let rest = rows.first().map_or(0.0, |r| r.rss_mib);
