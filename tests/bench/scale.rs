@@ -50,6 +50,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kvsync::api::KeyVaultSecret;
+use kvsync::reload::KEY_SECRET_NAME;
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::*;
@@ -551,15 +552,22 @@ async fn create_churn_credentials(client: &kube::Client, namespace: &str) {
     }
 }
 
-/// Deletes every KeyVaultSecret of `namespace` and waits until neither they
-/// nor the Secrets kvsync created for them (garbage-collected through their
-/// owner references; the ones with a `kvsync.io/owner` annotation, unlike the
-/// reload digest key) are left.
+/// Deletes every KeyVaultSecret of `namespace`, then the Secrets kvsync
+/// created for them (the bench does what the garbage collector would do
+/// through their owner references: the local controller-manager's collector
+/// deletes only ~7 a second), and waits until none of either is left.
 async fn delete_all(client: &kube::Client, namespace: &str) {
     let kvs_api: Api<KeyVaultSecret> = Api::namespaced(client.clone(), namespace);
     let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     kvs_api
         .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap();
+    let targets = ListParams::default()
+        .labels("app.kubernetes.io/managed-by=kvsync")
+        .fields(&format!("metadata.name!={KEY_SECRET_NAME}"));
+    secret_api
+        .delete_collection(&DeleteParams::default(), &targets)
         .await
         .unwrap();
     eventually(
