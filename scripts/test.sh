@@ -40,4 +40,4 @@ scripts/control-plane.sh up
 export KVSYNC_TEST_KUBECONFIG=$plane/kubeconfig
 
 step "tests"
-cargo test --workspace --locked -- --test-threads "${KVSYNC_TEST_THREADS:-4}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads "${KVSYNC_TEST_THREADS:-4}"

@@ -47,6 +47,18 @@ pub struct Need {
 }
 
 impl Freshness {
+    /// The bound for an answer judged by its own age (a pinned version, or
+    /// a read without a listing): nothing pushes a change of those, so a
+    /// reader refreshing every interval ± 10 % must not reuse the read of
+    /// its previous refresh — half the bound guarantees a new request each
+    /// time, which keeps what it reports at most one interval (+ jitter) old.
+    pub fn for_own_age(self) -> Self {
+        match self {
+            Freshness::Within(bound) => Freshness::Within(bound / 2),
+            Freshness::Now => Freshness::Now,
+        }
+    }
+
     pub fn need(self, asked: Instant) -> Need {
         match self {
             Freshness::Within(bound) => Need {
@@ -285,5 +297,24 @@ mod tests {
     fn the_period_follows_the_shortest_subscriber() {
         assert_eq!(poll_period([3600 * S, 5 * S, 60 * S]), Some(5 * S));
         assert_eq!(poll_period([]), None);
+    }
+
+    #[test]
+    fn an_own_age_answer_is_not_reused_by_the_next_refresh() {
+        let interval = Duration::from_secs(10);
+        let read = Instant::now();
+        let next_refresh = read + refresh_delay(interval, 0.0);
+        let attempt = Attempt {
+            started: read,
+            ended: read,
+            outcome: Ok(()),
+            retry_from: None,
+        };
+        let need = Freshness::Within(interval).for_own_age().need(next_refresh);
+        assert_eq!(
+            decide(Some(&attempt), need, next_refresh),
+            Decision::Request
+        );
+        assert_eq!(Freshness::Now.for_own_age(), Freshness::Now);
     }
 }

@@ -187,7 +187,8 @@ impl VaultAccess {
                 .await
                 .map(|(secret, _)| secret);
         }
-        let need = freshness.need(Instant::now());
+        let asked = Instant::now();
+        let need = freshness.need(asked);
         let key = value_key(name, version, as_pem);
         let snapshot = if key.1.is_some() || view.listing_refused() {
             None
@@ -216,6 +217,7 @@ impl VaultAccess {
                     }
                 }
                 None => {
+                    let need = freshness.for_own_age().need(asked);
                     if let Decision::Answer(outcome) =
                         decide(Some(&previous.attempt), need, Instant::now())
                     {
