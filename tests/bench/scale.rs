@@ -14,6 +14,29 @@
 //! the Secret updated (and to the Deployment template patched when
 //! `--deployments` > 0), with and without `kvsync.io/force-sync`; and the
 //! operator's peak RSS. It prints one table and the ratios of the two modes.
+//!
+//! ```text
+//! cargo bench --bench scale -- --churn 5000 [--cycles 2] [--interval 30s] [--sweep-wait 11m]
+//! ```
+//!
+//! With `--churn N` it measures instead whether the operator's memory follows
+//! its objects (list mode, N KeyVaultSecrets over [`CHURN_VAULTS`] vaults ×
+//! [`CHURN_IDENTITIES`] identities):
+//!
+//! ```text
+//!  operator started ─▶ probe object Ready, deleted ─▶ RSS "at rest"
+//!  ┌─ cycle k (--cycles times) ────────────────────────────────────────────┐
+//!  │ create N ─▶ all Ready ─▶ RSS "with N"                                 │
+//!  │ delete N ─▶ no KeyVaultSecret, no target Secret ─▶ 5 intervals        │
+//!  │ (unrenewed subscriptions expire after 3) ─▶ 1 interval ─▶ RSS         │
+//!  │ "deleted" + Key Vault requests in that last interval (pollers: 0)     │
+//!  └───────────────────────────────────────────────────────────────────────┘
+//!  --sweep-wait (default 11m: the vault layer drops state unused for 10 min,
+//!  swept every minute) ─▶ RSS "after sweep"
+//! ```
+//!
+//! RSS that stays above "at rest" but is the same after every cycle is
+//! memory the allocator keeps for reuse; RSS that grows by cycle is a leak.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -25,8 +48,9 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kvsync::api::KeyVaultSecret;
+use kvsync::reload::KEY_SECRET_NAME;
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::*;
@@ -38,6 +62,9 @@ struct Options {
     unrelated_secrets: usize,
     deployments: usize,
     samples: usize,
+    churn: Option<usize>,
+    cycles: usize,
+    sweep_wait: Duration,
 }
 
 fn options() -> Options {
@@ -48,6 +75,9 @@ fn options() -> Options {
         unrelated_secrets: 0,
         deployments: 0,
         samples: 10,
+        churn: None,
+        cycles: 2,
+        sweep_wait: Duration::from_secs(660),
     };
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -71,6 +101,11 @@ fn options() -> Options {
             }
             "--deployments" => options.deployments = value.parse().expect("--deployments N"),
             "--samples" => options.samples = value.parse().expect("--samples N"),
+            "--churn" => options.churn = Some(value.parse().expect("--churn N")),
+            "--cycles" => options.cycles = value.parse().expect("--cycles N"),
+            "--sweep-wait" => {
+                options.sweep_wait = humantime::parse_duration(value).expect("--sweep-wait 11m")
+            }
             other => panic!("unknown option {other}"),
         }
     }
@@ -107,11 +142,12 @@ fn secret_name(i: usize) -> String {
     format!("s-{i:03}")
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
+/// A memory figure of `pid` from /proc (`VmHWM:` peak RSS, `VmRSS:` current), in MiB.
+fn rss_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
@@ -149,6 +185,76 @@ fn vault_requests(counters: &Value) -> u64 {
         .filter(|(k, _)| k.starts_with("vault:"))
         .map(|(_, v)| v.as_u64().unwrap())
         .sum()
+}
+
+/// A `refreshInterval` value ("30s", "1m30s").
+fn interval_text(interval: Duration) -> String {
+    humantime::format_duration(interval)
+        .to_string()
+        .replace(' ', "")
+}
+
+/// A KeyVaultSecret `kvs-{i}` reading `remote` from `vault_url` as `client_id`
+/// (client secret in the Secret `creds`, key `clientSecret`).
+fn kvs_body(
+    i: usize,
+    vault_url: &str,
+    interval: &str,
+    client_id: &str,
+    creds: &str,
+    remote: &str,
+) -> Value {
+    json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": format!("kvs-{i}")},
+        "spec": {"vaultUrl": vault_url, "refreshInterval": interval,
+            "auth": {"clientSecret": {"tenantId": TENANT, "clientId": client_id, "secretRef": {"name": creds, "key": "clientSecret"}}},
+            "data": [{"secretKey": "value", "remoteRef": {"name": remote}}]}})
+}
+
+/// Server-side applies `body(i)` for every `i`, 16 at a time.
+async fn apply_all(
+    api: &Api<KeyVaultSecret>,
+    range: std::ops::Range<usize>,
+    body: impl Fn(usize) -> Value,
+) {
+    stream::iter(range)
+        .for_each_concurrent(16, |i| {
+            let api = api.clone();
+            let body = body(i);
+            async move {
+                api.patch(
+                    &format!("kvs-{i}"),
+                    &PatchParams::apply("bench"),
+                    &Patch::Apply(&body),
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .await;
+}
+
+/// Waits until `size` KeyVaultSecrets of the namespace are `Ready=True`.
+async fn wait_all_ready(api: &Api<KeyVaultSecret>, size: usize) {
+    eventually(
+        "every KeyVaultSecret Ready",
+        Duration::from_secs(600),
+        || async {
+            let list = api.list(&ListParams::default()).await.ok()?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|k| {
+                    k.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                })
+                .count();
+            (ready == size).then_some(())
+        },
+    )
+    .await;
 }
 
 async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
@@ -216,44 +322,22 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
         })
         .await;
 
-    let interval = humantime::format_duration(options.interval)
-        .to_string()
-        .replace(' ', "");
+    let interval = interval_text(options.interval);
     let operator = Operator::start(&emulator, &ns.name, &["--change-detection", mode]);
     let kvs_api: Api<KeyVaultSecret> = Api::namespaced(client.clone(), &ns.name);
     let started = Instant::now();
-    stream::iter(0..size)
-        .for_each_concurrent(16, |i| {
-            let api = kvs_api.clone();
-            let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": format!("kvs-{i}")},
-                "spec": {"vaultUrl": emulator.vault_url("shop"), "refreshInterval": interval,
-                    "auth": {"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP, "secretRef": {"name": "kv-creds", "key": "clientSecret"}}},
-                    "data": [{"secretKey": "value", "remoteRef": {"name": secret_name(i % options.vault_secrets)}}]}});
-            async move {
-                api.patch(&format!("kvs-{i}"), &PatchParams::apply("bench"), &Patch::Apply(&body)).await.unwrap();
-            }
-        })
-        .await;
-    eventually(
-        "every KeyVaultSecret Ready",
-        Duration::from_secs(600),
-        || async {
-            let list = kvs_api.list(&ListParams::default()).await.ok()?;
-            let ready = list
-                .items
-                .iter()
-                .filter(|k| {
-                    k.status.as_ref().is_some_and(|s| {
-                        s.conditions
-                            .iter()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                    })
-                })
-                .count();
-            (ready == size).then_some(())
-        },
-    )
+    apply_all(&kvs_api, 0..size, |i| {
+        kvs_body(
+            i,
+            &emulator.vault_url("shop"),
+            &interval,
+            SECRET_APP,
+            "kv-creds",
+            &secret_name(i % options.vault_secrets),
+        )
+    })
     .await;
+    wait_all_ready(&kvs_api, size).await;
     let mut row = Row {
         mode,
         size,
@@ -411,14 +495,249 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
             row.forced_rollout_latency.push(rolled);
         }
     }
-    row.peak_rss_mib = peak_rss_mib(operator.process.pid());
+    row.peak_rss_mib = rss_mib(operator.process.pid(), "VmHWM:");
     row
+}
+
+/// Vaults and identities the churn objects are spread over (round robin):
+/// every (vault, identity) pair has a listing and vault-layer state of its own.
+const CHURN_VAULTS: usize = 4;
+const CHURN_IDENTITIES: usize = 2;
+
+fn churn_vault(vault: usize) -> String {
+    format!("churn{vault}")
+}
+
+fn churn_client_id(identity: usize) -> String {
+    format!("00000000-0000-0000-0000-{identity:012}")
+}
+
+fn churn_password(identity: usize) -> String {
+    format!("churn-client-secret-{identity}")
+}
+
+/// The Secret holding identity `identity`'s client secret.
+fn churn_creds(identity: usize) -> String {
+    format!("kv-creds-{identity}")
+}
+
+/// The emulator's seed: [`CHURN_VAULTS`] vaults of `vault_secrets` secrets,
+/// each readable by all [`CHURN_IDENTITIES`] identities.
+fn churn_seed(vault_secrets: usize) -> Value {
+    let secrets: Vec<Value> = (0..vault_secrets)
+        .map(|i| json!({"name": secret_name(i), "value": format!("v0-{i}")}))
+        .collect();
+    let vaults: Vec<Value> = (0..CHURN_VAULTS)
+        .map(|v| json!({"name": churn_vault(v), "secrets": secrets}))
+        .collect();
+    let access: Vec<Value> = (0..CHURN_VAULTS)
+        .map(|v| json!({"vault": churn_vault(v), "secrets": ["*"]}))
+        .collect();
+    let apps: Vec<Value> = (0..CHURN_IDENTITIES)
+        .map(|a| json!({"tenantId": TENANT, "clientId": churn_client_id(a), "clientSecret": churn_password(a), "access": access}))
+        .collect();
+    json!({"vaults": vaults, "apps": apps})
+}
+
+/// Creates the identities' credential Secrets in `namespace`.
+async fn create_churn_credentials(client: &kube::Client, namespace: &str) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    for identity in 0..CHURN_IDENTITIES {
+        let creds: Secret = serde_json::from_value(json!({
+            "metadata": {"name": churn_creds(identity)},
+            "stringData": {"clientSecret": churn_password(identity)}
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &creds).await.unwrap();
+    }
+}
+
+/// Deletes every KeyVaultSecret of `namespace`, then the Secrets kvsync
+/// created for them (the bench does what the garbage collector would do
+/// through their owner references: the local controller-manager's collector
+/// deletes only ~7 a second), and waits until none of either is left.
+async fn delete_all(client: &kube::Client, namespace: &str) {
+    let kvs_api: Api<KeyVaultSecret> = Api::namespaced(client.clone(), namespace);
+    let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    kvs_api
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap();
+    let targets = ListParams::default()
+        .labels("app.kubernetes.io/managed-by=kvsync")
+        .fields(&format!("metadata.name!={KEY_SECRET_NAME}"));
+    secret_api
+        .delete_collection(&DeleteParams::default(), &targets)
+        .await
+        .unwrap();
+    eventually(
+        "no KeyVaultSecret and no managed Secret left",
+        Duration::from_secs(900),
+        || async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let one = ListParams::default().limit(1);
+            let kvs_left = !kvs_api.list(&one).await.ok()?.items.is_empty();
+            let managed = ListParams::default().labels("app.kubernetes.io/managed-by=kvsync");
+            let targets_left = secret_api
+                .list(&managed)
+                .await
+                .ok()?
+                .items
+                .iter()
+                .any(|s| s.annotations().contains_key("kvsync.io/owner"));
+            (!kvs_left && !targets_left).then_some(())
+        },
+    )
+    .await;
+}
+
+/// The operator's memory at one point of the churn run.
+struct Measurement {
+    stage: String,
+    objects: usize,
+    took: Duration,
+    rss_mib: f64,
+    peak_rss_mib: f64,
+    vault_requests: Option<u64>,
+}
+
+impl Measurement {
+    fn now(stage: String, objects: usize, took: Duration, pid: u32) -> Self {
+        Measurement {
+            stage,
+            objects,
+            took,
+            rss_mib: rss_mib(pid, "VmRSS:"),
+            peak_rss_mib: rss_mib(pid, "VmHWM:"),
+            vault_requests: None,
+        }
+    }
+}
+
+/// The churn run (see the module docs): the operator's RSS at rest, with
+/// `size` objects, after deleting them, per cycle, and after the sweep.
+async fn churn(options: &Options, size: usize) -> Vec<Measurement> {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, &format!("churn-{size}")).await;
+    let emulator = Emulator::start(churn_seed(options.vault_secrets)).await;
+    create_churn_credentials(&client, &ns.name).await;
+    let interval = interval_text(options.interval);
+    let body = |i: usize| {
+        let identity = (i / CHURN_VAULTS) % CHURN_IDENTITIES;
+        kvs_body(
+            i,
+            &emulator.vault_url(&churn_vault(i % CHURN_VAULTS)),
+            &interval,
+            &churn_client_id(identity),
+            &churn_creds(identity),
+            &secret_name(i % options.vault_secrets),
+        )
+    };
+    let operator = Operator::start(&emulator, &ns.name, &["--change-detection", "list"]);
+    let pid = operator.process.pid();
+    let kvs_api: Api<KeyVaultSecret> = Api::namespaced(client.clone(), &ns.name);
+    let mut rows = Vec::new();
+
+    // At rest: one probe object made Ready and deleted proves that the
+    // operator has listed and serves.
+    let started = Instant::now();
+    apply_all(&kvs_api, 0..1, &body).await;
+    wait_all_ready(&kvs_api, 1).await;
+    delete_all(&client, &ns.name).await;
+    rows.push(Measurement::now(
+        "at rest (after one probe object)".into(),
+        0,
+        started.elapsed(),
+        pid,
+    ));
+
+    for cycle in 1..=options.cycles {
+        eprintln!("== churn cycle {cycle}: {size} KeyVaultSecrets");
+        let started = Instant::now();
+        apply_all(&kvs_api, 0..size, &body).await;
+        wait_all_ready(&kvs_api, size).await;
+        rows.push(Measurement::now(
+            format!("cycle {cycle}: all Ready"),
+            size,
+            started.elapsed(),
+            pid,
+        ));
+        let started = Instant::now();
+        delete_all(&client, &ns.name).await;
+        let took = started.elapsed();
+        // Subscriptions nobody renews expire after three intervals; the
+        // pollers list at most once more. Then one interval must be quiet.
+        tokio::time::sleep(options.interval * 5).await;
+        emulator.control(Method::POST, "counters/reset", None).await;
+        tokio::time::sleep(options.interval).await;
+        rows.push(Measurement {
+            vault_requests: Some(vault_requests(&emulator.counters().await)),
+            ..Measurement::now(
+                format!("cycle {cycle}: all deleted, + 6 intervals"),
+                0,
+                took,
+                pid,
+            )
+        });
+    }
+
+    if !options.sweep_wait.is_zero() {
+        eprintln!(
+            "== waiting {} for the vault layer's sweep",
+            humantime::format_duration(options.sweep_wait)
+        );
+        emulator.control(Method::POST, "counters/reset", None).await;
+        tokio::time::sleep(options.sweep_wait).await;
+        rows.push(Measurement {
+            vault_requests: Some(vault_requests(&emulator.counters().await)),
+            ..Measurement::now(
+                format!(
+                    "after the sweep (+ {})",
+                    humantime::format_duration(options.sweep_wait)
+                ),
+                0,
+                options.sweep_wait,
+                pid,
+            )
+        });
+    }
+    rows
+}
+
+fn print_churn(options: &Options, size: usize, rows: &[Measurement]) {
+    println!(
+        "\nchurn: {size} KeyVaultSecrets over {CHURN_VAULTS} vaults × {CHURN_IDENTITIES} identities ({} vault secrets each), refreshInterval {}, list mode\n",
+        options.vault_secrets,
+        humantime::format_duration(options.interval)
+    );
+    println!(
+        "| stage | KeyVaultSecrets | took (to Ready / to gone / wait) | RSS | RSS − at rest | peak RSS | KV requests in the last interval / the wait |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let rest = rows.first().map_or(0.0, |r| r.rss_mib);
+    for r in rows {
+        println!(
+            "| {} | {} | {:.1}s | {:.1} MiB | {:+.1} MiB | {:.1} MiB | {} |",
+            r.stage,
+            r.objects,
+            r.took.as_secs_f64(),
+            r.rss_mib,
+            r.rss_mib - rest,
+            r.peak_rss_mib,
+            r.vault_requests.map_or("-".into(), |n| n.to_string())
+        );
+    }
 }
 
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let options = options();
+    if let Some(size) = options.churn {
+        let rows = churn(&options, size).await;
+        print_churn(&options, size, &rows);
+        return;
+    }
     let mut rows = Vec::new();
     for &size in &options.sizes {
         for mode in ["list", "get"] {
