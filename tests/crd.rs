@@ -28,7 +28,10 @@ fn every_field_reads_well_in_kubectl_explain() {
     );
     let mut missing = Vec::new();
     undescribed(root, "keyvaultsecret", &mut missing);
-    assert!(missing.is_empty(), "fields without a description: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "fields without a description: {missing:#?}"
+    );
 }
 
 /// Collects the paths of properties without a description (a property's

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Decisions are pure and live in [`render`], [`target`], [`status`],
-//! [`memory`] and [`crate::schedule`]; [`reconciler`] runs the steps, with
+//! [`memory`], [`staleness`] and [`crate::schedule`]; [`reconciler`] runs the steps, with
 //! [`identity`], [`fetch`] and [`write`] doing the I/O around them, and
 //! [`error`] saying what each failure means for the status and the retry.
 
@@ -19,6 +19,7 @@ mod identity;
 pub mod memory;
 mod reconciler;
 pub mod render;
+pub mod staleness;
 pub mod status;
 pub mod target;
 mod write;
@@ -116,10 +117,9 @@ impl Context {
     fn follow(&self, event: &watcher::Event<KeyVaultSecret>, store: &Store<KeyVaultSecret>) {
         match event {
             watcher::Event::Delete(kvs) => {
-                self.memory
-                    .lock()
-                    .unwrap()
-                    .forget(&reconciler::object_key(kvs));
+                let object = reconciler::object_key(kvs);
+                self.memory.lock().unwrap().forget(&object);
+                self.metrics.forget_object(&object);
             }
             watcher::Event::InitDone => {
                 let alive: std::collections::HashSet<String> = store
@@ -131,6 +131,7 @@ impl Context {
                     .lock()
                     .unwrap()
                     .retain(|object| alive.contains(object));
+                self.metrics.retain_objects(|object| alive.contains(object));
             }
             _ => {}
         }
