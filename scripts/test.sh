@@ -23,6 +23,15 @@ step() { printf '\n==> %s\n' "$*"; }
 step "control plane binaries (first run: installs packages and builds for ~10 minutes)"
 scripts/control-plane.sh build
 
+step "promtool and prometheus (alert and dashboard tests)"
+if ! command -v promtool >/dev/null || [ ! -x /usr/bin/prometheus ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # The package enables a system-wide server; the tests start their own.
+  $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
