@@ -16,6 +16,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => kvsync::run::run(*args).await.map_err(|e| e.to_string()),
         Command::Crd(args) => kvsync::run::crd(args).await.map_err(|e| e.to_string()),
+        Command::Explain(args) => kvsync::explain::run(args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,273 @@
+//! The I/O of `kvsync explain`: reads what the pure explanations need, with
+//! the caller's credentials, and prints the report. Each read needs only the
+//! permission `kubectl get` of the same object does; a read refused is listed
+//! in the report's limits instead of failing the command. Secrets are read as
+//! metadata only (names and annotations, never data).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
+use kube::api::{Api, ListParams};
+use kube::{Resource, ResourceExt};
+use time::OffsetDateTime;
+
+use super::report::Report;
+use super::workload::ResourceInfo;
+use super::{Target, keyvaultsecret, render, workload};
+use crate::api::KeyVaultSecret;
+use crate::reload::annotations::ResourceFlags;
+use crate::reload::index::WorkloadObservation;
+use crate::reload::kinds::{ResourceRef, WorkloadKind};
+use crate::reload::observe::{WorkloadObject, observe_workload};
+use crate::sync::target::OWNER_ANNOTATION;
+
+/// `kvsync explain`.
+#[derive(clap::Args, Debug)]
+pub struct ExplainArgs {
+    /// What to explain: kvs/NAME, deployment/NAME, statefulset/NAME or daemonset/NAME.
+    pub target: Target,
+    /// The namespace; default: the kubeconfig context's.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "text")]
+    pub output: Output,
+    /// The operator's --min-reload-interval, for when the next restart may happen.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub min_reload_interval: Duration,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Why there is nothing to explain.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("cannot reach the cluster: {0}")]
+    Client(#[source] kube::Error),
+    #[error("{kind} {namespace}/{name} not found")]
+    NotFound {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
+    #[error("cannot read {kind} {namespace}/{name}: {source}")]
+    Read {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Explains the target and prints the report.
+pub async fn run(args: ExplainArgs) -> Result<(), ExplainError> {
+    let client = crate::cluster::client()
+        .await
+        .map_err(ExplainError::Client)?;
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let report = explain(&client, &namespace, &args).await?;
+    match args.output {
+        Output::Text => print!("{}", render::text(&report)),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("a report always serialises")
+        ),
+    }
+    Ok(())
+}
+
+async fn explain(
+    client: &kube::Client,
+    namespace: &str,
+    args: &ExplainArgs,
+) -> Result<Report, ExplainError> {
+    let mut limits = Vec::new();
+    match &args.target {
+        Target::KeyVaultSecret(name) => {
+            let kvs: KeyVaultSecret = get(client, namespace, name).await?;
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+            let target = kvs.target_name();
+            let secret = match secrets.get_metadata_opt(&target).await {
+                Ok(meta) => meta.map(|m| m.metadata),
+                Err(error) => {
+                    limits.push(format!("Secret {target}: {error}"));
+                    None
+                }
+            };
+            let workloads = workloads(client, namespace, &mut limits).await;
+            Ok(Report::KeyVaultSecret(keyvaultsecret::explain(
+                &kvs,
+                secret.as_ref(),
+                &workloads,
+                limits,
+            )))
+        }
+        Target::Workload(kind, name) => {
+            let observation = match kind {
+                WorkloadKind::Deployment => observe::<Deployment>(client, namespace, name).await,
+                WorkloadKind::StatefulSet => observe::<StatefulSet>(client, namespace, name).await,
+                WorkloadKind::DaemonSet => observe::<DaemonSet>(client, namespace, name).await,
+            }?;
+            let mut resources = BTreeMap::new();
+            resource_infos::<Secret>(
+                client,
+                namespace,
+                ResourceRef::secret,
+                &mut resources,
+                &mut limits,
+            )
+            .await;
+            resource_infos::<ConfigMap>(
+                client,
+                namespace,
+                ResourceRef::config_map,
+                &mut resources,
+                &mut limits,
+            )
+            .await;
+            let note =
+                last_reloaded_note(client, namespace, kind.as_str(), name, &mut limits).await;
+            let context = workload::Context {
+                resources: &resources,
+                last_reloaded_note: note.as_deref(),
+                min_reload_interval: args.min_reload_interval,
+                now: OffsetDateTime::now_utc(),
+                limits,
+            };
+            Ok(Report::Workload(workload::explain(&observation, &context)))
+        }
+    }
+}
+
+async fn get<K>(client: &kube::Client, namespace: &str, name: &str) -> Result<K, ExplainError>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = match K::kind(&()).as_ref() {
+        "KeyVaultSecret" => "KeyVaultSecret",
+        "Deployment" => "Deployment",
+        "StatefulSet" => "StatefulSet",
+        _ => "DaemonSet",
+    };
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.get_opt(name)
+        .await
+        .map_err(|source| ExplainError::Read {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| ExplainError::NotFound {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+}
+
+async fn observe<W: WorkloadObject>(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<WorkloadObservation, ExplainError> {
+    let object: W = get(client, namespace, name).await?;
+    Ok(
+        observe_workload(&object)
+            .expect("a workload read from the server has a name and namespace"),
+    )
+}
+
+/// Every Deployment, StatefulSet and DaemonSet of the namespace, observed.
+async fn workloads(
+    client: &kube::Client,
+    namespace: &str,
+    limits: &mut Vec<String>,
+) -> Vec<WorkloadObservation> {
+    let mut observed = Vec::new();
+    list_observed::<Deployment>(client, namespace, &mut observed, limits).await;
+    list_observed::<StatefulSet>(client, namespace, &mut observed, limits).await;
+    list_observed::<DaemonSet>(client, namespace, &mut observed, limits).await;
+    observed
+}
+
+async fn list_observed<W: WorkloadObject>(
+    client: &kube::Client,
+    namespace: &str,
+    observed: &mut Vec<WorkloadObservation>,
+    limits: &mut Vec<String>,
+) {
+    let api: Api<W> = Api::namespaced(client.clone(), namespace);
+    match api.list(&ListParams::default()).await {
+        Ok(list) => observed.extend(list.items.iter().filter_map(observe_workload)),
+        Err(error) => limits.push(format!("{}s: {error}", W::KIND.as_str())),
+    }
+}
+
+/// Names and reload annotations of the namespace's Secrets or ConfigMaps.
+async fn resource_infos<K>(
+    client: &kube::Client,
+    namespace: &str,
+    reference: fn(String) -> ResourceRef,
+    resources: &mut BTreeMap<ResourceRef, ResourceInfo>,
+    limits: &mut Vec<String>,
+) where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    match api.list_metadata(&ListParams::default()).await {
+        Ok(list) => resources.extend(list.items.into_iter().map(|meta| {
+            let info = ResourceInfo {
+                flags: ResourceFlags::from_annotations(meta.annotations()),
+                written_by: meta.annotations().get(OWNER_ANNOTATION).cloned(),
+            };
+            (reference(meta.name_any()), info)
+        })),
+        Err(error) => limits.push(format!("{}s: {error}", K::kind(&()))),
+    }
+}
+
+/// The note of the newest `Reloaded` event on the workload.
+async fn last_reloaded_note(
+    client: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    limits: &mut Vec<String>,
+) -> Option<String> {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("involvedObject.kind={kind},involvedObject.name={name},reason=Reloaded");
+    match api.list(&ListParams::default().fields(&selector)).await {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .max_by_key(|event| {
+                event
+                    .event_time
+                    .as_ref()
+                    .map(|t| t.0)
+                    .or_else(|| event.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            })
+            .and_then(|event| event.message),
+        Err(error) => {
+            limits.push(format!("Events: {error}"));
+            None
+        }
+    }
+}
