@@ -23,12 +23,15 @@ step() { printf '\n==> %s\n' "$*"; }
 step "control plane binaries (first run: installs packages and builds for ~10 minutes)"
 scripts/control-plane.sh build
 
-step "promtool and prometheus (alert and dashboard tests)"
-if ! command -v promtool >/dev/null || [ ! -x /usr/bin/prometheus ]; then
+step "promtool, prometheus and kubectl (alert, dashboard and kubectl plugin tests)"
+packages=()
+[ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ] || packages+=(prometheus)
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
+if [ ${#packages[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  # The package enables a system-wide server; the tests start their own.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  # The prometheus package enables a system-wide server; the tests start their own.
   $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 

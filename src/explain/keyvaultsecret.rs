@@ -3,6 +3,8 @@
 //! `Ready` condition with what to do, and which workloads restart when the
 //! Secret changes. Pure: takes the objects, returns the report.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::report::{ConditionView, KeySource, KeyVaultSecretReport, Refresh, WorkloadReaction};
@@ -115,10 +117,7 @@ fn version(pinned: &Option<String>) -> String {
 }
 
 /// `status.syncedVersions` entries of vault secret `name` (`name` or `name@version`).
-fn synced(
-    synced: &std::collections::BTreeMap<String, String>,
-    name: &str,
-) -> Vec<(String, String)> {
+fn synced(synced: &BTreeMap<String, String>, name: &str) -> BTreeMap<String, String> {
     synced
         .iter()
         .filter(|(key, _)| key.split('@').next() == Some(name))
@@ -126,10 +125,7 @@ fn synced(
         .collect()
 }
 
-fn key_sources(
-    kvs: &KeyVaultSecret,
-    versions: &std::collections::BTreeMap<String, String>,
-) -> Vec<KeySource> {
+fn key_sources(kvs: &KeyVaultSecret, versions: &BTreeMap<String, String>) -> Vec<KeySource> {
     let mut named = Vec::new();
     let mut sources: Vec<KeySource> = kvs
         .spec
@@ -181,7 +177,7 @@ fn key_sources(
         }
     }
     // What `find` read is whatever the other entries did not name.
-    let found: Vec<(String, String)> = versions
+    let found: BTreeMap<String, String> = versions
         .iter()
         .filter(|(key, _)| !named.iter().any(|n| key.split('@').next() == Some(n)))
         .map(|(key, version)| (key.clone(), version.clone()))
@@ -253,7 +249,7 @@ mod tests {
     #[test]
     fn keys_name_their_sources_and_the_versions_synced() {
         let report = explain(&kvs(), None, &[], Vec::new());
-        let keys: Vec<(&str, &str, &str, Vec<(String, String)>)> = report
+        let keys: Vec<(&str, &str, &str, BTreeMap<String, String>)> = report
             .keys
             .iter()
             .map(|k| {
@@ -271,7 +267,7 @@ mod tests {
                 "password",
                 "db-password",
                 "latest",
-                vec![("db-password".into(), "v1".into())]
+                [("db-password".into(), "v1".into())].into()
             )
         );
         assert_eq!(keys[1].2, "pinned 0123456789abcdef0123456789abcdef");
@@ -279,7 +275,7 @@ mod tests {
         assert_eq!(keys[2].1, "tag env=prod");
         assert_eq!(
             keys[2].3,
-            vec![("app-alpha".to_owned(), "v7".to_owned())],
+            [("app-alpha".to_owned(), "v7".to_owned())].into(),
             "find read what the others did not name"
         );
         let condition = report.condition.unwrap();

@@ -2,6 +2,8 @@
 //! `-o json`, printed by [`super::render`] otherwise. Nothing here can hold a
 //! secret value: keys, names, versions, rules and times only.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 /// One explanation (each says its `kind`).
@@ -56,7 +58,7 @@ pub struct KeySource {
     pub property: Option<String>,
     pub decoding: String,
     /// The versions in the Secret now (vault secret → version), from status.
-    pub synced: Vec<(String, String)>,
+    pub synced: BTreeMap<String, String>,
 }
 
 /// When the vault is read again.
