@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
     kind = "KeyVaultSecret",
     namespaced,
     shortname = "kvs",
-    doc = "A KeyVaultSecret keeps one Kubernetes Secret in step with secrets in an Azure Key Vault: kvsync re-reads the vault every spec.refreshInterval, writes the Secret only when a value changed, and (unless spec.target.reload is false) marks it so that annotated workloads restart on change. status.conditions[Ready] says whether the Secret is current and, if not, what to fix.",
+    doc = "A KeyVaultSecret keeps one Kubernetes Secret in step with secrets in an Azure Key Vault: kvsync re-reads the vault every spec.refreshInterval, writes the Secret only when a value changed, and (unless spec.target.reload is false) marks it so that annotated workloads restart on change. status.conditions[Ready] says whether the Secret is current and, if not, what to fix; `kvsync explain kvs/NAME` shows where each key comes from and what restarts when it changes.",
     status = "KeyVaultSecretStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
