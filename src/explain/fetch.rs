@@ -20,8 +20,8 @@ use super::{Target, keyvaultsecret, render, workload};
 use crate::api::KeyVaultSecret;
 use crate::reload::annotations::ResourceFlags;
 use crate::reload::index::WorkloadObservation;
-use crate::reload::kinds::{ResourceRef, WorkloadKind};
-use crate::reload::observe::{WorkloadObject, observe_workload};
+use crate::reload::kinds::ResourceRef;
+use crate::reload::observe::observe_workload;
 use crate::sync::target::OWNER_ANNOTATION;
 
 /// `kvsync explain`.
@@ -53,13 +53,13 @@ pub enum ExplainError {
     Client(#[source] kube::Error),
     #[error("{kind} {namespace}/{name} not found")]
     NotFound {
-        kind: &'static str,
+        kind: String,
         namespace: String,
         name: String,
     },
     #[error("cannot read {kind} {namespace}/{name}: {source}")]
     Read {
-        kind: &'static str,
+        kind: String,
         namespace: String,
         name: String,
         #[source]
@@ -92,62 +92,91 @@ async fn explain(
     namespace: &str,
     args: &ExplainArgs,
 ) -> Result<Report, ExplainError> {
-    let mut limits = Vec::new();
-    match &args.target {
+    // Each workload kind is read as its own type, then reduced by the reload stage.
+    let observation = match &args.target {
         Target::KeyVaultSecret(name) => {
-            let kvs: KeyVaultSecret = get(client, namespace, name).await?;
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-            let target = kvs.target_name();
-            let secret = match secrets.get_metadata_opt(&target).await {
-                Ok(meta) => meta.map(|m| m.metadata),
-                Err(error) => {
-                    limits.push(format!("Secret {target}: {error}"));
-                    None
-                }
-            };
-            let workloads = workloads(client, namespace, &mut limits).await;
-            Ok(Report::KeyVaultSecret(keyvaultsecret::explain(
-                &kvs,
-                secret.as_ref(),
-                &workloads,
-                limits,
-            )))
+            return explain_keyvaultsecret(client, namespace, name).await;
         }
-        Target::Workload(kind, name) => {
-            let observation = match kind {
-                WorkloadKind::Deployment => observe::<Deployment>(client, namespace, name).await,
-                WorkloadKind::StatefulSet => observe::<StatefulSet>(client, namespace, name).await,
-                WorkloadKind::DaemonSet => observe::<DaemonSet>(client, namespace, name).await,
-            }?;
-            let mut resources = BTreeMap::new();
-            resource_infos::<Secret>(
-                client,
-                namespace,
-                ResourceRef::secret,
-                &mut resources,
-                &mut limits,
-            )
-            .await;
-            resource_infos::<ConfigMap>(
-                client,
-                namespace,
-                ResourceRef::config_map,
-                &mut resources,
-                &mut limits,
-            )
-            .await;
-            let note =
-                last_reloaded_note(client, namespace, kind.as_str(), name, &mut limits).await;
-            let context = workload::Context {
-                resources: &resources,
-                last_reloaded_note: note.as_deref(),
-                min_reload_interval: args.min_reload_interval,
-                now: OffsetDateTime::now_utc(),
-                limits,
-            };
-            Ok(Report::Workload(workload::explain(&observation, &context)))
+        Target::Deployment(name) => {
+            observe_workload(&get::<Deployment>(client, namespace, name).await?)
+        }
+        Target::StatefulSet(name) => {
+            observe_workload(&get::<StatefulSet>(client, namespace, name).await?)
+        }
+        Target::DaemonSet(name) => {
+            observe_workload(&get::<DaemonSet>(client, namespace, name).await?)
         }
     }
+    .expect("a workload read from the server has a name and namespace");
+    explain_workload(client, observation, args.min_reload_interval).await
+}
+
+async fn explain_keyvaultsecret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Report, ExplainError> {
+    let mut limits = Vec::new();
+    let kvs: KeyVaultSecret = get(client, namespace, name).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let target = kvs.target_name();
+    let secret = match secrets.get_metadata_opt(&target).await {
+        Ok(meta) => meta.map(|m| m.metadata),
+        Err(error) => {
+            limits.push(format!("Secret {target}: {error}"));
+            None
+        }
+    };
+    let workloads = workloads(client, namespace, &mut limits).await;
+    Ok(Report::KeyVaultSecret(keyvaultsecret::explain(
+        &kvs,
+        secret.as_ref(),
+        &workloads,
+        limits,
+    )))
+}
+
+async fn explain_workload(
+    client: &kube::Client,
+    observation: WorkloadObservation,
+    min_reload_interval: Duration,
+) -> Result<Report, ExplainError> {
+    let mut limits = Vec::new();
+    let workload = &observation.workload;
+    let namespace = workload.namespace.as_str();
+    let mut resources = BTreeMap::new();
+    resource_infos::<Secret>(
+        client,
+        namespace,
+        ResourceRef::secret,
+        &mut resources,
+        &mut limits,
+    )
+    .await;
+    resource_infos::<ConfigMap>(
+        client,
+        namespace,
+        ResourceRef::config_map,
+        &mut resources,
+        &mut limits,
+    )
+    .await;
+    let note = last_reloaded_note(
+        client,
+        namespace,
+        workload.kind.as_str(),
+        &workload.name,
+        &mut limits,
+    )
+    .await;
+    let context = workload::Context {
+        resources: &resources,
+        last_reloaded_note: note.as_deref(),
+        min_reload_interval,
+        now: OffsetDateTime::now_utc(),
+        limits,
+    };
+    Ok(Report::Workload(workload::explain(&observation, &context)))
 }
 
 async fn get<K>(client: &kube::Client, namespace: &str, name: &str) -> Result<K, ExplainError>
@@ -157,17 +186,12 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    let kind = match K::kind(&()).as_ref() {
-        "KeyVaultSecret" => "KeyVaultSecret",
-        "Deployment" => "Deployment",
-        "StatefulSet" => "StatefulSet",
-        _ => "DaemonSet",
-    };
+    let kind = K::kind(&()).into_owned();
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     api.get_opt(name)
         .await
         .map_err(|source| ExplainError::Read {
-            kind,
+            kind: kind.clone(),
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             source,
@@ -179,18 +203,6 @@ where
         })
 }
 
-async fn observe<W: WorkloadObject>(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> Result<WorkloadObservation, ExplainError> {
-    let object: W = get(client, namespace, name).await?;
-    Ok(
-        observe_workload(&object)
-            .expect("a workload read from the server has a name and namespace"),
-    )
-}
-
 /// Every Deployment, StatefulSet and DaemonSet of the namespace, observed.
 async fn workloads(
     client: &kube::Client,
@@ -198,22 +210,30 @@ async fn workloads(
     limits: &mut Vec<String>,
 ) -> Vec<WorkloadObservation> {
     let mut observed = Vec::new();
-    list_observed::<Deployment>(client, namespace, &mut observed, limits).await;
-    list_observed::<StatefulSet>(client, namespace, &mut observed, limits).await;
-    list_observed::<DaemonSet>(client, namespace, &mut observed, limits).await;
+    let deployments = list::<Deployment>(client, namespace, limits).await;
+    observed.extend(deployments.iter().filter_map(observe_workload));
+    let stateful_sets = list::<StatefulSet>(client, namespace, limits).await;
+    observed.extend(stateful_sets.iter().filter_map(observe_workload));
+    let daemon_sets = list::<DaemonSet>(client, namespace, limits).await;
+    observed.extend(daemon_sets.iter().filter_map(observe_workload));
     observed
 }
 
-async fn list_observed<W: WorkloadObject>(
-    client: &kube::Client,
-    namespace: &str,
-    observed: &mut Vec<WorkloadObservation>,
-    limits: &mut Vec<String>,
-) {
-    let api: Api<W> = Api::namespaced(client.clone(), namespace);
+/// The namespace's objects of kind `K` (none, and a limit noted, when refused).
+async fn list<K>(client: &kube::Client, namespace: &str, limits: &mut Vec<String>) -> Vec<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     match api.list(&ListParams::default()).await {
-        Ok(list) => observed.extend(list.items.iter().filter_map(observe_workload)),
-        Err(error) => limits.push(format!("{}s: {error}", W::KIND.as_str())),
+        Ok(list) => list.items,
+        Err(error) => {
+            limits.push(format!("{}s: {error}", K::kind(&())));
+            Vec::new()
+        }
     }
 }
 

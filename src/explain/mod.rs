@@ -24,15 +24,15 @@ pub mod render;
 pub mod report;
 pub mod workload;
 
-use crate::reload::kinds::WorkloadKind;
-
 pub use fetch::{ExplainArgs, ExplainError, run};
 
 /// What to explain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     KeyVaultSecret(String),
-    Workload(WorkloadKind, String),
+    Deployment(String),
+    StatefulSet(String),
+    DaemonSet(String),
 }
 
 /// A target that is not `KIND/NAME` with a kind kvsync explains.
@@ -60,15 +60,9 @@ impl std::str::FromStr for Target {
             .to_ascii_lowercase();
         match kind.as_str() {
             "kvs" | "keyvaultsecret" | "keyvaultsecrets" => Ok(Target::KeyVaultSecret(name)),
-            "deploy" | "deployment" | "deployments" => {
-                Ok(Target::Workload(WorkloadKind::Deployment, name))
-            }
-            "sts" | "statefulset" | "statefulsets" => {
-                Ok(Target::Workload(WorkloadKind::StatefulSet, name))
-            }
-            "ds" | "daemonset" | "daemonsets" => {
-                Ok(Target::Workload(WorkloadKind::DaemonSet, name))
-            }
+            "deploy" | "deployment" | "deployments" => Ok(Target::Deployment(name)),
+            "sts" | "statefulset" | "statefulsets" => Ok(Target::StatefulSet(name)),
+            "ds" | "daemonset" | "daemonsets" => Ok(Target::DaemonSet(name)),
             _ => Err(error()),
         }
     }
@@ -80,7 +74,7 @@ mod tests {
 
     #[test]
     fn targets_are_read_like_kubectl_reads_them() {
-        let deployment = |n: &str| Target::Workload(WorkloadKind::Deployment, n.into());
+        let deployment = |n: &str| Target::Deployment(n.into());
         assert_eq!("kvs/db".parse(), Ok(Target::KeyVaultSecret("db".into())));
         assert_eq!(
             "keyvaultsecrets.kvsync.io/db".parse(),
@@ -88,10 +82,7 @@ mod tests {
         );
         assert_eq!("deploy/web".parse(), Ok(deployment("web")));
         assert_eq!("Deployment.apps/web".parse(), Ok(deployment("web")));
-        assert_eq!(
-            "sts/db".parse(),
-            Ok(Target::Workload(WorkloadKind::StatefulSet, "db".into()))
-        );
+        assert_eq!("sts/db".parse(), Ok(Target::StatefulSet("db".into())));
         for bad in ["web", "pod/web", "deployment/", "kvs/a/b"] {
             assert!(bad.parse::<Target>().is_err(), "{bad}");
         }
