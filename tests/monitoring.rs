@@ -336,6 +336,16 @@ async fn prometheus_finds_series_for_every_dashboard_query_and_alert() {
         },
     )
     .await;
+    // The object that never synced (refreshInterval 1s) is past two
+    // intervals: what KvsyncSecretStale compares, for this namespace only.
+    let stale = format!(
+        "max by (namespace) (kvsync_sync_age_interval_ratio{{namespace=\"{}\"}}) > 2",
+        f.ns.name
+    );
+    eventually("the namespace past two refresh intervals", WAIT, || async {
+        (prometheus.series(&stale).await? == 1).then_some(())
+    })
+    .await;
     f.assert_nothing_leaked(&["rotated-2x9kq", "rotated-3v7pw"])
         .await;
 }
