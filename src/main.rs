@@ -13,6 +13,8 @@ async fn main() -> std::process::ExitCode {
         _ => "text",
     };
     kvsync::telemetry::init(log_format);
+    // A command a person types (also as `kubectl kvsync`): a plain message.
+    let interactive = matches!(cli.command, Command::Explain(_));
     let result = match cli.command {
         Command::Run(args) => kvsync::run::run(*args).await.map_err(|e| e.to_string()),
         Command::Crd(args) => kvsync::run::crd(args).await.map_err(|e| e.to_string()),
@@ -20,6 +22,10 @@ async fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) if interactive => {
+            eprintln!("error: {message}");
+            std::process::ExitCode::FAILURE
+        }
         Err(message) => {
             tracing::error!("{message}");
             std::process::ExitCode::FAILURE

@@ -244,6 +244,17 @@ async fn explain_a_secret_a_restarted_and_an_unrestarted_workload() {
         &normalize(&String::from_utf8(out.stdout).unwrap(), &ns, &vault_url),
     );
 
+    let absent = Command::new(env!("CARGO_BIN_EXE_kvsync"))
+        .args(["explain", "kvs/absent", "-n", &ns])
+        .env("KUBECONFIG", &reader)
+        .output()
+        .unwrap();
+    assert!(!absent.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&absent.stderr),
+        format!("error: KeyVaultSecret {ns}/absent not found\n")
+    );
+
     // Allowed to read the workload only, explain still answers, and says
     // what it could not see.
     let partial = reader_kubeconfig(
