@@ -139,7 +139,14 @@ async fn explain_a_secret_a_restarted_and_an_unrestarted_workload() {
     .await;
     let ns = f.ns.name.clone();
     let vault_url = f.emulator.vault_url("shop");
-    f.synced_db("1h").await;
+    f.apply(
+        "db",
+        json!({"refreshInterval": "1h",
+               "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}],
+               "dataFrom": [{"extract": {"name": "app-config"}}]}),
+    )
+    .await;
+    f.wait_reason("db", "Synced").await;
     let config_map: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "settings"}, "data": {"mode": "fast"}}))
             .unwrap();

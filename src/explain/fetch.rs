@@ -1,8 +1,9 @@
 //! The I/O of `kvsync explain`: reads what the pure explanations need, with
 //! the caller's credentials, and prints the report. Each read needs only the
 //! permission `kubectl get` of the same object does; a read refused is listed
-//! in the report's limits instead of failing the command. Secrets are read as
-//! metadata only (names and annotations, never data).
+//! in the report's limits instead of failing the command. Of Secrets only
+//! names, annotations and (for a KeyVaultSecret's target) key names are kept;
+//! values are dropped as soon as they arrive.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -120,8 +121,12 @@ async fn explain_keyvaultsecret(
     let kvs: KeyVaultSecret = get(client, namespace, name).await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let target = kvs.target_name();
-    let secret = match secrets.get_metadata_opt(&target).await {
-        Ok(meta) => meta.map(|m| m.metadata),
+    // Key names only: the data is dropped here, never reaching the report.
+    let secret = match secrets.get_opt(&target).await {
+        Ok(secret) => secret.map(|secret| keyvaultsecret::TargetSecret {
+            keys: secret.data.unwrap_or_default().into_keys().collect(),
+            metadata: secret.metadata,
+        }),
         Err(error) => {
             limits.push(format!("Secret {target}: {error}"));
             None

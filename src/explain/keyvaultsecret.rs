@@ -14,18 +14,25 @@ use crate::reload::annotations::ResourceFlags;
 use crate::reload::index::WorkloadObservation;
 use crate::reload::kinds::ResourceRef;
 
-/// Explains `kvs`, given its target Secret's metadata (`None`: absent) and
-/// the workloads of its namespace.
+/// The target Secret as explain sees it: metadata and key names, no values.
+#[derive(Clone, Debug, Default)]
+pub struct TargetSecret {
+    pub metadata: ObjectMeta,
+    pub keys: Vec<String>,
+}
+
+/// Explains `kvs`, given its target Secret (`None`: absent or unreadable)
+/// and the workloads of its namespace.
 pub fn explain(
     kvs: &KeyVaultSecret,
-    secret: Option<&ObjectMeta>,
+    secret: Option<&TargetSecret>,
     workloads: &[WorkloadObservation],
     limits: Vec<String>,
 ) -> KeyVaultSecretReport {
     let status = kvs.status.clone().unwrap_or_default();
     let target = kvs.target_name();
     let annotations = secret
-        .and_then(|s| s.annotations.clone())
+        .and_then(|s| s.metadata.annotations.clone())
         .unwrap_or_default();
     let flags = ResourceFlags::from_annotations(&annotations);
     let resource = ResourceRef::secret(target.clone());
@@ -66,7 +73,10 @@ pub fn explain(
         vault_url: kvs.spec.vault_url.clone(),
         secret: target,
         secret_exists: secret.is_some(),
-        keys: key_sources(kvs, &status.synced_versions),
+        keys: per_key(
+            key_sources(kvs, &status.synced_versions),
+            secret.map(|s| s.keys.as_slice()),
+        ),
         refresh: refresh(kvs),
         condition,
         last_sync_time: status.last_sync_time.as_ref().map(super::render::kube_time),
@@ -76,6 +86,67 @@ pub fn explain(
         restarts,
         limits,
     }
+}
+
+/// The spec's sources attributed to the Secret's actual keys (`None`: the
+/// Secret could not be read, so the sources are listed as the spec has them).
+/// A `data` entry names its key, a certificate makes `tls.crt`/`tls.key`,
+/// `find` names a key after the vault secret it read, and `extract` makes the
+/// rest; a key none of them made is someone else's (`creationPolicy: Merge`).
+/// Sources whose key is not in the Secret follow, marked so.
+fn per_key(sources: Vec<KeySource>, keys: Option<&[String]>) -> Vec<KeySource> {
+    let Some(keys) = keys else {
+        return sources;
+    };
+    let source_of = |key: &str| -> Option<KeySource> {
+        let by_from = |from: &str| sources.iter().find(|s| s.from == from);
+        let found = sources
+            .iter()
+            .find(|s| s.from == "data" && s.key == key)
+            .or_else(|| {
+                by_from("dataFrom.certificate").filter(|_| key == "tls.crt" || key == "tls.key")
+            })
+            .or_else(|| {
+                by_from("dataFrom.find").filter(|s| s.synced.keys().any(|name| name == key))
+            })
+            .or_else(|| by_from("dataFrom.extract"))?;
+        let mut source = found.clone();
+        if source.from == "dataFrom.find" {
+            source.synced.retain(|name, _| name == key);
+        }
+        source.key = key.to_owned();
+        Some(source)
+    };
+    let mut attributed: Vec<KeySource> = keys
+        .iter()
+        .map(|key| {
+            source_of(key).unwrap_or_else(|| KeySource {
+                key: key.clone(),
+                from: "another writer",
+                vault_secret: "-".to_owned(),
+                version: "-".to_owned(),
+                property: None,
+                decoding: "-".to_owned(),
+                synced: BTreeMap::new(),
+                in_secret: true,
+            })
+        })
+        .collect();
+    let made = |source: &KeySource| {
+        attributed
+            .iter()
+            .any(|a| a.from == source.from && a.vault_secret == source.vault_secret)
+    };
+    let missing: Vec<KeySource> = sources
+        .iter()
+        .filter(|s| !(s.from == "data" && keys.contains(&s.key)) && !(s.from != "data" && made(s)))
+        .map(|s| KeySource {
+            in_secret: false,
+            ..s.clone()
+        })
+        .collect();
+    attributed.extend(missing);
+    attributed
 }
 
 fn what_to_do(status: &str, current: bool) -> String {
@@ -142,6 +213,7 @@ fn key_sources(kvs: &KeyVaultSecret, versions: &BTreeMap<String, String>) -> Vec
                 property: remote.property.clone(),
                 decoding: decoding(remote.decoding_strategy),
                 synced: synced(versions, &remote.name),
+                in_secret: true,
             }
         })
         .collect();
@@ -158,6 +230,7 @@ fn key_sources(kvs: &KeyVaultSecret, versions: &BTreeMap<String, String>) -> Vec
                     property: None,
                     decoding: decoding(extract.decoding_strategy),
                     synced: synced(versions, &extract.name),
+                    in_secret: true,
                 });
             }
             Some(DataFromSource::Certificate(certificate)) => {
@@ -170,6 +243,7 @@ fn key_sources(kvs: &KeyVaultSecret, versions: &BTreeMap<String, String>) -> Vec
                     property: None,
                     decoding: "certificate (PEM or PKCS#12)".to_owned(),
                     synced: synced(versions, &certificate.name),
+                    in_secret: true,
                 });
             }
             Some(DataFromSource::Find(find)) => finds.push(find),
@@ -199,6 +273,7 @@ fn key_sources(kvs: &KeyVaultSecret, versions: &BTreeMap<String, String>) -> Vec
             property: None,
             decoding: decoding(find.decoding_strategy),
             synced: found.clone(),
+            in_secret: true,
         });
     }
     sources
@@ -291,9 +366,14 @@ mod tests {
 
     #[test]
     fn workloads_that_restart_are_listed_with_their_rule() {
-        let secret = ObjectMeta {
-            annotations: Some([(RELOADER_MATCH_ANNOTATION.to_owned(), "true".to_owned())].into()),
-            ..Default::default()
+        let secret = TargetSecret {
+            metadata: ObjectMeta {
+                annotations: Some(
+                    [(RELOADER_MATCH_ANNOTATION.to_owned(), "true".to_owned())].into(),
+                ),
+                ..Default::default()
+            },
+            keys: vec!["password".into()],
         };
         let workloads = [
             workload("auto", json!({"reloader.stakater.com/auto": "true"})),
@@ -314,5 +394,34 @@ mod tests {
         assert_eq!(names, ["Deployment/auto", "Deployment/search"]);
         assert!(report.reload_marked);
         assert!(report.secret_exists);
+    }
+
+    #[test]
+    fn the_secret_keys_are_attributed_to_their_sources() {
+        let secret = TargetSecret {
+            metadata: ObjectMeta::default(),
+            keys: ["app-alpha", "foreign", "password"]
+                .map(String::from)
+                .to_vec(),
+        };
+        let report = explain(&kvs(), Some(&secret), &[], Vec::new());
+        let keys: Vec<(&str, &str, bool)> = report
+            .keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.from, k.in_secret))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("app-alpha", "dataFrom.find", true),
+                ("foreign", "another writer", true),
+                ("password", "data", true),
+                ("user", "data", false),
+            ]
+        );
+        assert_eq!(
+            report.keys[0].synced,
+            [("app-alpha".to_owned(), "v7".to_owned())].into()
+        );
     }
 }

@@ -45,7 +45,12 @@ fn keyvaultsecret(r: &KeyVaultSecretReport) -> String {
     let _ = writeln!(out, "  secret:  {}{exists}", r.secret);
     let _ = writeln!(out, "\nKeys (values are never shown):");
     for key in &r.keys {
-        let _ = writeln!(out, "  {}", key.key);
+        let absent = if key.in_secret {
+            ""
+        } else {
+            " (not in the Secret)"
+        };
+        let _ = writeln!(out, "  {}{absent}", key.key);
         let _ = writeln!(
             out,
             "    from:     {} {} ({})",

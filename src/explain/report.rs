@@ -59,6 +59,8 @@ pub struct KeySource {
     pub decoding: String,
     /// The versions in the Secret now (vault secret → version), from status.
     pub synced: BTreeMap<String, String>,
+    /// False: the spec says so, but the Secret has no such key (yet).
+    pub in_secret: bool,
 }
 
 /// When the vault is read again.
