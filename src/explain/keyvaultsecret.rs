@@ -139,7 +139,14 @@ fn per_key(sources: Vec<KeySource>, keys: Option<&[String]>) -> Vec<KeySource> {
     };
     let missing: Vec<KeySource> = sources
         .iter()
-        .filter(|s| !(s.from == "data" && keys.contains(&s.key)) && !(s.from != "data" && made(s)))
+        .filter(|s| {
+            let produced = if s.from == "data" {
+                keys.contains(&s.key)
+            } else {
+                made(s)
+            };
+            !produced
+        })
         .map(|s| KeySource {
             in_secret: false,
             ..s.clone()
