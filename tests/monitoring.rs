@@ -133,6 +133,21 @@ fn monitoring_is_off_by_default() {
     );
 }
 
+/// The dashboard ConfigMap is valid for the API server (names, labels, size).
+#[tokio::test]
+async fn the_dashboard_configmap_is_accepted_by_the_api_server() {
+    let Some(docs) = monitoring_manifests() else {
+        return;
+    };
+    let dashboard = the(&docs, "ConfigMap");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "dashboard").await;
+    apply_manifest(&client, dashboard.clone(), &ns.name, false, true)
+        .await
+        .unwrap();
+}
+
 /// A Prometheus server (Debian's binary) scraping one target every second.
 struct Prometheus {
     child: Child,
