@@ -30,6 +30,12 @@ pub use crate::reload::metrics::ReloadMetrics;
 /// Prefix of every metric name.
 const PREFIX: &str = "kvsync";
 
+/// Distinct `vault` label values: whoever may create a KeyVaultSecret names
+/// its vault host, so the label set is capped; later hosts count as
+/// [`OTHER_VAULTS`].
+const MAX_VAULT_LABELS: usize = 64;
+const OTHER_VAULTS: &str = "other";
+
 /// The metrics of both stages, registered into one registry.
 pub struct Metrics {
     pub sync: SyncMetrics,
@@ -54,7 +60,8 @@ struct OutcomeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VaultCallLabels {
-    /// The vault's host (vaults are few: one per team or environment).
+    /// The vault's host (vaults are few: one per team or environment), or
+    /// [`OTHER_VAULTS`] past [`MAX_VAULT_LABELS`].
     vault: String,
     operation: &'static str,
     result: &'static str,
@@ -81,6 +88,8 @@ pub struct SyncMetrics {
     syncs: Family<OutcomeLabels, Counter>,
     sync_duration: Family<OutcomeLabels, Histogram>,
     vault_calls: Family<VaultCallLabels, Counter>,
+    /// The hosts that have a `vault` label of their own.
+    vault_labels: Arc<Mutex<std::collections::HashSet<String>>>,
     errors: Family<ErrorLabels, Counter>,
     in_flight: Gauge,
     staleness: Arc<Mutex<Staleness>>,
@@ -149,6 +158,7 @@ impl SyncMetrics {
                 Histogram::new(exponential_buckets(0.005, 2.0, 14))
             }),
             vault_calls: Family::default(),
+            vault_labels: Arc::default(),
             errors: Family::default(),
             in_flight: Gauge::default(),
             staleness: Arc::default(),
@@ -199,11 +209,22 @@ impl SyncMetrics {
     pub fn observe_vault_call(&self, vault: &str, operation: &'static str, result: &'static str) {
         self.vault_calls
             .get_or_create(&VaultCallLabels {
-                vault: vault.to_owned(),
+                vault: self.vault_label(vault),
                 operation,
                 result,
             })
             .inc();
+    }
+
+    /// `vault` itself while fewer than [`MAX_VAULT_LABELS`] hosts have one.
+    fn vault_label(&self, vault: &str) -> String {
+        let mut labels = self.vault_labels.lock().unwrap();
+        if labels.contains(vault) || labels.len() < MAX_VAULT_LABELS {
+            labels.insert(vault.to_owned());
+            vault.to_owned()
+        } else {
+            OTHER_VAULTS.to_owned()
+        }
     }
 
     /// The object's Secret was confirmed current now.
@@ -265,6 +286,18 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+        for n in 0..MAX_VAULT_LABELS + 5 {
+            metrics.observe_vault_call(&format!("v{n}.vault.azure.net"), "get", "ok");
+        }
+        metrics.observe_vault_call("shop-kv.vault.azure.net", "get", "ok");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let vaults: std::collections::HashSet<&str> = text
+            .lines()
+            .filter_map(|l| l.split("vault=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(vaults.len(), MAX_VAULT_LABELS + 1, "capped, plus `other`");
+        assert!(vaults.contains("other") && vaults.contains("shop-kv.vault.azure.net"));
         metrics.forget_object("shop/api");
         metrics.retain_objects(|_| false);
         let mut text = String::new();
