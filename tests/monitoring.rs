@@ -326,11 +326,20 @@ async fn prometheus_finds_series_for_every_dashboard_query_and_alert() {
     f.emulator
         .set_secret("shop", "db-password", "rotated-3v7pw")
         .await;
+    eventually("the second restart deferred", WAIT, || async {
+        f.metrics()
+            .await
+            .contains("kvsync_reload_skipped_total{reason=\"rate_limited\"}")
+            .then_some(())
+    })
+    .await;
+    // Enough 429s that a sync reads one, whether it or the vault's listing
+    // poller meets them first (the poller's failure answers syncs for a while).
     f.emulator
         .control(
             Method::POST,
             "faults",
-            Some(json!({"target": "vault:shop", "count": 3, "kind": {"status": 429}})),
+            Some(json!({"target": "vault:shop", "count": 10, "kind": {"status": 429}})),
         )
         .await;
 
