@@ -19,6 +19,7 @@
 //!   jwksFile: jwks.json              # or, without it, OIDC discovery at the issuer,
 //!   caFile: ca.crt                   #   trusting this CA (default: system roots)
 //!   bearerTokenFile: token           #   and sending this bearer token (read per fetch)
+//! serviceLimits: {}                  # optional: Key Vault's throttling (see limits.rs)
 //! ```
 //!
 //! Relative paths are resolved against the seed file's directory. Everything is
@@ -26,6 +27,7 @@
 //! not later as a puzzling 401.
 
 use super::directory::{App, AppRegistration, RegistrationError, is_valid_tenant};
+use super::limits::LimitsConfig;
 use super::store::{NewSecret, StoreError, validate_new_secret};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -102,6 +104,7 @@ struct SeedFile {
     apps: Vec<AppRegistration>,
     #[serde(default)]
     issuers: Vec<IssuerSeed>,
+    service_limits: Option<LimitsConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +166,8 @@ pub struct Config {
     pub issuers: BTreeMap<String, KeySourceConfig>,
     /// What app registrations (here and at runtime) may refer to.
     pub known_names: KnownNames,
+    /// Key Vault's throttling, when the seed asks for it ([`crate::limits`]).
+    pub service_limits: Option<LimitsConfig>,
 }
 
 /// Reads and validates a seed file.
@@ -261,6 +266,7 @@ fn validate(seed: SeedFile, base_dir: &Path) -> Result<Config, ConfigError> {
         apps,
         issuers,
         known_names: known,
+        service_limits: seed.service_limits,
     })
 }
 

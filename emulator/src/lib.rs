@@ -10,6 +10,7 @@
 //!                             │                             federated credentials, access grants}
 //!                             ├─ IssuerKeys   outside issuer ─▶ JWKS (file or OIDC discovery), cached
 //!                             ├─ TokenAuthority  RSA key signing/verifying access tokens
+//!                             ├─ ServiceLimits  per vault and operation class (429 past them)
 //!                             └─ FaultPlan, Counters, IssuedCredentials   (for tests)
 //!
 //!  HTTPS, certificate from a CA made at start (<state-dir>/ca.pem):
@@ -48,6 +49,7 @@ mod endpoints;
 mod entra;
 mod faults;
 mod issuers;
+mod limits;
 mod observed;
 mod responses;
 mod state;

@@ -5,6 +5,7 @@ use super::config::{Config, KnownNames};
 use super::directory::Directory;
 use super::faults::FaultPlan;
 use super::issuers::IssuerKeys;
+use super::limits::ServiceLimits;
 use super::observed::{Counters, IssuedCredentials};
 use super::store::{VaultStore, VersionId};
 use super::tokens::{KEY_VAULT_RESOURCE, TokenAuthority};
@@ -33,6 +34,7 @@ pub struct Emulator {
     pub directory: Mutex<Directory>,
     pub faults: Mutex<FaultPlan>,
     pub counters: Mutex<Counters>,
+    pub limits: Mutex<ServiceLimits>,
     pub issued: Mutex<IssuedCredentials>,
     /// The vaults' clock (skewable through the control API).
     pub vault_clock: VaultClock,
@@ -91,6 +93,7 @@ impl Emulator {
             directory: Mutex::new(directory),
             faults: Mutex::new(FaultPlan::default()),
             counters: Mutex::new(Counters::default()),
+            limits: Mutex::new(ServiceLimits::new(config.service_limits)),
             issued: Mutex::new(IssuedCredentials::default()),
             vault_clock: VaultClock::default(),
         }

@@ -1,9 +1,11 @@
 //! What happens to every request of an Azure surface (a vault or Entra) around its
-//! handler: it is counted, it may be failed or held by an injected fault, and the
-//! response gets an `x-ms-request-id` as Azure's do.
+//! handler: it is counted, it may be failed or held by an injected fault or (a
+//! vault's) refused past the service limits, and the response gets an
+//! `x-ms-request-id` as Azure's do.
 
 use super::entra::EntraError;
 use super::faults::{FaultKind, FaultTarget, StatusFault};
+use super::limits::OperationClass;
 use super::responses::ServiceError;
 use super::state::{Emulator, lock};
 use axum::extract::{MatchedPath, Request, State};
@@ -11,7 +13,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 
@@ -34,6 +36,18 @@ impl Surface {
                 EntraError::injected(status, fault.retry_after_seconds).into_response()
             }
         }
+    }
+
+    /// Key Vault's 429 when a vault's service limit refuses the request.
+    fn throttled(&self, method: &str, route: &str) -> Option<Response> {
+        let FaultTarget::Vault(vault) = &self.target else {
+            return None;
+        };
+        let class = OperationClass::of(method, route);
+        let refused = lock(&self.emulator.limits)
+            .admit(vault, class, Instant::now())
+            .err()?;
+        Some(ServiceError::throttled(refused.retry_after_seconds).into_response())
     }
 }
 
@@ -67,7 +81,10 @@ pub async fn observe(
             tokio::time::sleep(Duration::from_millis(hang.hang_ms)).await;
             next.run(request).await
         }
-        None => next.run(request).await,
+        None => match surface.throttled(&method, route) {
+            Some(throttled) => throttled,
+            None => next.run(request).await,
+        },
     };
     let request_id = uuid::Uuid::new_v4().hyphenated().to_string();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
