@@ -12,10 +12,21 @@
 //! KeyVaultSecret unnoticed for over 20 s after a kube-apiserver restart).
 //! kube-runtime's own idle timeout covers only a stream that already
 //! answered, not a request still waiting for its response.
+//!
+//! The operator's client counts every request it sends
+//! (`kvsync_kubernetes_requests_total{method, watch}`, a layer on kube's
+//! tower stack), so that the API-server load of an idle operator can be
+//! measured apart from its watches.
 
 use std::time::Duration;
 
+use kube::client::{Body, ClientBuilder};
 use kube::runtime::watcher;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tower::util::MapRequestLayer;
 
 /// How long the server keeps one watch open.
 pub const WATCH_TIMEOUT_SECS: u32 = 25;
@@ -23,16 +34,97 @@ pub const WATCH_TIMEOUT_SECS: u32 = 25;
 /// may legitimately stay quiet.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(WATCH_TIMEOUT_SECS as u64 + 10);
 
-/// A client from the environment (in-cluster or kubeconfig), with the read timeout.
-pub async fn client() -> Result<kube::Client, kube::Error> {
+/// The configuration from the environment (in-cluster or kubeconfig), with the read timeout.
+async fn config() -> Result<kube::Config, kube::Error> {
     let mut config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;
     config.read_timeout = Some(READ_TIMEOUT);
-    kube::Client::try_from(config)
+    Ok(config)
+}
+
+/// A client from the environment, with the read timeout.
+pub async fn client() -> Result<kube::Client, kube::Error> {
+    kube::Client::try_from(config().await?)
+}
+
+/// A client from the environment, with the read timeout, counting its requests in `requests`.
+pub async fn counted_client(requests: ApiRequests) -> Result<kube::Client, kube::Error> {
+    let count = MapRequestLayer::new(move |request: http::Request<Body>| {
+        requests.observe(&request);
+        request
+    });
+    Ok(ClientBuilder::try_from(config().await?)?
+        .with_layer(&count)
+        .build())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiRequestLabels {
+    method: String,
+    /// `"true"` for a watch (long-running), `"false"` for everything else.
+    watch: &'static str,
+}
+
+/// API-server requests sent, by HTTP method and whether they are watches.
+#[derive(Clone, Debug, Default)]
+pub struct ApiRequests(Family<ApiRequestLabels, Counter>);
+
+impl ApiRequests {
+    /// Adds the counter to `registry` (name relative to its prefix).
+    pub fn register(registry: &mut Registry) -> Self {
+        let requests = Self::default();
+        registry.register(
+            "kubernetes_requests",
+            "Requests sent to the API server, by HTTP method and whether they are watches",
+            requests.0.clone(),
+        );
+        requests
+    }
+
+    fn observe<B>(&self, request: &http::Request<B>) {
+        let watch = request
+            .uri()
+            .query()
+            .is_some_and(|query| query.split('&').any(|pair| pair == "watch=true"));
+        self.0
+            .get_or_create(&ApiRequestLabels {
+                method: request.method().as_str().to_owned(),
+                watch: if watch { "true" } else { "false" },
+            })
+            .inc();
+    }
 }
 
 /// The configuration every watch of kvsync starts from.
 pub fn watch_config() -> watcher::Config {
     watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_method_apart_from_watches() {
+        let mut registry = Registry::default();
+        let requests = ApiRequests::register(&mut registry);
+        for uri in [
+            "/api/v1/namespaces/a/secrets?labelSelector=x&watch=true&timeoutSeconds=25",
+            "/api/v1/namespaces/a/secrets?labelSelector=x",
+            "/api/v1/namespaces/a/secrets/s",
+        ] {
+            requests.observe(&http::Request::get(uri).body(()).unwrap());
+        }
+        requests.observe(&http::Request::patch("/apis/apps/v1/x").body(()).unwrap());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            r#"kubernetes_requests_total{method="GET",watch="true"} 1"#,
+            r#"kubernetes_requests_total{method="GET",watch="false"} 2"#,
+            r#"kubernetes_requests_total{method="PATCH",watch="false"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
 }

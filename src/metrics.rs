@@ -8,7 +8,8 @@
 //!
 //! ```text
 //!  Registry ── "kvsync" prefix ──┬─ SyncMetrics   ──▶ sync::Context
-//!     │                          └─ ReloadMetrics ──▶ reload::run
+//!     │                          ├─ ReloadMetrics ──▶ reload::run
+//!     │                          └─ ApiRequests   ──▶ the kube client (cluster::counted_client)
 //!     └──▶ /metrics
 //! ```
 
@@ -23,6 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::cluster::ApiRequests;
 use crate::sync::staleness::Staleness;
 
 pub use crate::reload::metrics::ReloadMetrics;
@@ -40,6 +42,8 @@ const OTHER_VAULTS: &str = "other";
 pub struct Metrics {
     pub sync: SyncMetrics,
     pub reload: ReloadMetrics,
+    /// Counted by the operator's kube client ([`crate::cluster::counted_client`]).
+    pub api_requests: ApiRequests,
 }
 
 impl Metrics {
@@ -49,6 +53,7 @@ impl Metrics {
         Metrics {
             sync: SyncMetrics::register(registry),
             reload: ReloadMetrics::register(registry),
+            api_requests: ApiRequests::register(registry),
         }
     }
 }

@@ -136,10 +136,12 @@ struct Stages {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let client = crate::cluster::client().await.map_err(RunError::Client)?;
-    let vault = vault_access(&client, &args)?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let client = crate::cluster::counted_client(metrics.api_requests.clone())
+        .await
+        .map_err(RunError::Client)?;
+    let vault = vault_access(&client, &args)?;
     let shutdown = Shutdown::new();
     let server = serve_probes_and_metrics(args.metrics_addr, registry, &shutdown).await?;
 

@@ -219,7 +219,11 @@ mod tests {
             limits.admit("shop", OperationClass::Other, at(10_000)),
             Ok(())
         );
-        assert!(limits.admit("shop", OperationClass::Other, at(10_001)).is_err());
+        assert!(
+            limits
+                .admit("shop", OperationClass::Other, at(10_001))
+                .is_err()
+        );
         assert_eq!(
             limits.admit("shop", OperationClass::Other, at(14_000)),
             Ok(())

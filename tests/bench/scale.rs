@@ -4,16 +4,26 @@
 //! ```text
 //! cargo bench --bench scale -- [--sizes 100,1000] [--vault-secrets 100] [--interval 30s]
 //!                              [--unrelated-secrets 0] [--deployments 0] [--samples 10]
+//!                              [--fanout 0] [--kv-limits on|off]
 //! ```
 //!
 //! For each change-detection mode and size N it creates N KeyVaultSecrets
 //! over the vault's secrets (round robin) and measures: time until all are
 //! Ready; Key Vault requests in an idle refresh cycle and in one where 1 % of
 //! the vault secrets changed; Kubernetes writes (Secret and status
-//! resourceVersion changes) in the idle cycle; latency from a vault change to
+//! resourceVersion changes) in the idle cycle; the operator's API-server
+//! requests in the idle cycle, watches excluded, per minute (its
+//! `kvsync_kubernetes_requests_total`); latency from a vault change to
 //! the Secret updated (and to the Deployment template patched when
-//! `--deployments` > 0), with and without `kvsync.io/force-sync`; and the
-//! operator's peak RSS. It prints one table and the ratios of the two modes.
+//! `--deployments` > 0), with and without `kvsync.io/force-sync`; the
+//! 429s the vault answered over the whole run; and the operator's peak RSS.
+//! With `--fanout M` (largest size only) M more Deployments use one Secret
+//! (`kvs-fan`), and the time from forcing its change to all M templates
+//! patched is measured. It prints one table and the ratios of the two modes.
+//!
+//! The emulator enforces Key Vault's documented service limits (4,000
+//! transactions per 10 s per vault, 300 secret creates) unless
+//! `--kv-limits off`: both modes meet the 429s a real vault would send.
 //!
 //! ```text
 //! cargo bench --bench scale -- --churn 5000 [--cycles 2] [--interval 30s] [--sweep-wait 11m]
@@ -65,6 +75,8 @@ struct Options {
     churn: Option<usize>,
     cycles: usize,
     sweep_wait: Duration,
+    fanout: usize,
+    kv_limits: bool,
 }
 
 fn options() -> Options {
@@ -78,6 +90,8 @@ fn options() -> Options {
         churn: None,
         cycles: 2,
         sweep_wait: Duration::from_secs(660),
+        fanout: 0,
+        kv_limits: true,
     };
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -106,6 +120,8 @@ fn options() -> Options {
             "--sweep-wait" => {
                 options.sweep_wait = humantime::parse_duration(value).expect("--sweep-wait 11m")
             }
+            "--fanout" => options.fanout = value.parse().expect("--fanout N"),
+            "--kv-limits" => options.kv_limits = value == "on",
             other => panic!("unknown option {other}"),
         }
     }
@@ -126,6 +142,12 @@ struct Row {
     rollout_latency: Vec<Duration>,
     forced_rollout_latency: Vec<Duration>,
     peak_rss_mib: f64,
+    /// 429s the vault answered over the whole run.
+    throttled: u64,
+    /// The operator's API-server requests (watches excluded) per minute of the idle cycle.
+    idle_api_requests_per_minute: f64,
+    /// Forced change of the shared Secret → every one of the `--fanout` templates patched.
+    fanout_rollout: Option<Duration>,
 }
 
 fn percentile(samples: &[Duration], p: f64) -> String {
@@ -175,6 +197,33 @@ async fn versions(client: &kube::Client, ns: &str) -> BTreeMap<String, String> {
         );
     }
     out
+}
+
+/// 429s in the emulator's counters.
+fn throttled(counters: &Value) -> u64 {
+    counters["byStatus"]["429"].as_u64().unwrap_or_default()
+}
+
+/// The operator's `kvsync_kubernetes_requests_total`, watches excluded.
+async fn api_requests(operator: &Operator) -> u64 {
+    let base = eventually(
+        "the metrics address in the log",
+        Duration::from_secs(60),
+        || async { metrics_url(&operator.process.output()) },
+    )
+    .await;
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("kvsync_kubernetes_requests_total{") && l.contains(r#"watch="false""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 fn vault_requests(counters: &Value) -> u64 {
@@ -263,12 +312,15 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
     let secrets: Vec<Value> = (0..options.vault_secrets)
         .map(|i| json!({"name": secret_name(i), "value": format!("v0-{i}")}))
         .collect();
-    let emulator = Emulator::start(json!({
+    let mut seed = json!({
         "vaults": [{"name": "shop", "secrets": secrets}],
         "apps": [{"tenantId": TENANT, "clientId": SECRET_APP, "clientSecret": SECRET_APP_PASSWORD,
                   "access": [{"vault": "shop", "secrets": ["*"]}]}]
-    }))
-    .await;
+    });
+    if options.kv_limits {
+        seed["serviceLimits"] = json!({});
+    }
+    let emulator = Emulator::start(seed).await;
     let secret_api: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let creds: Secret = serde_json::from_value(
         json!({"metadata": {"name": "kv-creds"}, "stringData": {"clientSecret": SECRET_APP_PASSWORD}}),
@@ -305,22 +357,15 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
     } else {
         options.deployments.min(size).min(100)
     };
-    stream::iter(0..deployment_count)
-        .for_each_concurrent(16, |i| {
-            let api = deployments.clone();
-            async move {
-                let d: Deployment = serde_json::from_value(json!({
-                    "metadata": {"name": format!("app-{i}"), "annotations": {"reloader.stakater.com/auto": "true"}},
-                    "spec": {"replicas": 0, "selector": {"matchLabels": {"app": format!("app-{i}")}},
-                        "template": {"metadata": {"labels": {"app": format!("app-{i}")}},
-                            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9",
-                                "envFrom": [{"secretRef": {"name": format!("kvs-{i}")}}]}]}}}
-                }))
-                .unwrap();
-                api.create(&PostParams::default(), &d).await.unwrap();
-            }
-        })
-        .await;
+    create_deployments(&deployments, 0..deployment_count, |i| {
+        (format!("app-{i}"), format!("kvs-{i}"))
+    })
+    .await;
+    let fanout = if largest { options.fanout } else { 0 };
+    create_deployments(&deployments, 0..fanout, |i| {
+        (format!("fan-{i}"), FANOUT_SECRET.to_owned())
+    })
+    .await;
 
     let interval = interval_text(options.interval);
     let operator = Operator::start(&emulator, &ns.name, &["--change-detection", mode]);
@@ -350,9 +395,17 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
     // `updated` has one-second resolution), and reload baselines are written.
     tokio::time::sleep(options.interval.mul_f64(1.1)).await;
     let before = versions(&client, &ns.name).await;
+    row.throttled += throttled(&emulator.counters().await);
     emulator.control(Method::POST, "counters/reset", None).await;
+    let api_before = api_requests(&operator).await;
+    let idle_start = Instant::now();
     tokio::time::sleep(options.interval.mul_f64(1.1)).await;
-    row.idle_requests = vault_requests(&emulator.counters().await);
+    let idle_api_requests = api_requests(&operator).await - api_before;
+    row.idle_api_requests_per_minute =
+        idle_api_requests as f64 * 60.0 / idle_start.elapsed().as_secs_f64();
+    let counters = emulator.counters().await;
+    row.idle_requests = vault_requests(&counters);
+    row.throttled += throttled(&counters);
     let after = versions(&client, &ns.name).await;
     row.idle_writes = after
         .iter()
@@ -373,26 +426,7 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
     // Latency: vault change → Secret updated (every KeyVaultSecret using it) → Deployment patched.
     let rotated: Vec<usize> =
         (changed..changed + options.samples.min(options.vault_secrets - changed)).collect();
-    let templates =
-        |deployments: Vec<Deployment>| -> BTreeMap<String, Option<BTreeMap<String, String>>> {
-            deployments
-                .into_iter()
-                .map(|d| {
-                    let annotations = d
-                        .spec
-                        .and_then(|s| s.template.metadata)
-                        .and_then(|m| m.annotations);
-                    (d.metadata.name.unwrap_or_default(), annotations)
-                })
-                .collect()
-        };
-    let templates_before = templates(
-        deployments
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items,
-    );
+    let templates_before = template_annotations(&deployments, "app-").await;
     let rotation_start = Instant::now();
     for &i in &rotated {
         emulator
@@ -437,13 +471,7 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
             }
         }
         if !pending_rollouts.is_empty() {
-            let now = templates(
-                deployments
-                    .list(&ListParams::default())
-                    .await
-                    .unwrap()
-                    .items,
-            );
+            let now = template_annotations(&deployments, "app-").await;
             pending_rollouts.retain(|name| {
                 let rolled = now.get(name) != templates_before.get(name);
                 if rolled {
@@ -495,8 +523,140 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
             row.forced_rollout_latency.push(rolled);
         }
     }
+    if fanout > 0 {
+        row.fanout_rollout =
+            Some(fanout_rollout(&emulator, &client, &ns.name, &interval, fanout).await);
+    }
+    row.throttled += throttled(&emulator.counters().await);
     row.peak_rss_mib = rss_mib(operator.process.pid(), "VmHWM:");
     row
+}
+
+/// The Secret the `--fanout` Deployments use, and the vault secret it holds.
+const FANOUT_SECRET: &str = "kvs-fan";
+const FANOUT_VAULT_SECRET: &str = "fan";
+
+/// Creates Deployments (no replicas, `reloader.stakater.com/auto`) named and
+/// using the Secret `name_and_secret(i)` says, 16 at a time.
+async fn create_deployments(
+    api: &Api<Deployment>,
+    range: std::ops::Range<usize>,
+    name_and_secret: impl Fn(usize) -> (String, String),
+) {
+    stream::iter(range)
+        .for_each_concurrent(16, |i| {
+            let api = api.clone();
+            let (name, secret) = name_and_secret(i);
+            async move {
+                let d: Deployment = serde_json::from_value(json!({
+                    "metadata": {"name": name, "annotations": {"reloader.stakater.com/auto": "true"}},
+                    "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                        "template": {"metadata": {"labels": {"app": name}},
+                            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9",
+                                "envFrom": [{"secretRef": {"name": secret}}]}]}}}
+                }))
+                .unwrap();
+                api.create(&PostParams::default(), &d).await.unwrap();
+            }
+        })
+        .await;
+}
+
+/// The pod template annotations of the Deployments whose names start with `prefix`.
+async fn template_annotations(
+    api: &Api<Deployment>,
+    prefix: &str,
+) -> BTreeMap<String, Option<BTreeMap<String, String>>> {
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|d| d.name_any().starts_with(prefix))
+        .map(|d| {
+            let annotations = d
+                .spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations);
+            (d.metadata.name.unwrap_or_default(), annotations)
+        })
+        .collect()
+}
+
+/// One Secret used by `fanout` Deployments (`fan-*`, created before the
+/// operator started): its KeyVaultSecret is made Ready, left for one refresh
+/// cycle (the reload stage records its baseline), then its vault secret
+/// changes and the change is forced. Returns the time until every template
+/// is patched.
+async fn fanout_rollout(
+    emulator: &Emulator,
+    client: &kube::Client,
+    namespace: &str,
+    interval: &str,
+    fanout: usize,
+) -> Duration {
+    emulator
+        .set_secret("shop", FANOUT_VAULT_SECRET, "fan-v0")
+        .await;
+    let kvs_api: Api<KeyVaultSecret> = Api::namespaced(client.clone(), namespace);
+    let mut body = kvs_body(
+        0,
+        &emulator.vault_url("shop"),
+        interval,
+        SECRET_APP,
+        "kv-creds",
+        FANOUT_VAULT_SECRET,
+    );
+    body["metadata"]["name"] = json!(FANOUT_SECRET);
+    kvs_api
+        .patch(
+            FANOUT_SECRET,
+            &PatchParams::apply("bench"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the fan-out KeyVaultSecret Ready",
+        Duration::from_secs(120),
+        || async {
+            let kvs = kvs_api.get(FANOUT_SECRET).await.ok()?;
+            ready(&kvs)
+                .is_some_and(|c| c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+    let interval = humantime::parse_duration(interval).unwrap();
+    tokio::time::sleep(interval.mul_f64(1.1)).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let before = template_annotations(&deployments, "fan-").await;
+    emulator
+        .set_secret("shop", FANOUT_VAULT_SECRET, "fan-v1")
+        .await;
+    let start = Instant::now();
+    let force = json!({"metadata": {"annotations": {"kvsync.io/force-sync": "fan"}}});
+    kvs_api
+        .patch(
+            FANOUT_SECRET,
+            &PatchParams::default(),
+            &Patch::Merge(&force),
+        )
+        .await
+        .unwrap();
+    eventually(
+        &format!("all {fanout} fan-out templates patched"),
+        Duration::from_secs(600),
+        || async {
+            let now = template_annotations(&deployments, "fan-").await;
+            let rolled = now
+                .iter()
+                .filter(|(name, a)| before.get(*name) != Some(a))
+                .count();
+            (rolled == fanout).then(|| start.elapsed())
+        },
+    )
+    .await
 }
 
 /// Vaults and identities the churn objects are spread over (round robin):
@@ -749,19 +909,21 @@ async fn main() {
         }
     }
     println!(
-        "\nrefreshInterval {}, {} vault secrets; largest size also with {} unrelated Secrets and {} Deployments (others ≤ 100 Deployments)\n",
+        "\nrefreshInterval {}, {} vault secrets; largest size also with {} unrelated Secrets, {} Deployments (others ≤ 100) and {} more sharing one Secret; Key Vault limits {}\n",
         humantime::format_duration(options.interval),
         options.vault_secrets,
         options.unrelated_secrets,
-        options.deployments
+        options.deployments,
+        options.fanout,
+        if options.kv_limits { "on" } else { "off" }
     );
     println!(
-        "| mode | KeyVaultSecrets | all Ready | KV requests, idle cycle | KV requests, 1 % changed | k8s writes, idle cycle | change→Secret p50/p99 | forced→Secret p50/p99 | change→template p50/p99 | forced→template p50/p99 | peak RSS |"
+        "| mode | KeyVaultSecrets | all Ready | KV requests, idle cycle | KV requests, 1 % changed | k8s writes, idle cycle | change→Secret p50/p99 | forced→Secret p50/p99 | change→template p50/p99 | forced→template p50/p99 | peak RSS | KV 429s | API requests / idle min | forced→all fan-out templates |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.1}s | {} | {} | {} | {}/{} | {}/{} | {}/{} | {}/{} | {:.1} MiB |",
+            "| {} | {} | {:.1}s | {} | {} | {} | {}/{} | {}/{} | {}/{} | {}/{} | {:.1} MiB | {} | {:.1} | {} |",
             r.mode,
             r.size,
             r.ready.as_secs_f64(),
@@ -776,7 +938,11 @@ async fn main() {
             percentile(&r.rollout_latency, 0.99),
             percentile(&r.forced_rollout_latency, 0.5),
             percentile(&r.forced_rollout_latency, 0.99),
-            r.peak_rss_mib
+            r.peak_rss_mib,
+            r.throttled,
+            r.idle_api_requests_per_minute,
+            r.fanout_rollout
+                .map_or("-".into(), |d| format!("{:.2}s", d.as_secs_f64()))
         );
     }
     println!();
