@@ -121,7 +121,13 @@ fn options() -> Options {
                 options.sweep_wait = humantime::parse_duration(value).expect("--sweep-wait 11m")
             }
             "--fanout" => options.fanout = value.parse().expect("--fanout N"),
-            "--kv-limits" => options.kv_limits = value == "on",
+            "--kv-limits" => {
+                options.kv_limits = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => panic!("--kv-limits on|off"),
+                }
+            }
             other => panic!("unknown option {other}"),
         }
     }
