@@ -89,7 +89,7 @@ fn exactly_one_auth(schema: &mut schemars::Schema) {
 }
 
 /// Adds a structural `oneOf` that makes exactly one of `fields` required.
-fn exactly_one_of(schema: &mut schemars::Schema, fields: &[&str]) {
+pub(super) fn exactly_one_of(schema: &mut schemars::Schema, fields: &[&str]) {
     let one_of: Vec<serde_json::Value> = fields
         .iter()
         .map(|field| serde_json::json!({ "required": [field] }))
@@ -158,6 +158,9 @@ pub struct Target {
     /// `reloader.stakater.com/search` restart on change. Default true.
     #[serde(default = "default_true")]
     pub reload: bool,
+    /// Build the data from templates over the fetched values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<super::Template>,
 }
 
 fn default_true() -> bool {
@@ -175,6 +178,7 @@ impl Default for Target {
             annotations: BTreeMap::new(),
             creation_policy: CreationPolicy::default(),
             reload: default_true(),
+            template: None,
         }
     }
 }

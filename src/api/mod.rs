@@ -3,8 +3,10 @@
 //! (tests, tools) can use them without pulling in reconciler logic.
 
 mod keyvaultsecret;
+mod template;
 
 pub use keyvaultsecret::*;
+pub use template::*;
 
 use kube::CustomResourceExt;
 

@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use super::render::RenderError;
+use super::template::TemplateError;
 use crate::vault::VaultError;
 
 /// A sync that did not complete. The Secret keeps its last good data.
@@ -27,6 +28,10 @@ pub enum SyncError {
     /// encoding…): fixed in the vault, so it is looked at again every interval.
     #[error(transparent)]
     Content(#[from] RenderError),
+    /// A `target.template` does not parse (`InvalidSpec`) or failed on the
+    /// fetched values (`TemplateFailed`, looked at again every interval).
+    #[error(transparent)]
+    Template(#[from] TemplateError),
     /// The identity cannot be used as configured.
     #[error("{0}")]
     AuthConfig(String),
@@ -68,6 +73,8 @@ impl SyncError {
     pub fn reason(&self) -> &'static str {
         match self {
             SyncError::InvalidSpec(_) | SyncError::Content(_) => "InvalidSpec",
+            SyncError::Template(TemplateError::Syntax { .. }) => "InvalidSpec",
+            SyncError::Template(TemplateError::Render { .. }) => "TemplateFailed",
             SyncError::AuthConfig(_) => "AuthFailed",
             SyncError::Vault { error } => error.reason(),
             SyncError::Conflict(_) => "SecretConflict",
@@ -82,8 +89,11 @@ impl SyncError {
             SyncError::InvalidSpec(_)
             | SyncError::AuthConfig(_)
             | SyncError::Conflict(_)
-            | SyncError::SecretMissing(_) => Retry::AfterChange,
-            SyncError::Content(_) => Retry::AtInterval,
+            | SyncError::SecretMissing(_)
+            | SyncError::Template(TemplateError::Syntax { .. }) => Retry::AfterChange,
+            SyncError::Content(_) | SyncError::Template(TemplateError::Render { .. }) => {
+                Retry::AtInterval
+            }
             SyncError::Vault { error } => Retry::Backoff(error.retry_after()),
             SyncError::WriteFailed { .. } | SyncError::Kube(_) => Retry::Backoff(None),
         }

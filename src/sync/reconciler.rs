@@ -28,7 +28,7 @@ use super::error::{Retry, SyncError};
 use super::fetch::{Rendered, fetch_and_render, interest};
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
 use super::target::DesiredSecret;
-use super::{Context, identity, write};
+use super::{Context, identity, template, template_from, write};
 use crate::api::{CreationPolicy, DataFrom, FIELD_MANAGER, KeyVaultSecret};
 use crate::schedule;
 use crate::vault::Freshness;
@@ -266,6 +266,8 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> 
     let spec = &kvs.spec;
     let interval = validate(kvs, ctx)?;
     let find_patterns = compile_find_patterns(&spec.data_from)?;
+    let templates = template_from::load(ctx, kvs).await?;
+    template::check(&templates)?;
     let identity = identity::resolve(kvs, ctx).await?;
     if let Some(interval) = interval {
         ctx.vault.subscribe(
@@ -277,7 +279,10 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> 
         );
     }
     let freshness = freshness(kvs, ctx, interval);
-    let rendered = fetch_and_render(ctx, spec, &identity, &find_patterns, freshness).await?;
+    let mut rendered = fetch_and_render(ctx, spec, &identity, &find_patterns, freshness).await?;
+    if let Some(target_template) = &spec.target.template {
+        rendered.data = template::render(&templates, &rendered.data, target_template.merge_policy)?;
+    }
     let desired = desired_secret(kvs, &rendered);
     if let Some(previous) = kvs.status.as_ref().and_then(|s| s.secret_name.as_deref())
         && previous != desired.name

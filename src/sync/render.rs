@@ -166,24 +166,11 @@ pub fn render_extract(
 pub fn render_certificate(remote: &RemoteSecret) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
     let mut certs = String::new();
     let mut key = String::new();
-    let mut current: Option<&mut String> = None;
-    for line in remote.value.lines() {
-        let line = line.trim_end();
-        if line.starts_with("-----BEGIN ") {
-            current = if line.contains("PRIVATE KEY") {
-                Some(&mut key)
-            } else if line.contains("CERTIFICATE") {
-                Some(&mut certs)
-            } else {
-                None
-            };
-        }
-        if let Some(buffer) = current.as_deref_mut() {
-            buffer.push_str(line);
-            buffer.push('\n');
-        }
-        if line.starts_with("-----END ") {
-            current = None;
+    for (label, block) in pem_blocks(&remote.value) {
+        if label.contains("PRIVATE KEY") {
+            key.push_str(&block);
+        } else if label.contains("CERTIFICATE") {
+            certs.push_str(&block);
         }
     }
     if certs.is_empty() || key.is_empty() {
@@ -195,6 +182,30 @@ pub fn render_certificate(remote: &RemoteSecret) -> Result<BTreeMap<String, Vec<
         ("tls.crt".to_owned(), certs.into_bytes()),
         ("tls.key".to_owned(), key.into_bytes()),
     ]))
+}
+
+/// The PEM blocks of a text, in order: (label, the block's lines with `\n`
+/// endings). A block runs from its `-----BEGIN <label>-----` line to the
+/// next `-----END ` line (or the next BEGIN, or the end of the text).
+pub fn pem_blocks(text: &str) -> Vec<(String, String)> {
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    let mut open = false;
+    for line in text.lines() {
+        let line = line.trim_end();
+        if let Some(rest) = line.strip_prefix("-----BEGIN ") {
+            let label = rest.split("-----").next().unwrap_or_default();
+            blocks.push((label.to_owned(), String::new()));
+            open = true;
+        }
+        if open && let Some((_, block)) = blocks.last_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+        if line.starts_with("-----END ") {
+            open = false;
+        }
+    }
+    blocks
 }
 
 /// `dataFrom.find`: the names of enabled secrets that match the filter.

@@ -63,6 +63,11 @@ cluster mode, per watched namespace in namespaced mode).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, create, patch, delete]
+# Templates held in ConfigMaps (target.template.templateFrom), watched so
+# that editing one re-renders the Secrets that use it.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch]
 # Workload Identity: read the ServiceAccount's client/tenant annotations
 # (watched, so that annotating it fixes a KeyVaultSecret at once) and
 # request a token for it to exchange with Entra ID.
