@@ -249,6 +249,16 @@ pub struct DataFrom {
     /// A certificate-backed secret (PEM or PKCS#12) as `tls.crt` and `tls.key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateRef>,
+    /// What happens to characters of the entry's keys that a Secret key cannot hold.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub conversion_strategy: super::ConversionStrategy,
+    /// Rewrites of the entry's keys, applied in order after the conversion.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewrite: Vec<super::Rewrite>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// The one source a `dataFrom` entry names.
@@ -284,6 +294,9 @@ pub struct ExtractRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9a-fA-F]{32})?$"))]
     pub version: Option<String>,
+    /// Explode this JSON field (a dotted path, as in `data[].remoteRef.property`) instead of the whole value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub property: Option<String>,
     #[serde(default)]
     pub decoding_strategy: DecodingStrategy,
 }

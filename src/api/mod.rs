@@ -2,9 +2,11 @@
 //! kvsync reads and writes. Kept apart from the controllers so that clients
 //! (tests, tools) can use them without pulling in reconciler logic.
 
+mod keys;
 mod keyvaultsecret;
 mod template;
 
+pub use keys::*;
 pub use keyvaultsecret::*;
 pub use template::*;
 

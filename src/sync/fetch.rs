@@ -3,7 +3,8 @@
 //! ```text
 //!  spec.data[] / spec.dataFrom[] ──▶ Fetcher (each distinct ref read once per sync,
 //!                                    │        at the sync's Freshness)
-//!                                    └──▶ render (pure) ──▶ Rendered { data, versions }
+//!                                    └──▶ render (pure) ──▶ dataFrom keys shaped (keys.rs)
+//!                                                       ──▶ Rendered { data, versions }
 //! ```
 //!
 //! All or nothing: the first failure ends the sync and nothing is written.
@@ -14,6 +15,7 @@ use regex::Regex;
 
 use super::Context;
 use super::error::SyncError;
+use super::keys::KeyShaping;
 use super::render;
 use crate::api::{DataFromSource, KeyVaultSecretSpec};
 use crate::vault::{Freshness, Identity, Interest, RemoteSecret, RemoteSecretInfo, VaultError};
@@ -50,6 +52,7 @@ pub async fn fetch_and_render(
     spec: &KeyVaultSecretSpec,
     identity: &Identity,
     find_patterns: &HashMap<usize, Regex>,
+    shaping: &[KeyShaping],
     freshness: Freshness,
 ) -> Result<Rendered, SyncError> {
     let mut fetcher = Fetcher {
@@ -79,7 +82,11 @@ pub async fn fetch_and_render(
                 let remote = fetcher
                     .get(&extract.name, extract.version.as_deref(), false)
                     .await?;
-                render::render_extract(&remote, extract.decoding_strategy)?
+                render::render_extract(
+                    &remote,
+                    extract.property.as_deref(),
+                    extract.decoding_strategy,
+                )?
             }
             Some(DataFromSource::Find(find)) => {
                 let listing = fetcher.list().await?;
@@ -104,6 +111,10 @@ pub async fn fetch_and_render(
                     "dataFrom[{index}] needs exactly one of extract, find, certificate"
                 )));
             }
+        };
+        let part = match shaping.get(index) {
+            Some(shaping) => shaping.apply(index, part)?,
+            None => part,
         };
         parts.push(part);
     }

@@ -17,6 +17,7 @@
 mod error;
 mod fetch;
 mod identity;
+pub mod keys;
 pub mod memory;
 mod reconciler;
 pub mod render;

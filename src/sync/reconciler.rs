@@ -21,14 +21,14 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
-use regex::{Regex, RegexBuilder};
+use regex::Regex;
 use serde_json::json;
 
 use super::error::{Retry, SyncError};
 use super::fetch::{Rendered, fetch_and_render, interest};
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
 use super::target::DesiredSecret;
-use super::{Context, identity, template, template_from, write};
+use super::{Context, identity, keys, template, template_from, write};
 use crate::api::{CreationPolicy, DataFrom, FIELD_MANAGER, KeyVaultSecret};
 use crate::schedule;
 use crate::vault::Freshness;
@@ -266,6 +266,7 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> 
     let spec = &kvs.spec;
     let interval = validate(kvs, ctx)?;
     let find_patterns = compile_find_patterns(&spec.data_from)?;
+    let shaping = keys::compile(&spec.data_from).map_err(SyncError::InvalidSpec)?;
     let templates = template_from::load(ctx, kvs).await?;
     template::check(&templates)?;
     let identity = identity::resolve(kvs, ctx).await?;
@@ -279,7 +280,8 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> 
         );
     }
     let freshness = freshness(kvs, ctx, interval);
-    let mut rendered = fetch_and_render(ctx, spec, &identity, &find_patterns, freshness).await?;
+    let mut rendered =
+        fetch_and_render(ctx, spec, &identity, &find_patterns, &shaping, freshness).await?;
     if let Some(target_template) = &spec.target.template {
         rendered.data = template::render(&templates, &rendered.data, target_template.merge_policy)?;
     }
@@ -361,19 +363,16 @@ fn validate(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Option<Duration>, Syn
     Ok(interval)
 }
 
-/// Compiles `find.nameRegex` patterns (size-limited: a user-supplied regex must not eat the operator's memory).
+/// Compiles `find.nameRegex` patterns.
 fn compile_find_patterns(data_from: &[DataFrom]) -> Result<HashMap<usize, Regex>, SyncError> {
     let mut patterns = HashMap::new();
     for (index, entry) in data_from.iter().enumerate() {
         if let Some(pattern) = entry.find.as_ref().and_then(|f| f.name_regex.as_deref()) {
-            let regex = RegexBuilder::new(pattern)
-                .size_limit(1 << 20)
-                .build()
-                .map_err(|e| {
-                    SyncError::InvalidSpec(format!(
-                        "dataFrom[{index}].find.nameRegex is not a valid regular expression: {e}"
-                    ))
-                })?;
+            let regex = keys::user_regex(pattern).map_err(|e| {
+                SyncError::InvalidSpec(format!(
+                    "dataFrom[{index}].find.nameRegex is not a valid regular expression: {e}"
+                ))
+            })?;
             patterns.insert(index, regex);
         }
     }

@@ -27,8 +27,10 @@ pub enum RenderError {
         name: String,
         strategy: DecodingStrategy,
     },
-    #[error("remote secret {name}: key {key:?} from dataFrom.extract is not a valid Secret key")]
-    BadKey { name: String, key: String },
+    #[error(
+        "dataFrom[{entry}]: key {key:?} is not a valid Secret key ([-._a-zA-Z0-9]); use conversionStrategy: Unicode or a rewrite"
+    )]
+    BadKey { entry: usize, key: String },
     #[error(
         "remote secret {name}: certificate needs a PEM value with a CERTIFICATE and a PRIVATE KEY block"
     )]
@@ -126,12 +128,19 @@ pub fn render_ref(
     })
 }
 
-/// `dataFrom.extract`: one key per top-level field of a JSON object value.
+/// `dataFrom.extract`: one key per top-level field of a JSON object value
+/// (or of the object at `property`). Keys are checked after shaping.
 pub fn render_extract(
     remote: &RemoteSecret,
+    property: Option<&str>,
     strategy: DecodingStrategy,
 ) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
-    let object = match serde_json::from_str::<serde_json::Value>(&remote.value) {
+    let document = match property.filter(|p| !p.is_empty()) {
+        None => remote.value.clone(),
+        Some(_) => String::from_utf8_lossy(&render_ref(remote, property, DecodingStrategy::None)?)
+            .into_owned(),
+    };
+    let object = match serde_json::from_str::<serde_json::Value>(&document) {
         Ok(serde_json::Value::Object(object)) => object,
         _ => {
             return Err(RenderError::NotJsonObject {
@@ -142,12 +151,6 @@ pub fn render_extract(
     object
         .into_iter()
         .map(|(key, value)| {
-            if !is_secret_key(&key) {
-                return Err(RenderError::BadKey {
-                    name: remote.name.clone(),
-                    key,
-                });
-            }
             let text = match value {
                 serde_json::Value::String(s) => s,
                 other => other.to_string(),
@@ -305,15 +308,26 @@ mod tests {
     }
 
     #[test]
-    fn extract_needs_an_object_with_valid_keys() {
-        let data =
-            render_extract(&remote(r#"{"user":"u","port":1}"#), DecodingStrategy::None).unwrap();
+    fn extract_needs_an_object() {
+        let none = DecodingStrategy::None;
+        let data = render_extract(&remote(r#"{"user":"u","port":1}"#), None, none).unwrap();
         assert_eq!(data["user"], b"u");
         assert_eq!(data["port"], b"1");
-        assert!(render_extract(&remote("[1]"), DecodingStrategy::None).is_err());
+        assert!(render_extract(&remote("[1]"), None, none).is_err());
+        let nested = remote(r#"{"db":{"user":"u"},"n":1}"#);
+        let data = render_extract(&nested, Some("db"), none).unwrap();
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            ["user"],
+            "property: that object only"
+        );
         assert!(matches!(
-            render_extract(&remote(r#"{"bad key":"x"}"#), DecodingStrategy::None),
-            Err(RenderError::BadKey { .. })
+            render_extract(&nested, Some("n"), none),
+            Err(RenderError::NotJsonObject { .. })
+        ));
+        assert!(matches!(
+            render_extract(&nested, Some("nope"), none),
+            Err(RenderError::NoSuchProperty { .. })
         ));
     }
 
@@ -372,7 +386,7 @@ mod tests {
         fn decoding_and_extraction_never_panic(value in any::<String>()) {
             for strategy in [DecodingStrategy::None, DecodingStrategy::Base64, DecodingStrategy::Base64URL, DecodingStrategy::Auto] {
                 let _ = decode(&value, strategy);
-                let _ = render_extract(&remote(&value), strategy);
+                let _ = render_extract(&remote(&value), None, strategy);
             }
         }
 
