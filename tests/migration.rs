@@ -128,3 +128,104 @@ async fn templates_render_from_spec_and_config_map_and_fail_safely() {
     assert_eq!(f.secret_data("app").await.unwrap(), good);
     f.assert_nothing_leaked(&["czNjcjN0LWRiLXZhbHVl"]).await;
 }
+
+#[tokio::test]
+async fn keys_are_shaped_tags_fetched_and_deletion_policies_followed() {
+    let f = Fixture::new("shaping").await;
+    f.emulator
+        .control(
+            reqwest::Method::PUT,
+            "vaults/shop/secrets/app-config",
+            Some(
+                json!({"value": r#"{"user name":"app","port":5432}"#, "tags": {"owner": "team-a"}}),
+            ),
+        )
+        .await;
+    f.apply(
+        "shaped",
+        json!({
+            "refreshInterval": "1s",
+            "target": {"deletionPolicy": "Merge"},
+            "data": [
+                {"secretKey": "owner", "remoteRef": {"name": "app-config", "metadataPolicy": "Fetch", "property": "owner"}},
+                {"secretKey": "tags", "remoteRef": {"name": "app-config", "metadataPolicy": "Fetch"}}
+            ],
+            "dataFrom": [
+                {"extract": {"name": "json-blob", "property": "db"}, "rewrite": [{"regexp": {"source": "^(.*)$", "target": "DB_$1"}}]},
+                {"find": {"nameRegex": "^app-(alpha|beta)$"}, "rewrite": [
+                    {"regexp": {"source": "^app-", "target": "x-"}},
+                    {"regexp": {"source": "^x-", "target": "X_"}}
+                ]},
+                {"extract": {"name": "app-config"}, "conversionStrategy": "Unicode"}
+            ]
+        }),
+    )
+    .await;
+    f.wait_reason("shaped", "Synced").await;
+    let expected = strings(&[
+        ("owner", "team-a"),
+        ("tags", r#"{"owner":"team-a"}"#),
+        ("DB_password", "nested-pw"),
+        ("X_alpha", "alpha-val"),
+        ("X_beta", "beta-val"),
+        ("user_U0020_name", "app"),
+        ("port", "5432"),
+    ]);
+    assert_eq!(f.secret_data("shaped").await.unwrap(), expected);
+
+    // An immutable target with deletionPolicy Delete.
+    f.apply(
+        "frozen",
+        json!({
+            "refreshInterval": "1s",
+            "target": {"immutable": true, "deletionPolicy": "Delete"},
+            "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]
+        }),
+    )
+    .await;
+    f.wait_reason("frozen", "Synced").await;
+    let frozen = f.secrets().get("frozen").await.unwrap();
+    assert_eq!(frozen.immutable, Some(true));
+
+    // Merge: a deleted remote secret's keys leave, the rest stays, still Synced.
+    f.emulator
+        .control(
+            reqwest::Method::DELETE,
+            "vaults/shop/secrets/json-blob",
+            None,
+        )
+        .await;
+    eventually("DB_password to leave the Secret", WAIT, || async {
+        let data = f.secret_data("shaped").await?;
+        (!data.contains_key("DB_password") && data.len() == expected.len() - 1).then_some(())
+    })
+    .await;
+    f.wait_reason("shaped", "Synced").await;
+
+    // Immutable: a rotation is reported, not written.
+    f.emulator
+        .set_secret("shop", "db-password", "rotated-value")
+        .await;
+    f.wait_reason("frozen", "SecretImmutable").await;
+    assert_eq!(f.secrets().get("frozen").await.unwrap().data, frozen.data);
+
+    // Delete: with its only remote secret gone, the Secret goes too.
+    f.emulator
+        .control(
+            reqwest::Method::DELETE,
+            "vaults/shop/secrets/db-password",
+            None,
+        )
+        .await;
+    f.wait_reason("frozen", "RemoteDeleted").await;
+    eventually("the frozen Secret to be deleted", WAIT, || async {
+        f.secrets()
+            .get_opt("frozen")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    f.assert_nothing_leaked(&["rotated-value", "team-a"]).await;
+}

@@ -35,6 +35,7 @@ pub struct RegexpRewrite {
     /// A regular expression (Rust `regex` syntax, which accepts Go's RE2 forms).
     #[schemars(length(min = 1))]
     pub source: String,
-    /// The replacement; `$1` / `${name}` insert capture groups.
-    pub target: String,
+    /// The replacement; `$1` / `${name}` insert capture groups. Omitted: remove the match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }

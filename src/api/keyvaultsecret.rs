@@ -161,6 +161,13 @@ pub struct Target {
     /// Build the data from templates over the fetched values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<super::Template>,
+    /// Write the Secret `immutable: true`; a later change of the vault is
+    /// reported (`SecretImmutable`), not written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub immutable: bool,
+    /// When a referenced remote secret is deleted: `Retain` (default), `Merge`, `Delete`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub deletion_policy: super::DeletionPolicy,
 }
 
 fn default_true() -> bool {
@@ -179,6 +186,8 @@ impl Default for Target {
             creation_policy: CreationPolicy::default(),
             reload: default_true(),
             template: None,
+            immutable: false,
+            deletion_policy: super::DeletionPolicy::default(),
         }
     }
 }
@@ -219,6 +228,9 @@ pub struct RemoteRef {
     pub property: Option<String>,
     #[serde(default)]
     pub decoding_strategy: DecodingStrategy,
+    /// `Fetch`: read the secret's tags instead of its value.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub metadata_policy: super::MetadataPolicy,
 }
 
 /// How to decode a vault value before writing it.

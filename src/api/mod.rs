@@ -4,10 +4,12 @@
 
 mod keys;
 mod keyvaultsecret;
+mod policies;
 mod template;
 
 pub use keys::*;
 pub use keyvaultsecret::*;
+pub use policies::*;
 pub use template::*;
 
 use kube::CustomResourceExt;

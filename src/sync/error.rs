@@ -49,6 +49,16 @@ pub enum SyncError {
         "Secret {0} does not exist; creationPolicy Merge only adds keys to an existing Secret: create it, or use creationPolicy Owner"
     )]
     SecretMissing(String),
+    /// `target.immutable`: the Secret was written once and the vault changed since.
+    #[error(
+        "Secret {0} is immutable (target.immutable) and Key Vault's content changed; delete the Secret to have it written again"
+    )]
+    Immutable(String),
+    /// `deletionPolicy: Delete` and every remote secret is gone: the Secret was let go of.
+    #[error(
+        "every referenced remote secret is deleted; Secret {0} was removed (deletionPolicy: Delete) and comes back with them"
+    )]
+    RemoteDeleted(String),
     /// The API server refused to write the Secret (RBAC, admission webhook, quota, conflict).
     #[error("writing Secret {secret} failed: {message}")]
     WriteFailed { secret: String, message: String },
@@ -79,6 +89,8 @@ impl SyncError {
             SyncError::Vault { error } => error.reason(),
             SyncError::Conflict(_) => "SecretConflict",
             SyncError::SecretMissing(_) => "SecretMissing",
+            SyncError::Immutable(_) => "SecretImmutable",
+            SyncError::RemoteDeleted(_) => "RemoteDeleted",
             SyncError::WriteFailed { .. } => "WriteFailed",
             SyncError::Kube(_) => "KubernetesError",
         }
@@ -91,9 +103,10 @@ impl SyncError {
             | SyncError::Conflict(_)
             | SyncError::SecretMissing(_)
             | SyncError::Template(TemplateError::Syntax { .. }) => Retry::AfterChange,
-            SyncError::Content(_) | SyncError::Template(TemplateError::Render { .. }) => {
-                Retry::AtInterval
-            }
+            SyncError::Content(_)
+            | SyncError::Template(TemplateError::Render { .. })
+            | SyncError::Immutable(_)
+            | SyncError::RemoteDeleted(_) => Retry::AtInterval,
             SyncError::Vault { error } => Retry::Backoff(error.retry_after()),
             SyncError::WriteFailed { .. } | SyncError::Kube(_) => Retry::Backoff(None),
         }

@@ -35,7 +35,7 @@ pub fn compile(data_from: &[DataFrom]) -> Result<Vec<KeyShaping>, String> {
                 .enumerate()
                 .map(|(r, rewrite)| {
                     user_regex(&rewrite.regexp.source)
-                        .map(|re| (re, rewrite.regexp.target.clone()))
+                        .map(|re| (re, rewrite.regexp.target.clone().unwrap_or_default()))
                         .map_err(|e| {
                             format!("dataFrom[{index}].rewrite[{r}].regexp.source is not a valid regular expression: {e}")
                         })

@@ -29,7 +29,7 @@ use super::fetch::{Rendered, fetch_and_render, interest};
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
 use super::target::DesiredSecret;
 use super::{Context, identity, keys, template, template_from, write};
-use crate::api::{CreationPolicy, DataFrom, FIELD_MANAGER, KeyVaultSecret};
+use crate::api::{CreationPolicy, DataFrom, DeletionPolicy, FIELD_MANAGER, KeyVaultSecret};
 use crate::schedule;
 use crate::vault::Freshness;
 
@@ -282,6 +282,9 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> 
     let freshness = freshness(kvs, ctx, interval);
     let mut rendered =
         fetch_and_render(ctx, spec, &identity, &find_patterns, &shaping, freshness).await?;
+    if rendered.data.is_empty() && spec.target.deletion_policy == DeletionPolicy::Delete {
+        return Err(remove_target(kvs, ctx).await?);
+    }
     if let Some(target_template) = &spec.target.template {
         rendered.data = template::render(&templates, &rendered.data, target_template.merge_policy)?;
     }
@@ -298,12 +301,25 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> 
         )
         .await?;
     }
-    let wrote = write::write_target(ctx, &object_key(kvs), &desired).await?;
+    let wrote = write::write_target(ctx, &object_key(kvs), &desired, spec.target.immutable).await?;
     Ok(Synced {
         secret_name: desired.name,
         rendered,
         wrote,
     })
+}
+
+/// `deletionPolicy: Delete` with every remote secret gone: the target goes
+/// (a Merge target loses kvsync's keys); the returned error says so.
+async fn remove_target(kvs: &KeyVaultSecret, ctx: &Context) -> Result<SyncError, SyncError> {
+    let policy = match kvs.spec.target.creation_policy {
+        CreationPolicy::Merge => CreationPolicy::Merge,
+        CreationPolicy::Owner | CreationPolicy::Orphan => CreationPolicy::Owner,
+    };
+    let name = kvs.target_name();
+    let namespace = kvs.namespace().unwrap_or_default();
+    write::let_go_of_previous(ctx, &namespace, &kvs.name_any(), &name, policy).await?;
+    Ok(SyncError::RemoteDeleted(name))
 }
 
 /// How recent the vault data of this sync must be: as of now for a first

@@ -35,6 +35,8 @@ pub enum RenderError {
         "remote secret {name}: certificate needs a PEM value with a CERTIFICATE and a PRIVATE KEY block"
     )]
     NotPemCertificate { name: String },
+    #[error("remote secret {name}: it has no tag {tag:?}")]
+    NoSuchTag { name: String, tag: String },
     #[error("Secret key {key:?} is produced by more than one entry")]
     DuplicateKey { key: String },
 }
@@ -124,6 +126,30 @@ pub fn render_ref(
     };
     decode(&text, strategy).ok_or(RenderError::BadEncoding {
         name: remote.name.clone(),
+        strategy,
+    })
+}
+
+/// `metadataPolicy: Fetch`: one tag's value (`property` names it), or all
+/// tags as a JSON object (keys sorted, as ESO writes them), decoded.
+pub fn render_tags(
+    info: &RemoteSecretInfo,
+    property: Option<&str>,
+    strategy: DecodingStrategy,
+) -> Result<Vec<u8>, RenderError> {
+    let text = match property.filter(|p| !p.is_empty()) {
+        None => serde_json::to_string(&info.tags).expect("a string map serializes"),
+        Some(tag) => info
+            .tags
+            .get(tag)
+            .cloned()
+            .ok_or_else(|| RenderError::NoSuchTag {
+                name: info.name.clone(),
+                tag: tag.to_owned(),
+            })?,
+    };
+    decode(&text, strategy).ok_or(RenderError::BadEncoding {
+        name: info.name.clone(),
         strategy,
     })
 }
@@ -365,6 +391,32 @@ mod tests {
         };
         let re = Regex::new("^app-").unwrap();
         assert_eq!(find_matches(&find, Some(&re), &listing), vec!["app-a"]);
+    }
+
+    #[test]
+    fn tags_one_or_all() {
+        let info = RemoteSecretInfo {
+            name: "s".into(),
+            enabled: true,
+            tags: BTreeMap::from([
+                ("owner".into(), "team-a".into()),
+                ("env".into(), "prod".into()),
+            ]),
+            updated: None,
+        };
+        let none = DecodingStrategy::None;
+        assert_eq!(render_tags(&info, Some("owner"), none).unwrap(), b"team-a");
+        assert_eq!(
+            render_tags(&info, None, none).unwrap(),
+            br#"{"env":"prod","owner":"team-a"}"#
+        );
+        assert_eq!(
+            render_tags(&info, Some("cost"), none).unwrap_err(),
+            RenderError::NoSuchTag {
+                name: "s".into(),
+                tag: "cost".into()
+            }
+        );
     }
 
     #[test]
