@@ -1,4 +1,4 @@
-//! Command line: `kvsync run` (the operator) and `kvsync crd`.
+//! Command line: `kvsync run` (the operator), `kvsync crd` and `kvsync convert`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +25,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the KeyVaultSecret CRD as YAML (or apply it to the cluster).
     Crd(CrdArgs),
+    /// Convert ESO ExternalSecrets (+ their azurekv stores) into KeyVaultSecrets.
+    /// Exit code 0: complete; 2: some fields not converted (listed on stderr).
+    Convert(crate::convert::command::ConvertArgs),
 }
 
 #[derive(clap::Args, Debug)]

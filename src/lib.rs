@@ -10,6 +10,7 @@
 //! One module per stage of that flow — [`api`] (the custom resource), [`vault`]
 //! (Key Vault access, change detection by listing), [`sync`] (the reconciler),
 //! [`reload`] (rolling restarts) — plus [`run`] and [`cli`] (wiring and flags),
+//! [`convert`] (`kvsync convert`: ESO manifests → KeyVaultSecrets),
 //! [`cluster`] (the API client and watch timeouts), [`leader`] (Lease-based
 //! election), [`scope`] (which namespaces), [`schedule`]
 //! (refresh and backoff timing), [`metrics`] and [`telemetry`].
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod cli;
 pub mod cluster;
+pub mod convert;
 pub mod leader;
 pub mod metrics;
 pub mod reload;

@@ -16,6 +16,11 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => kvsync::run::run(*args).await.map_err(|e| e.to_string()),
         Command::Crd(args) => kvsync::run::crd(args).await.map_err(|e| e.to_string()),
+        Command::Convert(args) => match kvsync::convert::command::run(args).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::from(2),
+            Err(error) => Err(error.to_string()),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
