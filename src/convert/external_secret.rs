@@ -102,7 +102,13 @@ pub fn convert(
         );
         return None;
     }
-    let store = store?;
+    let Some(store) = store else {
+        report.finding(
+            "spec.secretStoreRef",
+            "its store cannot be converted (see the store's findings): not converted",
+        );
+        return None;
+    };
     let mut resource = KeyVaultSecret::new(
         doc["metadata"]["name"].as_str().unwrap_or_default(),
         KeyVaultSecretSpec {

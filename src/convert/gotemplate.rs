@@ -4,9 +4,9 @@
 //! ```text
 //!  text {{- .password | b64enc -}} text      text {{- password | b64enc -}} text
 //!  {{ index . "db-host" }}               ──▶  {{ values["db-host"] }}
-//!  {{ replace "a" "b" .x | upper }}           {{ (x) | replace("a", "b") | upper }}
-//!  {{ default "none" .x }}                    {{ (x) | default("none", true) }}
-//!  {{ .x | nindent 4 }}                       {{ "\n" ~ ((x) | indent(4, true, true)) }}
+//!  {{ replace "a" "b" .x | upper }}           {{ (x | replace("a", "b")) | upper }}
+//!  {{ default "none" .x }}                    {{ x | default("none", true) }}
+//!  {{ .x | nindent 4 }}                       {{ "\n" ~ (x | indent(4, true, true)) }}
 //! ```
 //!
 //! Pipelines of fields, literals, parentheses and the functions in
@@ -342,13 +342,17 @@ fn call(name: &str, mut args: Vec<String>) -> Result<String, TranslateError> {
             if args.len() != 2 {
                 return Err(wrong());
             }
-            return Ok(format!("({}) | default({}, true)", args[1], args[0]));
+            return Ok(format!(
+                "{} | default({}, true)",
+                grouped(&args[1]),
+                args[0]
+            ));
         }
         "indent" | "nindent" => {
             if args.len() != 2 {
                 return Err(wrong());
             }
-            let indented = format!("({}) | indent({}, true, true)", args[1], args[0]);
+            let indented = format!("{} | indent({}, true, true)", grouped(&args[1]), args[0]);
             return Ok(match name {
                 "nindent" => format!("\"\\n\" ~ ({indented})"),
                 _ => indented,
@@ -362,11 +366,21 @@ fn call(name: &str, mut args: Vec<String>) -> Result<String, TranslateError> {
         .map(|(_, jinja)| *jinja)
         .ok_or_else(|| TranslateError::Function(name.into()))?;
     let value = args.pop().ok_or_else(wrong)?;
+    let value = grouped(&value);
     Ok(if args.is_empty() {
-        format!("({value}) | {filter}")
+        format!("{value} | {filter}")
     } else {
-        format!("({value}) | {filter}({})", args.join(", "))
+        format!("{value} | {filter}({})", args.join(", "))
     })
+}
+
+/// An expression as a filter's input: in parentheses unless it is one term.
+fn grouped(expr: &str) -> String {
+    if expr.contains(char::is_whitespace) {
+        format!("({expr})")
+    } else {
+        expr.to_owned()
+    }
 }
 
 #[cfg(test)]

@@ -118,7 +118,12 @@ pub fn convert(docs: &[Value]) -> Conversion {
             if let Some(resource) = external_secret::convert(doc, &inputs, &mut findings) {
                 conversion.resources.push(resource);
             }
-            conversion.findings.extend(findings);
+            // A store used by many ExternalSecrets is reported once.
+            for finding in findings {
+                if !conversion.findings.contains(&finding) {
+                    conversion.findings.push(finding);
+                }
+            }
         } else if !CONTEXT_KINDS.contains(&kind) {
             conversion.findings.push(Finding {
                 object: object_name(doc),
