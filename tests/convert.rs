@@ -99,6 +99,23 @@ fn corpus_converts_to_the_golden_outputs_and_reports_every_unmapped_field() {
     );
 }
 
+#[test]
+fn the_templated_migration_example_is_the_converters_output() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/migration");
+    let read = |name: &str| {
+        kvsync::convert::parse_documents(&std::fs::read_to_string(root.join(name)).unwrap())
+            .unwrap()
+    };
+    let conversion = kvsync::convert::convert(&read("eso-templated.yaml"));
+    assert!(conversion.is_complete(), "{:?}", conversion.findings);
+    let converted: Vec<serde_json::Value> = conversion
+        .resources
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect();
+    assert_eq!(converted, read("kvsync-templated.yaml"));
+}
+
 #[tokio::test]
 async fn converted_manifests_pass_a_server_dry_run_and_the_exit_code_tells_complete() {
     let client = client().await;

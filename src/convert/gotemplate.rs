@@ -9,7 +9,8 @@
 //!  {{ .x | nindent 4 }}                       {{ "\n" ~ (x | indent(4, true, true)) }}
 //! ```
 //!
-//! Pipelines of fields, literals, parentheses and the functions in
+//! Pipelines of fields, literals, parentheses, `index`, `default`,
+//! `indent`/`nindent`, `printf` (`%s %v %d`) and the functions in
 //! [`FUNCTIONS`] translate; control structures (`if`, `range`, `with`,
 //! `define`…), variables and other functions do not, and the error says
 //! which, so the converter reports it instead of guessing.
@@ -348,6 +349,7 @@ fn call(name: &str, mut args: Vec<String>) -> Result<String, TranslateError> {
                 args[0]
             ));
         }
+        "printf" => return printf(&args).ok_or_else(wrong),
         "indent" | "nindent" => {
             if args.len() != 2 {
                 return Err(wrong());
@@ -372,6 +374,40 @@ fn call(name: &str, mut args: Vec<String>) -> Result<String, TranslateError> {
     } else {
         format!("{value} | {filter}({})", args.join(", "))
     })
+}
+
+/// `printf "<format>" args…` with `%s`/`%v`/`%d` verbs (and `%%`) → a
+/// concatenation with `~`; `None` for other formats.
+fn printf(args: &[String]) -> Option<String> {
+    let (format, values) = args.split_first()?;
+    let format: String = serde_json::from_str(format).ok()?;
+    let mut values = values.iter();
+    let mut parts: Vec<String> = Vec::new();
+    let mut text = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            text.push(c);
+            continue;
+        }
+        match chars.next()? {
+            '%' => text.push('%'),
+            's' | 'v' | 'd' => {
+                if !text.is_empty() {
+                    parts.push(jinja_string(&std::mem::take(&mut text)));
+                }
+                parts.push(grouped(values.next()?));
+            }
+            _ => return None,
+        }
+    }
+    if !text.is_empty() {
+        parts.push(jinja_string(&text));
+    }
+    if values.next().is_some() || parts.is_empty() {
+        return None;
+    }
+    Some(parts.join(" ~ "))
 }
 
 /// An expression as a filter's input: in parentheses unless it is one term.
@@ -430,6 +466,10 @@ mod tests {
             ("{{ default \"none\" .user }}", "app"),
             ("{{ replace \"p\" \"P\" .password }}", "Pw"),
             ("{{ .user | quote }}", "\"app\""),
+            (
+                "{{ printf \"%s:%s%%\" .user .password | b64enc }}",
+                "YXBwOnB3JQ==",
+            ),
             ("a:\n  {{- .user | nindent 2 }}", "a:\n  app"),
             (
                 "{{ .cert | filterPEM \"CERTIFICATE\" }}",
@@ -452,6 +492,7 @@ mod tests {
             ("{{ $x := .y }}", "control structure"),
             ("{{ .p | pkcs12key }}", "\"pkcs12key\""),
             ("{{ .x ", "unterminated"),
+            ("{{ printf \"%05.2f\" .x }}", "printf with 2 arguments"),
         ] {
             let error = translate(go).unwrap_err().to_string();
             assert!(error.contains(needle), "{go}: {error}");
