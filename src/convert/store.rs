@@ -89,6 +89,25 @@ pub fn resolve(
             report(&format!("{base}.{field}"), reason.into());
         }
     }
+    let known = [
+        "authType",
+        "vaultUrl",
+        "tenantId",
+        "environmentType",
+        "authSecretRef",
+        "serviceAccountRef",
+        "identityId",
+        "useAzureSDK",
+        "customCloudConfig",
+    ];
+    for field in azure.as_object().into_iter().flat_map(|a| a.keys()) {
+        if !known.contains(&field.as_str()) {
+            report(
+                &format!("{base}.{field}"),
+                "unknown to the converter: not converted".into(),
+            );
+        }
+    }
     if store["spec"].get("conditions").is_some() {
         report("spec.conditions", "a ClusterSecretStore's namespace conditions have no counterpart: KeyVaultSecrets are namespaced and use the operator's --namespaces/--namespace-selector".into());
     }
