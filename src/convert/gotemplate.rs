@@ -33,6 +33,10 @@ const FUNCTIONS: &[(&str, &str)] = &[
     ("squote", "squote"),
     ("replace", "replace"),
     ("filterPEM", "filterPEM"),
+    ("pkcs12key", "pkcs12key"),
+    ("pkcs12keyPass", "pkcs12keyPass"),
+    ("pkcs12cert", "pkcs12cert"),
+    ("pkcs12certPass", "pkcs12certPass"),
     ("toString", "string"),
     ("join", "join"),
 ];
@@ -490,7 +494,7 @@ mod tests {
             ("{{ if .x }}a{{ end }}", "control structure"),
             ("{{ range $k, $v := . }}{{ end }}", "control structure"),
             ("{{ $x := .y }}", "control structure"),
-            ("{{ .p | pkcs12key }}", "\"pkcs12key\""),
+            ("{{ .p | jwkPublicKeyPem }}", "\"jwkPublicKeyPem\""),
             ("{{ .x ", "unterminated"),
             ("{{ printf \"%05.2f\" .x }}", "printf with 2 arguments"),
         ] {

@@ -15,8 +15,11 @@
 //! operator. Undefined variables are errors, as in ESO. Go's whitespace
 //! rules are kept (a trailing newline stays). The functions ESO users rely
 //! on are filters with ESO's names: `b64enc`, `b64dec`, `toJson`, `fromJson`,
-//! `quote`, `squote`, `filterPEM`; Jinja has `upper`, `lower`, `trim`,
-//! `replace`, `default` built in.
+//! `quote`, `squote`, `filterPEM`, and `pkcs12key`/`pkcs12cert` (with
+//! `…Pass(password)`: a PKCS#12 archive's key as PKCS#8 PEM, its
+//! certificates as PEM, leaf first); Jinja has `upper`, `lower`, `trim`,
+//! `replace`, `default` built in. A value that is not UTF-8 (a decoded
+//! PFX) stays bytes, so that `pfx | pkcs12key` sees it whole.
 //!
 //! Messages name the Secret key and the template line, never a value: an
 //! engine error's detail is kept only when it cannot hold one.
@@ -35,7 +38,7 @@ use crate::api::MergePolicy;
 const FUEL: u64 = 200_000;
 
 /// Filters of ours, whose error details never hold a value.
-const FILTERS: [&str; 7] = [
+const FILTERS: [&str; 11] = [
     "b64enc",
     "b64dec",
     "toJson",
@@ -43,6 +46,10 @@ const FILTERS: [&str; 7] = [
     "quote",
     "squote",
     "filterPEM",
+    "pkcs12key",
+    "pkcs12keyPass",
+    "pkcs12cert",
+    "pkcs12certPass",
 ];
 
 /// Why a template did not produce its key.
@@ -118,9 +125,15 @@ fn context(fetched: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Value> {
         .iter()
         .map(|(key, bytes)| (key.clone(), String::from_utf8_lossy(bytes).into_owned()))
         .collect();
-    let mut context: BTreeMap<String, Value> = values
+    let mut context: BTreeMap<String, Value> = fetched
         .iter()
-        .map(|(key, value)| (key.clone(), Value::from(value.as_str())))
+        .map(|(key, bytes)| {
+            let value = match std::str::from_utf8(bytes) {
+                Ok(text) => Value::from(text),
+                Err(_) => Value::from_bytes(bytes.clone()),
+            };
+            (key.clone(), value)
+        })
         .collect();
     context
         .entry("values".into())
@@ -181,6 +194,16 @@ fn environment() -> Environment<'static> {
     env.add_filter("quote", |value: &Value| quote(value, '"'));
     env.add_filter("squote", |value: &Value| quote(value, '\''));
     env.add_filter("filterPEM", filter_pem);
+    env.add_filter("pkcs12key", |v: &Value| pkcs12(v, "", Pkcs12Part::Key));
+    env.add_filter("pkcs12keyPass", |v: &Value, password: &str| {
+        pkcs12(v, password, Pkcs12Part::Key)
+    });
+    env.add_filter("pkcs12cert", |v: &Value| {
+        pkcs12(v, "", Pkcs12Part::Certificates)
+    });
+    env.add_filter("pkcs12certPass", |v: &Value, password: &str| {
+        pkcs12(v, password, Pkcs12Part::Certificates)
+    });
     env
 }
 
@@ -246,6 +269,66 @@ fn filter_pem(value: &Value, kind: &str) -> Result<String, minijinja::Error> {
         ));
     }
     Ok(blocks)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Pkcs12Part {
+    Key,
+    Certificates,
+}
+
+/// A PKCS#12 archive's private key (PKCS#8 PEM) or certificates (PEM, leaf first).
+fn pkcs12(value: &Value, password: &str, part: Pkcs12Part) -> Result<String, minijinja::Error> {
+    let name = match part {
+        Pkcs12Part::Key => "pkcs12key",
+        Pkcs12Part::Certificates => "pkcs12cert",
+    };
+    let store = p12_keystore::KeyStore::from_pkcs12(
+        &bytes_of(value),
+        password,
+        p12_keystore::Pkcs12ImportPolicy::Relaxed,
+    )
+    .map_err(|_| {
+        failure(
+            name,
+            "the value is not a PKCS#12 archive this password opens",
+        )
+    })?;
+    let chain = store.private_key_chain().map(|(_, chain)| chain);
+    let pem = match (part, chain) {
+        (Pkcs12Part::Key, Some(chain)) => pem("PRIVATE KEY", chain.key().as_der()),
+        (Pkcs12Part::Certificates, Some(chain)) if !chain.certs().is_empty() => chain
+            .certs()
+            .iter()
+            .map(|cert| pem("CERTIFICATE", cert.as_der()))
+            .collect(),
+        (Pkcs12Part::Certificates, _) => store
+            .entries()
+            .filter_map(|(_, entry)| match entry {
+                p12_keystore::KeyStoreEntry::Certificate(cert) => {
+                    Some(pem("CERTIFICATE", cert.as_der()))
+                }
+                _ => None,
+            })
+            .collect(),
+        (Pkcs12Part::Key, None) => String::new(),
+    };
+    if pem.is_empty() {
+        return Err(failure(name, "the archive holds no such entry"));
+    }
+    Ok(pem)
+}
+
+/// One PEM block, base64 in 64-character lines.
+fn pem(label: &str, der: &[u8]) -> String {
+    let encoded = STANDARD.encode(der);
+    let mut block = format!("-----BEGIN {label}-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        block.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        block.push('\n');
+    }
+    block.push_str(&format!("-----END {label}-----\n"));
+    block
 }
 
 #[cfg(test)]
@@ -337,6 +420,49 @@ mod tests {
             let data = render(&one("k", source), &values, MergePolicy::Replace).unwrap();
             assert_eq!(text(&data, "k"), expected, "{source}");
         }
+    }
+
+    #[test]
+    fn pkcs12_archives_give_their_key_and_certificate_as_pem() {
+        let issued = rcgen::generate_simple_self_signed(vec!["shop.example".into()]).unwrap();
+        let key = p12_keystore::PrivateKey::from_der(&issued.signing_key.serialize_der()).unwrap();
+        let cert = p12_keystore::Certificate::from_der(issued.cert.der()).unwrap();
+        let mut store = p12_keystore::KeyStore::new();
+        store.add_entry(
+            "shop",
+            p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
+                b"0123456789abcdef0123".to_vec(),
+                key,
+                [cert],
+            )),
+        );
+        let pfx = STANDARD.encode(store.writer("s3cret").write().unwrap());
+        let values = fetched(&[("pfx", &pfx)]);
+        let templates = vec![
+            (
+                "tls.key".to_string(),
+                "{{ pfx | b64dec | pkcs12keyPass('s3cret') }}".to_string(),
+            ),
+            (
+                "tls.crt".to_string(),
+                "{{ pfx | b64dec | pkcs12certPass('s3cret') }}".to_string(),
+            ),
+        ];
+        let data = render(&templates, &values, MergePolicy::Replace).unwrap();
+        assert_eq!(text(&data, "tls.crt").trim(), issued.cert.pem().trim());
+        assert_eq!(
+            text(&data, "tls.key").trim(),
+            issued.signing_key.serialize_pem().trim()
+        );
+        let wrong = render(
+            &one("k", "{{ pfx | b64dec | pkcs12key }}"),
+            &values,
+            MergePolicy::Replace,
+        );
+        assert!(
+            wrong.unwrap_err().to_string().contains("pkcs12key: "),
+            "a wrong password is named"
+        );
     }
 
     #[test]
