@@ -240,3 +240,76 @@ spec:
     .collect();
     assert_eq!(f.secret_data("app").await.unwrap(), eso);
 }
+
+/// ESO's three kinds as minimal CRDs (ESO itself is not installed here):
+/// enough for `--from-cluster` to list real objects.
+async fn install_eso_kinds(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (kind, plural, scope) in [
+        ("ExternalSecret", "externalsecrets", "Namespaced"),
+        ("SecretStore", "secretstores", "Namespaced"),
+        ("ClusterSecretStore", "clustersecretstores", "Cluster"),
+    ] {
+        let crd = json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("{plural}.external-secrets.io")},
+            "spec": {
+                "group": "external-secrets.io",
+                "scope": scope,
+                "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
+                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                    "type": "object", "x-kubernetes-preserve-unknown-fields": true
+                }}}]
+            }
+        });
+        let name = crd["metadata"]["name"].as_str().unwrap().to_owned();
+        api.patch(
+            &name,
+            &PatchParams::apply("convert-test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+        eventually(&format!("{name} established"), WAIT, || async {
+            let crd = api.get(&name).await.ok()?;
+            crd.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn from_cluster_reads_the_same_objects_as_the_files() {
+    let client = client().await;
+    install_eso_kinds(&client).await;
+    let ns = TestNamespace::new(&client, "convert-cluster").await;
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/convert/corpus/templates.yaml");
+    let mut docs =
+        kvsync::convert::parse_documents(&std::fs::read_to_string(file).unwrap()).unwrap();
+    for doc in &mut docs {
+        doc["metadata"]["namespace"] = json!(ns.name);
+    }
+    for doc in &docs {
+        eventually("the ESO object to be accepted", WAIT, || async {
+            apply_manifest(&client, doc.clone(), &ns.name, true, false)
+                .await
+                .ok()
+        })
+        .await;
+    }
+    let (stdout, stderr, code) = run_convert(&["--from-cluster", "-n", &ns.name], None);
+    assert_eq!(code, 0, "{stderr}");
+    let expected = kvsync::convert::convert(&docs);
+    assert!(expected.is_complete(), "{:?}", expected.findings);
+    assert_eq!(stdout, kvsync::convert::to_yaml(&expected.resources));
+    assert!(
+        stdout.contains("app.properties: |\n          db.user={{ user }}"),
+        "the ConfigMap's template was read from the cluster"
+    );
+}
