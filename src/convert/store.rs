@@ -154,14 +154,13 @@ pub fn resolve(
                         .into(),
                 );
             }
-            let mut ignore = |_: &str, _: String| {};
             Auth {
                 workload_identity: Some(WorkloadIdentityAuth {
                     service_account_name: account["name"].as_str().map(str::to_owned),
                     client_id: azure["authSecretRef"]
                         .get("clientId")
                         .and_then(|_| literal("clientId", &mut report)),
-                    tenant_id: literal("tenantId", &mut ignore),
+                    tenant_id: literal("tenantId", &mut report),
                 }),
                 client_secret: None,
                 client_certificate: None,
