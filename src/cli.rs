@@ -1,4 +1,6 @@
-//! Command line: `kvsync run` (the operator), `kvsync crd` and `kvsync convert`.
+//! Command line: `kvsync run` (the operator), `kvsync crd`, `kvsync convert`
+//! (ESO manifests → KeyVaultSecrets) and `kvsync explain` (also as the kubectl
+//! plugin `kubectl kvsync explain`: the binary installed as `kubectl-kvsync`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +30,9 @@ pub enum Command {
     /// Convert ESO ExternalSecrets (+ their azurekv stores) into KeyVaultSecrets.
     /// Exit code 0: complete; 2: some fields not converted (listed on stderr).
     Convert(crate::convert::command::ConvertArgs),
+    /// Explain a KeyVaultSecret (where each key comes from, its sync state,
+    /// what restarts) or a workload (what restarts it, and why); never shows a value.
+    Explain(crate::explain::ExplainArgs),
 }
 
 #[derive(clap::Args, Debug)]

@@ -79,6 +79,9 @@ pub enum Retry {
 }
 
 impl SyncError {
+    /// The reason of a failure on the Kubernetes side.
+    pub const KUBE_REASON: &'static str = "KubernetesError";
+
     /// The `Ready` condition's reason.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -92,7 +95,7 @@ impl SyncError {
             SyncError::Immutable(_) => "SecretImmutable",
             SyncError::RemoteDeleted(_) => "RemoteDeleted",
             SyncError::WriteFailed { .. } => "WriteFailed",
-            SyncError::Kube(_) => "KubernetesError",
+            SyncError::Kube(_) => Self::KUBE_REASON,
         }
     }
 
