@@ -91,8 +91,10 @@ impl TemplateFrom {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TemplateSource {
+    /// The ConfigMap's or Secret's name (in the KeyVaultSecret's namespace).
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
+    /// Its keys that hold templates.
     #[schemars(length(min = 1))]
     pub items: Vec<TemplateItem>,
 }
@@ -101,6 +103,7 @@ pub struct TemplateSource {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TemplateItem {
+    /// The key holding the template; the rendered value is written under the same key.
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub key: String,
 }
