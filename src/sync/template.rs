@@ -84,7 +84,7 @@ pub fn check(templates: &Templates) -> Result<(), TemplateError> {
             .map_err(|error| TemplateError::Syntax {
                 key: key.clone(),
                 line: error.line().unwrap_or(0),
-                reason: error.to_string_without_location(),
+                reason: kind_and_detail(&error),
             })?;
     }
     Ok(())
@@ -141,18 +141,12 @@ fn context(fetched: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Value> {
     context
 }
 
-trait WithoutLocation {
-    fn to_string_without_location(&self) -> String;
-}
-
-impl WithoutLocation for minijinja::Error {
-    /// The kind and detail, without MiniJinja's ` (in <string>:N)` suffix
-    /// (the line is reported separately).
-    fn to_string_without_location(&self) -> String {
-        match self.detail() {
-            Some(detail) => format!("{}: {detail}", self.kind()),
-            None => self.kind().to_string(),
-        }
+/// An engine error's kind and detail, without MiniJinja's ` (in <string>:N)`
+/// suffix (the line is reported separately).
+fn kind_and_detail(error: &minijinja::Error) -> String {
+    match error.detail() {
+        Some(detail) => format!("{}: {detail}", error.kind()),
+        None => error.kind().to_string(),
     }
 }
 
@@ -171,7 +165,7 @@ fn safe_reason(error: &minijinja::Error) -> String {
             .is_some_and(|d| FILTERS.iter().any(|f| d.starts_with(&format!("{f}: ")))),
     };
     if detail_is_safe {
-        error.to_string_without_location()
+        kind_and_detail(error)
     } else {
         error.kind().to_string()
     }
