@@ -104,8 +104,9 @@ fn is_reserved_annotation(key: &str) -> bool {
             .any(|d| domain == *d || domain.ends_with(&format!(".{d}")))
 }
 
-/// Why a `Merge` may not write into `existing`, if it may not.
-fn merge_refusal(existing: &Secret) -> Option<String> {
+/// Why a `Merge` may not write into `existing`, if it may not; `owner_uid`
+/// is the merging KeyVaultSecret's (a controller reference to it is fine).
+fn merge_refusal(existing: &Secret, owner_uid: &str) -> Option<String> {
     let meta = &existing.metadata;
     let opted_in = meta
         .annotations
@@ -126,7 +127,7 @@ fn merge_refusal(existing: &Secret) -> Option<String> {
         .owner_references
         .iter()
         .flatten()
-        .find(|r| r.controller == Some(true))?;
+        .find(|r| r.controller == Some(true) && r.uid != owner_uid)?;
     let group = controller
         .api_version
         .split_once('/')
@@ -262,7 +263,7 @@ impl DesiredSecret {
             _ => {}
         }
         if self.policy == CreationPolicy::Merge
-            && let Some(reason) = merge_refusal(existing)
+            && let Some(reason) = merge_refusal(existing, &self.owner_uid)
         {
             return WriteDecision::Conflict(format!(
                 "creationPolicy Merge does not write into Secret {}: {reason}; if kvsync should add its keys anyway, annotate the Secret {MERGE_OPT_IN_ANNOTATION}=allow",
