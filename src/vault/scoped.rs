@@ -6,9 +6,9 @@
 //! hosts where the SDK's challenge check is off — could name Azure Resource
 //! Manager or Graph there and have kvsync fetch (and send it) a token for
 //! that resource with the team's or the operator's identity. Every SDK client
-//! is given its credential through [`KeyVaultOnly`], which passes on requests
-//! for the cloud's Key Vault scope (see [`super::hosts`]) and refuses any other
-//! before Entra ID is asked.
+//! is given its credential through [`KeyVaultOnly`]: a request naming the
+//! cloud's Key Vault resource (see [`super::hosts`]) is passed on with kvsync's
+//! own scope string, any other is refused before Entra ID is asked.
 
 use std::sync::Arc;
 
@@ -41,7 +41,7 @@ impl TokenCredential for KeyVaultOnly {
         scopes: &[&str],
         options: Option<TokenRequestOptions<'_>>,
     ) -> azure_core::Result<AccessToken> {
-        if scopes != [self.allowed.as_str()] {
+        if !matches!(scopes, [scope] if same_resource(scope, &self.allowed)) {
             tracing::warn!(host = %self.host, requested = ?scopes, allowed = %self.allowed, "refused a token request for a foreign scope");
             return Err(azure_core::Error::new(
                 ErrorKind::Credential,
@@ -52,6 +52,36 @@ impl TokenCredential for KeyVaultOnly {
                 },
             ));
         }
-        self.inner.get_token(scopes, options).await
+        self.inner
+            .get_token(&[self.allowed.as_str()], options)
+            .await
+    }
+}
+
+/// Whether two scopes name the same resource (`https://vault.azure.net`,
+/// `https://vault.azure.net/` and their `/.default` are one).
+fn same_resource(a: &str, b: &str) -> bool {
+    let resource = |scope: &str| {
+        scope
+            .trim_end_matches("/.default")
+            .trim_end_matches('/')
+            .to_ascii_lowercase()
+    };
+    resource(a) == resource(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_key_vault_resource_is_the_same() {
+        let kv = "https://vault.azure.net/.default";
+        assert!(same_resource("https://vault.azure.net/.default", kv));
+        assert!(same_resource("https://vault.azure.net//.default", kv));
+        assert!(same_resource("https://VAULT.azure.net", kv));
+        assert!(!same_resource("https://management.azure.com/.default", kv));
+        assert!(!same_resource("https://vault.azure.net.evil.com/.default", kv));
+        assert!(!same_resource("https://graph.microsoft.com/.default", kv));
     }
 }
