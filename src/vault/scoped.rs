@@ -81,7 +81,10 @@ mod tests {
         assert!(same_resource("https://vault.azure.net//.default", kv));
         assert!(same_resource("https://VAULT.azure.net", kv));
         assert!(!same_resource("https://management.azure.com/.default", kv));
-        assert!(!same_resource("https://vault.azure.net.evil.com/.default", kv));
+        assert!(!same_resource(
+            "https://vault.azure.net.evil.com/.default",
+            kv
+        ));
         assert!(!same_resource("https://graph.microsoft.com/.default", kv));
     }
 }
