@@ -204,6 +204,12 @@ fn target(doc: &Value, report: &mut Report, inputs: &Inputs) -> Target {
     if let Some(template) = target.get("template") {
         converted.template = self::template(template, &mut converted, report, doc, inputs);
     }
+    if let Err(refused) = crate::sync::target::check_target(&converted) {
+        report.finding(
+            "spec.target",
+            format!("{refused} (kvsync reports it as InvalidSpec)"),
+        );
+    }
     converted
 }
 
