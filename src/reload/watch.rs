@@ -271,7 +271,7 @@ where
     F: Fn(&K) -> Option<Observed> + Send + 'static,
 {
     watcher::watcher(api, config)
-        .default_backoff()
+        .backoff(crate::cluster::watch_backoff())
         .filter_map(move |item| {
             let input = match item {
                 Ok(event) => {

@@ -288,7 +288,7 @@ async fn run_controller(
             crate::cluster::watch_config(),
         ),
     )
-    .default_backoff()
+    .backoff(crate::cluster::watch_backoff())
     .inspect(move |event| {
         if let Ok(event) = event {
             follow_ctx.follow(&follow_namespace, event, &follow_store);
@@ -302,13 +302,13 @@ async fn run_controller(
         scoped_api::<PartialObjectMeta<Secret>>(&ctx.client, &namespace),
         crate::cluster::watch_config(),
     )
-    .default_backoff()
+    .backoff(crate::cluster::watch_backoff())
     .touched_objects();
     let sa_events = watcher(
         scoped_api::<PartialObjectMeta<ServiceAccount>>(&ctx.client, &namespace),
         crate::cluster::watch_config(),
     )
-    .default_backoff()
+    .backoff(crate::cluster::watch_backoff())
     .touched_objects();
     let (secret_store, sa_store) = (reader.clone(), reader.clone());
     let (secret_ctx, sa_ctx) = (ctx.clone(), ctx.clone());
