@@ -15,6 +15,8 @@
 //!  HTTPS, certificate from a CA made at start (<state-dir>/ca.pem):
 //!    Entra   POST /{tenant}/oauth2/v2.0/token ── secret | certificate | federated assertion
 //!              └─▶ access token (aud https://vault.azure.net, appid, tid)
+//!            GET  /{tenant}/v2.0/.well-known/openid-configuration, /common/discovery/instance,
+//!                 /{tenant}/discovery/v2.0/keys   (what MSAL reads first)
 //!    vault   (one listener per vault, standing in for one host per vault)
 //!              /secrets… ─▶ api-version ─▶ bearer token (401 challenge) ─▶ grants (403) ─▶ store
 //!  HTTP on 127.0.0.1:
@@ -44,6 +46,7 @@ mod clock;
 mod config;
 mod control;
 mod directory;
+mod discovery;
 mod endpoints;
 mod entra;
 mod faults;

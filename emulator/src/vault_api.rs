@@ -27,9 +27,23 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// API versions of the stable secrets API the emulator speaks.
-const SUPPORTED_API_VERSIONS: [&str; 4] = ["7.5", "7.6", "2025-06-01", "2025-07-01"];
-const LATEST_API_VERSION: &str = "2025-07-01";
+/// API versions of the stable secrets API the emulator speaks: every version the
+/// current official SDKs offer. Defaults (2026-11): Python `azure-keyvault-secrets`
+/// 4.12.0 sends 2026-04-01, JavaScript `@azure/keyvault-secrets` 4.11.2 and Rust
+/// `azure_security_keyvault_secrets` 1.0.1 send 2025-07-01.
+const SUPPORTED_API_VERSIONS: [&str; 10] = [
+    "7.0",
+    "7.1",
+    "7.2",
+    "7.3",
+    "7.4",
+    "7.5",
+    "7.6",
+    "2025-06-01",
+    "2025-07-01",
+    LATEST_API_VERSION,
+];
+const LATEST_API_VERSION: &str = "2026-04-01";
 
 /// Key Vault's values for a vault with soft delete (informational here).
 const RECOVERABLE_DAYS: u32 = 90;
