@@ -23,6 +23,12 @@ step() { printf '\n==> %s\n' "$*"; }
 step "control plane binaries (first run: installs packages and builds for ~10 minutes)"
 scripts/control-plane.sh build
 
+step "python3-venv (the emulator's cross-SDK test installs the official Python SDKs)"
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv >/dev/null; fi
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
