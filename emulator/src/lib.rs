@@ -18,7 +18,8 @@
 //!            GET  /{tenant}/v2.0/.well-known/openid-configuration, /common/discovery/instance,
 //!                 /{tenant}/discovery/v2.0/keys   (what MSAL reads first)
 //!    vault   (one listener per vault, standing in for one host per vault)
-//!              /secrets… ─▶ api-version ─▶ bearer token (401 challenge) ─▶ grants (403) ─▶ store
+//!              /secrets…, /certificates… ─▶ api-version ─▶ bearer token (401 challenge)
+//!                                          ─▶ grants (403) ─▶ store
 //!  HTTP on 127.0.0.1:
 //!    control  rotate/disable/delete secrets, upsert/remove apps, faults, counters, issued
 //! ```
@@ -42,6 +43,8 @@
 #![forbid(unsafe_code)]
 
 mod assertion;
+mod certificate;
+mod certificates_api;
 mod clock;
 mod config;
 mod control;
