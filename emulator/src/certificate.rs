@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  import value ──parse──▶ CertificateWithKey { chain: [leaf DER, issuer DER, …], key: PKCS#8 DER }
-//!   PEM text (key + certificates)                 │
+//!   PEM text (key + certificates), or base64 of it│
 //!   base64 PKCS#12 (password or none)             ├─▶ application/x-pem-file  key, then the chain (leaf first)
 //!                                                 ├─▶ application/x-pkcs12    base64 PKCS#12, no password
 //!                                                 └─▶ details: x5t, subject, validity, key type and size
@@ -55,7 +55,7 @@ pub enum CertificateError {
     NoPrivateKey,
     #[error("The PEM is not valid: {0}.")]
     Pem(String),
-    #[error("The certificate value is not valid base64 PKCS#12 data.")]
+    #[error("The certificate value is neither PEM nor base64 (of PEM or PKCS#12 data).")]
     NotBase64,
     #[error("The PKCS#12 data cannot be read (wrong password or damaged data): {0}.")]
     Pkcs12(String),
@@ -104,6 +104,14 @@ pub struct CertificateDetails {
     pub not_before: i64,
     pub expires: i64,
     pub key_type: KeyType,
+}
+
+const PEM_ARMOUR: &str = "-----BEGIN";
+
+fn decode_base64(value: &str) -> Result<Vec<u8>, CertificateError> {
+    STANDARD
+        .decode(value.trim())
+        .map_err(|_| CertificateError::NotBase64)
 }
 
 fn pem_error(error: impl std::fmt::Display) -> CertificateError {
@@ -162,20 +170,24 @@ impl CertificateWithKey {
         )
     }
 
-    /// An import's `value` (PEM text, or base64 PKCS#12) in `format`.
-    pub fn from_value(
-        value: &str,
-        password: Option<&str>,
-        format: SecretFormat,
-    ) -> Result<Self, CertificateError> {
+    /// A certificate-backed secret's value in `format`.
+    pub fn from_secret(value: &str, format: SecretFormat) -> Result<Self, CertificateError> {
         match format {
             SecretFormat::Pem => Self::from_pem(value),
-            SecretFormat::Pkcs12 => {
-                let der = STANDARD
-                    .decode(value.trim())
-                    .map_err(|_| CertificateError::NotBase64)?;
-                Self::from_pkcs12(&der, password.unwrap_or(""))
-            }
+            SecretFormat::Pkcs12 => Self::from_pkcs12(&decode_base64(value)?, ""),
+        }
+    }
+
+    /// An import's `value`: PEM text, base64 of PEM text (what the SDKs send for
+    /// a PEM import), or base64 PKCS#12 (opened with `password`, if any).
+    pub fn from_import(value: &str, password: Option<&str>) -> Result<Self, CertificateError> {
+        if value.trim_start().starts_with(PEM_ARMOUR) {
+            return Self::from_pem(value);
+        }
+        let der = decode_base64(value)?;
+        match std::str::from_utf8(&der) {
+            Ok(text) if text.trim_start().starts_with(PEM_ARMOUR) => Self::from_pem(text),
+            _ => Self::from_pkcs12(&der, password.unwrap_or("")),
         }
     }
 
@@ -309,8 +321,15 @@ mod tests {
         assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 3);
         assert_eq!(CertificateWithKey::from_pem(&pem).unwrap(), original);
         let pkcs12 = original.to_pkcs12_base64().unwrap();
-        let back = CertificateWithKey::from_value(&pkcs12, None, SecretFormat::Pkcs12).unwrap();
+        let back = CertificateWithKey::from_secret(&pkcs12, SecretFormat::Pkcs12).unwrap();
         assert_eq!(back, original);
+        let base64_pem = STANDARD.encode(&pem);
+        for import in [pem.as_str(), &base64_pem, &pkcs12] {
+            assert_eq!(
+                CertificateWithKey::from_import(import, None).unwrap(),
+                original
+            );
+        }
         let details = original.details().unwrap();
         assert_eq!(
             details.key_type,
@@ -340,11 +359,10 @@ mod tests {
             )),
         );
         let protected = STANDARD.encode(store.writer("s3cret").write().unwrap());
-        let opened =
-            CertificateWithKey::from_value(&protected, Some("s3cret"), SecretFormat::Pkcs12);
+        let opened = CertificateWithKey::from_import(&protected, Some("s3cret"));
         assert_eq!(opened.unwrap(), original);
         assert!(matches!(
-            CertificateWithKey::from_value(&protected, Some("wrong"), SecretFormat::Pkcs12),
+            CertificateWithKey::from_import(&protected, Some("wrong")),
             Err(CertificateError::Pkcs12(_))
         ));
     }
@@ -363,7 +381,7 @@ mod tests {
             Err(CertificateError::NoPrivateKey)
         ));
         assert!(matches!(
-            CertificateWithKey::from_value("not base64!", None, SecretFormat::Pkcs12),
+            CertificateWithKey::from_import("not base64!", None),
             Err(CertificateError::NotBase64)
         ));
     }

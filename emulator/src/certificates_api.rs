@@ -62,7 +62,7 @@ fn format_of(content_type: Option<&str>) -> Result<SecretFormat, ServiceError> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Import {
-    /// PEM text, or base64 PKCS#12 (told apart by the PEM armour).
+    /// PEM text, base64 of PEM text, or base64 PKCS#12.
     pub value: String,
     pub password: Option<String>,
     /// The format of the secret (Key Vault's policy `secret_props.contentType`).
@@ -80,15 +80,9 @@ pub fn import_certificate(
     import: Import,
 ) -> Result<SecretVersion, ServiceError> {
     let format = format_of(import.content_type.as_deref())?;
-    // PEM text is told from base64 by its armour, so either can be stored in
-    // either format (Key Vault insists they agree; the emulator converts).
-    let given = if import.value.trim_start().starts_with("-----BEGIN") {
-        SecretFormat::Pem
-    } else {
-        SecretFormat::Pkcs12
-    };
-    let certificate =
-        CertificateWithKey::from_value(&import.value, import.password.as_deref(), given)?;
+    // Either input can be stored in either format (Key Vault insists they agree;
+    // the emulator converts).
+    let certificate = CertificateWithKey::from_import(&import.value, import.password.as_deref())?;
     let details = certificate.details()?;
     let secret = NewSecret {
         value: certificate.secret_value(format)?,
@@ -115,7 +109,7 @@ fn stored_certificate(
 ) -> Result<(CertificateWithKey, SecretFormat), ServiceError> {
     let format = format_of(secret.content_type.as_deref())?;
     Ok((
-        CertificateWithKey::from_value(&secret.value, None, format)?,
+        CertificateWithKey::from_secret(&secret.value, format)?,
         format,
     ))
 }
