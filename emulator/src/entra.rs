@@ -30,9 +30,10 @@ use super::assertion::{self, AssertionError};
 use super::directory::{App, FederatedMismatch, PresentedIdentity};
 use super::discovery;
 use super::faults::FaultTarget;
+use super::imds;
 use super::issuers::KeyLookupError;
 use super::responses::json_response;
-use super::state::{Emulator, lock, now};
+use super::state::{Emulator, lock};
 use super::tokens::{KEY_VAULT_SCOPE, TOKEN_LIFETIME_SECONDS};
 use super::traffic::{Surface, observe};
 use axum::Router;
@@ -277,6 +278,7 @@ pub fn router(emulator: Arc<Emulator>) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .merge(discovery::routes())
+        .merge(imds::routes())
         .fallback(not_implemented)
         .layer(from_fn_with_state(surface, observe))
         .with_state(emulator)
@@ -450,9 +452,7 @@ async fn verify_assertion(
 }
 
 fn issue(emulator: &Emulator, app: &App, kind: CredentialKind) -> Response {
-    let signed =
-        lock(&emulator.tokens).issue(&app.tenant_id, &app.client_id, &app.object_id, now());
-    let access_token = match signed {
+    let access_token = match emulator.issue_access_token(app) {
         Ok(token) => token,
         Err(error) => {
             tracing::error!(%error, "cannot sign an access token");
@@ -465,9 +465,6 @@ fn issue(emulator: &Emulator, app: &App, kind: CredentialKind) -> Response {
             .into_response();
         }
     };
-    lock(&emulator.issued)
-        .access_tokens
-        .push(access_token.clone());
     tracing::info!(tenant = %app.tenant_id, client_id = %app.client_id, credential = ?kind, "issued an access token");
     let mut response = json_response(
         StatusCode::OK,

@@ -17,6 +17,7 @@
 //!              └─▶ access token (aud https://vault.azure.net, appid, tid)
 //!            GET  /{tenant}/v2.0/.well-known/openid-configuration, /common/discovery/instance,
 //!                 /{tenant}/discovery/v2.0/keys   (what MSAL reads first)
+//!            GET  /metadata/identity/oauth2/token  (IMDS: managed identities, `Metadata: true`)
 //!    vault   (one listener per vault, standing in for one host per vault)
 //!              /secrets…, /certificates… ─▶ api-version ─▶ bearer token (401 challenge)
 //!                                          ─▶ grants (403) ─▶ store
@@ -53,6 +54,7 @@ mod discovery;
 mod endpoints;
 mod entra;
 mod faults;
+mod imds;
 mod issuers;
 mod observed;
 mod responses;
@@ -240,6 +242,11 @@ pub async fn start(options: Options) -> Result<Running, EmulatorError> {
         issuers,
     ));
     let endpoints = Endpoints {
+        identity_endpoint: format!(
+            "{}{}",
+            authority_host.as_str().trim_end_matches('/'),
+            imds::TOKEN_PATH
+        ),
         authority_host: authority_host.to_string(),
         vaults: vault_urls
             .iter()
