@@ -245,7 +245,6 @@ impl Credentials {
                 ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
                     user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
                     client_options,
-                    ..Default::default()
                 }))?
             }
         })
