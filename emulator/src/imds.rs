@@ -3,15 +3,19 @@
 //!
 //! ```text
 //!  GET /metadata/identity/oauth2/token?api-version=…&resource=https://vault.azure.net[&client_id=…]
-//!      Metadata: true   (required: IMDS refuses requests without it, a guard against SSRF)
+//!      Metadata: true   (required — IMDS refuses requests without it, a guard against SSRF;
+//!                        or App Service's X-IDENTITY-HEADER)
 //!   └─▶ Directory::managed_identity(client_id) ─▶ {access_token, expires_on, resource, …}
 //!                                                 (IMDS writes every number as a string)
 //! ```
 //!
 //! Real IMDS listens on http://169.254.169.254; the emulator serves the same path
-//! on its Entra listener. azure_identity reaches it through `IDENTITY_ENDPOINT`
-//! (with `IDENTITY_HEADER`, which it sends as `X-IDENTITY-HEADER`: the App Service
-//! flavour of the same protocol, and the only endpoint override the SDK offers).
+//! on its Entra listener. SDKs reach it through `IDENTITY_ENDPOINT` with
+//! `IDENTITY_HEADER`, which they send as `X-IDENTITY-HEADER`: the App Service
+//! flavour of the same protocol (and the only endpoint override azure_identity
+//! offers). App Service's endpoint wants that header instead of `Metadata: true`
+//! (MSAL for JavaScript sends only it), so either one admits a request; the
+//! emulator does not check the header's value.
 
 use super::directory::ManagedIdentityError;
 use super::entra::EntraError;
@@ -46,11 +50,10 @@ async fn token(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let metadata = headers
-        .get("metadata")
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.eq_ignore_ascii_case("true"));
-    if !metadata {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let metadata = header("metadata").is_some_and(|value| value.eq_ignore_ascii_case("true"));
+    let app_service_secret = header("x-identity-header").is_some_and(|value| !value.is_empty());
+    if !metadata && !app_service_secret {
         return refuse("invalid_request", "Required metadata header not specified");
     }
     if query.get("api-version").is_none_or(String::is_empty) {

@@ -49,6 +49,15 @@ async fn imds_issues_tokens_for_the_hosts_managed_identities_only_with_the_metad
         (status, &refused["error"]),
         (400, &json!("invalid_request"))
     );
+    // App Service's flavour (what MSAL for JavaScript sends): its secret header instead.
+    let response = emulator
+        .http
+        .get(format!("{endpoint}?{vault}"))
+        .header("X-IDENTITY-HEADER", "any")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
 
     // No client id: the system-assigned identity; a client id: that identity.
     for (query, client_id, readable) in [
