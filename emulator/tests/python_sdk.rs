@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use support::*;
 
+/// The emulated host's system-assigned managed identity.
+const MANAGED_IDENTITY: &str = "77777777-7777-7777-7777-777777777777";
+
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python")
 }
@@ -39,6 +42,14 @@ async fn python() -> PathBuf {
 #[tokio::test]
 async fn the_official_python_sdks_work_against_the_emulator_with_their_default_api_version() {
     let emulator = Emulator::start_standard().await;
+    emulator
+        .control_ok(
+            reqwest::Method::PUT,
+            &format!("apps/{MANAGED_IDENTITY}"),
+            Some(serde_json::json!({"tenantId": TENANT, "clientId": MANAGED_IDENTITY,
+                "managedIdentity": "systemAssigned", "access": [{"vault": "shop", "secrets": ["db-password"]}]})),
+        )
+        .await;
     let mut command = Command::new(python().await);
     command
         .arg(python_dir().join("fidelity.py"))
@@ -48,7 +59,9 @@ async fn the_official_python_sdks_work_against_the_emulator_with_their_default_a
         .env("CLIENT_SECRET", READER_SECRET)
         .env("VAULT_URL", emulator.vault("shop"))
         .env("REQUESTS_CA_BUNDLE", &emulator.endpoints.ca_file)
-        .env("SSL_CERT_FILE", &emulator.endpoints.ca_file);
+        .env("SSL_CERT_FILE", &emulator.endpoints.ca_file)
+        .env("IDENTITY_ENDPOINT", &emulator.endpoints.identity_endpoint)
+        .env("IDENTITY_HEADER", "python-sdk-test");
     let output = run(command).await;
     let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
     assert!(
@@ -60,8 +73,10 @@ async fn the_official_python_sdks_work_against_the_emulator_with_their_default_a
     println!("{stderr}{summary}");
     // Nothing pinned: the SDK's own default, the newest Key Vault version.
     assert_eq!(summary["api_versions"], serde_json::json!(["2026-04-01"]));
-    // MSAL read the discovery documents from the emulator before asking for tokens.
+    // MSAL read the discovery documents from the emulator before asking for tokens;
+    // the managed identity credential asked IMDS.
     let by_endpoint = &emulator.counters().await["byEndpoint"];
+    assert_eq!(by_endpoint["entra GET /metadata/identity/oauth2/token"], 1);
     assert_eq!(by_endpoint["entra GET /common/discovery/instance"], 1);
     assert!(
         by_endpoint["entra GET /{tenant}/v2.0/.well-known/openid-configuration"]

@@ -3,7 +3,8 @@ emulator, configured only as a user would for any Azure cloud: the authority hos
 the vault URL and the emulator's CA (REQUESTS_CA_BUNDLE). No api-version is pinned.
 
 Run by emulator/tests/python_sdk.rs, which passes the endpoints in the environment:
-AUTHORITY_HOST, TENANT_ID, CLIENT_ID, CLIENT_SECRET, VAULT_URL. Exits non-zero on
+AUTHORITY_HOST, TENANT_ID, CLIENT_ID, CLIENT_SECRET, VAULT_URL, and
+IDENTITY_ENDPOINT/IDENTITY_HEADER for the host's managed identity. Exits non-zero on
 the first surprise; the last line of stdout is a JSON summary of what it saw.
 Certificates are made with `cryptography` and imported with the official
 azure-keyvault-certificates client; their secrets are read back as PKCS#12 and
@@ -23,7 +24,7 @@ from azure.core.exceptions import (
     HttpResponseError,
     ResourceNotFoundError,
 )
-from azure.identity import ClientSecretCredential
+from azure.identity import ClientSecretCredential, ManagedIdentityCredential
 from azure.keyvault.certificates import (
     CertificateClient,
     CertificateContentType,
@@ -142,6 +143,12 @@ error = expect(ResourceNotFoundError, lambda: client.get_secret("missing"))
 assert error.status_code == 404 and error.error.code == "SecretNotFound", error
 step("missing secret (404 SecretNotFound)")
 
+
+# Managed identity (IDENTITY_ENDPOINT/IDENTITY_HEADER point azure-identity at the
+# emulator's IMDS endpoint), the host's system-assigned identity.
+managed = SecretClient(VAULT_URL, ManagedIdentityCredential(), verify_challenge_resource=False)
+assert managed.get_secret("db-password").value == "s3cr3t"
+step("managed identity (IMDS)")
 
 
 def self_signed(name, key):
