@@ -23,10 +23,18 @@ step() { printf '\n==> %s\n' "$*"; }
 step "control plane binaries (first run: installs packages and builds for ~10 minutes)"
 scripts/control-plane.sh build
 
-step "python3-venv (the emulator's cross-SDK test installs the official Python SDKs)"
-if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv >/dev/null; fi
+step "promtool, prometheus, kubectl and python3-venv (alert, dashboard, kubectl plugin and cross-SDK emulator tests)"
+packages=()
+[ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ] || packages+=(prometheus)
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
+# The emulator's cross-SDK test installs the official Python SDKs into a venv.
+python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
+if [ ${#packages[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  # The prometheus package enables a system-wide server; the tests start their own.
+  $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
 step "cargo fmt --check"

@@ -38,14 +38,14 @@ pub mod annotations;
 mod decide;
 mod digest;
 mod events;
-mod index;
+pub mod index;
 mod key_secret;
 pub mod kinds;
 pub mod metrics;
-mod observe;
+pub mod observe;
 pub mod record;
 mod stage;
-mod uses;
+pub mod uses;
 mod watch;
 
 use std::sync::Arc;
