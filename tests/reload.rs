@@ -21,7 +21,10 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::{ByteString, NamespaceResourceScope};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
-use kvsync::reload::record::{DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_restarted_at};
+use kvsync::reload::annotations::RELOADER_PAUSED_AT;
+use kvsync::reload::record::{
+    DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_time,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -282,7 +285,7 @@ impl Fixture {
             .annotations
             .unwrap_or_default()
             .remove(RESTARTED_AT_ANNOTATION);
-        parse_restarted_at(value.as_deref()).expect("a restartedAt annotation")
+        parse_time(value.as_deref()).expect("a restartedAt annotation")
     }
 
     /// The part of `QUIET` that ends before `interval` has passed since
@@ -686,53 +689,193 @@ async fn min_reload_interval_folds_later_changes_into_one_restart() {
 }
 
 #[tokio::test]
-async fn pause_period_annotation_spaces_restarts_of_its_workload() {
+async fn a_pause_period_folds_a_burst_into_one_rollout_even_across_operator_restarts() {
+    const PERIOD: Duration = Duration::from_secs(6);
     let mut f = Fixture::new("reload-pause").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.deployment(
         "paused",
         &[
             AUTO,
-            ("deployment.reloader.stakater.com/pause-period", "8s"),
+            ("deployment.reloader.stakater.com/pause-period", "6s"),
         ],
+        &["db"],
+        &[],
+    )
+    .await;
+    f.workload::<StatefulSet>(
+        "store",
+        &[AUTO, ("statefulset.kvsync.io/pause-period", "6s")],
+        &[],
         &["db"],
         &[],
     )
     .await;
     f.deployment("free", &[AUTO], &["db"], &[]).await;
     f.start_operator(&[]).await;
-    f.baselined::<Deployment>("paused").await;
-    f.baselined::<Deployment>("free").await;
+    for name in ["paused", "free"] {
+        f.baselined::<Deployment>(name).await;
+    }
+    f.baselined::<StatefulSet>("store").await;
 
+    // The first change starts the period: recorded on the objects, no rollout.
     f.secret("db", &[("k", "2")], &[], &[]).await;
     f.expect_replica_sets("free", 2).await;
-    // Restarted by the same change (its ReplicaSet may trail free's).
-    eventually("the paused workload's first restart", WAIT, || async {
-        (f.replica_sets("paused").await == 2).then_some(())
+    let paused_at = eventually("paused-at on both paused workloads", WAIT, || async {
+        let deployment = f.annotations::<Deployment>("paused").await;
+        let store = f.annotations::<StatefulSet>("store").await;
+        store.contains_key(PAUSED_AT_ANNOTATION).then_some(())?;
+        parse_time(deployment.get(PAUSED_AT_ANNOTATION).map(String::as_str))
     })
     .await;
-    let first = f.restarted_at("paused").await;
 
-    // More than the 1s minimum interval later: the free one restarts again,
-    // the paused one waits for its period.
+    // The rest of the burst arrives while the operator is down: the period
+    // lives on the object, not in a timer.
+    f.stop_operator();
     f.secret("db", &[("k", "3")], &[], &[]).await;
-    eventually("the free workload's second restart", WAIT, || async {
-        (f.replica_sets("free").await == 3).then_some(())
-    })
-    .await;
-    let window = f.quiet_before_due("paused", Duration::from_secs(8)).await;
+    f.start_operator(&[]).await;
+    f.secret("db", &[("k", "4")], &[], &[]).await;
+    let due = paused_at + PERIOD - OffsetDateTime::now_utc() - Duration::from_millis(500);
     always(
-        "the paused workload waiting for its period",
-        window,
-        || async { f.replica_sets("paused").await == 2 },
+        "no rollout within the pause period",
+        due.try_into().unwrap_or_default(),
+        || async { f.replica_sets("paused").await == 1 && f.revisions("store").await == 1 },
     )
     .await;
-    f.expect_replica_sets("paused", 3).await;
-    let spacing = f.restarted_at("paused").await - first;
+    eventually("one rollout of each when the period ends", WAIT, || async {
+        (f.replica_sets("paused").await == 2 && f.revisions("store").await == 2).then_some(())
+    })
+    .await;
+    always("exactly one", QUIET, || async {
+        f.replica_sets("paused").await == 2 && f.revisions("store").await == 2
+    })
+    .await;
+    let waited = f.restarted_at("paused").await - paused_at;
     assert!(
-        spacing >= Duration::from_secs(8),
-        "restarted again after {spacing}"
+        waited >= PERIOD,
+        "rolled out {waited} after the first change"
     );
+    assert!(
+        !f.annotations::<Deployment>("paused")
+            .await
+            .contains_key(PAUSED_AT_ANNOTATION),
+        "the period is over"
+    );
+    assert_eq!(
+        f.event_notes("paused", "Reloaded").await.len(),
+        1,
+        "one Reloaded event for the burst"
+    );
+}
+
+/// Pauses Deployment `name` the way Reloader does (and, with a template
+/// change, the way it restarts while paused); `None`: paused by a user.
+async fn pause_as_reloader(f: &Fixture, name: &str, paused_at: Option<OffsetDateTime>) {
+    let paused_at = paused_at.map(|at| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    });
+    let patch = json!({
+        "metadata": {"annotations": {RELOADER_PAUSED_AT: paused_at}},
+        "spec": {"paused": true, "template": {"metadata": {"annotations": {"reloader.stakater.com/last-reloaded-from": "db"}}}},
+    });
+    f.api::<Deployment>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
+async fn is_paused(f: &Fixture, name: &str) -> bool {
+    let deployment = f.api::<Deployment>().get(name).await.unwrap();
+    deployment.spec.unwrap().paused == Some(true)
+}
+
+#[tokio::test]
+async fn deployments_reloader_left_paused_are_resumed_when_their_period_is_over() {
+    let mut f = Fixture::new("reload-resume").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    let period = ("deployment.reloader.stakater.com/pause-period", "5s");
+    for name in ["expired", "running", "by-user"] {
+        f.deployment(name, &[AUTO, period], &["db"], &[]).await;
+    }
+    let now = OffsetDateTime::now_utc();
+    pause_as_reloader(&f, "expired", Some(now - Duration::from_secs(3600))).await;
+    pause_as_reloader(&f, "running", Some(now)).await;
+    pause_as_reloader(&f, "by-user", None).await;
+    f.start_operator(&[]).await;
+
+    // Over: resumed on first sight, rolling out what Reloader left in the template.
+    eventually("the expired pause resumed", WAIT, || async {
+        (!is_paused(&f, "expired").await).then_some(())
+    })
+    .await;
+    assert!(
+        !f.annotations::<Deployment>("expired")
+            .await
+            .contains_key(RELOADER_PAUSED_AT)
+    );
+    f.expect_replica_sets("expired", 2).await;
+
+    // Running: held until its end, then resumed.
+    let due = now + Duration::from_secs(5) - OffsetDateTime::now_utc() - Duration::from_millis(500);
+    always(
+        "a running pause is left alone",
+        due.try_into().unwrap_or_default(),
+        || async { is_paused(&f, "running").await },
+    )
+    .await;
+    eventually("the running pause resumed at its end", WAIT, || async {
+        (!is_paused(&f, "running").await).then_some(())
+    })
+    .await;
+    f.expect_replica_sets("running", 2).await;
+
+    // Paused by a user (no paused-at): never kvsync's to resume.
+    assert!(is_paused(&f, "by-user").await);
+    assert_eq!(f.replica_sets("by-user").await, 1);
+}
+
+/// What `helm upgrade` or `kubectl apply` does to a Deployment along with its data.
+async fn change_template(f: &Fixture, name: &str, version: &str) {
+    let patch =
+        json!({"spec": {"template": {"metadata": {"annotations": {"app-version": version}}}}});
+    f.api::<Deployment>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_template_change_after_the_data_change_is_the_only_rollout() {
+    let mut f = Fixture::new("reload-template").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.config_map("app", &[("k", "1")], &[]).await;
+    f.deployment("web", &[AUTO], &["db"], &["app"]).await;
+    f.start_operator(&["--reload-debounce", "1s"]).await;
+    f.baselined::<Deployment>("web").await;
+
+    // Data first, then the template (Helm's order): its rollout has the new data.
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.config_map("app", &[("k", "2")], &[]).await;
+    change_template(&f, "web", "2").await;
+    f.expect_replica_sets("web", 2).await;
+    assert!(f.event_notes("web", "Reloaded").await.is_empty());
+    let record = f.annotations::<Deployment>("web").await[DIGEST_ANNOTATION].clone();
+
+    // The record has the new data: a later data change restarts as usual.
+    f.secret("db", &[("k", "3")], &[], &[]).await;
+    f.expect_replica_sets("web", 3).await;
+    assert_ne!(
+        f.annotations::<Deployment>("web").await[DIGEST_ANNOTATION],
+        record
+    );
+
+    // Template first, then the data: pods of that rollout may have started
+    // with the old data, so kvsync restarts once more.
+    change_template(&f, "web", "3").await;
+    f.secret("db", &[("k", "4")], &[], &[]).await;
+    f.expect_replica_sets("web", 5).await;
+    assert_eq!(f.event_notes("web", "Reloaded").await.len(), 2);
 }
 
 #[tokio::test]

@@ -1,6 +1,13 @@
 //! The restart decision, free of I/O: which resources a workload reacts to
 //! right now ([`desired_members`]), what to do about the difference to what it
 //! was last started with ([`decide`]), and when to look again ([`Schedule`]).
+//!
+//! Pause periods, as Reloader means them: the first change of a workload with
+//! a pause period starts the period (kvsync writes `kvsync.io/paused-at` on
+//! it); changes arriving within it fold into the one rollout made when it
+//! ends. A Deployment Reloader paused (`spec.paused` and its `paused-at`) is
+//! held until Reloader's period is over, then resumed — with the restart for
+//! any change since folded into the same patch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
@@ -61,6 +68,9 @@ pub enum Baseline {
     /// started or stopped reacting to some resource, or a resource its pods
     /// require appeared (they cannot have started without it).
     RecordUpdated,
+    /// Data changed, but the pod template changed after it: that rollout
+    /// already starts pods with the new data (no second rollout).
+    TemplateChanged,
 }
 
 impl Baseline {
@@ -69,6 +79,7 @@ impl Baseline {
             Baseline::FirstSight => "first_sight",
             Baseline::KeyChanged => "digest_key_changed",
             Baseline::RecordUpdated => "record_updated",
+            Baseline::TemplateChanged => "template_changed",
         }
     }
 }
@@ -85,9 +96,15 @@ pub enum Verdict {
         changed: Vec<ResourceRef>,
         record: Members,
     },
-    /// These resources changed, but the workload restarted too recently:
-    /// look again after this long. Nothing is written meanwhile, so later
-    /// changes fold into that one restart.
+    /// These resources changed and the workload has a pause period: start
+    /// it (write `kvsync.io/paused-at`) and look again when it is over.
+    Pause {
+        period: Duration,
+        changed: Vec<ResourceRef>,
+    },
+    /// These resources changed, but the workload restarted too recently or
+    /// its pause period is running: look again after this long. Nothing is
+    /// written meanwhile, so later changes fold into that one restart.
     Wait {
         remaining: Duration,
         changed: Vec<ResourceRef>,
@@ -108,9 +125,40 @@ pub struct Situation<'a> {
     /// What the pod spec uses, for whether pods can start without a resource.
     pub uses: &'a Uses,
     pub last_restart: Option<OffsetDateTime>,
-    /// The longer of `--min-reload-interval` and the workload's pause period.
+    /// `--min-reload-interval`.
     pub min_interval: Duration,
+    pub pause: Pause,
+    /// Resources whose change a later pod template change covers (see
+    /// [`super::index::Index::covered_by_template`]).
+    pub covered: &'a BTreeSet<ResourceRef>,
     pub now: OffsetDateTime,
+}
+
+/// A workload's pause period and where it stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pause {
+    /// Its pause-period annotation.
+    pub period: Option<Duration>,
+    /// `kvsync.io/paused-at`: when kvsync started the running period.
+    pub started: Option<OffsetDateTime>,
+    /// When Reloader paused this Deployment, if it is still paused.
+    pub by_reloader: Option<OffsetDateTime>,
+}
+
+/// A [`Verdict`], and whether the patch also ends a pause (removes
+/// `kvsync.io/paused-at`; for Reloader's, unpauses the Deployment and removes
+/// its `paused-at`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub end_pause: bool,
+}
+
+/// What is left of `period` begun at `start`. A start in the future (a hand
+/// edit, clock skew) counts as now, so it delays by at most one period.
+fn remaining(start: OffsetDateTime, period: Duration, now: OffsetDateTime) -> Duration {
+    let since = (now - start).clamp(time::Duration::ZERO, time::Duration::MAX);
+    period.saturating_sub(since.unsigned_abs())
 }
 
 /// Compares the record (what the pods were started with) to the present.
@@ -125,7 +173,29 @@ pub struct Situation<'a> {
 ///   starts them with it.
 ///
 /// Resources new to the set are recorded without a restart.
-pub fn decide(s: &Situation<'_>) -> Verdict {
+///
+/// A Deployment Reloader left paused is held (nothing written) until its
+/// period is over; any verdict but `Pause`/`Wait` then ends the pause.
+pub fn decide(s: &Situation<'_>) -> Decision {
+    if let Some(since) = s.pause.by_reloader {
+        let remaining = remaining(since, s.pause.period.unwrap_or_default(), s.now);
+        if !remaining.is_zero() {
+            return Decision {
+                verdict: Verdict::Wait {
+                    remaining,
+                    changed: Vec::new(),
+                },
+                end_pause: false,
+            };
+        }
+    }
+    let verdict = verdict(s);
+    let paused = s.pause.started.is_some() || s.pause.by_reloader.is_some();
+    let end_pause = paused && !matches!(verdict, Verdict::Pause { .. } | Verdict::Wait { .. });
+    Decision { verdict, end_pause }
+}
+
+fn verdict(s: &Situation<'_>) -> Verdict {
     let record = match s.applied {
         _ if !s.opted_in => {
             return if *s.applied == Applied::Never {
@@ -170,20 +240,33 @@ pub fn decide(s: &Situation<'_>) -> Verdict {
         };
         next.insert(resource.clone(), kept);
     }
+    let covered = changed.iter().any(|r| s.covered.contains(r));
+    changed.retain(|r| !s.covered.contains(r));
     if changed.is_empty() {
-        return if next == record.members {
-            Verdict::UpToDate
+        let why = if covered {
+            Baseline::TemplateChanged
+        } else if next == record.members {
+            return Verdict::UpToDate;
         } else {
-            Verdict::Baseline {
-                why: Baseline::RecordUpdated,
-                record: next,
-            }
+            Baseline::RecordUpdated
         };
+        return Verdict::Baseline { why, record: next };
     }
+    // Reloader's own pause, when over, was the period: no second one.
+    if let Some(period) = s.pause.period.filter(|p| !p.is_zero())
+        && s.pause.by_reloader.is_none()
+    {
+        let Some(start) = s.pause.started else {
+            return Verdict::Pause { period, changed };
+        };
+        let remaining = remaining(start, period, s.now);
+        if !remaining.is_zero() {
+            return Verdict::Wait { remaining, changed };
+        }
+    }
+    // A restart stamped in the future (clock skew) waits at most one interval.
     let remaining = s.last_restart.map_or(Duration::ZERO, |last| {
-        // A restart stamped in the future (clock skew) waits at most one interval.
-        let since = (s.now - last).clamp(time::Duration::ZERO, time::Duration::MAX);
-        s.min_interval.saturating_sub(since.unsigned_abs())
+        remaining(last, s.min_interval, s.now)
     });
     if remaining.is_zero() {
         Verdict::Restart {
@@ -283,6 +366,7 @@ mod tests {
             digest: digest(text),
             flags: ResourceFlags::default(),
             version: None,
+            data_version: None,
         }
     }
 
@@ -407,8 +491,11 @@ mod tests {
             uses,
             last_restart,
             min_interval: MINUTE,
+            pause: Pause::default(),
+            covered: &BTreeSet::new(),
             now,
         })
+        .verdict
     }
 
     fn restart(names: &[&str], record: Members) -> Verdict {
@@ -557,6 +644,7 @@ mod tests {
     fn opting_out_forgets_the_record_and_never_touches_strangers() {
         let desired = Members::new();
         let uses = Uses::new();
+        let covered = BTreeSet::new();
         let situation = |applied| Situation {
             opted_in: false,
             applied,
@@ -565,12 +653,162 @@ mod tests {
             uses: &uses,
             last_restart: None,
             min_interval: MINUTE,
+            pause: Pause::default(),
+            covered: &covered,
             now: at(0),
         };
-        assert_eq!(decide(&situation(&Applied::Never)), Verdict::UpToDate);
+        let verdict = |applied| decide(&situation(applied)).verdict;
+        assert_eq!(verdict(&Applied::Never), Verdict::UpToDate);
         let recorded = applied(&[("a", Some("1"))]);
-        assert_eq!(decide(&situation(&recorded)), Verdict::Forget);
-        assert_eq!(decide(&situation(&Applied::Unreadable)), Verdict::Forget);
+        assert_eq!(verdict(&recorded), Verdict::Forget);
+        assert_eq!(verdict(&Applied::Unreadable), Verdict::Forget);
+    }
+
+    /// The decision for a changed `a` of a workload with a pause period.
+    fn paused(pause: Pause, covered: &[&str], last_restart: Option<i64>, now: i64) -> Decision {
+        let record = applied(&[("a", Some("1"))]);
+        let desired = members(&[("a", Some("2"))]);
+        let uses = secrets(&[("a", Need::Required)]);
+        let covered = covered.iter().map(|n| ResourceRef::secret(*n)).collect();
+        decide(&Situation {
+            opted_in: true,
+            applied: &record,
+            key_id: KEY,
+            desired: &desired,
+            uses: &uses,
+            last_restart: last_restart.map(at),
+            min_interval: MINUTE,
+            pause,
+            covered: &covered,
+            now: at(now),
+        })
+    }
+
+    const FIVE_MINUTES: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn a_pause_period_folds_changes_into_one_restart_when_it_ends() {
+        let changed = vec![ResourceRef::secret("a")];
+        let period = Some(FIVE_MINUTES);
+        let not_started = Pause {
+            period,
+            ..Pause::default()
+        };
+        assert_eq!(
+            paused(not_started, &[], None, 0).verdict,
+            Verdict::Pause {
+                period: FIVE_MINUTES,
+                changed: changed.clone()
+            },
+            "the first change starts the period, restarting nothing"
+        );
+        let running = Pause {
+            started: Some(at(0)),
+            ..not_started
+        };
+        assert_eq!(
+            paused(running, &[], None, 100),
+            Decision {
+                verdict: Verdict::Wait {
+                    remaining: Duration::from_secs(200),
+                    changed: changed.clone()
+                },
+                end_pause: false,
+            }
+        );
+        let over = paused(running, &[], None, 300);
+        assert_eq!(over.verdict, restart(&["a"], members(&[("a", Some("2"))])));
+        assert!(over.end_pause, "the restart removes paused-at");
+        assert_eq!(
+            paused(running, &[], Some(290), 300).verdict,
+            Verdict::Wait {
+                remaining: Duration::from_secs(50),
+                changed: changed.clone()
+            },
+            "--min-reload-interval stays the global floor"
+        );
+        let future = Pause {
+            started: Some(at(10_000)),
+            ..not_started
+        };
+        assert_eq!(
+            paused(future, &[], None, 0).verdict,
+            Verdict::Wait {
+                remaining: FIVE_MINUTES,
+                changed
+            },
+            "a paused-at in the future holds for one period, not until then"
+        );
+    }
+
+    #[test]
+    fn reloaders_pause_is_held_to_its_end_then_resumed_with_the_restart() {
+        let by_reloader = Pause {
+            period: Some(FIVE_MINUTES),
+            started: None,
+            by_reloader: Some(at(0)),
+        };
+        assert_eq!(
+            paused(by_reloader, &[], None, 60),
+            Decision {
+                verdict: Verdict::Wait {
+                    remaining: Duration::from_secs(240),
+                    changed: Vec::new()
+                },
+                end_pause: false
+            }
+        );
+        let over = paused(by_reloader, &[], None, 300);
+        assert_eq!(over.verdict, restart(&["a"], members(&[("a", Some("2"))])));
+        assert!(over.end_pause, "one patch resumes and restarts");
+        let no_period = Pause {
+            period: None,
+            ..by_reloader
+        };
+        assert!(
+            paused(no_period, &[], None, 0).end_pause,
+            "without a readable period it is over"
+        );
+        // Nothing changed: resumed all the same.
+        let record = applied(&[("a", Some("1"))]);
+        let desired = members(&[("a", Some("1"))]);
+        let uses = Uses::new();
+        let situation = Situation {
+            opted_in: true,
+            applied: &record,
+            key_id: KEY,
+            desired: &desired,
+            uses: &uses,
+            last_restart: None,
+            min_interval: MINUTE,
+            pause: by_reloader,
+            covered: &BTreeSet::new(),
+            now: at(301),
+        };
+        assert_eq!(
+            decide(&situation),
+            Decision {
+                verdict: Verdict::UpToDate,
+                end_pause: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_later_template_change_covers_the_data_change() {
+        let covered = paused(Pause::default(), &["a"], None, 0);
+        assert_eq!(
+            covered.verdict,
+            Verdict::Baseline {
+                why: Baseline::TemplateChanged,
+                record: members(&[("a", Some("2"))])
+            }
+        );
+        assert!(!covered.end_pause);
+        assert_eq!(
+            paused(Pause::default(), &["other"], None, 0).verdict,
+            restart(&["a"], members(&[("a", Some("2"))]))
+        );
     }
 
     #[test]

@@ -1,18 +1,22 @@
 //! Reduces Kubernetes objects to index entries, the moment they arrive.
 
 use std::fmt::Debug;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
 
-use super::annotations::{Annotations, ReloadPolicy, ResourceFlags};
+use super::annotations::{Annotations, RELOADER_PAUSED_AT, ReloadPolicy, ResourceFlags};
 use super::digest::{Digest, DigestKey};
 use super::index::{ResourceObservation, ResourceState, WorkloadObservation, WorkloadState};
 use super::kinds::{ResourceRef, WorkloadKind, WorkloadRef};
-use super::record::{Applied, DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_restarted_at};
+use super::record::{
+    Applied, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_time,
+};
 use super::uses::uses;
 
 /// A Deployment, StatefulSet or DaemonSet.
@@ -27,12 +31,19 @@ pub trait WorkloadObject:
 {
     const KIND: WorkloadKind;
     fn pod_template(&self) -> Option<&PodTemplateSpec>;
+    /// `spec.paused` (only Deployments have it).
+    fn paused(&self) -> bool {
+        false
+    }
 }
 
 impl WorkloadObject for Deployment {
     const KIND: WorkloadKind = WorkloadKind::Deployment;
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
+    }
+    fn paused(&self) -> bool {
+        self.spec.as_ref().and_then(|s| s.paused).unwrap_or(false)
     }
 }
 
@@ -103,6 +114,7 @@ pub fn observe_resource<R: ResourceObject>(
                 .map(ResourceFlags::from_annotations)
                 .unwrap_or_default(),
             version: numeric_version(meta),
+            data_version: None,
         },
     })
 }
@@ -135,14 +147,46 @@ pub fn observe_workload<W: WorkloadObject>(object: &W) -> Option<WorkloadObserva
             applied: Applied::from_annotation(
                 annotations.get(DIGEST_ANNOTATION).map(String::as_str),
             ),
-            last_restart: parse_restarted_at(
+            last_restart: parse_time(
                 template_annotations
                     .get(RESTARTED_AT_ANNOTATION)
                     .map(String::as_str),
             ),
+            paused_at: parse_time(annotations.get(PAUSED_AT_ANNOTATION).map(String::as_str)),
+            reloader_paused_since: reloader_paused_since(object.paused(), annotations),
+            template: template.map_or(0, template_hash),
+            template_version: None,
             deleting: meta.deletion_timestamp.is_some(),
         },
     })
+}
+
+/// When Reloader paused this workload, if it did and it is still paused
+/// (Reloader leaves `spec.paused` alone on a Deployment it did not pause).
+fn reloader_paused_since(paused: bool, annotations: &Annotations) -> Option<OffsetDateTime> {
+    let value = annotations
+        .get(RELOADER_PAUSED_AT)
+        .filter(|v| !v.is_empty());
+    (paused && value.is_some())
+        .then(|| parse_time(value.map(String::as_str)).unwrap_or(OffsetDateTime::UNIX_EPOCH))
+}
+
+/// A hash of the pod template without kvsync's restart annotation, to tell a
+/// change made by someone else. Compared within one process only.
+fn template_hash(template: &PodTemplateSpec) -> u64 {
+    let mut template = template.clone();
+    if let Some(annotations) = template
+        .metadata
+        .as_mut()
+        .and_then(|m| m.annotations.as_mut())
+    {
+        annotations.remove(RESTARTED_AT_ANNOTATION);
+    }
+    let mut hasher = DefaultHasher::new();
+    serde_json::to_string(&template)
+        .expect("a pod template always serialises")
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]

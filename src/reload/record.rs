@@ -9,6 +9,11 @@
 //! - `kvsync.io/restartedAt` (pod *template* annotation): when kvsync last
 //!   restarted the workload. Changing it is what rolls the pods; reading it
 //!   back gives the rate limit a memory that survives operator restarts.
+//! - `kvsync.io/paused-at` (workload *metadata* annotation): when the first
+//!   change of a running pause period (see
+//!   [`super::annotations::pause_period_key`]) was seen. The rollout is made
+//!   when the period has passed since then; keeping the start on the object
+//!   rather than in a timer makes the period survive operator restarts.
 //!
 //! Digests are kept per resource rather than as one digest over the set, so
 //! that a workload starting or stopping to react to a resource (an edited
@@ -29,6 +34,8 @@ use super::kinds::ResourceRef;
 pub const DIGEST_ANNOTATION: &str = "kvsync.io/reload-digest";
 /// Pod template annotation whose change is the restart (see module docs).
 pub const RESTARTED_AT_ANNOTATION: &str = "kvsync.io/restartedAt";
+/// Metadata annotation marking a running pause period (see module docs).
+pub const PAUSED_AT_ANNOTATION: &str = "kvsync.io/paused-at";
 
 const ABSENT: &str = "absent";
 
@@ -117,14 +124,15 @@ impl AppliedRecord {
     }
 }
 
-/// Reads [`RESTARTED_AT_ANNOTATION`]; an unreadable value counts as "never".
-pub fn parse_restarted_at(value: Option<&str>) -> Option<OffsetDateTime> {
+/// Reads a time annotation ([`RESTARTED_AT_ANNOTATION`], [`PAUSED_AT_ANNOTATION`]);
+/// an unreadable value counts as "never".
+pub fn parse_time(value: Option<&str>) -> Option<OffsetDateTime> {
     value.and_then(|v| OffsetDateTime::parse(v, &Rfc3339).ok())
 }
 
-/// Renders a [`RESTARTED_AT_ANNOTATION`] value. Sub-second precision keeps
-/// two restarts within one second distinct (the same value would roll nothing).
-pub fn format_restarted_at(at: OffsetDateTime) -> String {
+/// Renders a time annotation. Sub-second precision keeps two restarts within
+/// one second distinct (the same value would roll nothing).
+pub fn format_time(at: OffsetDateTime) -> String {
     at.format(&Rfc3339)
         .expect("any UTC time has an RFC 3339 form")
 }
@@ -178,10 +186,10 @@ mod tests {
     #[test]
     fn restarted_at_round_trips_with_sub_second_precision() {
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
-        let text = format_restarted_at(at);
+        let text = format_time(at);
         assert_eq!(text, "2023-11-14T22:13:20.123456789Z");
-        assert_eq!(parse_restarted_at(Some(&text)), Some(at));
-        assert_eq!(parse_restarted_at(Some("yesterday")), None);
-        assert_eq!(parse_restarted_at(None), None);
+        assert_eq!(parse_time(Some(&text)), Some(at));
+        assert_eq!(parse_time(Some("yesterday")), None);
+        assert_eq!(parse_time(None), None);
     }
 }

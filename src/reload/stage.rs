@@ -16,15 +16,15 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
-use super::annotations::PolicyProblem;
-use super::decide::{Schedule, Situation, Verdict, decide, desired_members};
+use super::annotations::{PolicyProblem, RELOADER_PAUSED_AT};
+use super::decide::{Decision, Pause, Schedule, Situation, Verdict, decide, desired_members};
 use super::events::{EventPublisher, Regarding};
 use super::index::{Index, ResourceChange, WorkloadObservation};
 use super::kinds::{WorkloadKind, WorkloadRef};
 use super::metrics::ReloadMetrics;
 use super::observe::{WorkloadObject, observe_workload};
 use super::record::{
-    AppliedRecord, DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION, format_restarted_at,
+    AppliedRecord, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION, format_time,
 };
 use super::watch::{Input, Listing, Observed, Source, Watched};
 
@@ -286,18 +286,23 @@ impl Stage {
             &state.uses,
             self.index.resources(&workload.namespace),
         );
+        let covered = self.index.covered_by_template(&workload);
         let now = OffsetDateTime::now_utc();
-        let verdict = decide(&Situation {
+        let pause = Pause {
+            period: state.policy.pause_period,
+            started: state.paused_at,
+            by_reloader: state.reloader_paused_since,
+        };
+        let Decision { verdict, end_pause } = decide(&Situation {
             opted_in: !state.policy.is_inert(),
             applied: &state.applied,
             key_id: &self.key_id,
             desired: &desired,
             uses: &state.uses,
             last_restart: state.last_restart,
-            min_interval: self
-                .timing
-                .min_reload_interval
-                .max(state.policy.pause_period.unwrap_or_default()),
+            min_interval: self.timing.min_reload_interval,
+            pause,
+            covered: &covered,
             now,
         });
         let resource_version = state.resource_version.clone();
@@ -306,28 +311,53 @@ impl Stage {
             key_id: self.key_id.clone(),
             members,
         };
+        let mut changes = Changes {
+            record: RecordChange::Keep,
+            restarted_at: None,
+            pause: if end_pause {
+                PauseChange::End {
+                    resume: pause.by_reloader.is_some(),
+                }
+            } else {
+                PauseChange::Keep
+            },
+        };
+        if end_pause {
+            info!(%workload, resumed = pause.by_reloader.is_some(), "pause period over");
+        }
         match verdict {
-            Verdict::UpToDate => {}
+            Verdict::UpToDate => {
+                if end_pause {
+                    self.write(&workload, patch_body(&resource_version, &changes))
+                        .await;
+                }
+            }
             Verdict::Baseline {
                 why,
                 record: members,
             } => {
                 self.metrics.skipped(why.as_str(), 1);
                 info!(%workload, reason = why.as_str(), "recording digests without a restart");
-                let body = patch_body(&resource_version, Some(&record(members)), None);
-                self.write(&workload, body).await;
+                changes.record = RecordChange::Set(record(members));
+                self.write(&workload, patch_body(&resource_version, &changes))
+                    .await;
             }
             Verdict::Forget => {
                 info!(%workload, "no reload annotations any more; removing the digest record");
-                self.write(&workload, patch_body(&resource_version, None, None))
+                changes.record = RecordChange::Remove;
+                self.write(&workload, patch_body(&resource_version, &changes))
                     .await;
             }
             Verdict::Restart {
                 changed,
                 record: members,
             } => {
-                let body = patch_body(&resource_version, Some(&record(members)), Some(now));
-                if self.write(&workload, body).await {
+                changes.record = RecordChange::Set(record(members));
+                changes.restarted_at = Some(now);
+                if self
+                    .write(&workload, patch_body(&resource_version, &changes))
+                    .await
+                {
                     self.metrics.rollout(workload.kind.as_str());
                     let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
                     info!(%workload, changed = ?names, "rolling restart");
@@ -340,9 +370,20 @@ impl Stage {
                     );
                 }
             }
+            Verdict::Pause { period, changed } => {
+                self.metrics.skipped("paused", 1);
+                info!(%workload, ?period, changed = changed.len(), "pause period started; restarting when it ends");
+                changes.pause = PauseChange::Start(now);
+                if self
+                    .write(&workload, patch_body(&resource_version, &changes))
+                    .await
+                {
+                    self.schedule.postpone(workload, Instant::now() + period);
+                }
+            }
             Verdict::Wait { remaining, changed } => {
                 self.metrics.skipped("rate_limited", 1);
-                info!(%workload, ?remaining, changed = changed.len(), "restart deferred by the minimum interval");
+                info!(%workload, ?remaining, changed = changed.len(), "restart deferred by the minimum interval or a pause period");
                 self.schedule.postpone(workload, Instant::now() + remaining);
             }
         }
@@ -399,24 +440,56 @@ async fn patch<W: WorkloadObject>(
     Ok(observe_workload(&updated))
 }
 
-/// The one merge patch that records digests (`None`: removes the record) and,
-/// with `restarted_at`, restarts. `resourceVersion` makes it conditional on
-/// the workload being as evaluated.
-fn patch_body(
-    resource_version: &str,
-    record: Option<&AppliedRecord>,
+/// What one patch of a workload writes.
+struct Changes {
+    record: RecordChange,
+    /// Restart: the new `kvsync.io/restartedAt` of the pod template.
     restarted_at: Option<OffsetDateTime>,
-) -> Value {
-    let mut body = json!({
-        "metadata": {
-            "resourceVersion": resource_version,
-            "annotations": { DIGEST_ANNOTATION: record.map(AppliedRecord::render) },
+    pause: PauseChange,
+}
+
+enum RecordChange {
+    Keep,
+    Set(AppliedRecord),
+    Remove,
+}
+
+enum PauseChange {
+    Keep,
+    /// Start a pause period (`kvsync.io/paused-at`).
+    Start(OffsetDateTime),
+    /// End it; `resume`: unpause a Deployment Reloader paused.
+    End {
+        resume: bool,
+    },
+}
+
+/// The one merge patch that records digests, restarts and starts or ends a
+/// pause. `resourceVersion` makes it conditional on the workload being as
+/// evaluated.
+fn patch_body(resource_version: &str, changes: &Changes) -> Value {
+    let mut body =
+        json!({ "metadata": { "resourceVersion": resource_version, "annotations": {} } });
+    let annotations = &mut body["metadata"]["annotations"];
+    match &changes.record {
+        RecordChange::Keep => {}
+        RecordChange::Set(record) => annotations[DIGEST_ANNOTATION] = json!(record.render()),
+        RecordChange::Remove => annotations[DIGEST_ANNOTATION] = Value::Null,
+    }
+    match changes.pause {
+        PauseChange::Keep => {}
+        PauseChange::Start(at) => annotations[PAUSED_AT_ANNOTATION] = json!(format_time(at)),
+        PauseChange::End { resume } => {
+            annotations[PAUSED_AT_ANNOTATION] = Value::Null;
+            if resume {
+                annotations[RELOADER_PAUSED_AT] = Value::Null;
+                body["spec"] = json!({ "paused": false });
+            }
         }
-    });
-    if let Some(at) = restarted_at {
-        body["spec"] = json!({
-            "template": { "metadata": { "annotations": { RESTARTED_AT_ANNOTATION: format_restarted_at(at) } } }
-        });
+    }
+    if let Some(at) = changes.restarted_at {
+        body["spec"]["template"] =
+            json!({ "metadata": { "annotations": { RESTARTED_AT_ANNOTATION: format_time(at) } } });
     }
     body
 }
@@ -433,43 +506,58 @@ mod tests {
     use super::*;
     use crate::reload::record::Members;
 
-    #[test]
-    fn restart_and_record_go_in_one_conditional_patch() {
-        let record = AppliedRecord {
+    fn record() -> AppliedRecord {
+        AppliedRecord {
             key_id: "k".into(),
             members: Members::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn restart_and_record_go_in_one_conditional_patch() {
         let at = OffsetDateTime::from_unix_timestamp(0).unwrap();
-        let body = patch_body("41", Some(&record), Some(at));
+        let changes = Changes {
+            record: RecordChange::Set(record()),
+            restarted_at: Some(at),
+            pause: PauseChange::End { resume: true },
+        };
+        let body = patch_body("41", &changes);
         assert_eq!(body["metadata"]["resourceVersion"], "41");
-        assert_eq!(
-            body["metadata"]["annotations"][DIGEST_ANNOTATION],
-            record.render()
-        );
+        let annotations = &body["metadata"]["annotations"];
+        assert_eq!(annotations[DIGEST_ANNOTATION], record().render());
         assert_eq!(
             body["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT_ANNOTATION],
             "1970-01-01T00:00:00Z"
         );
+        assert_eq!(body["spec"]["paused"], false, "resumed in the same patch");
+        assert!(annotations[RELOADER_PAUSED_AT].is_null());
+        assert!(annotations[PAUSED_AT_ANNOTATION].is_null());
     }
 
     #[test]
-    fn baselines_touch_metadata_only_and_forgetting_removes_the_record() {
-        let record = AppliedRecord {
-            key_id: "k".into(),
-            members: Members::new(),
+    fn baselines_and_pauses_touch_metadata_only_and_forgetting_removes_the_record() {
+        let at = OffsetDateTime::from_unix_timestamp(0).unwrap();
+        let changes = Changes {
+            record: RecordChange::Keep,
+            restarted_at: None,
+            pause: PauseChange::Start(at),
         };
-        let body = patch_body("1", Some(&record), None);
+        let body = patch_body("1", &changes);
         assert!(body.get("spec").is_none(), "{body}");
-        let body = patch_body("1", None, None);
         assert_eq!(
-            body["metadata"]["annotations"][DIGEST_ANNOTATION],
-            Value::Null
+            body["metadata"]["annotations"],
+            json!({ PAUSED_AT_ANNOTATION: "1970-01-01T00:00:00Z" })
         );
-        assert!(
-            body["metadata"]["annotations"]
-                .as_object()
-                .unwrap()
-                .contains_key(DIGEST_ANNOTATION)
+        let changes = Changes {
+            record: RecordChange::Remove,
+            restarted_at: None,
+            pause: PauseChange::End { resume: false },
+        };
+        let body = patch_body("1", &changes);
+        assert!(body.get("spec").is_none(), "{body}");
+        assert_eq!(
+            body["metadata"]["annotations"],
+            json!({ DIGEST_ANNOTATION: null, PAUSED_AT_ANNOTATION: null })
         );
     }
 }
