@@ -16,10 +16,11 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::{ByteString, NamespaceResourceScope};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use kvsync::reload::annotations::RELOADER_PAUSED_AT;
 use kvsync::reload::record::{
@@ -1089,4 +1090,236 @@ async fn deletions_restart_nothing_and_appearances_only_what_could_run_without()
     secrets.delete("db", &Default::default()).await.unwrap();
     f.secret("db", &[("k", "2")], &[], &[]).await;
     f.expect_replica_sets("web", 2).await;
+}
+
+/// A pod spec using Secret `db` through `envFrom`.
+fn pod_using_db() -> Value {
+    json!({
+        "metadata": {"labels": {"app": "x"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "app", "image": "example.invalid/app", "envFrom": [{"secretRef": {"name": "db"}}]}]}
+    })
+}
+
+/// A dynamic API of `kind` in the fixture's namespace, as the server serves it.
+async fn served_api(f: &Fixture, versions: &[&str], kind: &str) -> (Api<DynamicObject>, String) {
+    for api_version in versions {
+        let (group, version) = api_version.split_once('/').unwrap();
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        if let Ok((resource, _)) = kube::discovery::pinned_kind(&f.client, &gvk).await {
+            return (
+                Api::namespaced_with(f.client.clone(), &f.ns.name, &resource),
+                api_version.to_string(),
+            );
+        }
+    }
+    panic!("{kind} is not served as any of {versions:?}");
+}
+
+async fn create(api: &Api<DynamicObject>, body: Value) {
+    let object: DynamicObject = serde_json::from_value(body).unwrap();
+    api.create(&PostParams::default(), &object).await.unwrap();
+}
+
+/// Jobs made from CronJob `owner`.
+async fn jobs_of(f: &Fixture, owner: &str) -> Vec<Job> {
+    let jobs = f.api::<Job>().list(&ListParams::default()).await.unwrap();
+    jobs.items
+        .into_iter()
+        .filter(|job| {
+            job.owner_references()
+                .iter()
+                .any(|o| o.kind == "CronJob" && o.name == owner)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cron_jobs_get_one_job_per_change_and_suspended_ones_none() {
+    let mut f = Fixture::new("reload-cron").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    // batch/v1 from Kubernetes 1.21, batch/v1beta1 on 1.20: whatever is served.
+    let (cron_jobs, api_version) = served_api(&f, &["batch/v1", "batch/v1beta1"], "CronJob").await;
+    for (name, suspend) in [("nightly", false), ("held", true)] {
+        create(
+            &cron_jobs,
+            json!({
+                "apiVersion": api_version, "kind": "CronJob",
+                "metadata": {"name": name, "annotations": pairs(&[AUTO])},
+                "spec": {"schedule": "0 0 1 1 *", "suspend": suspend, "jobTemplate": {
+                    "metadata": {"labels": {"team": "shop"}},
+                    "spec": {"template": pod_using_db()}}}
+            }),
+        )
+        .await;
+    }
+    f.start_operator(&[]).await;
+    for name in ["nightly", "held"] {
+        eventually(&format!("the digest record on {name}"), WAIT, || async {
+            cron_jobs
+                .get(name)
+                .await
+                .unwrap()
+                .annotations()
+                .contains_key(DIGEST_ANNOTATION)
+                .then_some(())
+        })
+        .await;
+    }
+    always("no Job on first sight", QUIET, || async {
+        jobs_of(&f, "nightly").await.is_empty()
+    })
+    .await;
+
+    let changed = std::time::Instant::now();
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    let job = eventually("a Job from the CronJob", WAIT, || async {
+        jobs_of(&f, "nightly").await.pop()
+    })
+    .await;
+    println!(
+        "CronJob reload latency (Secret written → Job created): {:?}",
+        changed.elapsed()
+    );
+    let nightly = cron_jobs.get("nightly").await.unwrap();
+    let owner = &job.owner_references()[0];
+    assert_eq!(
+        (owner.api_version.as_str(), owner.uid.as_str()),
+        (api_version.as_str(), nightly.uid().unwrap().as_str())
+    );
+    assert_eq!(owner.controller, Some(true));
+    assert_eq!(
+        job.annotations()["cronjob.kubernetes.io/instantiate"],
+        "manual"
+    );
+    assert_eq!(job.labels()["team"], "shop");
+    always(
+        "one Job per change, none for the suspended one",
+        QUIET,
+        || async {
+            jobs_of(&f, "nightly").await.len() == 1 && jobs_of(&f, "held").await.is_empty()
+        },
+    )
+    .await;
+
+    // Level-triggered: a restart of the operator makes no second Job.
+    f.stop_operator();
+    f.start_operator(&[]).await;
+    f.secret("db", &[("k", "3")], &[], &[]).await;
+    eventually("a second Job for the second change", WAIT, || async {
+        (jobs_of(&f, "nightly").await.len() == 2).then_some(())
+    })
+    .await;
+    always(
+        "still two, still none for the suspended one",
+        QUIET,
+        || async {
+            jobs_of(&f, "nightly").await.len() == 2 && jobs_of(&f, "held").await.is_empty()
+        },
+    )
+    .await;
+}
+
+/// Installs the test-only Rollout CRD (see the manifest) and waits until the
+/// API serves it.
+async fn rollout_api(f: &Fixture) -> Api<DynamicObject> {
+    let crd = documents(include_str!("manifests/argo-rollouts-crd.yaml")).remove(0);
+    apply_manifest(&f.client, crd, &f.ns.name, true, false)
+        .await
+        .unwrap();
+    let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout");
+    let resource = eventually("the Rollout API served", WAIT, || async {
+        kube::discovery::pinned_kind(&f.client, &gvk)
+            .await
+            .ok()
+            .map(|(r, _)| r)
+    })
+    .await;
+    Api::namespaced_with(f.client.clone(), &f.ns.name, &resource)
+}
+
+fn generation(object: &DynamicObject) -> i64 {
+    object.metadata.generation.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn argo_rollouts_restart_once_by_template_or_by_restart_at() {
+    let mut f = Fixture::new("reload-rollout").await;
+    let rollouts = rollout_api(&f).await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    let strategy = ("reloader.stakater.com/rollout-strategy", "restart");
+    for (name, annotations) in [
+        ("by-template", vec![AUTO]),
+        ("by-restart-at", vec![AUTO, strategy]),
+    ] {
+        create(
+            &rollouts,
+            json!({
+                "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+                "metadata": {"name": name, "annotations": pairs(&annotations)},
+                "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": pod_using_db()}
+            }),
+        )
+        .await;
+    }
+    f.start_operator(&[]).await;
+    let mut before = BTreeMap::new();
+    for name in ["by-template", "by-restart-at"] {
+        let object = eventually(&format!("the digest record on {name}"), WAIT, || async {
+            let object = rollouts.get(name).await.unwrap();
+            object
+                .annotations()
+                .contains_key(DIGEST_ANNOTATION)
+                .then_some(object)
+        })
+        .await;
+        before.insert(name, generation(&object));
+    }
+    let spec_of = |name: &'static str| {
+        let rollouts = rollouts.clone();
+        async move { rollouts.get(name).await.unwrap() }
+    };
+    always("no restart on first sight", QUIET, || async {
+        for name in ["by-template", "by-restart-at"] {
+            if generation(&spec_of(name).await) != before[name] {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+
+    let changed = std::time::Instant::now();
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    eventually("spec.restartAt set", WAIT, || async {
+        spec_of("by-restart-at").await.data["spec"]["restartAt"]
+            .as_str()
+            .map(drop)
+    })
+    .await;
+    println!(
+        "Rollout reload latency (Secret written → restartAt patched): {:?}",
+        changed.elapsed()
+    );
+    eventually("the template annotation set", WAIT, || async {
+        spec_of("by-template").await.data["spec"]["template"]["metadata"]["annotations"]
+            [RESTARTED_AT_ANNOTATION]
+            .as_str()
+            .map(drop)
+    })
+    .await;
+    always("exactly one patch of each spec", QUIET, || async {
+        generation(&spec_of("by-template").await) == before["by-template"] + 1
+            && generation(&spec_of("by-restart-at").await) == before["by-restart-at"] + 1
+    })
+    .await;
+    let by_restart_at = spec_of("by-restart-at").await;
+    assert!(
+        by_restart_at.data["spec"]["template"]["metadata"]["annotations"]
+            .get(RESTARTED_AT_ANNOTATION)
+            .is_none(),
+        "the restart strategy leaves the template alone"
+    );
+    for name in ["by-template", "by-restart-at"] {
+        assert_eq!(f.event_notes(name, "Reloaded").await.len(), 1, "{name}");
+    }
 }

@@ -67,8 +67,15 @@ pub fn pause_period_key(kind: WorkloadKind) -> &'static str {
         WorkloadKind::Deployment => "deployment.reloader.stakater.com/pause-period",
         WorkloadKind::StatefulSet => "statefulset.kvsync.io/pause-period",
         WorkloadKind::DaemonSet => "daemonset.kvsync.io/pause-period",
+        WorkloadKind::Rollout => "rollout.kvsync.io/pause-period",
+        WorkloadKind::CronJob => "cronjob.kvsync.io/pause-period",
     }
 }
+
+/// On an Argo Rollout: `restart` restarts by setting `spec.restartAt` (Argo
+/// then replaces the pods without a new revision); anything else, or none,
+/// by the pod template annotation, like a Deployment.
+pub const ROLLOUT_STRATEGY: &str = "reloader.stakater.com/rollout-strategy";
 
 /// Set by Reloader (RFC 3339) on a Deployment it paused (`spec.paused: true`)
 /// for its pause period; kvsync resumes such a Deployment when the period is

@@ -71,6 +71,8 @@ pub enum Baseline {
     /// Data changed, but the pod template changed after it: that rollout
     /// already starts pods with the new data (no second rollout).
     TemplateChanged,
+    /// Data changed, but the workload is a suspended CronJob: no Job for it.
+    Suspended,
 }
 
 impl Baseline {
@@ -80,6 +82,7 @@ impl Baseline {
             Baseline::KeyChanged => "digest_key_changed",
             Baseline::RecordUpdated => "record_updated",
             Baseline::TemplateChanged => "template_changed",
+            Baseline::Suspended => "suspended",
         }
     }
 }
@@ -131,6 +134,8 @@ pub struct Situation<'a> {
     /// Resources whose change a later pod template change covers (see
     /// [`super::index::Index::covered_by_template`]).
     pub covered: &'a BTreeSet<ResourceRef>,
+    /// A suspended CronJob: never restarted.
+    pub suspended: bool,
     pub now: OffsetDateTime,
 }
 
@@ -251,6 +256,12 @@ fn verdict(s: &Situation<'_>) -> Verdict {
             Baseline::RecordUpdated
         };
         return Verdict::Baseline { why, record: next };
+    }
+    if s.suspended {
+        return Verdict::Baseline {
+            why: Baseline::Suspended,
+            record: next,
+        };
     }
     // Reloader's own pause, when over, was the period: no second one.
     if let Some(period) = s.pause.period.filter(|p| !p.is_zero())
@@ -493,6 +504,7 @@ mod tests {
             min_interval: MINUTE,
             pause: Pause::default(),
             covered: &BTreeSet::new(),
+            suspended: false,
             now,
         })
         .verdict
@@ -655,6 +667,7 @@ mod tests {
             min_interval: MINUTE,
             pause: Pause::default(),
             covered: &covered,
+            suspended: false,
             now: at(0),
         };
         let verdict = |applied| decide(&situation(applied)).verdict;
@@ -680,6 +693,7 @@ mod tests {
             min_interval: MINUTE,
             pause,
             covered: &covered,
+            suspended: false,
             now: at(now),
         })
     }
@@ -783,6 +797,7 @@ mod tests {
             min_interval: MINUTE,
             pause: by_reloader,
             covered: &BTreeSet::new(),
+            suspended: false,
             now: at(301),
         };
         assert_eq!(
@@ -808,6 +823,34 @@ mod tests {
         assert_eq!(
             paused(Pause::default(), &["other"], None, 0).verdict,
             restart(&["a"], members(&[("a", Some("2"))]))
+        );
+    }
+
+    #[test]
+    fn suspended_cron_jobs_record_changes_without_a_job() {
+        let record = applied(&[("a", Some("1"))]);
+        let desired = members(&[("a", Some("2"))]);
+        let uses = secrets(&[("a", Need::Required)]);
+        let verdict = decide(&Situation {
+            opted_in: true,
+            applied: &record,
+            key_id: KEY,
+            desired: &desired,
+            uses: &uses,
+            last_restart: None,
+            min_interval: MINUTE,
+            pause: Pause::default(),
+            covered: &BTreeSet::new(),
+            suspended: true,
+            now: at(0),
+        })
+        .verdict;
+        assert_eq!(
+            verdict,
+            Verdict::Baseline {
+                why: Baseline::Suspended,
+                record: desired
+            }
         );
     }
 

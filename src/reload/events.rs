@@ -33,6 +33,7 @@ pub struct EventPublisher {
 /// A workload to write an Event about.
 pub struct Regarding<'a> {
     pub workload: &'a WorkloadRef,
+    pub api_version: &'a str,
     pub uid: &'a str,
 }
 
@@ -85,7 +86,7 @@ impl EventPublisher {
             action: Some(action.to_owned()),
             note: Some(truncate(note, NOTE_LIMIT)),
             regarding: Some(ObjectReference {
-                api_version: Some("apps/v1".to_owned()),
+                api_version: Some(regarding.api_version.to_owned()),
                 kind: Some(workload.kind.as_str().to_owned()),
                 name: Some(workload.name.clone()),
                 namespace: Some(workload.namespace.clone()),

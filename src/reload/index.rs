@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 
 use super::annotations::{PolicyProblem, ReloadPolicy, ResourceFlags};
 use super::digest::Digest;
-use super::kinds::{ResourceKind, ResourceRef, WorkloadKind, WorkloadRef};
+use super::kinds::{ResourceKind, ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::record::Applied;
 use super::uses::Uses;
 
@@ -59,6 +59,7 @@ pub struct WorkloadState {
     pub uses: Uses,
     pub applied: Applied,
     pub last_restart: Option<OffsetDateTime>,
+    pub restart: RestartMethod,
     /// `kvsync.io/paused-at`: a pause period kvsync started.
     pub paused_at: Option<OffsetDateTime>,
     /// A Deployment Reloader paused (`spec.paused` and
@@ -81,6 +82,7 @@ impl WorkloadState {
             && self.uses == other.uses
             && self.applied == other.applied
             && self.last_restart == other.last_restart
+            && self.restart == other.restart
             && self.paused_at == other.paused_at
             && self.reloader_paused_since == other.reloader_paused_since
             && self.template_version == other.template_version
@@ -450,6 +452,7 @@ mod tests {
                     .collect(),
                 applied: Applied::Never,
                 last_restart: None,
+                restart: RestartMethod::PodTemplate,
                 paused_at: None,
                 reloader_paused_since: None,
                 template: 0,

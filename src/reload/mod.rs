@@ -37,8 +37,10 @@
 pub mod annotations;
 mod decide;
 mod digest;
+mod dynamic;
 mod events;
 mod index;
+mod job;
 mod key_secret;
 pub mod kinds;
 pub mod metrics;
@@ -48,6 +50,7 @@ mod stage;
 mod uses;
 mod watch;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,11 +152,25 @@ pub async fn run(
     let key = key_secret::load_or_create(&client, &operator_namespace).await?;
     let key_id = key.id();
     let namespace_selector = scope.namespace_selector.is_some();
+    let mut served = Vec::new();
+    let mut apis = HashMap::new();
+    for kind in dynamic::KINDS {
+        let api = dynamic::discover(&client, kind).await.unwrap_or_else(|error| {
+            tracing::warn!(kind = kind.as_str(), %error, "discovery failed; looking again later");
+            None
+        });
+        tracing::info!(kind = kind.as_str(), api = ?api.as_ref().map(|a| &a.api_version), "discovered");
+        if let Some(api) = dynamic::api_resource(kind, api.as_ref()) {
+            apis.insert(kind, api);
+        }
+        served.push((kind, api));
+    }
     let plan = watch::WatchPlan {
         client: client.clone(),
         key: Arc::new(key),
         scope,
         resource_selector: args.resource_label_selector,
+        dynamic: served,
     };
     let (sources, inputs) = plan.streams(inbox.0);
     let timing = stage::Timing {
@@ -161,8 +178,16 @@ pub async fn run(
         min_reload_interval: args.min_reload_interval,
     };
     tracing::info!(key_id, ?timing, "reload stage starting");
-    stage::Stage::new(client, key_id, timing, sources, namespace_selector, metrics)
-        .run(inputs)
-        .await;
+    stage::Stage::new(
+        client,
+        key_id,
+        timing,
+        sources,
+        apis,
+        namespace_selector,
+        metrics,
+    )
+    .run(inputs)
+    .await;
     Ok(())
 }

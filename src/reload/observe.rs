@@ -13,15 +13,40 @@ use time::OffsetDateTime;
 use super::annotations::{Annotations, RELOADER_PAUSED_AT, ReloadPolicy, ResourceFlags};
 use super::digest::{Digest, DigestKey};
 use super::index::{ResourceObservation, ResourceState, WorkloadObservation, WorkloadState};
-use super::kinds::{ResourceRef, WorkloadKind, WorkloadRef};
+use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::record::{
     Applied, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_time,
 };
 use super::uses::uses;
 
-/// A Deployment, StatefulSet or DaemonSet.
+/// What the reload stage reads of a workload, whatever API serves it.
+pub trait WorkloadView {
+    const KIND: WorkloadKind;
+    fn object_meta(&self) -> &ObjectMeta;
+    fn pod_template(&self) -> Option<&PodTemplateSpec>;
+    /// `spec.paused` (only Deployments have it).
+    fn paused(&self) -> bool {
+        false
+    }
+    fn restart_method(&self) -> RestartMethod {
+        RestartMethod::PodTemplate
+    }
+    /// When kvsync (or Reloader's `restartAt`) last restarted it.
+    fn last_restart(&self) -> Option<OffsetDateTime> {
+        let annotations = self
+            .pod_template()?
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?;
+        parse_time(annotations.get(RESTARTED_AT_ANNOTATION).map(String::as_str))
+    }
+}
+
+/// An `apps/v1` workload, watched and patched through its typed API.
 pub trait WorkloadObject:
-    kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    WorkloadView
+    + kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Clone
     + DeserializeOwned
     + Debug
@@ -29,16 +54,13 @@ pub trait WorkloadObject:
     + Sync
     + 'static
 {
-    const KIND: WorkloadKind;
-    fn pod_template(&self) -> Option<&PodTemplateSpec>;
-    /// `spec.paused` (only Deployments have it).
-    fn paused(&self) -> bool {
-        false
-    }
 }
 
-impl WorkloadObject for Deployment {
+impl WorkloadView for Deployment {
     const KIND: WorkloadKind = WorkloadKind::Deployment;
+    fn object_meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
     }
@@ -47,19 +69,29 @@ impl WorkloadObject for Deployment {
     }
 }
 
-impl WorkloadObject for StatefulSet {
+impl WorkloadView for StatefulSet {
     const KIND: WorkloadKind = WorkloadKind::StatefulSet;
+    fn object_meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
     }
 }
 
-impl WorkloadObject for DaemonSet {
+impl WorkloadView for DaemonSet {
     const KIND: WorkloadKind = WorkloadKind::DaemonSet;
+    fn object_meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
     }
 }
+
+impl WorkloadObject for Deployment {}
+impl WorkloadObject for StatefulSet {}
+impl WorkloadObject for DaemonSet {}
 
 /// A Secret or ConfigMap, digested with the operator's key.
 pub trait ResourceObject:
@@ -120,9 +152,9 @@ pub fn observe_resource<R: ResourceObject>(
 }
 
 /// `None` for an object without name or namespace (never sent by a server).
-pub fn observe_workload<W: WorkloadObject>(object: &W) -> Option<WorkloadObservation> {
+pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservation> {
     static NONE: Annotations = Annotations::new();
-    let meta = object.meta();
+    let meta = object.object_meta();
     let template = object.pod_template();
     let annotations = meta.annotations.as_ref().unwrap_or(&NONE);
     let template_annotations = template
@@ -147,11 +179,8 @@ pub fn observe_workload<W: WorkloadObject>(object: &W) -> Option<WorkloadObserva
             applied: Applied::from_annotation(
                 annotations.get(DIGEST_ANNOTATION).map(String::as_str),
             ),
-            last_restart: parse_time(
-                template_annotations
-                    .get(RESTARTED_AT_ANNOTATION)
-                    .map(String::as_str),
-            ),
+            last_restart: object.last_restart(),
+            restart: object.restart_method(),
             paused_at: parse_time(annotations.get(PAUSED_AT_ANNOTATION).map(String::as_str)),
             reloader_paused_since: reloader_paused_since(object.paused(), annotations),
             template: template.map_or(0, template_hash),

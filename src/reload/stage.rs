@@ -9,18 +9,23 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use std::collections::HashMap;
+
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::watcher::Event;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, ApiResource, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
 use super::annotations::{PolicyProblem, RELOADER_PAUSED_AT};
 use super::decide::{Decision, Pause, Schedule, Situation, Verdict, decide, desired_members};
+use super::dynamic;
 use super::events::{EventPublisher, Regarding};
 use super::index::{Index, ResourceChange, WorkloadObservation};
-use super::kinds::{WorkloadKind, WorkloadRef};
+use super::job::job_for;
+use super::kinds::{RestartMethod, WorkloadKind, WorkloadRef};
 use super::metrics::ReloadMetrics;
 use super::observe::{WorkloadObject, observe_workload};
 use super::record::{
@@ -52,6 +57,8 @@ enum Seen {
 
 struct SourceState {
     source: Source,
+    /// Readiness waits for its first list (not for an API that may appear later).
+    required: bool,
     listed_once: bool,
     /// Keys seen since the last `Init`, while a (re-)list is in progress.
     listing: Option<Listing>,
@@ -59,6 +66,8 @@ struct SourceState {
 
 pub struct Stage {
     client: kube::Client,
+    /// The APIs of the dynamic kinds (see [`dynamic`]).
+    apis: HashMap<WorkloadKind, ApiResource>,
     key_id: String,
     timing: Timing,
     index: Index,
@@ -75,6 +84,7 @@ impl Stage {
         key_id: String,
         timing: Timing,
         sources: Vec<Source>,
+        apis: HashMap<WorkloadKind, ApiResource>,
         namespace_selector: bool,
         metrics: ReloadMetrics,
     ) -> Self {
@@ -82,6 +92,7 @@ impl Stage {
             events: EventPublisher::new(client.clone(), metrics.clone()),
             metrics,
             client,
+            apis,
             key_id,
             timing,
             index: Index::new(namespace_selector),
@@ -89,6 +100,7 @@ impl Stage {
             sources: sources
                 .into_iter()
                 .map(|source| SourceState {
+                    required: source.required,
                     source,
                     listed_once: false,
                     listing: None,
@@ -127,6 +139,9 @@ impl Stage {
                 self.metrics.error("watch");
                 let watched = self.sources.get(source).map(|s| &s.source);
                 warn!(?watched, %error, "watch failed; retrying with backoff");
+                if is_forbidden(&error) {
+                    self.stop_waiting_for(source);
+                }
             }
             Input::Fetched(Ok(Some(observation))) => {
                 self.observe(Observed::Resource(observation), Seen::Written)
@@ -213,8 +228,14 @@ impl Stage {
             self.metrics.error("invalid_annotation");
             warn!(%workload, %problem, "unusable reload annotation");
         }
-        self.events
-            .invalid_annotations(Regarding { workload, uid }, problems);
+        self.events.invalid_annotations(
+            Regarding {
+                workload,
+                api_version: self.api_version(workload.kind),
+                uid,
+            },
+            problems,
+        );
     }
 
     fn forget(&mut self, observed: Observed) {
@@ -249,8 +270,23 @@ impl Stage {
         }
     }
 
+    /// A watch the operator may not run (RBAC without that kind, e.g. an
+    /// older chart without CronJobs) is reported and not waited for: the
+    /// other kinds are reloaded meanwhile.
+    fn stop_waiting_for(&mut self, source: usize) {
+        let Some(state) = self.sources.get_mut(source) else {
+            return;
+        };
+        if state.required && !state.listed_once {
+            state.required = false;
+            self.metrics.error("watch_forbidden");
+            warn!(watched = ?state.source, "forbidden to list this kind; reloading the others without it (grant list and watch to the operator)");
+            self.become_ready_when_listed();
+        }
+    }
+
     fn become_ready_when_listed(&mut self) {
-        if self.ready || !self.sources.iter().all(|s| s.listed_once) {
+        if self.ready || !self.sources.iter().all(|s| s.listed_once || !s.required) {
             return;
         }
         self.ready = true;
@@ -303,10 +339,13 @@ impl Stage {
             min_interval: self.timing.min_reload_interval,
             pause,
             covered: &covered,
+            suspended: matches!(state.restart, RestartMethod::Job { suspended: true }),
             now,
         });
         let resource_version = state.resource_version.clone();
         let uid = state.uid.clone();
+        let method = state.restart;
+        let last_restart = state.last_restart;
         let record = |members| AppliedRecord {
             key_id: self.key_id.clone(),
             members,
@@ -328,7 +367,7 @@ impl Stage {
         match verdict {
             Verdict::UpToDate => {
                 if end_pause {
-                    self.write(&workload, patch_body(&resource_version, &changes))
+                    self.write(&workload, patch_body(&resource_version, method, &changes))
                         .await;
                 }
             }
@@ -339,23 +378,29 @@ impl Stage {
                 self.metrics.skipped(why.as_str(), 1);
                 info!(%workload, reason = why.as_str(), "recording digests without a restart");
                 changes.record = RecordChange::Set(record(members));
-                self.write(&workload, patch_body(&resource_version, &changes))
+                self.write(&workload, patch_body(&resource_version, method, &changes))
                     .await;
             }
             Verdict::Forget => {
                 info!(%workload, "no reload annotations any more; removing the digest record");
                 changes.record = RecordChange::Remove;
-                self.write(&workload, patch_body(&resource_version, &changes))
+                self.write(&workload, patch_body(&resource_version, method, &changes))
                     .await;
             }
             Verdict::Restart {
                 changed,
                 record: members,
             } => {
-                changes.record = RecordChange::Set(record(members));
+                let record = record(members);
+                if let RestartMethod::Job { .. } = method
+                    && !self.create_job(&workload, last_restart, &record).await
+                {
+                    return;
+                }
+                changes.record = RecordChange::Set(record);
                 changes.restarted_at = Some(now);
                 if self
-                    .write(&workload, patch_body(&resource_version, &changes))
+                    .write(&workload, patch_body(&resource_version, method, &changes))
                     .await
                 {
                     self.metrics.rollout(workload.kind.as_str());
@@ -364,6 +409,7 @@ impl Stage {
                     self.events.reloaded(
                         Regarding {
                             workload: &workload,
+                            api_version: self.api_version(workload.kind),
                             uid: &uid,
                         },
                         &changed,
@@ -375,7 +421,7 @@ impl Stage {
                 info!(%workload, ?period, changed = changed.len(), "pause period started; restarting when it ends");
                 changes.pause = PauseChange::Start(now);
                 if self
-                    .write(&workload, patch_body(&resource_version, &changes))
+                    .write(&workload, patch_body(&resource_version, method, &changes))
                     .await
                 {
                     self.schedule.postpone(workload, Instant::now() + period);
@@ -389,6 +435,60 @@ impl Stage {
         }
     }
 
+    /// The `apiVersion` the workload's kind is served as.
+    fn api_version(&self, kind: WorkloadKind) -> &str {
+        self.apis
+            .get(&kind)
+            .map_or("apps/v1", |api| api.api_version.as_str())
+    }
+
+    /// Creates the Job for this restart of a CronJob (see [`super::job`]);
+    /// returns whether it exists now. On failure the CronJob is looked at
+    /// again later.
+    async fn create_job(
+        &mut self,
+        workload: &WorkloadRef,
+        last_restart: Option<OffsetDateTime>,
+        record: &AppliedRecord,
+    ) -> bool {
+        let Some(api) = self.apis.get(&workload.kind) else {
+            return false;
+        };
+        let restart = format!("{:?} {}", last_restart.map(format_time), record.render());
+        let cron_job = dynamic::api(self.client.clone(), api, &workload.namespace)
+            .get_opt(&workload.name)
+            .await
+            .map(|found| found.as_ref().and_then(dynamic::cron_job));
+        let result = match cron_job {
+            Ok(Some(cron_job)) => match job_for(&cron_job, &api.api_version, &restart) {
+                Some(job) => Api::<Job>::namespaced(self.client.clone(), &workload.namespace)
+                    .create(
+                        &PostParams {
+                            field_manager: Some(FIELD_MANAGER.to_owned()),
+                            ..PostParams::default()
+                        },
+                        &job,
+                    )
+                    .await
+                    .map(drop),
+                None => return false,
+            },
+            Ok(None) => return false,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(()) => true,
+            Err(kube::Error::Api(status)) if status.is_already_exists() => true,
+            Err(error) => {
+                self.metrics.error("job");
+                warn!(%workload, %error, "could not create the Job; retrying");
+                self.schedule
+                    .mark(workload.clone(), Instant::now() + RETRY_AFTER_ERROR);
+                false
+            }
+        }
+    }
+
     /// Applies `body` to the workload; records the response in the index.
     /// Returns whether it was applied.
     async fn write(&mut self, workload: &WorkloadRef, body: Value) -> bool {
@@ -397,6 +497,10 @@ impl Stage {
             WorkloadKind::Deployment => patch::<Deployment>(client, workload, body).await,
             WorkloadKind::StatefulSet => patch::<StatefulSet>(client, workload, body).await,
             WorkloadKind::DaemonSet => patch::<DaemonSet>(client, workload, body).await,
+            WorkloadKind::CronJob | WorkloadKind::Rollout => match self.apis.get(&workload.kind) {
+                Some(api) => dynamic::patch(client, api, workload, &patch_params(), body).await,
+                None => return false,
+            },
         };
         match result {
             Ok(updated) => {
@@ -430,14 +534,17 @@ async fn patch<W: WorkloadObject>(
     body: Value,
 ) -> Result<Option<WorkloadObservation>, kube::Error> {
     let api: Api<W> = Api::namespaced(client, &workload.namespace);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
     let updated = api
-        .patch(&workload.name, &params, &Patch::Merge(body))
+        .patch(&workload.name, &patch_params(), &Patch::Merge(body))
         .await?;
     Ok(observe_workload(&updated))
+}
+
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
 }
 
 /// What one patch of a workload writes.
@@ -464,34 +571,61 @@ enum PauseChange {
     },
 }
 
-/// The one merge patch that records digests, restarts and starts or ends a
-/// pause. `resourceVersion` makes it conditional on the workload being as
-/// evaluated.
-fn patch_body(resource_version: &str, changes: &Changes) -> Value {
-    let mut body =
-        json!({ "metadata": { "resourceVersion": resource_version, "annotations": {} } });
-    let annotations = &mut body["metadata"]["annotations"];
+/// The one merge patch that records digests, restarts (as `method` says) and
+/// starts or ends a pause. `resourceVersion` makes it conditional on the
+/// workload being as evaluated.
+fn patch_body(resource_version: &str, method: RestartMethod, changes: &Changes) -> Value {
+    let mut annotations = serde_json::Map::new();
+    let mut spec = serde_json::Map::new();
     match &changes.record {
         RecordChange::Keep => {}
-        RecordChange::Set(record) => annotations[DIGEST_ANNOTATION] = json!(record.render()),
-        RecordChange::Remove => annotations[DIGEST_ANNOTATION] = Value::Null,
+        RecordChange::Set(record) => {
+            annotations.insert(DIGEST_ANNOTATION.into(), json!(record.render()));
+        }
+        RecordChange::Remove => {
+            annotations.insert(DIGEST_ANNOTATION.into(), Value::Null);
+        }
     }
     match changes.pause {
         PauseChange::Keep => {}
-        PauseChange::Start(at) => annotations[PAUSED_AT_ANNOTATION] = json!(format_time(at)),
+        PauseChange::Start(at) => {
+            annotations.insert(PAUSED_AT_ANNOTATION.into(), json!(format_time(at)));
+        }
         PauseChange::End { resume } => {
-            annotations[PAUSED_AT_ANNOTATION] = Value::Null;
+            annotations.insert(PAUSED_AT_ANNOTATION.into(), Value::Null);
             if resume {
-                annotations[RELOADER_PAUSED_AT] = Value::Null;
-                body["spec"] = json!({ "paused": false });
+                annotations.insert(RELOADER_PAUSED_AT.into(), Value::Null);
+                spec.insert("paused".into(), json!(false));
             }
         }
     }
     if let Some(at) = changes.restarted_at {
-        body["spec"]["template"] =
-            json!({ "metadata": { "annotations": { RESTARTED_AT_ANNOTATION: format_time(at) } } });
+        let at = json!(format_time(at));
+        match method {
+            RestartMethod::PodTemplate => {
+                spec.insert(
+                    "template".into(),
+                    json!({ "metadata": { "annotations": { RESTARTED_AT_ANNOTATION: at } } }),
+                );
+            }
+            RestartMethod::RestartAt => {
+                spec.insert("restartAt".into(), at);
+            }
+            RestartMethod::Job { .. } => {
+                annotations.insert(RESTARTED_AT_ANNOTATION.into(), at);
+            }
+        }
+    }
+    let mut body =
+        json!({ "metadata": { "resourceVersion": resource_version, "annotations": annotations } });
+    if !spec.is_empty() {
+        body["spec"] = Value::Object(spec);
     }
     body
+}
+
+fn is_forbidden(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.is_forbidden())
 }
 
 async fn sleep_until(due: Option<Instant>) {
@@ -521,7 +655,7 @@ mod tests {
             restarted_at: Some(at),
             pause: PauseChange::End { resume: true },
         };
-        let body = patch_body("41", &changes);
+        let body = patch_body("41", RestartMethod::PodTemplate, &changes);
         assert_eq!(body["metadata"]["resourceVersion"], "41");
         let annotations = &body["metadata"]["annotations"];
         assert_eq!(annotations[DIGEST_ANNOTATION], record().render());
@@ -542,7 +676,7 @@ mod tests {
             restarted_at: None,
             pause: PauseChange::Start(at),
         };
-        let body = patch_body("1", &changes);
+        let body = patch_body("1", RestartMethod::PodTemplate, &changes);
         assert!(body.get("spec").is_none(), "{body}");
         assert_eq!(
             body["metadata"]["annotations"],
@@ -553,7 +687,7 @@ mod tests {
             restarted_at: None,
             pause: PauseChange::End { resume: false },
         };
-        let body = patch_body("1", &changes);
+        let body = patch_body("1", RestartMethod::PodTemplate, &changes);
         assert!(body.get("spec").is_none(), "{body}");
         assert_eq!(
             body["metadata"]["annotations"],
