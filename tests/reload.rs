@@ -299,6 +299,21 @@ impl Fixture {
         QUIET.min(left.try_into().unwrap_or_default())
     }
 
+    /// The operator's metrics page.
+    async fn metrics(&self) -> String {
+        let operator = self.operator.as_ref().expect("an operator is running");
+        let base = eventually("the metrics address in the log", WAIT, || async {
+            metrics_url(&operator.output())
+        })
+        .await;
+        reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Notes of the Events with `reason` about the workload `name`.
     async fn event_notes(&self, name: &str, reason: &str) -> Vec<String> {
         let list = self
@@ -1322,4 +1337,113 @@ async fn argo_rollouts_restart_once_by_template_or_by_restart_at() {
     for name in ["by-template", "by-restart-at"] {
         assert_eq!(f.event_notes(name, "Reloaded").await.len(), 1, "{name}");
     }
+}
+
+/// The `kvsync.io/restartedAt` of each Deployment in the namespace that has one.
+async fn restarts(f: &Fixture) -> BTreeMap<String, OffsetDateTime> {
+    let list = f
+        .api::<Deployment>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    list.items
+        .into_iter()
+        .filter_map(|d| {
+            let template = d.spec.as_ref()?.template.metadata.as_ref()?;
+            let at = template
+                .annotations
+                .as_ref()?
+                .get(RESTARTED_AT_ANNOTATION)?;
+            Some((d.name_any(), parse_time(Some(at))?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_secret_used_by_200_workloads_restarts_each_once_at_the_throttled_rate() {
+    const WORKLOADS: usize = 200;
+    const PER_SECOND: usize = 50;
+    let mut f = Fixture::new("reload-throttle").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    let deployments = f.api::<Deployment>();
+    for i in 0..WORKLOADS {
+        let name = format!("w{i:03}");
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": pairs(&[AUTO])},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}}, "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app", "envFrom": [{"secretRef": {"name": "db"}}]}]}}}
+        }))
+        .unwrap();
+        deployments
+            .create(&PostParams::default(), &deployment)
+            .await
+            .unwrap();
+    }
+    let rate = PER_SECOND.to_string();
+    f.start_operator(&["--max-rollouts-per-second", &rate])
+        .await;
+    eventually("every workload baselined", WAIT * 3, || async {
+        let list = deployments.list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
+            .all(|d| d.annotations().contains_key(DIGEST_ANNOTATION))
+            .then_some(())
+    })
+    .await;
+
+    let changed = OffsetDateTime::now_utc();
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    let queued_peak = std::sync::atomic::AtomicUsize::new(0);
+    let all = eventually("every workload restarted", WAIT * 3, || async {
+        let metrics = f.metrics().await;
+        let queued = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("kvsync_reload_rollouts_queued "))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or_default();
+        queued_peak.fetch_max(queued, std::sync::atomic::Ordering::Relaxed);
+        let all = restarts(&f).await;
+        (all.len() == WORKLOADS).then_some(all)
+    })
+    .await;
+    always("each restarted exactly once", QUIET, || async {
+        restarts(&f).await == all
+    })
+    .await;
+
+    let queued_peak = queued_peak.into_inner();
+    let mut times: Vec<OffsetDateTime> = all.into_values().collect();
+    times.sort();
+    let last = *times.last().unwrap();
+    let peak = times
+        .iter()
+        .map(|start| {
+            times
+                .iter()
+                .filter(|t| **t >= *start && **t - *start < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    println!(
+        "throttle: {WORKLOADS} workloads at --max-rollouts-per-second {PER_SECOND}: all restarted {:.2}s after the change \
+         (first to last {:.2}s), peak {peak} restarts in any one second, peak queue {queued_peak}",
+        (last - changed).as_seconds_f64(),
+        (last - times[0]).as_seconds_f64(),
+    );
+    // The k-th restart is never ahead of its slot, however late (under load)
+    // the ones before it came: never faster than the rate from the first on.
+    let spacing = Duration::from_secs(1) / PER_SECOND as u32;
+    for (k, at) in times.iter().enumerate() {
+        let earliest = times[0] + spacing * k as u32 - Duration::from_millis(20);
+        assert!(
+            *at >= earliest,
+            "restart {k} at {at}, before its slot {earliest}"
+        );
+    }
+    assert!(
+        queued_peak > 0,
+        "the queue metric showed the waiting workloads"
+    );
 }

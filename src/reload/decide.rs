@@ -359,6 +359,68 @@ impl<K: Ord + Hash + Clone> Schedule<K> {
     }
 }
 
+/// Spaces rollouts across all workloads: at most one per `spacing`
+/// (`--max-rollouts-per-second`), so a Secret used by thousands of
+/// workloads restarts them over seconds, not in one storm.
+///
+/// A workload that must wait is given its own slot, so each waiting
+/// workload is looked at once more, at its slot, rather than every waiting
+/// workload competing again for each free one. A slot not used (the
+/// workload no longer needs a restart by then) is simply lost.
+///
+/// Written by hand rather than with a rate-limiter crate: those answer
+/// "now or not before t" for the next request, not a reservation per key.
+#[derive(Debug)]
+pub struct Pacer<K> {
+    spacing: Duration,
+    next_free: Option<Instant>,
+    reserved: HashMap<K, Instant>,
+}
+
+impl<K: Hash + Eq> Pacer<K> {
+    /// `per_second`: 0 means no limit.
+    pub fn new(per_second: u32) -> Self {
+        Pacer {
+            spacing: match per_second {
+                0 => Duration::ZERO,
+                n => Duration::from_secs(1) / n,
+            },
+            next_free: None,
+            reserved: HashMap::new(),
+        }
+    }
+
+    /// `Ok`: roll `key` out now. `Err(slot)`: look again at `slot`, which
+    /// is now `key`'s.
+    pub fn admit(&mut self, key: K, now: Instant) -> Result<(), Instant> {
+        let slot = match self.reserved.get(&key) {
+            Some(slot) => *slot,
+            None => {
+                let slot = self.next_free.map_or(now, |free| free.max(now));
+                self.next_free = Some(slot + self.spacing);
+                slot
+            }
+        };
+        if slot <= now {
+            self.reserved.remove(&key);
+            Ok(())
+        } else {
+            self.reserved.insert(key, slot);
+            Err(slot)
+        }
+    }
+
+    /// Drops `key`'s slot (it no longer needs a restart).
+    pub fn release(&mut self, key: &K) {
+        self.reserved.remove(key);
+    }
+
+    /// How many workloads hold a slot in the future.
+    pub fn queued(&self) -> usize {
+        self.reserved.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -852,6 +914,39 @@ mod tests {
                 record: desired
             }
         );
+    }
+
+    #[test]
+    fn the_pacer_gives_each_waiting_workload_its_own_slot() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut pacer = Pacer::new(10);
+        assert_eq!(pacer.admit("a", t0), Ok(()));
+        assert_eq!(pacer.admit("b", t0), Err(t0 + ms(100)));
+        assert_eq!(pacer.admit("c", t0), Err(t0 + ms(200)));
+        assert_eq!(
+            pacer.admit("c", t0 + ms(150)),
+            Err(t0 + ms(200)),
+            "early: keeps its slot"
+        );
+        assert_eq!(pacer.queued(), 2);
+        assert_eq!(pacer.admit("b", t0 + ms(100)), Ok(()));
+        pacer.release(&"c");
+        assert_eq!(pacer.queued(), 0);
+        assert_eq!(
+            pacer.admit("d", t0 + ms(250)),
+            Err(t0 + ms(300)),
+            "c's slot is lost, not reused"
+        );
+        assert_eq!(
+            pacer.admit("e", t0 + ms(5000)),
+            Ok(()),
+            "idle time is not saved up"
+        );
+        let mut unlimited = Pacer::new(0);
+        for key in ["a", "b", "c"] {
+            assert_eq!(unlimited.admit(key, t0), Ok(()));
+        }
     }
 
     #[test]

@@ -11,11 +11,16 @@
 //!   `--min-reload-interval` or a pause period).
 //! - `kvsync_reload_errors_total{reason}`: `patch` (a workload update failed),
 //!   `invalid_annotation` (an unusable annotation value), `watch`,
-//!   `fast_path_read`, `event` (publishing an Event failed).
+//!   `watch_forbidden` (a kind the operator may not list; not waited for),
+//!   `fast_path_read`, `job` (a CronJob's Job could not be made), `event`
+//!   (publishing an Event failed).
+//! - `kvsync_reload_rollouts_queued`: workloads due for a rollout, waiting
+//!   for a slot under `--max-rollouts-per-second`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +39,7 @@ pub struct ReloadMetrics {
     rollouts: Family<KindLabel, Counter>,
     skipped: Family<ReasonLabel, Counter>,
     errors: Family<ReasonLabel, Counter>,
+    queued: Gauge,
 }
 
 impl ReloadMetrics {
@@ -55,6 +61,11 @@ impl ReloadMetrics {
             "Reload stage errors, by reason",
             metrics.errors.clone(),
         );
+        registry.register(
+            "reload_rollouts_queued",
+            "Workloads waiting for a slot under --max-rollouts-per-second",
+            metrics.queued.clone(),
+        );
         metrics
     }
 
@@ -72,6 +83,11 @@ impl ReloadMetrics {
 
     pub fn error(&self, reason: &'static str) {
         self.errors.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn set_queued(&self, workloads: usize) {
+        self.queued
+            .set(i64::try_from(workloads).unwrap_or(i64::MAX));
     }
 }
 
@@ -93,6 +109,7 @@ mod tests {
             "kvsync_reload_rollouts_total{kind=\"Deployment\"}",
             "kvsync_reload_skipped_total{reason=\"rate_limited\"}",
             "kvsync_reload_errors_total{reason=\"patch\"}",
+            "kvsync_reload_rollouts_queued 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -69,12 +69,21 @@ pub struct ReloadArgs {
     pub reload_debounce: Duration,
 
     /// At most one restart per workload within this interval; later changes
-    /// fold into one restart when it has passed. A workload's pause-period
-    /// annotation (e.g. `deployment.reloader.stakater.com/pause-period`) can
-    /// lengthen it. The default leaves time for a rollout to start while
-    /// keeping a flapping Secret from causing a restart storm.
+    /// fold into one restart when it has passed (a global floor; a
+    /// workload's pause-period annotation, e.g.
+    /// `deployment.reloader.stakater.com/pause-period`, folds the changes of
+    /// its period into one rollout at its end). The default leaves time for a
+    /// rollout to start while keeping a flapping Secret from causing a
+    /// restart storm.
     #[arg(long, env = "KVSYNC_MIN_RELOAD_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub min_reload_interval: Duration,
+
+    /// At most this many rollouts per second across all workloads (0: no
+    /// limit): a Secret used by thousands of workloads restarts them over
+    /// seconds instead of all at once. Every one still restarts exactly
+    /// once; `kvsync_reload_rollouts_queued` shows how many wait.
+    #[arg(long, env = "KVSYNC_MAX_ROLLOUTS_PER_SECOND", default_value_t = 20)]
+    pub max_rollouts_per_second: u32,
 
     /// Only Secrets and ConfigMaps whose labels match this equality selector
     /// (e.g. `reload=true`) count; the reload stage does not see the others
@@ -176,6 +185,7 @@ pub async fn run(
     let timing = stage::Timing {
         debounce: args.reload_debounce,
         min_reload_interval: args.min_reload_interval,
+        max_rollouts_per_second: args.max_rollouts_per_second,
     };
     tracing::info!(key_id, ?timing, "reload stage starting");
     stage::Stage::new(

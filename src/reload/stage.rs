@@ -20,7 +20,9 @@ use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
 use super::annotations::{PolicyProblem, RELOADER_PAUSED_AT};
-use super::decide::{Decision, Pause, Schedule, Situation, Verdict, decide, desired_members};
+use super::decide::{
+    Decision, Pacer, Pause, Schedule, Situation, Verdict, decide, desired_members,
+};
 use super::dynamic;
 use super::events::{EventPublisher, Regarding};
 use super::index::{Index, ResourceChange, WorkloadObservation};
@@ -44,6 +46,7 @@ const FIELD_MANAGER: &str = "kvsync-reload";
 pub struct Timing {
     pub debounce: Duration,
     pub min_reload_interval: Duration,
+    pub max_rollouts_per_second: u32,
 }
 
 /// How an object came to be observed.
@@ -72,6 +75,7 @@ pub struct Stage {
     timing: Timing,
     index: Index,
     schedule: Schedule<WorkloadRef>,
+    pacer: Pacer<WorkloadRef>,
     sources: Vec<SourceState>,
     ready: bool,
     events: EventPublisher,
@@ -89,6 +93,7 @@ impl Stage {
         metrics: ReloadMetrics,
     ) -> Self {
         Stage {
+            pacer: Pacer::new(timing.max_rollouts_per_second),
             events: EventPublisher::new(client.clone(), metrics.clone()),
             metrics,
             client,
@@ -248,6 +253,7 @@ impl Stage {
             Observed::Workload(w) => {
                 self.index.remove_workload(&w.workload);
                 self.schedule.forget(&w.workload);
+                self.pacer.release(&w.workload);
             }
             Observed::Namespace { name, .. } => {
                 self.index.set_selected(&name, false);
@@ -364,6 +370,9 @@ impl Stage {
         if end_pause {
             info!(%workload, resumed = pause.by_reloader.is_some(), "pause period over");
         }
+        if !matches!(verdict, Verdict::Restart { .. }) {
+            self.pacer.release(&workload);
+        }
         match verdict {
             Verdict::UpToDate => {
                 if end_pause {
@@ -392,6 +401,12 @@ impl Stage {
                 record: members,
             } => {
                 let record = record(members);
+                let admitted = self.pacer.admit(workload.clone(), Instant::now());
+                self.metrics.set_queued(self.pacer.queued());
+                if let Err(slot) = admitted {
+                    self.schedule.postpone(workload, slot);
+                    return;
+                }
                 if let RestartMethod::Job { .. } = method
                     && !self.create_job(&workload, last_restart, &record).await
                 {
