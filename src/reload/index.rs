@@ -117,7 +117,9 @@ pub struct WorkloadObservation {
 /// The outcome of recording a resource observation.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ResourceChange {
-    /// Older than what the index holds: dropped.
+    /// Not newer than what the index holds (an older event, or the same
+    /// version seen twice — the sync stage's report and the watch event):
+    /// dropped, so nothing is counted twice.
     Stale,
     /// Same data and flags (a metadata-only update or a no-op write); this
     /// many workloads react to the resource and were left alone.
@@ -185,7 +187,7 @@ impl Index {
         let ns = self.namespaces.entry(namespace.clone()).or_default();
         let old = ns.resources.get(&resource);
         if let (Some(old), Some(new_version)) = (old.and_then(|o| o.version), state.version)
-            && new_version < old
+            && new_version <= old
         {
             return ResourceChange::Stale;
         }
@@ -515,6 +517,11 @@ mod tests {
         assert_eq!(
             index.apply_resource(secret("ns", "db", "v1", 2)),
             ResourceChange::Unchanged { reacting: 1 }
+        );
+        assert_eq!(
+            index.apply_resource(secret("ns", "db", "v1", 2)),
+            ResourceChange::Stale,
+            "the same version seen again (fast path and watch) counts once"
         );
         assert_eq!(
             index.apply_resource(secret("ns", "db", "v0", 1)),

@@ -6,9 +6,12 @@
 //! - `kvsync_reload_rollouts_total{kind}`: rolling restarts triggered.
 //! - `kvsync_reload_skipped_total{reason}`: restarts not done, by reason:
 //!   `data_unchanged` (a metadata-only update or an identical rewrite of a
-//!   resource some workload reacts to), `first_sight`, `digest_key_changed`,
-//!   `membership_changed` (baselines), `rate_limited` (deferred by
-//!   `--min-reload-interval` or a pause period).
+//!   resource, once per write and per workload reacting to it),
+//!   `first_sight`, `digest_key_changed`, `record_updated`,
+//!   `template_changed` (the pod template changed after the data),
+//!   `suspended` (a suspended CronJob) — all baselines —, `paused` (a pause
+//!   period started), `rate_limited` (deferred by `--min-reload-interval` or
+//!   a running pause period).
 //! - `kvsync_reload_errors_total{reason}`: `patch` (a workload update failed),
 //!   `invalid_annotation` (an unusable annotation value), `watch`,
 //!   `watch_forbidden` (a kind the operator may not list; not waited for),
