@@ -549,12 +549,11 @@ mod tests {
             &["db"],
         );
         index.apply_workload(web.clone());
-        let plain = secret("ns", "db", "v", 1);
         assert_eq!(
-            index.apply_resource(plain.clone()),
+            index.apply_resource(secret("ns", "db", "v", 1)),
             ResourceChange::Changed { affected: vec![] }
         );
-        let mut matched = plain.clone();
+        let mut matched = secret("ns", "db", "v", 2);
         matched.state.flags.matched = true;
         assert_eq!(
             index.apply_resource(matched),
@@ -563,7 +562,7 @@ mod tests {
             }
         );
         assert_eq!(
-            index.apply_resource(plain),
+            index.apply_resource(secret("ns", "db", "v", 3)),
             ResourceChange::Changed {
                 affected: vec![web.workload]
             }
