@@ -1447,3 +1447,32 @@ async fn a_secret_used_by_200_workloads_restarts_each_once_at_the_throttled_rate
         "the queue metric showed the waiting workloads"
     );
 }
+
+#[tokio::test]
+async fn a_restart_stamped_in_the_future_delays_the_next_by_one_interval_at_most() {
+    let mut f = Fixture::new("reload-future").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.deployment("web", &[AUTO], &["db"], &[]).await;
+    f.start_operator(&["--min-reload-interval", "3s"]).await;
+    f.baselined::<Deployment>("web").await;
+
+    let future = OffsetDateTime::now_utc() + Duration::from_secs(3600);
+    let stamp = future
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: stamp}}}}});
+    f.api::<Deployment>()
+        .patch("web", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    f.expect_replica_sets("web", 2).await;
+
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("web", 3).await;
+    assert!(
+        f.restarted_at("web").await < future,
+        "restamped with the present"
+    );
+    let operator = f.operator.as_ref().unwrap();
+    logged(operator, "the warning", "stamped in the future").await;
+}

@@ -359,6 +359,26 @@ impl<K: Ord + Hash + Clone> Schedule<K> {
     }
 }
 
+/// The last restart to time the next one from. A `kvsync.io/restartedAt` in
+/// the future (a hand edit, clock skew between replicas) counts from when
+/// kvsync first saw that stamp — `previous`: the stamp and effective time of
+/// the workload's last observation — so it delays a restart by at most one
+/// `--min-reload-interval`. The flag is true when such a stamp is new (worth a
+/// warning).
+pub fn effective_last_restart(
+    stamp: Option<OffsetDateTime>,
+    previous: Option<(Option<OffsetDateTime>, Option<OffsetDateTime>)>,
+    now: OffsetDateTime,
+) -> (Option<OffsetDateTime>, bool) {
+    match stamp {
+        Some(at) if at > now => match previous {
+            Some((seen, effective)) if seen == stamp => (effective, false),
+            _ => (Some(now), true),
+        },
+        _ => (stamp, false),
+    }
+}
+
 /// Spaces rollouts across all workloads: at most one per `spacing`
 /// (`--max-rollouts-per-second`), so a Secret used by thousands of
 /// workloads restarts them over seconds, not in one storm.
@@ -913,6 +933,29 @@ mod tests {
                 why: Baseline::Suspended,
                 record: desired
             }
+        );
+    }
+
+    #[test]
+    fn a_future_restart_stamp_counts_from_when_it_was_first_seen() {
+        let future = Some(at(3600));
+        assert_eq!(
+            effective_last_restart(Some(at(-5)), None, at(0)),
+            (Some(at(-5)), false)
+        );
+        assert_eq!(
+            effective_last_restart(future, None, at(0)),
+            (Some(at(0)), true)
+        );
+        assert_eq!(
+            effective_last_restart(future, Some((future, Some(at(0)))), at(50)),
+            (Some(at(0)), false),
+            "seen before: still timed from then, so the wait ends"
+        );
+        assert_eq!(
+            effective_last_restart(Some(at(7200)), Some((future, Some(at(0)))), at(50)),
+            (Some(at(50)), true),
+            "another future stamp"
         );
     }
 

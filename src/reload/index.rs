@@ -58,7 +58,11 @@ pub struct WorkloadState {
     pub problems: Vec<PolicyProblem>,
     pub uses: Uses,
     pub applied: Applied,
+    /// When to time the next restart from (see
+    /// [`super::decide::effective_last_restart`]).
     pub last_restart: Option<OffsetDateTime>,
+    /// The last restart as stamped on the object.
+    pub restart_stamp: Option<OffsetDateTime>,
     pub restart: RestartMethod,
     /// `kvsync.io/paused-at`: a pause period kvsync started.
     pub paused_at: Option<OffsetDateTime>,
@@ -454,6 +458,7 @@ mod tests {
                     .collect(),
                 applied: Applied::Never,
                 last_restart: None,
+                restart_stamp: None,
                 restart: RestartMethod::PodTemplate,
                 paused_at: None,
                 reloader_paused_since: None,

@@ -180,6 +180,7 @@ pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservati
                 annotations.get(DIGEST_ANNOTATION).map(String::as_str),
             ),
             last_restart: object.last_restart(),
+            restart_stamp: object.last_restart(),
             restart: object.restart_method(),
             paused_at: parse_time(annotations.get(PAUSED_AT_ANNOTATION).map(String::as_str)),
             reloader_paused_since: reloader_paused_since(object.paused(), annotations),

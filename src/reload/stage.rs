@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use super::annotations::{PolicyProblem, RELOADER_PAUSED_AT};
 use super::decide::{
     Decision, Pacer, Pause, Schedule, Situation, Verdict, decide, desired_members,
+    effective_last_restart,
 };
 use super::dynamic;
 use super::events::{EventPublisher, Regarding};
@@ -209,8 +210,20 @@ impl Stage {
         }
     }
 
-    fn observe_workload(&mut self, observation: WorkloadObservation, due: Instant) {
+    fn observe_workload(&mut self, mut observation: WorkloadObservation, due: Instant) {
         let workload = observation.workload.clone();
+        let previous = self
+            .index
+            .workload(&workload)
+            .map(|w| (w.restart_stamp, w.last_restart));
+        let stamp = observation.state.restart_stamp;
+        let (last_restart, in_future) =
+            effective_last_restart(stamp, previous, OffsetDateTime::now_utc());
+        observation.state.last_restart = last_restart;
+        if in_future {
+            warn!(%workload, stamp = ?stamp.map(format_time),
+                  "the last restart is stamped in the future (hand edit or clock skew); timing the next restart from now");
+        }
         let uid = observation.state.uid.clone();
         let change = self.index.apply_workload(observation);
         // A namespace outside `--namespace-selector` is not the operator's to
