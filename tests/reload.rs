@@ -1476,3 +1476,47 @@ async fn a_restart_stamped_in_the_future_delays_the_next_by_one_interval_at_most
     let operator = f.operator.as_ref().unwrap();
     logged(operator, "the warning", "stamped in the future").await;
 }
+
+/// `kvsync_reload_errors_total{reason}` (0 before the first).
+async fn reload_errors(f: &Fixture, reason: &str) -> u64 {
+    let line = format!("kvsync_reload_errors_total{{reason=\"{reason}\"}} ");
+    f.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_refused_update_backs_off_with_one_warning_event() {
+    let mut f = Fixture::new("reload-refused").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    // Annotations this close to Kubernetes' 256 KiB limit leave no room for
+    // kvsync's record: every update of the workload is refused with a 422.
+    let filler = "x".repeat(262_144 - 100);
+    // (A StatefulSet: the Deployment controller would copy them to its ReplicaSet.)
+    f.workload::<StatefulSet>("full", &[AUTO, ("filler", &filler)], &[], &["db"], &[])
+        .await;
+    f.deployment("fine", &[AUTO], &["db"], &[]).await;
+    f.start_operator(&[]).await;
+    f.baselined::<Deployment>("fine").await;
+    eventually("a retry after the first refusal", WAIT, || async {
+        (reload_errors(&f, "refused").await >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        f.event_notes("full", "ReloadRefused").await.len(),
+        1,
+        "one Warning event, not one per retry"
+    );
+    always(
+        "backing off: no third attempt within 20 s of the first",
+        Duration::from_secs(5),
+        || async { reload_errors(&f, "refused").await == 2 },
+    )
+    .await;
+    // The other workloads are not held up.
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("fine", 2).await;
+}

@@ -64,6 +64,14 @@ impl EventPublisher {
         );
     }
 
+    /// The API server refused kvsync's update of the workload (an admission
+    /// webhook, a validation error); kvsync retries with a backoff.
+    pub fn refused(&self, regarding: Regarding<'_>, error: &str) {
+        let note =
+            format!("kvsync could not update this workload, retrying with a backoff: {error}");
+        self.publish(regarding, "Warning", "ReloadRefused", "Restart", note);
+    }
+
     fn publish(
         &self,
         regarding: Regarding<'_>,

@@ -37,8 +37,17 @@ use super::record::{
 use super::watch::{Input, Listing, Observed, Source, Watched};
 
 /// Wait before retrying a workload whose patch failed for another reason
-/// than a conflict (which the next watch event resolves).
+/// than a conflict (which the next watch event resolves); doubled with each
+/// failure in a row, up to [`MAX_RETRY_DELAY`].
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(10);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
+
+/// The backoff after `failures` failed writes in a row (at least one).
+fn retry_delay(failures: u32) -> Duration {
+    RETRY_AFTER_ERROR
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(MAX_RETRY_DELAY)
+}
 
 const FIELD_MANAGER: &str = "kvsync-reload";
 
@@ -77,6 +86,8 @@ pub struct Stage {
     index: Index,
     schedule: Schedule<WorkloadRef>,
     pacer: Pacer<WorkloadRef>,
+    /// Failed writes in a row, per workload (for the backoff).
+    failures: HashMap<WorkloadRef, u32>,
     sources: Vec<SourceState>,
     ready: bool,
     events: EventPublisher,
@@ -103,6 +114,7 @@ impl Stage {
             timing,
             index: Index::new(namespace_selector),
             schedule: Schedule::default(),
+            failures: HashMap::new(),
             sources: sources
                 .into_iter()
                 .map(|source| SourceState {
@@ -267,6 +279,7 @@ impl Stage {
                 self.index.remove_workload(&w.workload);
                 self.schedule.forget(&w.workload);
                 self.pacer.release(&w.workload);
+                self.failures.remove(&w.workload);
             }
             Observed::Namespace { name, .. } => {
                 self.index.set_selected(&name, false);
@@ -508,10 +521,7 @@ impl Stage {
             Ok(()) => true,
             Err(kube::Error::Api(status)) if status.is_already_exists() => true,
             Err(error) => {
-                self.metrics.error("job");
-                warn!(%workload, %error, "could not create the Job; retrying");
-                self.schedule
-                    .mark(workload.clone(), Instant::now() + RETRY_AFTER_ERROR);
+                self.failed(workload, "job", &error);
                 false
             }
         }
@@ -532,6 +542,7 @@ impl Stage {
         };
         match result {
             Ok(updated) => {
+                self.failures.remove(workload);
                 if let Some(observation) = updated {
                     self.observe_workload(observation, Instant::now() + self.timing.debounce);
                 }
@@ -546,13 +557,37 @@ impl Stage {
             }
             Err(kube::Error::Api(status)) if status.is_not_found() => false,
             Err(error) => {
-                self.metrics.error("patch");
-                warn!(%workload, %error, "could not update the workload; retrying");
-                self.schedule
-                    .mark(workload.clone(), Instant::now() + RETRY_AFTER_ERROR);
+                self.failed(workload, "patch", &error);
                 false
             }
         }
+    }
+
+    /// Counts and logs a failed write (`what`: `patch` or `job`) and looks at
+    /// the workload again after a backoff that doubles with each failure in
+    /// a row. A refusal (a 4xx: an admission webhook, a 422) is published as
+    /// one Warning Event, on the first failure of the row.
+    fn failed(&mut self, workload: &WorkloadRef, what: &'static str, error: &kube::Error) {
+        let failures = self.failures.entry(workload.clone()).or_default();
+        *failures += 1;
+        let failures = *failures;
+        let delay = retry_delay(failures);
+        let refused = matches!(error, kube::Error::Api(status) if (400..500).contains(&status.code) && status.code != 429);
+        self.metrics.error(if refused { "refused" } else { what });
+        warn!(%workload, %error, failures, ?delay, "could not update the workload; retrying after a backoff");
+        if refused
+            && failures == 1
+            && let Some(state) = self.index.workload(workload)
+        {
+            let regarding = Regarding {
+                workload,
+                api_version: self.api_version(workload.kind),
+                uid: &state.uid,
+            };
+            self.events.refused(regarding, &error.to_string());
+        }
+        self.schedule
+            .postpone(workload.clone(), Instant::now() + delay);
     }
 }
 
@@ -673,6 +708,13 @@ mod tests {
             key_id: "k".into(),
             members: Members::new(),
         }
+    }
+
+    #[test]
+    fn failed_writes_back_off_exponentially_up_to_ten_minutes() {
+        let delays: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 320, 600, 600]);
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY_DELAY);
     }
 
     #[test]
