@@ -1520,3 +1520,28 @@ async fn a_refused_update_backs_off_with_one_warning_event() {
     f.secret("db", &[("k", "2")], &[], &[]).await;
     f.expect_replica_sets("fine", 2).await;
 }
+
+#[tokio::test]
+async fn a_pattern_over_many_secrets_keeps_the_record_small_and_still_restarts() {
+    let mut f = Fixture::new("reload-many").await;
+    // 150 Secrets with long names: a record per Secret would be ~37 KiB.
+    let name = |i: usize| format!("many-{}-{i:03}", "n".repeat(200));
+    for i in 0..150 {
+        f.secret(&name(i), &[("k", "1")], &[], &[]).await;
+    }
+    f.deployment(
+        "web",
+        &[("secret.reloader.stakater.com/reload", "many-.*")],
+        &[],
+        &[],
+    )
+    .await;
+    f.start_operator(&[]).await;
+    f.baselined::<Deployment>("web").await;
+    let record = f.annotations::<Deployment>("web").await[DIGEST_ANNOTATION].clone();
+    assert!(record.len() <= 32 * 1024, "{} bytes", record.len());
+    f.expect_replica_sets("web", 1).await;
+
+    f.secret(&name(77), &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("web", 2).await;
+}

@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use super::annotations::{ReloadPolicy, ResourceFlags};
 use super::index::ResourceState;
 use super::kinds::{ResourceKind, ResourceRef};
-use super::record::{Applied, MemberState, Members};
+use super::record::{Applied, MemberState, Members, summarize};
 use super::uses::{Need, Uses};
 
 /// The resources `policy` reacts to, given what the pod spec `uses` and the
@@ -225,32 +225,16 @@ fn verdict(s: &Situation<'_>) -> Verdict {
         }
         Applied::Record(record) => record,
     };
-    let mut changed = Vec::new();
-    let mut next = Members::new();
-    for (resource, now) in s.desired {
-        let was = record.members.get(resource).copied();
-        let restarts = match (was, *now) {
-            (Some(MemberState::Present(a)), MemberState::Present(b)) => a != b,
-            (Some(MemberState::Absent), MemberState::Present(_)) => {
-                s.uses.get(resource) != Some(&Need::Required)
-            }
-            _ => false,
-        };
-        if restarts {
-            changed.push(resource.clone());
-        }
-        let kept = match (was, *now) {
-            (Some(present @ MemberState::Present(_)), MemberState::Absent) => present,
-            _ => *now,
-        };
-        next.insert(resource.clone(), kept);
-    }
+    let (mut changed, next, same) = match &record.summary {
+        None => compare_members(&record.members, s),
+        Some(summary) => compare_summary(summary, s.desired),
+    };
     let covered = changed.iter().any(|r| s.covered.contains(r));
     changed.retain(|r| !s.covered.contains(r));
     if changed.is_empty() {
         let why = if covered {
             Baseline::TemplateChanged
-        } else if next == record.members {
+        } else if same {
             return Verdict::UpToDate;
         } else {
             Baseline::RecordUpdated
@@ -287,6 +271,45 @@ fn verdict(s: &Situation<'_>) -> Verdict {
     } else {
         Verdict::Wait { remaining, changed }
     }
+}
+
+/// Per member, what restarts (see [`decide`]): the changed resources, the
+/// next record, and whether it equals `recorded`.
+fn compare_members(recorded: &Members, s: &Situation<'_>) -> (Vec<ResourceRef>, Members, bool) {
+    let mut changed = Vec::new();
+    let mut next = Members::new();
+    for (resource, now) in s.desired {
+        let was = recorded.get(resource).copied();
+        let restarts = match (was, *now) {
+            (Some(MemberState::Present(a)), MemberState::Present(b)) => a != b,
+            (Some(MemberState::Absent), MemberState::Present(_)) => {
+                s.uses.get(resource) != Some(&Need::Required)
+            }
+            _ => false,
+        };
+        if restarts {
+            changed.push(resource.clone());
+        }
+        let kept = match (was, *now) {
+            (Some(present @ MemberState::Present(_)), MemberState::Absent) => present,
+            _ => *now,
+        };
+        next.insert(resource.clone(), kept);
+    }
+    let same = next == *recorded;
+    (changed, next, same)
+}
+
+/// Against a summary record (see [`super::record::RECORD_LIMIT`]): any
+/// difference restarts, naming every member (which one changed is unknown).
+fn compare_summary(summary: &str, desired: &Members) -> (Vec<ResourceRef>, Members, bool) {
+    let same = summarize(desired) == summary;
+    let changed = if same {
+        Vec::new()
+    } else {
+        desired.keys().cloned().collect()
+    };
+    (changed, desired.clone(), same)
 }
 
 /// When each dirty workload is next evaluated.
@@ -542,10 +565,7 @@ mod tests {
     }
 
     fn applied(pairs: &[(&str, Option<&str>)]) -> Applied {
-        Applied::Record(AppliedRecord {
-            key_id: KEY.into(),
-            members: members(pairs),
-        })
+        Applied::Record(AppliedRecord::new(KEY.into(), members(pairs)))
     }
 
     fn secrets(pairs: &[(&str, Need)]) -> Uses {
@@ -693,11 +713,32 @@ mod tests {
     }
 
     #[test]
+    fn summary_records_restart_on_any_difference_of_the_set() {
+        let desired = members(&[("a", Some("1")), ("b", Some("2"))]);
+        let summary = |members: &Members| {
+            Applied::Record(AppliedRecord {
+                key_id: KEY.into(),
+                members: Members::new(),
+                summary: Some(summarize(members)),
+            })
+        };
+        assert_eq!(
+            verdict(&summary(&desired), &desired, None, at(0)),
+            Verdict::UpToDate
+        );
+        let before = members(&[("a", Some("1")), ("b", Some("old"))]);
+        assert_eq!(
+            verdict(&summary(&before), &desired, None, at(0)),
+            restart(&["a", "b"], desired.clone())
+        );
+    }
+
+    #[test]
     fn another_key_rebaselines_instead_of_restarting_everything() {
-        let record = Applied::Record(AppliedRecord {
-            key_id: "old".into(),
-            members: members(&[("a", Some("1"))]),
-        });
+        let record = Applied::Record(AppliedRecord::new(
+            "old".into(),
+            members(&[("a", Some("1"))]),
+        ));
         let desired = members(&[("a", Some("other digest under the new key"))]);
         assert_eq!(
             verdict(&record, &desired, None, at(0)),

@@ -24,6 +24,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -56,7 +57,36 @@ pub type Members = BTreeMap<ResourceRef, MemberState>;
 pub struct AppliedRecord {
     /// [`super::digest::DigestKey::id`] of the key the digests were made with.
     pub key_id: String,
+    /// Empty when read back in the summary form.
     pub members: Members,
+    /// The summary form's digest (see [`RECORD_LIMIT`]).
+    pub summary: Option<String>,
+}
+
+/// A record longer than this is written in the summary form: one digest over
+/// all members instead of one per member, so a `.*` pattern over thousands of
+/// Secrets cannot push the workload's annotations past Kubernetes' 256 KiB
+/// (which they share with the user's own). Then any change of the set —
+/// a deletion too — restarts, without naming which resource changed.
+pub const RECORD_LIMIT: usize = 32 * 1024;
+
+/// The digest of the summary form.
+pub fn summarize(members: &Members) -> String {
+    let mut hash = Sha256::new();
+    for (resource, state) in members {
+        hash.update(resource.to_string());
+        hash.update("\t");
+        hash.update(state_text(state));
+        hash.update("\n");
+    }
+    hex::encode(hash.finalize())
+}
+
+fn state_text(state: &MemberState) -> String {
+    match state {
+        MemberState::Present(digest) => digest.to_string(),
+        MemberState::Absent => ABSENT.to_owned(),
+    }
 }
 
 /// What a workload's [`DIGEST_ANNOTATION`] says.
@@ -81,27 +111,44 @@ impl Applied {
 #[derive(Serialize, Deserialize)]
 struct Wire {
     key: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     digests: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    summary: Option<String>,
 }
 
 impl AppliedRecord {
+    pub fn new(key_id: String, members: Members) -> Self {
+        AppliedRecord {
+            key_id,
+            members,
+            summary: None,
+        }
+    }
+
+    /// The annotation value: one digest per member, or the summary form
+    /// when that would be longer than [`RECORD_LIMIT`].
     pub fn render(&self) -> String {
         let digests = self
             .members
             .iter()
-            .map(|(resource, state)| {
-                let state = match state {
-                    MemberState::Present(digest) => digest.to_string(),
-                    MemberState::Absent => ABSENT.to_owned(),
-                };
-                (resource.to_string(), state)
-            })
+            .map(|(resource, state)| (resource.to_string(), state_text(state)))
             .collect();
-        serde_json::to_string(&Wire {
+        let each = Wire {
             key: self.key_id.clone(),
             digests,
+            summary: self.summary.clone(),
+        };
+        let text = serde_json::to_string(&each).expect("a map of strings always serialises");
+        if text.len() <= RECORD_LIMIT {
+            return text;
+        }
+        serde_json::to_string(&Wire {
+            key: self.key_id.clone(),
+            digests: BTreeMap::new(),
+            summary: Some(summarize(&self.members)),
         })
-        .expect("a map of strings always serialises")
+        .expect("strings always serialise")
     }
 
     pub fn parse(text: &str) -> Option<Self> {
@@ -120,6 +167,7 @@ impl AppliedRecord {
         Some(AppliedRecord {
             key_id: wire.key,
             members,
+            summary: wire.summary,
         })
     }
 }
@@ -145,9 +193,9 @@ mod tests {
     #[test]
     fn record_round_trips() {
         let key = DigestKey::generate();
-        let record = AppliedRecord {
-            key_id: key.id(),
-            members: [
+        let record = AppliedRecord::new(
+            key.id(),
+            [
                 (
                     ResourceRef::secret("db"),
                     MemberState::Present(key.secret(None)),
@@ -155,7 +203,7 @@ mod tests {
                 (ResourceRef::config_map("app"), MemberState::Absent),
             ]
             .into(),
-        };
+        );
         let text = record.render();
         assert!(text.contains("\"Secret/db\""), "{text}");
         assert_eq!(AppliedRecord::parse(&text), Some(record.clone()));
@@ -163,6 +211,30 @@ mod tests {
             Applied::from_annotation(Some(&text)),
             Applied::Record(record)
         );
+    }
+
+    #[test]
+    fn large_records_are_summarised_within_the_limit() {
+        let key = DigestKey::generate();
+        let members: Members = (0..2000)
+            .map(|i| {
+                let name = format!("a-rather-long-secret-name-{i:05}");
+                (
+                    ResourceRef::secret(name),
+                    MemberState::Present(key.secret(None)),
+                )
+            })
+            .collect();
+        let record = AppliedRecord::new(key.id(), members.clone());
+        let text = record.render();
+        assert!(text.len() <= RECORD_LIMIT, "{} bytes", text.len());
+        let read = AppliedRecord::parse(&text).unwrap();
+        assert_eq!(read.key_id, key.id());
+        assert!(read.members.is_empty());
+        assert_eq!(read.summary, Some(summarize(&members)));
+        let mut changed = members;
+        changed.insert(ResourceRef::secret("one-more"), MemberState::Absent);
+        assert_ne!(read.summary, Some(summarize(&changed)));
     }
 
     #[test]

@@ -378,10 +378,7 @@ impl Stage {
         let uid = state.uid.clone();
         let method = state.restart;
         let last_restart = state.last_restart;
-        let record = |members| AppliedRecord {
-            key_id: self.key_id.clone(),
-            members,
-        };
+        let record = |members| AppliedRecord::new(self.key_id.clone(), members);
         let mut changes = Changes {
             record: RecordChange::Keep,
             restarted_at: None,
@@ -704,10 +701,7 @@ mod tests {
     use crate::reload::record::Members;
 
     fn record() -> AppliedRecord {
-        AppliedRecord {
-            key_id: "k".into(),
-            members: Members::new(),
-        }
+        AppliedRecord::new("k".into(), Members::new())
     }
 
     #[test]
