@@ -1545,3 +1545,68 @@ async fn a_pattern_over_many_secrets_keeps_the_record_small_and_still_restarts()
     f.secret(&name(77), &[("k", "2")], &[], &[]).await;
     f.expect_replica_sets("web", 2).await;
 }
+
+#[tokio::test]
+async fn a_kind_the_operator_may_not_list_is_reported_not_waited_for() {
+    let mut f = Fixture::new("reload-forbidden").await;
+    let ns = f.ns.name.clone();
+    // Everything the operator needs in its namespace, but no CronJobs (an
+    // older chart) and no Rollouts.
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "limited"}})).unwrap();
+    f.api::<k8s_openapi::api::core::v1::ServiceAccount>()
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let all = |groups: &[&str], resources: &[&str]| json!({"apiGroups": groups, "resources": resources, "verbs": ["*"]});
+    for doc in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "limited"},
+               "rules": [all(&["", "apps", "events.k8s.io", "coordination.k8s.io", "kvsync.io"],
+                             &["secrets", "configmaps", "serviceaccounts", "events", "namespaces", "deployments",
+                               "statefulsets", "daemonsets", "leases", "keyvaultsecrets", "keyvaultsecrets/status"])]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "limited"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "limited"},
+               "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": ns}]}),
+    ] {
+        apply_manifest(&f.client, doc, &ns, false, false)
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = token_kubeconfig(&f.client, &ns, "limited", dir.path()).await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.deployment("web", &[AUTO], &["db"], &[]).await;
+
+    let args: Vec<String> = [
+        "run",
+        "--namespaces",
+        &ns,
+        "--operator-namespace",
+        &ns,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--reload-debounce",
+        "300ms",
+        "--min-reload-interval",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let operator = Process::start_as(&args, &kubeconfig, &[]);
+    reload_listed(&operator).await;
+    f.operator = Some(operator);
+    f.baselined::<Deployment>("web").await;
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("web", 2).await;
+
+    assert!(reload_errors(&f, "watch_forbidden").await >= 1);
+    let metrics = f.metrics().await;
+    assert!(
+        metrics.contains("kvsync_reload_watches_unlisted 0"),
+        "{metrics}"
+    );
+    let base = metrics_url(&f.operator.as_ref().unwrap().output()).unwrap();
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert!(ready.status().is_success(), "{}", ready.status());
+}

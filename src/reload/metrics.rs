@@ -19,12 +19,16 @@
 //!   (publishing an Event failed).
 //! - `kvsync_reload_rollouts_queued`: workloads due for a rollout, waiting
 //!   for a slot under `--max-rollouts-per-second`.
+//! - `kvsync_reload_watches_unlisted`: watches that have not listed yet
+//!   (`/readyz` names them; see [`Readiness`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use super::readiness::Readiness;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -43,6 +47,8 @@ pub struct ReloadMetrics {
     skipped: Family<ReasonLabel, Counter>,
     errors: Family<ReasonLabel, Counter>,
     queued: Gauge,
+    unlisted: Gauge,
+    readiness: Readiness,
 }
 
 impl ReloadMetrics {
@@ -63,6 +69,11 @@ impl ReloadMetrics {
             "reload_errors",
             "Reload stage errors, by reason",
             metrics.errors.clone(),
+        );
+        registry.register(
+            "reload_watches_unlisted",
+            "Reload stage watches that have not listed yet",
+            metrics.unlisted.clone(),
         );
         registry.register(
             "reload_rollouts_queued",
@@ -86,6 +97,18 @@ impl ReloadMetrics {
 
     pub fn error(&self, reason: &'static str) {
         self.errors.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// The watches still to list (named on `/readyz`).
+    pub fn set_unlisted(&self, watches: Vec<String>) {
+        self.unlisted
+            .set(i64::try_from(watches.len()).unwrap_or(i64::MAX));
+        self.readiness.set_waiting_for(watches);
+    }
+
+    /// What `/readyz` reports about the reload stage.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
     }
 
     pub fn set_queued(&self, workloads: usize) {
@@ -113,6 +136,7 @@ mod tests {
             "kvsync_reload_skipped_total{reason=\"rate_limited\"}",
             "kvsync_reload_errors_total{reason=\"patch\"}",
             "kvsync_reload_rollouts_queued 0",
+            "kvsync_reload_watches_unlisted 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

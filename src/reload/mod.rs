@@ -45,6 +45,7 @@ mod key_secret;
 pub mod kinds;
 pub mod metrics;
 mod observe;
+pub mod readiness;
 pub mod record;
 mod stage;
 mod uses;

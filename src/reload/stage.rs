@@ -130,6 +130,7 @@ impl Stage {
 
     /// Runs until `inputs` ends (it does not: watchers retry forever).
     pub async fn run(mut self, mut inputs: BoxStream<'static, Input>) {
+        self.report_unlisted();
         loop {
             let due = if self.ready {
                 self.schedule.next_due()
@@ -317,7 +318,19 @@ impl Stage {
         }
     }
 
+    /// Publishes the watches readiness still waits for.
+    fn report_unlisted(&self) {
+        let unlisted = self
+            .sources
+            .iter()
+            .filter(|s| s.required && !s.listed_once)
+            .map(|s| s.source.to_string())
+            .collect();
+        self.metrics.set_unlisted(unlisted);
+    }
+
     fn become_ready_when_listed(&mut self) {
+        self.report_unlisted();
         if self.ready || !self.sources.iter().all(|s| s.listed_once || !s.required) {
             return;
         }

@@ -71,6 +71,20 @@ pub struct Source {
     pub required: bool,
 }
 
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.watched {
+            Watched::Resources(kind) => f.write_str(kind.as_str())?,
+            Watched::Workloads(kind) => f.write_str(kind.as_str())?,
+            Watched::Namespaces => f.write_str("Namespace")?,
+        }
+        match &self.namespace {
+            Some(namespace) => write!(f, " in {namespace}"),
+            None => f.write_str(" (all namespaces)"),
+        }
+    }
+}
+
 /// An item of the merged input stream.
 pub enum Input {
     Watch {
