@@ -1593,7 +1593,12 @@ async fn a_kind_the_operator_may_not_list_is_reported_not_waited_for() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let operator = Process::start_as(&args, &kubeconfig, &[]);
+    // As in a pod: the forbidden watch is reported on the operator's pod.
+    let pod = [
+        ("POD_NAME".to_owned(), "kvsync-0".to_owned()),
+        ("POD_NAMESPACE".to_owned(), ns.clone()),
+    ];
+    let operator = Process::start_as(&args, &kubeconfig, &pod);
     reload_listed(&operator).await;
     f.operator = Some(operator);
     f.baselined::<Deployment>("web").await;
@@ -1609,4 +1614,13 @@ async fn a_kind_the_operator_may_not_list_is_reported_not_waited_for() {
     let base = metrics_url(&f.operator.as_ref().unwrap().output()).unwrap();
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert!(ready.status().is_success(), "{}", ready.status());
+    eventually(
+        "a WatchForbidden event on the operator's pod",
+        WAIT,
+        || async {
+            let notes = f.event_notes("kvsync-0", "WatchForbidden").await;
+            notes.iter().any(|n| n.contains("CronJob")).then_some(())
+        },
+    )
+    .await;
 }

@@ -313,7 +313,8 @@ impl Stage {
         if state.required && !state.listed_once {
             state.required = false;
             self.metrics.error("watch_forbidden");
-            warn!(watched = ?state.source, "forbidden to list this kind; reloading the others without it (grant list and watch to the operator)");
+            warn!(watched = %state.source, "forbidden to list this kind; reloading the others without it (grant list and watch to the operator)");
+            self.events.watch_forbidden(&state.source.to_string());
             self.become_ready_when_listed();
         }
     }
