@@ -23,6 +23,18 @@ step() { printf '\n==> %s\n' "$*"; }
 step "control plane binaries (first run: installs packages and builds for ~10 minutes)"
 scripts/control-plane.sh build
 
+step "promtool, prometheus and kubectl (alert, dashboard and kubectl plugin tests)"
+packages=()
+[ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ] || packages+=(prometheus)
+command -v kubectl >/dev/null || packages+=(kubernetes-client)
+if [ ${#packages[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+  # The prometheus package enables a system-wide server; the tests start their own.
+  $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

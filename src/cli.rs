@@ -1,4 +1,6 @@
-//! Command line: `kvsync run` (the operator) and `kvsync crd`.
+//! Command line: `kvsync run` (the operator), `kvsync crd` and `kvsync explain`
+//! (also as the kubectl plugin `kubectl kvsync explain`: the binary installed
+//! as `kubectl-kvsync`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +27,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the KeyVaultSecret CRD as YAML (or apply it to the cluster).
     Crd(CrdArgs),
+    /// Explain a KeyVaultSecret (where each key comes from, its sync state,
+    /// what restarts) or a workload (what restarts it, and why); never shows a value.
+    Explain(crate::explain::ExplainArgs),
 }
 
 #[derive(clap::Args, Debug)]

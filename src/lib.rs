@@ -10,7 +10,8 @@
 //! One module per stage of that flow — [`api`] (the custom resource), [`vault`]
 //! (Key Vault access, change detection by listing), [`sync`] (the reconciler),
 //! [`reload`] (rolling restarts) — plus [`run`] and [`cli`] (wiring and flags),
-//! [`cluster`] (the API client and watch timeouts), [`leader`] (Lease-based
+//! [`explain`] (`kvsync explain`, the answers to "what does this resolve to"
+//! and "why did this restart"), [`cluster`] (the API client and watch timeouts), [`leader`] (Lease-based
 //! election), [`scope`] (which namespaces), [`schedule`]
 //! (refresh and backoff timing), [`metrics`] and [`telemetry`].
 //!
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod cli;
 pub mod cluster;
+pub mod explain;
 pub mod leader;
 pub mod metrics;
 pub mod reload;

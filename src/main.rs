@@ -13,12 +13,19 @@ async fn main() -> std::process::ExitCode {
         _ => "text",
     };
     kvsync::telemetry::init(log_format);
+    // A command a person types (also as `kubectl kvsync`): a plain message.
+    let interactive = matches!(cli.command, Command::Explain(_));
     let result = match cli.command {
         Command::Run(args) => kvsync::run::run(*args).await.map_err(|e| e.to_string()),
         Command::Crd(args) => kvsync::run::crd(args).await.map_err(|e| e.to_string()),
+        Command::Explain(args) => kvsync::explain::run(args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) if interactive => {
+            eprintln!("error: {message}");
+            std::process::ExitCode::FAILURE
+        }
         Err(message) => {
             tracing::error!("{message}");
             std::process::ExitCode::FAILURE

@@ -797,7 +797,7 @@ async fn health_metrics_json_logs_and_graceful_shutdown() {
         .unwrap();
     for series in [
         "kvsync_syncs_total{outcome=\"written\"} 1",
-        "kvsync_keyvault_requests_total{operation=\"get\",result=\"ok\"}",
+        "kvsync_keyvault_requests_total{vault=\"localhost\",operation=\"get\",result=\"ok\"}",
         "kvsync_sync_duration_seconds_bucket",
         "kvsync_syncs_in_flight",
     ] {

@@ -22,7 +22,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Keeps one Kubernetes Secret in step with secrets in an Azure Key Vault.
+/// What to read (vault, identity, secrets) and which Secret to write.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "kvsync.io",
@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
     kind = "KeyVaultSecret",
     namespaced,
     shortname = "kvs",
+    doc = "A KeyVaultSecret keeps one Kubernetes Secret in step with secrets in an Azure Key Vault: kvsync re-reads the vault every spec.refreshInterval, writes the Secret only when a value changed, and (unless spec.target.reload is false) marks it so that annotated workloads restart on change. status.conditions[Ready] says whether the Secret is current and, if not, what to fix; `kvsync explain kvs/NAME` shows where each key comes from and what restarts when it changes.",
     status = "KeyVaultSecretStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
@@ -39,11 +40,13 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyVaultSecretSpec {
-    /// The vault, e.g. `https://shop-kv.vault.azure.net/`.
+    /// The vault's URL, e.g. `https://shop-kv.vault.azure.net/`. Its host must be
+    /// an Azure Key Vault domain or on the operator's allow-list.
     #[schemars(regex(pattern = r"^https://[^/?#\s]+/?$"))]
     pub vault_url: String,
 
-    /// The identity used to read the vault.
+    /// The identity used to read the vault: exactly one of `workloadIdentity`,
+    /// `clientSecret`, `clientCertificate`.
     pub auth: Auth,
 
     /// How often to re-read the vault (`15m`, `1h`; `0` = once). Default `1h`.
@@ -51,15 +54,17 @@ pub struct KeyVaultSecretSpec {
     #[schemars(regex(pattern = r"^(0|([0-9]+(ms|s|m|h|d))+)$"))]
     pub refresh_interval: Option<String>,
 
-    /// The Secret to write.
+    /// The Secret to write. Default: a Secret named like the KeyVaultSecret,
+    /// owned by it, marked for reloads.
     #[serde(default)]
     pub target: Target,
 
-    /// One Secret key per vault secret.
+    /// One Secret key per vault secret (or per JSON property of one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data: Vec<DataRef>,
 
-    /// Many Secret keys from one source.
+    /// Many Secret keys from one source each: a JSON object secret, every
+    /// secret matching a filter, or a certificate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data_from: Vec<DataFrom>,
 }
@@ -97,6 +102,8 @@ fn exactly_one_of(schema: &mut schemars::Schema, fields: &[&str]) {
     schema.insert("oneOf".into(), one_of.into());
 }
 
+/// Federated Workload Identity (AKS): the token of a service account of this
+/// namespace is exchanged for an Entra token.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadIdentityAuth {
@@ -117,10 +124,14 @@ pub struct WorkloadIdentityAuth {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientSecretAuth {
+    /// The Entra tenant (directory) id of the app.
     #[schemars(length(min = 1))]
     pub tenant_id: String,
+    /// The app's client (application) id.
     #[schemars(length(min = 1))]
     pub client_id: String,
+    /// The Secret key holding the credential (client secret, or PEM
+    /// certificate with its private key).
     pub secret_ref: SecretKeyRef,
 }
 
@@ -128,8 +139,10 @@ pub struct ClientSecretAuth {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretKeyRef {
+    /// The Secret's name.
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub name: String,
+    /// The key within the Secret's data.
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub key: String,
 }
@@ -148,10 +161,16 @@ pub struct Target {
     /// Secret type, e.g. `Opaque`, `kubernetes.io/tls`. Default `Opaque`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
+    /// Labels added to the Secret.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Annotations added to the Secret.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Who owns the Secret: `Owner` (default; kvsync creates it and it is
+    /// deleted with the KeyVaultSecret), `Orphan` (kvsync creates it and it
+    /// outlives the KeyVaultSecret) or `Merge` (the Secret exists already;
+    /// kvsync manages only its own keys).
     #[serde(default)]
     pub creation_policy: CreationPolicy,
     /// Mark the Secret `reloader.stakater.com/match: "true"` so workloads with
@@ -195,8 +214,10 @@ pub enum CreationPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DataRef {
+    /// The key in the target Secret.
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
     pub secret_key: String,
+    /// The vault secret whose value goes there.
     pub remote_ref: RemoteRef,
 }
 
@@ -204,6 +225,7 @@ pub struct DataRef {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RemoteRef {
+    /// The vault secret's name.
     #[schemars(regex(pattern = r"^[0-9a-zA-Z-]{1,127}$"))]
     pub name: String,
     /// Pin a version (32 hex characters); empty: the latest.
@@ -213,11 +235,14 @@ pub struct RemoteRef {
     /// For a JSON value: a dotted path to one field (`db.password`, `hosts.0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub property: Option<String>,
+    /// How to decode the value before writing it.
     #[serde(default)]
     pub decoding_strategy: DecodingStrategy,
 }
 
-/// How to decode a vault value before writing it.
+/// How to decode a vault value before writing it: `None` (default; as it
+/// is), `Base64` (standard base64), `Base64URL` (URL-safe base64) or `Auto`
+/// (decode when the value is valid base64 in either alphabet, else as it is).
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum DecodingStrategy {
     /// Write the value as it is.
@@ -272,18 +297,23 @@ fn exactly_one_data_from(schema: &mut schemars::Schema) {
     exactly_one_of(schema, &["extract", "find", "certificate"]);
 }
 
+/// A vault secret holding a JSON object.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExtractRef {
+    /// The vault secret's name.
     #[schemars(regex(pattern = r"^[0-9a-zA-Z-]{1,127}$"))]
     pub name: String,
+    /// Pin a version (32 hex characters); empty: the latest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9a-fA-F]{32})?$"))]
     pub version: Option<String>,
+    /// How to decode each field's value before writing it.
     #[serde(default)]
     pub decoding_strategy: DecodingStrategy,
 }
 
+/// A filter over the vault's secrets (both parts must match).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FindRef {
@@ -293,15 +323,19 @@ pub struct FindRef {
     /// Every one of these tags must be present with this value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// How to decode each value before writing it.
     #[serde(default)]
     pub decoding_strategy: DecodingStrategy,
 }
 
+/// The secret behind a Key Vault certificate.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CertificateRef {
+    /// The certificate's (and its secret's) name.
     #[schemars(regex(pattern = r"^[0-9a-zA-Z-]{1,127}$"))]
     pub name: String,
+    /// Pin a version (32 hex characters); empty: the latest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9a-fA-F]{32})?$"))]
     pub version: Option<String>,
@@ -312,11 +346,14 @@ pub struct CertificateRef {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyVaultSecretStatus {
+    /// The `metadata.generation` of the spec the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready`: True when the Secret holds the vault's current values (checked
+    /// within refreshInterval); False with a reason and what to fix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// The Secret written.
+    /// The name of the Secret written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     /// Vault secret name → the version whose value is in the Secret.

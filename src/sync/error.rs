@@ -64,6 +64,9 @@ pub enum Retry {
 }
 
 impl SyncError {
+    /// The reason of a failure on the Kubernetes side.
+    pub const KUBE_REASON: &'static str = "KubernetesError";
+
     /// The `Ready` condition's reason.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -73,7 +76,7 @@ impl SyncError {
             SyncError::Conflict(_) => "SecretConflict",
             SyncError::SecretMissing(_) => "SecretMissing",
             SyncError::WriteFailed { .. } => "WriteFailed",
-            SyncError::Kube(_) => "KubernetesError",
+            SyncError::Kube(_) => Self::KUBE_REASON,
         }
     }
 

@@ -168,8 +168,17 @@ impl Fetcher<'_> {
         Ok(listing)
     }
 
+    /// The vault's host, the `vault` label of the request metrics.
+    fn vault_host(&self) -> String {
+        url::Url::parse(self.vault_url)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
     fn observe<T>(&self, operation: &'static str, result: &Result<T, VaultError>) {
         self.ctx.metrics.observe_vault_call(
+            &self.vault_host(),
             operation,
             result.as_ref().err().map_or("ok", VaultError::reason),
         );

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Decisions are pure and live in [`render`], [`target`], [`status`],
-//! [`memory`] and [`crate::schedule`]; [`reconciler`] runs the steps, with
+//! [`memory`], [`staleness`] and [`crate::schedule`]; [`reconciler`] runs the steps, with
 //! [`identity`], [`fetch`] and [`write`] doing the I/O around them, and
 //! [`error`] saying what each failure means for the status and the retry.
 
@@ -19,6 +19,7 @@ mod identity;
 pub mod memory;
 mod reconciler;
 pub mod render;
+pub mod staleness;
 pub mod status;
 pub mod target;
 mod write;
@@ -111,15 +112,20 @@ impl Context {
         objects
     }
 
-    /// Follows the KeyVaultSecret watch: a deleted object's memory is
-    /// dropped, and after a re-list everything of objects no longer there.
-    fn follow(&self, event: &watcher::Event<KeyVaultSecret>, store: &Store<KeyVaultSecret>) {
+    /// Follows the KeyVaultSecret watch of `namespace` (`None`: all): a
+    /// deleted object's memory is dropped, and after a re-list everything of
+    /// the watch's objects no longer there (other watches' objects are kept).
+    fn follow(
+        &self,
+        namespace: &Option<String>,
+        event: &watcher::Event<KeyVaultSecret>,
+        store: &Store<KeyVaultSecret>,
+    ) {
         match event {
             watcher::Event::Delete(kvs) => {
-                self.memory
-                    .lock()
-                    .unwrap()
-                    .forget(&reconciler::object_key(kvs));
+                let object = reconciler::object_key(kvs);
+                self.memory.lock().unwrap().forget(&object);
+                self.metrics.forget_object(&object);
             }
             watcher::Event::InitDone => {
                 let alive: std::collections::HashSet<String> = store
@@ -127,14 +133,20 @@ impl Context {
                     .iter()
                     .map(|kvs| reconciler::object_key(kvs))
                     .collect();
-                self.memory
-                    .lock()
-                    .unwrap()
-                    .retain(|object| alive.contains(object));
+                let keep = |object: &str| alive.contains(object) || !watched(namespace, object);
+                self.memory.lock().unwrap().retain(keep);
+                self.metrics.retain_objects(keep);
             }
             _ => {}
         }
     }
+}
+
+/// Whether `object` ("ns/name") belongs to the watch of `namespace` (`None`: all).
+fn watched(namespace: &Option<String>, object: &str) -> bool {
+    namespace
+        .as_deref()
+        .is_none_or(|ns| object.split_once('/').map(|(n, _)| n) == Some(ns))
 }
 
 /// What makes a KeyVaultSecret event worth a sync: a spec change (generation),
@@ -263,6 +275,7 @@ async fn run_controller(
     let (reader, writer) = reflector::store();
     let follow_ctx = ctx.clone();
     let follow_store = reader.clone();
+    let follow_namespace = namespace.clone();
     let kvs_events = reflector(
         writer,
         watcher(
@@ -273,7 +286,7 @@ async fn run_controller(
     .default_backoff()
     .inspect(move |event| {
         if let Ok(event) = event {
-            follow_ctx.follow(event, &follow_store);
+            follow_ctx.follow(&follow_namespace, event, &follow_store);
         }
     })
     .applied_objects()
@@ -316,4 +329,18 @@ async fn run_controller(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watched;
+
+    #[test]
+    fn a_namespaced_watch_owns_only_its_namespace_objects() {
+        let shop = Some("shop".to_owned());
+        assert!(watched(&shop, "shop/db"));
+        assert!(!watched(&shop, "web/db"), "another controller's object");
+        assert!(!watched(&shop, "shopping/db"));
+        assert!(watched(&None, "web/db"), "the cluster-wide watch owns all");
+    }
 }

@@ -72,9 +72,11 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
     }
     let key = object_key(&kvs);
     let interval = kvs.spec.refresh_interval().ok().flatten();
+    let namespace = kvs.namespace().unwrap_or_default();
     let (outcome, action) = match sync(&kvs, &ctx).await {
         Ok(synced) => {
             ctx.memory.lock().unwrap().succeeded(&key);
+            ctx.metrics.object_current(&key, &namespace, interval);
             let outcome = Outcome::Synced {
                 secret_name: synced.secret_name,
                 versions: synced.rendered.versions,
@@ -97,6 +99,8 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
                     ))
                 }
             };
+            ctx.metrics
+                .object_failed(&key, &namespace, interval, failure.reason());
             let outcome = Outcome::Failed {
                 reason: failure.reason(),
                 message: failure.to_string(),
@@ -134,7 +138,14 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
 pub fn error_policy(kvs: Arc<KeyVaultSecret>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed");
     ctx.metrics.observe_error(error.metric_label());
-    let failures = ctx.memory.lock().unwrap().failed(&object_key(&kvs));
+    let key = object_key(&kvs);
+    ctx.metrics.object_failed(
+        &key,
+        &kvs.namespace().unwrap_or_default(),
+        kvs.spec.refresh_interval().ok().flatten(),
+        SyncError::KUBE_REASON,
+    );
+    let failures = ctx.memory.lock().unwrap().failed(&key);
     Action::requeue(schedule::backoff_delay(
         failures,
         None,

@@ -1,0 +1,434 @@
+//! Explains one KeyVaultSecret: where each Secret key comes from, what is in
+//! the Secret now (versions, not values), when the vault is read again, the
+//! `Ready` condition with what to do, and which workloads restart when the
+//! Secret changes. Pure: takes the objects, returns the report.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::report::{ConditionView, KeySource, KeyVaultSecretReport, Refresh, WorkloadReaction};
+use super::workload::verdict;
+use crate::api::{DataFromSource, DecodingStrategy, KeyVaultSecret, RELOADER_MATCH_ANNOTATION};
+use crate::reload::annotations::ResourceFlags;
+use crate::reload::index::WorkloadObservation;
+use crate::reload::kinds::ResourceRef;
+
+/// The target Secret as explain sees it: metadata and key names, no values.
+#[derive(Clone, Debug, Default)]
+pub struct TargetSecret {
+    pub metadata: ObjectMeta,
+    pub keys: Vec<String>,
+}
+
+/// Explains `kvs`, given its target Secret (`None`: absent or unreadable)
+/// and the workloads of its namespace.
+pub fn explain(
+    kvs: &KeyVaultSecret,
+    secret: Option<&TargetSecret>,
+    workloads: &[WorkloadObservation],
+    limits: Vec<String>,
+) -> KeyVaultSecretReport {
+    let status = kvs.status.clone().unwrap_or_default();
+    let target = kvs.target_name();
+    let annotations = secret
+        .and_then(|s| s.metadata.annotations.clone())
+        .unwrap_or_default();
+    let flags = ResourceFlags::from_annotations(&annotations);
+    let resource = ResourceRef::secret(target.clone());
+    let restarts = workloads
+        .iter()
+        .filter_map(|workload| {
+            let used = workload.state.uses.contains_key(&resource);
+            let (reacts, why) = verdict(&workload.state.policy, &resource, used, flags);
+            reacts.then(|| WorkloadReaction {
+                workload: format!(
+                    "{}/{}",
+                    workload.workload.kind.as_str(),
+                    workload.workload.name
+                ),
+                rule: why,
+            })
+        })
+        .collect();
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| {
+            let current = status.observed_generation == kvs.metadata.generation;
+            ConditionView {
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                since: super::render::kube_time(&c.last_transition_time),
+                current,
+                what_to_do: what_to_do(&c.status, current),
+            }
+        });
+    KeyVaultSecretReport {
+        kind: "KeyVaultSecret",
+        namespace: kvs.metadata.namespace.clone().unwrap_or_default(),
+        name: kvs.metadata.name.clone().unwrap_or_default(),
+        vault_url: kvs.spec.vault_url.clone(),
+        secret: target,
+        secret_exists: secret.is_some(),
+        keys: per_key(
+            key_sources(kvs, &status.synced_versions),
+            secret.map(|s| s.keys.as_slice()),
+        ),
+        refresh: refresh(kvs),
+        condition,
+        last_sync_time: status.last_sync_time.as_ref().map(super::render::kube_time),
+        reload_marked: annotations
+            .get(RELOADER_MATCH_ANNOTATION)
+            .is_some_and(|v| v == "true"),
+        restarts,
+        limits,
+    }
+}
+
+/// The spec's sources attributed to the Secret's actual keys (`None`: the
+/// Secret could not be read, so the sources are listed as the spec has them).
+/// A `data` entry names its key, a certificate makes `tls.crt`/`tls.key`,
+/// `find` names a key after the vault secret it read, and `extract` makes the
+/// rest; a key none of them made is someone else's (`creationPolicy: Merge`).
+/// Sources whose key is not in the Secret follow, marked so.
+fn per_key(sources: Vec<KeySource>, keys: Option<&[String]>) -> Vec<KeySource> {
+    let Some(keys) = keys else {
+        return sources;
+    };
+    let source_of = |key: &str| -> Option<KeySource> {
+        let by_from = |from: &str| sources.iter().find(|s| s.from == from);
+        let found = sources
+            .iter()
+            .find(|s| s.from == "data" && s.key == key)
+            .or_else(|| {
+                by_from("dataFrom.certificate").filter(|_| key == "tls.crt" || key == "tls.key")
+            })
+            .or_else(|| {
+                by_from("dataFrom.find").filter(|s| s.synced.keys().any(|name| name == key))
+            })
+            .or_else(|| by_from("dataFrom.extract"))?;
+        let mut source = found.clone();
+        if source.from == "dataFrom.find" {
+            source.synced.retain(|name, _| name == key);
+        }
+        source.key = key.to_owned();
+        Some(source)
+    };
+    let mut attributed: Vec<KeySource> = keys
+        .iter()
+        .map(|key| {
+            source_of(key).unwrap_or_else(|| KeySource {
+                key: key.clone(),
+                from: "another writer",
+                vault_secret: "-".to_owned(),
+                version: "-".to_owned(),
+                property: None,
+                decoding: "-".to_owned(),
+                synced: BTreeMap::new(),
+                in_secret: true,
+            })
+        })
+        .collect();
+    let made = |source: &KeySource| {
+        attributed
+            .iter()
+            .any(|a| a.from == source.from && a.vault_secret == source.vault_secret)
+    };
+    let missing: Vec<KeySource> = sources
+        .iter()
+        .filter(|s| {
+            let produced = if s.from == "data" {
+                keys.contains(&s.key)
+            } else {
+                made(s)
+            };
+            !produced
+        })
+        .map(|s| KeySource {
+            in_secret: false,
+            ..s.clone()
+        })
+        .collect();
+    attributed.extend(missing);
+    attributed
+}
+
+fn what_to_do(status: &str, current: bool) -> String {
+    match (status, current) {
+        (_, false) => "wait: the spec changed and kvsync has not synced it yet".to_owned(),
+        ("True", true) => "nothing: the Secret holds the vault's current values".to_owned(),
+        _ => "fix what the message names (README, \"Troubleshooting by condition reason\"); \
+              kvsync notices spec, credential and service-account fixes at once and retries vault errors with backoff"
+            .to_owned(),
+    }
+}
+
+fn refresh(kvs: &KeyVaultSecret) -> Refresh {
+    let interval = kvs
+        .spec
+        .refresh_interval
+        .clone()
+        .unwrap_or_else(|| "1h".to_owned());
+    let next = match kvs.spec.refresh_interval() {
+        Ok(Some(every)) => format!(
+            "about {} (±10%) after each check; at once on a spec change, a new kvsync.io/force-sync value or a vault change seen by the listing",
+            humantime::format_duration(every)
+        ),
+        Ok(None) => "never: refreshInterval 0 syncs once (again on a spec change or a new kvsync.io/force-sync value)".to_owned(),
+        Err(error) => format!("never: {error}"),
+    };
+    Refresh { interval, next }
+}
+
+fn decoding(strategy: DecodingStrategy) -> String {
+    format!("{strategy:?}")
+}
+
+fn version(pinned: &Option<String>) -> String {
+    match pinned.as_deref() {
+        None | Some("") => "latest".to_owned(),
+        Some(version) => format!("pinned {version}"),
+    }
+}
+
+/// `status.syncedVersions` entries of vault secret `name` (`name` or `name@version`).
+fn synced(synced: &BTreeMap<String, String>, name: &str) -> BTreeMap<String, String> {
+    synced
+        .iter()
+        .filter(|(key, _)| key.split('@').next() == Some(name))
+        .map(|(key, version)| (key.clone(), version.clone()))
+        .collect()
+}
+
+fn key_sources(kvs: &KeyVaultSecret, versions: &BTreeMap<String, String>) -> Vec<KeySource> {
+    let mut named = Vec::new();
+    let mut sources: Vec<KeySource> = kvs
+        .spec
+        .data
+        .iter()
+        .map(|entry| {
+            let remote = &entry.remote_ref;
+            named.push(remote.name.clone());
+            KeySource {
+                key: entry.secret_key.clone(),
+                from: "data",
+                vault_secret: remote.name.clone(),
+                version: version(&remote.version),
+                property: remote.property.clone(),
+                decoding: decoding(remote.decoding_strategy),
+                synced: synced(versions, &remote.name),
+                in_secret: true,
+            }
+        })
+        .collect();
+    let mut finds = Vec::new();
+    for entry in &kvs.spec.data_from {
+        match entry.source() {
+            Some(DataFromSource::Extract(extract)) => {
+                named.push(extract.name.clone());
+                sources.push(KeySource {
+                    key: format!("<each top-level field of {}>", extract.name),
+                    from: "dataFrom.extract",
+                    vault_secret: extract.name.clone(),
+                    version: version(&extract.version),
+                    property: None,
+                    decoding: decoding(extract.decoding_strategy),
+                    synced: synced(versions, &extract.name),
+                    in_secret: true,
+                });
+            }
+            Some(DataFromSource::Certificate(certificate)) => {
+                named.push(certificate.name.clone());
+                sources.push(KeySource {
+                    key: "tls.crt, tls.key".to_owned(),
+                    from: "dataFrom.certificate",
+                    vault_secret: certificate.name.clone(),
+                    version: version(&certificate.version),
+                    property: None,
+                    decoding: "certificate (PEM or PKCS#12)".to_owned(),
+                    synced: synced(versions, &certificate.name),
+                    in_secret: true,
+                });
+            }
+            Some(DataFromSource::Find(find)) => finds.push(find),
+            None => {}
+        }
+    }
+    // What `find` read is whatever the other entries did not name.
+    let found: BTreeMap<String, String> = versions
+        .iter()
+        .filter(|(key, _)| !named.iter().any(|n| key.split('@').next() == Some(n)))
+        .map(|(key, version)| (key.clone(), version.clone()))
+        .collect();
+    for find in finds {
+        let mut filter = Vec::new();
+        if let Some(regex) = &find.name_regex {
+            filter.push(format!("name ~ /{regex}/"));
+        }
+        filter.extend(find.tags.iter().map(|(k, v)| format!("tag {k}={v}")));
+        if filter.is_empty() {
+            filter.push("every enabled secret".to_owned());
+        }
+        sources.push(KeySource {
+            key: "<one key per matching secret, named like it>".to_owned(),
+            from: "dataFrom.find",
+            vault_secret: filter.join(", "),
+            version: version(&None),
+            property: None,
+            decoding: decoding(find.decoding_strategy),
+            synced: found.clone(),
+            in_secret: true,
+        });
+    }
+    sources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reload::observe::observe_workload;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use serde_json::json;
+
+    fn kvs() -> KeyVaultSecret {
+        serde_json::from_value(json!({
+            "apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret",
+            "metadata": {"name": "db", "namespace": "shop", "generation": 2},
+            "spec": {
+                "vaultUrl": "https://shop.vault.azure.net/",
+                "auth": {"workloadIdentity": {}},
+                "refreshInterval": "15m",
+                "data": [{"secretKey": "password", "remoteRef": {"name": "db-password"}},
+                         {"secretKey": "user", "remoteRef": {"name": "app-config", "property": "user",
+                                                             "version": "0123456789abcdef0123456789abcdef"}}],
+                "dataFrom": [{"find": {"tags": {"env": "prod"}, "decodingStrategy": "Auto"}}]
+            },
+            "status": {
+                "observedGeneration": 2,
+                "syncedVersions": {"db-password": "v1", "app-config@0123456789abcdef0123456789abcdef": "0123456789abcdef0123456789abcdef", "app-alpha": "v7"},
+                "lastSyncTime": "2026-11-29T10:00:00Z",
+                "conditions": [{"type": "Ready", "status": "False", "reason": "RemoteNotFound",
+                                "message": "secret x not found; create the secret in Key Vault or fix the name/version",
+                                "lastTransitionTime": "2026-11-29T11:00:00Z"}]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn workload(name: &str, annotations: serde_json::Value) -> WorkloadObservation {
+        let object: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+            "spec": {"selector": {}, "template": {"spec": {"containers": [{
+                "name": "app", "envFrom": [{"secretRef": {"name": "db"}}]}]}}}
+        }))
+        .unwrap();
+        observe_workload(&object).unwrap()
+    }
+
+    #[test]
+    fn keys_name_their_sources_and_the_versions_synced() {
+        let report = explain(&kvs(), None, &[], Vec::new());
+        let keys: Vec<(&str, &str, &str, BTreeMap<String, String>)> = report
+            .keys
+            .iter()
+            .map(|k| {
+                (
+                    k.key.as_str(),
+                    k.vault_secret.as_str(),
+                    k.version.as_str(),
+                    k.synced.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys[0],
+            (
+                "password",
+                "db-password",
+                "latest",
+                [("db-password".into(), "v1".into())].into()
+            )
+        );
+        assert_eq!(keys[1].2, "pinned 0123456789abcdef0123456789abcdef");
+        assert_eq!(report.keys[1].property.as_deref(), Some("user"));
+        assert_eq!(keys[2].1, "tag env=prod");
+        assert_eq!(
+            keys[2].3,
+            [("app-alpha".to_owned(), "v7".to_owned())].into(),
+            "find read what the others did not name"
+        );
+        let condition = report.condition.unwrap();
+        assert_eq!(condition.reason, "RemoteNotFound");
+        assert!(
+            condition
+                .what_to_do
+                .starts_with("fix what the message names")
+        );
+        assert!(!report.secret_exists);
+        assert!(report.refresh.next.starts_with("about 15m (±10%)"));
+    }
+
+    #[test]
+    fn workloads_that_restart_are_listed_with_their_rule() {
+        let secret = TargetSecret {
+            metadata: ObjectMeta {
+                annotations: Some(
+                    [(RELOADER_MATCH_ANNOTATION.to_owned(), "true".to_owned())].into(),
+                ),
+                ..Default::default()
+            },
+            keys: vec!["password".into()],
+        };
+        let workloads = [
+            workload("auto", json!({"reloader.stakater.com/auto": "true"})),
+            workload("search", json!({"reloader.stakater.com/search": "true"})),
+            workload("plain", json!({})),
+            workload(
+                "excluded",
+                json!({"reloader.stakater.com/auto": "true",
+                                        "secrets.exclude.reloader.stakater.com/reload": "db"}),
+            ),
+        ];
+        let report = explain(&kvs(), Some(&secret), &workloads, Vec::new());
+        let names: Vec<&str> = report
+            .restarts
+            .iter()
+            .map(|r| r.workload.as_str())
+            .collect();
+        assert_eq!(names, ["Deployment/auto", "Deployment/search"]);
+        assert!(report.reload_marked);
+        assert!(report.secret_exists);
+    }
+
+    #[test]
+    fn the_secret_keys_are_attributed_to_their_sources() {
+        let secret = TargetSecret {
+            metadata: ObjectMeta::default(),
+            keys: ["app-alpha", "foreign", "password"]
+                .map(String::from)
+                .to_vec(),
+        };
+        let report = explain(&kvs(), Some(&secret), &[], Vec::new());
+        let keys: Vec<(&str, &str, bool)> = report
+            .keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.from, k.in_secret))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("app-alpha", "dataFrom.find", true),
+                ("foreign", "another writer", true),
+                ("password", "data", true),
+                ("user", "data", false),
+            ]
+        );
+        assert_eq!(
+            report.keys[0].synced,
+            [("app-alpha".to_owned(), "v7".to_owned())].into()
+        );
+    }
+}

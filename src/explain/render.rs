@@ -1,0 +1,183 @@
+//! Text output of `kvsync explain`: the report, one fact per line, grouped
+//! under headings, for a person at a terminal (`-o json` prints the report
+//! itself).
+
+use std::fmt::Write;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::report::{KeyVaultSecretReport, Report, ResourceVerdict, WorkloadReport};
+
+/// A time as kubectl shows it: RFC 3339, UTC, whole seconds.
+pub fn timestamp(at: OffsetDateTime) -> String {
+    at.replace_nanosecond(0)
+        .unwrap_or(at)
+        .to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A Kubernetes time, like [`timestamp`].
+pub fn kube_time(at: &Time) -> String {
+    OffsetDateTime::from_unix_timestamp(at.0.as_second())
+        .map_or_else(|_| at.0.to_string(), timestamp)
+}
+
+/// The report as text.
+pub fn text(report: &Report) -> String {
+    match report {
+        Report::KeyVaultSecret(report) => keyvaultsecret(report),
+        Report::Workload(report) => workload(report),
+    }
+}
+
+fn keyvaultsecret(r: &KeyVaultSecretReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "KeyVaultSecret {}/{}", r.namespace, r.name);
+    let _ = writeln!(out, "  vault:   {}", r.vault_url);
+    let exists = if r.secret_exists {
+        ""
+    } else {
+        " (does not exist)"
+    };
+    let _ = writeln!(out, "  secret:  {}{exists}", r.secret);
+    let _ = writeln!(out, "\nKeys (values are never shown):");
+    for key in &r.keys {
+        let absent = if key.in_secret {
+            ""
+        } else {
+            " (not in the Secret)"
+        };
+        let _ = writeln!(out, "  {}{absent}", key.key);
+        let _ = writeln!(
+            out,
+            "    from:     {} {} ({})",
+            key.from, key.vault_secret, key.version
+        );
+        if let Some(property) = &key.property {
+            let _ = writeln!(out, "    property: {property}");
+        }
+        let _ = writeln!(out, "    decoding: {}", key.decoding);
+        if key.synced.is_empty() {
+            let _ = writeln!(out, "    synced:   nothing yet");
+        }
+        for (secret, version) in &key.synced {
+            let _ = writeln!(out, "    synced:   {secret} version {version}");
+        }
+    }
+    let _ = writeln!(out, "\nSync:");
+    let _ = writeln!(out, "  refreshInterval: {}", r.refresh.interval);
+    let _ = writeln!(out, "  next read:       {}", r.refresh.next);
+    let changed = r.last_sync_time.as_deref().unwrap_or("never");
+    let _ = writeln!(out, "  content changed: {changed}");
+    match &r.condition {
+        Some(c) => {
+            let _ = writeln!(
+                out,
+                "  Ready:           {} ({}) since {}",
+                c.status, c.reason, c.since
+            );
+            let _ = writeln!(out, "  message:         {}", c.message);
+            let _ = writeln!(out, "  what to do:      {}", c.what_to_do);
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  Ready:           not reported yet (is kvsync running for this namespace?)"
+            );
+        }
+    }
+    let _ = writeln!(out, "\nRestarts when the Secret changes:");
+    if !r.reload_marked {
+        let _ = writeln!(
+            out,
+            "  (the Secret is not marked reloader.stakater.com/match: only auto and named rules apply)"
+        );
+    }
+    if r.restarts.is_empty() {
+        let _ = writeln!(out, "  no workload");
+    }
+    for reaction in &r.restarts {
+        let _ = writeln!(out, "  {}: {}", reaction.workload, reaction.rule);
+    }
+    limits(&mut out, &r.limits);
+    out
+}
+
+fn verdicts(out: &mut String, title: &str, verdicts: &[ResourceVerdict]) {
+    let _ = writeln!(out, "\n{title}:");
+    if verdicts.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for v in verdicts {
+        let mut facts = Vec::new();
+        if !v.present {
+            facts.push("does not exist".to_owned());
+        }
+        if !v.used {
+            facts.push("not used by the pods".to_owned());
+        }
+        if let Some(kvs) = &v.written_by {
+            facts.push(format!("written by kvs/{kvs}"));
+        }
+        let facts = if facts.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", facts.join("; "))
+        };
+        let _ = writeln!(out, "  {}: {}{facts}", v.resource, v.why);
+    }
+}
+
+fn workload(r: &WorkloadReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{} {}/{}", r.kind, r.namespace, r.name);
+    if !r.opted_in {
+        let _ = writeln!(out, "  no reload annotation: kvsync never restarts it");
+    }
+    for rule in &r.rules {
+        let _ = writeln!(out, "  rule: {rule}");
+    }
+    for problem in &r.problems {
+        let _ = writeln!(out, "  problem: {problem}");
+    }
+    verdicts(&mut out, "Restarts when these change", &r.reacts_to);
+    verdicts(
+        &mut out,
+        "Uses or names, but does not restart for",
+        &r.ignores,
+    );
+    let _ = writeln!(out, "\nRestarts:");
+    let baselined = if r.baselined {
+        "yes (kvsync knows what the pods run with)"
+    } else {
+        "not yet (the first look records, never restarts)"
+    };
+    let _ = writeln!(out, "  baselined:    {baselined}");
+    match &r.last_restart {
+        Some(last) => {
+            let _ = writeln!(out, "  last restart: {}", last.at);
+            if let Some(cause) = &last.cause {
+                let _ = writeln!(out, "  cause:        {cause}");
+            }
+        }
+        None => {
+            let _ = writeln!(out, "  last restart: never by kvsync");
+        }
+    }
+    let _ = writeln!(out, "  min interval: {}", r.restart_window.min_interval);
+    let _ = writeln!(out, "  next:         {}", r.restart_window.summary);
+    limits(&mut out, &r.limits);
+    out
+}
+
+fn limits(out: &mut String, limits: &[String]) {
+    if !limits.is_empty() {
+        let _ = writeln!(out, "\nNot shown (no permission):");
+        for limit in limits {
+            let _ = writeln!(out, "  {limit}");
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! `kvsync explain` against the real control plane, its output compared with
+//! golden files (tests/golden/explain/; `KVSYNC_UPDATE_GOLDEN=1` rewrites
+//! them): a KeyVaultSecret, a Deployment that restarted and one that did not,
+//! as text and JSON, as a user holding only read permissions, and through
+//! kubectl's plugin mechanism (`kubectl kvsync …` runs `kubectl-kvsync`).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use kvsync::reload::record::DIGEST_ANNOTATION;
+use serde_json::{Value, json};
+use support::*;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const ROTATED: &str = "rotated-explain-7f3k";
+
+/// `kvsync explain ARGS…` with `kubeconfig`: its standard output.
+fn explain(kubeconfig: &Path, namespace: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvsync"))
+        .arg("explain")
+        .args(args)
+        .args(["-n", namespace, "--min-reload-interval", "10m"])
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("run kvsync explain");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "explain {args:?} failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// What differs between runs replaced by placeholders: the namespace, the
+/// vault URL, times and vault versions.
+fn normalize(text: &str, namespace: &str, vault_url: &str) -> String {
+    let text = text
+        .replace(namespace, "NAMESPACE")
+        .replace(vault_url, "VAULT_URL");
+    let times = regex::Regex::new(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ").unwrap();
+    let versions = regex::Regex::new(r"\b[0-9a-f]{32}\b").unwrap();
+    versions
+        .replace_all(&times.replace_all(&text, "TIME"), "VERSION")
+        .into_owned()
+}
+
+/// Compares with (or, with `KVSYNC_UPDATE_GOLDEN=1`, writes) a golden file.
+fn golden(name: &str, actual: &str) {
+    let path = PathBuf::from(ROOT).join("tests/golden/explain").join(name);
+    if std::env::var_os("KVSYNC_UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "{} missing: run with KVSYNC_UPDATE_GOLDEN=1",
+            path.display()
+        )
+    });
+    assert!(
+        expected == actual,
+        "{name} differs from its golden file (KVSYNC_UPDATE_GOLDEN=1 rewrites it):\n--- expected\n{expected}\n--- actual\n{actual}"
+    );
+}
+
+async fn deployment(f: &Fixture, name: &str, annotations: Value, env_from: Value) {
+    let body: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app", "envFrom": env_from}]}
+            }
+        }
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(f.client.clone(), &f.ns.name)
+        .create(&PostParams::default(), &body)
+        .await
+        .unwrap();
+    first_rollout_made::<ReplicaSet>(&f.client, &f.ns.name, name).await;
+}
+
+/// What explain reads: enough to `kubectl get` each object it shows.
+fn read_everything() -> Value {
+    json!([
+        {"apiGroups": ["kvsync.io"], "resources": ["keyvaultsecrets"], "verbs": ["get", "list"]},
+        {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["secrets", "configmaps", "events"], "verbs": ["get", "list"]}
+    ])
+}
+
+/// ServiceAccount `name` allowed only `rules` in the test namespace; returns
+/// a kubeconfig acting as it.
+async fn reader_kubeconfig(f: &Fixture, name: &str, rules: Value, dir: &Path) -> PathBuf {
+    let ns = &f.ns.name;
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    Api::<ServiceAccount>::namespaced(f.client.clone(), ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let role: Role =
+        serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules})).unwrap();
+    Api::<Role>::namespaced(f.client.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(f.client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    token_kubeconfig(&f.client, ns, name, &dir).await
+}
+
+#[tokio::test]
+async fn explain_a_secret_a_restarted_and_an_unrestarted_workload() {
+    let f = Fixture::with_operator_args(
+        "explain",
+        &["--reload-debounce", "100ms", "--min-reload-interval", "10m"],
+    )
+    .await;
+    let ns = f.ns.name.clone();
+    let vault_url = f.emulator.vault_url("shop");
+    f.apply(
+        "db",
+        json!({"refreshInterval": "1h",
+               "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}],
+               "dataFrom": [{"extract": {"name": "app-config"}}]}),
+    )
+    .await;
+    f.wait_reason("db", "Synced").await;
+    let config_map: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "settings"}, "data": {"mode": "fast"}}))
+            .unwrap();
+    Api::<ConfigMap>::namespaced(f.client.clone(), &ns)
+        .create(&PostParams::default(), &config_map)
+        .await
+        .unwrap();
+    deployment(
+        &f,
+        "web",
+        json!({"reloader.stakater.com/auto": "true"}),
+        json!([{"secretRef": {"name": "db"}}]),
+    )
+    .await;
+    deployment(
+        &f,
+        "batch",
+        json!({"secret.reloader.stakater.com/auto": "true",
+               "secrets.exclude.reloader.stakater.com/reload": "db"}),
+        json!([{"secretRef": {"name": "db"}}, {"configMapRef": {"name": "settings"}}]),
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &ns);
+    for name in ["web", "batch"] {
+        eventually(&format!("{name} baselined"), WAIT, || async {
+            let d = deployments.get(name).await.ok()?;
+            d.annotations()
+                .contains_key(DIGEST_ANNOTATION)
+                .then_some(())
+        })
+        .await;
+    }
+    f.emulator.set_secret("shop", "db-password", ROTATED).await;
+    f.force_sync("db", "rotate").await;
+    eventually("web restarted", WAIT, || async {
+        (owned::<ReplicaSet>(&f.client, &ns, "web").await == 2).then_some(())
+    })
+    .await;
+    // The restart's event, which explain quotes as its cause.
+    eventually("the Reloaded event", WAIT, || async {
+        let out = explain(kubeconfig_path(), &ns, &["deployment/web"]);
+        out.contains("cause:").then_some(())
+    })
+    .await;
+    assert_eq!(owned::<ReplicaSet>(&f.client, &ns, "batch").await, 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let reader = reader_kubeconfig(&f, "reader", read_everything(), dir.path()).await;
+    let cases = [
+        ("kvs.txt", vec!["kvs/db"]),
+        ("kvs.json", vec!["keyvaultsecret/db", "-o", "json"]),
+        ("web.txt", vec!["deployment/web"]),
+        ("batch.txt", vec!["deploy/batch"]),
+        ("batch.json", vec!["deployment/batch", "-o", "json"]),
+    ];
+    for (file, args) in &cases {
+        let out = explain(&reader, &ns, args);
+        assert!(
+            !out.contains(ROTATED) && !out.contains("s3cr3t-db-value"),
+            "{file}: a value was printed"
+        );
+        assert!(
+            !out.contains("Not shown"),
+            "{file}: the reader may read all it needs:\n{out}"
+        );
+        if file.ends_with(".json") {
+            serde_json::from_str::<Value>(&out).expect("valid JSON");
+        }
+        golden(file, &normalize(&out, &ns, &vault_url));
+    }
+
+    // kubectl's plugin mechanism: `kubectl kvsync` runs `kubectl-kvsync` from PATH.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kvsync"), bin.join("kubectl-kvsync")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("kubectl")
+        .args([
+            "kvsync",
+            "explain",
+            "deployment/web",
+            "-n",
+            &ns,
+            "--min-reload-interval",
+            "10m",
+        ])
+        .env("PATH", path)
+        .env("KUBECONFIG", &reader)
+        .output()
+        .expect("kubectl (Debian's kubernetes-client; scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    golden(
+        "web.txt",
+        &normalize(&String::from_utf8(out.stdout).unwrap(), &ns, &vault_url),
+    );
+
+    let absent = Command::new(env!("CARGO_BIN_EXE_kvsync"))
+        .args(["explain", "kvs/absent", "-n", &ns])
+        .env("KUBECONFIG", &reader)
+        .output()
+        .unwrap();
+    assert!(!absent.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&absent.stderr),
+        format!("error: KeyVaultSecret {ns}/absent not found\n")
+    );
+
+    // Allowed to read the workload only, explain still answers, and says
+    // what it could not see.
+    let partial = reader_kubeconfig(
+        &f,
+        "workloads-only",
+        json!([{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]}]),
+        dir.path(),
+    )
+    .await;
+    let out = explain(&partial, &ns, &["deployment/web"]);
+    for unseen in ["Secrets: ", "ConfigMaps: ", "Events: "] {
+        assert!(out.contains(unseen), "{unseen} listed as not shown:\n{out}");
+    }
+    assert!(
+        out.contains("Secret/db: used, and reloader.stakater.com/auto"),
+        "{out}"
+    );
+}
