@@ -354,15 +354,16 @@ impl Stage {
     }
 
     async fn evaluate(&mut self, workload: WorkloadRef) {
-        if !self.index.is_selected(&workload.namespace) {
-            return;
-        }
-        let Some(state) = self.index.workload(&workload) else {
+        let state = self
+            .index
+            .workload(&workload)
+            .filter(|s| !s.deleting && self.index.is_selected(&workload.namespace));
+        let Some(state) = state else {
+            // Out of scope or going: it gives up any rollout slot it held.
+            self.pacer.release(&workload);
+            self.metrics.set_queued(self.pacer.queued());
             return;
         };
-        if state.deleting {
-            return;
-        }
         let desired = desired_members(
             &state.policy,
             &state.uses,
@@ -409,6 +410,7 @@ impl Stage {
         }
         if !matches!(verdict, Verdict::Restart { .. }) {
             self.pacer.release(&workload);
+            self.metrics.set_queued(self.pacer.queued());
         }
         match verdict {
             Verdict::UpToDate => {
