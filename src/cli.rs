@@ -77,6 +77,12 @@ pub struct RunArgs {
     )]
     pub operator_identity_namespaces: Vec<String>,
 
+    /// Only ServiceAccounts annotated `kvsync.io/allow-token-exchange: "true"`
+    /// may be used by KeyVaultSecrets for workload identity (the hardening
+    /// switch for shared clusters; off by default, as in ESO).
+    #[arg(long, env = "KVSYNC_REQUIRE_SERVICE_ACCOUNT_OPT_IN")]
+    pub require_service_account_opt_in: bool,
+
     /// The operator's own client id (injected by the AKS Workload Identity webhook).
     #[arg(long, env = "AZURE_CLIENT_ID")]
     pub azure_client_id: Option<String>,

@@ -166,7 +166,7 @@ fn vault_access(client: &kube::Client, args: &RunArgs) -> Result<VaultAccess, Ru
         client.clone(),
         VaultConfig {
             authority_host: args.authority_host.clone(),
-            allowed_hosts: AllowedHosts::new(&args.allow_vault_hosts),
+            allowed_hosts: AllowedHosts::new(&args.allow_vault_hosts, &args.authority_host),
             operator: OperatorIdentity {
                 client_id: args.azure_client_id.clone(),
                 tenant_id: args.azure_tenant_id.clone(),
@@ -273,6 +273,7 @@ fn start_stages(
         metrics.sync,
         args.scope.clone(),
         args.operator_identity_namespaces.clone(),
+        args.require_service_account_opt_in,
         args.azure_tenant_id.clone(),
         args.max_backoff,
     ));

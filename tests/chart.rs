@@ -101,6 +101,7 @@ async fn chart_in_cluster_mode_is_accepted_by_the_api_server() {
     let values = json!({
         "workloadIdentity": {"enabled": true, "clientId": "11111111-1111-1111-1111-111111111111"},
         "operatorIdentityNamespaces": ["platform"],
+        "requireServiceAccountOptIn": true,
         "namespaceSelector": "kvsync=enabled",
         "changeDetection": "get",
         "vaultConcurrency": 3,
@@ -134,6 +135,7 @@ async fn chart_in_cluster_mode_is_accepted_by_the_api_server() {
     for expected in [
         "--namespace-selector=kvsync=enabled",
         "--operator-identity-namespaces=platform",
+        "--require-service-account-opt-in",
         "--change-detection=get",
         "--vault-concurrency=3",
         "--min-reload-interval=1m",

@@ -11,7 +11,7 @@
 //! | `POST /tokens/rollover` | new token signing key: every access token issued so far is refused (401) |
 //! | `GET /counters` / `POST /counters/reset` | request counters of the Azure surfaces |
 //! | `POST /clock` `{skewSeconds}` | sets the vaults' clock off by that many seconds (`updated`, `created`, `Date`) |
-//! | `GET /issued` | every access token issued and client assertion presented |
+//! | `GET /issued` | every access token issued, client assertion presented and token scope asked for |
 //! | `GET /healthz` | `ok` |
 //!
 //! Errors use Key Vault's error shape.

@@ -283,6 +283,9 @@ async fn grant(
     }
     let client_id = required("client_id")?;
     let scope = required("scope")?;
+    lock(&emulator.issued)
+        .requested_scopes
+        .push(scope.to_owned());
     if scope.trim() != KEY_VAULT_SCOPE {
         return Err(EntraError::new(
             StatusCode::BAD_REQUEST,

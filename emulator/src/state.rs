@@ -103,8 +103,13 @@ impl Emulator {
 
     /// The `WWW-Authenticate` value a vault of `tenant` answers unauthenticated calls with.
     pub fn challenge(&self, tenant: &str) -> String {
+        self.challenge_for(tenant, KEY_VAULT_RESOURCE)
+    }
+
+    /// A challenge naming any `resource` (for the injected foreign challenge).
+    pub fn challenge_for(&self, tenant: &str, resource: &str) -> String {
         format!(
-            r#"Bearer authorization="{}{tenant}", resource="{KEY_VAULT_RESOURCE}""#,
+            r#"Bearer authorization="{}{tenant}", resource="{resource}""#,
             self.authority_host
         )
     }

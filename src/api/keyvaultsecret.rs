@@ -159,7 +159,9 @@ pub struct Target {
     )]
     pub name: Option<String>,
     /// Secret type, e.g. `Opaque`, `kubernetes.io/tls`. Default `Opaque`.
+    /// Not a type Kubernetes fills with a token (service-account, bootstrap).
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("not" = {"enum": ["kubernetes.io/service-account-token", "bootstrap.kubernetes.io/token"]}))]
     pub type_: Option<String>,
     /// Labels added to the Secret.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

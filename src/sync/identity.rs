@@ -18,6 +18,9 @@ use crate::vault::Identity;
 /// Service-account annotations set for Azure Workload Identity.
 pub const SA_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
 pub const SA_TENANT_ID_ANNOTATION: &str = "azure.workload.identity/tenant-id";
+/// With `--require-service-account-opt-in`, a ServiceAccount must carry this
+/// annotation set to `"true"` before kvsync exchanges tokens for it.
+pub const SA_OPT_IN_ANNOTATION: &str = "kvsync.io/allow-token-exchange";
 
 pub async fn resolve(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Identity, SyncError> {
     let namespace = kvs.namespace().unwrap_or_default();
@@ -82,6 +85,13 @@ async fn service_account_identity(
             ))
         })?;
     let annotation = |key: &str| sa.annotations().get(key).cloned();
+    if ctx.require_service_account_opt_in
+        && annotation(SA_OPT_IN_ANNOTATION).as_deref() != Some("true")
+    {
+        return Err(SyncError::AuthConfig(format!(
+            "service account {sa_name} has not opted in to token exchange by kvsync: annotate it {SA_OPT_IN_ANNOTATION}=\"true\" (this cluster runs kvsync with --require-service-account-opt-in)"
+        )));
+    }
     let client_id = wi
         .client_id
         .clone()

@@ -57,6 +57,9 @@ pub struct Context {
     pub metrics: SyncMetrics,
     pub scope: ScopeArgs,
     pub operator_identity_namespaces: Vec<String>,
+    /// Only ServiceAccounts annotated `kvsync.io/allow-token-exchange: "true"`
+    /// may be used for workload identity (`--require-service-account-opt-in`).
+    pub require_service_account_opt_in: bool,
     /// Tenant for service accounts that don't name one (the operator's `AZURE_TENANT_ID`).
     pub default_tenant_id: Option<String>,
     pub max_backoff: Duration,
@@ -74,6 +77,7 @@ impl Context {
         metrics: SyncMetrics,
         scope: ScopeArgs,
         operator_identity_namespaces: Vec<String>,
+        require_service_account_opt_in: bool,
         default_tenant_id: Option<String>,
         max_backoff: Duration,
     ) -> Self {
@@ -85,6 +89,7 @@ impl Context {
             metrics,
             scope,
             operator_identity_namespaces,
+            require_service_account_opt_in,
             default_tenant_id,
             max_backoff,
             memory: Mutex::default(),

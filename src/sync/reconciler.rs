@@ -27,7 +27,7 @@ use serde_json::json;
 use super::error::{Retry, SyncError};
 use super::fetch::{Rendered, fetch_and_render, interest};
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
-use super::target::DesiredSecret;
+use super::target::{self, DesiredSecret};
 use super::{Context, identity, write};
 use crate::api::{CreationPolicy, DataFrom, FIELD_MANAGER, KeyVaultSecret};
 use crate::schedule;
@@ -359,6 +359,7 @@ fn validate(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Option<Duration>, Syn
     let interval = spec
         .refresh_interval()
         .map_err(|e| SyncError::InvalidSpec(format!("refreshInterval: {e}")))?;
+    target::check_target(&spec.target).map_err(|e| SyncError::InvalidSpec(e.to_string()))?;
     if spec.data.is_empty() && spec.data_from.is_empty() {
         return Err(SyncError::InvalidSpec(
             "nothing to sync: add at least one entry to data or dataFrom".into(),
