@@ -107,6 +107,7 @@ async fn chart_in_cluster_mode_is_accepted_by_the_api_server() {
         "vaultConcurrency": 3,
         "minReloadInterval": "1m",
         "resourceLabelSelector": "reload=true",
+        "managedIdentity": {"identityEndpoint": "https://imds.test/metadata/identity/oauth2/token"},
     });
     let Some(docs) = render(
         &values,
@@ -148,6 +149,11 @@ async fn chart_in_cluster_mode_is_accepted_by_the_api_server() {
     assert!(
         find(&docs, "PodDisruptionBudget", None).is_empty(),
         "1 replica: no PDB"
+    );
+    let env = container(&docs)["env"].as_array().unwrap();
+    assert!(
+        env.contains(&json!({"name": "IDENTITY_ENDPOINT", "value": "https://imds.test/metadata/identity/oauth2/token"})),
+        "{env:?}"
     );
 
     dry_run_all(&client, &docs, &release.name).await;

@@ -44,6 +44,7 @@ async fn every_example_is_accepted_by_the_api_server() {
         "examples/client-certificate.yaml",
         "examples/client-secret.yaml",
         "examples/datafrom-find-extract.yaml",
+        "examples/managed-identity.yaml",
         "examples/migration/kvsync-after.yaml",
         "examples/migration/kvsync-templated.yaml",
         "examples/operator-identity.yaml",

@@ -84,13 +84,34 @@ pub struct Auth {
     /// An Entra app's client certificate (PEM with key), read from a Secret in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<ClientSecretAuth>,
+    /// The managed identity of the node the operator runs on (Azure Instance
+    /// Metadata Service): the operator's host identity, so allowed only in
+    /// namespaces the operator is configured to allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_identity: Option<ManagedIdentityAuth>,
 }
 
 fn exactly_one_auth(schema: &mut schemars::Schema) {
     exactly_one_of(
         schema,
-        &["workloadIdentity", "clientSecret", "clientCertificate"],
+        &[
+            "workloadIdentity",
+            "clientSecret",
+            "clientCertificate",
+            "managedIdentity",
+        ],
     );
+}
+
+/// A managed identity of the node: system-assigned, or the user-assigned one
+/// with this client id (e.g. an AKS kubelet identity).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManagedIdentityAuth {
+    /// Client id of a user-assigned identity. Omitted: the system-assigned identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub client_id: Option<String>,
 }
 
 /// Adds a structural `oneOf` that makes exactly one of `fields` required.

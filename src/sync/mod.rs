@@ -319,7 +319,7 @@ async fn run_controller(
             crate::cluster::watch_config(),
         ),
     )
-    .default_backoff()
+    .backoff(crate::cluster::watch_backoff())
     .inspect(move |event| {
         if let Ok(event) = event {
             follow_ctx.follow(&follow_namespace, event, &follow_store);
@@ -333,13 +333,13 @@ async fn run_controller(
         scoped_api::<PartialObjectMeta<Secret>>(&ctx.client, &namespace),
         crate::cluster::watch_config(),
     )
-    .default_backoff()
+    .backoff(crate::cluster::watch_backoff())
     .touched_objects();
     let sa_events = watcher(
         scoped_api::<PartialObjectMeta<ServiceAccount>>(&ctx.client, &namespace),
         crate::cluster::watch_config(),
     )
-    .default_backoff()
+    .backoff(crate::cluster::watch_backoff())
     .touched_objects();
     let config_map_events = watcher(
         scoped_api::<PartialObjectMeta<ConfigMap>>(&ctx.client, &namespace),

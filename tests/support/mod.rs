@@ -544,6 +544,22 @@ impl Operator {
         }
     }
 
+    /// Like [`Operator::start`], with extra environment variables.
+    pub fn start_with_env(
+        emulator: &Emulator,
+        namespace: &str,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
+        Operator {
+            process: Process::start_as(
+                &Self::args(emulator, namespace, extra),
+                kubeconfig_path(),
+                env,
+            ),
+        }
+    }
+
     fn args(emulator: &Emulator, namespace: &str, extra: &[&str]) -> Vec<String> {
         let ca_file = emulator.endpoints.ca_file.display().to_string();
         let defaults = [

@@ -85,6 +85,17 @@ cluster mode, per watched namespace in namespaced mode).
 - apiGroups: [apps]
   resources: [deployments, statefulsets, daemonsets]
   verbs: [get, list, watch, patch]
+# Reload stage: a CronJob gets a Job from its jobTemplate (the CronJob keeps
+# kvsync's record); Argo Rollouts, watched when their CRD is installed.
+- apiGroups: [batch]
+  resources: [cronjobs]
+  verbs: [get, list, watch, patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [create]
+- apiGroups: [argoproj.io]
+  resources: [rollouts]
+  verbs: [get, list, watch, patch]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
