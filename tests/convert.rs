@@ -146,7 +146,7 @@ async fn converted_manifests_pass_a_server_dry_run_and_the_exit_code_tells_compl
         }
     }
     assert_eq!(
-        applied, 4,
+        applied, 6,
         "every converted KeyVaultSecret of the corpus was applied"
     );
 

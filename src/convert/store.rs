@@ -7,7 +7,7 @@
 //! | `WorkloadIdentity`, no `serviceAccountRef` | `workloadIdentity: {}` (the operator's identity) |
 //! | `ServicePrincipal` + `clientSecret` | `clientSecret` |
 //! | `ServicePrincipal` + `clientCertificate` | `clientCertificate` |
-//! | `ManagedIdentity` | not supported (reported) |
+//! | `ManagedIdentity` (+ `identityId` as a client id) | `managedIdentity` (`clientId`; the operator's node identity, allowed namespaces only) |
 //!
 //! ESO keeps the client id (and possibly the tenant id) in a Secret; kvsync
 //! takes them literally, so they are read from a Secret among the inputs
@@ -16,7 +16,7 @@
 use serde_json::Value;
 
 use super::{Finding, Inputs, namespace_of, object_name};
-use crate::api::{Auth, ClientSecretAuth, SecretKeyRef, WorkloadIdentityAuth};
+use crate::api::{Auth, ClientSecretAuth, ManagedIdentityAuth, SecretKeyRef, WorkloadIdentityAuth};
 
 /// What a store gives a KeyVaultSecret.
 pub struct StoreAuth {
@@ -81,7 +81,6 @@ pub fn resolve(
             "customCloudConfig",
             "kvsync takes the cloud from the vault URL and the operator's --authority-host",
         ),
-        ("identityId", "managed identities are not supported"),
     ] {
         if let Some(value) = azure.get(field).filter(|v| !v.is_null())
             && !(field == "environmentType" && value == "PublicCloud")
@@ -164,6 +163,25 @@ pub fn resolve(
                 }),
                 client_secret: None,
                 client_certificate: None,
+                managed_identity: None,
+            }
+        }
+        "ManagedIdentity" => {
+            let identity = azure["identityId"].as_str();
+            if identity.is_some_and(|id| !is_guid(id)) {
+                report(
+                    &format!("{base}.identityId"),
+                    "kvsync selects a user-assigned identity by its client id (a GUID), not by resource or object id: set spec.auth.managedIdentity.clientId by hand".into(),
+                );
+                return None;
+            }
+            Auth {
+                workload_identity: None,
+                client_secret: None,
+                client_certificate: None,
+                managed_identity: Some(ManagedIdentityAuth {
+                    client_id: identity.map(str::to_owned),
+                }),
             }
         }
         "ServicePrincipal" => {
@@ -206,6 +224,7 @@ pub fn resolve(
                 workload_identity: None,
                 client_secret: (field == "clientSecret").then(|| credential.clone()),
                 client_certificate: (field == "clientCertificate").then_some(credential),
+                managed_identity: None,
             }
         }
         other => {
@@ -219,4 +238,13 @@ pub fn resolve(
         }
     };
     Some(StoreAuth { vault_url, auth })
+}
+
+/// Whether `id` is a GUID (a client id), not a resource or object path.
+fn is_guid(id: &str) -> bool {
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
 }
