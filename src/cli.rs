@@ -1,6 +1,6 @@
-//! Command line: `kvsync run` (the operator), `kvsync crd` and `kvsync explain`
-//! (also as the kubectl plugin `kubectl kvsync explain`: the binary installed
-//! as `kubectl-kvsync`).
+//! Command line: `kvsync run` (the operator), `kvsync crd`, `kvsync convert`
+//! (ESO manifests → KeyVaultSecrets) and `kvsync explain` (also as the kubectl
+//! plugin `kubectl kvsync explain`: the binary installed as `kubectl-kvsync`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +27,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the KeyVaultSecret CRD as YAML (or apply it to the cluster).
     Crd(CrdArgs),
+    /// Convert ESO ExternalSecrets (+ their azurekv stores) into KeyVaultSecrets.
+    /// Exit code 0: complete; 2: some fields not converted (listed on stderr).
+    Convert(crate::convert::command::ConvertArgs),
     /// Explain a KeyVaultSecret (where each key comes from, its sync state,
     /// what restarts) or a workload (what restarts it, and why); never shows a value.
     Explain(crate::explain::ExplainArgs),
@@ -76,6 +79,12 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub operator_identity_namespaces: Vec<String>,
+
+    /// Only ServiceAccounts annotated `kvsync.io/allow-token-exchange: "true"`
+    /// may be used by KeyVaultSecrets for workload identity (the hardening
+    /// switch for shared clusters; off by default, as in ESO).
+    #[arg(long, env = "KVSYNC_REQUIRE_SERVICE_ACCOUNT_OPT_IN")]
+    pub require_service_account_opt_in: bool,
 
     /// The operator's own client id (injected by the AKS Workload Identity webhook).
     #[arg(long, env = "AZURE_CLIENT_ID")]

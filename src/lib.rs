@@ -10,6 +10,7 @@
 //! One module per stage of that flow — [`api`] (the custom resource), [`vault`]
 //! (Key Vault access, change detection by listing), [`sync`] (the reconciler),
 //! [`reload`] (rolling restarts) — plus [`run`] and [`cli`] (wiring and flags),
+//! [`convert`] (`kvsync convert`: ESO manifests → KeyVaultSecrets),
 //! [`explain`] (`kvsync explain`, the answers to "what does this resolve to"
 //! and "why did this restart"), [`cluster`] (the API client and watch timeouts), [`leader`] (Lease-based
 //! election), [`scope`] (which namespaces), [`schedule`]
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod cli;
 pub mod cluster;
+pub mod convert;
 pub mod explain;
 pub mod leader;
 pub mod metrics;

@@ -14,10 +14,15 @@ async fn main() -> std::process::ExitCode {
     };
     kvsync::telemetry::init(log_format);
     // A command a person types (also as `kubectl kvsync`): a plain message.
-    let interactive = matches!(cli.command, Command::Explain(_));
+    let interactive = matches!(cli.command, Command::Explain(_) | Command::Convert(_));
     let result = match cli.command {
         Command::Run(args) => kvsync::run::run(*args).await.map_err(|e| e.to_string()),
         Command::Crd(args) => kvsync::run::crd(args).await.map_err(|e| e.to_string()),
+        Command::Convert(args) => match kvsync::convert::command::run(args).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::from(2),
+            Err(error) => Err(error.to_string()),
+        },
         Command::Explain(args) => kvsync::explain::run(args).await.map_err(|e| e.to_string()),
     };
     match result {

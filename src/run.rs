@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::StatusCode;
 use axum::routing::get;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -32,6 +33,7 @@ use crate::cli::{CrdArgs, RunArgs};
 use crate::leader::{LeaderError, Leadership};
 use crate::metrics::Metrics;
 use crate::reload::ReloadError;
+use crate::reload::readiness::Readiness;
 use crate::vault::{
     AllowedHosts, OperatorIdentity, SetupError, VaultAccess, VaultConfig, read_ca_file,
 };
@@ -143,7 +145,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .map_err(RunError::Client)?;
     let vault = vault_access(&client, &args)?;
     let shutdown = Shutdown::new();
-    let server = serve_probes_and_metrics(args.metrics_addr, registry, &shutdown).await?;
+    let readiness = metrics.reload.readiness();
+    let server =
+        serve_probes_and_metrics(args.metrics_addr, registry, readiness, &shutdown).await?;
 
     ensure_namespace_exists(&client, &args.operator_namespace).await?;
     let Some(mut leadership) = become_leader(&client, &args).await? else {
@@ -164,7 +168,7 @@ fn vault_access(client: &kube::Client, args: &RunArgs) -> Result<VaultAccess, Ru
         client.clone(),
         VaultConfig {
             authority_host: args.authority_host.clone(),
-            allowed_hosts: AllowedHosts::new(&args.allow_vault_hosts),
+            allowed_hosts: AllowedHosts::new(&args.allow_vault_hosts, &args.authority_host),
             operator: OperatorIdentity {
                 client_id: args.azure_client_id.clone(),
                 tenant_id: args.azure_tenant_id.clone(),
@@ -180,10 +184,12 @@ fn vault_access(client: &kube::Client, args: &RunArgs) -> Result<VaultAccess, Ru
     .map_err(RunError::Vault)
 }
 
-/// Serves `/healthz`, `/readyz` and `/metrics` on `addr` until `shutdown`.
+/// Serves `/healthz`, `/readyz` (503 naming the reload watches that have not
+/// listed yet) and `/metrics` on `addr` until `shutdown`.
 async fn serve_probes_and_metrics(
     addr: SocketAddr,
     registry: Registry,
+    readiness: Readiness,
     shutdown: &Shutdown,
 ) -> Result<JoinHandle<std::io::Result<()>>, RunError> {
     let bind_error = |source| RunError::Bind { addr, source };
@@ -195,7 +201,21 @@ async fn serve_probes_and_metrics(
     let registry = Arc::new(registry);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let waiting = readiness.waiting_for();
+                async move {
+                    match waiting {
+                        None => (StatusCode::OK, "ok".to_owned()),
+                        Some(watches) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("waiting for the first list of: {}", watches.join(", ")),
+                        ),
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {
@@ -255,6 +275,7 @@ fn start_stages(
         metrics.sync,
         args.scope.clone(),
         args.operator_identity_namespaces.clone(),
+        args.require_service_account_opt_in,
         args.azure_tenant_id.clone(),
         args.max_backoff,
     ));

@@ -101,11 +101,13 @@ async fn chart_in_cluster_mode_is_accepted_by_the_api_server() {
     let values = json!({
         "workloadIdentity": {"enabled": true, "clientId": "11111111-1111-1111-1111-111111111111"},
         "operatorIdentityNamespaces": ["platform"],
+        "requireServiceAccountOptIn": true,
         "namespaceSelector": "kvsync=enabled",
         "changeDetection": "get",
         "vaultConcurrency": 3,
         "minReloadInterval": "1m",
         "resourceLabelSelector": "reload=true",
+        "managedIdentity": {"identityEndpoint": "https://imds.test/metadata/identity/oauth2/token"},
     });
     let Some(docs) = render(
         &values,
@@ -134,6 +136,7 @@ async fn chart_in_cluster_mode_is_accepted_by_the_api_server() {
     for expected in [
         "--namespace-selector=kvsync=enabled",
         "--operator-identity-namespaces=platform",
+        "--require-service-account-opt-in",
         "--change-detection=get",
         "--vault-concurrency=3",
         "--min-reload-interval=1m",
@@ -146,6 +149,11 @@ async fn chart_in_cluster_mode_is_accepted_by_the_api_server() {
     assert!(
         find(&docs, "PodDisruptionBudget", None).is_empty(),
         "1 replica: no PDB"
+    );
+    let env = container(&docs)["env"].as_array().unwrap();
+    assert!(
+        env.contains(&json!({"name": "IDENTITY_ENDPOINT", "value": "https://imds.test/metadata/identity/oauth2/token"})),
+        "{env:?}"
     );
 
     dry_run_all(&client, &docs, &release.name).await;

@@ -12,15 +12,17 @@ use support::{TestNamespace, apply_manifest, client, documents};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Every example that a cluster with kvsync can take: `examples/*.yaml` and
-/// `examples/migration/*.yaml`, except ESO's "before" objects (ESO's CRDs are
-/// not installed). `examples/demo/` belongs to the demo script.
+/// `examples/migration/*.yaml`, except ESO's "before" objects (`eso-*.yaml`:
+/// ESO's CRDs are not installed). `examples/demo/` belongs to the demo script.
 fn example_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     for dir in ["examples", "examples/migration"] {
         for entry in std::fs::read_dir(Path::new(ROOT).join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "yaml")
-                && path.file_name().is_some_and(|n| n != "eso-before.yaml")
+                && path
+                    .file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with("eso-"))
             {
                 files.push(path);
             }
@@ -42,7 +44,9 @@ async fn every_example_is_accepted_by_the_api_server() {
         "examples/client-certificate.yaml",
         "examples/client-secret.yaml",
         "examples/datafrom-find-extract.yaml",
+        "examples/managed-identity.yaml",
         "examples/migration/kvsync-after.yaml",
+        "examples/migration/kvsync-templated.yaml",
         "examples/operator-identity.yaml",
         "examples/reloader-search.yaml",
         "examples/tls-certificate.yaml",

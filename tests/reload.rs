@@ -16,12 +16,16 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::{ByteString, NamespaceResourceScope};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
-use kvsync::reload::record::{DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_restarted_at};
+use kvsync::reload::annotations::RELOADER_PAUSED_AT;
+use kvsync::reload::record::{
+    DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_time,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -282,7 +286,7 @@ impl Fixture {
             .annotations
             .unwrap_or_default()
             .remove(RESTARTED_AT_ANNOTATION);
-        parse_restarted_at(value.as_deref()).expect("a restartedAt annotation")
+        parse_time(value.as_deref()).expect("a restartedAt annotation")
     }
 
     /// The part of `QUIET` that ends before `interval` has passed since
@@ -293,6 +297,21 @@ impl Fixture {
         let due = self.restarted_at(name).await + interval;
         let left = due - OffsetDateTime::now_utc() - Duration::from_millis(500);
         QUIET.min(left.try_into().unwrap_or_default())
+    }
+
+    /// The operator's metrics page.
+    async fn metrics(&self) -> String {
+        let operator = self.operator.as_ref().expect("an operator is running");
+        let base = eventually("the metrics address in the log", WAIT, || async {
+            metrics_url(&operator.output())
+        })
+        .await;
+        reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Notes of the Events with `reason` about the workload `name`.
@@ -686,53 +705,193 @@ async fn min_reload_interval_folds_later_changes_into_one_restart() {
 }
 
 #[tokio::test]
-async fn pause_period_annotation_spaces_restarts_of_its_workload() {
+async fn a_pause_period_folds_a_burst_into_one_rollout_even_across_operator_restarts() {
+    const PERIOD: Duration = Duration::from_secs(6);
     let mut f = Fixture::new("reload-pause").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.deployment(
         "paused",
         &[
             AUTO,
-            ("deployment.reloader.stakater.com/pause-period", "8s"),
+            ("deployment.reloader.stakater.com/pause-period", "6s"),
         ],
+        &["db"],
+        &[],
+    )
+    .await;
+    f.workload::<StatefulSet>(
+        "store",
+        &[AUTO, ("statefulset.kvsync.io/pause-period", "6s")],
+        &[],
         &["db"],
         &[],
     )
     .await;
     f.deployment("free", &[AUTO], &["db"], &[]).await;
     f.start_operator(&[]).await;
-    f.baselined::<Deployment>("paused").await;
-    f.baselined::<Deployment>("free").await;
+    for name in ["paused", "free"] {
+        f.baselined::<Deployment>(name).await;
+    }
+    f.baselined::<StatefulSet>("store").await;
 
+    // The first change starts the period: recorded on the objects, no rollout.
     f.secret("db", &[("k", "2")], &[], &[]).await;
     f.expect_replica_sets("free", 2).await;
-    // Restarted by the same change (its ReplicaSet may trail free's).
-    eventually("the paused workload's first restart", WAIT, || async {
-        (f.replica_sets("paused").await == 2).then_some(())
+    let paused_at = eventually("paused-at on both paused workloads", WAIT, || async {
+        let deployment = f.annotations::<Deployment>("paused").await;
+        let store = f.annotations::<StatefulSet>("store").await;
+        store.contains_key(PAUSED_AT_ANNOTATION).then_some(())?;
+        parse_time(deployment.get(PAUSED_AT_ANNOTATION).map(String::as_str))
     })
     .await;
-    let first = f.restarted_at("paused").await;
 
-    // More than the 1s minimum interval later: the free one restarts again,
-    // the paused one waits for its period.
+    // The rest of the burst arrives while the operator is down: the period
+    // lives on the object, not in a timer.
+    f.stop_operator();
     f.secret("db", &[("k", "3")], &[], &[]).await;
-    eventually("the free workload's second restart", WAIT, || async {
-        (f.replica_sets("free").await == 3).then_some(())
-    })
-    .await;
-    let window = f.quiet_before_due("paused", Duration::from_secs(8)).await;
+    f.start_operator(&[]).await;
+    f.secret("db", &[("k", "4")], &[], &[]).await;
+    let due = paused_at + PERIOD - OffsetDateTime::now_utc() - Duration::from_millis(500);
     always(
-        "the paused workload waiting for its period",
-        window,
-        || async { f.replica_sets("paused").await == 2 },
+        "no rollout within the pause period",
+        due.try_into().unwrap_or_default(),
+        || async { f.replica_sets("paused").await == 1 && f.revisions("store").await == 1 },
     )
     .await;
-    f.expect_replica_sets("paused", 3).await;
-    let spacing = f.restarted_at("paused").await - first;
+    eventually("one rollout of each when the period ends", WAIT, || async {
+        (f.replica_sets("paused").await == 2 && f.revisions("store").await == 2).then_some(())
+    })
+    .await;
+    always("exactly one", QUIET, || async {
+        f.replica_sets("paused").await == 2 && f.revisions("store").await == 2
+    })
+    .await;
+    let waited = f.restarted_at("paused").await - paused_at;
     assert!(
-        spacing >= Duration::from_secs(8),
-        "restarted again after {spacing}"
+        waited >= PERIOD,
+        "rolled out {waited} after the first change"
     );
+    assert!(
+        !f.annotations::<Deployment>("paused")
+            .await
+            .contains_key(PAUSED_AT_ANNOTATION),
+        "the period is over"
+    );
+    assert_eq!(
+        f.event_notes("paused", "Reloaded").await.len(),
+        1,
+        "one Reloaded event for the burst"
+    );
+}
+
+/// Pauses Deployment `name` the way Reloader does (and, with a template
+/// change, the way it restarts while paused); `None`: paused by a user.
+async fn pause_as_reloader(f: &Fixture, name: &str, paused_at: Option<OffsetDateTime>) {
+    let paused_at = paused_at.map(|at| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    });
+    let patch = json!({
+        "metadata": {"annotations": {RELOADER_PAUSED_AT: paused_at}},
+        "spec": {"paused": true, "template": {"metadata": {"annotations": {"reloader.stakater.com/last-reloaded-from": "db"}}}},
+    });
+    f.api::<Deployment>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
+async fn is_paused(f: &Fixture, name: &str) -> bool {
+    let deployment = f.api::<Deployment>().get(name).await.unwrap();
+    deployment.spec.unwrap().paused == Some(true)
+}
+
+#[tokio::test]
+async fn deployments_reloader_left_paused_are_resumed_when_their_period_is_over() {
+    let mut f = Fixture::new("reload-resume").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    let period = ("deployment.reloader.stakater.com/pause-period", "5s");
+    for name in ["expired", "running", "by-user"] {
+        f.deployment(name, &[AUTO, period], &["db"], &[]).await;
+    }
+    let now = OffsetDateTime::now_utc();
+    pause_as_reloader(&f, "expired", Some(now - Duration::from_secs(3600))).await;
+    pause_as_reloader(&f, "running", Some(now)).await;
+    pause_as_reloader(&f, "by-user", None).await;
+    f.start_operator(&[]).await;
+
+    // Over: resumed on first sight, rolling out what Reloader left in the template.
+    eventually("the expired pause resumed", WAIT, || async {
+        (!is_paused(&f, "expired").await).then_some(())
+    })
+    .await;
+    assert!(
+        !f.annotations::<Deployment>("expired")
+            .await
+            .contains_key(RELOADER_PAUSED_AT)
+    );
+    f.expect_replica_sets("expired", 2).await;
+
+    // Running: held until its end, then resumed.
+    let due = now + Duration::from_secs(5) - OffsetDateTime::now_utc() - Duration::from_millis(500);
+    always(
+        "a running pause is left alone",
+        due.try_into().unwrap_or_default(),
+        || async { is_paused(&f, "running").await },
+    )
+    .await;
+    eventually("the running pause resumed at its end", WAIT, || async {
+        (!is_paused(&f, "running").await).then_some(())
+    })
+    .await;
+    f.expect_replica_sets("running", 2).await;
+
+    // Paused by a user (no paused-at): never kvsync's to resume.
+    assert!(is_paused(&f, "by-user").await);
+    assert_eq!(f.replica_sets("by-user").await, 1);
+}
+
+/// What `helm upgrade` or `kubectl apply` does to a Deployment along with its data.
+async fn change_template(f: &Fixture, name: &str, version: &str) {
+    let patch =
+        json!({"spec": {"template": {"metadata": {"annotations": {"app-version": version}}}}});
+    f.api::<Deployment>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_template_change_after_the_data_change_is_the_only_rollout() {
+    let mut f = Fixture::new("reload-template").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.config_map("app", &[("k", "1")], &[]).await;
+    f.deployment("web", &[AUTO], &["db"], &["app"]).await;
+    f.start_operator(&["--reload-debounce", "1s"]).await;
+    f.baselined::<Deployment>("web").await;
+
+    // Data first, then the template (Helm's order): its rollout has the new data.
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.config_map("app", &[("k", "2")], &[]).await;
+    change_template(&f, "web", "2").await;
+    f.expect_replica_sets("web", 2).await;
+    assert!(f.event_notes("web", "Reloaded").await.is_empty());
+    let record = f.annotations::<Deployment>("web").await[DIGEST_ANNOTATION].clone();
+
+    // The record has the new data: a later data change restarts as usual.
+    f.secret("db", &[("k", "3")], &[], &[]).await;
+    f.expect_replica_sets("web", 3).await;
+    assert_ne!(
+        f.annotations::<Deployment>("web").await[DIGEST_ANNOTATION],
+        record
+    );
+
+    // Template first, then the data: pods of that rollout may have started
+    // with the old data, so kvsync restarts once more.
+    change_template(&f, "web", "3").await;
+    f.secret("db", &[("k", "4")], &[], &[]).await;
+    f.expect_replica_sets("web", 5).await;
+    assert_eq!(f.event_notes("web", "Reloaded").await.len(), 2);
 }
 
 #[tokio::test]
@@ -884,7 +1043,7 @@ async fn a_key_vault_rotation_rolls_the_workload_using_the_synced_secret() {
     });
     f.apply::<kvsync::api::KeyVaultSecret>("db", kvs).await;
     f.deployment("web", &[AUTO], &["db"], &[]).await;
-    let _operator = Operator::start(
+    let operator = Operator::start(
         &emulator,
         &f.ns.name,
         &["--reload-debounce", "300ms", "--min-reload-interval", "1s"],
@@ -903,7 +1062,18 @@ async fn a_key_vault_rotation_rolls_the_workload_using_the_synced_secret() {
     f.expect_replica_sets("web", 2).await;
     let notes = f.event_notes("web", "Reloaded").await;
     assert_eq!(notes.len(), 1, "{notes:?}");
-    assert!(!notes[0].contains("second-value"), "{notes:?}");
+    // Neither value nor credential in any form in the log, events, status or
+    // the restarted workload's annotations.
+    LeakScan {
+        namespace: f.ns.name.clone(),
+        operator_log: operator.process.output(),
+        control_url: emulator.endpoints.control_url.clone(),
+        named: vec!["first-value".into(), SECRET_APP_PASSWORD.into()],
+        handled: emulator.values_set(),
+        private_keys: Vec::new(),
+    }
+    .run()
+    .await;
 }
 
 #[tokio::test]
@@ -946,4 +1116,522 @@ async fn deletions_restart_nothing_and_appearances_only_what_could_run_without()
     secrets.delete("db", &Default::default()).await.unwrap();
     f.secret("db", &[("k", "2")], &[], &[]).await;
     f.expect_replica_sets("web", 2).await;
+}
+
+/// A pod spec using Secret `db` through `envFrom`.
+fn pod_using_db() -> Value {
+    json!({
+        "metadata": {"labels": {"app": "x"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "app", "image": "example.invalid/app", "envFrom": [{"secretRef": {"name": "db"}}]}]}
+    })
+}
+
+/// A dynamic API of `kind` in the fixture's namespace, as the server serves it.
+async fn served_api(f: &Fixture, versions: &[&str], kind: &str) -> (Api<DynamicObject>, String) {
+    for api_version in versions {
+        let (group, version) = api_version.split_once('/').unwrap();
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        if let Ok((resource, _)) = kube::discovery::pinned_kind(&f.client, &gvk).await {
+            return (
+                Api::namespaced_with(f.client.clone(), &f.ns.name, &resource),
+                api_version.to_string(),
+            );
+        }
+    }
+    panic!("{kind} is not served as any of {versions:?}");
+}
+
+async fn create(api: &Api<DynamicObject>, body: Value) {
+    let object: DynamicObject = serde_json::from_value(body).unwrap();
+    api.create(&PostParams::default(), &object).await.unwrap();
+}
+
+/// Jobs made from CronJob `owner`.
+async fn jobs_of(f: &Fixture, owner: &str) -> Vec<Job> {
+    let jobs = f.api::<Job>().list(&ListParams::default()).await.unwrap();
+    jobs.items
+        .into_iter()
+        .filter(|job| {
+            job.owner_references()
+                .iter()
+                .any(|o| o.kind == "CronJob" && o.name == owner)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cron_jobs_get_one_job_per_change_and_suspended_ones_none() {
+    let mut f = Fixture::new("reload-cron").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    // batch/v1 from Kubernetes 1.21, batch/v1beta1 on 1.20: whatever is served.
+    let (cron_jobs, api_version) = served_api(&f, &["batch/v1", "batch/v1beta1"], "CronJob").await;
+    for (name, suspend) in [("nightly", false), ("held", true)] {
+        create(
+            &cron_jobs,
+            json!({
+                "apiVersion": api_version, "kind": "CronJob",
+                "metadata": {"name": name, "annotations": pairs(&[AUTO])},
+                "spec": {"schedule": "0 0 1 1 *", "suspend": suspend, "jobTemplate": {
+                    "metadata": {"labels": {"team": "shop"}},
+                    "spec": {"template": pod_using_db()}}}
+            }),
+        )
+        .await;
+    }
+    f.start_operator(&[]).await;
+    for name in ["nightly", "held"] {
+        eventually(&format!("the digest record on {name}"), WAIT, || async {
+            cron_jobs
+                .get(name)
+                .await
+                .unwrap()
+                .annotations()
+                .contains_key(DIGEST_ANNOTATION)
+                .then_some(())
+        })
+        .await;
+    }
+    always("no Job on first sight", QUIET, || async {
+        jobs_of(&f, "nightly").await.is_empty()
+    })
+    .await;
+
+    let changed = std::time::Instant::now();
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    let job = eventually("a Job from the CronJob", WAIT, || async {
+        jobs_of(&f, "nightly").await.pop()
+    })
+    .await;
+    println!(
+        "CronJob reload latency (Secret written → Job created): {:?}",
+        changed.elapsed()
+    );
+    let nightly = cron_jobs.get("nightly").await.unwrap();
+    let owner = &job.owner_references()[0];
+    assert_eq!(
+        (owner.api_version.as_str(), owner.uid.as_str()),
+        (api_version.as_str(), nightly.uid().unwrap().as_str())
+    );
+    assert_eq!(owner.controller, Some(true));
+    assert_eq!(
+        job.annotations()["cronjob.kubernetes.io/instantiate"],
+        "manual"
+    );
+    assert_eq!(job.labels()["team"], "shop");
+    always(
+        "one Job per change, none for the suspended one",
+        QUIET,
+        || async {
+            jobs_of(&f, "nightly").await.len() == 1 && jobs_of(&f, "held").await.is_empty()
+        },
+    )
+    .await;
+
+    // Level-triggered: a restart of the operator makes no second Job.
+    f.stop_operator();
+    f.start_operator(&[]).await;
+    f.secret("db", &[("k", "3")], &[], &[]).await;
+    eventually("a second Job for the second change", WAIT, || async {
+        (jobs_of(&f, "nightly").await.len() == 2).then_some(())
+    })
+    .await;
+    always(
+        "still two, still none for the suspended one",
+        QUIET,
+        || async {
+            jobs_of(&f, "nightly").await.len() == 2 && jobs_of(&f, "held").await.is_empty()
+        },
+    )
+    .await;
+}
+
+/// Installs the test-only Rollout CRD (see the manifest) and waits until the
+/// API serves it.
+async fn rollout_api(f: &Fixture) -> Api<DynamicObject> {
+    let crd = documents(include_str!("manifests/argo-rollouts-crd.yaml")).remove(0);
+    apply_manifest(&f.client, crd, &f.ns.name, true, false)
+        .await
+        .unwrap();
+    let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout");
+    let resource = eventually("the Rollout API served", WAIT, || async {
+        kube::discovery::pinned_kind(&f.client, &gvk)
+            .await
+            .ok()
+            .map(|(r, _)| r)
+    })
+    .await;
+    Api::namespaced_with(f.client.clone(), &f.ns.name, &resource)
+}
+
+fn generation(object: &DynamicObject) -> i64 {
+    object.metadata.generation.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn argo_rollouts_restart_once_by_template_or_by_restart_at() {
+    let mut f = Fixture::new("reload-rollout").await;
+    let rollouts = rollout_api(&f).await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    let strategy = ("reloader.stakater.com/rollout-strategy", "restart");
+    for (name, annotations) in [
+        ("by-template", vec![AUTO]),
+        ("by-restart-at", vec![AUTO, strategy]),
+    ] {
+        create(
+            &rollouts,
+            json!({
+                "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+                "metadata": {"name": name, "annotations": pairs(&annotations)},
+                "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": pod_using_db()}
+            }),
+        )
+        .await;
+    }
+    f.start_operator(&[]).await;
+    let mut before = BTreeMap::new();
+    for name in ["by-template", "by-restart-at"] {
+        let object = eventually(&format!("the digest record on {name}"), WAIT, || async {
+            let object = rollouts.get(name).await.unwrap();
+            object
+                .annotations()
+                .contains_key(DIGEST_ANNOTATION)
+                .then_some(object)
+        })
+        .await;
+        before.insert(name, generation(&object));
+    }
+    let spec_of = |name: &'static str| {
+        let rollouts = rollouts.clone();
+        async move { rollouts.get(name).await.unwrap() }
+    };
+    always("no restart on first sight", QUIET, || async {
+        for name in ["by-template", "by-restart-at"] {
+            if generation(&spec_of(name).await) != before[name] {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+
+    let changed = std::time::Instant::now();
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    eventually("spec.restartAt set", WAIT, || async {
+        spec_of("by-restart-at").await.data["spec"]["restartAt"]
+            .as_str()
+            .map(drop)
+    })
+    .await;
+    println!(
+        "Rollout reload latency (Secret written → restartAt patched): {:?}",
+        changed.elapsed()
+    );
+    eventually("the template annotation set", WAIT, || async {
+        spec_of("by-template").await.data["spec"]["template"]["metadata"]["annotations"]
+            [RESTARTED_AT_ANNOTATION]
+            .as_str()
+            .map(drop)
+    })
+    .await;
+    always("exactly one patch of each spec", QUIET, || async {
+        generation(&spec_of("by-template").await) == before["by-template"] + 1
+            && generation(&spec_of("by-restart-at").await) == before["by-restart-at"] + 1
+    })
+    .await;
+    let by_restart_at = spec_of("by-restart-at").await;
+    assert!(
+        by_restart_at.data["spec"]["template"]["metadata"]["annotations"]
+            .get(RESTARTED_AT_ANNOTATION)
+            .is_none(),
+        "the restart strategy leaves the template alone"
+    );
+    for name in ["by-template", "by-restart-at"] {
+        assert_eq!(f.event_notes(name, "Reloaded").await.len(), 1, "{name}");
+    }
+}
+
+/// The `kvsync.io/restartedAt` of each Deployment in the namespace that has one.
+async fn restarts(f: &Fixture) -> BTreeMap<String, OffsetDateTime> {
+    let list = f
+        .api::<Deployment>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    list.items
+        .into_iter()
+        .filter_map(|d| {
+            let template = d.spec.as_ref()?.template.metadata.as_ref()?;
+            let at = template
+                .annotations
+                .as_ref()?
+                .get(RESTARTED_AT_ANNOTATION)?;
+            Some((d.name_any(), parse_time(Some(at))?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_secret_used_by_200_workloads_restarts_each_once_at_the_throttled_rate() {
+    const WORKLOADS: usize = 200;
+    const PER_SECOND: usize = 50;
+    let mut f = Fixture::new("reload-throttle").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    let deployments = f.api::<Deployment>();
+    for i in 0..WORKLOADS {
+        let name = format!("w{i:03}");
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": pairs(&[AUTO])},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}}, "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app", "envFrom": [{"secretRef": {"name": "db"}}]}]}}}
+        }))
+        .unwrap();
+        deployments
+            .create(&PostParams::default(), &deployment)
+            .await
+            .unwrap();
+    }
+    let rate = PER_SECOND.to_string();
+    f.start_operator(&["--max-rollouts-per-second", &rate])
+        .await;
+    eventually("every workload baselined", WAIT * 3, || async {
+        let list = deployments.list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
+            .all(|d| d.annotations().contains_key(DIGEST_ANNOTATION))
+            .then_some(())
+    })
+    .await;
+
+    let changed = OffsetDateTime::now_utc();
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    let queued_peak = std::sync::atomic::AtomicUsize::new(0);
+    let all = eventually("every workload restarted", WAIT * 3, || async {
+        let metrics = f.metrics().await;
+        let queued = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("kvsync_reload_rollouts_queued "))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or_default();
+        queued_peak.fetch_max(queued, std::sync::atomic::Ordering::Relaxed);
+        let all = restarts(&f).await;
+        (all.len() == WORKLOADS).then_some(all)
+    })
+    .await;
+    always("each restarted exactly once", QUIET, || async {
+        restarts(&f).await == all
+    })
+    .await;
+
+    let queued_peak = queued_peak.into_inner();
+    let mut times: Vec<OffsetDateTime> = all.into_values().collect();
+    times.sort();
+    let last = *times.last().unwrap();
+    let peak = times
+        .iter()
+        .map(|start| {
+            times
+                .iter()
+                .filter(|t| **t >= *start && **t - *start < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    println!(
+        "throttle: {WORKLOADS} workloads at --max-rollouts-per-second {PER_SECOND}: all restarted {:.2}s after the change \
+         (first to last {:.2}s), peak {peak} restarts in any one second, peak queue {queued_peak}",
+        (last - changed).as_seconds_f64(),
+        (last - times[0]).as_seconds_f64(),
+    );
+    // The k-th restart is never ahead of its slot, however late (under load)
+    // the ones before it came: never faster than the rate from the first on.
+    let spacing = Duration::from_secs(1) / PER_SECOND as u32;
+    for (k, at) in times.iter().enumerate() {
+        let earliest = times[0] + spacing * k as u32 - Duration::from_millis(20);
+        assert!(
+            *at >= earliest,
+            "restart {k} at {at}, before its slot {earliest}"
+        );
+    }
+    assert!(
+        queued_peak > 0,
+        "the queue metric showed the waiting workloads"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_stamped_in_the_future_delays_the_next_by_one_interval_at_most() {
+    let mut f = Fixture::new("reload-future").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.deployment("web", &[AUTO], &["db"], &[]).await;
+    f.start_operator(&["--min-reload-interval", "3s"]).await;
+    f.baselined::<Deployment>("web").await;
+
+    let future = OffsetDateTime::now_utc() + Duration::from_secs(3600);
+    let stamp = future
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: stamp}}}}});
+    f.api::<Deployment>()
+        .patch("web", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    f.expect_replica_sets("web", 2).await;
+
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("web", 3).await;
+    assert!(
+        f.restarted_at("web").await < future,
+        "restamped with the present"
+    );
+    let operator = f.operator.as_ref().unwrap();
+    logged(operator, "the warning", "stamped in the future").await;
+}
+
+/// `kvsync_reload_errors_total{reason}` (0 before the first).
+async fn reload_errors(f: &Fixture, reason: &str) -> u64 {
+    let line = format!("kvsync_reload_errors_total{{reason=\"{reason}\"}} ");
+    f.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_refused_update_backs_off_with_one_warning_event() {
+    let mut f = Fixture::new("reload-refused").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    // Annotations this close to Kubernetes' 256 KiB limit leave no room for
+    // kvsync's record: every update of the workload is refused with a 422.
+    let filler = "x".repeat(262_144 - 100);
+    // (A StatefulSet: the Deployment controller would copy them to its ReplicaSet.)
+    f.workload::<StatefulSet>("full", &[AUTO, ("filler", &filler)], &[], &["db"], &[])
+        .await;
+    f.deployment("fine", &[AUTO], &["db"], &[]).await;
+    f.start_operator(&[]).await;
+    f.baselined::<Deployment>("fine").await;
+    eventually("a retry after the first refusal", WAIT, || async {
+        (reload_errors(&f, "refused").await >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        f.event_notes("full", "ReloadRefused").await.len(),
+        1,
+        "one Warning event, not one per retry"
+    );
+    always(
+        "backing off: no third attempt within 20 s of the first",
+        Duration::from_secs(5),
+        || async { reload_errors(&f, "refused").await == 2 },
+    )
+    .await;
+    // The other workloads are not held up.
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("fine", 2).await;
+}
+
+#[tokio::test]
+async fn a_pattern_over_many_secrets_keeps_the_record_small_and_still_restarts() {
+    let mut f = Fixture::new("reload-many").await;
+    // 150 Secrets with long names: a record per Secret would be ~37 KiB.
+    let name = |i: usize| format!("many-{}-{i:03}", "n".repeat(200));
+    for i in 0..150 {
+        f.secret(&name(i), &[("k", "1")], &[], &[]).await;
+    }
+    f.deployment(
+        "web",
+        &[("secret.reloader.stakater.com/reload", "many-.*")],
+        &[],
+        &[],
+    )
+    .await;
+    f.start_operator(&[]).await;
+    f.baselined::<Deployment>("web").await;
+    let record = f.annotations::<Deployment>("web").await[DIGEST_ANNOTATION].clone();
+    assert!(record.len() <= 32 * 1024, "{} bytes", record.len());
+    f.expect_replica_sets("web", 1).await;
+
+    f.secret(&name(77), &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("web", 2).await;
+}
+
+#[tokio::test]
+async fn a_kind_the_operator_may_not_list_is_reported_not_waited_for() {
+    let mut f = Fixture::new("reload-forbidden").await;
+    let ns = f.ns.name.clone();
+    // Everything the operator needs in its namespace, but no CronJobs (an
+    // older chart) and no Rollouts.
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "limited"}})).unwrap();
+    f.api::<k8s_openapi::api::core::v1::ServiceAccount>()
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let all = |groups: &[&str], resources: &[&str]| json!({"apiGroups": groups, "resources": resources, "verbs": ["*"]});
+    for doc in [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "limited"},
+               "rules": [all(&["", "apps", "events.k8s.io", "coordination.k8s.io", "kvsync.io"],
+                             &["secrets", "configmaps", "serviceaccounts", "events", "namespaces", "deployments",
+                               "statefulsets", "daemonsets", "leases", "keyvaultsecrets", "keyvaultsecrets/status"])]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "limited"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "limited"},
+               "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": ns}]}),
+    ] {
+        apply_manifest(&f.client, doc, &ns, false, false)
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = token_kubeconfig(&f.client, &ns, "limited", dir.path()).await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.deployment("web", &[AUTO], &["db"], &[]).await;
+
+    let args: Vec<String> = [
+        "run",
+        "--namespaces",
+        &ns,
+        "--operator-namespace",
+        &ns,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--reload-debounce",
+        "300ms",
+        "--min-reload-interval",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // As in a pod: the forbidden watch is reported on the operator's pod.
+    let pod = [
+        ("POD_NAME".to_owned(), "kvsync-0".to_owned()),
+        ("POD_NAMESPACE".to_owned(), ns.clone()),
+    ];
+    let operator = Process::start_as(&args, &kubeconfig, &pod);
+    reload_listed(&operator).await;
+    f.operator = Some(operator);
+    f.baselined::<Deployment>("web").await;
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("web", 2).await;
+
+    assert!(reload_errors(&f, "watch_forbidden").await >= 1);
+    let metrics = f.metrics().await;
+    assert!(
+        metrics.contains("kvsync_reload_watches_unlisted 0"),
+        "{metrics}"
+    );
+    let base = metrics_url(&f.operator.as_ref().unwrap().output()).unwrap();
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert!(ready.status().is_success(), "{}", ready.status());
+    eventually(
+        "a WatchForbidden event on the operator's pod",
+        WAIT,
+        || async {
+            let notes = f.event_notes("kvsync-0", "WatchForbidden").await;
+            notes.iter().any(|n| n.contains("CronJob")).then_some(())
+        },
+    )
+    .await;
 }

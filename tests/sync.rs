@@ -315,7 +315,11 @@ async fn identities_are_confined_to_their_namespace() {
         ready(&kvs).filter(|c| c.reason == "AuthFailed").cloned()
     })
     .await;
-    assert!(stolen.message.contains("AADSTS70021"), "{}", stolen.message);
+    assert!(
+        stolen.message.contains("AADSTS700213"),
+        "{}",
+        stolen.message
+    );
     assert!(
         Api::<Secret>::namespaced(f.client.clone(), &other.name)
             .get_opt("steal")

@@ -6,16 +6,18 @@
 //! | `PUT /vaults/{vault}/secrets/{name}` `{value, contentType?, tags?, enabled?, nbf?, exp?}` | new version (a rotation); returns the bundle |
 //! | `PATCH /vaults/{vault}/secrets/{name}` `{enabled?, tags?, contentType?, nbf?, exp?}` | changes the latest version; returns it without value |
 //! | `DELETE /vaults/{vault}/secrets/{name}` | removes the secret with all versions |
+//! | `PUT /vaults/{vault}/certificates/{name}` `{value, password?, contentType?, tags?, enabled?}` | imports a certificate (PEM text, or base64 PKCS#12 — `contentType` `application/x-pem-file` or `application/x-pkcs12`, the default); returns its secret's bundle |
 //! | `PUT /apps/{clientId}` (seed shape) / `DELETE /apps/{clientId}` | adds, replaces or removes an app registration |
 //! | `POST /faults` / `DELETE /faults` | queues an injected fault / clears all |
 //! | `POST /tokens/rollover` | new token signing key: every access token issued so far is refused (401) |
 //! | `GET /counters` / `POST /counters/reset` | request counters of the Azure surfaces |
 //! | `POST /clock` `{skewSeconds}` | sets the vaults' clock off by that many seconds (`updated`, `created`, `Date`) |
-//! | `GET /issued` | every access token issued and client assertion presented |
+//! | `GET /issued` | every access token issued, client assertion presented and token scope asked for |
 //! | `GET /healthz` | `ok` |
 //!
 //! Errors use Key Vault's error shape.
 
+use super::certificates_api::{Import, import_certificate};
 use super::config::validate_app;
 use super::directory::AppRegistration;
 use super::faults::FaultRequest;
@@ -41,6 +43,7 @@ pub fn router(emulator: Arc<Emulator>) -> Router {
             "/vaults/{vault}/secrets/{name}",
             put(set_secret).patch(update_secret).delete(delete_secret),
         )
+        .route("/vaults/{vault}/certificates/{name}", put(import))
         .route("/apps/{client_id}", put(upsert_app).delete(delete_app))
         .route("/faults", post(add_fault).delete(clear_faults))
         .route("/tokens/rollover", post(rollover_tokens))
@@ -80,6 +83,20 @@ async fn set_secret(
         emulator.vault_clock.now(),
     )?;
     tracing::info!(%vault, secret = %name, version = stored.version.as_str(), "control: new secret version");
+    Ok(json_response(
+        StatusCode::OK,
+        &secret_json(url, stored, SecretView::Bundle),
+    ))
+}
+
+async fn import(
+    State(emulator): State<Arc<Emulator>>,
+    Path((vault, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ServiceError> {
+    let request: Import = parse_body(&body)?;
+    let url = vault_url(&emulator, &vault)?;
+    let stored = import_certificate(&emulator, &vault, &name, request)?;
     Ok(json_response(
         StatusCode::OK,
         &secret_json(url, stored, SecretView::Bundle),

@@ -5,7 +5,8 @@
 //! Directory ── client id ──▶ App { tenant,
 //!                                  client secret?            ─┐ ways to get a token
 //!                                  certificate?              ─┤ (Entra token endpoint)
-//!                                  federated credentials[]   ─┘
+//!                                  federated credentials[]   ─┤
+//!                                  managed identity kind?    ─┘ (IMDS, the host's identity)
 //!                                  access[] ── vault ──▶ secret names or "*" }
 //! ```
 //!
@@ -40,6 +41,29 @@ pub struct AppRegistration {
     pub federated_credentials: Vec<FederatedCredential>,
     #[serde(default)]
     pub access: Vec<AccessGrant>,
+    /// The app is a managed identity of the (emulated) host, served by IMDS.
+    pub managed_identity: Option<ManagedIdentityKind>,
+}
+
+/// How a managed identity is attached to the host IMDS serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ManagedIdentityKind {
+    /// The host's own identity: what IMDS returns when no identity is named.
+    SystemAssigned,
+    /// Named by its client id (or the only one when the host has no system-assigned identity).
+    UserAssigned,
+}
+
+/// Why IMDS cannot pick an identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManagedIdentityError {
+    #[error("Identity not found")]
+    NotFound,
+    #[error(
+        "Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request"
+    )]
+    Ambiguous,
 }
 
 /// Trust in tokens of an outside issuer (e.g. a cluster's service-account issuer).
@@ -93,6 +117,7 @@ pub struct App {
     pub certificate: Option<RegisteredCertificate>,
     pub federated_credentials: Vec<FederatedCredential>,
     access: Vec<AccessGrant>,
+    pub managed_identity: Option<ManagedIdentityKind>,
 }
 
 impl fmt::Debug for App {
@@ -173,6 +198,7 @@ impl TryFrom<AppRegistration> for App {
             certificate,
             federated_credentials: registration.federated_credentials,
             access: registration.access,
+            managed_identity: registration.managed_identity,
         })
     }
 }
@@ -272,6 +298,36 @@ impl Directory {
     pub fn has_tenant(&self, tenant: &str) -> bool {
         self.apps.values().any(|app| app.tenant_id == tenant)
     }
+
+    /// The managed identity IMDS answers for: the one named by `client_id`, else
+    /// the system-assigned one, else the only user-assigned one.
+    pub fn managed_identity(
+        &self,
+        client_id: Option<&str>,
+    ) -> Result<Arc<App>, ManagedIdentityError> {
+        let managed = || {
+            self.apps
+                .values()
+                .filter(|app| app.managed_identity.is_some())
+        };
+        if let Some(client_id) = client_id {
+            return managed()
+                .find(|app| app.client_id == client_id)
+                .cloned()
+                .ok_or(ManagedIdentityError::NotFound);
+        }
+        if let Some(system) =
+            managed().find(|app| app.managed_identity == Some(ManagedIdentityKind::SystemAssigned))
+        {
+            return Ok(system.clone());
+        }
+        let mut user_assigned = managed();
+        match (user_assigned.next(), user_assigned.next()) {
+            (Some(only), None) => Ok(only.clone()),
+            (None, _) => Err(ManagedIdentityError::NotFound),
+            (Some(_), Some(_)) => Err(ManagedIdentityError::Ambiguous),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +366,37 @@ access:
             subject,
             audiences,
         }
+    }
+
+    fn managed(client_id: &str, kind: &str) -> App {
+        App::try_from(registration(&format!(
+            "{{tenantId: {TENANT}, clientId: {client_id}, managedIdentity: {kind}}}"
+        )))
+        .unwrap()
+    }
+
+    #[test]
+    fn imds_picks_the_named_then_the_system_then_the_only_user_assigned_identity() {
+        let mut directory = Directory::default();
+        directory.upsert(workload_app());
+        let pick = |directory: &Directory, client_id: Option<&str>| {
+            directory
+                .managed_identity(client_id)
+                .map(|app| app.client_id.clone())
+        };
+        assert_eq!(pick(&directory, None), Err(ManagedIdentityError::NotFound));
+        directory.upsert(managed("user-1", "userAssigned"));
+        assert_eq!(pick(&directory, None).as_deref(), Ok("user-1"));
+        directory.upsert(managed("user-2", "userAssigned"));
+        assert_eq!(pick(&directory, None), Err(ManagedIdentityError::Ambiguous));
+        assert_eq!(pick(&directory, Some("user-2")).as_deref(), Ok("user-2"));
+        directory.upsert(managed("system", "systemAssigned"));
+        assert_eq!(pick(&directory, None).as_deref(), Ok("system"));
+        // An app registration is not a managed identity of the host.
+        assert_eq!(
+            pick(&directory, Some("app-1")),
+            Err(ManagedIdentityError::NotFound)
+        );
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub const ENDPOINTS_FILE: &str = "endpoints.json";
 pub struct Endpoints {
     /// Entra stand-in, `https://localhost:<port>/`: a client's authority host.
     pub authority_host: String,
+    /// IMDS token endpoint (managed identities), `https://localhost:<port>/metadata/identity/oauth2/token`:
+    /// a client's `IDENTITY_ENDPOINT`.
+    pub identity_endpoint: String,
     /// Vault name to vault URL, `https://localhost:<port>/`.
     pub vaults: BTreeMap<String, String>,
     /// Control API, `http://127.0.0.1:<port>/`.

@@ -1,9 +1,9 @@
 //! The Entra ID token endpoint: `POST /{tenant}/oauth2/v2.0/token` with the client
 //! credentials grant, authenticated by a client secret or a client assertion.
 //!
-//! azure_identity 1.0 makes no discovery or instance-metadata call for these
-//! credentials (it builds the token URL from the authority host), so this is the
-//! whole Entra surface the SDK needs.
+//! azure_identity 1.0 (Rust) builds the token URL from the authority host; the
+//! MSAL-based SDKs of other languages first read the discovery documents that
+//! [`discovery`] serves on the same listener.
 //!
 //! Errors carry Entra's AADSTS codes, which the SDK surfaces as the error code:
 //!
@@ -20,16 +20,20 @@
 //! | 50027   | the assertion is not a well-formed JWT |
 //! | 700027  | the assertion's signature does not verify, or its key cannot be found |
 //! | 700024  | the assertion is expired or not yet valid |
-//! | 70021   | no federated credential matches the assertion's issuer, subject and audience |
+//! | 700211  | no federated credential of the app has the assertion's issuer |
+//! | 700213  | … with that issuer has the assertion's subject |
+//! | 700212  | … with that issuer and subject has one of the assertion's audiences |
 //! | 700023  | a certificate assertion's audience is not the token endpoint |
 //! | 700021  | a certificate assertion's subject is not the client id |
 
 use super::assertion::{self, AssertionError};
 use super::directory::{App, FederatedMismatch, PresentedIdentity};
+use super::discovery;
 use super::faults::FaultTarget;
+use super::imds;
 use super::issuers::KeyLookupError;
 use super::responses::json_response;
-use super::state::{Emulator, lock, now};
+use super::state::{Emulator, lock};
 use super::tokens::{KEY_VAULT_SCOPE, TOKEN_LIFETIME_SECONDS};
 use super::traffic::{Surface, observe};
 use axum::Router;
@@ -92,6 +96,39 @@ impl EntraError {
         )
     }
 
+    fn tenant_description(tenant: &str) -> String {
+        format!(
+            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are \
+             signing into the correct cloud. Check with your subscription administrator, this may \
+             happen if there are no active subscriptions for the tenant."
+        )
+    }
+
+    /// What discovery answers for an unknown tenant.
+    pub fn tenant_not_found(tenant: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_tenant",
+            90002,
+            Self::tenant_description(tenant),
+        )
+    }
+
+    /// A required query field is missing (discovery endpoints).
+    pub fn missing_field(name: &str) -> Self {
+        Self::invalid_request(90014, format!("The required field '{name}' is missing."))
+    }
+
+    /// Instance discovery for a host that is not this authority.
+    pub fn invalid_instance(authorization_endpoint: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_instance",
+            50049,
+            format!("Unknown or invalid instance: '{authorization_endpoint}'."),
+        )
+    }
+
     /// An error for which the emulator has no AADSTS code to offer.
     fn without_code(
         status: StatusCode,
@@ -119,23 +156,37 @@ impl EntraError {
         Self::without_code(status, error, description, retry_after_seconds)
     }
 
+    /// Entra names the claim no federated credential matched, each with its own
+    /// code (the older catch-all AADSTS70021 is no longer returned).
     fn federated_mismatch(mismatch: FederatedMismatch, presented: PresentedIdentity<'_>) -> Self {
-        let part = match mismatch {
-            FederatedMismatch::Issuer => "issuer",
-            FederatedMismatch::Subject => "subject",
-            FederatedMismatch::Audience => "audience",
-        };
-        Self::invalid_request(
-            70021,
-            format!(
-                "No matching federated identity record found for presented assertion. \
-                 Assertion Issuer: '{}'. Assertion Subject: '{}'. Assertion Audience: '{}'. \
-                 (No credential matches the {part}.)",
-                presented.issuer,
-                presented.subject,
-                presented.audiences.join(","),
+        const CHECK: &str = "Check your federated identity credential Subject, Audience and Issuer \
+             against the presented assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation";
+        const CASE_SENSITIVE: &str =
+            "Please note that the matching is done using a case-sensitive comparison.";
+        let (code, description) = match mismatch {
+            FederatedMismatch::Issuer => (
+                700211,
+                format!(
+                    "No matching federated identity record found for presented assertion issuer '{}'. {CASE_SENSITIVE} {CHECK}",
+                    presented.issuer
+                ),
             ),
-        )
+            FederatedMismatch::Audience => (
+                700212,
+                format!(
+                    "No matching federated identity record found for presented assertion audience '{}'. {CASE_SENSITIVE} {CHECK}",
+                    presented.audiences.join(",")
+                ),
+            ),
+            FederatedMismatch::Subject => (
+                700213,
+                format!(
+                    "No matching federated identity record found for presented assertion subject '{}'. {CHECK}",
+                    presented.subject
+                ),
+            ),
+        };
+        Self::invalid_client(code, description)
     }
 
     pub fn code(&self) -> Option<u32> {
@@ -226,6 +277,8 @@ pub fn router(emulator: Arc<Emulator>) -> Router {
     };
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .merge(discovery::routes())
+        .merge(imds::routes())
         .fallback(not_implemented)
         .layer(from_fn_with_state(surface, observe))
         .with_state(emulator)
@@ -235,7 +288,8 @@ async fn not_implemented() -> EntraError {
     EntraError::without_code(
         StatusCode::NOT_FOUND,
         "invalid_request",
-        "The kvsync emulator implements only POST /{tenant}/oauth2/v2.0/token.".to_owned(),
+        "The kvsync emulator implements only the token endpoint and discovery (see its docs)."
+            .to_owned(),
         None,
     )
 }
@@ -283,6 +337,9 @@ async fn grant(
     }
     let client_id = required("client_id")?;
     let scope = required("scope")?;
+    lock(&emulator.issued)
+        .requested_scopes
+        .push(scope.to_owned());
     if scope.trim() != KEY_VAULT_SCOPE {
         return Err(EntraError::new(
             StatusCode::BAD_REQUEST,
@@ -296,7 +353,7 @@ async fn grant(
     if !emulator.knows_tenant(tenant) {
         return Err(EntraError::invalid_request(
             90002,
-            format!("Tenant '{tenant}' not found."),
+            EntraError::tenant_description(tenant),
         ));
     }
     let app = lock(&emulator.directory)
@@ -398,9 +455,7 @@ async fn verify_assertion(
 }
 
 fn issue(emulator: &Emulator, app: &App, kind: CredentialKind) -> Response {
-    let signed =
-        lock(&emulator.tokens).issue(&app.tenant_id, &app.client_id, &app.object_id, now());
-    let access_token = match signed {
+    let access_token = match emulator.issue_access_token(app) {
         Ok(token) => token,
         Err(error) => {
             tracing::error!(%error, "cannot sign an access token");
@@ -413,9 +468,6 @@ fn issue(emulator: &Emulator, app: &App, kind: CredentialKind) -> Response {
             .into_response();
         }
     };
-    lock(&emulator.issued)
-        .access_tokens
-        .push(access_token.clone());
     tracing::info!(tenant = %app.tenant_id, client_id = %app.client_id, credential = ?kind, "issued an access token");
     let mut response = json_response(
         StatusCode::OK,

@@ -4,6 +4,11 @@
 //!
 //! Rules are consumed in the order they were added; a rule is dropped once it has
 //! fired `count` times.
+//!
+//! Besides failures and hangs, a vault can be made to misbehave as no real Key
+//! Vault does, to show what a client trusts: a 401 challenge naming another
+//! resource (`{"challengeResource": "https://management.azure.com"}`), or a
+//! redirect (`{"redirectTo": "/secrets/other?api-version=7.6"}`).
 
 use serde::Deserialize;
 use std::fmt;
@@ -40,11 +45,27 @@ pub struct HangFault {
     pub hang_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Answers 401 with a challenge whose `resource` is this (not Key Vault's).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChallengeFault {
+    pub challenge_resource: String,
+}
+
+/// Answers 307 with this `Location`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedirectFault {
+    pub redirect_to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum FaultKind {
     Status(StatusFault),
     Hang(HangFault),
+    Challenge(ChallengeFault),
+    Redirect(RedirectFault),
 }
 
 /// Body of the control API's `POST /faults`.
@@ -136,7 +157,7 @@ impl FaultPlan {
                 && rule.method.as_deref().is_none_or(|m| m == method)
         })?;
         let rule = &mut self.rules[index];
-        let kind = rule.kind;
+        let kind = rule.kind.clone();
         rule.remaining -= 1;
         if rule.remaining == 0 {
             self.rules.remove(index);
@@ -200,6 +221,28 @@ mod tests {
         .unwrap();
         plan.clear();
         assert_eq!(plan.take(&FaultTarget::Entra, "POST", "/"), None);
+    }
+
+    #[test]
+    fn challenge_and_redirect_faults_parse() {
+        let mut plan = plan_with(
+            json!({"target": "vault:shop", "count": 1, "kind": {"challengeResource": "https://management.azure.com"}}),
+        );
+        assert_eq!(
+            plan.take(&shop(), "GET", "/secrets"),
+            Some(FaultKind::Challenge(ChallengeFault {
+                challenge_resource: "https://management.azure.com".into()
+            }))
+        );
+        let mut plan = plan_with(
+            json!({"target": "vault:shop", "count": 1, "kind": {"redirectTo": "/secrets/x"}}),
+        );
+        assert_eq!(
+            plan.take(&shop(), "GET", "/secrets"),
+            Some(FaultKind::Redirect(RedirectFault {
+                redirect_to: "/secrets/x".into()
+            }))
+        );
     }
 
     #[test]

@@ -16,8 +16,12 @@
 //!  HTTPS, certificate from a CA made at start (<state-dir>/ca.pem):
 //!    Entra   POST /{tenant}/oauth2/v2.0/token ── secret | certificate | federated assertion
 //!              └─▶ access token (aud https://vault.azure.net, appid, tid)
+//!            GET  /{tenant}/v2.0/.well-known/openid-configuration, /common/discovery/instance,
+//!                 /{tenant}/discovery/v2.0/keys   (what MSAL reads first)
+//!            GET  /metadata/identity/oauth2/token  (IMDS: managed identities, `Metadata: true`)
 //!    vault   (one listener per vault, standing in for one host per vault)
-//!              /secrets… ─▶ api-version ─▶ bearer token (401 challenge) ─▶ grants (403) ─▶ store
+//!              /secrets…, /certificates… ─▶ api-version ─▶ bearer token (401 challenge)
+//!                                          ─▶ grants (403) ─▶ store
 //!  HTTP on 127.0.0.1:
 //!    control  rotate/disable/delete secrets, upsert/remove apps, faults, counters, issued
 //! ```
@@ -41,13 +45,17 @@
 #![forbid(unsafe_code)]
 
 mod assertion;
+mod certificate;
+mod certificates_api;
 mod clock;
 mod config;
 mod control;
 mod directory;
+mod discovery;
 mod endpoints;
 mod entra;
 mod faults;
+mod imds;
 mod issuers;
 mod limits;
 mod observed;
@@ -236,6 +244,11 @@ pub async fn start(options: Options) -> Result<Running, EmulatorError> {
         issuers,
     ));
     let endpoints = Endpoints {
+        identity_endpoint: format!(
+            "{}{}",
+            authority_host.as_str().trim_end_matches('/'),
+            imds::TOKEN_PATH
+        ),
         authority_host: authority_host.to_string(),
         vaults: vault_urls
             .iter()

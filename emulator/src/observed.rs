@@ -6,7 +6,8 @@
 //! is counted when it arrives; its status when the response leaves (a request the
 //! client abandoned mid-hang has no status). The control API is not counted.
 //!
-//! The issued list lets a test scan an operator's logs for leaked tokens.
+//! The issued list lets a test scan an operator's logs for leaked tokens, and
+//! see which resources tokens were asked for.
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -41,6 +42,8 @@ pub struct IssuedCredentials {
     pub access_tokens: Vec<String>,
     /// Client assertions presented to the token endpoint, accepted or not.
     pub client_assertions: Vec<String>,
+    /// Every `scope` asked for at the token endpoint, granted or not.
+    pub requested_scopes: Vec<String>,
 }
 
 #[cfg(test)]

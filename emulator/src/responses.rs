@@ -118,6 +118,8 @@ impl From<StoreError> for ServiceError {
         match error {
             StoreError::VaultNotFound(_) => Self::not_found("VaultNotFound", message),
             StoreError::SecretNotFound(_) => Self::not_found("SecretNotFound", message),
+            StoreError::CertificateNotFound(_) => Self::not_found("CertificateNotFound", message),
+            StoreError::NameTaken(_) => Self::new(StatusCode::CONFLICT, "Conflict", message),
             StoreError::SecretDisabled => Self {
                 inner_code: Some("SecretDisabled"),
                 ..Self::new(StatusCode::FORBIDDEN, "Forbidden", message)

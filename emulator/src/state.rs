@@ -2,7 +2,7 @@
 
 use super::clock::VaultClock;
 use super::config::{Config, KnownNames};
-use super::directory::Directory;
+use super::directory::{App, Directory};
 use super::faults::FaultPlan;
 use super::issuers::IssuerKeys;
 use super::limits::ServiceLimits;
@@ -106,10 +106,23 @@ impl Emulator {
 
     /// The `WWW-Authenticate` value a vault of `tenant` answers unauthenticated calls with.
     pub fn challenge(&self, tenant: &str) -> String {
+        self.challenge_for(tenant, KEY_VAULT_RESOURCE)
+    }
+
+    /// A challenge naming any `resource` (for the injected foreign challenge).
+    pub fn challenge_for(&self, tenant: &str, resource: &str) -> String {
         format!(
-            r#"Bearer authorization="{}{tenant}", resource="{KEY_VAULT_RESOURCE}""#,
+            r#"Bearer authorization="{}{tenant}", resource="{resource}""#,
             self.authority_host
         )
+    }
+
+    /// Signs an access token for `app` and records it (control API `GET /issued`).
+    pub fn issue_access_token(&self, app: &App) -> Result<String, jsonwebtoken::errors::Error> {
+        let token =
+            lock(&self.tokens).issue(&app.tenant_id, &app.client_id, &app.object_id, now())?;
+        lock(&self.issued).access_tokens.push(token.clone());
+        Ok(token)
     }
 
     /// Tenants exist when an app or a vault lives in them.

@@ -40,6 +40,10 @@ pub enum StoreError {
     VaultNotFound(String),
     #[error("A secret with (name/id) {0} was not found in this key vault.")]
     SecretNotFound(String),
+    #[error("A certificate with (name/id) {0} was not found in this key vault.")]
+    CertificateNotFound(String),
+    #[error("Secret {0} is not backed by a certificate, so a certificate cannot take its name.")]
+    NameTaken(String),
     #[error("Operation get is not allowed on a disabled secret.")]
     SecretDisabled,
     #[error("Secret name '{0}' is invalid: it must match ^[0-9a-zA-Z-]{{1,127}}$.")]
@@ -118,6 +122,9 @@ pub struct SecretVersion {
     pub exp: Option<i64>,
     pub created: i64,
     pub updated: i64,
+    /// Backs a certificate (Key Vault's `managed: true`): the value is the
+    /// certificate with its key, PKCS#12 or PEM as `content_type` says.
+    pub managed: bool,
 }
 
 /// Which page of a listing to return.
@@ -273,6 +280,51 @@ impl VaultStore {
         version: VersionId,
         now: i64,
     ) -> Result<SecretVersion, StoreError> {
+        self.add_version(vault, name, secret, false, version, now)
+    }
+
+    /// Adds a new version of a certificate's secret (an import); the name must not
+    /// be taken by a plain secret.
+    pub fn set_certificate_secret(
+        &mut self,
+        vault: &str,
+        name: &str,
+        secret: NewSecret,
+        version: VersionId,
+        now: i64,
+    ) -> Result<SecretVersion, StoreError> {
+        let existing = self.vault(vault)?.secrets.get(name).and_then(|v| v.last());
+        if existing.is_some_and(|latest| !latest.managed) {
+            return Err(StoreError::NameTaken(name.to_owned()));
+        }
+        self.add_version(vault, name, secret, true, version, now)
+    }
+
+    /// A version of a certificate (the latest when `version` is `None`), even a
+    /// disabled one: a certificate's public part stays readable.
+    pub fn get_certificate(
+        &self,
+        vault: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<&SecretVersion, StoreError> {
+        let not_found = || StoreError::CertificateNotFound(name.to_owned());
+        match self.find(vault, name, version) {
+            Ok(found) if found.managed => Ok(found),
+            Ok(_) | Err(StoreError::SecretNotFound(_)) => Err(not_found()),
+            Err(other) => Err(other),
+        }
+    }
+
+    fn add_version(
+        &mut self,
+        vault: &str,
+        name: &str,
+        secret: NewSecret,
+        managed: bool,
+        version: VersionId,
+        now: i64,
+    ) -> Result<SecretVersion, StoreError> {
         validate_new_secret(name, &secret)?;
         let stored = SecretVersion {
             name: name.to_owned(),
@@ -285,6 +337,7 @@ impl VaultStore {
             exp: secret.exp,
             created: now,
             updated: now,
+            managed,
         };
         self.vault_mut(vault)?
             .secrets

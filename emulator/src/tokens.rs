@@ -116,6 +116,15 @@ impl TokenAuthority {
         jsonwebtoken::encode(&header, &claims, &self.encoding)
     }
 
+    /// The public signing key as a JWK (`kid`, `use: sig`), for the issuer's JWKS.
+    pub fn jwk(&self) -> jsonwebtoken::jwk::Jwk {
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&self.encoding, Algorithm::RS256)
+            .expect("an RSA key yields its public components");
+        jwk.common.key_id = Some(self.key_id.clone());
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        jwk
+    }
+
     /// Checks a bearer token presented to a vault of `vault_tenant`.
     pub fn verify(&self, token: &str, vault_tenant: &str) -> Result<Caller, TokenRejection> {
         let mut validation = Validation::new(Algorithm::RS256);
@@ -177,6 +186,17 @@ mod tests {
         assert_eq!(claims.aud, KEY_VAULT_RESOURCE);
         assert_eq!(claims.iss, "https://sts.windows.net/tenant-a/");
         assert_eq!(claims.exp - claims.iat, TOKEN_LIFETIME_SECONDS);
+    }
+
+    #[test]
+    fn the_published_jwk_verifies_issued_tokens() {
+        let token = AUTHORITY.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        let key = DecodingKey::from_jwk(&AUTHORITY.jwk()).unwrap();
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&[KEY_VAULT_RESOURCE]);
+        assert!(jsonwebtoken::decode::<AccessClaims>(&token, &key, &validation).is_ok());
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.kid, AUTHORITY.jwk().common.key_id);
     }
 
     #[test]

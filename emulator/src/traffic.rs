@@ -49,6 +49,27 @@ impl Surface {
             .err()?;
         Some(ServiceError::throttled(refused.retry_after_seconds).into_response())
     }
+
+    /// A 401 whose challenge names `resource` (in the vault's tenant).
+    fn foreign_challenge(&self, resource: &str) -> Response {
+        let tenant = match &self.target {
+            FaultTarget::Vault(vault) => self.emulator.vaults[vault].tenant_id.as_str(),
+            FaultTarget::Entra => "common",
+        };
+        ServiceError::unauthorized(
+            "Injected fault: a challenge for another resource.",
+            self.emulator.challenge_for(tenant, resource),
+        )
+        .into_response()
+    }
+}
+
+fn redirect(location: &str) -> Response {
+    (
+        StatusCode::TEMPORARY_REDIRECT,
+        [(header::LOCATION, location.to_owned())],
+    )
+        .into_response()
 }
 
 fn carries_bearer_token(request: &Request) -> bool {
@@ -75,8 +96,12 @@ pub async fn observe(
         carries_bearer_token(&request),
     );
     let fault = lock(&emulator.faults).take(&surface.target, &method, &path);
-    let mut response = match fault {
-        Some(FaultKind::Status(fault)) => surface.fault_response(fault),
+    let mut response = match &fault {
+        Some(FaultKind::Status(fault)) => surface.fault_response(*fault),
+        Some(FaultKind::Challenge(challenge)) => {
+            surface.foreign_challenge(&challenge.challenge_resource)
+        }
+        Some(FaultKind::Redirect(to)) => redirect(&to.redirect_to),
         Some(FaultKind::Hang(hang)) => {
             tokio::time::sleep(Duration::from_millis(hang.hang_ms)).await;
             next.run(request).await

@@ -6,9 +6,14 @@
 //! grants: reading or writing a secret needs a grant on that secret, listing needs
 //! any grant on the vault (`403 ForbiddenByRbac` otherwise).
 //!
-//! Not implemented (answered with 501): backup/restore, the deleted-secrets
-//! operations (`DELETE` purges at once), and certificate-backed `outContentType`.
+//! Certificate-backed secrets (`managed: true`, with a `kid`) come from
+//! [`certificates_api`](super::certificates_api), which also converts them for
+//! `outContentType`.
+//!
+//! Not implemented (answered with 501): backup/restore and the deleted-secrets
+//! operations (`DELETE` purges at once).
 
+use super::certificates_api;
 use super::directory::App;
 use super::faults::FaultTarget;
 use super::responses::{ServiceError, json_response};
@@ -27,19 +32,33 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// API versions of the stable secrets API the emulator speaks.
-const SUPPORTED_API_VERSIONS: [&str; 4] = ["7.5", "7.6", "2025-06-01", "2025-07-01"];
-const LATEST_API_VERSION: &str = "2025-07-01";
+/// API versions of the stable secrets API the emulator speaks: every version the
+/// current official SDKs offer. Defaults (2026-11): Python `azure-keyvault-secrets`
+/// 4.12.0 sends 2026-04-01, JavaScript `@azure/keyvault-secrets` 4.11.2 and Rust
+/// `azure_security_keyvault_secrets` 1.0.1 send 2025-07-01.
+const SUPPORTED_API_VERSIONS: [&str; 10] = [
+    "7.0",
+    "7.1",
+    "7.2",
+    "7.3",
+    "7.4",
+    "7.5",
+    "7.6",
+    "2025-06-01",
+    "2025-07-01",
+    LATEST_API_VERSION,
+];
+const LATEST_API_VERSION: &str = "2026-04-01";
 
 /// Key Vault's values for a vault with soft delete (informational here).
 const RECOVERABLE_DAYS: u32 = 90;
 const RECOVERY_LEVEL: &str = "Recoverable+Purgeable";
 
 #[derive(Clone)]
-struct VaultContext {
-    emulator: Arc<Emulator>,
-    name: String,
-    site: VaultSite,
+pub struct VaultContext {
+    pub emulator: Arc<Emulator>,
+    pub name: String,
+    pub site: VaultSite,
 }
 
 /// The validated `api-version` of the request, kept for the `nextLink`s.
@@ -71,6 +90,7 @@ pub fn router(emulator: Arc<Emulator>, vault: &str) -> Router {
             "/secrets/{name}/{version}",
             get(get_version).patch(update_version),
         )
+        .merge(certificates_api::routes())
         .fallback(not_implemented)
         .method_not_allowed_fallback(not_implemented)
         .layer(from_fn_with_state(context.clone(), gate))
@@ -82,7 +102,7 @@ async fn not_implemented(method: Method, uri: Uri) -> ServiceError {
     ServiceError::not_implemented(method.as_str(), uri.path())
 }
 
-fn query_param(uri: &Uri, name: &str) -> Option<String> {
+pub fn query_param(uri: &Uri, name: &str) -> Option<String> {
     url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned())
@@ -142,8 +162,8 @@ impl VaultContext {
         )))
     }
 
-    /// Reading or writing one secret needs a grant on it.
-    fn authorize_secret(
+    /// Reading or writing one secret (or the certificate of that name) needs a grant on it.
+    pub fn authorize_secret(
         &self,
         caller: &Caller,
         secret: &str,
@@ -215,6 +235,11 @@ pub struct SecretJson {
     attributes: Attributes,
     #[serde(skip_serializing_if = "Option::is_none")]
     deleted_date: Option<i64>,
+    /// The certificate's key, on versioned views of a certificate-backed secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    managed: bool,
 }
 
 /// Which view of a secret a response shows.
@@ -241,7 +266,16 @@ pub fn secret_json(vault_url: &url::Url, secret: SecretVersion, view: SecretView
     } else {
         format!("{vault_url}secrets/{}", secret.name)
     };
+    let kid = (secret.managed && versioned).then(|| {
+        format!(
+            "{vault_url}keys/{}/{}",
+            secret.name,
+            secret.version.as_str()
+        )
+    });
     SecretJson {
+        kid,
+        managed: secret.managed,
         value: (view == SecretView::Bundle).then_some(secret.value),
         id,
         content_type: secret.content_type,
@@ -262,7 +296,11 @@ pub fn secret_json(vault_url: &url::Url, secret: SecretVersion, view: SecretView
     }
 }
 
-fn secret_response(context: &VaultContext, secret: SecretVersion, view: SecretView) -> Response {
+pub fn secret_response(
+    context: &VaultContext,
+    secret: SecretVersion,
+    view: SecretView,
+) -> Response {
     json_response(
         StatusCode::OK,
         &secret_json(&context.site.url, secret, view),
@@ -305,7 +343,7 @@ fn page_request(uri: &Uri) -> Result<PageRequest, ServiceError> {
     )?)
 }
 
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ServiceError> {
+pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ServiceError> {
     serde_json::from_slice(body).map_err(|error| {
         ServiceError::bad_parameter(format!("The request body is not valid: {error}"))
     })
@@ -350,16 +388,20 @@ async fn list_versions(
     ))
 }
 
+/// Reads a version; `outContentType` converts a certificate-backed secret.
 fn read_secret(
     context: &VaultContext,
     caller: &Caller,
     name: &str,
     version: Option<&str>,
+    uri: &Uri,
 ) -> Result<Response, ServiceError> {
     context.authorize_secret(caller, name, "getSecret/action")?;
     let secret = lock(&context.emulator.store)
         .get_secret(&context.name, name, version)?
         .clone();
+    let out_content_type = query_param(uri, "outContentType");
+    let secret = certificates_api::convert(secret, out_content_type.as_deref())?;
     Ok(secret_response(context, secret, SecretView::Bundle))
 }
 
@@ -367,16 +409,18 @@ async fn get_latest(
     State(context): State<VaultContext>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
+    uri: Uri,
 ) -> Result<Response, ServiceError> {
-    read_secret(&context, &caller, &name, None)
+    read_secret(&context, &caller, &name, None, &uri)
 }
 
 async fn get_version(
     State(context): State<VaultContext>,
     Extension(caller): Extension<Caller>,
     Path((name, version)): Path<(String, String)>,
+    uri: Uri,
 ) -> Result<Response, ServiceError> {
-    read_secret(&context, &caller, &name, Some(&version))
+    read_secret(&context, &caller, &name, Some(&version), &uri)
 }
 
 /// `attributes` of set and update bodies; read-only attributes are ignored.

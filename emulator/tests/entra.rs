@@ -74,17 +74,17 @@ async fn bad_service_account_tokens_are_refused_with_the_aadsts_code_entra_gives
         (
             "wrong audience",
             CLUSTER_KEY.sign(&with("aud", json!(["api://other"]))),
-            70021,
+            700212,
         ),
         (
             "wrong subject",
             CLUSTER_KEY.sign(&with("sub", json!("system:serviceaccount:shop:intruder"))),
-            70021,
+            700213,
         ),
         (
             "wrong issuer",
             CLUSTER_KEY.sign(&with("iss", json!("https://other-cluster.test"))),
-            70021,
+            700211,
         ),
         ("not a JWT", "not-a-jwt".to_owned(), 50027),
     ];
@@ -97,7 +97,7 @@ async fn bad_service_account_tokens_are_refused_with_the_aadsts_code_entra_gives
     // A correct token for another app's federated credential does not open this one.
     let credential = emulator.workload_credential(READER, &CLUSTER_KEY.sign(&claims()));
     let error = credential.get_token(&[SCOPE], None).await.unwrap_err();
-    assert_refused_with(&error, 70021);
+    assert_refused_with(&error, 700211);
 }
 
 #[tokio::test]
@@ -123,7 +123,7 @@ async fn revoking_a_federated_credential_at_runtime_refuses_the_next_token_reque
         .get_token(&[SCOPE], None)
         .await
         .unwrap_err();
-    assert_refused_with(&error, 70021);
+    assert_refused_with(&error, 700211);
 }
 
 #[tokio::test]

@@ -84,17 +84,38 @@ pub struct Auth {
     /// An Entra app's client certificate (PEM with key), read from a Secret in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<ClientSecretAuth>,
+    /// The managed identity of the node the operator runs on (Azure Instance
+    /// Metadata Service): the operator's host identity, so allowed only in
+    /// namespaces the operator is configured to allow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_identity: Option<ManagedIdentityAuth>,
 }
 
 fn exactly_one_auth(schema: &mut schemars::Schema) {
     exactly_one_of(
         schema,
-        &["workloadIdentity", "clientSecret", "clientCertificate"],
+        &[
+            "workloadIdentity",
+            "clientSecret",
+            "clientCertificate",
+            "managedIdentity",
+        ],
     );
 }
 
+/// A managed identity of the node: system-assigned, or the user-assigned one
+/// with this client id (e.g. an AKS kubelet identity).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManagedIdentityAuth {
+    /// Client id of a user-assigned identity. Omitted: the system-assigned identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub client_id: Option<String>,
+}
+
 /// Adds a structural `oneOf` that makes exactly one of `fields` required.
-fn exactly_one_of(schema: &mut schemars::Schema, fields: &[&str]) {
+pub(super) fn exactly_one_of(schema: &mut schemars::Schema, fields: &[&str]) {
     let one_of: Vec<serde_json::Value> = fields
         .iter()
         .map(|field| serde_json::json!({ "required": [field] }))
@@ -159,7 +180,9 @@ pub struct Target {
     )]
     pub name: Option<String>,
     /// Secret type, e.g. `Opaque`, `kubernetes.io/tls`. Default `Opaque`.
+    /// Not a type Kubernetes fills with a token (service-account, bootstrap).
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("not" = {"enum": ["kubernetes.io/service-account-token", "bootstrap.kubernetes.io/token"]}))]
     pub type_: Option<String>,
     /// Labels added to the Secret.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -177,6 +200,16 @@ pub struct Target {
     /// `reloader.stakater.com/search` restart on change. Default true.
     #[serde(default = "default_true")]
     pub reload: bool,
+    /// Build the data from templates over the fetched values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<super::Template>,
+    /// Write the Secret `immutable: true`; a later change of the vault is
+    /// reported (`SecretImmutable`), not written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub immutable: bool,
+    /// When a referenced remote secret is deleted: `Retain` (default), `Merge`, `Delete`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub deletion_policy: super::DeletionPolicy,
 }
 
 fn default_true() -> bool {
@@ -194,6 +227,9 @@ impl Default for Target {
             annotations: BTreeMap::new(),
             creation_policy: CreationPolicy::default(),
             reload: default_true(),
+            template: None,
+            immutable: false,
+            deletion_policy: super::DeletionPolicy::default(),
         }
     }
 }
@@ -238,6 +274,9 @@ pub struct RemoteRef {
     /// How to decode the value before writing it.
     #[serde(default)]
     pub decoding_strategy: DecodingStrategy,
+    /// `Fetch`: read the secret's tags instead of its value.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub metadata_policy: super::MetadataPolicy,
 }
 
 /// How to decode a vault value before writing it: `None` (default; as it
@@ -270,6 +309,16 @@ pub struct DataFrom {
     /// A certificate-backed secret (PEM or PKCS#12) as `tls.crt` and `tls.key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateRef>,
+    /// What happens to characters of the entry's keys that a Secret key cannot hold.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub conversion_strategy: super::ConversionStrategy,
+    /// Rewrites of the entry's keys, applied in order after the conversion.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewrite: Vec<super::Rewrite>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// The one source a `dataFrom` entry names.
@@ -308,6 +357,9 @@ pub struct ExtractRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9a-fA-F]{32})?$"))]
     pub version: Option<String>,
+    /// Explode this JSON field (a dotted path, as in `data[].remoteRef.property`) instead of the whole value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub property: Option<String>,
     /// How to decode each field's value before writing it.
     #[serde(default)]
     pub decoding_strategy: DecodingStrategy,

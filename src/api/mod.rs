@@ -2,9 +2,15 @@
 //! kvsync reads and writes. Kept apart from the controllers so that clients
 //! (tests, tools) can use them without pulling in reconciler logic.
 
+mod keys;
 mod keyvaultsecret;
+mod policies;
+mod template;
 
+pub use keys::*;
 pub use keyvaultsecret::*;
+pub use policies::*;
+pub use template::*;
 
 use kube::CustomResourceExt;
 

@@ -152,7 +152,7 @@ pub struct LastRestart {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RestartWindow {
-    /// The longer of the operator's minimum interval and the pause period.
+    /// The operator's minimum interval between restarts.
     pub min_interval: String,
     /// Set while a change would wait: the earliest restart.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -142,11 +142,7 @@ pub fn explain(workload: &WorkloadObservation, context: &Context<'_>) -> Workloa
             ignores.push(entry);
         }
     }
-    let min_interval = policy
-        .pause_period
-        .map_or(context.min_reload_interval, |pause| {
-            pause.max(context.min_reload_interval)
-        });
+    let min_interval = context.min_reload_interval;
     WorkloadReport {
         kind: workload.workload.kind.as_str(),
         namespace: workload.workload.namespace.clone(),
@@ -161,13 +157,48 @@ pub fn explain(workload: &WorkloadObservation, context: &Context<'_>) -> Workloa
             at: super::render::timestamp(at),
             cause: context.last_reloaded_note.map(str::to_owned),
         }),
-        restart_window: window(
-            !policy.is_inert(),
-            state.last_restart,
-            min_interval,
+        restart_window: paused(
+            window(
+                !policy.is_inert(),
+                state.last_restart,
+                min_interval,
+                context.now,
+            ),
+            policy.pause_period.filter(|_| !policy.is_inert()),
+            state.paused_at,
             context.now,
         ),
         limits: context.limits.clone(),
+    }
+}
+
+/// With a pause period, a change starts the period (or joins the running
+/// one) and the rollout is made when it ends.
+fn paused(
+    window: RestartWindow,
+    pause: Option<Duration>,
+    paused_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> RestartWindow {
+    let Some(pause) = pause else {
+        return window;
+    };
+    let period = humantime::format_duration(pause);
+    match paused_at.map(|at| at + pause).filter(|end| *end > now) {
+        Some(end) => RestartWindow {
+            held_until: Some(super::render::timestamp(end)),
+            summary: format!(
+                "a pause period ({period}) runs until {}: changes until then fold into the one rollout made then",
+                super::render::timestamp(end)
+            ),
+            ..window
+        },
+        None => RestartWindow {
+            summary: format!(
+                "a change now starts a pause period of {period}; the one rollout for it and for every change within it follows when it ends"
+            ),
+            ..window
+        },
     }
 }
 

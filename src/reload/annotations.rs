@@ -58,14 +58,29 @@ pub fn exclude_key(kind: ResourceKind) -> &'static str {
     }
 }
 
-/// Minimum time between two restarts of this workload (Go/humantime duration).
+/// The pause period of a workload (Go/humantime duration): changes that
+/// arrive within it after a first one are folded into one rollout, made when
+/// it ends. Reloader defines it for Deployments only; kvsync offers the same
+/// for StatefulSets and DaemonSets under its own keys.
 pub fn pause_period_key(kind: WorkloadKind) -> &'static str {
     match kind {
         WorkloadKind::Deployment => "deployment.reloader.stakater.com/pause-period",
-        WorkloadKind::StatefulSet => "statefulset.reloader.stakater.com/pause-period",
-        WorkloadKind::DaemonSet => "daemonset.reloader.stakater.com/pause-period",
+        WorkloadKind::StatefulSet => "statefulset.kvsync.io/pause-period",
+        WorkloadKind::DaemonSet => "daemonset.kvsync.io/pause-period",
+        WorkloadKind::Rollout => "rollout.kvsync.io/pause-period",
+        WorkloadKind::CronJob => "cronjob.kvsync.io/pause-period",
     }
 }
+
+/// On an Argo Rollout: `restart` restarts by setting `spec.restartAt` (Argo
+/// then replaces the pods without a new revision); anything else, or none,
+/// by the pod template annotation, like a Deployment.
+pub const ROLLOUT_STRATEGY: &str = "reloader.stakater.com/rollout-strategy";
+
+/// Set by Reloader (RFC 3339) on a Deployment it paused (`spec.paused: true`)
+/// for its pause period; kvsync resumes such a Deployment when the period is
+/// over, so switching from Reloader mid-pause strands nothing.
+pub const RELOADER_PAUSED_AT: &str = "deployment.reloader.stakater.com/paused-at";
 
 /// Upper bound for one compiled `…/reload` expression: annotations are user
 /// input, and a pathological one must not cost the operator its memory.
@@ -140,7 +155,7 @@ impl KindRules {
 pub struct ReloadPolicy {
     pub secrets: KindRules,
     pub config_maps: KindRules,
-    /// `<kind>.reloader.stakater.com/pause-period`, when set and valid.
+    /// [`pause_period_key`], when set and valid.
     pub pause_period: Option<Duration>,
 }
 
@@ -491,7 +506,7 @@ mod tests {
 
     #[test]
     fn pause_period_is_per_workload_kind() {
-        let key = "statefulset.reloader.stakater.com/pause-period";
+        let key = "statefulset.kvsync.io/pause-period";
         let (p, problems) = ReloadPolicy::parse(
             WorkloadKind::StatefulSet,
             &annotations(&[(key, "5m")]),
@@ -507,6 +522,15 @@ mod tests {
         assert_eq!(
             p.pause_period, None,
             "a StatefulSet key on a Deployment means nothing"
+        );
+        let (p, _) = ReloadPolicy::parse(
+            WorkloadKind::StatefulSet,
+            &annotations(&[("statefulset.reloader.stakater.com/pause-period", "5m")]),
+            &Annotations::new(),
+        );
+        assert_eq!(
+            p.pause_period, None,
+            "Reloader has no StatefulSet pause key; kvsync does not invent one in its namespace"
         );
         let (p, problems) = ReloadPolicy::parse(
             WorkloadKind::Deployment,

@@ -1,6 +1,13 @@
 //! The restart decision, free of I/O: which resources a workload reacts to
 //! right now ([`desired_members`]), what to do about the difference to what it
 //! was last started with ([`decide`]), and when to look again ([`Schedule`]).
+//!
+//! Pause periods, as Reloader means them: the first change of a workload with
+//! a pause period starts the period (kvsync writes `kvsync.io/paused-at` on
+//! it); changes arriving within it fold into the one rollout made when it
+//! ends. A Deployment Reloader paused (`spec.paused` and its `paused-at`) is
+//! held until Reloader's period is over, then resumed — with the restart for
+//! any change since folded into the same patch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
@@ -11,7 +18,7 @@ use time::OffsetDateTime;
 use super::annotations::{ReloadPolicy, ResourceFlags};
 use super::index::ResourceState;
 use super::kinds::{ResourceKind, ResourceRef};
-use super::record::{Applied, MemberState, Members};
+use super::record::{Applied, MemberState, Members, summarize};
 use super::uses::{Need, Uses};
 
 /// The resources `policy` reacts to, given what the pod spec `uses` and the
@@ -61,6 +68,11 @@ pub enum Baseline {
     /// started or stopped reacting to some resource, or a resource its pods
     /// require appeared (they cannot have started without it).
     RecordUpdated,
+    /// Data changed, but the pod template changed after it: that rollout
+    /// already starts pods with the new data (no second rollout).
+    TemplateChanged,
+    /// Data changed, but the workload is a suspended CronJob: no Job for it.
+    Suspended,
 }
 
 impl Baseline {
@@ -69,6 +81,8 @@ impl Baseline {
             Baseline::FirstSight => "first_sight",
             Baseline::KeyChanged => "digest_key_changed",
             Baseline::RecordUpdated => "record_updated",
+            Baseline::TemplateChanged => "template_changed",
+            Baseline::Suspended => "suspended",
         }
     }
 }
@@ -85,9 +99,15 @@ pub enum Verdict {
         changed: Vec<ResourceRef>,
         record: Members,
     },
-    /// These resources changed, but the workload restarted too recently:
-    /// look again after this long. Nothing is written meanwhile, so later
-    /// changes fold into that one restart.
+    /// These resources changed and the workload has a pause period: start
+    /// it (write `kvsync.io/paused-at`) and look again when it is over.
+    Pause {
+        period: Duration,
+        changed: Vec<ResourceRef>,
+    },
+    /// These resources changed, but the workload restarted too recently or
+    /// its pause period is running: look again after this long. Nothing is
+    /// written meanwhile, so later changes fold into that one restart.
     Wait {
         remaining: Duration,
         changed: Vec<ResourceRef>,
@@ -108,9 +128,42 @@ pub struct Situation<'a> {
     /// What the pod spec uses, for whether pods can start without a resource.
     pub uses: &'a Uses,
     pub last_restart: Option<OffsetDateTime>,
-    /// The longer of `--min-reload-interval` and the workload's pause period.
+    /// `--min-reload-interval`.
     pub min_interval: Duration,
+    pub pause: Pause,
+    /// Resources whose change a later pod template change covers (see
+    /// [`super::index::Index::covered_by_template`]).
+    pub covered: &'a BTreeSet<ResourceRef>,
+    /// A suspended CronJob: never restarted.
+    pub suspended: bool,
     pub now: OffsetDateTime,
+}
+
+/// A workload's pause period and where it stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pause {
+    /// Its pause-period annotation.
+    pub period: Option<Duration>,
+    /// `kvsync.io/paused-at`: when kvsync started the running period.
+    pub started: Option<OffsetDateTime>,
+    /// When Reloader paused this Deployment, if it is still paused.
+    pub by_reloader: Option<OffsetDateTime>,
+}
+
+/// A [`Verdict`], and whether the patch also ends a pause (removes
+/// `kvsync.io/paused-at`; for Reloader's, unpauses the Deployment and removes
+/// its `paused-at`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub end_pause: bool,
+}
+
+/// What is left of `period` begun at `start`. A start in the future (a hand
+/// edit, clock skew) counts as now, so it delays by at most one period.
+fn remaining(start: OffsetDateTime, period: Duration, now: OffsetDateTime) -> Duration {
+    let since = (now - start).clamp(time::Duration::ZERO, time::Duration::MAX);
+    period.saturating_sub(since.unsigned_abs())
 }
 
 /// Compares the record (what the pods were started with) to the present.
@@ -125,7 +178,29 @@ pub struct Situation<'a> {
 ///   starts them with it.
 ///
 /// Resources new to the set are recorded without a restart.
-pub fn decide(s: &Situation<'_>) -> Verdict {
+///
+/// A Deployment Reloader left paused is held (nothing written) until its
+/// period is over; any verdict but `Pause`/`Wait` then ends the pause.
+pub fn decide(s: &Situation<'_>) -> Decision {
+    if let Some(since) = s.pause.by_reloader {
+        let remaining = remaining(since, s.pause.period.unwrap_or_default(), s.now);
+        if !remaining.is_zero() {
+            return Decision {
+                verdict: Verdict::Wait {
+                    remaining,
+                    changed: Vec::new(),
+                },
+                end_pause: false,
+            };
+        }
+    }
+    let verdict = verdict(s);
+    let paused = s.pause.started.is_some() || s.pause.by_reloader.is_some();
+    let end_pause = paused && !matches!(verdict, Verdict::Pause { .. } | Verdict::Wait { .. });
+    Decision { verdict, end_pause }
+}
+
+fn verdict(s: &Situation<'_>) -> Verdict {
     let record = match s.applied {
         _ if !s.opted_in => {
             return if *s.applied == Applied::Never {
@@ -150,10 +225,61 @@ pub fn decide(s: &Situation<'_>) -> Verdict {
         }
         Applied::Record(record) => record,
     };
+    let (mut changed, next, same) = match &record.summary {
+        None => compare_members(&record.members, s),
+        Some(summary) => compare_summary(summary, s.desired),
+    };
+    let covered = changed.iter().any(|r| s.covered.contains(r));
+    changed.retain(|r| !s.covered.contains(r));
+    if changed.is_empty() {
+        let why = if covered {
+            Baseline::TemplateChanged
+        } else if same {
+            return Verdict::UpToDate;
+        } else {
+            Baseline::RecordUpdated
+        };
+        return Verdict::Baseline { why, record: next };
+    }
+    if s.suspended {
+        return Verdict::Baseline {
+            why: Baseline::Suspended,
+            record: next,
+        };
+    }
+    // Reloader's own pause, when over, was the period: no second one.
+    if let Some(period) = s.pause.period.filter(|p| !p.is_zero())
+        && s.pause.by_reloader.is_none()
+    {
+        let Some(start) = s.pause.started else {
+            return Verdict::Pause { period, changed };
+        };
+        let remaining = remaining(start, period, s.now);
+        if !remaining.is_zero() {
+            return Verdict::Wait { remaining, changed };
+        }
+    }
+    // A restart stamped in the future (clock skew) waits at most one interval.
+    let remaining = s.last_restart.map_or(Duration::ZERO, |last| {
+        remaining(last, s.min_interval, s.now)
+    });
+    if remaining.is_zero() {
+        Verdict::Restart {
+            changed,
+            record: next,
+        }
+    } else {
+        Verdict::Wait { remaining, changed }
+    }
+}
+
+/// Per member, what restarts (see [`decide`]): the changed resources, the
+/// next record, and whether it equals `recorded`.
+fn compare_members(recorded: &Members, s: &Situation<'_>) -> (Vec<ResourceRef>, Members, bool) {
     let mut changed = Vec::new();
     let mut next = Members::new();
     for (resource, now) in s.desired {
-        let was = record.members.get(resource).copied();
+        let was = recorded.get(resource).copied();
         let restarts = match (was, *now) {
             (Some(MemberState::Present(a)), MemberState::Present(b)) => a != b,
             (Some(MemberState::Absent), MemberState::Present(_)) => {
@@ -170,29 +296,20 @@ pub fn decide(s: &Situation<'_>) -> Verdict {
         };
         next.insert(resource.clone(), kept);
     }
-    if changed.is_empty() {
-        return if next == record.members {
-            Verdict::UpToDate
-        } else {
-            Verdict::Baseline {
-                why: Baseline::RecordUpdated,
-                record: next,
-            }
-        };
-    }
-    let remaining = s.last_restart.map_or(Duration::ZERO, |last| {
-        // A restart stamped in the future (clock skew) waits at most one interval.
-        let since = (s.now - last).clamp(time::Duration::ZERO, time::Duration::MAX);
-        s.min_interval.saturating_sub(since.unsigned_abs())
-    });
-    if remaining.is_zero() {
-        Verdict::Restart {
-            changed,
-            record: next,
-        }
+    let same = next == *recorded;
+    (changed, next, same)
+}
+
+/// Against a summary record (see [`super::record::RECORD_LIMIT`]): any
+/// difference restarts, naming every member (which one changed is unknown).
+fn compare_summary(summary: &str, desired: &Members) -> (Vec<ResourceRef>, Members, bool) {
+    let same = summarize(desired) == summary;
+    let changed = if same {
+        Vec::new()
     } else {
-        Verdict::Wait { remaining, changed }
-    }
+        desired.keys().cloned().collect()
+    };
+    (changed, desired.clone(), same)
 }
 
 /// When each dirty workload is next evaluated.
@@ -265,6 +382,88 @@ impl<K: Ord + Hash + Clone> Schedule<K> {
     }
 }
 
+/// The last restart to time the next one from. A `kvsync.io/restartedAt` in
+/// the future (a hand edit, clock skew between replicas) counts from when
+/// kvsync first saw that stamp — `previous`: the stamp and effective time of
+/// the workload's last observation — so it delays a restart by at most one
+/// `--min-reload-interval`. The flag is true when such a stamp is new (worth a
+/// warning).
+pub fn effective_last_restart(
+    stamp: Option<OffsetDateTime>,
+    previous: Option<(Option<OffsetDateTime>, Option<OffsetDateTime>)>,
+    now: OffsetDateTime,
+) -> (Option<OffsetDateTime>, bool) {
+    match stamp {
+        Some(at) if at > now => match previous {
+            Some((seen, effective)) if seen == stamp => (effective, false),
+            _ => (Some(now), true),
+        },
+        _ => (stamp, false),
+    }
+}
+
+/// Spaces rollouts across all workloads: at most one per `spacing`
+/// (`--max-rollouts-per-second`), so a Secret used by thousands of
+/// workloads restarts them over seconds, not in one storm.
+///
+/// A workload that must wait is given its own slot, so each waiting
+/// workload is looked at once more, at its slot, rather than every waiting
+/// workload competing again for each free one. A slot not used (the
+/// workload no longer needs a restart by then) is simply lost.
+///
+/// Written by hand rather than with a rate-limiter crate: those answer
+/// "now or not before t" for the next request, not a reservation per key.
+#[derive(Debug)]
+pub struct Pacer<K> {
+    spacing: Duration,
+    next_free: Option<Instant>,
+    reserved: HashMap<K, Instant>,
+}
+
+impl<K: Hash + Eq> Pacer<K> {
+    /// `per_second`: 0 means no limit.
+    pub fn new(per_second: u32) -> Self {
+        Pacer {
+            spacing: match per_second {
+                0 => Duration::ZERO,
+                n => Duration::from_secs(1) / n,
+            },
+            next_free: None,
+            reserved: HashMap::new(),
+        }
+    }
+
+    /// `Ok`: roll `key` out now. `Err(slot)`: look again at `slot`, which
+    /// is now `key`'s.
+    pub fn admit(&mut self, key: K, now: Instant) -> Result<(), Instant> {
+        let slot = match self.reserved.get(&key) {
+            Some(slot) => *slot,
+            None => {
+                let slot = self.next_free.map_or(now, |free| free.max(now));
+                self.next_free = Some(slot + self.spacing);
+                slot
+            }
+        };
+        if slot <= now {
+            self.reserved.remove(&key);
+            Ok(())
+        } else {
+            self.reserved.insert(key, slot);
+            Err(slot)
+        }
+    }
+
+    /// Drops `key`'s slot (it no longer needs a restart).
+    pub fn release(&mut self, key: &K) {
+        self.reserved.remove(key);
+    }
+
+    /// How many workloads hold a slot in the future.
+    pub fn queued(&self) -> usize {
+        self.reserved.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +482,7 @@ mod tests {
             digest: digest(text),
             flags: ResourceFlags::default(),
             version: None,
+            data_version: None,
         }
     }
 
@@ -365,10 +565,7 @@ mod tests {
     }
 
     fn applied(pairs: &[(&str, Option<&str>)]) -> Applied {
-        Applied::Record(AppliedRecord {
-            key_id: KEY.into(),
-            members: members(pairs),
-        })
+        Applied::Record(AppliedRecord::new(KEY.into(), members(pairs)))
     }
 
     fn secrets(pairs: &[(&str, Need)]) -> Uses {
@@ -407,8 +604,12 @@ mod tests {
             uses,
             last_restart,
             min_interval: MINUTE,
+            pause: Pause::default(),
+            covered: &BTreeSet::new(),
+            suspended: false,
             now,
         })
+        .verdict
     }
 
     fn restart(names: &[&str], record: Members) -> Verdict {
@@ -512,11 +713,32 @@ mod tests {
     }
 
     #[test]
+    fn summary_records_restart_on_any_difference_of_the_set() {
+        let desired = members(&[("a", Some("1")), ("b", Some("2"))]);
+        let summary = |members: &Members| {
+            Applied::Record(AppliedRecord {
+                key_id: KEY.into(),
+                members: Members::new(),
+                summary: Some(summarize(members)),
+            })
+        };
+        assert_eq!(
+            verdict(&summary(&desired), &desired, None, at(0)),
+            Verdict::UpToDate
+        );
+        let before = members(&[("a", Some("1")), ("b", Some("old"))]);
+        assert_eq!(
+            verdict(&summary(&before), &desired, None, at(0)),
+            restart(&["a", "b"], desired.clone())
+        );
+    }
+
+    #[test]
     fn another_key_rebaselines_instead_of_restarting_everything() {
-        let record = Applied::Record(AppliedRecord {
-            key_id: "old".into(),
-            members: members(&[("a", Some("1"))]),
-        });
+        let record = Applied::Record(AppliedRecord::new(
+            "old".into(),
+            members(&[("a", Some("1"))]),
+        ));
         let desired = members(&[("a", Some("other digest under the new key"))]);
         assert_eq!(
             verdict(&record, &desired, None, at(0)),
@@ -557,6 +779,7 @@ mod tests {
     fn opting_out_forgets_the_record_and_never_touches_strangers() {
         let desired = Members::new();
         let uses = Uses::new();
+        let covered = BTreeSet::new();
         let situation = |applied| Situation {
             opted_in: false,
             applied,
@@ -565,12 +788,249 @@ mod tests {
             uses: &uses,
             last_restart: None,
             min_interval: MINUTE,
+            pause: Pause::default(),
+            covered: &covered,
+            suspended: false,
             now: at(0),
         };
-        assert_eq!(decide(&situation(&Applied::Never)), Verdict::UpToDate);
+        let verdict = |applied| decide(&situation(applied)).verdict;
+        assert_eq!(verdict(&Applied::Never), Verdict::UpToDate);
         let recorded = applied(&[("a", Some("1"))]);
-        assert_eq!(decide(&situation(&recorded)), Verdict::Forget);
-        assert_eq!(decide(&situation(&Applied::Unreadable)), Verdict::Forget);
+        assert_eq!(verdict(&recorded), Verdict::Forget);
+        assert_eq!(verdict(&Applied::Unreadable), Verdict::Forget);
+    }
+
+    /// The decision for a changed `a` of a workload with a pause period.
+    fn paused(pause: Pause, covered: &[&str], last_restart: Option<i64>, now: i64) -> Decision {
+        let record = applied(&[("a", Some("1"))]);
+        let desired = members(&[("a", Some("2"))]);
+        let uses = secrets(&[("a", Need::Required)]);
+        let covered = covered.iter().map(|n| ResourceRef::secret(*n)).collect();
+        decide(&Situation {
+            opted_in: true,
+            applied: &record,
+            key_id: KEY,
+            desired: &desired,
+            uses: &uses,
+            last_restart: last_restart.map(at),
+            min_interval: MINUTE,
+            pause,
+            covered: &covered,
+            suspended: false,
+            now: at(now),
+        })
+    }
+
+    const FIVE_MINUTES: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn a_pause_period_folds_changes_into_one_restart_when_it_ends() {
+        let changed = vec![ResourceRef::secret("a")];
+        let period = Some(FIVE_MINUTES);
+        let not_started = Pause {
+            period,
+            ..Pause::default()
+        };
+        assert_eq!(
+            paused(not_started, &[], None, 0).verdict,
+            Verdict::Pause {
+                period: FIVE_MINUTES,
+                changed: changed.clone()
+            },
+            "the first change starts the period, restarting nothing"
+        );
+        let running = Pause {
+            started: Some(at(0)),
+            ..not_started
+        };
+        assert_eq!(
+            paused(running, &[], None, 100),
+            Decision {
+                verdict: Verdict::Wait {
+                    remaining: Duration::from_secs(200),
+                    changed: changed.clone()
+                },
+                end_pause: false,
+            }
+        );
+        let over = paused(running, &[], None, 300);
+        assert_eq!(over.verdict, restart(&["a"], members(&[("a", Some("2"))])));
+        assert!(over.end_pause, "the restart removes paused-at");
+        assert_eq!(
+            paused(running, &[], Some(290), 300).verdict,
+            Verdict::Wait {
+                remaining: Duration::from_secs(50),
+                changed: changed.clone()
+            },
+            "--min-reload-interval stays the global floor"
+        );
+        let future = Pause {
+            started: Some(at(10_000)),
+            ..not_started
+        };
+        assert_eq!(
+            paused(future, &[], None, 0).verdict,
+            Verdict::Wait {
+                remaining: FIVE_MINUTES,
+                changed
+            },
+            "a paused-at in the future holds for one period, not until then"
+        );
+    }
+
+    #[test]
+    fn reloaders_pause_is_held_to_its_end_then_resumed_with_the_restart() {
+        let by_reloader = Pause {
+            period: Some(FIVE_MINUTES),
+            started: None,
+            by_reloader: Some(at(0)),
+        };
+        assert_eq!(
+            paused(by_reloader, &[], None, 60),
+            Decision {
+                verdict: Verdict::Wait {
+                    remaining: Duration::from_secs(240),
+                    changed: Vec::new()
+                },
+                end_pause: false
+            }
+        );
+        let over = paused(by_reloader, &[], None, 300);
+        assert_eq!(over.verdict, restart(&["a"], members(&[("a", Some("2"))])));
+        assert!(over.end_pause, "one patch resumes and restarts");
+        let no_period = Pause {
+            period: None,
+            ..by_reloader
+        };
+        assert!(
+            paused(no_period, &[], None, 0).end_pause,
+            "without a readable period it is over"
+        );
+        // Nothing changed: resumed all the same.
+        let record = applied(&[("a", Some("1"))]);
+        let desired = members(&[("a", Some("1"))]);
+        let uses = Uses::new();
+        let situation = Situation {
+            opted_in: true,
+            applied: &record,
+            key_id: KEY,
+            desired: &desired,
+            uses: &uses,
+            last_restart: None,
+            min_interval: MINUTE,
+            pause: by_reloader,
+            covered: &BTreeSet::new(),
+            suspended: false,
+            now: at(301),
+        };
+        assert_eq!(
+            decide(&situation),
+            Decision {
+                verdict: Verdict::UpToDate,
+                end_pause: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_later_template_change_covers_the_data_change() {
+        let covered = paused(Pause::default(), &["a"], None, 0);
+        assert_eq!(
+            covered.verdict,
+            Verdict::Baseline {
+                why: Baseline::TemplateChanged,
+                record: members(&[("a", Some("2"))])
+            }
+        );
+        assert!(!covered.end_pause);
+        assert_eq!(
+            paused(Pause::default(), &["other"], None, 0).verdict,
+            restart(&["a"], members(&[("a", Some("2"))]))
+        );
+    }
+
+    #[test]
+    fn suspended_cron_jobs_record_changes_without_a_job() {
+        let record = applied(&[("a", Some("1"))]);
+        let desired = members(&[("a", Some("2"))]);
+        let uses = secrets(&[("a", Need::Required)]);
+        let verdict = decide(&Situation {
+            opted_in: true,
+            applied: &record,
+            key_id: KEY,
+            desired: &desired,
+            uses: &uses,
+            last_restart: None,
+            min_interval: MINUTE,
+            pause: Pause::default(),
+            covered: &BTreeSet::new(),
+            suspended: true,
+            now: at(0),
+        })
+        .verdict;
+        assert_eq!(
+            verdict,
+            Verdict::Baseline {
+                why: Baseline::Suspended,
+                record: desired
+            }
+        );
+    }
+
+    #[test]
+    fn a_future_restart_stamp_counts_from_when_it_was_first_seen() {
+        let future = Some(at(3600));
+        assert_eq!(
+            effective_last_restart(Some(at(-5)), None, at(0)),
+            (Some(at(-5)), false)
+        );
+        assert_eq!(
+            effective_last_restart(future, None, at(0)),
+            (Some(at(0)), true)
+        );
+        assert_eq!(
+            effective_last_restart(future, Some((future, Some(at(0)))), at(50)),
+            (Some(at(0)), false),
+            "seen before: still timed from then, so the wait ends"
+        );
+        assert_eq!(
+            effective_last_restart(Some(at(7200)), Some((future, Some(at(0)))), at(50)),
+            (Some(at(50)), true),
+            "another future stamp"
+        );
+    }
+
+    #[test]
+    fn the_pacer_gives_each_waiting_workload_its_own_slot() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut pacer = Pacer::new(10);
+        assert_eq!(pacer.admit("a", t0), Ok(()));
+        assert_eq!(pacer.admit("b", t0), Err(t0 + ms(100)));
+        assert_eq!(pacer.admit("c", t0), Err(t0 + ms(200)));
+        assert_eq!(
+            pacer.admit("c", t0 + ms(150)),
+            Err(t0 + ms(200)),
+            "early: keeps its slot"
+        );
+        assert_eq!(pacer.queued(), 2);
+        assert_eq!(pacer.admit("b", t0 + ms(100)), Ok(()));
+        pacer.release(&"c");
+        assert_eq!(pacer.queued(), 0);
+        assert_eq!(
+            pacer.admit("d", t0 + ms(250)),
+            Err(t0 + ms(300)),
+            "c's slot is lost, not reused"
+        );
+        assert_eq!(
+            pacer.admit("e", t0 + ms(5000)),
+            Ok(()),
+            "idle time is not saved up"
+        );
+        let mut unlimited = Pacer::new(0);
+        for key in ["a", "b", "c"] {
+            assert_eq!(unlimited.admit(key, t0), Ok(()));
+        }
     }
 
     #[test]

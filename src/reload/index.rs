@@ -2,11 +2,20 @@
 //!
 //! ```text
 //! Index
-//! └─ namespace ─┬─ resources: (kind, name) → ResourceState { digest, match/ignore flags, version }
+//! └─ namespace ─┬─ resources: (kind, name) → ResourceState { digest, match/ignore flags, version,
+//!               │                                             version of the last data change }
 //!               └─ workloads: (kind, name) → WorkloadState { policy (parsed annotations),
 //!                                                            uses (from the pod spec),
-//!                                                            applied record, last restart, … }
+//!                                                            applied record, last restart,
+//!                                                            pause marks, template hash,
+//!                                                            version of the last template change, … }
 //! ```
+//!
+//! The "version of the last change" fields are resourceVersions — etcd
+//! revisions, one order across all kinds, whatever order the separate watch
+//! streams deliver events in. They are known only for changes seen while
+//! running (`None` after a first sight), and tell whether a workload's pod
+//! template changed after a resource's data did ([`Index::covered_by_template`]).
 //!
 //! Watchers reduce every object to one of these entries as it arrives and drop
 //! it: no Secret value, no pod spec, no full object outlives its watch event.
@@ -15,13 +24,13 @@
 //! its namespace's policy — a handful of set look-ups — so no reverse index has
 //! to be kept in step.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use time::OffsetDateTime;
 
 use super::annotations::{PolicyProblem, ReloadPolicy, ResourceFlags};
 use super::digest::Digest;
-use super::kinds::{ResourceKind, ResourceRef, WorkloadKind, WorkloadRef};
+use super::kinds::{ResourceKind, ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::record::Applied;
 use super::uses::Uses;
 
@@ -33,6 +42,9 @@ pub struct ResourceState {
     /// `metadata.resourceVersion` when numeric, to drop observations older
     /// than one already applied (a fast-path read racing a watch event).
     pub version: Option<u64>,
+    /// The `version` at which the data last changed while kvsync watched;
+    /// kept by the index (observations leave it `None`).
+    pub data_version: Option<u64>,
 }
 
 /// What is kept of one workload.
@@ -46,7 +58,23 @@ pub struct WorkloadState {
     pub problems: Vec<PolicyProblem>,
     pub uses: Uses,
     pub applied: Applied,
+    /// When to time the next restart from (see
+    /// [`super::decide::effective_last_restart`]).
     pub last_restart: Option<OffsetDateTime>,
+    /// The last restart as stamped on the object.
+    pub restart_stamp: Option<OffsetDateTime>,
+    pub restart: RestartMethod,
+    /// `kvsync.io/paused-at`: a pause period kvsync started.
+    pub paused_at: Option<OffsetDateTime>,
+    /// A Deployment Reloader paused (`spec.paused` and
+    /// `deployment.reloader.stakater.com/paused-at`), since when; an
+    /// unreadable time counts as long ago (resumed at once, as Reloader does).
+    pub reloader_paused_since: Option<OffsetDateTime>,
+    /// Hash of the pod template, kvsync's own restart annotation left out.
+    pub template: u64,
+    /// The resourceVersion at which `template` last changed while kvsync
+    /// watched; kept by the index (observations leave it `None`).
+    pub template_version: Option<u64>,
     /// Being deleted: never restarted.
     pub deleting: bool,
 }
@@ -58,6 +86,10 @@ impl WorkloadState {
             && self.uses == other.uses
             && self.applied == other.applied
             && self.last_restart == other.last_restart
+            && self.restart == other.restart
+            && self.paused_at == other.paused_at
+            && self.reloader_paused_since == other.reloader_paused_since
+            && self.template_version == other.template_version
             && self.deleting == other.deleting
     }
 
@@ -89,7 +121,9 @@ pub struct WorkloadObservation {
 /// The outcome of recording a resource observation.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ResourceChange {
-    /// Older than what the index holds: dropped.
+    /// Not newer than what the index holds (an older event, or the same
+    /// version seen twice — the sync stage's report and the watch event):
+    /// dropped, so nothing is counted twice.
     Stale,
     /// Same data and flags (a metadata-only update or a no-op write); this
     /// many workloads react to the resource and were left alone.
@@ -157,12 +191,18 @@ impl Index {
         let ns = self.namespaces.entry(namespace.clone()).or_default();
         let old = ns.resources.get(&resource);
         if let (Some(old), Some(new_version)) = (old.and_then(|o| o.version), state.version)
-            && new_version < old
+            && new_version <= old
         {
             return ResourceChange::Stale;
         }
         let old_flags = old.map_or(ResourceFlags::default(), |o| o.flags);
         let changed = old.is_none_or(|o| o.digest != state.digest || o.flags != state.flags);
+        let mut state = state;
+        state.data_version = match old {
+            Some(o) if o.digest == state.digest => o.data_version,
+            Some(_) => state.version,
+            None => None,
+        };
         let flags = [old_flags, state.flags];
         let change = if changed {
             ResourceChange::Changed {
@@ -191,7 +231,10 @@ impl Index {
     }
 
     pub fn apply_workload(&mut self, observation: WorkloadObservation) -> WorkloadChange {
-        let WorkloadObservation { workload, state } = observation;
+        let WorkloadObservation {
+            workload,
+            mut state,
+        } = observation;
         let ns = self.namespaces.entry(workload.namespace).or_default();
         let key = (workload.kind, workload.name);
         let old = ns.workloads.get(&key);
@@ -203,6 +246,11 @@ impl Index {
             // An event from before our own patch, which the index already holds.
             return WorkloadChange::default();
         }
+        state.template_version = match old {
+            Some(old) if old.template == state.template => old.template_version,
+            Some(_) => state.numeric_version(),
+            None => None,
+        };
         let change = WorkloadChange {
             needs_evaluation: old.is_none_or(|old| !old.decides_like(&state)),
             new_problems: match old {
@@ -226,6 +274,21 @@ impl Index {
             .get(&workload.namespace)?
             .workloads
             .get(&(workload.kind, workload.name.clone()))
+    }
+
+    /// The resources whose latest data change the workload's latest pod
+    /// template change came after: the pods that template change rolls out
+    /// start with that data already (Reloader #675), so it needs no restart
+    /// of its own.
+    pub fn covered_by_template(&self, workload: &WorkloadRef) -> BTreeSet<ResourceRef> {
+        let Some(template) = self.workload(workload).and_then(|w| w.template_version) else {
+            return BTreeSet::new();
+        };
+        self.resources(&workload.namespace)
+            .iter()
+            .filter(|(_, r)| r.data_version.is_some_and(|data| data < template))
+            .map(|(resource, _)| resource.clone())
+            .collect()
     }
 
     /// The Secrets and ConfigMaps of a namespace (empty if none are known).
@@ -361,6 +424,7 @@ mod tests {
                 digest: key().secret(Some(&data)),
                 flags: ResourceFlags::default(),
                 version: Some(version),
+                data_version: None,
             },
         }
     }
@@ -394,12 +458,51 @@ mod tests {
                     .collect(),
                 applied: Applied::Never,
                 last_restart: None,
+                restart_stamp: None,
+                restart: RestartMethod::PodTemplate,
+                paused_at: None,
+                reloader_paused_since: None,
+                template: 0,
+                template_version: None,
                 deleting: false,
             },
         }
     }
 
     const AUTO: (&str, &str) = ("reloader.stakater.com/auto", "true");
+
+    #[test]
+    fn template_changes_cover_data_changes_made_before_them_only() {
+        let mut index = Index::new(false);
+        let web = workload("ns", "web", &[AUTO], &["early", "late"]);
+        index.apply_workload(web.clone());
+        for name in ["early", "late"] {
+            index.apply_resource(secret("ns", name, "1", 1));
+        }
+        let at = |mut w: WorkloadObservation, version: u64, template: u64| {
+            w.state.resource_version = version.to_string();
+            w.state.template = template;
+            w
+        };
+        assert!(
+            index.covered_by_template(&web.workload).is_empty(),
+            "first sights order nothing"
+        );
+        index.apply_resource(secret("ns", "early", "2", 10));
+        index.apply_workload(at(web.clone(), 11, 0));
+        assert!(
+            index.covered_by_template(&web.workload).is_empty(),
+            "a workload update that keeps the template covers nothing"
+        );
+        index.apply_workload(at(web.clone(), 12, 7));
+        index.apply_resource(secret("ns", "late", "2", 13));
+        index.apply_resource(secret("ns", "early", "2", 14));
+        assert_eq!(
+            index.covered_by_template(&web.workload),
+            [ResourceRef::secret("early")].into(),
+            "the data of `late` changed after the template; a metadata update of `early` does not count"
+        );
+    }
 
     #[test]
     fn a_data_change_affects_the_workloads_reacting_to_it() {
@@ -419,6 +522,11 @@ mod tests {
         assert_eq!(
             index.apply_resource(secret("ns", "db", "v1", 2)),
             ResourceChange::Unchanged { reacting: 1 }
+        );
+        assert_eq!(
+            index.apply_resource(secret("ns", "db", "v1", 2)),
+            ResourceChange::Stale,
+            "the same version seen again (fast path and watch) counts once"
         );
         assert_eq!(
             index.apply_resource(secret("ns", "db", "v0", 1)),
@@ -446,12 +554,11 @@ mod tests {
             &["db"],
         );
         index.apply_workload(web.clone());
-        let plain = secret("ns", "db", "v", 1);
         assert_eq!(
-            index.apply_resource(plain.clone()),
+            index.apply_resource(secret("ns", "db", "v", 1)),
             ResourceChange::Changed { affected: vec![] }
         );
-        let mut matched = plain.clone();
+        let mut matched = secret("ns", "db", "v", 2);
         matched.state.flags.matched = true;
         assert_eq!(
             index.apply_resource(matched),
@@ -460,7 +567,7 @@ mod tests {
             }
         );
         assert_eq!(
-            index.apply_resource(plain),
+            index.apply_resource(secret("ns", "db", "v", 3)),
             ResourceChange::Changed {
                 affected: vec![web.workload]
             }

@@ -1,7 +1,7 @@
 //! The two sides of the reload relation: the resources workloads read
 //! (Secrets, ConfigMaps) and the workloads that get restarted (Deployments,
-//! StatefulSets, DaemonSets), named without the Kubernetes types so the
-//! decision code stays free of API objects.
+//! StatefulSets, DaemonSets, Argo Rollouts; CronJobs get a Job), named
+//! without the Kubernetes types so the decision code stays free of API objects.
 
 use std::fmt;
 
@@ -66,13 +66,17 @@ impl fmt::Display for ResourceRef {
 /// A kind of workload the reload stage can restart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum WorkloadKind {
+    CronJob,
     DaemonSet,
     Deployment,
+    /// Argo Rollouts' `argoproj.io/v1alpha1` Rollout.
+    Rollout,
     StatefulSet,
 }
 
 impl WorkloadKind {
-    pub const ALL: [WorkloadKind; 3] = [
+    /// The `apps/v1` kinds, always served.
+    pub const APPS: [WorkloadKind; 3] = [
         WorkloadKind::Deployment,
         WorkloadKind::StatefulSet,
         WorkloadKind::DaemonSet,
@@ -80,11 +84,25 @@ impl WorkloadKind {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            WorkloadKind::CronJob => "CronJob",
             WorkloadKind::DaemonSet => "DaemonSet",
             WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::Rollout => "Rollout",
             WorkloadKind::StatefulSet => "StatefulSet",
         }
     }
+}
+
+/// How a workload is restarted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RestartMethod {
+    /// Change `kvsync.io/restartedAt` in the pod template (a rolling update).
+    #[default]
+    PodTemplate,
+    /// Set an Argo Rollout's `spec.restartAt`.
+    RestartAt,
+    /// Create a Job from a CronJob's `jobTemplate` — never for a suspended one.
+    Job { suspended: bool },
 }
 
 /// A workload, by kind and name within a namespace.

@@ -6,17 +6,29 @@
 //! - `kvsync_reload_rollouts_total{kind}`: rolling restarts triggered.
 //! - `kvsync_reload_skipped_total{reason}`: restarts not done, by reason:
 //!   `data_unchanged` (a metadata-only update or an identical rewrite of a
-//!   resource some workload reacts to), `first_sight`, `digest_key_changed`,
-//!   `membership_changed` (baselines), `rate_limited` (deferred by
-//!   `--min-reload-interval` or a pause period).
+//!   resource, once per write and per workload reacting to it),
+//!   `first_sight`, `digest_key_changed`, `record_updated`,
+//!   `template_changed` (the pod template changed after the data),
+//!   `suspended` (a suspended CronJob) — all baselines —, `paused` (a pause
+//!   period started), `rate_limited` (deferred by `--min-reload-interval` or
+//!   a running pause period).
 //! - `kvsync_reload_errors_total{reason}`: `patch` (a workload update failed),
 //!   `invalid_annotation` (an unusable annotation value), `watch`,
-//!   `fast_path_read`, `event` (publishing an Event failed).
+//!   `watch_forbidden` (a kind the operator may not list; not waited for),
+//!   `fast_path_read`, `job` (a CronJob's Job could not be made), `event`
+//!   (publishing an Event failed).
+//! - `kvsync_reload_rollouts_queued`: workloads due for a rollout, waiting
+//!   for a slot under `--max-rollouts-per-second`.
+//! - `kvsync_reload_watches_unlisted`: watches that have not listed yet
+//!   (`/readyz` names them; see [`Readiness`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use super::readiness::Readiness;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -34,6 +46,9 @@ pub struct ReloadMetrics {
     rollouts: Family<KindLabel, Counter>,
     skipped: Family<ReasonLabel, Counter>,
     errors: Family<ReasonLabel, Counter>,
+    queued: Gauge,
+    unlisted: Gauge,
+    readiness: Readiness,
 }
 
 impl ReloadMetrics {
@@ -55,6 +70,16 @@ impl ReloadMetrics {
             "Reload stage errors, by reason",
             metrics.errors.clone(),
         );
+        registry.register(
+            "reload_watches_unlisted",
+            "Reload stage watches that have not listed yet",
+            metrics.unlisted.clone(),
+        );
+        registry.register(
+            "reload_rollouts_queued",
+            "Workloads waiting for a slot under --max-rollouts-per-second",
+            metrics.queued.clone(),
+        );
         metrics
     }
 
@@ -72,6 +97,23 @@ impl ReloadMetrics {
 
     pub fn error(&self, reason: &'static str) {
         self.errors.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// The watches still to list (named on `/readyz`).
+    pub fn set_unlisted(&self, watches: Vec<String>) {
+        self.unlisted
+            .set(i64::try_from(watches.len()).unwrap_or(i64::MAX));
+        self.readiness.set_waiting_for(watches);
+    }
+
+    /// What `/readyz` reports about the reload stage.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    pub fn set_queued(&self, workloads: usize) {
+        self.queued
+            .set(i64::try_from(workloads).unwrap_or(i64::MAX));
     }
 }
 
@@ -93,6 +135,8 @@ mod tests {
             "kvsync_reload_rollouts_total{kind=\"Deployment\"}",
             "kvsync_reload_skipped_total{reason=\"rate_limited\"}",
             "kvsync_reload_errors_total{reason=\"patch\"}",
+            "kvsync_reload_rollouts_queued 0",
+            "kvsync_reload_watches_unlisted 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

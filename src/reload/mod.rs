@@ -37,17 +37,21 @@
 pub mod annotations;
 mod decide;
 mod digest;
+mod dynamic;
 mod events;
 pub mod index;
+mod job;
 mod key_secret;
 pub mod kinds;
 pub mod metrics;
 pub mod observe;
+pub mod readiness;
 pub mod record;
 mod stage;
 pub mod uses;
 mod watch;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,12 +70,21 @@ pub struct ReloadArgs {
     pub reload_debounce: Duration,
 
     /// At most one restart per workload within this interval; later changes
-    /// fold into one restart when it has passed. A workload's pause-period
-    /// annotation (e.g. `deployment.reloader.stakater.com/pause-period`) can
-    /// lengthen it. The default leaves time for a rollout to start while
-    /// keeping a flapping Secret from causing a restart storm.
+    /// fold into one restart when it has passed (a global floor; a
+    /// workload's pause-period annotation, e.g.
+    /// `deployment.reloader.stakater.com/pause-period`, folds the changes of
+    /// its period into one rollout at its end). The default leaves time for a
+    /// rollout to start while keeping a flapping Secret from causing a
+    /// restart storm.
     #[arg(long, env = "KVSYNC_MIN_RELOAD_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub min_reload_interval: Duration,
+
+    /// At most this many rollouts per second across all workloads (0: no
+    /// limit): a Secret used by thousands of workloads restarts them over
+    /// seconds instead of all at once. Every one still restarts exactly
+    /// once; `kvsync_reload_rollouts_queued` shows how many wait.
+    #[arg(long, env = "KVSYNC_MAX_ROLLOUTS_PER_SECOND", default_value_t = 20)]
+    pub max_rollouts_per_second: u32,
 
     /// Only Secrets and ConfigMaps whose labels match this equality selector
     /// (e.g. `reload=true`) count; the reload stage does not see the others
@@ -149,20 +162,43 @@ pub async fn run(
     let key = key_secret::load_or_create(&client, &operator_namespace).await?;
     let key_id = key.id();
     let namespace_selector = scope.namespace_selector.is_some();
+    let mut served = Vec::new();
+    let mut apis = HashMap::new();
+    for kind in dynamic::KINDS {
+        let api = dynamic::discover(&client, kind).await.unwrap_or_else(|error| {
+            tracing::warn!(kind = kind.as_str(), %error, "discovery failed; looking again later");
+            None
+        });
+        tracing::info!(kind = kind.as_str(), api = ?api.as_ref().map(|a| &a.api_version), "discovered");
+        if let Some(api) = dynamic::api_resource(kind, api.as_ref()) {
+            apis.insert(kind, api);
+        }
+        served.push((kind, api));
+    }
     let plan = watch::WatchPlan {
         client: client.clone(),
         key: Arc::new(key),
         scope,
         resource_selector: args.resource_label_selector,
+        dynamic: served,
     };
     let (sources, inputs) = plan.streams(inbox.0);
     let timing = stage::Timing {
         debounce: args.reload_debounce,
         min_reload_interval: args.min_reload_interval,
+        max_rollouts_per_second: args.max_rollouts_per_second,
     };
     tracing::info!(key_id, ?timing, "reload stage starting");
-    stage::Stage::new(client, key_id, timing, sources, namespace_selector, metrics)
-        .run(inputs)
-        .await;
+    stage::Stage::new(
+        client,
+        key_id,
+        timing,
+        sources,
+        apis,
+        namespace_selector,
+        metrics,
+    )
+    .run(inputs)
+    .await;
     Ok(())
 }

@@ -1,23 +1,52 @@
 //! Reduces Kubernetes objects to index entries, the moment they arrive.
 
 use std::fmt::Debug;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
 
-use super::annotations::{Annotations, ReloadPolicy, ResourceFlags};
+use super::annotations::{Annotations, RELOADER_PAUSED_AT, ReloadPolicy, ResourceFlags};
 use super::digest::{Digest, DigestKey};
 use super::index::{ResourceObservation, ResourceState, WorkloadObservation, WorkloadState};
-use super::kinds::{ResourceRef, WorkloadKind, WorkloadRef};
-use super::record::{Applied, DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_restarted_at};
+use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
+use super::record::{
+    Applied, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_time,
+};
 use super::uses::uses;
 
-/// A Deployment, StatefulSet or DaemonSet.
+/// What the reload stage reads of a workload, whatever API serves it.
+pub trait WorkloadView {
+    const KIND: WorkloadKind;
+    fn object_meta(&self) -> &ObjectMeta;
+    fn pod_template(&self) -> Option<&PodTemplateSpec>;
+    /// `spec.paused` (only Deployments have it).
+    fn paused(&self) -> bool {
+        false
+    }
+    fn restart_method(&self) -> RestartMethod {
+        RestartMethod::PodTemplate
+    }
+    /// When kvsync (or Reloader's `restartAt`) last restarted it.
+    fn last_restart(&self) -> Option<OffsetDateTime> {
+        let annotations = self
+            .pod_template()?
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?;
+        parse_time(annotations.get(RESTARTED_AT_ANNOTATION).map(String::as_str))
+    }
+}
+
+/// An `apps/v1` workload, watched and patched through its typed API.
 pub trait WorkloadObject:
-    kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    WorkloadView
+    + kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Clone
     + DeserializeOwned
     + Debug
@@ -25,30 +54,44 @@ pub trait WorkloadObject:
     + Sync
     + 'static
 {
-    const KIND: WorkloadKind;
-    fn pod_template(&self) -> Option<&PodTemplateSpec>;
 }
 
-impl WorkloadObject for Deployment {
+impl WorkloadView for Deployment {
     const KIND: WorkloadKind = WorkloadKind::Deployment;
+    fn object_meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
     }
+    fn paused(&self) -> bool {
+        self.spec.as_ref().and_then(|s| s.paused).unwrap_or(false)
+    }
 }
 
-impl WorkloadObject for StatefulSet {
+impl WorkloadView for StatefulSet {
     const KIND: WorkloadKind = WorkloadKind::StatefulSet;
+    fn object_meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
     }
 }
 
-impl WorkloadObject for DaemonSet {
+impl WorkloadView for DaemonSet {
     const KIND: WorkloadKind = WorkloadKind::DaemonSet;
+    fn object_meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
     }
 }
+
+impl WorkloadObject for Deployment {}
+impl WorkloadObject for StatefulSet {}
+impl WorkloadObject for DaemonSet {}
 
 /// A Secret or ConfigMap, digested with the operator's key.
 pub trait ResourceObject:
@@ -103,14 +146,15 @@ pub fn observe_resource<R: ResourceObject>(
                 .map(ResourceFlags::from_annotations)
                 .unwrap_or_default(),
             version: numeric_version(meta),
+            data_version: None,
         },
     })
 }
 
 /// `None` for an object without name or namespace (never sent by a server).
-pub fn observe_workload<W: WorkloadObject>(object: &W) -> Option<WorkloadObservation> {
+pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservation> {
     static NONE: Annotations = Annotations::new();
-    let meta = object.meta();
+    let meta = object.object_meta();
     let template = object.pod_template();
     let annotations = meta.annotations.as_ref().unwrap_or(&NONE);
     let template_annotations = template
@@ -135,14 +179,44 @@ pub fn observe_workload<W: WorkloadObject>(object: &W) -> Option<WorkloadObserva
             applied: Applied::from_annotation(
                 annotations.get(DIGEST_ANNOTATION).map(String::as_str),
             ),
-            last_restart: parse_restarted_at(
-                template_annotations
-                    .get(RESTARTED_AT_ANNOTATION)
-                    .map(String::as_str),
-            ),
+            last_restart: object.last_restart(),
+            restart_stamp: object.last_restart(),
+            restart: object.restart_method(),
+            paused_at: parse_time(annotations.get(PAUSED_AT_ANNOTATION).map(String::as_str)),
+            reloader_paused_since: reloader_paused_since(object.paused(), annotations),
+            template: template.map_or(0, template_hash),
+            template_version: None,
             deleting: meta.deletion_timestamp.is_some(),
         },
     })
+}
+
+/// When Reloader paused this workload, if it did and it is still paused
+/// (Reloader leaves `spec.paused` alone on a Deployment it did not pause).
+fn reloader_paused_since(paused: bool, annotations: &Annotations) -> Option<OffsetDateTime> {
+    let value = annotations
+        .get(RELOADER_PAUSED_AT)
+        .filter(|v| !v.is_empty());
+    (paused && value.is_some())
+        .then(|| parse_time(value.map(String::as_str)).unwrap_or(OffsetDateTime::UNIX_EPOCH))
+}
+
+/// A hash of the pod template without kvsync's restart annotation, to tell a
+/// change made by someone else. Compared within one process only.
+fn template_hash(template: &PodTemplateSpec) -> u64 {
+    let mut template = template.clone();
+    if let Some(annotations) = template
+        .metadata
+        .as_mut()
+        .and_then(|m| m.annotations.as_mut())
+    {
+        annotations.remove(RESTARTED_AT_ANNOTATION);
+    }
+    let mut hasher = DefaultHasher::new();
+    serde_json::to_string(&template)
+        .expect("a pod template always serialises")
+        .hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]

@@ -9,6 +9,11 @@
 //! - `kvsync.io/restartedAt` (pod *template* annotation): when kvsync last
 //!   restarted the workload. Changing it is what rolls the pods; reading it
 //!   back gives the rate limit a memory that survives operator restarts.
+//! - `kvsync.io/paused-at` (workload *metadata* annotation): when the first
+//!   change of a running pause period (see
+//!   [`super::annotations::pause_period_key`]) was seen. The rollout is made
+//!   when the period has passed since then; keeping the start on the object
+//!   rather than in a timer makes the period survive operator restarts.
 //!
 //! Digests are kept per resource rather than as one digest over the set, so
 //! that a workload starting or stopping to react to a resource (an edited
@@ -19,6 +24,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -29,6 +35,8 @@ use super::kinds::ResourceRef;
 pub const DIGEST_ANNOTATION: &str = "kvsync.io/reload-digest";
 /// Pod template annotation whose change is the restart (see module docs).
 pub const RESTARTED_AT_ANNOTATION: &str = "kvsync.io/restartedAt";
+/// Metadata annotation marking a running pause period (see module docs).
+pub const PAUSED_AT_ANNOTATION: &str = "kvsync.io/paused-at";
 
 const ABSENT: &str = "absent";
 
@@ -49,7 +57,36 @@ pub type Members = BTreeMap<ResourceRef, MemberState>;
 pub struct AppliedRecord {
     /// [`super::digest::DigestKey::id`] of the key the digests were made with.
     pub key_id: String,
+    /// Empty when read back in the summary form.
     pub members: Members,
+    /// The summary form's digest (see [`RECORD_LIMIT`]).
+    pub summary: Option<String>,
+}
+
+/// A record longer than this is written in the summary form: one digest over
+/// all members instead of one per member, so a `.*` pattern over thousands of
+/// Secrets cannot push the workload's annotations past Kubernetes' 256 KiB
+/// (which they share with the user's own). Then any change of the set —
+/// a deletion too — restarts, without naming which resource changed.
+pub const RECORD_LIMIT: usize = 32 * 1024;
+
+/// The digest of the summary form.
+pub fn summarize(members: &Members) -> String {
+    let mut hash = Sha256::new();
+    for (resource, state) in members {
+        hash.update(resource.to_string());
+        hash.update("\t");
+        hash.update(state_text(state));
+        hash.update("\n");
+    }
+    hex::encode(hash.finalize())
+}
+
+fn state_text(state: &MemberState) -> String {
+    match state {
+        MemberState::Present(digest) => digest.to_string(),
+        MemberState::Absent => ABSENT.to_owned(),
+    }
 }
 
 /// What a workload's [`DIGEST_ANNOTATION`] says.
@@ -74,27 +111,44 @@ impl Applied {
 #[derive(Serialize, Deserialize)]
 struct Wire {
     key: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     digests: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    summary: Option<String>,
 }
 
 impl AppliedRecord {
+    pub fn new(key_id: String, members: Members) -> Self {
+        AppliedRecord {
+            key_id,
+            members,
+            summary: None,
+        }
+    }
+
+    /// The annotation value: one digest per member, or the summary form
+    /// when that would be longer than [`RECORD_LIMIT`].
     pub fn render(&self) -> String {
         let digests = self
             .members
             .iter()
-            .map(|(resource, state)| {
-                let state = match state {
-                    MemberState::Present(digest) => digest.to_string(),
-                    MemberState::Absent => ABSENT.to_owned(),
-                };
-                (resource.to_string(), state)
-            })
+            .map(|(resource, state)| (resource.to_string(), state_text(state)))
             .collect();
-        serde_json::to_string(&Wire {
+        let each = Wire {
             key: self.key_id.clone(),
             digests,
+            summary: self.summary.clone(),
+        };
+        let text = serde_json::to_string(&each).expect("a map of strings always serialises");
+        if text.len() <= RECORD_LIMIT {
+            return text;
+        }
+        serde_json::to_string(&Wire {
+            key: self.key_id.clone(),
+            digests: BTreeMap::new(),
+            summary: Some(summarize(&self.members)),
         })
-        .expect("a map of strings always serialises")
+        .expect("strings always serialise")
     }
 
     pub fn parse(text: &str) -> Option<Self> {
@@ -113,18 +167,20 @@ impl AppliedRecord {
         Some(AppliedRecord {
             key_id: wire.key,
             members,
+            summary: wire.summary,
         })
     }
 }
 
-/// Reads [`RESTARTED_AT_ANNOTATION`]; an unreadable value counts as "never".
-pub fn parse_restarted_at(value: Option<&str>) -> Option<OffsetDateTime> {
+/// Reads a time annotation ([`RESTARTED_AT_ANNOTATION`], [`PAUSED_AT_ANNOTATION`]);
+/// an unreadable value counts as "never".
+pub fn parse_time(value: Option<&str>) -> Option<OffsetDateTime> {
     value.and_then(|v| OffsetDateTime::parse(v, &Rfc3339).ok())
 }
 
-/// Renders a [`RESTARTED_AT_ANNOTATION`] value. Sub-second precision keeps
-/// two restarts within one second distinct (the same value would roll nothing).
-pub fn format_restarted_at(at: OffsetDateTime) -> String {
+/// Renders a time annotation. Sub-second precision keeps two restarts within
+/// one second distinct (the same value would roll nothing).
+pub fn format_time(at: OffsetDateTime) -> String {
     at.format(&Rfc3339)
         .expect("any UTC time has an RFC 3339 form")
 }
@@ -137,9 +193,9 @@ mod tests {
     #[test]
     fn record_round_trips() {
         let key = DigestKey::generate();
-        let record = AppliedRecord {
-            key_id: key.id(),
-            members: [
+        let record = AppliedRecord::new(
+            key.id(),
+            [
                 (
                     ResourceRef::secret("db"),
                     MemberState::Present(key.secret(None)),
@@ -147,7 +203,7 @@ mod tests {
                 (ResourceRef::config_map("app"), MemberState::Absent),
             ]
             .into(),
-        };
+        );
         let text = record.render();
         assert!(text.contains("\"Secret/db\""), "{text}");
         assert_eq!(AppliedRecord::parse(&text), Some(record.clone()));
@@ -155,6 +211,30 @@ mod tests {
             Applied::from_annotation(Some(&text)),
             Applied::Record(record)
         );
+    }
+
+    #[test]
+    fn large_records_are_summarised_within_the_limit() {
+        let key = DigestKey::generate();
+        let members: Members = (0..2000)
+            .map(|i| {
+                let name = format!("a-rather-long-secret-name-{i:05}");
+                (
+                    ResourceRef::secret(name),
+                    MemberState::Present(key.secret(None)),
+                )
+            })
+            .collect();
+        let record = AppliedRecord::new(key.id(), members.clone());
+        let text = record.render();
+        assert!(text.len() <= RECORD_LIMIT, "{} bytes", text.len());
+        let read = AppliedRecord::parse(&text).unwrap();
+        assert_eq!(read.key_id, key.id());
+        assert!(read.members.is_empty());
+        assert_eq!(read.summary, Some(summarize(&members)));
+        let mut changed = members;
+        changed.insert(ResourceRef::secret("one-more"), MemberState::Absent);
+        assert_ne!(read.summary, Some(summarize(&changed)));
     }
 
     #[test]
@@ -178,10 +258,10 @@ mod tests {
     #[test]
     fn restarted_at_round_trips_with_sub_second_precision() {
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
-        let text = format_restarted_at(at);
+        let text = format_time(at);
         assert_eq!(text, "2023-11-14T22:13:20.123456789Z");
-        assert_eq!(parse_restarted_at(Some(&text)), Some(at));
-        assert_eq!(parse_restarted_at(Some("yesterday")), None);
-        assert_eq!(parse_restarted_at(None), None);
+        assert_eq!(parse_time(Some(&text)), Some(at));
+        assert_eq!(parse_time(Some("yesterday")), None);
+        assert_eq!(parse_time(None), None);
     }
 }

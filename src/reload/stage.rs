@@ -9,28 +9,45 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use std::collections::HashMap;
+
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::watcher::Event;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, ApiResource, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tracing::{debug, info, warn};
 
-use super::annotations::PolicyProblem;
-use super::decide::{Schedule, Situation, Verdict, decide, desired_members};
+use super::annotations::{PolicyProblem, RELOADER_PAUSED_AT};
+use super::decide::{
+    Decision, Pacer, Pause, Schedule, Situation, Verdict, decide, desired_members,
+    effective_last_restart,
+};
+use super::dynamic;
 use super::events::{EventPublisher, Regarding};
 use super::index::{Index, ResourceChange, WorkloadObservation};
-use super::kinds::{WorkloadKind, WorkloadRef};
+use super::job::job_for;
+use super::kinds::{RestartMethod, WorkloadKind, WorkloadRef};
 use super::metrics::ReloadMetrics;
 use super::observe::{WorkloadObject, observe_workload};
 use super::record::{
-    AppliedRecord, DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION, format_restarted_at,
+    AppliedRecord, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION, format_time,
 };
 use super::watch::{Input, Listing, Observed, Source, Watched};
 
 /// Wait before retrying a workload whose patch failed for another reason
-/// than a conflict (which the next watch event resolves).
+/// than a conflict (which the next watch event resolves); doubled with each
+/// failure in a row, up to [`MAX_RETRY_DELAY`].
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(10);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
+
+/// The backoff after `failures` failed writes in a row (at least one).
+fn retry_delay(failures: u32) -> Duration {
+    RETRY_AFTER_ERROR
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(MAX_RETRY_DELAY)
+}
 
 const FIELD_MANAGER: &str = "kvsync-reload";
 
@@ -39,6 +56,7 @@ const FIELD_MANAGER: &str = "kvsync-reload";
 pub struct Timing {
     pub debounce: Duration,
     pub min_reload_interval: Duration,
+    pub max_rollouts_per_second: u32,
 }
 
 /// How an object came to be observed.
@@ -52,6 +70,8 @@ enum Seen {
 
 struct SourceState {
     source: Source,
+    /// Readiness waits for its first list (not for an API that may appear later).
+    required: bool,
     listed_once: bool,
     /// Keys seen since the last `Init`, while a (re-)list is in progress.
     listing: Option<Listing>,
@@ -59,10 +79,15 @@ struct SourceState {
 
 pub struct Stage {
     client: kube::Client,
+    /// The APIs of the dynamic kinds (see [`dynamic`]).
+    apis: HashMap<WorkloadKind, ApiResource>,
     key_id: String,
     timing: Timing,
     index: Index,
     schedule: Schedule<WorkloadRef>,
+    pacer: Pacer<WorkloadRef>,
+    /// Failed writes in a row, per workload (for the backoff).
+    failures: HashMap<WorkloadRef, u32>,
     sources: Vec<SourceState>,
     ready: bool,
     events: EventPublisher,
@@ -75,20 +100,25 @@ impl Stage {
         key_id: String,
         timing: Timing,
         sources: Vec<Source>,
+        apis: HashMap<WorkloadKind, ApiResource>,
         namespace_selector: bool,
         metrics: ReloadMetrics,
     ) -> Self {
         Stage {
+            pacer: Pacer::new(timing.max_rollouts_per_second),
             events: EventPublisher::new(client.clone(), metrics.clone()),
             metrics,
             client,
+            apis,
             key_id,
             timing,
             index: Index::new(namespace_selector),
             schedule: Schedule::default(),
+            failures: HashMap::new(),
             sources: sources
                 .into_iter()
                 .map(|source| SourceState {
+                    required: source.required,
                     source,
                     listed_once: false,
                     listing: None,
@@ -100,6 +130,7 @@ impl Stage {
 
     /// Runs until `inputs` ends (it does not: watchers retry forever).
     pub async fn run(mut self, mut inputs: BoxStream<'static, Input>) {
+        self.report_unlisted();
         loop {
             let due = if self.ready {
                 self.schedule.next_due()
@@ -127,6 +158,9 @@ impl Stage {
                 self.metrics.error("watch");
                 let watched = self.sources.get(source).map(|s| &s.source);
                 warn!(?watched, %error, "watch failed; retrying with backoff");
+                if is_forbidden(&error) {
+                    self.stop_waiting_for(source);
+                }
             }
             Input::Fetched(Ok(Some(observation))) => {
                 self.observe(Observed::Resource(observation), Seen::Written)
@@ -189,8 +223,20 @@ impl Stage {
         }
     }
 
-    fn observe_workload(&mut self, observation: WorkloadObservation, due: Instant) {
+    fn observe_workload(&mut self, mut observation: WorkloadObservation, due: Instant) {
         let workload = observation.workload.clone();
+        let previous = self
+            .index
+            .workload(&workload)
+            .map(|w| (w.restart_stamp, w.last_restart));
+        let stamp = observation.state.restart_stamp;
+        let (last_restart, in_future) =
+            effective_last_restart(stamp, previous, OffsetDateTime::now_utc());
+        observation.state.last_restart = last_restart;
+        if in_future {
+            warn!(%workload, stamp = ?stamp.map(format_time),
+                  "the last restart is stamped in the future (hand edit or clock skew); timing the next restart from now");
+        }
         let uid = observation.state.uid.clone();
         let change = self.index.apply_workload(observation);
         // A namespace outside `--namespace-selector` is not the operator's to
@@ -213,8 +259,14 @@ impl Stage {
             self.metrics.error("invalid_annotation");
             warn!(%workload, %problem, "unusable reload annotation");
         }
-        self.events
-            .invalid_annotations(Regarding { workload, uid }, problems);
+        self.events.invalid_annotations(
+            Regarding {
+                workload,
+                api_version: self.api_version(workload.kind),
+                uid,
+            },
+            problems,
+        );
     }
 
     fn forget(&mut self, observed: Observed) {
@@ -227,6 +279,8 @@ impl Stage {
             Observed::Workload(w) => {
                 self.index.remove_workload(&w.workload);
                 self.schedule.forget(&w.workload);
+                self.pacer.release(&w.workload);
+                self.failures.remove(&w.workload);
             }
             Observed::Namespace { name, .. } => {
                 self.index.set_selected(&name, false);
@@ -249,8 +303,36 @@ impl Stage {
         }
     }
 
+    /// A watch the operator may not run (RBAC without that kind, e.g. an
+    /// older chart without CronJobs) is reported and not waited for: the
+    /// other kinds are reloaded meanwhile.
+    fn stop_waiting_for(&mut self, source: usize) {
+        let Some(state) = self.sources.get_mut(source) else {
+            return;
+        };
+        if state.required && !state.listed_once {
+            state.required = false;
+            self.metrics.error("watch_forbidden");
+            warn!(watched = %state.source, "forbidden to list this kind; reloading the others without it (grant list and watch to the operator)");
+            self.events.watch_forbidden(&state.source.to_string());
+            self.become_ready_when_listed();
+        }
+    }
+
+    /// Publishes the watches readiness still waits for.
+    fn report_unlisted(&self) {
+        let unlisted = self
+            .sources
+            .iter()
+            .filter(|s| s.required && !s.listed_once)
+            .map(|s| s.source.to_string())
+            .collect();
+        self.metrics.set_unlisted(unlisted);
+    }
+
     fn become_ready_when_listed(&mut self) {
-        if self.ready || !self.sources.iter().all(|s| s.listed_once) {
+        self.report_unlisted();
+        if self.ready || !self.sources.iter().all(|s| s.listed_once || !s.required) {
             return;
         }
         self.ready = true;
@@ -272,78 +354,188 @@ impl Stage {
     }
 
     async fn evaluate(&mut self, workload: WorkloadRef) {
-        if !self.index.is_selected(&workload.namespace) {
-            return;
-        }
-        let Some(state) = self.index.workload(&workload) else {
+        let state = self
+            .index
+            .workload(&workload)
+            .filter(|s| !s.deleting && self.index.is_selected(&workload.namespace));
+        let Some(state) = state else {
+            // Out of scope or going: it gives up any rollout slot it held.
+            self.pacer.release(&workload);
+            self.metrics.set_queued(self.pacer.queued());
             return;
         };
-        if state.deleting {
-            return;
-        }
         let desired = desired_members(
             &state.policy,
             &state.uses,
             self.index.resources(&workload.namespace),
         );
+        let covered = self.index.covered_by_template(&workload);
         let now = OffsetDateTime::now_utc();
-        let verdict = decide(&Situation {
+        let pause = Pause {
+            period: state.policy.pause_period,
+            started: state.paused_at,
+            by_reloader: state.reloader_paused_since,
+        };
+        let Decision { verdict, end_pause } = decide(&Situation {
             opted_in: !state.policy.is_inert(),
             applied: &state.applied,
             key_id: &self.key_id,
             desired: &desired,
             uses: &state.uses,
             last_restart: state.last_restart,
-            min_interval: self
-                .timing
-                .min_reload_interval
-                .max(state.policy.pause_period.unwrap_or_default()),
+            min_interval: self.timing.min_reload_interval,
+            pause,
+            covered: &covered,
+            suspended: matches!(state.restart, RestartMethod::Job { suspended: true }),
             now,
         });
         let resource_version = state.resource_version.clone();
         let uid = state.uid.clone();
-        let record = |members| AppliedRecord {
-            key_id: self.key_id.clone(),
-            members,
+        let method = state.restart;
+        let last_restart = state.last_restart;
+        let record = |members| AppliedRecord::new(self.key_id.clone(), members);
+        let mut changes = Changes {
+            record: RecordChange::Keep,
+            restarted_at: None,
+            pause: if end_pause {
+                PauseChange::End {
+                    resume: pause.by_reloader.is_some(),
+                }
+            } else {
+                PauseChange::Keep
+            },
         };
+        if end_pause {
+            info!(%workload, resumed = pause.by_reloader.is_some(), "pause period over");
+        }
+        if !matches!(verdict, Verdict::Restart { .. }) {
+            self.pacer.release(&workload);
+            self.metrics.set_queued(self.pacer.queued());
+        }
         match verdict {
-            Verdict::UpToDate => {}
+            Verdict::UpToDate => {
+                if end_pause {
+                    self.write(&workload, patch_body(&resource_version, method, &changes))
+                        .await;
+                }
+            }
             Verdict::Baseline {
                 why,
                 record: members,
             } => {
                 self.metrics.skipped(why.as_str(), 1);
                 info!(%workload, reason = why.as_str(), "recording digests without a restart");
-                let body = patch_body(&resource_version, Some(&record(members)), None);
-                self.write(&workload, body).await;
+                changes.record = RecordChange::Set(record(members));
+                self.write(&workload, patch_body(&resource_version, method, &changes))
+                    .await;
             }
             Verdict::Forget => {
                 info!(%workload, "no reload annotations any more; removing the digest record");
-                self.write(&workload, patch_body(&resource_version, None, None))
+                changes.record = RecordChange::Remove;
+                self.write(&workload, patch_body(&resource_version, method, &changes))
                     .await;
             }
             Verdict::Restart {
                 changed,
                 record: members,
             } => {
-                let body = patch_body(&resource_version, Some(&record(members)), Some(now));
-                if self.write(&workload, body).await {
+                let record = record(members);
+                let admitted = self.pacer.admit(workload.clone(), Instant::now());
+                self.metrics.set_queued(self.pacer.queued());
+                if let Err(slot) = admitted {
+                    self.schedule.postpone(workload, slot);
+                    return;
+                }
+                if let RestartMethod::Job { .. } = method
+                    && !self.create_job(&workload, last_restart, &record).await
+                {
+                    return;
+                }
+                changes.record = RecordChange::Set(record);
+                changes.restarted_at = Some(now);
+                if self
+                    .write(&workload, patch_body(&resource_version, method, &changes))
+                    .await
+                {
                     self.metrics.rollout(workload.kind.as_str());
                     let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
                     info!(%workload, changed = ?names, "rolling restart");
                     self.events.reloaded(
                         Regarding {
                             workload: &workload,
+                            api_version: self.api_version(workload.kind),
                             uid: &uid,
                         },
                         &changed,
                     );
                 }
             }
+            Verdict::Pause { period, changed } => {
+                self.metrics.skipped("paused", 1);
+                info!(%workload, ?period, changed = changed.len(), "pause period started; restarting when it ends");
+                changes.pause = PauseChange::Start(now);
+                if self
+                    .write(&workload, patch_body(&resource_version, method, &changes))
+                    .await
+                {
+                    self.schedule.postpone(workload, Instant::now() + period);
+                }
+            }
             Verdict::Wait { remaining, changed } => {
                 self.metrics.skipped("rate_limited", 1);
-                info!(%workload, ?remaining, changed = changed.len(), "restart deferred by the minimum interval");
+                info!(%workload, ?remaining, changed = changed.len(), "restart deferred by the minimum interval or a pause period");
                 self.schedule.postpone(workload, Instant::now() + remaining);
+            }
+        }
+    }
+
+    /// The `apiVersion` the workload's kind is served as.
+    fn api_version(&self, kind: WorkloadKind) -> &str {
+        self.apis
+            .get(&kind)
+            .map_or("apps/v1", |api| api.api_version.as_str())
+    }
+
+    /// Creates the Job for this restart of a CronJob (see [`super::job`]);
+    /// returns whether it exists now. On failure the CronJob is looked at
+    /// again later.
+    async fn create_job(
+        &mut self,
+        workload: &WorkloadRef,
+        last_restart: Option<OffsetDateTime>,
+        record: &AppliedRecord,
+    ) -> bool {
+        let Some(api) = self.apis.get(&workload.kind) else {
+            return false;
+        };
+        let restart = format!("{:?} {}", last_restart.map(format_time), record.render());
+        let cron_job = dynamic::api(self.client.clone(), api, &workload.namespace)
+            .get_opt(&workload.name)
+            .await
+            .map(|found| found.as_ref().and_then(dynamic::cron_job));
+        let result = match cron_job {
+            Ok(Some(cron_job)) => match job_for(&cron_job, &api.api_version, &restart) {
+                Some(job) => Api::<Job>::namespaced(self.client.clone(), &workload.namespace)
+                    .create(
+                        &PostParams {
+                            field_manager: Some(FIELD_MANAGER.to_owned()),
+                            ..PostParams::default()
+                        },
+                        &job,
+                    )
+                    .await
+                    .map(drop),
+                None => return false,
+            },
+            Ok(None) => return false,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(()) => true,
+            Err(kube::Error::Api(status)) if status.is_already_exists() => true,
+            Err(error) => {
+                self.failed(workload, "job", &error);
+                false
             }
         }
     }
@@ -356,9 +548,14 @@ impl Stage {
             WorkloadKind::Deployment => patch::<Deployment>(client, workload, body).await,
             WorkloadKind::StatefulSet => patch::<StatefulSet>(client, workload, body).await,
             WorkloadKind::DaemonSet => patch::<DaemonSet>(client, workload, body).await,
+            WorkloadKind::CronJob | WorkloadKind::Rollout => match self.apis.get(&workload.kind) {
+                Some(api) => dynamic::patch(client, api, workload, &patch_params(), body).await,
+                None => return false,
+            },
         };
         match result {
             Ok(updated) => {
+                self.failures.remove(workload);
                 if let Some(observation) = updated {
                     self.observe_workload(observation, Instant::now() + self.timing.debounce);
                 }
@@ -373,13 +570,37 @@ impl Stage {
             }
             Err(kube::Error::Api(status)) if status.is_not_found() => false,
             Err(error) => {
-                self.metrics.error("patch");
-                warn!(%workload, %error, "could not update the workload; retrying");
-                self.schedule
-                    .mark(workload.clone(), Instant::now() + RETRY_AFTER_ERROR);
+                self.failed(workload, "patch", &error);
                 false
             }
         }
+    }
+
+    /// Counts and logs a failed write (`what`: `patch` or `job`) and looks at
+    /// the workload again after a backoff that doubles with each failure in
+    /// a row. A refusal (a 4xx: an admission webhook, a 422) is published as
+    /// one Warning Event, on the first failure of the row.
+    fn failed(&mut self, workload: &WorkloadRef, what: &'static str, error: &kube::Error) {
+        let failures = self.failures.entry(workload.clone()).or_default();
+        *failures += 1;
+        let failures = *failures;
+        let delay = retry_delay(failures);
+        let refused = matches!(error, kube::Error::Api(status) if (400..500).contains(&status.code) && status.code != 429);
+        self.metrics.error(if refused { "refused" } else { what });
+        warn!(%workload, %error, failures, ?delay, "could not update the workload; retrying after a backoff");
+        if refused
+            && failures == 1
+            && let Some(state) = self.index.workload(workload)
+        {
+            let regarding = Regarding {
+                workload,
+                api_version: self.api_version(workload.kind),
+                uid: &state.uid,
+            };
+            self.events.refused(regarding, &error.to_string());
+        }
+        self.schedule
+            .postpone(workload.clone(), Instant::now() + delay);
     }
 }
 
@@ -389,36 +610,98 @@ async fn patch<W: WorkloadObject>(
     body: Value,
 ) -> Result<Option<WorkloadObservation>, kube::Error> {
     let api: Api<W> = Api::namespaced(client, &workload.namespace);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
     let updated = api
-        .patch(&workload.name, &params, &Patch::Merge(body))
+        .patch(&workload.name, &patch_params(), &Patch::Merge(body))
         .await?;
     Ok(observe_workload(&updated))
 }
 
-/// The one merge patch that records digests (`None`: removes the record) and,
-/// with `restarted_at`, restarts. `resourceVersion` makes it conditional on
-/// the workload being as evaluated.
-fn patch_body(
-    resource_version: &str,
-    record: Option<&AppliedRecord>,
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
+/// What one patch of a workload writes.
+struct Changes {
+    record: RecordChange,
+    /// Restart: the new `kvsync.io/restartedAt` of the pod template.
     restarted_at: Option<OffsetDateTime>,
-) -> Value {
-    let mut body = json!({
-        "metadata": {
-            "resourceVersion": resource_version,
-            "annotations": { DIGEST_ANNOTATION: record.map(AppliedRecord::render) },
+    pause: PauseChange,
+}
+
+enum RecordChange {
+    Keep,
+    Set(AppliedRecord),
+    Remove,
+}
+
+enum PauseChange {
+    Keep,
+    /// Start a pause period (`kvsync.io/paused-at`).
+    Start(OffsetDateTime),
+    /// End it; `resume`: unpause a Deployment Reloader paused.
+    End {
+        resume: bool,
+    },
+}
+
+/// The one merge patch that records digests, restarts (as `method` says) and
+/// starts or ends a pause. `resourceVersion` makes it conditional on the
+/// workload being as evaluated.
+fn patch_body(resource_version: &str, method: RestartMethod, changes: &Changes) -> Value {
+    let mut annotations = serde_json::Map::new();
+    let mut spec = serde_json::Map::new();
+    match &changes.record {
+        RecordChange::Keep => {}
+        RecordChange::Set(record) => {
+            annotations.insert(DIGEST_ANNOTATION.into(), json!(record.render()));
         }
-    });
-    if let Some(at) = restarted_at {
-        body["spec"] = json!({
-            "template": { "metadata": { "annotations": { RESTARTED_AT_ANNOTATION: format_restarted_at(at) } } }
-        });
+        RecordChange::Remove => {
+            annotations.insert(DIGEST_ANNOTATION.into(), Value::Null);
+        }
+    }
+    match changes.pause {
+        PauseChange::Keep => {}
+        PauseChange::Start(at) => {
+            annotations.insert(PAUSED_AT_ANNOTATION.into(), json!(format_time(at)));
+        }
+        PauseChange::End { resume } => {
+            annotations.insert(PAUSED_AT_ANNOTATION.into(), Value::Null);
+            if resume {
+                annotations.insert(RELOADER_PAUSED_AT.into(), Value::Null);
+                spec.insert("paused".into(), json!(false));
+            }
+        }
+    }
+    if let Some(at) = changes.restarted_at {
+        let at = json!(format_time(at));
+        match method {
+            RestartMethod::PodTemplate => {
+                spec.insert(
+                    "template".into(),
+                    json!({ "metadata": { "annotations": { RESTARTED_AT_ANNOTATION: at } } }),
+                );
+            }
+            RestartMethod::RestartAt => {
+                spec.insert("restartAt".into(), at);
+            }
+            RestartMethod::Job { .. } => {
+                annotations.insert(RESTARTED_AT_ANNOTATION.into(), at);
+            }
+        }
+    }
+    let mut body =
+        json!({ "metadata": { "resourceVersion": resource_version, "annotations": annotations } });
+    if !spec.is_empty() {
+        body["spec"] = Value::Object(spec);
     }
     body
+}
+
+fn is_forbidden(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.is_forbidden())
 }
 
 async fn sleep_until(due: Option<Instant>) {
@@ -433,43 +716,62 @@ mod tests {
     use super::*;
     use crate::reload::record::Members;
 
+    fn record() -> AppliedRecord {
+        AppliedRecord::new("k".into(), Members::new())
+    }
+
+    #[test]
+    fn failed_writes_back_off_exponentially_up_to_ten_minutes() {
+        let delays: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 320, 600, 600]);
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY_DELAY);
+    }
+
     #[test]
     fn restart_and_record_go_in_one_conditional_patch() {
-        let record = AppliedRecord {
-            key_id: "k".into(),
-            members: Members::new(),
-        };
         let at = OffsetDateTime::from_unix_timestamp(0).unwrap();
-        let body = patch_body("41", Some(&record), Some(at));
+        let changes = Changes {
+            record: RecordChange::Set(record()),
+            restarted_at: Some(at),
+            pause: PauseChange::End { resume: true },
+        };
+        let body = patch_body("41", RestartMethod::PodTemplate, &changes);
         assert_eq!(body["metadata"]["resourceVersion"], "41");
-        assert_eq!(
-            body["metadata"]["annotations"][DIGEST_ANNOTATION],
-            record.render()
-        );
+        let annotations = &body["metadata"]["annotations"];
+        assert_eq!(annotations[DIGEST_ANNOTATION], record().render());
         assert_eq!(
             body["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT_ANNOTATION],
             "1970-01-01T00:00:00Z"
         );
+        assert_eq!(body["spec"]["paused"], false, "resumed in the same patch");
+        assert!(annotations[RELOADER_PAUSED_AT].is_null());
+        assert!(annotations[PAUSED_AT_ANNOTATION].is_null());
     }
 
     #[test]
-    fn baselines_touch_metadata_only_and_forgetting_removes_the_record() {
-        let record = AppliedRecord {
-            key_id: "k".into(),
-            members: Members::new(),
+    fn baselines_and_pauses_touch_metadata_only_and_forgetting_removes_the_record() {
+        let at = OffsetDateTime::from_unix_timestamp(0).unwrap();
+        let changes = Changes {
+            record: RecordChange::Keep,
+            restarted_at: None,
+            pause: PauseChange::Start(at),
         };
-        let body = patch_body("1", Some(&record), None);
+        let body = patch_body("1", RestartMethod::PodTemplate, &changes);
         assert!(body.get("spec").is_none(), "{body}");
-        let body = patch_body("1", None, None);
         assert_eq!(
-            body["metadata"]["annotations"][DIGEST_ANNOTATION],
-            Value::Null
+            body["metadata"]["annotations"],
+            json!({ PAUSED_AT_ANNOTATION: "1970-01-01T00:00:00Z" })
         );
-        assert!(
-            body["metadata"]["annotations"]
-                .as_object()
-                .unwrap()
-                .contains_key(DIGEST_ANNOTATION)
+        let changes = Changes {
+            record: RecordChange::Remove,
+            restarted_at: None,
+            pause: PauseChange::End { resume: false },
+        };
+        let body = patch_body("1", RestartMethod::PodTemplate, &changes);
+        assert!(body.get("spec").is_none(), "{body}");
+        assert_eq!(
+            body["metadata"]["annotations"],
+            json!({ DIGEST_ANNOTATION: null, PAUSED_AT_ANNOTATION: null })
         );
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use futures::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::Api;
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 
 use super::SecretWritten;
 use super::digest::DigestKey;
+use super::dynamic;
 use super::index::{ResourceObservation, WorkloadObservation};
 use super::kinds::{ResourceKind, WorkloadKind};
 use super::observe::{ResourceObject, WorkloadObject, observe_resource, observe_workload};
@@ -65,6 +66,23 @@ pub enum Watched {
 pub struct Source {
     pub watched: Watched,
     pub namespace: Option<String>,
+    /// Served at start-up: readiness waits for its first list. An API that
+    /// may appear later (a CRD installed meanwhile) does not hold it up.
+    pub required: bool,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.watched {
+            Watched::Resources(kind) => f.write_str(kind.as_str())?,
+            Watched::Workloads(kind) => f.write_str(kind.as_str())?,
+            Watched::Namespaces => f.write_str("Namespace")?,
+        }
+        match &self.namespace {
+            Some(namespace) => write!(f, " in {namespace}"),
+            None => f.write_str(" (all namespaces)"),
+        }
+    }
 }
 
 /// An item of the merged input stream.
@@ -94,6 +112,8 @@ pub struct WatchPlan {
     pub key: Arc<DigestKey>,
     pub scope: ScopeArgs,
     pub resource_selector: Option<LabelSelector>,
+    /// The dynamic kinds and the API serving each at start-up, if any.
+    pub dynamic: Vec<(WorkloadKind, Option<ApiResource>)>,
 }
 
 impl WatchPlan {
@@ -121,9 +141,10 @@ impl WatchPlan {
                 sources.push(Source {
                     watched: Watched::Resources(kind),
                     namespace: namespace.map(str::to_owned),
+                    required: true,
                 });
             }
-            for kind in WorkloadKind::ALL {
+            for kind in WorkloadKind::APPS {
                 let stream = match kind {
                     WorkloadKind::Deployment => {
                         self.workload_stream::<Deployment>(sources.len(), namespace)
@@ -131,14 +152,31 @@ impl WatchPlan {
                     WorkloadKind::StatefulSet => {
                         self.workload_stream::<StatefulSet>(sources.len(), namespace)
                     }
-                    WorkloadKind::DaemonSet => {
-                        self.workload_stream::<DaemonSet>(sources.len(), namespace)
-                    }
+                    _ => self.workload_stream::<DaemonSet>(sources.len(), namespace),
                 };
                 streams.push(stream);
                 sources.push(Source {
                     watched: Watched::Workloads(kind),
                     namespace: namespace.map(str::to_owned),
+                    required: true,
+                });
+            }
+            for (kind, served) in &self.dynamic {
+                let dynamic = DynamicWatch {
+                    client: self.client.clone(),
+                    scope: self.scope.clone(),
+                    namespace: namespace.map(str::to_owned),
+                    kind: *kind,
+                    source: sources.len(),
+                };
+                streams.push(match served {
+                    Some(api) => dynamic.stream(api),
+                    None => dynamic.when_served(),
+                });
+                sources.push(Source {
+                    watched: Watched::Workloads(*kind),
+                    namespace: namespace.map(str::to_owned),
+                    required: served.is_some(),
                 });
             }
         }
@@ -159,6 +197,7 @@ impl WatchPlan {
             sources.push(Source {
                 watched: Watched::Namespaces,
                 namespace: None,
+                required: true,
             });
         }
         streams.push(self.fast_path(inbox));
@@ -251,6 +290,65 @@ impl WatchPlan {
     }
 }
 
+/// A watcher of one dynamic kind (see [`dynamic`]) in one namespace (or all).
+struct DynamicWatch {
+    client: Client,
+    scope: ScopeArgs,
+    namespace: Option<String>,
+    kind: WorkloadKind,
+    source: usize,
+}
+
+impl DynamicWatch {
+    fn stream(self, api: &ApiResource) -> BoxStream<'static, Input> {
+        let objects = match &self.namespace {
+            Some(ns) => dynamic::api(self.client, api, ns),
+            None => Api::all_with(self.client, api),
+        };
+        let (scope, kind) = (self.scope, self.kind);
+        watch_stream(
+            objects,
+            crate::cluster::watch_config(),
+            self.source,
+            move |object: &DynamicObject| {
+                in_scope(&scope, object)
+                    .then(|| {
+                        dynamic::observe_dynamic(kind, object)
+                            .map(|w| Observed::Workload(Box::new(w)))
+                    })
+                    .flatten()
+            },
+        )
+    }
+
+    /// Looks for the API every [`dynamic::REDISCOVERY`] until it is served,
+    /// then watches it.
+    fn when_served(self) -> BoxStream<'static, Input> {
+        let client = self.client.clone();
+        let kind = self.kind;
+        stream::once(async move {
+            loop {
+                tokio::time::sleep(dynamic::REDISCOVERY).await;
+                if let Ok(Some(api)) = dynamic::discover(&client, kind).await {
+                    tracing::info!(kind = kind.as_str(), api = %api.api_version, "API now served; watching it");
+                    return api;
+                }
+            }
+        })
+        .flat_map(move |api| {
+            DynamicWatch {
+                client: self.client.clone(),
+                scope: self.scope.clone(),
+                namespace: self.namespace.clone(),
+                kind: self.kind,
+                source: self.source,
+            }
+            .stream(&api)
+        })
+        .boxed()
+    }
+}
+
 fn in_scope<K: Resource>(scope: &ScopeArgs, object: &K) -> bool {
     object
         .meta()
@@ -271,7 +369,7 @@ where
     F: Fn(&K) -> Option<Observed> + Send + 'static,
 {
     watcher::watcher(api, config)
-        .default_backoff()
+        .backoff(crate::cluster::watch_backoff())
         .filter_map(move |item| {
             let input = match item {
                 Ok(event) => {

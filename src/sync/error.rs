@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use super::render::RenderError;
+use super::template::TemplateError;
 use crate::vault::VaultError;
 
 /// A sync that did not complete. The Secret keeps its last good data.
@@ -27,6 +28,10 @@ pub enum SyncError {
     /// encoding…): fixed in the vault, so it is looked at again every interval.
     #[error(transparent)]
     Content(#[from] RenderError),
+    /// A `target.template` does not parse (`InvalidSpec`) or failed on the
+    /// fetched values (`TemplateFailed`, looked at again every interval).
+    #[error(transparent)]
+    Template(#[from] TemplateError),
     /// The identity cannot be used as configured.
     #[error("{0}")]
     AuthConfig(String),
@@ -44,6 +49,16 @@ pub enum SyncError {
         "Secret {0} does not exist; creationPolicy Merge only adds keys to an existing Secret: create it, or use creationPolicy Owner"
     )]
     SecretMissing(String),
+    /// `target.immutable`: the Secret was written once and the vault changed since.
+    #[error(
+        "Secret {0} is immutable (target.immutable) and Key Vault's content changed; delete the Secret to have it written again"
+    )]
+    Immutable(String),
+    /// `deletionPolicy: Delete` and every remote secret is gone: the Secret was let go of.
+    #[error(
+        "every referenced remote secret is deleted; Secret {0} was removed (deletionPolicy: Delete) and comes back with them"
+    )]
+    RemoteDeleted(String),
     /// The API server refused to write the Secret (RBAC, admission webhook, quota, conflict).
     #[error("writing Secret {secret} failed: {message}")]
     WriteFailed { secret: String, message: String },
@@ -71,10 +86,14 @@ impl SyncError {
     pub fn reason(&self) -> &'static str {
         match self {
             SyncError::InvalidSpec(_) | SyncError::Content(_) => "InvalidSpec",
+            SyncError::Template(TemplateError::Syntax { .. }) => "InvalidSpec",
+            SyncError::Template(TemplateError::Render { .. }) => "TemplateFailed",
             SyncError::AuthConfig(_) => "AuthFailed",
             SyncError::Vault { error } => error.reason(),
             SyncError::Conflict(_) => "SecretConflict",
             SyncError::SecretMissing(_) => "SecretMissing",
+            SyncError::Immutable(_) => "SecretImmutable",
+            SyncError::RemoteDeleted(_) => "RemoteDeleted",
             SyncError::WriteFailed { .. } => "WriteFailed",
             SyncError::Kube(_) => Self::KUBE_REASON,
         }
@@ -85,8 +104,12 @@ impl SyncError {
             SyncError::InvalidSpec(_)
             | SyncError::AuthConfig(_)
             | SyncError::Conflict(_)
-            | SyncError::SecretMissing(_) => Retry::AfterChange,
-            SyncError::Content(_) => Retry::AtInterval,
+            | SyncError::SecretMissing(_)
+            | SyncError::Template(TemplateError::Syntax { .. }) => Retry::AfterChange,
+            SyncError::Content(_)
+            | SyncError::Template(TemplateError::Render { .. })
+            | SyncError::Immutable(_)
+            | SyncError::RemoteDeleted(_) => Retry::AtInterval,
             SyncError::Vault { error } => Retry::Backoff(error.retry_after()),
             SyncError::WriteFailed { .. } | SyncError::Kube(_) => Retry::Backoff(None),
         }

@@ -3,7 +3,8 @@
 //! ```text
 //!  spec.data[] / spec.dataFrom[] ──▶ Fetcher (each distinct ref read once per sync,
 //!                                    │        at the sync's Freshness)
-//!                                    └──▶ render (pure) ──▶ Rendered { data, versions }
+//!                                    └──▶ render (pure) ──▶ dataFrom keys shaped (keys.rs)
+//!                                                       ──▶ Rendered { data, versions }
 //! ```
 //!
 //! All or nothing: the first failure ends the sync and nothing is written.
@@ -14,8 +15,9 @@ use regex::Regex;
 
 use super::Context;
 use super::error::SyncError;
+use super::keys::KeyShaping;
 use super::render;
-use crate::api::{DataFromSource, KeyVaultSecretSpec};
+use crate::api::{DataFromSource, DeletionPolicy, KeyVaultSecretSpec, MetadataPolicy};
 use crate::vault::{Freshness, Identity, Interest, RemoteSecret, RemoteSecretInfo, VaultError};
 
 /// A vault secret as one sync asked for it: name, pinned version, as PEM.
@@ -50,6 +52,7 @@ pub async fn fetch_and_render(
     spec: &KeyVaultSecretSpec,
     identity: &Identity,
     find_patterns: &HashMap<usize, Regex>,
+    shaping: &[KeyShaping],
     freshness: Freshness,
 ) -> Result<Rendered, SyncError> {
     let mut fetcher = Fetcher {
@@ -57,29 +60,53 @@ pub async fn fetch_and_render(
         vault_url: &spec.vault_url,
         identity,
         freshness,
+        absent_ok: spec.target.deletion_policy != DeletionPolicy::Retain,
         seen: BTreeMap::new(),
         listing: None,
     };
     let mut parts = Vec::new();
     for entry in &spec.data {
         let remote_ref = &entry.remote_ref;
-        let remote = fetcher
-            .get(&remote_ref.name, remote_ref.version.as_deref(), false)
-            .await?;
-        let value = render::render_ref(
-            &remote,
-            remote_ref.property.as_deref(),
-            remote_ref.decoding_strategy,
-        )?;
+        let value = match remote_ref.metadata_policy {
+            MetadataPolicy::None => {
+                let version = remote_ref.version.as_deref();
+                let Some(remote) = fetcher
+                    .get_present(&remote_ref.name, version, false)
+                    .await?
+                else {
+                    continue;
+                };
+                render::render_ref(
+                    &remote,
+                    remote_ref.property.as_deref(),
+                    remote_ref.decoding_strategy,
+                )?
+            }
+            MetadataPolicy::Fetch => {
+                let Some(info) = fetcher.info(&remote_ref.name).await? else {
+                    continue;
+                };
+                render::render_tags(
+                    &info,
+                    remote_ref.property.as_deref(),
+                    remote_ref.decoding_strategy,
+                )?
+            }
+        };
         parts.push(BTreeMap::from([(entry.secret_key.clone(), value)]));
     }
     for (index, entry) in spec.data_from.iter().enumerate() {
         let part = match entry.source() {
             Some(DataFromSource::Extract(extract)) => {
-                let remote = fetcher
-                    .get(&extract.name, extract.version.as_deref(), false)
-                    .await?;
-                render::render_extract(&remote, extract.decoding_strategy)?
+                let version = extract.version.as_deref();
+                match fetcher.get_present(&extract.name, version, false).await? {
+                    Some(remote) => render::render_extract(
+                        &remote,
+                        extract.property.as_deref(),
+                        extract.decoding_strategy,
+                    )?,
+                    None => BTreeMap::new(),
+                }
             }
             Some(DataFromSource::Find(find)) => {
                 let listing = fetcher.list().await?;
@@ -94,16 +121,24 @@ pub async fn fetch_and_render(
                 found
             }
             Some(DataFromSource::Certificate(certificate)) => {
-                let remote = fetcher
-                    .get(&certificate.name, certificate.version.as_deref(), true)
-                    .await?;
-                render::render_certificate(&remote)?
+                let version = certificate.version.as_deref();
+                match fetcher
+                    .get_present(&certificate.name, version, true)
+                    .await?
+                {
+                    Some(remote) => render::render_certificate(&remote)?,
+                    None => BTreeMap::new(),
+                }
             }
             None => {
                 return Err(SyncError::InvalidSpec(format!(
                     "dataFrom[{index}] needs exactly one of extract, find, certificate"
                 )));
             }
+        };
+        let part = match shaping.get(index) {
+            Some(shaping) => shaping.apply(index, part)?,
+            None => part,
         };
         parts.push(part);
     }
@@ -119,6 +154,8 @@ struct Fetcher<'a> {
     vault_url: &'a str,
     identity: &'a Identity,
     freshness: Freshness,
+    /// `deletionPolicy` Merge/Delete: a deleted remote secret is absent, not an error.
+    absent_ok: bool,
     seen: BTreeMap<RefKey, RemoteSecret>,
     listing: Option<Vec<RemoteSecretInfo>>,
 }
@@ -151,6 +188,35 @@ impl Fetcher<'_> {
         let remote = result?;
         self.seen.insert(key, remote.clone());
         Ok(remote)
+    }
+
+    /// [`Self::get`], with a deleted secret as `None` when the deletion policy allows.
+    async fn get_present(
+        &mut self,
+        name: &str,
+        version: Option<&str>,
+        as_pem: bool,
+    ) -> Result<Option<RemoteSecret>, SyncError> {
+        match self.get(name, version, as_pem).await {
+            Err(SyncError::Vault {
+                error: VaultError::NotFound(_),
+            }) if self.absent_ok => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    /// What the listing says about one secret (its tags), `None` when it is
+    /// gone and the deletion policy allows.
+    async fn info(&mut self, name: &str) -> Result<Option<RemoteSecretInfo>, SyncError> {
+        let found = self
+            .list()
+            .await?
+            .into_iter()
+            .find(|info| info.name == name);
+        match found {
+            None if !self.absent_ok => Err(VaultError::NotFound(name.to_owned()).into()),
+            found => Ok(found),
+        }
     }
 
     async fn list(&mut self) -> Result<Vec<RemoteSecretInfo>, SyncError> {

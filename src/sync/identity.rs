@@ -1,6 +1,7 @@
 //! Which identity reads the vault for a KeyVaultSecret: its own
-//! ServiceAccount (federated), the operator's (only where allowed), or an
-//! app registration whose credential is in a Secret of the namespace.
+//! ServiceAccount (federated), the operator's or the node's managed identity
+//! (only where allowed), or an app registration whose credential is in a
+//! Secret of the namespace.
 //!
 //! Every failure here is the user's to fix ([`SyncError::AuthConfig`] or
 //! [`SyncError::InvalidSpec`]); the ServiceAccount and Secret watches bring
@@ -12,16 +13,22 @@ use kube::api::Api;
 
 use super::Context;
 use super::error::SyncError;
-use crate::api::{ClientSecretAuth, KeyVaultSecret, WorkloadIdentityAuth};
+use crate::api::{Auth, ClientSecretAuth, KeyVaultSecret, WorkloadIdentityAuth};
 use crate::vault::Identity;
 
 /// Service-account annotations set for Azure Workload Identity.
 pub const SA_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
 pub const SA_TENANT_ID_ANNOTATION: &str = "azure.workload.identity/tenant-id";
+/// With `--require-service-account-opt-in`, a ServiceAccount must carry this
+/// annotation set to `"true"` before kvsync exchanges tokens for it.
+pub const SA_OPT_IN_ANNOTATION: &str = "kvsync.io/allow-token-exchange";
 
 pub async fn resolve(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Identity, SyncError> {
     let namespace = kvs.namespace().unwrap_or_default();
     let auth = &kvs.spec.auth;
+    if auth.managed_identity.is_some() {
+        return managed_identity(ctx, &namespace, auth);
+    }
     match (
         &auth.workload_identity,
         &auth.client_secret,
@@ -44,19 +51,45 @@ pub async fn resolve(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Identity, Sy
             client_id: auth.client_id.clone(),
             pem: credential(ctx, &namespace, auth).await?,
         }),
-        _ => Err(SyncError::InvalidSpec(
-            "auth needs exactly one of workloadIdentity, clientSecret, clientCertificate".into(),
-        )),
+        _ => Err(SyncError::InvalidSpec(ONE_AUTH.into())),
     }
+}
+
+const ONE_AUTH: &str =
+    "auth needs exactly one of workloadIdentity, clientSecret, clientCertificate, managedIdentity";
+
+/// Whether this namespace may use identities of the operator's (its own, its node's).
+fn may_use_operator_identity(ctx: &Context, namespace: &str) -> bool {
+    ctx.operator_identity_namespaces
+        .iter()
+        .any(|n| n == namespace)
+}
+
+/// The node's managed identity, if this namespace may use it (it is the
+/// operator's host identity, not the namespace's).
+fn managed_identity(ctx: &Context, namespace: &str, auth: &Auth) -> Result<Identity, SyncError> {
+    let Some(managed) = &auth.managed_identity else {
+        return Err(SyncError::InvalidSpec(ONE_AUTH.into()));
+    };
+    if auth.workload_identity.is_some()
+        || auth.client_secret.is_some()
+        || auth.client_certificate.is_some()
+    {
+        return Err(SyncError::InvalidSpec(ONE_AUTH.into()));
+    }
+    if !may_use_operator_identity(ctx, namespace) {
+        return Err(SyncError::AuthConfig(format!(
+            "the node's managed identity may not be used from namespace {namespace}; use a service account or an app credential of the namespace, or ask the kvsync admin to add {namespace} to --operator-identity-namespaces"
+        )));
+    }
+    Ok(Identity::ManagedIdentity {
+        client_id: managed.client_id.clone(),
+    })
 }
 
 /// The operator's own identity, if this namespace may use it.
 fn operator_identity(ctx: &Context, namespace: &str) -> Result<Identity, SyncError> {
-    if ctx
-        .operator_identity_namespaces
-        .iter()
-        .any(|n| n == namespace)
-    {
+    if may_use_operator_identity(ctx, namespace) {
         Ok(Identity::Operator)
     } else {
         Err(SyncError::AuthConfig(format!(
@@ -82,6 +115,13 @@ async fn service_account_identity(
             ))
         })?;
     let annotation = |key: &str| sa.annotations().get(key).cloned();
+    if ctx.require_service_account_opt_in
+        && annotation(SA_OPT_IN_ANNOTATION).as_deref() != Some("true")
+    {
+        return Err(SyncError::AuthConfig(format!(
+            "service account {sa_name} has not opted in to token exchange by kvsync: annotate it {SA_OPT_IN_ANNOTATION}=\"true\" (this cluster runs kvsync with --require-service-account-opt-in)"
+        )));
+    }
     let client_id = wi
         .client_id
         .clone()

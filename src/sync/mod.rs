@@ -3,7 +3,8 @@
 //! ```text
 //!  KeyVaultSecret (watch, filtered to spec/force-sync/deletion changes) ─┐
 //!  Secret metadata events (target by name or kvsync.io/owner, credentials)┼─▶ reconcile ──▶ vault ──▶ render ──▶ SSA Secret
-//!  ServiceAccount metadata events (workload identity annotations) ───────┤                                   └─▶ reload fast path
+//!  ServiceAccount metadata events (workload identity annotations) ───────┤
+//!  ConfigMap metadata events (templateFrom sources) ──────────────────────┤                                   └─▶ reload fast path
 //!  vault changes found by the listing pollers ───────────────────────────┤
 //!  requeue (refreshInterval ± jitter, or backoff) ───────────────────────┘
 //! ```
@@ -16,12 +17,15 @@
 mod error;
 mod fetch;
 mod identity;
+pub mod keys;
 pub mod memory;
 mod reconciler;
 pub mod render;
 pub mod staleness;
 pub mod status;
 pub mod target;
+pub mod template;
+mod template_from;
 mod write;
 
 pub use error::{Retry, SyncError};
@@ -33,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -41,7 +45,7 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 
-use crate::api::{FORCE_SYNC_ANNOTATION, KeyVaultSecret};
+use crate::api::{FORCE_SYNC_ANNOTATION, KeyVaultSecret, TemplateSourceKind};
 use crate::metrics::SyncMetrics;
 use crate::reload::ReloadNotifier;
 use crate::scope::ScopeArgs;
@@ -57,6 +61,9 @@ pub struct Context {
     pub metrics: SyncMetrics,
     pub scope: ScopeArgs,
     pub operator_identity_namespaces: Vec<String>,
+    /// Only ServiceAccounts annotated `kvsync.io/allow-token-exchange: "true"`
+    /// may be used for workload identity (`--require-service-account-opt-in`).
+    pub require_service_account_opt_in: bool,
     /// Tenant for service accounts that don't name one (the operator's `AZURE_TENANT_ID`).
     pub default_tenant_id: Option<String>,
     pub max_backoff: Duration,
@@ -74,6 +81,7 @@ impl Context {
         metrics: SyncMetrics,
         scope: ScopeArgs,
         operator_identity_namespaces: Vec<String>,
+        require_service_account_opt_in: bool,
         default_tenant_id: Option<String>,
         max_backoff: Duration,
     ) -> Self {
@@ -85,6 +93,7 @@ impl Context {
             metrics,
             scope,
             operator_identity_namespaces,
+            require_service_account_opt_in,
             default_tenant_id,
             max_backoff,
             memory: Mutex::default(),
@@ -165,7 +174,7 @@ fn sync_trigger(kvs: &KeyVaultSecret) -> Option<u64> {
 /// KeyVaultSecrets to sync after an event on this Secret: the one that
 /// writes it (by annotation, covering every creation policy), any whose
 /// target it is by name (a Merge target that appeared, a conflicting
-/// Secret that went away) and any that use it as a credential.
+/// Secret that went away) and any that use it as a credential or template.
 fn affected_by_secret(
     secret: &PartialObjectMeta<Secret>,
     store: &Store<KeyVaultSecret>,
@@ -185,7 +194,34 @@ fn affected_by_secret(
                     .into_iter()
                     .flatten()
                     .any(|c| c.secret_ref.name == name)
+                || uses_template_source(kvs, TemplateSourceKind::Secret, &name)
         })
+        .map(|kvs| ObjectRef::from_obj(kvs.as_ref()))
+        .collect()
+}
+
+/// Whether `kvs` reads templates from this ConfigMap or Secret.
+fn uses_template_source(kvs: &KeyVaultSecret, kind: TemplateSourceKind, name: &str) -> bool {
+    kvs.spec
+        .target
+        .template
+        .iter()
+        .flat_map(|template| template.sources())
+        .any(|(source_kind, source)| source_kind == kind && source.name == name)
+}
+
+/// KeyVaultSecrets that read templates from this ConfigMap.
+fn affected_by_config_map(
+    config_map: &PartialObjectMeta<ConfigMap>,
+    store: &Store<KeyVaultSecret>,
+) -> Vec<ObjectRef<KeyVaultSecret>> {
+    let namespace = config_map.namespace().unwrap_or_default();
+    let name = config_map.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|kvs| kvs.namespace().as_deref() == Some(&namespace))
+        .filter(|kvs| uses_template_source(kvs, TemplateSourceKind::ConfigMap, &name))
         .map(|kvs| ObjectRef::from_obj(kvs.as_ref()))
         .collect()
 }
@@ -283,7 +319,7 @@ async fn run_controller(
             crate::cluster::watch_config(),
         ),
     )
-    .default_backoff()
+    .backoff(crate::cluster::watch_backoff())
     .inspect(move |event| {
         if let Ok(event) = event {
             follow_ctx.follow(&follow_namespace, event, &follow_store);
@@ -297,15 +333,22 @@ async fn run_controller(
         scoped_api::<PartialObjectMeta<Secret>>(&ctx.client, &namespace),
         crate::cluster::watch_config(),
     )
-    .default_backoff()
+    .backoff(crate::cluster::watch_backoff())
     .touched_objects();
     let sa_events = watcher(
         scoped_api::<PartialObjectMeta<ServiceAccount>>(&ctx.client, &namespace),
         crate::cluster::watch_config(),
     )
+    .backoff(crate::cluster::watch_backoff())
+    .touched_objects();
+    let config_map_events = watcher(
+        scoped_api::<PartialObjectMeta<ConfigMap>>(&ctx.client, &namespace),
+        crate::cluster::watch_config(),
+    )
     .default_backoff()
     .touched_objects();
-    let (secret_store, sa_store) = (reader.clone(), reader.clone());
+    let (secret_store, sa_store, config_map_store) =
+        (reader.clone(), reader.clone(), reader.clone());
     let (secret_ctx, sa_ctx) = (ctx.clone(), ctx.clone());
     Controller::for_stream(kvs_events, reader)
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
@@ -320,6 +363,9 @@ async fn run_controller(
         })
         .watches_stream(sa_events, move |sa| {
             sa_ctx.read_now(affected_by_service_account(&sa, &sa_store))
+        })
+        .watches_stream(config_map_events, move |config_map| {
+            affected_by_config_map(&config_map, &config_map_store)
         })
         .graceful_shutdown_on(shutdown)
         .run(reconciler::reconcile, reconciler::error_policy, ctx)

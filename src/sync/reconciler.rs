@@ -21,15 +21,15 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
-use regex::{Regex, RegexBuilder};
+use regex::Regex;
 use serde_json::json;
 
 use super::error::{Retry, SyncError};
 use super::fetch::{Rendered, fetch_and_render, interest};
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
-use super::target::DesiredSecret;
-use super::{Context, identity, write};
-use crate::api::{CreationPolicy, DataFrom, FIELD_MANAGER, KeyVaultSecret};
+use super::target::{self, DesiredSecret};
+use super::{Context, identity, keys, template, template_from, write};
+use crate::api::{CreationPolicy, DataFrom, DeletionPolicy, FIELD_MANAGER, KeyVaultSecret};
 use crate::schedule;
 use crate::vault::Freshness;
 
@@ -277,6 +277,9 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> 
     let spec = &kvs.spec;
     let interval = validate(kvs, ctx)?;
     let find_patterns = compile_find_patterns(&spec.data_from)?;
+    let shaping = keys::compile(&spec.data_from).map_err(SyncError::InvalidSpec)?;
+    let templates = template_from::load(ctx, kvs).await?;
+    template::check(&templates)?;
     let identity = identity::resolve(kvs, ctx).await?;
     if let Some(interval) = interval {
         ctx.vault.subscribe(
@@ -288,7 +291,14 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> 
         );
     }
     let freshness = freshness(kvs, ctx, interval);
-    let rendered = fetch_and_render(ctx, spec, &identity, &find_patterns, freshness).await?;
+    let mut rendered =
+        fetch_and_render(ctx, spec, &identity, &find_patterns, &shaping, freshness).await?;
+    if rendered.data.is_empty() && spec.target.deletion_policy == DeletionPolicy::Delete {
+        return Err(remove_target(kvs, ctx).await?);
+    }
+    if let Some(target_template) = &spec.target.template {
+        rendered.data = template::render(&templates, &rendered.data, target_template.merge_policy)?;
+    }
     let desired = desired_secret(kvs, &rendered);
     if let Some(previous) = kvs.status.as_ref().and_then(|s| s.secret_name.as_deref())
         && previous != desired.name
@@ -302,12 +312,25 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> 
         )
         .await?;
     }
-    let wrote = write::write_target(ctx, &object_key(kvs), &desired).await?;
+    let wrote = write::write_target(ctx, &object_key(kvs), &desired, spec.target.immutable).await?;
     Ok(Synced {
         secret_name: desired.name,
         rendered,
         wrote,
     })
+}
+
+/// `deletionPolicy: Delete` with every remote secret gone: the target goes
+/// (a Merge target loses kvsync's keys); the returned error says so.
+async fn remove_target(kvs: &KeyVaultSecret, ctx: &Context) -> Result<SyncError, SyncError> {
+    let policy = match kvs.spec.target.creation_policy {
+        CreationPolicy::Merge => CreationPolicy::Merge,
+        CreationPolicy::Owner | CreationPolicy::Orphan => CreationPolicy::Owner,
+    };
+    let name = kvs.target_name();
+    let namespace = kvs.namespace().unwrap_or_default();
+    write::let_go_of_previous(ctx, &namespace, &kvs.name_any(), &name, policy).await?;
+    Ok(SyncError::RemoteDeleted(name))
 }
 
 /// How recent the vault data of this sync must be: as of now for a first
@@ -359,6 +382,7 @@ fn validate(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Option<Duration>, Syn
     let interval = spec
         .refresh_interval()
         .map_err(|e| SyncError::InvalidSpec(format!("refreshInterval: {e}")))?;
+    target::check_target(&spec.target).map_err(|e| SyncError::InvalidSpec(e.to_string()))?;
     if spec.data.is_empty() && spec.data_from.is_empty() {
         return Err(SyncError::InvalidSpec(
             "nothing to sync: add at least one entry to data or dataFrom".into(),
@@ -367,19 +391,16 @@ fn validate(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Option<Duration>, Syn
     Ok(interval)
 }
 
-/// Compiles `find.nameRegex` patterns (size-limited: a user-supplied regex must not eat the operator's memory).
+/// Compiles `find.nameRegex` patterns.
 fn compile_find_patterns(data_from: &[DataFrom]) -> Result<HashMap<usize, Regex>, SyncError> {
     let mut patterns = HashMap::new();
     for (index, entry) in data_from.iter().enumerate() {
         if let Some(pattern) = entry.find.as_ref().and_then(|f| f.name_regex.as_deref()) {
-            let regex = RegexBuilder::new(pattern)
-                .size_limit(1 << 20)
-                .build()
-                .map_err(|e| {
-                    SyncError::InvalidSpec(format!(
-                        "dataFrom[{index}].find.nameRegex is not a valid regular expression: {e}"
-                    ))
-                })?;
+            let regex = keys::user_regex(pattern).map_err(|e| {
+                SyncError::InvalidSpec(format!(
+                    "dataFrom[{index}].find.nameRegex is not a valid regular expression: {e}"
+                ))
+            })?;
             patterns.insert(index, regex);
         }
     }

@@ -27,12 +27,16 @@ pub enum RenderError {
         name: String,
         strategy: DecodingStrategy,
     },
-    #[error("remote secret {name}: key {key:?} from dataFrom.extract is not a valid Secret key")]
-    BadKey { name: String, key: String },
+    #[error(
+        "dataFrom[{entry}]: key {key:?} is not a valid Secret key ([-._a-zA-Z0-9]); use conversionStrategy: Unicode or a rewrite"
+    )]
+    BadKey { entry: usize, key: String },
     #[error(
         "remote secret {name}: certificate needs a PEM value with a CERTIFICATE and a PRIVATE KEY block"
     )]
     NotPemCertificate { name: String },
+    #[error("remote secret {name}: it has no tag {tag:?}")]
+    NoSuchTag { name: String, tag: String },
     #[error("Secret key {key:?} is produced by more than one entry")]
     DuplicateKey { key: String },
 }
@@ -126,12 +130,43 @@ pub fn render_ref(
     })
 }
 
-/// `dataFrom.extract`: one key per top-level field of a JSON object value.
+/// `metadataPolicy: Fetch`: one tag's value (`property` names it), or all
+/// tags as a JSON object (keys sorted, as ESO writes them), decoded.
+pub fn render_tags(
+    info: &RemoteSecretInfo,
+    property: Option<&str>,
+    strategy: DecodingStrategy,
+) -> Result<Vec<u8>, RenderError> {
+    let text = match property.filter(|p| !p.is_empty()) {
+        None => serde_json::to_string(&info.tags).expect("a string map serializes"),
+        Some(tag) => info
+            .tags
+            .get(tag)
+            .cloned()
+            .ok_or_else(|| RenderError::NoSuchTag {
+                name: info.name.clone(),
+                tag: tag.to_owned(),
+            })?,
+    };
+    decode(&text, strategy).ok_or(RenderError::BadEncoding {
+        name: info.name.clone(),
+        strategy,
+    })
+}
+
+/// `dataFrom.extract`: one key per top-level field of a JSON object value
+/// (or of the object at `property`). Keys are checked after shaping.
 pub fn render_extract(
     remote: &RemoteSecret,
+    property: Option<&str>,
     strategy: DecodingStrategy,
 ) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
-    let object = match serde_json::from_str::<serde_json::Value>(&remote.value) {
+    let document = match property.filter(|p| !p.is_empty()) {
+        None => remote.value.clone(),
+        Some(_) => String::from_utf8_lossy(&render_ref(remote, property, DecodingStrategy::None)?)
+            .into_owned(),
+    };
+    let object = match serde_json::from_str::<serde_json::Value>(&document) {
         Ok(serde_json::Value::Object(object)) => object,
         _ => {
             return Err(RenderError::NotJsonObject {
@@ -142,12 +177,6 @@ pub fn render_extract(
     object
         .into_iter()
         .map(|(key, value)| {
-            if !is_secret_key(&key) {
-                return Err(RenderError::BadKey {
-                    name: remote.name.clone(),
-                    key,
-                });
-            }
             let text = match value {
                 serde_json::Value::String(s) => s,
                 other => other.to_string(),
@@ -166,24 +195,11 @@ pub fn render_extract(
 pub fn render_certificate(remote: &RemoteSecret) -> Result<BTreeMap<String, Vec<u8>>, RenderError> {
     let mut certs = String::new();
     let mut key = String::new();
-    let mut current: Option<&mut String> = None;
-    for line in remote.value.lines() {
-        let line = line.trim_end();
-        if line.starts_with("-----BEGIN ") {
-            current = if line.contains("PRIVATE KEY") {
-                Some(&mut key)
-            } else if line.contains("CERTIFICATE") {
-                Some(&mut certs)
-            } else {
-                None
-            };
-        }
-        if let Some(buffer) = current.as_deref_mut() {
-            buffer.push_str(line);
-            buffer.push('\n');
-        }
-        if line.starts_with("-----END ") {
-            current = None;
+    for (label, block) in pem_blocks(&remote.value) {
+        if label.contains("PRIVATE KEY") {
+            key.push_str(&block);
+        } else if label.contains("CERTIFICATE") {
+            certs.push_str(&block);
         }
     }
     if certs.is_empty() || key.is_empty() {
@@ -195,6 +211,30 @@ pub fn render_certificate(remote: &RemoteSecret) -> Result<BTreeMap<String, Vec<
         ("tls.crt".to_owned(), certs.into_bytes()),
         ("tls.key".to_owned(), key.into_bytes()),
     ]))
+}
+
+/// The PEM blocks of a text, in order: (label, the block's lines with `\n`
+/// endings). A block runs from its `-----BEGIN <label>-----` line to the
+/// next `-----END ` line (or the next BEGIN, or the end of the text).
+pub fn pem_blocks(text: &str) -> Vec<(String, String)> {
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    let mut open = false;
+    for line in text.lines() {
+        let line = line.trim_end();
+        if let Some(rest) = line.strip_prefix("-----BEGIN ") {
+            let label = rest.split("-----").next().unwrap_or_default();
+            blocks.push((label.to_owned(), String::new()));
+            open = true;
+        }
+        if open && let Some((_, block)) = blocks.last_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+        if line.starts_with("-----END ") {
+            open = false;
+        }
+    }
+    blocks
 }
 
 /// `dataFrom.find`: the names of enabled secrets that match the filter.
@@ -294,15 +334,26 @@ mod tests {
     }
 
     #[test]
-    fn extract_needs_an_object_with_valid_keys() {
-        let data =
-            render_extract(&remote(r#"{"user":"u","port":1}"#), DecodingStrategy::None).unwrap();
+    fn extract_needs_an_object() {
+        let none = DecodingStrategy::None;
+        let data = render_extract(&remote(r#"{"user":"u","port":1}"#), None, none).unwrap();
         assert_eq!(data["user"], b"u");
         assert_eq!(data["port"], b"1");
-        assert!(render_extract(&remote("[1]"), DecodingStrategy::None).is_err());
+        assert!(render_extract(&remote("[1]"), None, none).is_err());
+        let nested = remote(r#"{"db":{"user":"u"},"n":1}"#);
+        let data = render_extract(&nested, Some("db"), none).unwrap();
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            ["user"],
+            "property: that object only"
+        );
         assert!(matches!(
-            render_extract(&remote(r#"{"bad key":"x"}"#), DecodingStrategy::None),
-            Err(RenderError::BadKey { .. })
+            render_extract(&nested, Some("n"), none),
+            Err(RenderError::NotJsonObject { .. })
+        ));
+        assert!(matches!(
+            render_extract(&nested, Some("nope"), none),
+            Err(RenderError::NoSuchProperty { .. })
         ));
     }
 
@@ -343,6 +394,32 @@ mod tests {
     }
 
     #[test]
+    fn tags_one_or_all() {
+        let info = RemoteSecretInfo {
+            name: "s".into(),
+            enabled: true,
+            tags: BTreeMap::from([
+                ("owner".into(), "team-a".into()),
+                ("env".into(), "prod".into()),
+            ]),
+            updated: None,
+        };
+        let none = DecodingStrategy::None;
+        assert_eq!(render_tags(&info, Some("owner"), none).unwrap(), b"team-a");
+        assert_eq!(
+            render_tags(&info, None, none).unwrap(),
+            br#"{"env":"prod","owner":"team-a"}"#
+        );
+        assert_eq!(
+            render_tags(&info, Some("cost"), none).unwrap_err(),
+            RenderError::NoSuchTag {
+                name: "s".into(),
+                tag: "cost".into()
+            }
+        );
+    }
+
+    #[test]
     fn duplicate_keys_are_refused() {
         let a = BTreeMap::from([("k".to_string(), b"1".to_vec())]);
         assert_eq!(
@@ -361,7 +438,7 @@ mod tests {
         fn decoding_and_extraction_never_panic(value in any::<String>()) {
             for strategy in [DecodingStrategy::None, DecodingStrategy::Base64, DecodingStrategy::Base64URL, DecodingStrategy::Auto] {
                 let _ = decode(&value, strategy);
-                let _ = render_extract(&remote(&value), strategy);
+                let _ = render_extract(&remote(&value), None, strategy);
             }
         }
 

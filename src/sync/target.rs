@@ -7,6 +7,16 @@
 //! that annotation, or naming another KeyVaultSecret, is someone else's and
 //! is only touched under `creationPolicy: Merge`.
 //!
+//! What a KeyVaultSecret may not do with its target, whoever created it:
+//!
+//! ```text
+//!  target.type  service-account-token | bootstrap token ─▶ refused (Kubernetes would fill in a credential)
+//!  target.annotations  kubernetes.io/… k8s.io/…          ─▶ refused (they change how Kubernetes treats it)
+//!  Merge into  service-account-token | bootstrap token | helm.sh/release.v1,
+//!              or a Secret another controller owns       ─▶ Conflict, unless the Secret says kvsync.io/merge: allow
+//!              (owned by an ExternalSecret or a KeyVaultSecret: allowed — the ESO migration path)
+//! ```
+//!
 //! What kvsync wrote is read back from the Secret's `managedFields` (the
 //! entry of field manager `kvsync`, operation `Apply`): a label, annotation
 //! or (under `Merge`) data key kvsync applied earlier but no longer wants is
@@ -19,10 +29,116 @@ use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 
-use crate::api::{CreationPolicy, FIELD_MANAGER, MANAGED_BY_LABEL, RELOADER_MATCH_ANNOTATION};
+use crate::api::{
+    CreationPolicy, FIELD_MANAGER, MANAGED_BY_LABEL, RELOADER_MATCH_ANNOTATION, Target,
+};
 
 /// Annotation naming the KeyVaultSecret that manages a Secret.
 pub const OWNER_ANNOTATION: &str = "kvsync.io/owner";
+
+/// Set to `allow` on a Secret to let `creationPolicy: Merge` write into it
+/// although its type or controller protects it.
+pub const MERGE_OPT_IN_ANNOTATION: &str = "kvsync.io/merge";
+
+/// Secret types Kubernetes fills in with a credential: never written.
+pub const CREDENTIAL_TYPES: &[&str] = &[
+    "kubernetes.io/service-account-token",
+    "bootstrap.kubernetes.io/token",
+];
+
+/// Secret types a `Merge` does not write into without the opt-in.
+const PROTECTED_TYPES: &[&str] = &[
+    "kubernetes.io/service-account-token",
+    "bootstrap.kubernetes.io/token",
+    "helm.sh/release.v1",
+];
+
+/// Controllers (API group, kind) whose Secrets a `Merge` may write into.
+const MERGEABLE_CONTROLLERS: &[(&str, &str)] = &[
+    ("external-secrets.io", "ExternalSecret"),
+    ("kvsync.io", "KeyVaultSecret"),
+];
+
+/// A target the spec may not ask for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error(
+        "target.type {0} is refused: Kubernetes fills Secrets of this type with a token; use Opaque or another type"
+    )]
+    CredentialType(String),
+    #[error(
+        "target.annotations: {0} is refused: annotations under kubernetes.io/ and k8s.io/ change how Kubernetes treats the Secret"
+    )]
+    ReservedAnnotation(String),
+}
+
+/// Checks `spec.target` against what no KeyVaultSecret may ask for.
+pub fn check_target(target: &Target) -> Result<(), TargetError> {
+    if let Some(type_) = target
+        .type_
+        .as_deref()
+        .filter(|t| CREDENTIAL_TYPES.contains(t))
+    {
+        return Err(TargetError::CredentialType(type_.to_owned()));
+    }
+    match target
+        .annotations
+        .keys()
+        .find(|k| is_reserved_annotation(k))
+    {
+        Some(key) => Err(TargetError::ReservedAnnotation(key.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Keys of Kubernetes' own domains (`kubernetes.io`, `k8s.io` and their
+/// subdomains), except the descriptive `app.kubernetes.io/` ones.
+fn is_reserved_annotation(key: &str) -> bool {
+    let Some((domain, _)) = key.split_once('/') else {
+        return false;
+    };
+    let domain = domain.to_ascii_lowercase();
+    domain != "app.kubernetes.io"
+        && ["kubernetes.io", "k8s.io"]
+            .iter()
+            .any(|d| domain == *d || domain.ends_with(&format!(".{d}")))
+}
+
+/// Why a `Merge` may not write into `existing`, if it may not; `owner_uid`
+/// is the merging KeyVaultSecret's (a controller reference to it is fine).
+fn merge_refusal(existing: &Secret, owner_uid: &str) -> Option<String> {
+    let meta = &existing.metadata;
+    let opted_in = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MERGE_OPT_IN_ANNOTATION))
+        .is_some_and(|v| v == "allow");
+    if opted_in {
+        return None;
+    }
+    if let Some(type_) = existing
+        .type_
+        .as_deref()
+        .filter(|t| PROTECTED_TYPES.contains(t))
+    {
+        return Some(format!("it is of type {type_}"));
+    }
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true) && r.uid != owner_uid)?;
+    let group = controller
+        .api_version
+        .split_once('/')
+        .map_or("", |(group, _)| group);
+    (!MERGEABLE_CONTROLLERS.contains(&(group, controller.kind.as_str()))).then(|| {
+        format!(
+            "it is controlled by {} {} ({})",
+            controller.kind, controller.name, controller.api_version
+        )
+    })
+}
 
 /// The Secret as kvsync wants it.
 #[derive(Clone, PartialEq, Eq)]
@@ -145,6 +261,14 @@ impl DesiredSecret {
                 ));
             }
             _ => {}
+        }
+        if self.policy == CreationPolicy::Merge
+            && let Some(reason) = merge_refusal(existing, &self.owner_uid)
+        {
+            return WriteDecision::Conflict(format!(
+                "creationPolicy Merge does not write into Secret {}: {reason}; if kvsync should add its keys anyway, annotate the Secret {MERGE_OPT_IN_ANNOTATION}=allow",
+                self.name
+            ));
         }
         let current: BTreeMap<String, Vec<u8>> = existing
             .data
@@ -478,5 +602,74 @@ mod tests {
             desired(CreationPolicy::Orphan).decide(None),
             WriteDecision::Apply
         );
+    }
+
+    #[test]
+    fn credential_types_and_kubernetes_annotations_are_refused() {
+        let target = |json: serde_json::Value| -> Target { serde_json::from_value(json).unwrap() };
+        assert_eq!(
+            check_target(&target(
+                json!({"type": "kubernetes.io/service-account-token"})
+            )),
+            Err(TargetError::CredentialType(
+                "kubernetes.io/service-account-token".into()
+            ))
+        );
+        assert!(check_target(&target(json!({"type": "bootstrap.kubernetes.io/token"}))).is_err());
+        for key in [
+            "kubernetes.io/service-account.name",
+            "k8s.io/x",
+            "kubectl.kubernetes.io/last-applied-configuration",
+            "node.k8s.io/y",
+        ] {
+            assert_eq!(
+                check_target(&target(json!({"annotations": {key: "v"}}))),
+                Err(TargetError::ReservedAnnotation(key.into())),
+                "{key}"
+            );
+        }
+        let fine = target(json!({"type": "kubernetes.io/tls",
+            "annotations": {"app.kubernetes.io/name": "shop", "team": "a", "example.com/kubernetes.io": "b"}}));
+        assert_eq!(check_target(&fine), Ok(()));
+    }
+
+    #[test]
+    fn merge_stays_out_of_protected_and_foreign_controlled_secrets() {
+        let merge = desired(CreationPolicy::Merge);
+        let controlled_by = |api_version: &str, kind: &str| {
+            let mut secret = existing(&merge, &[]);
+            secret.metadata.annotations = None;
+            secret.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: api_version.into(),
+                kind: kind.into(),
+                name: "x".into(),
+                uid: "u".into(),
+                controller: Some(true),
+                ..Default::default()
+            }]);
+            secret
+        };
+        let refused = |secret: &Secret| matches!(merge.decide(Some(secret)), WriteDecision::Conflict(m) if m.contains("kvsync.io/merge=allow"));
+        assert!(refused(&controlled_by("apps/v1", "Deployment")));
+        assert!(refused(&controlled_by("cert-manager.io/v1", "Certificate")));
+        assert!(!refused(&controlled_by(
+            "external-secrets.io/v1beta1",
+            "ExternalSecret"
+        )));
+        assert!(!refused(&controlled_by(
+            "kvsync.io/v1alpha1",
+            "KeyVaultSecret"
+        )));
+        for type_ in PROTECTED_TYPES {
+            let mut secret = existing(&merge, &[]);
+            secret.type_ = Some(type_.to_string());
+            assert!(refused(&secret), "{type_}");
+            secret
+                .metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(MERGE_OPT_IN_ANNOTATION.into(), "allow".into());
+            assert!(!refused(&secret), "{type_} opted in");
+        }
     }
 }

@@ -30,22 +30,30 @@ use crate::api::{CreationPolicy, FIELD_MANAGER};
 /// kvsync's own apply can drop its ownership without deleting the values.
 pub const RELEASED_FIELD_MANAGER: &str = "kvsync-released";
 
-/// Writes the target if it differs; returns whether it wrote.
+/// Writes the target if it differs; returns whether it wrote. `immutable`:
+/// written `immutable: true`, and once so, its data is never changed.
 pub async fn write_target(
     ctx: &Context,
     object: &str,
     desired: &DesiredSecret,
+    immutable: bool,
 ) -> Result<bool, SyncError> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &desired.namespace);
     let existing = api.get_opt(&desired.name).await?;
     let decision = desired.decide(existing.as_ref());
+    if decision == WriteDecision::Apply
+        && let Some(frozen) = existing.as_ref().filter(|s| s.immutable == Some(true))
+        && !same_data(frozen, desired)
+    {
+        return Err(SyncError::Immutable(desired.name.clone()));
+    }
     tracing::debug!(namespace = %desired.namespace, secret = %desired.name, ?decision, "target decision");
     match decision {
         WriteDecision::UpToDate => Ok(false),
         WriteDecision::Conflict(message) => Err(SyncError::Conflict(message)),
         WriteDecision::Missing => Err(SyncError::SecretMissing(desired.name.clone())),
         WriteDecision::Apply => {
-            let written = apply(&api, desired).await?;
+            let written = apply(&api, desired, immutable).await?;
             let written = remove_foreign_keys(&api, desired, written).await?;
             let resource_version = written.resource_version();
             if resource_version == existing.as_ref().and_then(|s| s.resource_version()) {
@@ -69,10 +77,28 @@ pub async fn write_target(
     }
 }
 
+/// Whether an existing Secret holds exactly the desired data.
+fn same_data(secret: &Secret, desired: &DesiredSecret) -> bool {
+    let data = secret.data.as_ref();
+    data.map_or(0, |d| d.len()) == desired.data.len()
+        && desired
+            .data
+            .iter()
+            .all(|(key, value)| data.and_then(|d| d.get(key)).map(|v| &v.0) == Some(value))
+}
+
 /// Server-side apply of kvsync's fields.
-async fn apply(api: &Api<Secret>, desired: &DesiredSecret) -> Result<Secret, SyncError> {
+async fn apply(
+    api: &Api<Secret>,
+    desired: &DesiredSecret,
+    immutable: bool,
+) -> Result<Secret, SyncError> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&desired.name, &params, &Patch::Apply(desired.apply_body()))
+    let mut body = desired.apply_body();
+    if immutable {
+        body["immutable"] = true.into();
+    }
+    api.patch(&desired.name, &params, &Patch::Apply(body))
         .await
         .map_err(|e| SyncError::write_refused(&desired.name, e))
 }

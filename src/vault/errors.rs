@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use azure_core::error::ErrorKind;
 
+use super::scoped::ForeignScope;
+
 /// A failed Key Vault or Entra ID call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VaultError {
@@ -31,6 +33,10 @@ pub enum VaultError {
     /// 5xx, timeouts, connection failures.
     #[error("vault unavailable: {0}")]
     Unavailable(String),
+    /// The server did what Key Vault never does: asked for a token for
+    /// another resource, or redirected kvsync elsewhere.
+    #[error("refused to follow the vault: {0}")]
+    NotKeyVault(String),
 }
 
 /// Why kvsync cannot talk to Key Vault at all (a start-up problem).
@@ -66,6 +72,9 @@ pub enum VaultUrlError {
 impl VaultError {
     /// Classifies an SDK error; `name` is the secret asked for (for messages).
     pub fn from_sdk(error: &azure_core::Error, name: &str) -> Self {
+        if let Some(foreign) = error.downcast_ref::<ForeignScope>() {
+            return VaultError::NotKeyVault(foreign.to_string());
+        }
         match error.kind() {
             ErrorKind::HttpResponse {
                 status,
@@ -111,6 +120,7 @@ impl VaultError {
             VaultError::NotFound(_) => "RemoteNotFound",
             VaultError::Throttled { .. } => "Throttled",
             VaultError::Unavailable(_) => "VaultUnavailable",
+            VaultError::NotKeyVault(_) => "NotKeyVault",
         }
     }
 
@@ -133,6 +143,9 @@ impl VaultError {
             VaultError::Unavailable(_) => {
                 "kvsync retries with backoff; check the vault URL and network"
             }
+            VaultError::NotKeyVault(_) => {
+                "kvsync sends only Key Vault tokens, to the vault URL itself; check that vaultUrl is the vault's own URL"
+            }
         }
     }
 }
@@ -151,6 +164,9 @@ fn classify(
         (403, _) => VaultError::Forbidden(message),
         (404, _) => VaultError::NotFound(name.to_owned()),
         (429, _) => VaultError::Throttled { retry_after },
+        (300..=399, _) => VaultError::NotKeyVault(format!(
+            "the vault answered HTTP {status} (a redirect); kvsync does not follow redirects"
+        )),
         _ => VaultError::Unavailable(message),
     }
 }

@@ -14,7 +14,8 @@ use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientMethodOptions, ClientOptions};
 use azure_identity::{
     ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
-    ClientSecretCredential, ClientSecretCredentialOptions, WorkloadIdentityCredential,
+    ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
     WorkloadIdentityCredentialOptions,
 };
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -51,6 +52,9 @@ pub enum Identity {
         client_id: String,
         pem: String,
     },
+    /// The node's managed identity through IMDS: system-assigned, or the
+    /// user-assigned one with this client id.
+    ManagedIdentity { client_id: Option<String> },
 }
 
 impl std::fmt::Debug for Identity {
@@ -72,6 +76,10 @@ impl std::fmt::Debug for Identity {
             Identity::ClientCertificate { client_id, .. } => {
                 write!(f, "client certificate (client {client_id})")
             }
+            Identity::ManagedIdentity { client_id } => match client_id {
+                Some(client_id) => write!(f, "managed identity (client {client_id})"),
+                None => write!(f, "system-assigned managed identity"),
+            },
         }
     }
 }
@@ -104,6 +112,10 @@ impl Identity {
             } => {
                 format!("cert/{tenant_id}/{client_id}/{}", short_hash(pem))
             }
+            Identity::ManagedIdentity { client_id } => format!(
+                "managed/{}/imds",
+                client_id.as_deref().unwrap_or("system-assigned")
+            ),
         }
     }
 }
@@ -229,6 +241,12 @@ impl Credentials {
                 )?,
                 Some(ClientAssertionCredentialOptions { client_options }),
             )?,
+            Identity::ManagedIdentity { client_id } => {
+                ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                    user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
+                    client_options,
+                }))?
+            }
         })
     }
 }

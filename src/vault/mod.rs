@@ -27,12 +27,13 @@ mod freshness;
 mod gate;
 mod hosts;
 mod identity;
+mod scoped;
 mod sdk;
 mod view;
 
 pub use errors::{SetupError, VaultError, VaultUrlError};
 pub use freshness::Freshness;
-pub use hosts::{AllowedHosts, DEFAULT_VAULT_HOSTS};
+pub use hosts::{AllowedHosts, CLOUDS, Cloud};
 pub use identity::{FEDERATION_AUDIENCE, Identity, OperatorIdentity};
 
 pub use view::Interest;
@@ -491,7 +492,7 @@ mod tests {
                 .unwrap();
         let config = VaultConfig {
             authority_host: "https://localhost:1/".into(),
-            allowed_hosts: AllowedHosts::new(&["localhost".into()]),
+            allowed_hosts: AllowedHosts::new(&["localhost".into()], "https://localhost:1/"),
             operator: OperatorIdentity::default(),
             extra_ca_pem: None,
             request_timeout: Duration::from_secs(1),

@@ -1,6 +1,9 @@
 //! Calls to Key Vault through the official SDK: one `SecretClient` per
 //! (vault, identity) so its challenge scope and credential token cache are
-//! reused, and no retries of its own (see the module above). Clients and
+//! reused, and no retries of its own (see the module above). Each client's
+//! credential asks only for the vault's cloud's Key Vault scope
+//! ([`super::scoped`]), and the HTTP client follows no redirect: a vault or
+//! Entra ID answering 3xx is an error, not a new destination. Clients and
 //! credentials of (vault, identity) pairs nobody uses any more are dropped
 //! ([`Sdk::retain`]).
 
@@ -16,10 +19,11 @@ use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures::TryStreamExt;
 
 use super::errors::{SetupError, VaultUrlError};
+use super::hosts::default_vault_hosts;
 use super::identity::Credentials;
+use super::scoped::{ForeignScope, KeyVaultOnly};
 use super::{
-    AllowedHosts, DEFAULT_VAULT_HOSTS, Identity, RemoteSecret, RemoteSecretInfo, VaultConfig,
-    VaultError, vault_key,
+    AllowedHosts, Identity, RemoteSecret, RemoteSecretInfo, VaultConfig, VaultError, vault_key,
 };
 
 const DATE: HeaderName = HeaderName::from_static("date");
@@ -36,7 +40,8 @@ impl Sdk {
     pub fn new(kube: kube::Client, config: &VaultConfig) -> Result<Self, SetupError> {
         let mut http = reqwest::Client::builder()
             .timeout(config.request_timeout)
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = &config.extra_ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(SetupError::ExtraCa)?;
             http = http.tls_certs_merge(certs);
@@ -76,7 +81,7 @@ impl Sdk {
         if !self.allowed_hosts.allows(host) {
             return Err(VaultUrlError::HostNotAllowed {
                 host: host.to_owned(),
-                allowed: DEFAULT_VAULT_HOSTS.join(", "),
+                allowed: default_vault_hosts(),
             });
         }
         Ok(())
@@ -106,7 +111,7 @@ impl Sdk {
         if let Some(client) = self.clients.lock().unwrap().get(&key) {
             return Ok(client.clone());
         }
-        let credential = self
+        let inner = self
             .credentials
             .get(identity)
             .map_err(|e| VaultError::from_sdk(&e, ""))?;
@@ -114,6 +119,15 @@ impl Sdk {
             .ok()
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_default();
+        let allowed = self
+            .allowed_hosts
+            .token_scope(&host)
+            .ok_or_else(|| VaultError::Forbidden(format!("vault host {host:?} is not allowed")))?;
+        let credential = Arc::new(KeyVaultOnly {
+            inner,
+            host: host.clone(),
+            allowed,
+        });
         let options = SecretClientOptions {
             client_options: self.options.clone(),
             verify_challenge_resource: Some(!self.allowed_hosts.is_extra(&host)),
@@ -142,13 +156,16 @@ impl Sdk {
     /// token kvsync presented (a signing-key rollover, a revoked or otherwise
     /// invalid token): the SDK would keep presenting it from the credential's
     /// cache until it expires, so the identity's credential and clients are
-    /// dropped and the next attempt asks Entra for a new token.
+    /// dropped and the next attempt asks Entra for a new token. A challenge
+    /// for a foreign scope (refused) drops them too: the SDK client keeps the
+    /// scope of the last challenge, which must not outlive the refusal.
     fn failed(&self, identity: &Identity, error: &azure_core::Error, name: &str) -> VaultError {
-        if matches!(
+        let unauthorized = matches!(
             error.kind(),
             azure_core::error::ErrorKind::HttpResponse { status, .. }
                 if *status == azure_core::http::StatusCode::Unauthorized
-        ) {
+        );
+        if unauthorized || error.downcast_ref::<ForeignScope>().is_some() {
             let key = identity.cache_key();
             tracing::debug!(identity = ?identity, "token refused by the vault; dropping the cached credential");
             self.credentials.forget(identity);

@@ -15,6 +15,7 @@ use super::*;
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Namespace + emulator + operator, with a service account federated to `SA_APP`.
+/// When the test ends (unless it failed), the fixture runs the [`LeakScan`].
 pub struct Fixture {
     pub client: kube::Client,
     pub ns: TestNamespace,
@@ -25,6 +26,8 @@ pub struct Fixture {
     _issuer_dir: tempfile::TempDir,
     /// Key + certificate registered for `CERT_APP`.
     pub app_certificate: String,
+    /// The private keys of the seed's certificates (for the leak scan).
+    private_keys: Vec<String>,
 }
 
 /// Values seeded into the vault (scanned for in logs, events and statuses).
@@ -146,6 +149,7 @@ impl Fixture {
             issuer,
             _issuer_dir: dir,
             app_certificate: format!("{app_key}{app_cert}"),
+            private_keys: vec![web_key, app_key],
         }
     }
 
@@ -214,57 +218,32 @@ impl Fixture {
         .await
     }
 
-    /// Secret hygiene: no secret value, client secret, access token or client
-    /// assertion may appear in the operator's most verbose logs, in events, or
-    /// in any KeyVaultSecret status of the namespace.
+    /// Secret hygiene, asked for explicitly with extra values `also` (the
+    /// same scan runs anyway when the fixture is dropped): tokens were issued,
+    /// and no secret shows in any form (see [`LeakScan`]).
     pub async fn assert_nothing_leaked(&self, also: &[&str]) {
         let issued = self.emulator.control(Method::GET, "issued", None).await;
-        let mut needles: Vec<String> = ["accessTokens", "clientAssertions"]
-            .iter()
-            .flat_map(|k| issued[k].as_array().cloned().unwrap_or_default())
-            .filter_map(|t| t.as_str().map(str::to_owned))
-            .collect();
         assert!(
-            !needles.is_empty(),
+            !issued["accessTokens"].as_array().unwrap().is_empty(),
             "the emulator issued tokens during the test"
         );
-        needles.extend(SEED_VALUES.iter().chain(also).map(|v| v.to_string()));
-        needles.push(SECRET_APP_PASSWORD.into());
+        self.leak_scan(also).run().await;
+    }
 
-        let events: Value = self
-            .client
-            .request(
-                http::Request::get(format!("/api/v1/namespaces/{}/events", self.ns.name))
-                    .body(vec![])
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let statuses = serde_json::to_string(
-            &self
-                .kvs_api()
-                .list(&Default::default())
-                .await
-                .unwrap()
-                .items
+    /// The scan of this fixture's namespace, operator and emulator.
+    pub fn leak_scan(&self, also: &[&str]) -> LeakScan {
+        LeakScan {
+            namespace: self.ns.name.clone(),
+            operator_log: self.operator.process.output(),
+            control_url: self.emulator.endpoints.control_url.clone(),
+            named: SEED_VALUES
                 .iter()
-                .map(|k| &k.status)
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
-        let haystacks = [
-            ("operator log", self.operator.process.output()),
-            ("events", events.to_string()),
-            ("statuses", statuses),
-        ];
-        for (place, text) in &haystacks {
-            for needle in &needles {
-                assert!(
-                    !text.contains(needle.as_str()),
-                    "{place} contains a secret ({} chars)",
-                    needle.len()
-                );
-            }
+                .chain(also)
+                .chain(&[SECRET_APP_PASSWORD])
+                .map(|v| v.to_string())
+                .collect(),
+            handled: self.emulator.values_set(),
+            private_keys: self.private_keys.clone(),
         }
     }
 
@@ -312,6 +291,18 @@ impl Fixture {
     pub async fn secret_data(&self, name: &str) -> Option<BTreeMap<String, String>> {
         let secret = self.secrets().get_opt(name).await.unwrap()?;
         Some(decoded(&secret))
+    }
+}
+
+impl Drop for Fixture {
+    /// The leak scan, on a runtime of its own (the test's may be gone).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        if let Err(panic) = on_own_runtime(self.leak_scan(&[]).run()) {
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 

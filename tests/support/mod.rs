@@ -16,9 +16,12 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 mod fixture;
+mod leaks;
 mod wait;
 #[allow(unused_imports)] // not every test binary uses the fixture
 pub use fixture::*;
+#[allow(unused_imports)]
+pub use leaks::*;
 #[allow(unused_imports)] // not every test binary waits for every precondition
 pub use wait::*;
 
@@ -211,14 +214,22 @@ impl Drop for TestNamespace {
 /// runtime may be shutting down, so it runs to completion on a short-lived
 /// runtime of its own on another thread.
 pub fn cleanup_in_drop(cleanup: impl Future<Output = ()> + Send + 'static) {
-    let _ = std::thread::spawn(move || {
+    let _ = on_own_runtime(cleanup);
+}
+
+/// Runs `work` to completion on a runtime of its own on another thread (see
+/// [`cleanup_in_drop`]); `Err` if it panicked.
+pub fn on_own_runtime<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> std::thread::Result<T> {
+    std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap()
-            .block_on(cleanup);
+            .block_on(work)
     })
-    .join();
+    .join()
 }
 
 /// Polls `check` until it yields `Some`, failing the test with `what` after `timeout`.
@@ -352,6 +363,8 @@ pub use kvsync_emulator::Endpoints;
 pub struct Emulator {
     pub endpoints: Endpoints,
     http: reqwest::Client,
+    /// Every secret value set through the control API (for the leak scan).
+    values_set: std::sync::Mutex<Vec<String>>,
     _server: EmulatorThread,
     /// The seed and the state directory (the CA file the operator trusts).
     _dir: tempfile::TempDir,
@@ -372,6 +385,7 @@ impl Emulator {
         Emulator {
             endpoints,
             http: reqwest::Client::new(),
+            values_set: Default::default(),
             _server: server,
             _dir: dir,
         }
@@ -389,6 +403,9 @@ impl Emulator {
             path.trim_start_matches('/')
         );
         let mut request = self.http.request(method, &url);
+        if let Some(value) = body.as_ref().and_then(|b| b["value"].as_str()) {
+            self.values_set.lock().unwrap().push(value.to_owned());
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -407,6 +424,11 @@ impl Emulator {
             Some(json!({"value": value})),
         )
         .await
+    }
+
+    /// Every secret value set through the control API so far.
+    pub fn values_set(&self) -> Vec<String> {
+        self.values_set.lock().unwrap().clone()
     }
 
     pub async fn counters(&self) -> Value {
@@ -519,6 +541,22 @@ impl Operator {
     ) -> Self {
         Operator {
             process: Process::start_as(&Self::args(emulator, namespace, extra), kubeconfig, &[]),
+        }
+    }
+
+    /// Like [`Operator::start`], with extra environment variables.
+    pub fn start_with_env(
+        emulator: &Emulator,
+        namespace: &str,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
+        Operator {
+            process: Process::start_as(
+                &Self::args(emulator, namespace, extra),
+                kubeconfig_path(),
+                env,
+            ),
         }
     }
 

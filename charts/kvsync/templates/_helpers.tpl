@@ -63,6 +63,11 @@ cluster mode, per watched namespace in namespaced mode).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, create, patch, delete]
+# Templates held in ConfigMaps (target.template.templateFrom), watched so
+# that editing one re-renders the Secrets that use it.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch]
 # Workload Identity: read the ServiceAccount's client/tenant annotations
 # (watched, so that annotating it fixes a KeyVaultSecret at once) and
 # request a token for it to exchange with Entra ID.
@@ -79,6 +84,17 @@ cluster mode, per watched namespace in namespaced mode).
 # Reload stage: rolling restarts are patches of the pod template.
 - apiGroups: [apps]
   resources: [deployments, statefulsets, daemonsets]
+  verbs: [get, list, watch, patch]
+# Reload stage: a CronJob gets a Job from its jobTemplate (the CronJob keeps
+# kvsync's record); Argo Rollouts, watched when their CRD is installed.
+- apiGroups: [batch]
+  resources: [cronjobs]
+  verbs: [get, list, watch, patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [create]
+- apiGroups: [argoproj.io]
+  resources: [rollouts]
   verbs: [get, list, watch, patch]
 - apiGroups: [events.k8s.io]
   resources: [events]
