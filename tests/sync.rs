@@ -804,6 +804,9 @@ async fn health_metrics_json_logs_and_graceful_shutdown() {
         "kvsync_keyvault_requests_total{vault=\"localhost\",operation=\"get\",result=\"ok\"}",
         "kvsync_sync_duration_seconds_bucket",
         "kvsync_syncs_in_flight",
+        // Its watches and its own reads and writes of the API server.
+        "kvsync_kubernetes_requests_total{method=\"GET\",watch=\"true\"}",
+        "kvsync_kubernetes_requests_total{method=\"GET\",watch=\"false\"}",
     ] {
         assert!(
             metrics.contains(series),
