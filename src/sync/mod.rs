@@ -10,10 +10,12 @@
 //!
 //! Decisions are pure and live in [`render`], [`target`], [`status`],
 //! [`memory`] and [`crate::schedule`]; [`reconciler`] runs the steps, with
-//! [`identity`], [`fetch`] and [`write`] doing the I/O around them, and
-//! [`error`] saying what each failure means for the status and the retry.
+//! [`identity`], [`fetch`], [`write`] and [`events`] doing the I/O around
+//! them, and [`error`] saying what each failure means for the status and the
+//! retry.
 
 mod error;
+mod events;
 mod fetch;
 mod identity;
 pub mod memory;
@@ -36,7 +38,6 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 
@@ -45,13 +46,15 @@ use crate::metrics::SyncMetrics;
 use crate::reload::ReloadNotifier;
 use crate::scope::ScopeArgs;
 use crate::vault::VaultAccess;
+pub use events::ObjectEvents;
 use memory::Memory;
 
 /// Shared state of the sync stage.
 pub struct Context {
     pub client: kube::Client,
     pub vault: VaultAccess,
-    pub recorder: Recorder,
+    /// Events on KeyVaultSecrets, one recorder per object (see [`events`]).
+    pub events: ObjectEvents,
     pub notifier: ReloadNotifier,
     pub metrics: SyncMetrics,
     pub scope: ScopeArgs,
@@ -68,7 +71,7 @@ impl Context {
     pub fn new(
         client: kube::Client,
         vault: VaultAccess,
-        recorder: Recorder,
+        events: ObjectEvents,
         notifier: ReloadNotifier,
         metrics: SyncMetrics,
         scope: ScopeArgs,
@@ -79,7 +82,7 @@ impl Context {
         Context {
             client,
             vault,
-            recorder,
+            events,
             notifier,
             metrics,
             scope,
@@ -116,10 +119,9 @@ impl Context {
     fn follow(&self, event: &watcher::Event<KeyVaultSecret>, store: &Store<KeyVaultSecret>) {
         match event {
             watcher::Event::Delete(kvs) => {
-                self.memory
-                    .lock()
-                    .unwrap()
-                    .forget(&reconciler::object_key(kvs));
+                let object = reconciler::object_key(kvs);
+                self.memory.lock().unwrap().forget(&object);
+                self.events.forget(&object);
             }
             watcher::Event::InitDone => {
                 let alive: std::collections::HashSet<String> = store
@@ -131,6 +133,7 @@ impl Context {
                     .lock()
                     .unwrap()
                     .retain(|object| alive.contains(object));
+                self.events.retain(|object| alive.contains(object));
             }
             _ => {}
         }
