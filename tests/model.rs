@@ -250,6 +250,15 @@ impl Run {
         object.triggers.push((at, trigger));
     }
 
+    /// The longest refresh interval of any object's current spec.
+    fn longest_interval(&self) -> Duration {
+        self.objects
+            .values()
+            .map(|o| o.current().1.interval())
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Records that `trigger` happened to object `name` now.
     fn triggered(&mut self, name: &str, trigger: Trigger, line: String) {
         let at = self.now();
@@ -737,12 +746,7 @@ impl Run {
         for name in once {
             self.force_sync(&name).await;
         }
-        let longest = self
-            .objects
-            .values()
-            .map(|o| o.current().1.interval())
-            .max()
-            .unwrap_or_default();
+        let longest = self.longest_interval();
         let budget = staleness_bound(longest) + MAX_BACKOFF;
         let start = self.now().max(self.clock.up_again());
         let deadline = start + budget;
@@ -835,12 +839,7 @@ impl Run {
             return;
         };
         let events = self.events().await;
-        let longest = self
-            .objects
-            .values()
-            .map(|o| o.current().1.interval())
-            .max()
-            .unwrap_or_default();
+        let longest = self.longest_interval();
         let period = longest
             .max(Duration::from_secs(5))
             .mul_f64(2.0 * (1.0 + JITTER));
