@@ -22,7 +22,7 @@ use axum::routing::get;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::wait::{await_condition, conditions};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -260,7 +260,7 @@ fn start_stages(
     shutdown: &Shutdown,
 ) -> Stages {
     let (notifier, inbox) = crate::reload::channel();
-    let recorder = Recorder::new(
+    let events = crate::sync::ObjectEvents::new(
         client.clone(),
         Reporter {
             controller: "kvsync".into(),
@@ -270,7 +270,7 @@ fn start_stages(
     let ctx = Arc::new(crate::sync::Context::new(
         client.clone(),
         vault,
-        recorder,
+        events,
         notifier,
         metrics.sync,
         args.scope.clone(),

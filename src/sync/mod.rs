@@ -10,11 +10,13 @@
 //! ```
 //!
 //! Decisions are pure and live in [`render`], [`target`], [`status`],
-//! [`memory`], [`staleness`] and [`crate::schedule`]; [`reconciler`] runs the steps, with
-//! [`identity`], [`fetch`] and [`write`] doing the I/O around them, and
-//! [`error`] saying what each failure means for the status and the retry.
+//! [`memory`], [`staleness`] and [`crate::schedule`]; [`reconciler`] runs the
+//! steps, with [`identity`], [`fetch`], [`write`] and [`events`] doing the I/O
+//! around them, and [`error`] saying what each failure means for the status
+//! and the retry.
 
 mod error;
+mod events;
 mod fetch;
 mod identity;
 pub mod keys;
@@ -41,7 +43,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 
@@ -50,13 +51,15 @@ use crate::metrics::SyncMetrics;
 use crate::reload::ReloadNotifier;
 use crate::scope::ScopeArgs;
 use crate::vault::VaultAccess;
+pub use events::ObjectEvents;
 use memory::Memory;
 
 /// Shared state of the sync stage.
 pub struct Context {
     pub client: kube::Client,
     pub vault: VaultAccess,
-    pub recorder: Recorder,
+    /// Events on KeyVaultSecrets, one recorder per object (see [`events`]).
+    pub events: ObjectEvents,
     pub notifier: ReloadNotifier,
     pub metrics: SyncMetrics,
     pub scope: ScopeArgs,
@@ -76,7 +79,7 @@ impl Context {
     pub fn new(
         client: kube::Client,
         vault: VaultAccess,
-        recorder: Recorder,
+        events: ObjectEvents,
         notifier: ReloadNotifier,
         metrics: SyncMetrics,
         scope: ScopeArgs,
@@ -88,7 +91,7 @@ impl Context {
         Context {
             client,
             vault,
-            recorder,
+            events,
             notifier,
             metrics,
             scope,
@@ -135,6 +138,7 @@ impl Context {
                 let object = reconciler::object_key(kvs);
                 self.memory.lock().unwrap().forget(&object);
                 self.metrics.forget_object(&object);
+                self.events.forget(&object);
             }
             watcher::Event::InitDone => {
                 let alive: std::collections::HashSet<String> = store
@@ -145,6 +149,7 @@ impl Context {
                 let keep = |object: &str| alive.contains(object) || !watched(namespace, object);
                 self.memory.lock().unwrap().retain(keep);
                 self.metrics.retain_objects(keep);
+                self.events.retain(keep);
             }
             _ => {}
         }

@@ -266,7 +266,10 @@ async fn record(kvs: &KeyVaultSecret, ctx: &Context, outcome: &Outcome) -> Resul
         _ => None,
     };
     if let Some(event) = event
-        && let Err(error) = ctx.recorder.publish(&event, &kvs.object_ref(&())).await
+        && let Err(error) = ctx
+            .events
+            .publish(&object_key(kvs), &event, &kvs.object_ref(&()))
+            .await
     {
         tracing::warn!(%error, "could not publish event");
     }

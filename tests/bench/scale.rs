@@ -725,17 +725,33 @@ async fn create_churn_credentials(client: &kube::Client, namespace: &str) {
 async fn delete_all(client: &kube::Client, namespace: &str) {
     let kvs_api: Api<KeyVaultSecret> = Api::namespaced(client.clone(), namespace);
     let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    kvs_api
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await
-        .unwrap();
+    // A loaded etcd answers a mass delete with "request timed out" now and
+    // then; the bench asks again rather than losing the run.
+    eventually(
+        "the KeyVaultSecrets deleted",
+        Duration::from_secs(300),
+        || async {
+            kvs_api
+                .delete_collection(&DeleteParams::default(), &ListParams::default())
+                .await
+                .ok()
+        },
+    )
+    .await;
     let targets = ListParams::default()
         .labels("app.kubernetes.io/managed-by=kvsync")
         .fields(&format!("metadata.name!={KEY_SECRET_NAME}"));
-    secret_api
-        .delete_collection(&DeleteParams::default(), &targets)
-        .await
-        .unwrap();
+    eventually(
+        "the managed Secrets deleted",
+        Duration::from_secs(300),
+        || async {
+            secret_api
+                .delete_collection(&DeleteParams::default(), &targets)
+                .await
+                .ok()
+        },
+    )
+    .await;
     eventually(
         "no KeyVaultSecret and no managed Secret left",
         Duration::from_secs(900),
@@ -769,11 +785,13 @@ struct Measurement {
 
 impl Measurement {
     fn now(stage: String, objects: usize, took: Duration, pid: u32) -> Self {
+        let rss = rss_mib(pid, "VmRSS:");
+        eprintln!("== {stage}: RSS {rss:.1} MiB");
         Measurement {
             stage,
             objects,
             took,
-            rss_mib: rss_mib(pid, "VmRSS:"),
+            rss_mib: rss,
             peak_rss_mib: rss_mib(pid, "VmHWM:"),
             vault_requests: None,
         }
