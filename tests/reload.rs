@@ -301,17 +301,7 @@ impl Fixture {
 
     /// The operator's metrics page.
     async fn metrics(&self) -> String {
-        let operator = self.operator.as_ref().expect("an operator is running");
-        let base = eventually("the metrics address in the log", WAIT, || async {
-            metrics_url(&operator.output())
-        })
-        .await;
-        reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_of(self.operator.as_ref().expect("an operator is running")).await
     }
 
     /// Notes of the Events with `reason` about the workload `name`.

@@ -265,14 +265,8 @@ impl CertificateWithKey {
 }
 
 fn pem_block(label: &str, der: &[u8]) -> String {
-    let body = STANDARD.encode(der);
-    let mut block = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        block.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        block.push('\n');
-    }
-    block.push_str(&format!("-----END {label}-----\n"));
-    block
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), config)
 }
 
 #[cfg(test)]

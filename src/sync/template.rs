@@ -315,14 +315,8 @@ fn pkcs12(value: &Value, password: &str, part: Pkcs12Part) -> Result<String, min
 
 /// One PEM block, base64 in 64-character lines.
 fn pem(label: &str, der: &[u8]) -> String {
-    let encoded = STANDARD.encode(der);
-    let mut block = format!("-----BEGIN {label}-----\n");
-    for line in encoded.as_bytes().chunks(64) {
-        block.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        block.push('\n');
-    }
-    block.push_str(&format!("-----END {label}-----\n"));
-    block
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), config)
 }
 
 #[cfg(test)]

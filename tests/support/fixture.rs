@@ -249,16 +249,7 @@ impl Fixture {
 
     /// The operator's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let base = eventually("the metrics address in the log", WAIT, || async {
-            metrics_url(&self.operator.process.output())
-        })
-        .await;
-        reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_of(&self.operator.process).await
     }
 
     /// `kvsync_syncs_total` for one outcome (0 before the first).
@@ -304,6 +295,20 @@ impl Drop for Fixture {
             std::panic::resume_unwind(panic);
         }
     }
+}
+
+/// The `/metrics` text of a running operator (its address read from its log).
+pub async fn metrics_of(operator: &Process) -> String {
+    let base = eventually("the metrics address in the log", WAIT, || async {
+        metrics_url(&operator.output())
+    })
+    .await;
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// The metrics address the operator logged at start.
