@@ -235,7 +235,7 @@ impl Default for Target {
 }
 
 /// Who owns the target Secret.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum CreationPolicy {
     /// kvsync creates and owns the Secret; it is deleted with the KeyVaultSecret.
     #[default]

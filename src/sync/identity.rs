@@ -3,6 +3,9 @@
 //! (only where allowed), or an app registration whose credential is in a
 //! Secret of the namespace.
 //!
+//! The ServiceAccount and the credential are read as the watches saw them
+//! (see [`super::observed`]): an idle refresh asks the API server nothing.
+//!
 //! Every failure here is the user's to fix ([`SyncError::AuthConfig`] or
 //! [`SyncError::InvalidSpec`]); the ServiceAccount and Secret watches bring
 //! the object back as soon as the fix is made.
@@ -98,14 +101,36 @@ fn operator_identity(ctx: &Context, namespace: &str) -> Result<Identity, SyncErr
     }
 }
 
-/// A ServiceAccount of the namespace, with client and tenant id from the
-/// spec or the ServiceAccount's Workload Identity annotations.
-async fn service_account_identity(
+/// What kvsync reads of a ServiceAccount: its Workload Identity annotations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadAnnotations {
+    client_id: Option<String>,
+    tenant_id: Option<String>,
+    opted_in: bool,
+}
+
+impl WorkloadAnnotations {
+    pub fn of(sa: &impl ResourceExt) -> Self {
+        let annotation = |key: &str| sa.annotations().get(key).cloned();
+        WorkloadAnnotations {
+            client_id: annotation(SA_CLIENT_ID_ANNOTATION),
+            tenant_id: annotation(SA_TENANT_ID_ANNOTATION),
+            opted_in: annotation(SA_OPT_IN_ANNOTATION).as_deref() == Some("true"),
+        }
+    }
+}
+
+/// The annotations of a ServiceAccount of the namespace: as the watch saw
+/// them, or (not seen yet) as the API server has them.
+async fn service_account(
     ctx: &Context,
     namespace: &str,
     sa_name: &str,
-    wi: &WorkloadIdentityAuth,
-) -> Result<Identity, SyncError> {
+) -> Result<WorkloadAnnotations, SyncError> {
+    let key = format!("{namespace}/{sa_name}");
+    if let Some(seen) = ctx.service_accounts.lock().unwrap().known(&key) {
+        return Ok(seen.clone());
+    }
     let sa = Api::<ServiceAccount>::namespaced(ctx.client.clone(), namespace)
         .get_opt(sa_name)
         .await?
@@ -114,10 +139,19 @@ async fn service_account_identity(
                 "service account {sa_name} does not exist in namespace {namespace}"
             ))
         })?;
-    let annotation = |key: &str| sa.annotations().get(key).cloned();
-    if ctx.require_service_account_opt_in
-        && annotation(SA_OPT_IN_ANNOTATION).as_deref() != Some("true")
-    {
+    Ok(WorkloadAnnotations::of(&sa))
+}
+
+/// A ServiceAccount of the namespace, with client and tenant id from the
+/// spec or the ServiceAccount's Workload Identity annotations.
+async fn service_account_identity(
+    ctx: &Context,
+    namespace: &str,
+    sa_name: &str,
+    wi: &WorkloadIdentityAuth,
+) -> Result<Identity, SyncError> {
+    let sa = service_account(ctx, namespace, sa_name).await?;
+    if ctx.require_service_account_opt_in && !sa.opted_in {
         return Err(SyncError::AuthConfig(format!(
             "service account {sa_name} has not opted in to token exchange by kvsync: annotate it {SA_OPT_IN_ANNOTATION}=\"true\" (this cluster runs kvsync with --require-service-account-opt-in)"
         )));
@@ -125,7 +159,7 @@ async fn service_account_identity(
     let client_id = wi
         .client_id
         .clone()
-        .or_else(|| annotation(SA_CLIENT_ID_ANNOTATION))
+        .or(sa.client_id)
         .ok_or_else(|| {
             SyncError::InvalidSpec(format!(
                 "no client id: set workloadIdentity.clientId or annotate service account {sa_name} with {SA_CLIENT_ID_ANNOTATION}"
@@ -134,7 +168,7 @@ async fn service_account_identity(
     let tenant_id = wi
         .tenant_id
         .clone()
-        .or_else(|| annotation(SA_TENANT_ID_ANNOTATION))
+        .or(sa.tenant_id)
         .or_else(|| ctx.default_tenant_id.clone())
         .ok_or_else(|| {
             SyncError::InvalidSpec(format!(
@@ -150,13 +184,24 @@ async fn service_account_identity(
 }
 
 /// The credential (client secret or certificate PEM) an app registration's
-/// `secretRef` points at.
+/// `secretRef` points at: as read before at the version the watch sees, or
+/// read now (and kept while the watch sees that version).
 async fn credential(
     ctx: &Context,
     namespace: &str,
     auth: &ClientSecretAuth,
 ) -> Result<String, SyncError> {
     let reference = &auth.secret_ref;
+    let key = format!("{namespace}/{}", reference.name);
+    let known = ctx
+        .secrets
+        .lock()
+        .unwrap()
+        .known(&key)
+        .and_then(|values| values.get(&reference.key).cloned());
+    if let Some(value) = known {
+        return Ok(value);
+    }
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
         .get_opt(&reference.name)
         .await?
@@ -166,7 +211,7 @@ async fn credential(
                 reference.name
             ))
         })?;
-    secret
+    let value = secret
         .data
         .as_ref()
         .and_then(|d| d.get(&reference.key))
@@ -177,5 +222,11 @@ async fn credential(
                 "credential Secret {} has no key {}",
                 reference.name, reference.key
             ))
-        })
+        })?;
+    if let Some(version) = secret.resource_version() {
+        ctx.secrets.lock().unwrap().learn(&key, &version, |values| {
+            values.insert(reference.key.clone(), value.clone());
+        });
+    }
+    Ok(value)
 }

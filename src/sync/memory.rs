@@ -7,8 +7,11 @@
 //!   │     failures    consecutive failed syncs (backoff)
 //!   │     force_sync  the kvsync.io/force-sync value last synced (a new value → read as of now)
 //!   │     read_now    a watched event asked for a read as of now (target repair, credential change)
-//!   └─ own_writes: ("ns", "secret") ─▶ (resourceVersion kvsync wrote, "ns/name" of the writer)
-//!         so the watch event of kvsync's own write does not trigger another sync
+//!   └─ checked: ("ns", "secret") ─▶ Checked { version, writer: "ns/name", desired: digest }
+//!         the target's resourceVersion kvsync last wrote or read as up to date, and the digest
+//!         of the desired Secret it holds (when it held all of it): the watch event of that
+//!         version triggers no sync, and while the watch still sees that version a refresh
+//!         that wants the same Secret reads nothing (see [`super::observed`])
 //! ```
 //!
 //! Entries are removed when the KeyVaultSecret is deleted ([`Memory::forget`])
@@ -16,6 +19,15 @@
 //! ([`Memory::retain`]): memory follows the objects.
 
 use std::collections::HashMap;
+
+/// A version of a target Secret kvsync wrote or read.
+#[derive(Debug)]
+struct Checked {
+    version: String,
+    writer: String,
+    /// Digest of the desired Secret it holds, if it holds all of it.
+    desired: Option<u64>,
+}
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct ObjectMemory {
@@ -28,7 +40,7 @@ struct ObjectMemory {
 #[derive(Debug, Default)]
 pub struct Memory {
     objects: HashMap<String, ObjectMemory>,
-    own_writes: HashMap<(String, String), (String, String)>,
+    checked: HashMap<(String, String), Checked>,
 }
 
 impl Memory {
@@ -63,40 +75,57 @@ impl Memory {
         std::mem::take(&mut memory.read_now) || forced
     }
 
-    pub fn remember_own_write(
+    /// Remembers the version of Secret `namespace/secret` that `object`
+    /// wrote or read, with the digest of the desired Secret it holds (if it does).
+    pub fn remember_checked(
         &mut self,
         object: &str,
         namespace: &str,
         secret: &str,
-        resource_version: String,
+        version: String,
+        desired: Option<u64>,
     ) {
-        self.own_writes.insert(
+        self.checked.insert(
             (namespace.to_owned(), secret.to_owned()),
-            (resource_version, object.to_owned()),
+            Checked {
+                version,
+                writer: object.to_owned(),
+                desired,
+            },
         );
     }
 
-    pub fn is_own_write(&self, namespace: &str, secret: &str, resource_version: &str) -> bool {
-        self.own_writes
-            .get(&(namespace.to_owned(), secret.to_owned()))
-            .is_some_and(|(rv, _)| rv == resource_version)
+    /// Whether kvsync wrote or read this version of the Secret itself.
+    pub fn is_checked(&self, namespace: &str, secret: &str, version: &str) -> bool {
+        self.checked(namespace, secret)
+            .is_some_and(|checked| checked.version == version)
+    }
+
+    /// Whether this version of the Secret is known to hold the desired Secret with digest `desired`.
+    pub fn holds(&self, namespace: &str, secret: &str, version: &str, desired: u64) -> bool {
+        self.checked(namespace, secret)
+            .is_some_and(|checked| checked.version == version && checked.desired == Some(desired))
+    }
+
+    fn checked(&self, namespace: &str, secret: &str) -> Option<&Checked> {
+        self.checked.get(&(namespace.to_owned(), secret.to_owned()))
     }
 
     /// Drops everything kept for `object` (it was deleted).
     pub fn forget(&mut self, object: &str) {
         self.objects.remove(object);
-        self.own_writes.retain(|_, (_, writer)| writer != object);
+        self.checked.retain(|_, checked| checked.writer != object);
     }
 
     /// Keeps only what belongs to objects for which `alive` holds.
     pub fn retain(&mut self, alive: impl Fn(&str) -> bool) {
         self.objects.retain(|object, _| alive(object));
-        self.own_writes.retain(|_, (_, writer)| alive(writer));
+        self.checked.retain(|_, checked| alive(&checked.writer));
     }
 
     #[cfg(test)]
     fn sizes(&self) -> (usize, usize) {
-        (self.objects.len(), self.own_writes.len())
+        (self.objects.len(), self.checked.len())
     }
 }
 
@@ -135,12 +164,18 @@ mod tests {
     }
 
     #[test]
-    fn own_writes_are_recognised_by_resource_version() {
+    fn checked_versions_are_recognised_by_resource_version_and_digest() {
         let mut memory = Memory::default();
-        memory.remember_own_write("ns/a", "ns", "db", "7".into());
-        assert!(memory.is_own_write("ns", "db", "7"));
-        assert!(!memory.is_own_write("ns", "db", "8"));
-        assert!(!memory.is_own_write("other", "db", "7"));
+        memory.remember_checked("ns/a", "ns", "db", "7".into(), Some(42));
+        assert!(memory.is_checked("ns", "db", "7"));
+        assert!(!memory.is_checked("ns", "db", "8"));
+        assert!(!memory.is_checked("other", "db", "7"));
+        assert!(memory.holds("ns", "db", "7", 42));
+        assert!(!memory.holds("ns", "db", "8", 42), "changed since");
+        assert!(!memory.holds("ns", "db", "7", 43), "another desired Secret");
+        memory.remember_checked("ns/a", "ns", "db", "9".into(), None);
+        assert!(memory.is_checked("ns", "db", "9"));
+        assert!(!memory.holds("ns", "db", "9", 42), "written, not all of it");
     }
 
     #[test]
@@ -148,13 +183,13 @@ mod tests {
         let mut memory = Memory::default();
         for object in ["ns/a", "ns/b", "ns/c"] {
             memory.failed(object);
-            memory.remember_own_write(object, "ns", &object[3..], "1".into());
+            memory.remember_checked(object, "ns", &object[3..], "1".into(), None);
         }
         memory.forget("ns/a");
         assert_eq!(memory.sizes(), (2, 2));
-        assert!(!memory.is_own_write("ns", "a", "1"));
+        assert!(!memory.is_checked("ns", "a", "1"));
         memory.retain(|object| object == "ns/c");
         assert_eq!(memory.sizes(), (1, 1));
-        assert!(memory.is_own_write("ns", "c", "1"));
+        assert!(memory.is_checked("ns", "c", "1"));
     }
 }

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Decisions are pure and live in [`render`], [`target`], [`status`],
-//! [`memory`], [`staleness`] and [`crate::schedule`]; [`reconciler`] runs the
+//! [`memory`], [`observed`], [`staleness`] and [`crate::schedule`]; [`reconciler`] runs the
 //! steps, with [`identity`], [`fetch`], [`write`] and [`events`] doing the I/O
 //! around them, and [`error`] saying what each failure means for the status
 //! and the retry.
@@ -21,6 +21,7 @@ mod fetch;
 mod identity;
 pub mod keys;
 pub mod memory;
+pub mod observed;
 mod reconciler;
 pub mod render;
 pub mod staleness;
@@ -33,7 +34,7 @@ mod write;
 pub use error::{Retry, SyncError};
 pub use reconciler::MERGE_FINALIZER;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,6 +54,7 @@ use crate::scope::ScopeArgs;
 use crate::vault::VaultAccess;
 pub use events::ObjectEvents;
 use memory::Memory;
+use observed::Observed;
 
 /// Shared state of the sync stage.
 pub struct Context {
@@ -72,6 +74,11 @@ pub struct Context {
     pub max_backoff: Duration,
     /// What is remembered per object between syncs (see [`memory`]).
     memory: Mutex<Memory>,
+    /// Versions of the Secrets the watches have seen, with the values of
+    /// credential keys read at them (see [`observed`]).
+    secrets: Mutex<Observed<BTreeMap<String, String>>>,
+    /// Versions of the ServiceAccounts the watches have seen, with their annotations.
+    service_accounts: Mutex<Observed<identity::WorkloadAnnotations>>,
 }
 
 impl Context {
@@ -100,16 +107,19 @@ impl Context {
             default_tenant_id,
             max_backoff,
             memory: Mutex::default(),
+            secrets: Mutex::default(),
+            service_accounts: Mutex::default(),
         }
     }
 
-    fn is_own_write(&self, secret: &PartialObjectMeta<Secret>) -> bool {
+    /// Whether kvsync wrote this version of the Secret, or read it as up to date.
+    fn is_checked(&self, secret: &PartialObjectMeta<Secret>) -> bool {
         let namespace = secret.namespace().unwrap_or_default();
         secret.resource_version().is_some_and(|rv| {
             self.memory
                 .lock()
                 .unwrap()
-                .is_own_write(&namespace, &secret.name_any(), &rv)
+                .is_checked(&namespace, &secret.name_any(), &rv)
         })
     }
 
@@ -334,17 +344,32 @@ async fn run_controller(
     .predicate_filter(sync_trigger, Default::default());
     // Metadata only: the mappers need names, annotations and resourceVersions,
     // not the data of every Secret in the cluster.
+    // Both also keep the index of versions refreshes read instead of the API server.
+    let (observe_ctx, observe_scope) = (ctx.clone(), namespace.clone());
     let secret_events = watcher(
         scoped_api::<PartialObjectMeta<Secret>>(&ctx.client, &namespace),
         crate::cluster::watch_config(),
     )
     .backoff(crate::cluster::watch_backoff())
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            let mut secrets = observe_ctx.secrets.lock().unwrap();
+            secrets.follow(&observe_scope, event, |_| BTreeMap::new());
+        }
+    })
     .touched_objects();
+    let (observe_ctx, observe_scope) = (ctx.clone(), namespace.clone());
     let sa_events = watcher(
         scoped_api::<PartialObjectMeta<ServiceAccount>>(&ctx.client, &namespace),
         crate::cluster::watch_config(),
     )
     .backoff(crate::cluster::watch_backoff())
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            let mut service_accounts = observe_ctx.service_accounts.lock().unwrap();
+            service_accounts.follow(&observe_scope, event, identity::WorkloadAnnotations::of);
+        }
+    })
     .touched_objects();
     let config_map_events = watcher(
         scoped_api::<PartialObjectMeta<ConfigMap>>(&ctx.client, &namespace),
@@ -360,7 +385,7 @@ async fn run_controller(
             vault_changes,
         ))
         .watches_stream(secret_events, move |secret| {
-            if secret_ctx.is_own_write(&secret) {
+            if secret_ctx.is_checked(&secret) {
                 Vec::new()
             } else {
                 secret_ctx.read_now(affected_by_secret(&secret, &secret_store))

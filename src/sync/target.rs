@@ -23,6 +23,7 @@
 //! removed by the next apply, and nothing another manager owns is touched.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -141,7 +142,7 @@ fn merge_refusal(existing: &Secret, owner_uid: &str) -> Option<String> {
 }
 
 /// The Secret as kvsync wants it.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct DesiredSecret {
     pub name: String,
     pub namespace: String,
@@ -232,6 +233,14 @@ impl DesiredSecret {
                 .insert(RELOADER_MATCH_ANNOTATION.into(), "true".into());
         }
         self
+    }
+
+    /// A digest of everything that decides whether a Secret is up to date
+    /// (written `immutable` or not): equal digests want the same Secret.
+    pub fn digest(&self, immutable: bool) -> u64 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (self, immutable).hash(&mut hasher);
+        hasher.finish()
     }
 
     /// Decides against the Secret that exists now (if any).
@@ -449,6 +458,22 @@ mod tests {
             WriteDecision::UpToDate
         );
         assert_eq!(want.decide(None), WriteDecision::Apply);
+    }
+
+    #[test]
+    fn the_digest_changes_with_anything_that_is_written() {
+        let want = desired(CreationPolicy::Owner);
+        assert_eq!(want.digest(false), want.clone().digest(false));
+        assert_ne!(want.digest(false), want.digest(true));
+        let mut value = want.clone();
+        value.data.insert("password".into(), b"new".to_vec());
+        let mut label = want.clone();
+        label.labels.insert("team".into(), "a".into());
+        let mut policy = want.clone();
+        policy.policy = CreationPolicy::Orphan;
+        for other in [value, label, policy] {
+            assert_ne!(want.digest(false), other.digest(false));
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! manages.
 //!
 //! ```text
-//!  DesiredSecret ──decide (pure, target.rs)──▶ UpToDate ── no request
+//!  DesiredSecret ── same digest, same version as last checked (watch) ──▶ UpToDate ── no request
+//!       └─ else GET ──decide (pure, target.rs)──▶ UpToDate ── no write; version + digest remembered
 //!                                           ├▶ Conflict / Missing ── SyncError, nothing written
 //!                                           └▶ Apply ── SSA (manager kvsync) ──▶ drop foreign keys ──▶ notify reload
 //!
@@ -38,6 +39,10 @@ pub async fn write_target(
     desired: &DesiredSecret,
     immutable: bool,
 ) -> Result<bool, SyncError> {
+    let digest = desired.digest(immutable);
+    if still_holds(ctx, desired, digest) {
+        return Ok(false);
+    }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &desired.namespace);
     let existing = api.get_opt(&desired.name).await?;
     let decision = desired.decide(existing.as_ref());
@@ -49,7 +54,12 @@ pub async fn write_target(
     }
     tracing::debug!(namespace = %desired.namespace, secret = %desired.name, ?decision, "target decision");
     match decision {
-        WriteDecision::UpToDate => Ok(false),
+        WriteDecision::UpToDate => {
+            if let Some(version) = existing.as_ref().and_then(|s| s.resource_version()) {
+                remember_checked(ctx, object, desired, version, Some(digest));
+            }
+            Ok(false)
+        }
         WriteDecision::Conflict(message) => Err(SyncError::Conflict(message)),
         WriteDecision::Missing => Err(SyncError::SecretMissing(desired.name.clone())),
         WriteDecision::Apply => {
@@ -61,13 +71,9 @@ pub async fn write_target(
                 // own differed): not a write, so no event, reload or status.
                 return Ok(false);
             }
-            if let Some(rv) = resource_version {
-                ctx.memory.lock().unwrap().remember_own_write(
-                    object,
-                    &desired.namespace,
-                    &desired.name,
-                    rv,
-                );
+            if let Some(version) = resource_version {
+                let holds = desired.decide(Some(&written)) == WriteDecision::UpToDate;
+                remember_checked(ctx, object, desired, version, holds.then_some(digest));
             }
             ctx.notifier
                 .secret_written(&desired.namespace, &desired.name);
@@ -75,6 +81,39 @@ pub async fn write_target(
             Ok(true)
         }
     }
+}
+
+/// Whether the target is still the version kvsync last wrote or read
+/// holding the desired Secret with this digest, as far as the Secret watch
+/// has seen: then there is nothing to read or write. A change by anyone else
+/// is a new version (and its watch event syncs the object at once).
+fn still_holds(ctx: &Context, desired: &DesiredSecret, digest: u64) -> bool {
+    let key = format!("{}/{}", desired.namespace, desired.name);
+    let Some(version) = ctx.secrets.lock().unwrap().version(&key).map(str::to_owned) else {
+        return false;
+    };
+    ctx.memory
+        .lock()
+        .unwrap()
+        .holds(&desired.namespace, &desired.name, &version, digest)
+}
+
+/// Remembers the version of the target `object` wrote or read, and whether
+/// it holds the desired Secret with this digest.
+fn remember_checked(
+    ctx: &Context,
+    object: &str,
+    desired: &DesiredSecret,
+    version: String,
+    holds: Option<u64>,
+) {
+    ctx.memory.lock().unwrap().remember_checked(
+        object,
+        &desired.namespace,
+        &desired.name,
+        version,
+        holds,
+    );
 }
 
 /// Whether an existing Secret holds exactly the desired data.
