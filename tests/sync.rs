@@ -660,6 +660,142 @@ async fn many_keyvaultsecrets_share_one_listing_and_read_a_change_once() {
     );
 }
 
+/// The operator's API-server requests that are not watches, by method.
+async fn api_requests(f: &Fixture) -> BTreeMap<String, u64> {
+    f.metrics()
+        .await
+        .lines()
+        .filter_map(|line| line.strip_prefix("kvsync_kubernetes_requests_total{method=\""))
+        .filter_map(|rest| {
+            let (method, rest) = rest.split_once('"')?;
+            let count = rest.strip_prefix(",watch=\"false\"} ")?;
+            Some((method.to_owned(), count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Resource versions of every Secret and KeyVaultSecret of the namespace.
+async fn all_versions(f: &Fixture) -> BTreeMap<String, String> {
+    let secrets = f.secrets().list(&Default::default()).await.unwrap();
+    let objects = f.kvs_api().list(&Default::default()).await.unwrap();
+    let secrets = secrets
+        .items
+        .iter()
+        .map(|s| (format!("secret/{}", s.name_any()), s.resource_version()));
+    let objects = objects
+        .items
+        .iter()
+        .map(|k| (format!("kvs/{}", k.name_any()), k.resource_version()));
+    secrets
+        .chain(objects)
+        .map(|(key, rv)| (key, rv.unwrap_or_default()))
+        .collect()
+}
+
+/// Scale (issue 17): an idle refresh reads the target Secret, the credential
+/// Secret and the ServiceAccount as the watches saw them, so the API-server
+/// requests of an idle operator do not grow with its KeyVaultSecrets — and
+/// a change by someone else to any of the three still takes effect at once.
+#[tokio::test]
+async fn idle_refreshes_ask_the_api_server_nothing_per_object() {
+    const OBJECTS: usize = 20;
+    let f = Fixture::new("idle-api").await;
+    let creds: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "kv-creds"}, "stringData": {"clientSecret": SECRET_APP_PASSWORD}}),
+    )
+    .unwrap();
+    f.secrets()
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+    let client_secret = json!({"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP, "secretRef": {"name": "kv-creds", "key": "clientSecret"}}});
+    let workload = json!({"workloadIdentity": {"serviceAccountName": "shop-api"}});
+    for i in 0..OBJECTS {
+        let auth = if i % 2 == 0 {
+            &workload
+        } else {
+            &client_secret
+        };
+        f.apply(
+            &format!("app-{i}"),
+            json!({"refreshInterval": "2s", "auth": auth, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
+        )
+        .await;
+    }
+    for i in 0..OBJECTS {
+        f.wait_reason(&format!("app-{i}"), "Synced").await;
+    }
+    let total = |requests: &BTreeMap<String, u64>| requests.values().sum::<u64>();
+    // Settled: a refresh of everyone (2 s) with next to no request, e.g.
+    // once the watch has delivered the operator's own writes.
+    eventually(
+        "an idle refresh interval (at most 2 API requests in 2.5 s)",
+        Duration::from_secs(60),
+        || async {
+            let before = total(&api_requests(&f).await);
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            (total(&api_requests(&f).await) <= before + 2).then_some(())
+        },
+    )
+    .await;
+    let (requests, versions) = (api_requests(&f).await, all_versions(&f).await);
+    let unchanged = f.sync_count("unchanged").await;
+    // Four refresh intervals: about 80 refreshes, each of which used to GET
+    // its target and its credential Secret or ServiceAccount. What remains
+    // does not depend on the objects: the Lease renewal (a GET and a PATCH
+    // every few seconds) and the reload stage's look for Argo Rollouts.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (idle_requests, refreshes) = (
+        api_requests(&f).await,
+        f.sync_count("unchanged").await - unchanged,
+    );
+    assert!(
+        refreshes >= OBJECTS as u64,
+        "every object was refreshed in the window: {refreshes} refreshes"
+    );
+    assert!(
+        total(&idle_requests) <= total(&requests) + 8,
+        "{refreshes} idle refreshes made no request per object: {requests:?} then {idle_requests:?}"
+    );
+    assert_eq!(
+        all_versions(&f).await,
+        versions,
+        "no Secret or status was written"
+    );
+
+    // What someone else changes still counts at once: an edited target …
+    let edit = json!({"stringData": {"pw": "tampered"}});
+    f.secrets()
+        .patch("app-0", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    eventually("the edited Secret to be repaired", WAIT, || async {
+        (f.secret_data("app-0").await?.get("pw")? == "s3cr3t-db-value").then_some(())
+    })
+    .await;
+    // … a ServiceAccount that lost its client id …
+    let sa: Api<ServiceAccount> = Api::namespaced(f.client.clone(), &f.ns.name);
+    let drop_client_id =
+        json!({"metadata": {"annotations": {"azure.workload.identity/client-id": null}}});
+    sa.patch(
+        "shop-api",
+        &PatchParams::default(),
+        &Patch::Merge(&drop_client_id),
+    )
+    .await
+    .unwrap();
+    let refused = f.wait_reason("app-0", "InvalidSpec").await;
+    assert!(ready(&refused).unwrap().message.contains("no client id"));
+    // … and a rotated credential.
+    let wrong = json!({"stringData": {"clientSecret": "wrong"}});
+    f.secrets()
+        .patch("kv-creds", &PatchParams::default(), &Patch::Merge(&wrong))
+        .await
+        .unwrap();
+    f.wait_reason("app-1", "AuthFailed").await;
+    f.assert_nothing_leaked(&["tampered", "wrong"]).await;
+}
+
 #[tokio::test]
 async fn one_operator_serves_several_listed_namespaces() {
     let f = Fixture::new("multi-a").await;
