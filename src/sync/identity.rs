@@ -10,13 +10,15 @@
 //! [`SyncError::InvalidSpec`]); the ServiceAccount and Secret watches bring
 //! the object back as soon as the fix is made.
 
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 use kube::api::Api;
 
-use super::Context;
 use super::error::SyncError;
-use crate::api::{Auth, ClientSecretAuth, KeyVaultSecret, WorkloadIdentityAuth};
+use super::{Context, values};
+use crate::api::{
+    Auth, ClientSecretAuth, KeyVaultSecret, TemplateSourceKind, WorkloadIdentityAuth,
+};
 use crate::vault::Identity;
 
 /// Service-account annotations set for Azure Workload Identity.
@@ -184,49 +186,36 @@ async fn service_account_identity(
 }
 
 /// The credential (client secret or certificate PEM) an app registration's
-/// `secretRef` points at: as read before at the version the watch sees, or
-/// read now (and kept while the watch sees that version).
+/// `secretRef` points at (read as in [`super::values`]).
 async fn credential(
     ctx: &Context,
     namespace: &str,
     auth: &ClientSecretAuth,
 ) -> Result<String, SyncError> {
     let reference = &auth.secret_ref;
-    let key = format!("{namespace}/{}", reference.name);
-    let known = ctx
-        .secrets
-        .lock()
-        .unwrap()
-        .known(&key)
-        .and_then(|values| values.get(&reference.key).cloned());
-    if let Some(value) = known {
-        return Ok(value);
-    }
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-        .get_opt(&reference.name)
-        .await?
-        .ok_or_else(|| {
-            SyncError::InvalidSpec(format!(
-                "credential Secret {} does not exist in namespace {namespace}",
-                reference.name
-            ))
-        })?;
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&reference.key))
-        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    let key = reference.key.as_str();
+    let values = values::read(
+        ctx,
+        TemplateSourceKind::Secret,
+        namespace,
+        &reference.name,
+        &[key],
+    )
+    .await?
+    .ok_or_else(|| {
+        SyncError::InvalidSpec(format!(
+            "credential Secret {} does not exist in namespace {namespace}",
+            reference.name
+        ))
+    })?;
+    values
+        .get(key)
+        .and_then(|v| String::from_utf8(v.clone()).ok())
         .filter(|v| !v.trim().is_empty())
         .ok_or_else(|| {
             SyncError::InvalidSpec(format!(
                 "credential Secret {} has no key {}",
                 reference.name, reference.key
             ))
-        })?;
-    if let Some(version) = secret.resource_version() {
-        ctx.secrets.lock().unwrap().learn(&key, &version, |values| {
-            values.insert(reference.key.clone(), value.clone());
-        });
-    }
-    Ok(value)
+        })
 }

@@ -29,12 +29,13 @@ pub mod status;
 pub mod target;
 pub mod template;
 mod template_from;
+mod values;
 mod write;
 
 pub use error::{Retry, SyncError};
 pub use reconciler::MERGE_FINALIZER;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -75,8 +76,10 @@ pub struct Context {
     /// What is remembered per object between syncs (see [`memory`]).
     memory: Mutex<Memory>,
     /// Versions of the Secrets the watches have seen, with the values of
-    /// credential keys read at them (see [`observed`]).
-    secrets: Mutex<Observed<BTreeMap<String, String>>>,
+    /// keys read at them (credentials, templates; see [`observed`], [`values`]).
+    secrets: Mutex<Observed<values::Values>>,
+    /// Versions of the ConfigMaps, with the values of template keys read at them.
+    config_maps: Mutex<Observed<values::Values>>,
     /// Versions of the ServiceAccounts the watches have seen, with their annotations.
     service_accounts: Mutex<Observed<identity::WorkloadAnnotations>>,
 }
@@ -108,6 +111,7 @@ impl Context {
             max_backoff,
             memory: Mutex::default(),
             secrets: Mutex::default(),
+            config_maps: Mutex::default(),
             service_accounts: Mutex::default(),
         }
     }
@@ -344,7 +348,8 @@ async fn run_controller(
     .predicate_filter(sync_trigger, Default::default());
     // Metadata only: the mappers need names, annotations and resourceVersions,
     // not the data of every Secret in the cluster.
-    // Both also keep the index of versions refreshes read instead of the API server.
+    // These three also keep the index of versions refreshes read instead of
+    // the API server (see [`observed`]).
     let (observe_ctx, observe_scope) = (ctx.clone(), namespace.clone());
     let secret_events = watcher(
         scoped_api::<PartialObjectMeta<Secret>>(&ctx.client, &namespace),
@@ -354,7 +359,7 @@ async fn run_controller(
     .inspect(move |event| {
         if let Ok(event) = event {
             let mut secrets = observe_ctx.secrets.lock().unwrap();
-            secrets.follow(&observe_scope, event, |_| BTreeMap::new());
+            secrets.follow(&observe_scope, event, |_| values::Values::new());
         }
     })
     .touched_objects();
@@ -371,11 +376,18 @@ async fn run_controller(
         }
     })
     .touched_objects();
+    let (observe_ctx, observe_scope) = (ctx.clone(), namespace.clone());
     let config_map_events = watcher(
         scoped_api::<PartialObjectMeta<ConfigMap>>(&ctx.client, &namespace),
         crate::cluster::watch_config(),
     )
     .default_backoff()
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            let mut config_maps = observe_ctx.config_maps.lock().unwrap();
+            config_maps.follow(&observe_scope, event, |_| values::Values::new());
+        }
+    })
     .touched_objects();
     let (secret_store, sa_store, config_map_store) =
         (reader.clone(), reader.clone(), reader.clone());

@@ -8,8 +8,9 @@
 //!        listed   the re-list that last saw it (entries a re-list did not see are dropped)
 //!        known    what kvsync learned of the object at that version; a new version resets it
 //!
-//!  Secrets          known = values of credential keys read (GET) at that version, none until read
-//!  ServiceAccounts  known = their workload-identity annotations, from the watch event itself
+//!  Secrets, ConfigMaps  known = values of the keys read (GET) at that version: credentials,
+//!                       template sources (see [`super::values`]); none until read
+//!  ServiceAccounts      known = their workload-identity annotations, from the watch event itself
 //! ```
 //!
 //! A refresh trusts what is known at the current version instead of asking

@@ -3,15 +3,14 @@
 //! namespace), then `target.template.data` — a later key wins, as in ESO.
 //!
 //! The sources are watched (metadata only, see [`super::run`]), so editing
-//! or creating one re-renders the Secrets that use it.
+//! or creating one re-renders the Secrets that use it; an idle refresh reads
+//! them as of the version the watch sees (see [`super::values`]).
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
-use kube::api::Api;
 
-use super::Context;
 use super::error::SyncError;
 use super::template::Templates;
+use super::{Context, values};
 use crate::api::{KeyVaultSecret, TemplateSource, TemplateSourceKind};
 
 /// Every template of `kvs`, in the order they apply (empty without `target.template`).
@@ -46,27 +45,9 @@ async fn read_items(
     kind: TemplateSourceKind,
     source: &TemplateSource,
 ) -> Result<Templates, SyncError> {
-    let content = match kind {
-        TemplateSourceKind::ConfigMap => {
-            Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
-                .get_opt(&source.name)
-                .await?
-                .map(|map| map.data.unwrap_or_default())
-        }
-        TemplateSourceKind::Secret => Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(&source.name)
-            .await?
-            .map(|secret| {
-                secret
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(key, bytes)| (key, String::from_utf8_lossy(&bytes.0).into_owned()))
-                    .collect()
-            }),
-    };
+    let keys: Vec<&str> = source.items.iter().map(|item| item.key.as_str()).collect();
     let what = format!("{kind:?} {}", source.name);
-    let Some(content) = content else {
+    let Some(content) = values::read(ctx, kind, namespace, &source.name, &keys).await? else {
         return Err(SyncError::InvalidSpec(format!(
             "target.template.templateFrom: {what} does not exist in namespace {namespace}"
         )));
@@ -75,7 +56,7 @@ async fn read_items(
         .items
         .iter()
         .map(|item| match content.get(&item.key) {
-            Some(text) => Ok((item.key.clone(), text.clone())),
+            Some(text) => Ok((item.key.clone(), String::from_utf8_lossy(text).into_owned())),
             None => Err(SyncError::InvalidSpec(format!(
                 "target.template.templateFrom: {what} has no key {:?}",
                 item.key
