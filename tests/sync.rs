@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kvsync::api::KeyVaultSecret;
@@ -695,7 +695,8 @@ async fn all_versions(f: &Fixture) -> BTreeMap<String, String> {
 /// Scale (issue 17): an idle refresh reads the target Secret, the credential
 /// Secret and the ServiceAccount as the watches saw them, so the API-server
 /// requests of an idle operator do not grow with its KeyVaultSecrets — and
-/// a change by someone else to any of the three still takes effect at once.
+/// a change by someone else to any of them (or to a template source) still
+/// takes effect at once.
 #[tokio::test]
 async fn idle_refreshes_ask_the_api_server_nothing_per_object() {
     const OBJECTS: usize = 20;
@@ -710,17 +711,28 @@ async fn idle_refreshes_ask_the_api_server_nothing_per_object() {
         .unwrap();
     let client_secret = json!({"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP, "secretRef": {"name": "kv-creds", "key": "clientSecret"}}});
     let workload = json!({"workloadIdentity": {"serviceAccountName": "shop-api"}});
+    let config_maps: Api<ConfigMap> = Api::namespaced(f.client.clone(), &f.ns.name);
+    let templates: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "templates"}, "data": {"conf": "pw={{ pw }}"}}),
+    )
+    .unwrap();
+    config_maps
+        .create(&PostParams::default(), &templates)
+        .await
+        .unwrap();
+    // Half with a service account, half with a credential Secret; a quarter with a template source too.
     for i in 0..OBJECTS {
         let auth = if i % 2 == 0 {
             &workload
         } else {
             &client_secret
         };
-        f.apply(
-            &format!("app-{i}"),
-            json!({"refreshInterval": "2s", "auth": auth, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
-        )
-        .await;
+        let mut spec = json!({"refreshInterval": "2s", "auth": auth, "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]});
+        if i % 4 < 2 {
+            spec["target"] = json!({"template": {"mergePolicy": "Merge",
+                "templateFrom": [{"configMap": {"name": "templates", "items": [{"key": "conf"}]}}]}});
+        }
+        f.apply(&format!("app-{i}"), spec).await;
     }
     for i in 0..OBJECTS {
         f.wait_reason(&format!("app-{i}"), "Synced").await;
@@ -763,7 +775,17 @@ async fn idle_refreshes_ask_the_api_server_nothing_per_object() {
         "no Secret or status was written"
     );
 
-    // What someone else changes still counts at once: an edited target …
+    // What someone else changes still counts at once: an edited template …
+    let edit = json!({"data": {"conf": "password={{ pw }}"}});
+    config_maps
+        .patch("templates", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    eventually("the edited template to be rendered", WAIT, || async {
+        (f.secret_data("app-1").await?.get("conf")? == "password=s3cr3t-db-value").then_some(())
+    })
+    .await;
+    // … an edited target …
     let edit = json!({"stringData": {"pw": "tampered"}});
     f.secrets()
         .patch("app-0", &PatchParams::default(), &Patch::Merge(&edit))
