@@ -10,9 +10,9 @@
 //! ```
 //!
 //! Decisions are pure and live in [`render`], [`target`], [`status`],
-//! [`memory`], [`observed`], [`staleness`] and [`crate::schedule`]; [`reconciler`] runs the
-//! steps, with [`identity`], [`fetch`], [`write`] and [`events`] doing the I/O
-//! around them, and [`error`] saying what each failure means for the status
+//! [`memory`], [`observed`], [`staleness`] and [`crate::schedule`];
+//! [`reconciler`] runs the steps, with [`identity`], [`values`], [`fetch`],
+//! [`write`] and [`events`] doing the I/O around them, and [`error`] saying what each failure means for the status
 //! and the retry.
 
 mod error;
@@ -321,6 +321,22 @@ where
     }
 }
 
+/// Keeps one index of the context (see [`observed`]) in step with the
+/// events of a watch of `scope`; `known` says what an event itself tells.
+fn observe<K: kube::Resource, T>(
+    ctx: &Arc<Context>,
+    scope: &Option<String>,
+    index: fn(&Context) -> &Mutex<Observed<T>>,
+    known: fn(&K) -> T,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K, T> {
+    let (ctx, scope) = (ctx.clone(), scope.clone());
+    move |event| {
+        if let Ok(event) = event {
+            index(&ctx).lock().unwrap().follow(&scope, event, known);
+        }
+    }
+}
+
 async fn run_controller(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -348,46 +364,43 @@ async fn run_controller(
     .predicate_filter(sync_trigger, Default::default());
     // Metadata only: the mappers need names, annotations and resourceVersions,
     // not the data of every Secret in the cluster.
-    // These three also keep the index of versions refreshes read instead of
-    // the API server (see [`observed`]).
-    let (observe_ctx, observe_scope) = (ctx.clone(), namespace.clone());
+    // These three also keep the indexes refreshes read instead of the API
+    // server (see [`observed`]).
     let secret_events = watcher(
         scoped_api::<PartialObjectMeta<Secret>>(&ctx.client, &namespace),
         crate::cluster::watch_config(),
     )
     .backoff(crate::cluster::watch_backoff())
-    .inspect(move |event| {
-        if let Ok(event) = event {
-            let mut secrets = observe_ctx.secrets.lock().unwrap();
-            secrets.follow(&observe_scope, event, |_| values::Values::new());
-        }
-    })
+    .inspect(observe(
+        &ctx,
+        &namespace,
+        |c| &c.secrets,
+        |_| Default::default(),
+    ))
     .touched_objects();
-    let (observe_ctx, observe_scope) = (ctx.clone(), namespace.clone());
     let sa_events = watcher(
         scoped_api::<PartialObjectMeta<ServiceAccount>>(&ctx.client, &namespace),
         crate::cluster::watch_config(),
     )
     .backoff(crate::cluster::watch_backoff())
-    .inspect(move |event| {
-        if let Ok(event) = event {
-            let mut service_accounts = observe_ctx.service_accounts.lock().unwrap();
-            service_accounts.follow(&observe_scope, event, identity::WorkloadAnnotations::of);
-        }
-    })
+    .inspect(observe(
+        &ctx,
+        &namespace,
+        |c| &c.service_accounts,
+        identity::WorkloadAnnotations::of,
+    ))
     .touched_objects();
-    let (observe_ctx, observe_scope) = (ctx.clone(), namespace.clone());
     let config_map_events = watcher(
         scoped_api::<PartialObjectMeta<ConfigMap>>(&ctx.client, &namespace),
         crate::cluster::watch_config(),
     )
     .default_backoff()
-    .inspect(move |event| {
-        if let Ok(event) = event {
-            let mut config_maps = observe_ctx.config_maps.lock().unwrap();
-            config_maps.follow(&observe_scope, event, |_| values::Values::new());
-        }
-    })
+    .inspect(observe(
+        &ctx,
+        &namespace,
+        |c| &c.config_maps,
+        |_| Default::default(),
+    ))
     .touched_objects();
     let (secret_store, sa_store, config_map_store) =
         (reader.clone(), reader.clone(), reader.clone());
