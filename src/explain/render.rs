@@ -162,12 +162,25 @@ fn workload(r: &WorkloadReport) -> String {
             if let Some(cause) = &last.cause {
                 let _ = writeln!(out, "  cause:        {cause}");
             }
+            if let Some(job) = &last.job {
+                let _ = writeln!(out, "  job:          {job}");
+            }
         }
         None => {
             let _ = writeln!(out, "  last restart: never by kvsync");
         }
     }
-    let _ = writeln!(out, "  min interval: {}", r.restart_window.min_interval);
+    let _ = writeln!(out, "  pending:      {}", r.pending.summary);
+    let assumed = if r.restart_window.min_interval_assumed {
+        " (assumed: the operator's default; pass --min-reload-interval if it runs with another)"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "  min interval: {}{assumed}",
+        r.restart_window.min_interval
+    );
     let _ = writeln!(out, "  next:         {}", r.restart_window.summary);
     limits(&mut out, &r.limits);
     out

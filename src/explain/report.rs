@@ -94,11 +94,11 @@ pub struct WorkloadReaction {
     pub rule: String,
 }
 
-/// `explain deployment/NAME` (and statefulset, daemonset).
+/// `explain deployment/NAME` (and statefulset, daemonset, rollout, cronjob).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadReport {
-    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `Rollout` or `CronJob`.
     pub kind: &'static str,
     pub namespace: String,
     pub name: String,
@@ -116,7 +116,9 @@ pub struct WorkloadReport {
     /// Whether kvsync has recorded what the pods run with (baselined).
     pub baselined: bool,
     pub last_restart: Option<LastRestart>,
-    /// When the next restart may happen.
+    /// Whether a restart is pending now, and until when.
+    pub pending: PendingRestart,
+    /// When a restart for a change made now may happen.
     pub restart_window: RestartWindow,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<String>,
@@ -146,6 +148,34 @@ pub struct LastRestart {
     /// The `Reloaded` event's note (`Rolling restart: Secret/db changed`), if still kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// For a CronJob: the Job kvsync created then, if it still exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+}
+
+/// Whether kvsync has a restart to make for changes already made.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingRestart {
+    pub state: PendingState,
+    /// In words: why, and until when.
+    pub summary: String,
+    /// When the restart is due (now, for one held by nothing but the debounce).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// The resources whose change it is for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+}
+
+/// Whether a restart is pending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PendingState {
+    Pending,
+    None,
+    /// What the pods run with cannot be compared to the present (see the summary).
+    Unknown,
 }
 
 /// Whether a change now restarts at once or waits, and until when.
@@ -154,6 +184,9 @@ pub struct LastRestart {
 pub struct RestartWindow {
     /// The operator's minimum interval between restarts.
     pub min_interval: String,
+    /// True when `--min-reload-interval` was not given and the operator's
+    /// default is assumed.
+    pub min_interval_assumed: bool,
     /// Set while a change would wait: the earliest restart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_until: Option<String>,
