@@ -18,9 +18,10 @@ use time::OffsetDateTime;
 
 use super::pending::Digests;
 use super::report::Report;
+use super::template::TemplateText;
 use super::workload::ResourceInfo;
 use super::{Target, keyvaultsecret, render, workload};
-use crate::api::KeyVaultSecret;
+use crate::api::{KeyVaultSecret, TemplateSourceKind};
 use crate::reload::KEY_SECRET_NAME;
 use crate::reload::annotations::ResourceFlags;
 use crate::reload::digest::DigestKey;
@@ -211,13 +212,78 @@ async fn explain_keyvaultsecret(
             None
         }
     };
+    let templates = templates(client, namespace, &kvs, &mut limits).await;
     let workloads = workloads(client, namespace, &mut limits).await;
     Ok(Report::KeyVaultSecret(keyvaultsecret::explain(
         &kvs,
         secret.as_ref(),
+        &templates,
         &workloads,
         limits,
     )))
+}
+
+/// The templates of `kvs` in the order the sync stage applies them:
+/// `templateFrom` items, then `template.data`. The texts are only parsed.
+async fn templates(
+    client: &kube::Client,
+    namespace: &str,
+    kvs: &KeyVaultSecret,
+    limits: &mut Vec<String>,
+) -> Vec<TemplateText> {
+    let Some(template) = &kvs.spec.target.template else {
+        return Vec::new();
+    };
+    let mut texts = Vec::new();
+    for (kind, source) in template.sources() {
+        let (origin, content) = match kind {
+            TemplateSourceKind::ConfigMap => (
+                format!("templateFrom ConfigMap/{}", source.name),
+                Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                    .get_opt(&source.name)
+                    .await
+                    .map(|found| found.map(|map| map.data.unwrap_or_default())),
+            ),
+            TemplateSourceKind::Secret => (
+                format!("templateFrom Secret/{}", source.name),
+                Api::<Secret>::namespaced(client.clone(), namespace)
+                    .get_opt(&source.name)
+                    .await
+                    .map(|found| {
+                        found.map(|secret| {
+                            let data = secret.data.unwrap_or_default().into_iter();
+                            data.map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                                .collect()
+                        })
+                    }),
+            ),
+        };
+        let content: Result<BTreeMap<String, String>, String> = match content {
+            Ok(Some(content)) => Ok(content),
+            Ok(None) => Err(format!("{origin} does not exist")),
+            Err(error) => {
+                limits.push(format!("{origin}: {error}"));
+                Err(format!("{origin} cannot be read"))
+            }
+        };
+        texts.extend(source.items.iter().map(|item| TemplateText {
+            key: item.key.clone(),
+            origin: origin.clone(),
+            text: match &content {
+                Ok(content) => content
+                    .get(&item.key)
+                    .cloned()
+                    .ok_or_else(|| format!("{origin} has no key {:?}", item.key)),
+                Err(why) => Err(why.clone()),
+            },
+        }));
+    }
+    texts.extend(template.data.iter().map(|(key, text)| TemplateText {
+        key: key.clone(),
+        origin: "target.template.data".to_owned(),
+        text: Ok(text.clone()),
+    }));
+    texts
 }
 
 async fn explain_workload(

@@ -24,6 +24,7 @@ pub mod keyvaultsecret;
 pub mod pending;
 pub mod render;
 pub mod report;
+pub mod template;
 pub mod workload;
 
 pub use fetch::{ExplainArgs, ExplainError, run};

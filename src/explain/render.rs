@@ -44,22 +44,51 @@ fn keyvaultsecret(r: &KeyVaultSecretReport) -> String {
     };
     let _ = writeln!(out, "  secret:  {}{exists}", r.secret);
     let _ = writeln!(out, "\nKeys (values are never shown):");
-    for key in &r.keys {
-        let absent = if key.in_secret {
-            ""
-        } else {
-            " (not in the Secret)"
-        };
-        let _ = writeln!(out, "  {}{absent}", key.key);
+    if let Some(policy) = &r.merge_policy {
         let _ = writeln!(
             out,
-            "    from:     {} {} ({})",
-            key.from, key.vault_secret, key.version
+            "  (target.template, mergePolicy {policy}: rendered keys first, then what they read)"
         );
-        if let Some(property) = &key.property {
-            let _ = writeln!(out, "    property: {property}");
+    }
+    for key in &r.keys {
+        let absent = match (key.in_secret, &r.merge_policy) {
+            (true, _) => "",
+            (false, Some(policy)) if policy == "Replace" && key.template.is_none() => {
+                " (read by the templates, not written: mergePolicy Replace)"
+            }
+            (false, _) => " (not in the Secret)",
+        };
+        let _ = writeln!(out, "  {}{absent}", key.key);
+        if let Some(template) = &key.template {
+            let _ = writeln!(out, "    from:     {}", template.origin);
+            if let Some(why) = &template.unknown {
+                let _ = writeln!(out, "    reads:    unknown ({why})");
+            }
+            if template.unknown.is_none() && template.variables.is_empty() {
+                let _ = writeln!(out, "    reads:    no fetched value");
+            }
+            for variable in &template.variables {
+                let vault = variable
+                    .vault_secret
+                    .as_deref()
+                    .map_or_else(String::new, |name| format!(": vault secret {name}"));
+                let _ = writeln!(
+                    out,
+                    "    reads:    {} ← {}{vault}",
+                    variable.variable, variable.from
+                );
+            }
+        } else {
+            let _ = writeln!(
+                out,
+                "    from:     {} {} ({})",
+                key.from, key.vault_secret, key.version
+            );
+            if let Some(property) = &key.property {
+                let _ = writeln!(out, "    property: {property}");
+            }
+            let _ = writeln!(out, "    decoding: {}", key.decoding);
         }
-        let _ = writeln!(out, "    decoding: {}", key.decoding);
         if key.synced.is_empty() {
             let _ = writeln!(out, "    synced:   nothing yet");
         }

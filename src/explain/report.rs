@@ -29,6 +29,9 @@ pub struct KeyVaultSecretReport {
     pub secret_exists: bool,
     /// Each spec entry: the Secret keys it makes and where they come from.
     pub keys: Vec<KeySource>,
+    /// With `target.template`: its `mergePolicy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge_policy: Option<String>,
     pub refresh: Refresh,
     pub condition: Option<ConditionView>,
     /// When the Secret's content last changed (or was first confirmed).
@@ -59,8 +62,38 @@ pub struct KeySource {
     pub decoding: String,
     /// The versions in the Secret now (vault secret → version), from status.
     pub synced: BTreeMap<String, String>,
-    /// False: the spec says so, but the Secret has no such key (yet).
+    /// False: the spec says so, but the Secret has no such key (yet) — or,
+    /// with templates and `mergePolicy: Replace`, a fetched key only the
+    /// templates read.
     pub in_secret: bool,
+    /// For a key `target.template` renders: the template and what it reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateUse>,
+}
+
+/// The template a Secret key is rendered from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateUse {
+    /// `target.template.data` or `templateFrom ConfigMap/NAME` (`Secret/NAME`).
+    pub origin: String,
+    /// The fetched values it looks up.
+    pub variables: Vec<TemplateVariable>,
+    /// Why its variables are not known (its text unreadable or invalid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
+}
+
+/// A variable a template looks up, traced to the spec entry fetching it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateVariable {
+    pub variable: String,
+    /// The spec entry, in words.
+    pub from: String,
+    /// The vault secret, when one is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vault_secret: Option<String>,
 }
 
 /// When the vault is read again.
