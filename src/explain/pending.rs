@@ -93,7 +93,7 @@ fn decided(
         Verdict::UpToDate if end_pause => held(
             "Reloader's pause period is over: kvsync resumes the Deployment at its next look"
                 .to_owned(),
-            Some(now),
+            now,
             &[],
         ),
         Verdict::UpToDate => none("the pods run with the data kvsync recorded".to_owned()),
@@ -106,30 +106,34 @@ fn decided(
             format!(
                 "{restart} is due now (the operator makes it within its debounce and rollout pacing)"
             ),
-            Some(now),
+            now,
             &changed,
         ),
         Verdict::Pause { period, changed } => held(
             format!(
-                "kvsync starts a pause period of {} at its next look; {restart} when it ends",
-                humantime::format_duration(period)
+                "kvsync starts a pause period of {} at its next look; {restart} when it ends, about {}",
+                humantime::format_duration(period),
+                timestamp(now + period)
             ),
-            Some(now + period),
+            now + period,
             &changed,
         ),
         Verdict::Wait { remaining, changed } => {
             let until = now + remaining;
+            let at = timestamp(until);
             let why = if changed.is_empty() {
-                "Reloader paused the Deployment: kvsync resumes it when the pause period ends (with a restart if data changed)".to_owned()
+                format!(
+                    "Reloader paused the Deployment: kvsync resumes it when the pause period ends at {at} (with a restart if data changed)"
+                )
             } else if pause_running(pause, now) {
-                format!("{restart} when the pause period ends")
+                format!("{restart} when the pause period ends at {at}")
             } else {
                 format!(
-                    "held by the minimum interval ({} after the last restart)",
+                    "held by the minimum interval ({} after the last restart) until {at}",
                     humantime::format_duration(min_interval)
                 )
             };
-            held(why, Some(until), &changed)
+            held(why, until, &changed)
         }
     }
 }
@@ -143,23 +147,30 @@ fn from_pause_marks(
 ) -> PendingRestart {
     let period = pause.period.unwrap_or_default();
     if let Some(since) = pause.by_reloader {
+        let until = (since + period).max(now);
         return held(
-            "Reloader paused the Deployment: kvsync resumes it when the pause period ends"
-                .to_owned(),
-            Some((since + period).max(now)),
+            format!(
+                "Reloader paused the Deployment: kvsync resumes it when the pause period ends at {}",
+                timestamp(until)
+            ),
+            until,
             &[],
         );
     }
     match (state.policy.pause_period, state.paused_at) {
-        (Some(period), Some(started)) => held(
-            format!(
-                "a change was seen at {}: the restart follows when the pause period ({}) ends",
-                timestamp(started),
-                humantime::format_duration(period)
-            ),
-            Some((started + period).max(now)),
-            &[],
-        ),
+        (Some(period), Some(started)) => {
+            let until = (started + period).max(now);
+            held(
+                format!(
+                    "a change was seen at {}: the restart follows when the pause period ({}) ends at {}",
+                    timestamp(started),
+                    humantime::format_duration(period),
+                    timestamp(until)
+                ),
+                until,
+                &[],
+            )
+        }
         _ => PendingRestart {
             state: PendingState::Unknown,
             summary: format!(
@@ -190,21 +201,18 @@ fn baseline(why: Baseline) -> &'static str {
     }
 }
 
-fn held(why: String, until: Option<OffsetDateTime>, changed: &[ResourceRef]) -> PendingRestart {
-    let until = until.map(timestamp);
+/// A pending restart due at `until`; `why` says when in words.
+fn held(why: String, until: OffsetDateTime, changed: &[ResourceRef]) -> PendingRestart {
     let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
     let what = if names.is_empty() {
         String::new()
     } else {
         format!("{} changed since the last restart; ", names.join(", "))
     };
-    let when = until
-        .as_deref()
-        .map_or_else(String::new, |at| format!(" (until {at})"));
     PendingRestart {
         state: PendingState::Pending,
-        summary: format!("restart pending: {what}{why}{when}"),
-        until,
+        summary: format!("restart pending: {what}{why}"),
+        until: Some(timestamp(until)),
         changed: names,
     }
 }
