@@ -30,8 +30,7 @@ fn explain(kubeconfig: &Path, namespace: &str, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_kvsync"))
         .arg("explain")
         .args(args)
-        .args(["-n", namespace, "--min-reload-interval", "10m"])
-        .args(["--operator-namespace", namespace])
+        .args(["-n", namespace, "--operator-namespace", namespace])
         .env("KUBECONFIG", kubeconfig)
         .output()
         .expect("run kvsync explain");
@@ -304,19 +303,31 @@ async fn explain_a_secret_a_restarted_and_an_unrestarted_workload() {
 
     let dir = tempfile::tempdir().unwrap();
     let reader = reader_kubeconfig(&f, "reader", read_everything(), dir.path()).await;
+    // The operator runs with a 10m minimum interval; batch's explanations
+    // are asked without it (the default assumed, and said to be).
+    let ten = ["--min-reload-interval", "10m"];
     let cases = [
         ("kvs.txt", vec!["kvs/db"]),
         ("kvs.json", vec!["keyvaultsecret/db", "-o", "json"]),
         ("kvs-template.txt", vec!["kvs/dsn"]),
         ("kvs-template.json", vec!["kvs/dsn", "-o", "json"]),
-        ("web.txt", vec!["deployment/web"]),
-        ("web.json", vec!["deployment/web", "-o", "json"]),
+        ("web.txt", [&["deployment/web"][..], &ten].concat()),
+        (
+            "web.json",
+            [&["deployment/web", "-o", "json"][..], &ten].concat(),
+        ),
         ("batch.txt", vec!["deploy/batch"]),
         ("batch.json", vec!["deployment/batch", "-o", "json"]),
-        ("canary.txt", vec!["rollout/canary"]),
-        ("canary.json", vec!["rollouts.argoproj.io/canary", "-o", "json"]),
-        ("nightly.txt", vec!["cronjob/nightly"]),
-        ("nightly.json", vec!["cj/nightly", "-o", "json"]),
+        ("canary.txt", [&["rollout/canary"][..], &ten].concat()),
+        (
+            "canary.json",
+            [&["rollouts.argoproj.io/canary", "-o", "json"][..], &ten].concat(),
+        ),
+        ("nightly.txt", [&["cronjob/nightly"][..], &ten].concat()),
+        (
+            "nightly.json",
+            [&["cj/nightly", "-o", "json"][..], &ten].concat(),
+        ),
     ];
     let no_value = |file: &str, out: &str| {
         for value in [ROTATED, ROTATED_AGAIN, "s3cr3t-db-value", "5432/shop"] {
@@ -390,8 +401,11 @@ async fn explain_a_secret_a_restarted_and_an_unrestarted_workload() {
     })
     .await;
     for (file, args) in [
-        ("web-pending.txt", vec!["deployment/web"]),
-        ("web-pending.json", vec!["deployment/web", "-o", "json"]),
+        ("web-pending.txt", [&["deployment/web"][..], &ten].concat()),
+        (
+            "web-pending.json",
+            [&["deployment/web", "-o", "json"][..], &ten].concat(),
+        ),
     ] {
         let out = explain(&reader, &ns, &args);
         no_value(file, &out);
@@ -431,4 +445,48 @@ async fn explain_a_secret_a_restarted_and_an_unrestarted_workload() {
         "{out}"
     );
     assert!(out.contains("(the reload digest key): "), "{out}");
+}
+
+/// The README's `kubectl kvsync explain` sessions are the golden outputs
+/// (with the namespace `shop`, example times and versions): every part of
+/// a session (parts cut at a `…` line) is found in a golden file of its target.
+#[test]
+fn readme_sessions_are_golden_outputs() {
+    let readme = std::fs::read_to_string(PathBuf::from(ROOT).join("README.md")).unwrap();
+    let goldens = |target: &str| -> Vec<&str> {
+        match target {
+            "deployment/web" => vec!["web.txt", "web-pending.txt"],
+            "deployment/batch" => vec!["batch.txt"],
+            "rollout/canary" => vec!["canary.txt"],
+            "cronjob/nightly" => vec!["nightly.txt"],
+            "kvs/db" => vec!["kvs.txt"],
+            "kvs/dsn" => vec!["kvs-template.txt"],
+            other => panic!("README explains {other}: give it a golden file"),
+        }
+    };
+    let blocks = regex::Regex::new(r"(?s)```\n\$ kubectl kvsync explain (.*?)```").unwrap();
+    let mut sessions = 0;
+    for block in blocks.captures_iter(&readme) {
+        let command = block.get(1).unwrap().as_str();
+        sessions += 1;
+        let (command, output) = command.split_once('\n').unwrap();
+        let target = command.split(' ').next().unwrap();
+        let output = output.replace("https://shop-kv.vault.azure.net/", "VAULT_URL");
+        let output = normalize(&output, "shop", "VAULT_URL");
+        let files: Vec<String> = goldens(target)
+            .iter()
+            .map(|file| {
+                std::fs::read_to_string(PathBuf::from(ROOT).join("tests/golden/explain").join(file))
+                    .unwrap()
+            })
+            .collect();
+        for part in output.split("…\n").filter(|p| !p.is_empty()) {
+            assert!(
+                files.iter().any(|golden| golden.contains(part)),
+                "README's `explain {command}` is not what explain prints (see {:?}):\n{part}",
+                goldens(target)
+            );
+        }
+    }
+    assert_eq!(sessions, 7, "the README's explain sessions");
 }

@@ -266,16 +266,18 @@ async fn templates(
                 Err(format!("{origin} cannot be read"))
             }
         };
-        texts.extend(source.items.iter().map(|item| TemplateText {
-            key: item.key.clone(),
-            origin: origin.clone(),
-            text: match &content {
-                Ok(content) => content
-                    .get(&item.key)
-                    .cloned()
-                    .ok_or_else(|| format!("{origin} has no key {:?}", item.key)),
-                Err(why) => Err(why.clone()),
-            },
+        texts.extend(source.items.iter().map(|item| {
+            TemplateText {
+                key: item.key.clone(),
+                origin: origin.clone(),
+                text: match &content {
+                    Ok(content) => content
+                        .get(&item.key)
+                        .cloned()
+                        .ok_or_else(|| format!("{origin} has no key {:?}", item.key)),
+                    Err(why) => Err(why.clone()),
+                },
+            }
         }));
     }
     texts.extend(template.data.iter().map(|(key, text)| TemplateText {
@@ -512,7 +514,10 @@ async fn last_job(
     jobs.into_iter()
         .filter(|job| {
             let owned = job.owner_references().iter().any(|o| o.uid == uid);
-            let manual = job.annotations().get(INSTANTIATE).is_some_and(|v| v == "manual");
+            let manual = job
+                .annotations()
+                .get(INSTANTIATE)
+                .is_some_and(|v| v == "manual");
             let by_kvsync = job
                 .managed_fields()
                 .iter()

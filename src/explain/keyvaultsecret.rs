@@ -217,11 +217,7 @@ fn with_templates(
 }
 
 /// The Secret key `template` renders, traced through its variables.
-fn rendered(
-    template: &TemplateText,
-    sources: &[KeySource],
-    keys: Option<&[String]>,
-) -> KeySource {
+fn rendered(template: &TemplateText, sources: &[KeySource], keys: Option<&[String]>) -> KeySource {
     let parsed = template.text.clone().and_then(|text| variables(&text));
     let (variables, unknown) = match parsed {
         Ok(names) => (names.iter().map(|v| trace(v, sources)).collect(), None),
@@ -234,9 +230,7 @@ fn rendered(
     let synced = sources
         .iter()
         .flat_map(|s| &s.synced)
-        .filter(|(name, _)| {
-            vault_secrets.contains(name.split('@').next().unwrap_or_default())
-        })
+        .filter(|(name, _)| vault_secrets.contains(name.split('@').next().unwrap_or_default()))
         .map(|(name, version)| (name.clone(), version.clone()))
         .collect();
     let names: Vec<&str> = vault_secrets.iter().map(String::as_str).collect();
@@ -586,7 +580,11 @@ mod tests {
                 ("dsn", "target.template", true),
                 ("password", "data", false),
                 ("user", "data", false),
-                ("<one key per matching secret, named like it>", "dataFrom.find", false),
+                (
+                    "<one key per matching secret, named like it>",
+                    "dataFrom.find",
+                    false
+                ),
             ]
         );
         let dsn = report.keys[1].template.as_ref().unwrap();
@@ -606,7 +604,11 @@ mod tests {
         );
         assert_eq!(report.keys[1].vault_secret, "app-config, db-password");
         assert_eq!(
-            report.keys[1].synced.keys().map(String::as_str).collect::<Vec<_>>(),
+            report.keys[1]
+                .synced
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
             ["app-config@0123456789abcdef0123456789abcdef", "db-password"]
         );
         assert!(report.keys[0].template.as_ref().unwrap().unknown.is_some());

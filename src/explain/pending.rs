@@ -257,7 +257,11 @@ mod tests {
     ) -> WorkloadState {
         let record = AppliedRecord::new(
             key.id(),
-            [(ResourceRef::secret("db"), MemberState::Present(recorded.digest))].into(),
+            [(
+                ResourceRef::secret("db"),
+                MemberState::Present(recorded.digest),
+            )]
+            .into(),
         );
         let mut annotations = json!({
             "reloader.stakater.com/auto": "true",
@@ -323,7 +327,10 @@ mod tests {
                    "kvsync.io/paused-at": format_time(at(-30))}),
         );
         let in_pause = pending(&paused, digests(&changed), minute, at(0));
-        assert_eq!(in_pause.until.as_deref(), Some(timestamp(at(3570)).as_str()));
+        assert_eq!(
+            in_pause.until.as_deref(),
+            Some(timestamp(at(3570)).as_str())
+        );
         assert!(in_pause.summary.contains("when the pause period ends"));
 
         // Without the key only the pause mark tells; otherwise: unknown.

@@ -53,10 +53,7 @@ pub fn trace(variable: &str, sources: &[KeySource]) -> TemplateVariable {
         );
     }
     if variable == "values" {
-        return traced(
-            "every fetched value (values[\"…\"])".to_owned(),
-            None,
-        );
+        return traced("every fetched value (values[\"…\"])".to_owned(), None);
     }
     if let Some(find) = sources
         .iter()
@@ -93,8 +90,8 @@ mod tests {
 
     #[test]
     fn variables_are_the_lookups_not_what_the_template_sets() {
-        let found = variables("{% set x = pw | b64enc %}{{ x }}:{{ user }}{{ values[\"a-b\"] }}")
-            .unwrap();
+        let found =
+            variables("{% set x = pw | b64enc %}{{ x }}:{{ user }}{{ values[\"a-b\"] }}").unwrap();
         assert_eq!(found, ["pw", "user", "values"].map(String::from).into());
         assert!(variables("{{ unclosed").is_err());
     }

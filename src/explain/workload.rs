@@ -165,12 +165,7 @@ pub fn explain(workload: &WorkloadObservation, context: &Context<'_>) -> Workloa
             cause: context.last_reloaded_note.map(str::to_owned),
             job: context.last_job.map(str::to_owned),
         }),
-        pending: pending(
-            state,
-            context.digests,
-            min_interval,
-            context.now,
-        ),
+        pending: pending(state, context.digests, min_interval, context.now),
         restart_window: RestartWindow {
             min_interval_assumed: context.min_interval_assumed,
             ..paused(
