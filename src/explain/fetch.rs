@@ -396,9 +396,14 @@ async fn workloads(
     let daemon_sets = list::<DaemonSet>(client, namespace, limits).await;
     observed.extend(daemon_sets.iter().filter_map(observe_workload));
     for kind in dynamic::KINDS {
-        // Not served (no Argo Rollouts): none of that kind.
-        let Ok(Some(resource)) = dynamic::discover(client, kind).await else {
-            continue;
+        let resource = match dynamic::discover(client, kind).await {
+            Ok(Some(resource)) => resource,
+            // Not served (no Argo Rollouts): none of that kind.
+            Ok(None) => continue,
+            Err(error) => {
+                limits.push(format!("{}s (discovery): {error}", kind.as_str()));
+                continue;
+            }
         };
         match dynamic::api(client.clone(), &resource, namespace)
             .list(&ListParams::default())
