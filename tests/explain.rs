@@ -234,6 +234,25 @@ async fn explain_a_secret_a_restarted_and_an_unrestarted_workload() {
     )
     .await;
     let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &ns);
+    // Where the chart puts the operator's settings (the operator itself runs
+    // as a process here): explain reads --min-reload-interval from it.
+    let operator: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "kvsync", "labels": {"app.kubernetes.io/name": "kvsync"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "kvsync"}},
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/name": "kvsync"}},
+                "spec": {"containers": [{"name": "kvsync", "image": "example.invalid/kvsync",
+                                         "args": ["run", "--min-reload-interval=10m"]}]}
+            }
+        }
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &operator)
+        .await
+        .unwrap();
     for name in ["web", "batch"] {
         eventually(&format!("{name} baselined"), WAIT, || async {
             let d = deployments.get(name).await.ok()?;
@@ -304,7 +323,7 @@ async fn explain_a_secret_a_restarted_and_an_unrestarted_workload() {
     let dir = tempfile::tempdir().unwrap();
     let reader = reader_kubeconfig(&f, "reader", read_everything(), dir.path()).await;
     // The operator runs with a 10m minimum interval; batch's explanations
-    // are asked without it (the default assumed, and said to be).
+    // are asked without it (read from the operator's Deployment).
     let ten = ["--min-reload-interval", "10m"];
     let cases = [
         ("kvs.txt", vec!["kvs/db"]),
@@ -445,6 +464,10 @@ async fn explain_a_secret_a_restarted_and_an_unrestarted_workload() {
         "{out}"
     );
     assert!(out.contains("(the reload digest key): "), "{out}");
+    assert!(
+        out.contains("min interval: 30s (assumed: the operator's default"),
+        "may not list the operator's Deployment:\n{out}"
+    );
 }
 
 /// The README's `kubectl kvsync explain` sessions are the golden outputs
@@ -471,7 +494,9 @@ fn readme_sessions_are_golden_outputs() {
         sessions += 1;
         let (command, output) = command.split_once('\n').unwrap();
         let target = command.split(' ').next().unwrap();
-        let output = output.replace("https://shop-kv.vault.azure.net/", "VAULT_URL");
+        let output = output
+            .replace("https://shop-kv.vault.azure.net/", "VAULT_URL")
+            .replace("Deployment kvsync-system/", "Deployment shop/");
         let output = normalize(&output, "shop", "VAULT_URL");
         let files: Vec<String> = goldens(target)
             .iter()

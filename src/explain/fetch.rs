@@ -17,10 +17,10 @@ use kube::{Resource, ResourceExt};
 use time::OffsetDateTime;
 
 use super::pending::Digests;
-use super::report::Report;
+use super::report::{IntervalSource, Report};
 use super::template::TemplateText;
 use super::workload::ResourceInfo;
-use super::{Target, keyvaultsecret, render, workload};
+use super::{Target, keyvaultsecret, operator, render, workload};
 use crate::api::{KeyVaultSecret, TemplateSourceKind};
 use crate::reload::KEY_SECRET_NAME;
 use crate::reload::annotations::ResourceFlags;
@@ -50,7 +50,8 @@ pub struct ExplainArgs {
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
     /// The operator's --min-reload-interval, for when the next restart may
-    /// happen (default: the operator's default, 30s, said to be assumed).
+    /// happen (default: read from the operator's Deployment in
+    /// --operator-namespace, else its default, 30s, said to be assumed).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub min_reload_interval: Option<Duration>,
     /// The operator's namespace: its digest key Secret (kvsync-digest-key)
@@ -335,6 +336,10 @@ async fn explain_workload(
         }
         _ => None,
     };
+    let (min_reload_interval, min_interval_from) = match args.min_reload_interval {
+        Some(given) => (given, IntervalSource::Flag),
+        None => operator_min_interval(client, &args.operator_namespace).await,
+    };
     let note = last_reloaded_note(
         client,
         namespace,
@@ -346,10 +351,8 @@ async fn explain_workload(
     let context = workload::Context {
         resources: &resources,
         last_reloaded_note: note.as_deref(),
-        min_reload_interval: args
-            .min_reload_interval
-            .unwrap_or(DEFAULT_MIN_RELOAD_INTERVAL),
-        min_interval_assumed: args.min_reload_interval.is_none(),
+        min_reload_interval,
+        min_interval_from,
         digests,
         last_job: job.as_deref(),
         now: OffsetDateTime::now_utc(),
@@ -486,6 +489,26 @@ async fn read_resources<K: ResourceObject>(
             false
         }
     }
+}
+
+/// The operator's `--min-reload-interval` as its Deployment sets it, or its
+/// default (said to be assumed) when that cannot be read.
+async fn operator_min_interval(
+    client: &kube::Client,
+    namespace: &str,
+) -> (Duration, IntervalSource) {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let listed = api
+        .list(&ListParams::default().labels(operator::OPERATOR_SELECTOR))
+        .await;
+    let found = listed.ok().and_then(|list| {
+        list.items.iter().find_map(|deployment| {
+            let interval = operator::min_reload_interval(deployment)?;
+            let object = format!("Deployment {namespace}/{}", deployment.name_any());
+            Some((interval, IntervalSource::Operator(object)))
+        })
+    });
+    found.unwrap_or((DEFAULT_MIN_RELOAD_INTERVAL, IntervalSource::Assumed))
 }
 
 /// The operator's digest key, or why it cannot be had (a refusal is also a limit).

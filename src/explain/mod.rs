@@ -21,6 +21,7 @@
 
 mod fetch;
 pub mod keyvaultsecret;
+pub mod operator;
 pub mod pending;
 pub mod render;
 pub mod report;

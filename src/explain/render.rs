@@ -8,7 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::report::{KeyVaultSecretReport, Report, ResourceVerdict, WorkloadReport};
+use super::report::{
+    IntervalSource, KeyVaultSecretReport, Report, ResourceVerdict, WorkloadReport,
+};
 
 /// A time as kubectl shows it: RFC 3339, UTC, whole seconds.
 pub fn timestamp(at: OffsetDateTime) -> String {
@@ -200,14 +202,17 @@ fn workload(r: &WorkloadReport) -> String {
         }
     }
     let _ = writeln!(out, "  pending:      {}", r.pending.summary);
-    let assumed = if r.restart_window.min_interval_assumed {
-        " (assumed: the operator's default; pass --min-reload-interval if it runs with another)"
-    } else {
-        ""
+    let from = match &r.restart_window.min_interval_from {
+        IntervalSource::Flag => String::new(),
+        IntervalSource::Operator(object) => format!(" (the operator's, from {object})"),
+        IntervalSource::Assumed => {
+            " (assumed: the operator's default; pass --min-reload-interval if it runs with another)"
+                .to_owned()
+        }
     };
     let _ = writeln!(
         out,
-        "  min interval: {}{assumed}",
+        "  min interval: {}{from}",
         r.restart_window.min_interval
     );
     let _ = writeln!(out, "  next:         {}", r.restart_window.summary);

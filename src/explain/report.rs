@@ -211,15 +211,26 @@ pub enum PendingState {
     Unknown,
 }
 
+/// Where explain has the operator's `--min-reload-interval` from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "from", content = "object")]
+pub enum IntervalSource {
+    /// explain's own `--min-reload-interval`.
+    Flag,
+    /// The operator's Deployment (`Deployment NAMESPACE/NAME`).
+    Operator(String),
+    /// Neither: the operator's default.
+    Assumed,
+}
+
 /// Whether a change now restarts at once or waits, and until when.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RestartWindow {
     /// The operator's minimum interval between restarts.
     pub min_interval: String,
-    /// True when `--min-reload-interval` was not given and the operator's
-    /// default is assumed.
-    pub min_interval_assumed: bool,
+    /// Where `min_interval` comes from.
+    pub min_interval_from: IntervalSource,
     /// Set while a change would wait: the earliest restart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_until: Option<String>,

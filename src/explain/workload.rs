@@ -10,7 +10,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::pending::{Digests, pending};
-use super::report::{LastRestart, ResourceVerdict, RestartWindow, WorkloadReport};
+use super::report::{IntervalSource, LastRestart, ResourceVerdict, RestartWindow, WorkloadReport};
 use crate::reload::annotations::{
     AUTO, IGNORE, MATCH, ReloadPolicy, ResourceFlags, SEARCH, exclude_key, pause_period_key,
     reload_key, typed_auto_key,
@@ -36,8 +36,8 @@ pub struct Context<'a> {
     pub last_reloaded_note: Option<&'a str>,
     /// The operator's `--min-reload-interval`.
     pub min_reload_interval: Duration,
-    /// Whether `min_reload_interval` is the default assumed, not given.
-    pub min_interval_assumed: bool,
+    /// Where `min_reload_interval` comes from.
+    pub min_interval_from: IntervalSource,
     /// The namespace's resources digested with the operator's key, or why not.
     pub digests: Result<Digests<'a>, &'a str>,
     /// For a CronJob: the newest Job kvsync made for it.
@@ -167,7 +167,7 @@ pub fn explain(workload: &WorkloadObservation, context: &Context<'_>) -> Workloa
         }),
         pending: pending(state, context.digests, min_interval, context.now),
         restart_window: RestartWindow {
-            min_interval_assumed: context.min_interval_assumed,
+            min_interval_from: context.min_interval_from.clone(),
             ..paused(
                 window(
                     !policy.is_inert(),
@@ -235,7 +235,7 @@ fn window(
     };
     RestartWindow {
         min_interval: min_interval_text,
-        min_interval_assumed: false,
+        min_interval_from: IntervalSource::Flag,
         held_until: held_until.map(super::render::timestamp),
         summary,
     }
@@ -266,7 +266,7 @@ mod tests {
             resources,
             last_reloaded_note: None,
             min_reload_interval: Duration::from_secs(30),
-            min_interval_assumed: false,
+            min_interval_from: IntervalSource::Flag,
             digests: Err("no key"),
             last_job: None,
             now: OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
