@@ -447,7 +447,8 @@ async fn explain_a_secret_a_restarted_and_an_unrestarted_workload() {
     let partial = reader_kubeconfig(
         &f,
         "workloads-only",
-        json!([{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]}]),
+        json!([{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]},
+               {"apiGroups": ["argoproj.io"], "resources": ["rollouts"], "verbs": ["get"]}]),
         dir.path(),
     )
     .await;
@@ -468,6 +469,13 @@ async fn explain_a_secret_a_restarted_and_an_unrestarted_workload() {
         out.contains("min interval: 30s (assumed: the operator's default"),
         "may not list the operator's Deployment:\n{out}"
     );
+    // Without the key, the pause mark still says a restart is pending.
+    let out = explain(&partial, &ns, &["rollout/canary"]);
+    let pending = regex::Regex::new(
+        r"pending: +restart pending: a change was seen at \S+: the restart follows when the pause period \(1h\) ends at \S+\n",
+    )
+    .unwrap();
+    assert!(pending.is_match(&out), "{out}");
 }
 
 /// The README's `kubectl kvsync explain` sessions are the golden outputs
