@@ -49,7 +49,7 @@ fn retry_delay(failures: u32) -> Duration {
         .min(MAX_RETRY_DELAY)
 }
 
-const FIELD_MANAGER: &str = "kvsync-reload";
+pub(crate) const FIELD_MANAGER: &str = "kvsync-reload";
 
 /// Timing settings of the stage.
 #[derive(Debug)]
