@@ -1374,6 +1374,88 @@ async fn restarts(f: &Fixture) -> BTreeMap<String, OffsetDateTime> {
         .collect()
 }
 
+/// The value of an unlabelled gauge on a metrics page (0 when absent).
+fn gauge(metrics: &str, name: &str) -> usize {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_default()
+}
+
+/// One change of Secret `db` rolled out to every Deployment of the namespace.
+struct Fanout {
+    /// When each was restarted (its new `kvsync.io/restartedAt`), in order.
+    times: Vec<OffsetDateTime>,
+    /// Peaks of `kvsync_reload_rollouts_queued` and `_writes_in_flight`.
+    queued_peak: usize,
+    in_flight_peak: usize,
+}
+
+/// Writes `value` into Secret `db` and waits until each of the `workloads`
+/// Deployments has restarted since, exactly once, sampling the operator's
+/// queue and writes in flight meanwhile; prints the numbers (with the most
+/// restarts within any one second).
+async fn fan_out(f: &Fixture, workloads: usize, value: &str, rate: &str) -> Fanout {
+    let before = restarts(f).await;
+    let changed = OffsetDateTime::now_utc();
+    f.secret("db", &[("k", value)], &[], &[]).await;
+    // Sampled as often as the operator answers.
+    let (mut queued_peak, mut in_flight_peak) = (0, 0);
+    let base = metrics_url(&f.operator.as_ref().unwrap().output()).unwrap();
+    let sampling = async {
+        loop {
+            let page = reqwest::get(format!("{base}/metrics")).await.unwrap();
+            let metrics = page.text().await.unwrap();
+            queued_peak = queued_peak.max(gauge(&metrics, "kvsync_reload_rollouts_queued"));
+            in_flight_peak = in_flight_peak.max(gauge(&metrics, "kvsync_reload_writes_in_flight"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let restarted = || async {
+        let mut all = restarts(f).await;
+        all.retain(|name, at| before.get(name) != Some(at));
+        all
+    };
+    let all = tokio::select! {
+        all = eventually("every workload restarted", WAIT * 3, || async {
+            let all = restarted().await;
+            (all.len() == workloads).then_some(all)
+        }) => all,
+        _ = sampling => unreachable!("sampling never ends"),
+    };
+    always("each restarted exactly once", QUIET, || async {
+        restarted().await == all
+    })
+    .await;
+
+    let mut times: Vec<OffsetDateTime> = all.into_values().collect();
+    times.sort();
+    let last = *times.last().unwrap();
+    let peak_per_second = times
+        .iter()
+        .map(|start| {
+            times
+                .iter()
+                .filter(|t| **t >= *start && **t - *start < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    println!(
+        "throttle: {workloads} workloads at --max-rollouts-per-second {rate}: all restarted {:.2}s after the change \
+         (first to last {:.2}s), peak {peak_per_second} restarts in any one second, peak queue {queued_peak}, \
+         peak writes in flight {in_flight_peak}",
+        (last - changed).as_seconds_f64(),
+        (last - times[0]).as_seconds_f64(),
+    );
+    Fanout {
+        times,
+        queued_peak,
+        in_flight_peak,
+    }
+}
+
 #[tokio::test]
 async fn a_secret_used_by_200_workloads_restarts_each_once_at_the_throttled_rate() {
     const WORKLOADS: usize = 200;
@@ -1407,48 +1489,10 @@ async fn a_secret_used_by_200_workloads_restarts_each_once_at_the_throttled_rate
     })
     .await;
 
-    let changed = OffsetDateTime::now_utc();
-    f.secret("db", &[("k", "2")], &[], &[]).await;
-    let queued_peak = std::sync::atomic::AtomicUsize::new(0);
-    let all = eventually("every workload restarted", WAIT * 3, || async {
-        let metrics = f.metrics().await;
-        let queued = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("kvsync_reload_rollouts_queued "))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or_default();
-        queued_peak.fetch_max(queued, std::sync::atomic::Ordering::Relaxed);
-        let all = restarts(&f).await;
-        (all.len() == WORKLOADS).then_some(all)
-    })
-    .await;
-    always("each restarted exactly once", QUIET, || async {
-        restarts(&f).await == all
-    })
-    .await;
-
-    let queued_peak = queued_peak.into_inner();
-    let mut times: Vec<OffsetDateTime> = all.into_values().collect();
-    times.sort();
-    let last = *times.last().unwrap();
-    let peak = times
-        .iter()
-        .map(|start| {
-            times
-                .iter()
-                .filter(|t| **t >= *start && **t - *start < Duration::from_secs(1))
-                .count()
-        })
-        .max()
-        .unwrap();
-    println!(
-        "throttle: {WORKLOADS} workloads at --max-rollouts-per-second {PER_SECOND}: all restarted {:.2}s after the change \
-         (first to last {:.2}s), peak {peak} restarts in any one second, peak queue {queued_peak}",
-        (last - changed).as_seconds_f64(),
-        (last - times[0]).as_seconds_f64(),
-    );
+    let paced = fan_out(&f, WORKLOADS, "2", &rate).await;
     // The k-th restart is never ahead of its slot, however late (under load)
     // the ones before it came: never faster than the rate from the first on.
+    let times = &paced.times;
     let spacing = Duration::from_secs(1) / PER_SECOND as u32;
     for (k, at) in times.iter().enumerate() {
         let earliest = times[0] + spacing * k as u32 - Duration::from_millis(20);
@@ -1458,8 +1502,17 @@ async fn a_secret_used_by_200_workloads_restarts_each_once_at_the_throttled_rate
         );
     }
     assert!(
-        queued_peak > 0,
+        paced.queued_peak > 0,
         "the queue metric showed the waiting workloads"
+    );
+
+    // Unlimited: the restarts are not issued one answer at a time.
+    f.stop_operator();
+    f.start_operator(&["--max-rollouts-per-second", "0"]).await;
+    let unlimited = fan_out(&f, WORKLOADS, "3", "0").await;
+    assert!(
+        unlimited.in_flight_peak > 1,
+        "writes were in flight concurrently"
     );
 }
 

@@ -361,11 +361,13 @@ impl<K: Ord + Hash + Clone> Schedule<K> {
         self.due.first().map(|(at, _)| *at)
     }
 
-    /// Removes and returns everything due at `now`, earliest first.
-    pub fn take_due(&mut self, now: Instant) -> Vec<K> {
+    /// Removes and returns what is due at `now`, earliest first: at most
+    /// `limit` keys (the rest stay due).
+    pub fn take_due(&mut self, now: Instant, limit: usize) -> Vec<K> {
         let mut taken = Vec::new();
         while let Some((at, _)) = self.due.first()
             && *at <= now
+            && taken.len() < limit
         {
             let (_, key) = self.due.pop_first().expect("checked above");
             self.by_key.remove(&key);
@@ -1042,10 +1044,12 @@ mod tests {
         schedule.mark("a", t0 + s(3));
         schedule.mark("b", t0 + s(1));
         assert_eq!(schedule.next_due(), Some(t0 + s(1)));
-        assert_eq!(schedule.take_due(t0), Vec::<&str>::new());
+        assert_eq!(schedule.take_due(t0, 10), Vec::<&str>::new());
+        schedule.mark("c", t0 + s(2));
+        assert_eq!(schedule.take_due(t0 + s(2), 2), ["b", "a"], "the limit");
         assert_eq!(
-            schedule.take_due(t0 + s(2)),
-            ["b", "a"],
+            schedule.take_due(t0 + s(2), 10),
+            ["c"],
             "each once, earliest first"
         );
         assert_eq!(schedule.next_due(), None);
