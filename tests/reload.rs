@@ -39,11 +39,27 @@ const QUIET: Duration = Duration::from_secs(3);
 
 const AUTO: (&str, &str) = ("reloader.stakater.com/auto", "true");
 
-/// A namespace, a client, and the operator watching that namespace.
+/// Every Secret value a test writes ends with this: unique, and long enough
+/// for the leak scan to look for it in every form (the tests compare whether
+/// data changed, never the values).
+const VALUE_SUFFIX: &str = "-reload-test-value";
+
+/// A namespace, a client, and the operator watching that namespace. When the
+/// test ends (unless it failed), the fixture runs the [`LeakScan`] over the
+/// logs of every operator it ran, with every Secret value written.
 struct Fixture {
     client: kube::Client,
     ns: TestNamespace,
     operator: Option<Process>,
+    /// What the operators stopped earlier printed.
+    earlier_logs: String,
+    /// Every Secret value written (as written).
+    secret_values: std::sync::Mutex<Vec<String>>,
+    /// A Key Vault emulator, for a test that syncs from it (its values and
+    /// the credentials it issued are scanned for too).
+    emulator: Option<Emulator>,
+    /// Values to look for whatever their length.
+    named: Vec<String>,
 }
 
 impl Fixture {
@@ -55,6 +71,27 @@ impl Fixture {
             client,
             ns,
             operator: None,
+            earlier_logs: String::new(),
+            secret_values: Default::default(),
+            emulator: None,
+            named: Vec::new(),
+        }
+    }
+
+    fn leak_scan(&self) -> LeakScan {
+        let mut handled = self.secret_values.lock().unwrap().clone();
+        handled.extend(self.emulator.iter().flat_map(Emulator::values_set));
+        let running = self.operator.as_ref().map(Process::output);
+        LeakScan {
+            namespace: self.ns.name.clone(),
+            operator_log: self.earlier_logs.clone() + &running.unwrap_or_default(),
+            control_url: self
+                .emulator
+                .as_ref()
+                .map(|e| e.endpoints.control_url.clone()),
+            named: self.named.clone(),
+            handled,
+            private_keys: Vec::new(),
         }
     }
 
@@ -90,10 +127,9 @@ impl Fixture {
     /// SIGTERM and wait: the operator stops cleanly.
     fn stop_operator(&mut self) {
         let operator = self.operator.take().expect("an operator is running");
-        assert!(
-            operator.terminate().success(),
-            "the operator exits cleanly on SIGTERM"
-        );
+        let (status, output) = operator.terminate_with_output();
+        self.earlier_logs.push_str(&output);
+        assert!(status.success(), "the operator exits cleanly on SIGTERM");
     }
 
     fn api<K>(&self) -> Api<K>
@@ -103,8 +139,9 @@ impl Fixture {
         Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
-    /// Creates or replaces a Secret's data, labels and annotations
-    /// (server-side apply: an unchanged apply is a no-op on the server).
+    /// Creates or replaces a Secret's data (each value `v` written as
+    /// `v` + [`VALUE_SUFFIX`]), labels and annotations (server-side apply: an
+    /// unchanged apply is a no-op on the server).
     async fn secret(
         &self,
         name: &str,
@@ -114,7 +151,11 @@ impl Fixture {
     ) {
         let data: BTreeMap<String, ByteString> = data
             .iter()
-            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .map(|(k, v)| {
+                let value = format!("{v}{VALUE_SUFFIX}");
+                self.secret_values.lock().unwrap().push(value.clone());
+                (k.to_string(), ByteString(value.into_bytes()))
+            })
             .collect();
         let body = json!({
             "apiVersion": "v1", "kind": "Secret",
@@ -317,6 +358,12 @@ impl Fixture {
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .filter_map(|e| e.note)
             .collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        scan_when_dropped(|| self.leak_scan());
     }
 }
 
@@ -1015,26 +1062,19 @@ async fn namespace_selector_gates_workloads_until_the_namespace_matches() {
 
 #[tokio::test]
 async fn a_key_vault_rotation_rolls_the_workload_using_the_synced_secret() {
-    let client = client().await;
-    let ns = TestNamespace::new(&client, "reload-e2e").await;
+    let mut f = Fixture::new("reload-e2e").await;
     let emulator = Emulator::start(json!({
         "vaults": [{"name": "shop", "secrets": [{"name": "db-password", "value": "first-value"}]}],
         "apps": [{"tenantId": TENANT, "clientId": SECRET_APP, "clientSecret": SECRET_APP_PASSWORD,
                   "access": [{"vault": "shop", "secrets": ["*"]}]}]
     }))
     .await;
-    let f = Fixture {
-        client,
-        ns,
-        operator: None,
-    };
-    f.secret(
-        "kv-creds",
-        &[("clientSecret", SECRET_APP_PASSWORD)],
-        &[],
-        &[],
-    )
-    .await;
+    f.named = vec!["first-value".into(), SECRET_APP_PASSWORD.into()];
+    let credentials = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-creds"},
+        "data": {"clientSecret": ByteString(SECRET_APP_PASSWORD.as_bytes().to_vec())},
+    });
+    f.apply::<Secret>("kv-creds", credentials).await;
     let kvs = json!({
         "apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "db"},
         "spec": {
@@ -1052,6 +1092,8 @@ async fn a_key_vault_rotation_rolls_the_workload_using_the_synced_secret() {
         &f.ns.name,
         &["--reload-debounce", "300ms", "--min-reload-interval", "1s"],
     );
+    f.operator = Some(operator.process);
+    f.emulator = Some(emulator);
 
     eventually("the synced Secret", WAIT, || async {
         f.api::<Secret>().get_opt("db").await.ok().flatten()
@@ -1060,24 +1102,16 @@ async fn a_key_vault_rotation_rolls_the_workload_using_the_synced_secret() {
     f.baselined::<Deployment>("web").await;
     f.expect_replica_sets("web", 1).await;
 
-    emulator
+    f.emulator
+        .as_ref()
+        .unwrap()
         .set_secret("shop", "db-password", "second-value")
         .await;
     f.expect_replica_sets("web", 2).await;
     let notes = f.event_notes("web", "Reloaded").await;
     assert_eq!(notes.len(), 1, "{notes:?}");
-    // Neither value nor credential in any form in the log, events, status or
-    // the restarted workload's annotations.
-    LeakScan {
-        namespace: f.ns.name.clone(),
-        operator_log: operator.process.output(),
-        control_url: emulator.endpoints.control_url.clone(),
-        named: vec!["first-value".into(), SECRET_APP_PASSWORD.into()],
-        handled: emulator.values_set(),
-        private_keys: Vec::new(),
-    }
-    .run()
-    .await;
+    // The fixture scans for the values and the credential in every form in
+    // the log, events, status and the restarted workload's annotations.
 }
 
 #[tokio::test]
