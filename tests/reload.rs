@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -23,7 +23,7 @@ use kvsync::reload::annotations::RELOADER_PAUSED_AT;
 use kvsync::reload::record::{
     DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_time,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use support::reload::{
     AUTO, Fixture, QUIET, WAIT, create, generation, pairs, pod_using_db, rollout_api,
 };
@@ -768,6 +768,87 @@ async fn a_key_vault_rotation_rolls_the_workload_using_the_synced_secret() {
     assert_eq!(notes.len(), 1, "{notes:?}");
     // The fixture scans for the values and the credential in every form in
     // the log, events, status and the restarted workload's annotations.
+}
+
+/// Pod specs using Secret `db` in every way a pod can, and one that
+/// declares it as a volume no container mounts: (name, spec, restarts).
+fn ways_to_use_db() -> Vec<(&'static str, Value, bool)> {
+    let image = "example.invalid/app";
+    let volume = json!({"name": "creds", "secret": {"secretName": "db"}});
+    let mounted = json!({"name": "app", "image": image, "volumeMounts": [{"name": "creds", "mountPath": "/creds"}]});
+    let plain = json!({"name": "app", "image": image});
+    let key = |optional: bool| {
+        json!({"name": "app", "image": image, "env": [{"name": "K", "valueFrom":
+            {"secretKeyRef": {"name": "db", "key": "k", "optional": optional}}}]})
+    };
+    vec![
+        (
+            "mounted",
+            json!({"containers": [mounted], "volumes": [volume]}),
+            true,
+        ),
+        (
+            "projected",
+            json!({"containers": [mounted], "volumes": [{"name": "creds",
+                   "projected": {"sources": [{"secret": {"name": "db"}}]}}]}),
+            true,
+        ),
+        ("key", json!({"containers": [key(false)]}), true),
+        ("optional-key", json!({"containers": [key(true)]}), true),
+        (
+            "init-only",
+            json!({"initContainers": [{"name": "init", "image": image,
+                   "volumeMounts": [{"name": "creds", "mountPath": "/creds"}]}],
+                   "containers": [plain], "volumes": [volume]}),
+            true,
+        ),
+        // As Reloader: a volume no container mounts changes nothing that runs.
+        (
+            "unmounted",
+            json!({"containers": [plain], "volumes": [volume]}),
+            false,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_way_a_pod_uses_a_secret_counts_but_a_volume_no_container_mounts() {
+    let mut f = Fixture::new("reload-uses").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    let cases = ways_to_use_db();
+    for (name, spec, _) in &cases {
+        let body = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "annotations": pairs(&[AUTO])},
+            "spec": {"selector": {"matchLabels": {"app": name}}, "template": {
+                "metadata": {"labels": {"app": name}}, "spec": spec}}
+        });
+        f.apply::<Deployment>(name, body).await;
+        first_rollout_made::<ReplicaSet>(&f.client, &f.ns.name, name).await;
+    }
+    f.start_operator(&[]).await;
+    for (name, _, _) in &cases {
+        f.baselined::<Deployment>(name).await;
+    }
+
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    let expected = || async {
+        for (name, _, restarts) in &cases {
+            if f.replica_sets(name).await != 1 + usize::from(*restarts) {
+                return false;
+            }
+        }
+        true
+    };
+    eventually("each using Deployment restarted", WAIT, || async {
+        expected().await.then_some(())
+    })
+    .await;
+    always("each once, the unmounted one never", QUIET, expected).await;
+    for (name, _, restarts) in &cases {
+        let events = f.event_notes(name, "Reloaded").await.len();
+        assert_eq!(events, usize::from(*restarts), "{name}");
+    }
 }
 
 #[tokio::test]
