@@ -23,7 +23,9 @@
 //! `KVSYNC_MODEL_SPEC_EDITS=0` narrow a run down for diagnosis;
 //! `KVSYNC_MODEL_KEEP_GOING=1` reports each (rule, object) once, counts
 //! them all and fails at the end; `KVSYNC_MODEL_SKIP=synced-versions,…`
-//! ignores rules (to see what else fails while one is known broken).
+//! ignores rules (to see what else fails while one is known broken);
+//! `KVSYNC_MODEL_DUMP=<file>` writes the running operator's log there when a
+//! rule is broken.
 
 mod support;
 #[path = "model/world.rs"]
@@ -88,6 +90,8 @@ struct Run {
     ns: TestNamespace,
     emulator: Emulator,
     operator: Option<Operator>,
+    /// The logs of operators stopped so far (for the leak scan).
+    past_logs: String,
     history: History,
     clock: Clock,
     objects: BTreeMap<String, Object>,
@@ -299,9 +303,10 @@ impl Run {
     async fn restart(&mut self, kill: bool) {
         let began = self.now();
         let mut operator = self.operator.take().expect("a running operator");
-        let output = operator.process.output();
-        if kill {
+        let output = if kill {
+            let output = operator.process.output();
             operator.process.kill();
+            output
         } else {
             let pid = operator.process.pid().to_string();
             let _ = std::process::Command::new("kill")
@@ -312,12 +317,14 @@ impl Run {
                 async move { exited.then_some(()) }
             })
             .await;
-        }
+            operator.process.output()
+        };
         assert!(
             !output.contains("panicked"),
             "step {}: the operator panicked:\n{output}",
             self.step
         );
+        self.past_logs += &output;
         self.operator = Some(Operator::start(&self.emulator, &self.ns.name, ARGS));
         let up = self.now();
         self.clock.down(began, up + RESTART_GRACE);
@@ -587,6 +594,7 @@ impl Run {
                 let ready = ready(&kvs).map(|c| Ready {
                     status: c.status == "True",
                     reason: c.reason.clone(),
+                    message: c.message.clone(),
                     observed_generation: c.observed_generation.unwrap_or(0),
                 });
                 let target = kvs.target_name();
@@ -683,6 +691,7 @@ impl Run {
                         o.ready.as_ref().map(|r| (
                             r.status,
                             r.reason.as_str(),
+                            r.message.as_str(),
                             r.observed_generation
                         )),
                         o.synced_versions
@@ -722,6 +731,9 @@ impl Run {
         text += "\n  last steps:\n";
         for line in &self.trace {
             text += &format!("    {line}\n");
+        }
+        if let Ok(path) = std::env::var("KVSYNC_MODEL_DUMP") {
+            std::fs::write(&path, self.operator.as_ref().unwrap().process.output()).unwrap();
         }
         if self.keep_going {
             eprintln!("{text}");
@@ -941,6 +953,7 @@ async fn the_rule_holds_for_a_random_schedule() {
             !output.contains("panicked"),
             "the operator panicked:\n{output}"
         );
+        run.past_logs += &output;
     }
     eprintln!(
         "model test: seed {seed}, {steps} steps, {} objects, {:.0?}; actions {:?}; violations {:?}",
@@ -973,6 +986,31 @@ async fn the_rule_holds_for_a_random_schedule() {
         .filter(|k| !run.coverage.contains_key(k))
         .collect();
         assert!(missing.is_empty(), "seed {seed} never did {missing:?}");
+    }
+}
+
+impl Drop for Run {
+    /// The leak scan over every operator's log, the events and statuses (as
+    /// a [`Fixture`] runs it), unless the test already failed.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let mut operator_log = std::mem::take(&mut self.past_logs);
+        if let Some(operator) = &self.operator {
+            operator_log += &operator.process.output();
+        }
+        let scan = LeakScan {
+            namespace: self.ns.name.clone(),
+            operator_log,
+            control_url: self.emulator.endpoints.control_url.clone(),
+            named: vec![SECRET_APP_KEY.to_owned()],
+            handled: self.emulator.values_set(),
+            private_keys: Vec::new(),
+        };
+        if let Err(panic) = on_own_runtime(scan.run()) {
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 
@@ -1024,6 +1062,7 @@ async fn start(seed: u64) -> Run {
         ns,
         emulator,
         operator: None,
+        past_logs: String::new(),
         history: History::default(),
         clock: Clock::default(),
         objects: BTreeMap::new(),

@@ -92,16 +92,20 @@ fn alerts_pass_promtool_check_and_unit_tests() {
     let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
     for rule in &rules {
         let name = rule["alert"].as_str().unwrap();
-        assert!(
-            rule["annotations"]["runbook_url"]
-                .as_str()
-                .is_some_and(|url| url.ends_with("README.md#alerts")),
-            "{name}: runbook_url"
+        // GitHub's anchor of the heading `#### NAME` is its lowercase.
+        let anchor = name.to_lowercase();
+        assert_eq!(
+            rule["annotations"]["runbook_url"].as_str(),
+            Some(format!("https://github.com/kvsync/kvsync/blob/main/README.md#{anchor}").as_str()),
+            "{name}: runbook_url, from the chart's home"
         );
-        assert!(
-            readme.contains(&format!("| `{name}` |")),
-            "{name} has no runbook line in the README's Alerts table"
-        );
+        let entry = readme
+            .split_once(&format!("\n#### {name}\n"))
+            .map(|(_, rest)| rest.split("\n#").next().unwrap_or_default())
+            .unwrap_or_else(|| panic!("{name} has no entry (#### {name}) in the README"));
+        for part in ["**Means**", "**Check**", "**Do**"] {
+            assert!(entry.contains(part), "{name}'s README entry lacks {part}");
+        }
     }
     let promtool = tool("promtool");
     let checked = run(Command::new(&promtool)

@@ -7,9 +7,14 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::report::{ConditionView, KeySource, KeyVaultSecretReport, Refresh, WorkloadReaction};
+use super::report::{
+    ConditionView, KeySource, KeyVaultSecretReport, Refresh, TemplateUse, WorkloadReaction,
+};
+use super::template::{TemplateText, trace, variables};
 use super::workload::verdict;
-use crate::api::{DataFromSource, DecodingStrategy, KeyVaultSecret, RELOADER_MATCH_ANNOTATION};
+use crate::api::{
+    DataFromSource, DecodingStrategy, KeyVaultSecret, MergePolicy, RELOADER_MATCH_ANNOTATION,
+};
 use crate::reload::annotations::ResourceFlags;
 use crate::reload::index::WorkloadObservation;
 use crate::reload::kinds::ResourceRef;
@@ -21,11 +26,13 @@ pub struct TargetSecret {
     pub keys: Vec<String>,
 }
 
-/// Explains `kvs`, given its target Secret (`None`: absent or unreadable)
-/// and the workloads of its namespace.
+/// Explains `kvs`, given its target Secret (`None`: absent or unreadable),
+/// its templates (as the sync stage applies them) and the workloads of its
+/// namespace.
 pub fn explain(
     kvs: &KeyVaultSecret,
     secret: Option<&TargetSecret>,
+    templates: &[TemplateText],
     workloads: &[WorkloadObservation],
     limits: Vec<String>,
 ) -> KeyVaultSecretReport {
@@ -73,10 +80,24 @@ pub fn explain(
         vault_url: kvs.spec.vault_url.clone(),
         secret: target,
         secret_exists: secret.is_some(),
-        keys: per_key(
-            key_sources(kvs, &status.synced_versions),
-            secret.map(|s| s.keys.as_slice()),
-        ),
+        keys: match &kvs.spec.target.template {
+            Some(template) => with_templates(
+                key_sources(kvs, &status.synced_versions),
+                templates,
+                template.merge_policy,
+                secret.map(|s| s.keys.as_slice()),
+            ),
+            None => per_key(
+                key_sources(kvs, &status.synced_versions),
+                secret.map(|s| s.keys.as_slice()),
+            ),
+        },
+        merge_policy: kvs
+            .spec
+            .target
+            .template
+            .as_ref()
+            .map(|t| format!("{:?}", t.merge_policy)),
         refresh: refresh(kvs),
         condition,
         last_sync_time: status.last_sync_time.as_ref().map(super::render::kube_time),
@@ -129,6 +150,7 @@ fn per_key(sources: Vec<KeySource>, keys: Option<&[String]>) -> Vec<KeySource> {
                 decoding: "-".to_owned(),
                 synced: BTreeMap::new(),
                 in_secret: true,
+                template: None,
             })
         })
         .collect();
@@ -154,6 +176,83 @@ fn per_key(sources: Vec<KeySource>, keys: Option<&[String]>) -> Vec<KeySource> {
         .collect();
     attributed.extend(missing);
     attributed
+}
+
+/// With `target.template`: each rendered key (the last template for a key
+/// wins, as in the sync stage) with the variables it reads, then the
+/// fetched keys — in the Secret too under `Merge` (unless rendered over),
+/// read by the templates only under `Replace`.
+fn with_templates(
+    sources: Vec<KeySource>,
+    templates: &[TemplateText],
+    policy: MergePolicy,
+    keys: Option<&[String]>,
+) -> Vec<KeySource> {
+    let last: BTreeMap<&str, &TemplateText> =
+        templates.iter().map(|t| (t.key.as_str(), t)).collect();
+    let mut out: Vec<KeySource> = last
+        .values()
+        .map(|template| rendered(template, &sources, keys))
+        .collect();
+    match policy {
+        MergePolicy::Merge => {
+            let fetched: Option<Vec<String>> = keys.map(|keys| {
+                keys.iter()
+                    .filter(|k| !last.contains_key(k.as_str()))
+                    .cloned()
+                    .collect()
+            });
+            let fetched_sources = sources
+                .into_iter()
+                .filter(|s| !(s.from == "data" && last.contains_key(s.key.as_str())))
+                .collect();
+            out.extend(per_key(fetched_sources, fetched.as_deref()));
+        }
+        MergePolicy::Replace => out.extend(sources.into_iter().map(|s| KeySource {
+            in_secret: false,
+            ..s
+        })),
+    }
+    out
+}
+
+/// The Secret key `template` renders, traced through its variables.
+fn rendered(template: &TemplateText, sources: &[KeySource], keys: Option<&[String]>) -> KeySource {
+    let parsed = template.text.clone().and_then(|text| variables(&text));
+    let (variables, unknown) = match parsed {
+        Ok(names) => (names.iter().map(|v| trace(v, sources)).collect(), None),
+        Err(why) => (Vec::new(), Some(why)),
+    };
+    let vault_secrets: std::collections::BTreeSet<String> = variables
+        .iter()
+        .filter_map(|v: &super::report::TemplateVariable| v.vault_secret.clone())
+        .collect();
+    let synced = sources
+        .iter()
+        .flat_map(|s| &s.synced)
+        .filter(|(name, _)| vault_secrets.contains(name.split('@').next().unwrap_or_default()))
+        .map(|(name, version)| (name.clone(), version.clone()))
+        .collect();
+    let names: Vec<&str> = vault_secrets.iter().map(String::as_str).collect();
+    KeySource {
+        key: template.key.clone(),
+        from: "target.template",
+        vault_secret: if names.is_empty() {
+            "-".to_owned()
+        } else {
+            names.join(", ")
+        },
+        version: "-".to_owned(),
+        property: None,
+        decoding: "-".to_owned(),
+        synced,
+        in_secret: keys.is_none_or(|keys| keys.contains(&template.key)),
+        template: Some(TemplateUse {
+            origin: template.origin.clone(),
+            variables,
+            unknown,
+        }),
+    }
 }
 
 fn what_to_do(status: &str, current: bool) -> String {
@@ -221,6 +320,7 @@ fn key_sources(kvs: &KeyVaultSecret, versions: &BTreeMap<String, String>) -> Vec
                 decoding: decoding(remote.decoding_strategy),
                 synced: synced(versions, &remote.name),
                 in_secret: true,
+                template: None,
             }
         })
         .collect();
@@ -238,6 +338,7 @@ fn key_sources(kvs: &KeyVaultSecret, versions: &BTreeMap<String, String>) -> Vec
                     decoding: decoding(extract.decoding_strategy),
                     synced: synced(versions, &extract.name),
                     in_secret: true,
+                    template: None,
                 });
             }
             Some(DataFromSource::Certificate(certificate)) => {
@@ -251,6 +352,7 @@ fn key_sources(kvs: &KeyVaultSecret, versions: &BTreeMap<String, String>) -> Vec
                     decoding: "certificate (PEM or PKCS#12)".to_owned(),
                     synced: synced(versions, &certificate.name),
                     in_secret: true,
+                    template: None,
                 });
             }
             Some(DataFromSource::Find(find)) => finds.push(find),
@@ -281,6 +383,7 @@ fn key_sources(kvs: &KeyVaultSecret, versions: &BTreeMap<String, String>) -> Vec
             decoding: decoding(find.decoding_strategy),
             synced: found.clone(),
             in_secret: true,
+            template: None,
         });
     }
     sources
@@ -330,7 +433,7 @@ mod tests {
 
     #[test]
     fn keys_name_their_sources_and_the_versions_synced() {
-        let report = explain(&kvs(), None, &[], Vec::new());
+        let report = explain(&kvs(), None, &[], &[], Vec::new());
         let keys: Vec<(&str, &str, &str, BTreeMap<String, String>)> = report
             .keys
             .iter()
@@ -392,7 +495,7 @@ mod tests {
                                         "secrets.exclude.reloader.stakater.com/reload": "db"}),
             ),
         ];
-        let report = explain(&kvs(), Some(&secret), &workloads, Vec::new());
+        let report = explain(&kvs(), Some(&secret), &[], &workloads, Vec::new());
         let names: Vec<&str> = report
             .restarts
             .iter()
@@ -411,7 +514,7 @@ mod tests {
                 .map(String::from)
                 .to_vec(),
         };
-        let report = explain(&kvs(), Some(&secret), &[], Vec::new());
+        let report = explain(&kvs(), Some(&secret), &[], &[], Vec::new());
         let keys: Vec<(&str, &str, bool)> = report
             .keys
             .iter()
@@ -430,5 +533,84 @@ mod tests {
             report.keys[0].synced,
             [("app-alpha".to_owned(), "v7".to_owned())].into()
         );
+    }
+
+    #[test]
+    fn rendered_keys_name_their_template_and_the_vault_secrets_it_reads() {
+        let mut kvs = kvs();
+        kvs.spec.target.template = Some(
+            serde_json::from_value(json!({
+                "data": {"dsn": "{{ user }}:{{ password | b64enc }}@{{ host }}"},
+                "templateFrom": [{"configMap": {"name": "tpl", "items": [{"key": "dsn"}, {"key": "all"}]}}]
+            }))
+            .unwrap(),
+        );
+        let templates = [
+            TemplateText {
+                key: "dsn".into(),
+                origin: "templateFrom ConfigMap/tpl".into(),
+                text: Ok("overridden by data".into()),
+            },
+            TemplateText {
+                key: "all".into(),
+                origin: "templateFrom ConfigMap/tpl".into(),
+                text: Err("templateFrom ConfigMap/tpl cannot be read".into()),
+            },
+            TemplateText {
+                key: "dsn".into(),
+                origin: "target.template.data".into(),
+                text: Ok("{{ user }}:{{ password | b64enc }}@{{ host }}".into()),
+            },
+        ];
+        let secret = TargetSecret {
+            metadata: ObjectMeta::default(),
+            keys: vec!["dsn".into()],
+        };
+        let report = explain(&kvs, Some(&secret), &templates, &[], Vec::new());
+        assert_eq!(report.merge_policy.as_deref(), Some("Replace"));
+        let keys: Vec<(&str, &str, bool)> = report
+            .keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.from, k.in_secret))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("all", "target.template", false),
+                ("dsn", "target.template", true),
+                ("password", "data", false),
+                ("user", "data", false),
+                (
+                    "<one key per matching secret, named like it>",
+                    "dataFrom.find",
+                    false
+                ),
+            ]
+        );
+        let dsn = report.keys[1].template.as_ref().unwrap();
+        assert_eq!(dsn.origin, "target.template.data");
+        let traced: Vec<(&str, Option<&str>)> = dsn
+            .variables
+            .iter()
+            .map(|v| (v.variable.as_str(), v.vault_secret.as_deref()))
+            .collect();
+        assert_eq!(
+            traced,
+            [
+                ("host", None),
+                ("password", Some("db-password")),
+                ("user", Some("app-config"))
+            ]
+        );
+        assert_eq!(report.keys[1].vault_secret, "app-config, db-password");
+        assert_eq!(
+            report.keys[1]
+                .synced
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["app-config@0123456789abcdef0123456789abcdef", "db-password"]
+        );
+        assert!(report.keys[0].template.as_ref().unwrap().unknown.is_some());
     }
 }

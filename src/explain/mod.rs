@@ -4,12 +4,13 @@
 //! ```text
 //!  kvsync explain kvs/NAME ────────┐            ┌─ report::KeyVaultSecretReport
 //!  kvsync explain deployment/NAME ─┼─ fetch ──▶ │   keys ← sources, condition, workloads that restart
-//!  (statefulset/, daemonset/)      │  (reads)   └─ report::WorkloadReport
-//!                                  │                reacts to / ignores (rule), last restart, window
+//!  (statefulset/, daemonset/,     │  (reads)   └─ report::WorkloadReport
+//!   rollout/, cronjob/)            │                reacts to / ignores (rule), last restart,
+//!                                  │                pending restart (reload's own decide), window
 //!                                  └──────────────▶ text (render) or JSON (-o json)
 //! ```
 //!
-//! [`keyvaultsecret`] and [`workload`] are pure: they take the objects (and
+//! [`keyvaultsecret`], [`workload`] and [`pending`] are pure: they take the objects (and
 //! the reload stage's own reductions of them — [`crate::reload::observe`]
 //! parses the annotations with the same [`crate::reload::annotations`] rules
 //! the operator applies) and return a [`report`]. `fetch` does the reads,
@@ -20,8 +21,11 @@
 
 mod fetch;
 pub mod keyvaultsecret;
+pub mod operator;
+pub mod pending;
 pub mod render;
 pub mod report;
+pub mod template;
 pub mod workload;
 
 pub use fetch::{ExplainArgs, ExplainError, run};
@@ -33,12 +37,15 @@ pub enum Target {
     Deployment(String),
     StatefulSet(String),
     DaemonSet(String),
+    /// An Argo Rollout (where its CRD is served).
+    Rollout(String),
+    CronJob(String),
 }
 
 /// A target that is not `KIND/NAME` with a kind kvsync explains.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "`{0}`: expected kvs/NAME, deployment/NAME, statefulset/NAME or daemonset/NAME (also keyvaultsecret, deploy, sts, ds)"
+    "`{0}`: expected kvs/NAME, deployment/NAME, statefulset/NAME, daemonset/NAME, rollout/NAME or cronjob/NAME (also keyvaultsecret, deploy, sts, ds, ro, cj)"
 )]
 pub struct TargetError(String);
 
@@ -63,6 +70,8 @@ impl std::str::FromStr for Target {
             "deploy" | "deployment" | "deployments" => Ok(Target::Deployment(name)),
             "sts" | "statefulset" | "statefulsets" => Ok(Target::StatefulSet(name)),
             "ds" | "daemonset" | "daemonsets" => Ok(Target::DaemonSet(name)),
+            "ro" | "rollout" | "rollouts" => Ok(Target::Rollout(name)),
+            "cj" | "cronjob" | "cronjobs" => Ok(Target::CronJob(name)),
             _ => Err(error()),
         }
     }
@@ -83,6 +92,11 @@ mod tests {
         assert_eq!("deploy/web".parse(), Ok(deployment("web")));
         assert_eq!("Deployment.apps/web".parse(), Ok(deployment("web")));
         assert_eq!("sts/db".parse(), Ok(Target::StatefulSet("db".into())));
+        assert_eq!(
+            "rollouts.argoproj.io/web".parse(),
+            Ok(Target::Rollout("web".into()))
+        );
+        assert_eq!("cj/nightly".parse(), Ok(Target::CronJob("nightly".into())));
         for bad in ["web", "pod/web", "deployment/", "kvs/a/b"] {
             assert!(bad.parse::<Target>().is_err(), "{bad}");
         }

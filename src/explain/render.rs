@@ -8,7 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::report::{KeyVaultSecretReport, Report, ResourceVerdict, WorkloadReport};
+use super::report::{
+    IntervalSource, KeyVaultSecretReport, Report, ResourceVerdict, WorkloadReport,
+};
 
 /// A time as kubectl shows it: RFC 3339, UTC, whole seconds.
 pub fn timestamp(at: OffsetDateTime) -> String {
@@ -44,22 +46,51 @@ fn keyvaultsecret(r: &KeyVaultSecretReport) -> String {
     };
     let _ = writeln!(out, "  secret:  {}{exists}", r.secret);
     let _ = writeln!(out, "\nKeys (values are never shown):");
-    for key in &r.keys {
-        let absent = if key.in_secret {
-            ""
-        } else {
-            " (not in the Secret)"
-        };
-        let _ = writeln!(out, "  {}{absent}", key.key);
+    if let Some(policy) = &r.merge_policy {
         let _ = writeln!(
             out,
-            "    from:     {} {} ({})",
-            key.from, key.vault_secret, key.version
+            "  (target.template, mergePolicy {policy}: rendered keys first, then what they read)"
         );
-        if let Some(property) = &key.property {
-            let _ = writeln!(out, "    property: {property}");
+    }
+    for key in &r.keys {
+        let absent = match (key.in_secret, &r.merge_policy) {
+            (true, _) => "",
+            (false, Some(policy)) if policy == "Replace" && key.template.is_none() => {
+                " (read by the templates, not written: mergePolicy Replace)"
+            }
+            (false, _) => " (not in the Secret)",
+        };
+        let _ = writeln!(out, "  {}{absent}", key.key);
+        if let Some(template) = &key.template {
+            let _ = writeln!(out, "    from:     {}", template.origin);
+            if let Some(why) = &template.unknown {
+                let _ = writeln!(out, "    reads:    unknown ({why})");
+            }
+            if template.unknown.is_none() && template.variables.is_empty() {
+                let _ = writeln!(out, "    reads:    no fetched value");
+            }
+            for variable in &template.variables {
+                let vault = variable
+                    .vault_secret
+                    .as_deref()
+                    .map_or_else(String::new, |name| format!(": vault secret {name}"));
+                let _ = writeln!(
+                    out,
+                    "    reads:    {} ← {}{vault}",
+                    variable.variable, variable.from
+                );
+            }
+        } else {
+            let _ = writeln!(
+                out,
+                "    from:     {} {} ({})",
+                key.from, key.vault_secret, key.version
+            );
+            if let Some(property) = &key.property {
+                let _ = writeln!(out, "    property: {property}");
+            }
+            let _ = writeln!(out, "    decoding: {}", key.decoding);
         }
-        let _ = writeln!(out, "    decoding: {}", key.decoding);
         if key.synced.is_empty() {
             let _ = writeln!(out, "    synced:   nothing yet");
         }
@@ -162,12 +193,28 @@ fn workload(r: &WorkloadReport) -> String {
             if let Some(cause) = &last.cause {
                 let _ = writeln!(out, "  cause:        {cause}");
             }
+            if let Some(job) = &last.job {
+                let _ = writeln!(out, "  job:          {job}");
+            }
         }
         None => {
             let _ = writeln!(out, "  last restart: never by kvsync");
         }
     }
-    let _ = writeln!(out, "  min interval: {}", r.restart_window.min_interval);
+    let _ = writeln!(out, "  pending:      {}", r.pending.summary);
+    let from = match &r.restart_window.min_interval_from {
+        IntervalSource::Flag => String::new(),
+        IntervalSource::Operator(object) => format!(" (the operator's, from {object})"),
+        IntervalSource::Assumed => {
+            " (assumed: the operator's default; pass --min-reload-interval if it runs with another)"
+                .to_owned()
+        }
+    };
+    let _ = writeln!(
+        out,
+        "  min interval: {}{from}",
+        r.restart_window.min_interval
+    );
     let _ = writeln!(out, "  next:         {}", r.restart_window.summary);
     limits(&mut out, &r.limits);
     out

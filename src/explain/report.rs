@@ -29,6 +29,9 @@ pub struct KeyVaultSecretReport {
     pub secret_exists: bool,
     /// Each spec entry: the Secret keys it makes and where they come from.
     pub keys: Vec<KeySource>,
+    /// With `target.template`: its `mergePolicy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge_policy: Option<String>,
     pub refresh: Refresh,
     pub condition: Option<ConditionView>,
     /// When the Secret's content last changed (or was first confirmed).
@@ -59,8 +62,38 @@ pub struct KeySource {
     pub decoding: String,
     /// The versions in the Secret now (vault secret → version), from status.
     pub synced: BTreeMap<String, String>,
-    /// False: the spec says so, but the Secret has no such key (yet).
+    /// False: the spec says so, but the Secret has no such key (yet) — or,
+    /// with templates and `mergePolicy: Replace`, a fetched key only the
+    /// templates read.
     pub in_secret: bool,
+    /// For a key `target.template` renders: the template and what it reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateUse>,
+}
+
+/// The template a Secret key is rendered from.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateUse {
+    /// `target.template.data` or `templateFrom ConfigMap/NAME` (`Secret/NAME`).
+    pub origin: String,
+    /// The fetched values it looks up.
+    pub variables: Vec<TemplateVariable>,
+    /// Why its variables are not known (its text unreadable or invalid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
+}
+
+/// A variable a template looks up, traced to the spec entry fetching it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateVariable {
+    pub variable: String,
+    /// The spec entry, in words.
+    pub from: String,
+    /// The vault secret, when one is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vault_secret: Option<String>,
 }
 
 /// When the vault is read again.
@@ -94,11 +127,11 @@ pub struct WorkloadReaction {
     pub rule: String,
 }
 
-/// `explain deployment/NAME` (and statefulset, daemonset).
+/// `explain deployment/NAME` (and statefulset, daemonset, rollout, cronjob).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadReport {
-    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `Rollout` or `CronJob`.
     pub kind: &'static str,
     pub namespace: String,
     pub name: String,
@@ -116,7 +149,9 @@ pub struct WorkloadReport {
     /// Whether kvsync has recorded what the pods run with (baselined).
     pub baselined: bool,
     pub last_restart: Option<LastRestart>,
-    /// When the next restart may happen.
+    /// Whether a restart is pending now, and until when.
+    pub pending: PendingRestart,
+    /// When a restart for a change made now may happen.
     pub restart_window: RestartWindow,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<String>,
@@ -146,6 +181,46 @@ pub struct LastRestart {
     /// The `Reloaded` event's note (`Rolling restart: Secret/db changed`), if still kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// For a CronJob: the Job kvsync created then, if it still exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+}
+
+/// Whether kvsync has a restart to make for changes already made.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingRestart {
+    pub state: PendingState,
+    /// In words: why, and until when.
+    pub summary: String,
+    /// When the restart is due (now, for one held by nothing but the debounce).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// The resources whose change it is for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+}
+
+/// Whether a restart is pending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PendingState {
+    Pending,
+    None,
+    /// What the pods run with cannot be compared to the present (see the summary).
+    Unknown,
+}
+
+/// Where explain has the operator's `--min-reload-interval` from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "from", content = "object")]
+pub enum IntervalSource {
+    /// explain's own `--min-reload-interval`.
+    Flag,
+    /// The operator's Deployment (`Deployment NAMESPACE/NAME`).
+    Operator(String),
+    /// Neither: the operator's default.
+    Assumed,
 }
 
 /// Whether a change now restarts at once or waits, and until when.
@@ -154,6 +229,8 @@ pub struct LastRestart {
 pub struct RestartWindow {
     /// The operator's minimum interval between restarts.
     pub min_interval: String,
+    /// Where `min_interval` comes from.
+    pub min_interval_from: IntervalSource,
     /// Set while a change would wait: the earliest restart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_until: Option<String>,

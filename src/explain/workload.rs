@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::report::{LastRestart, ResourceVerdict, RestartWindow, WorkloadReport};
+use super::pending::{Digests, pending};
+use super::report::{IntervalSource, LastRestart, ResourceVerdict, RestartWindow, WorkloadReport};
 use crate::reload::annotations::{
     AUTO, IGNORE, MATCH, ReloadPolicy, ResourceFlags, SEARCH, exclude_key, pause_period_key,
     reload_key, typed_auto_key,
@@ -35,6 +36,12 @@ pub struct Context<'a> {
     pub last_reloaded_note: Option<&'a str>,
     /// The operator's `--min-reload-interval`.
     pub min_reload_interval: Duration,
+    /// Where `min_reload_interval` comes from.
+    pub min_interval_from: IntervalSource,
+    /// The namespace's resources digested with the operator's key, or why not.
+    pub digests: Result<Digests<'a>, &'a str>,
+    /// For a CronJob: the newest Job kvsync made for it.
+    pub last_job: Option<&'a str>,
     pub now: OffsetDateTime,
     pub limits: Vec<String>,
 }
@@ -156,18 +163,23 @@ pub fn explain(workload: &WorkloadObservation, context: &Context<'_>) -> Workloa
         last_restart: state.last_restart.map(|at| LastRestart {
             at: super::render::timestamp(at),
             cause: context.last_reloaded_note.map(str::to_owned),
+            job: context.last_job.map(str::to_owned),
         }),
-        restart_window: paused(
-            window(
-                !policy.is_inert(),
-                state.last_restart,
-                min_interval,
+        pending: pending(state, context.digests, min_interval, context.now),
+        restart_window: RestartWindow {
+            min_interval_from: context.min_interval_from.clone(),
+            ..paused(
+                window(
+                    !policy.is_inert(),
+                    state.last_restart,
+                    min_interval,
+                    context.now,
+                ),
+                policy.pause_period.filter(|_| !policy.is_inert()),
+                state.paused_at,
                 context.now,
-            ),
-            policy.pause_period.filter(|_| !policy.is_inert()),
-            state.paused_at,
-            context.now,
-        ),
+            )
+        },
         limits: context.limits.clone(),
     }
 }
@@ -223,6 +235,7 @@ fn window(
     };
     RestartWindow {
         min_interval: min_interval_text,
+        min_interval_from: IntervalSource::Flag,
         held_until: held_until.map(super::render::timestamp),
         summary,
     }
@@ -253,6 +266,9 @@ mod tests {
             resources,
             last_reloaded_note: None,
             min_reload_interval: Duration::from_secs(30),
+            min_interval_from: IntervalSource::Flag,
+            digests: Err("no key"),
+            last_job: None,
             now: OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_000_000),
             limits: Vec::new(),
         }

@@ -67,7 +67,8 @@ pub async fn load_or_create(
     }
 }
 
-fn key_of(secret: &Secret, namespace: &str) -> Result<DigestKey, ReloadError> {
+/// The key held by `secret` (the key Secret, read from `namespace`).
+pub fn key_of(secret: &Secret, namespace: &str) -> Result<DigestKey, ReloadError> {
     let bytes = secret
         .data
         .as_ref()

@@ -35,19 +35,19 @@
 //! patches), `events`, [`metrics`] (its counters, injected), `key_secret` (where the digest key lives).
 
 pub mod annotations;
-mod decide;
-mod digest;
-mod dynamic;
+pub mod decide;
+pub mod digest;
+pub mod dynamic;
 mod events;
 pub mod index;
-mod job;
-mod key_secret;
+pub mod job;
+pub mod key_secret;
 pub mod kinds;
 pub mod metrics;
 pub mod observe;
 pub mod readiness;
 pub mod record;
-mod stage;
+pub(crate) mod stage;
 pub mod uses;
 mod watch;
 

@@ -63,7 +63,7 @@ fn retry_delay(failures: u32) -> Duration {
         .min(MAX_RETRY_DELAY)
 }
 
-const FIELD_MANAGER: &str = "kvsync-reload";
+pub(crate) const FIELD_MANAGER: &str = "kvsync-reload";
 
 /// At most this many workload writes (patches, a CronJob's Job) in flight.
 /// Restarts are paced by `--max-rollouts-per-second`; this bounds what the

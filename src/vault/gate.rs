@@ -47,6 +47,8 @@ impl VaultGate {
             .acquire()
             .await
             .map_err(|_| VaultError::Unavailable("shutting down".into()))?;
+        // A 429 may have come while this call waited for a permit.
+        self.admit()?;
         let result = call.await;
         let mut throttle = self.throttle.lock().unwrap();
         match &result {
@@ -112,6 +114,39 @@ mod tests {
         assert!(
             matches!(second, Err(VaultError::Throttled { retry_after: Some(wait) }) if wait > Duration::from_secs(4))
         );
+    }
+
+    #[tokio::test]
+    async fn a_call_waiting_for_a_permit_is_not_sent_after_a_429() {
+        let gate = VaultGate::new(1, Duration::from_secs(60));
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let first = gate.run(async {
+            released.await.unwrap();
+            Err::<(), _>(VaultError::Throttled {
+                retry_after: Some(Duration::from_secs(5)),
+            })
+        });
+        let mut sent = false;
+        let second = async {
+            tokio::task::yield_now().await;
+            gate.run(async {
+                sent = true;
+                Ok(())
+            })
+            .await
+        };
+        let waiting = async {
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            release.send(()).unwrap();
+        };
+        let (first, second, ()) = tokio::join!(first, second, waiting);
+        assert!(first.is_err());
+        assert!(
+            !sent,
+            "the waiting call went out although the vault said 429"
+        );
+        assert!(matches!(second, Err(VaultError::Throttled { .. })));
     }
 
     #[tokio::test]

@@ -360,6 +360,13 @@ impl Spec {
         })
     }
 
+    /// Entries in the order kvsync reads them: `data`, then `dataFrom`.
+    pub fn in_read_order(&self) -> impl Iterator<Item = &Entry> {
+        let is_data = |e: &&Entry| matches!(e, Entry::Data { .. });
+        let data = self.entries.iter().filter(is_data);
+        data.chain(self.entries.iter().filter(move |e| !is_data(e)))
+    }
+
     /// Names only, e.g. `north id1 5s [k0=p3@1a2b3c4d, extract j0, find grp=a]`.
     pub fn summary(&self) -> String {
         let entries: Vec<String> = self
@@ -775,6 +782,7 @@ impl Object {
 pub struct Ready {
     pub status: bool,
     pub reason: String,
+    pub message: String,
     pub observed_generation: i64,
 }
 
@@ -994,10 +1002,27 @@ pub fn check(
     violations
 }
 
+/// The first entry kvsync cannot render, in the order it reads them: the
+/// vault secret's name and why.
+fn first_broken(spec: &Spec, state: &VaultState) -> Option<(String, Broken)> {
+    spec.in_read_order().find_map(|entry| {
+        let why = render_entry(entry, &spec.vault, state).err()?;
+        match entry {
+            Entry::Data { name, .. } | Entry::Extract { name } => Some((name.clone(), why)),
+            Entry::Find(_) => None,
+        }
+    })
+}
+
+/// Whether a condition message is about vault secret `name`.
+fn names_secret(message: &str, name: &str) -> bool {
+    message.starts_with(&format!("secret {name} "))
+}
+
 /// Whether an object has caught up with the vault's current state: Ready
 /// with its rendering and exact `syncedVersions`, or — when a ref is
-/// disabled or deleted — not Ready with that reason and the last good
-/// Secret kept.
+/// disabled or deleted — not Ready with the reason of the first such ref
+/// kvsync reads, its name in the message, and the last good Secret kept.
 pub fn settled(
     object: &Object,
     seen: &Observation,
@@ -1042,13 +1067,18 @@ pub fn settled(
                 false => Ok(()),
             }
         }
-        Err(broken) => {
-            if ready.status || !broken.iter().any(|b| b.reason() == ready.reason) {
+        Err(_) => {
+            // kvsync stops at the first broken entry it reads: the condition
+            // names that one (else kvsync has not yet seen the vault's state).
+            let (name, why) = first_broken(spec, history.current()).expect("a broken entry");
+            if ready.status || ready.reason != why.reason() || !names_secret(&ready.message, &name)
+            {
                 return Err(format!(
-                    "Ready={} ({}), want False with {:?}",
+                    "Ready={} ({}: {}), want False with {} naming {name}",
                     ready.status,
                     ready.reason,
-                    broken.iter().map(|b| b.reason()).collect::<Vec<_>>()
+                    ready.message,
+                    why.reason()
                 ));
             }
             let deleted_since_good = object
