@@ -1003,7 +1003,7 @@ impl Drop for Run {
         let scan = LeakScan {
             namespace: self.ns.name.clone(),
             operator_log,
-            control_url: self.emulator.endpoints.control_url.clone(),
+            control_url: Some(self.emulator.endpoints.control_url.clone()),
             named: vec![SECRET_APP_KEY.to_owned()],
             handled: self.emulator.values_set(),
             private_keys: Vec::new(),
