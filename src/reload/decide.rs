@@ -411,7 +411,10 @@ pub fn effective_last_restart(
 /// A workload that must wait is given its own slot, so each waiting
 /// workload is looked at once more, at its slot, rather than every waiting
 /// workload competing again for each free one. A slot not used (the
-/// workload no longer needs a restart by then) is simply lost.
+/// workload no longer needs a restart by then) is simply lost. Rollouts go
+/// out at least one spacing apart even when the loop runs late and finds
+/// several slots passed at once: those then wait their turn, so no second
+/// holds more than the limit.
 ///
 /// Written by hand rather than with a rate-limiter crate: those answer
 /// "now or not before t" for the next request, not a reservation per key.
@@ -420,6 +423,8 @@ pub struct Pacer<K> {
     spacing: Duration,
     next_free: Option<Instant>,
     reserved: HashMap<K, Instant>,
+    /// When the last rollout was let through.
+    last: Option<Instant>,
 }
 
 impl<K: Hash + Eq> Pacer<K> {
@@ -432,6 +437,7 @@ impl<K: Hash + Eq> Pacer<K> {
             },
             next_free: None,
             reserved: HashMap::new(),
+            last: None,
         }
     }
 
@@ -446,12 +452,14 @@ impl<K: Hash + Eq> Pacer<K> {
                 slot
             }
         };
-        if slot <= now {
+        let turn = self.last.map_or(slot, |last| slot.max(last + self.spacing));
+        if turn <= now {
             self.reserved.remove(&key);
+            self.last = Some(now);
             Ok(())
         } else {
             self.reserved.insert(key, slot);
-            Err(slot)
+            Err(turn)
         }
     }
 
@@ -1033,6 +1041,26 @@ mod tests {
         for key in ["a", "b", "c"] {
             assert_eq!(unlimited.admit(key, t0), Ok(()));
         }
+    }
+
+    #[test]
+    fn a_late_look_at_passed_slots_still_spaces_the_rollouts() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut pacer = Pacer::new(10);
+        assert_eq!(pacer.admit("a", t0), Ok(()));
+        assert_eq!(pacer.admit("b", t0), Err(t0 + ms(100)));
+        assert_eq!(pacer.admit("c", t0), Err(t0 + ms(200)));
+        // The loop comes back 150 ms late: both slots have passed.
+        let late = t0 + ms(350);
+        assert_eq!(pacer.admit("b", late), Ok(()));
+        assert_eq!(
+            pacer.admit("c", late),
+            Err(late + ms(100)),
+            "not in a burst"
+        );
+        assert_eq!(pacer.queued(), 1);
+        assert_eq!(pacer.admit("c", late + ms(100)), Ok(()));
     }
 
     #[test]
