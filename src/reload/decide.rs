@@ -9,7 +9,7 @@
 //! held until Reloader's period is over, then resumed — with the restart for
 //! any change since folded into the same patch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -411,10 +411,11 @@ pub fn effective_last_restart(
 /// A workload that must wait is given its own slot, so each waiting
 /// workload is looked at once more, at its slot, rather than every waiting
 /// workload competing again for each free one. A slot not used (the
-/// workload no longer needs a restart by then) is simply lost. Rollouts go
-/// out at least one spacing apart even when the loop runs late and finds
-/// several slots passed at once: those then wait their turn, so no second
-/// holds more than the limit.
+/// workload no longer needs a restart by then) is simply lost. Slots that
+/// passed while the loop was busy are caught up (the average rate is kept),
+/// but never more than the limit in any one second: the last `per_second`
+/// rollouts are remembered, and the next waits until the oldest is a second
+/// old.
 ///
 /// Written by hand rather than with a rate-limiter crate: those answer
 /// "now or not before t" for the next request, not a reservation per key.
@@ -423,8 +424,10 @@ pub struct Pacer<K> {
     spacing: Duration,
     next_free: Option<Instant>,
     reserved: HashMap<K, Instant>,
-    /// When the last rollout was let through.
-    last: Option<Instant>,
+    /// The limit (0: none).
+    per_second: usize,
+    /// When the last `per_second` rollouts were let through, oldest first.
+    recent: VecDeque<Instant>,
 }
 
 impl<K: Hash + Eq> Pacer<K> {
@@ -437,7 +440,8 @@ impl<K: Hash + Eq> Pacer<K> {
             },
             next_free: None,
             reserved: HashMap::new(),
-            last: None,
+            per_second: usize::try_from(per_second).unwrap_or(usize::MAX),
+            recent: VecDeque::new(),
         }
     }
 
@@ -452,10 +456,20 @@ impl<K: Hash + Eq> Pacer<K> {
                 slot
             }
         };
-        let turn = self.last.map_or(slot, |last| slot.max(last + self.spacing));
+        let turn = match self.recent.front() {
+            Some(oldest) if self.recent.len() >= self.per_second => {
+                slot.max(*oldest + Duration::from_secs(1))
+            }
+            _ => slot,
+        };
         if turn <= now {
             self.reserved.remove(&key);
-            self.last = Some(now);
+            if self.per_second > 0 {
+                self.recent.push_back(now);
+                if self.recent.len() > self.per_second {
+                    self.recent.pop_front();
+                }
+            }
             Ok(())
         } else {
             self.reserved.insert(key, slot);
@@ -1044,23 +1058,24 @@ mod tests {
     }
 
     #[test]
-    fn a_late_look_at_passed_slots_still_spaces_the_rollouts() {
+    fn passed_slots_are_caught_up_but_never_beyond_the_limit_in_a_second() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut pacer = Pacer::new(10);
+        let mut pacer = Pacer::new(2);
         assert_eq!(pacer.admit("a", t0), Ok(()));
-        assert_eq!(pacer.admit("b", t0), Err(t0 + ms(100)));
-        assert_eq!(pacer.admit("c", t0), Err(t0 + ms(200)));
-        // The loop comes back 150 ms late: both slots have passed.
-        let late = t0 + ms(350);
+        assert_eq!(pacer.admit("b", t0), Err(t0 + ms(500)));
+        assert_eq!(pacer.admit("c", t0), Err(t0 + ms(1000)));
+        assert_eq!(pacer.admit("d", t0), Err(t0 + ms(1500)));
+        // The loop comes back late, at 1.2 s: b's and c's slots have passed.
+        let late = t0 + ms(1200);
         assert_eq!(pacer.admit("b", late), Ok(()));
+        assert_eq!(pacer.admit("c", late), Ok(()), "a is over a second old");
         assert_eq!(
-            pacer.admit("c", late),
-            Err(late + ms(100)),
-            "not in a burst"
+            pacer.admit("d", t0 + ms(1500)),
+            Err(late + ms(1000)),
+            "b and c were let through in the last second"
         );
-        assert_eq!(pacer.queued(), 1);
-        assert_eq!(pacer.admit("c", late + ms(100)), Ok(()));
+        assert_eq!(pacer.admit("d", late + ms(1000)), Ok(()));
     }
 
     #[test]
