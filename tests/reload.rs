@@ -1163,7 +1163,7 @@ async fn fan_out(f: &Fixture, workloads: usize, value: &str, rate: &str) -> Fano
         all
     };
     let all = tokio::select! {
-        all = eventually("every workload restarted", WAIT * 3, || async {
+        all = eventually("every workload restarted", WAIT, || async {
             let all = restarted().await;
             (all.len() == workloads).then_some(all)
         }) => all,
@@ -1230,7 +1230,7 @@ async fn a_secret_used_by_200_workloads_restarts_each_once_at_the_throttled_rate
     let rate = PER_SECOND.to_string();
     f.start_operator(&["--max-rollouts-per-second", &rate])
         .await;
-    eventually("every workload baselined", WAIT * 3, || async {
+    eventually("every workload baselined", WAIT, || async {
         let list = deployments.list(&ListParams::default()).await.unwrap();
         list.items
             .iter()
