@@ -383,6 +383,16 @@ async fn min_reload_interval_folds_later_changes_into_one_restart() {
     .await;
     f.secret("db", &[("k", "3")], &[], &[]).await;
     f.secret("db", &[("k", "4")], &[], &[]).await;
+    // Held back: the workload says so, and until when (for `kvsync explain`).
+    let pending = |f: &Fixture| {
+        let api = f.api::<Deployment>();
+        async move {
+            let web = api.get("web").await.unwrap();
+            web.annotations().get("kvsync.io/restart-pending").cloned()
+        }
+    };
+    let mark = eventually("the restart-pending mark", WAIT, || pending(&f)).await;
+    assert!(mark.ends_with(" Secret/db"), "{mark}");
     let window = f.quiet_before_due("web", Duration::from_secs(8)).await;
     let first = f.restarted_at("web").await;
     always("no second restart within the interval", window, || async {
@@ -395,6 +405,10 @@ async fn min_reload_interval_folds_later_changes_into_one_restart() {
         spacing >= Duration::from_secs(8),
         "restarted again after {spacing}"
     );
+    eventually("the mark removed by the restart", WAIT, || async {
+        pending(&f).await.is_none().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

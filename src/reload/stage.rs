@@ -46,7 +46,8 @@ use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::metrics::ReloadMetrics;
 use super::observe::{WorkloadObject, observe_workload};
 use super::record::{
-    AppliedRecord, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION, format_time,
+    AppliedRecord, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION,
+    RESTARTED_AT_ANNOTATION, format_time, pending_mark,
 };
 use super::watch::{Input, Listing, Observed, Source, Watched};
 
@@ -438,6 +439,7 @@ impl Stage {
             } else {
                 PauseChange::Keep
             },
+            pending: PendingChange::Keep,
         };
         if end_pause {
             info!(%workload, resumed = pause.by_reloader.is_some(), "pause period over");
@@ -446,10 +448,21 @@ impl Stage {
             self.pacer.release(&workload);
             self.metrics.set_queued(self.pacer.queued());
         }
+        let held = match &verdict {
+            Verdict::Pause { period, changed } => Some(pending_mark(now + *period, changed)),
+            Verdict::Wait { remaining, changed } => Some(pending_mark(now + *remaining, changed)),
+            _ => None,
+        };
+        changes.pending = match (held, &state.pending_mark) {
+            (Some(mark), Some(written)) if mark == *written => PendingChange::Keep,
+            (Some(mark), _) => PendingChange::Set(mark),
+            (None, Some(_)) => PendingChange::Remove,
+            (None, None) => PendingChange::Keep,
+        };
         let body = |changes: &Changes| patch_body(&resource_version, method, changes);
         match verdict {
             Verdict::UpToDate => {
-                if end_pause {
+                if end_pause || matches!(changes.pending, PendingChange::Remove) {
                     self.start_write(workload, body(&changes), None, Purpose::Record);
                 }
             }
@@ -500,7 +513,11 @@ impl Stage {
             Verdict::Wait { remaining, changed } => {
                 self.metrics.skipped("rate_limited", 1);
                 info!(%workload, ?remaining, changed = changed.len(), "restart deferred by the minimum interval or a pause period");
-                self.schedule.postpone(workload, Instant::now() + remaining);
+                self.schedule
+                    .postpone(workload.clone(), Instant::now() + remaining);
+                if matches!(changes.pending, PendingChange::Set(_)) {
+                    self.start_write(workload, body(&changes), None, Purpose::Record);
+                }
             }
         }
     }
@@ -739,6 +756,14 @@ struct Changes {
     /// Restart: the new `kvsync.io/restartedAt` of the pod template.
     restarted_at: Option<OffsetDateTime>,
     pause: PauseChange,
+    /// The `kvsync.io/restart-pending` mark.
+    pending: PendingChange,
+}
+
+enum PendingChange {
+    Keep,
+    Set(String),
+    Remove,
 }
 
 enum RecordChange {
@@ -783,6 +808,15 @@ fn patch_body(resource_version: &str, method: RestartMethod, changes: &Changes) 
                 annotations.insert(RELOADER_PAUSED_AT.into(), Value::Null);
                 spec.insert("paused".into(), json!(false));
             }
+        }
+    }
+    match &changes.pending {
+        PendingChange::Keep => {}
+        PendingChange::Set(mark) => {
+            annotations.insert(PENDING_ANNOTATION.into(), json!(mark));
+        }
+        PendingChange::Remove => {
+            annotations.insert(PENDING_ANNOTATION.into(), Value::Null);
         }
     }
     if let Some(at) = changes.restarted_at {
@@ -844,6 +878,7 @@ mod tests {
             record: RecordChange::Set(record()),
             restarted_at: Some(at),
             pause: PauseChange::End { resume: true },
+            pending: PendingChange::Remove,
         };
         let body = patch_body("41", RestartMethod::PodTemplate, &changes);
         assert_eq!(body["metadata"]["resourceVersion"], "41");
@@ -856,6 +891,7 @@ mod tests {
         assert_eq!(body["spec"]["paused"], false, "resumed in the same patch");
         assert!(annotations[RELOADER_PAUSED_AT].is_null());
         assert!(annotations[PAUSED_AT_ANNOTATION].is_null());
+        assert!(annotations[PENDING_ANNOTATION].is_null(), "no longer held");
     }
 
     #[test]
@@ -865,17 +901,20 @@ mod tests {
             record: RecordChange::Keep,
             restarted_at: None,
             pause: PauseChange::Start(at),
+            pending: PendingChange::Set(pending_mark(at, &[])),
         };
         let body = patch_body("1", RestartMethod::PodTemplate, &changes);
         assert!(body.get("spec").is_none(), "{body}");
         assert_eq!(
             body["metadata"]["annotations"],
-            json!({ PAUSED_AT_ANNOTATION: "1970-01-01T00:00:00Z" })
+            json!({ PAUSED_AT_ANNOTATION: "1970-01-01T00:00:00Z",
+                    PENDING_ANNOTATION: "1970-01-01T00:00:00Z " })
         );
         let changes = Changes {
             record: RecordChange::Remove,
             restarted_at: None,
             pause: PauseChange::End { resume: false },
+            pending: PendingChange::Keep,
         };
         let body = patch_body("1", RestartMethod::PodTemplate, &changes);
         assert!(body.get("spec").is_none(), "{body}");
