@@ -993,24 +993,20 @@ impl Drop for Run {
     /// The leak scan over every operator's log, the events and statuses (as
     /// a [`Fixture`] runs it), unless the test already failed.
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            return;
-        }
-        let mut operator_log = std::mem::take(&mut self.past_logs);
-        if let Some(operator) = &self.operator {
-            operator_log += &operator.process.output();
-        }
-        let scan = LeakScan {
-            namespace: self.ns.name.clone(),
-            operator_log,
-            control_url: self.emulator.endpoints.control_url.clone(),
-            named: vec![SECRET_APP_KEY.to_owned()],
-            handled: self.emulator.values_set(),
-            private_keys: Vec::new(),
-        };
-        if let Err(panic) = on_own_runtime(scan.run()) {
-            std::panic::resume_unwind(panic);
-        }
+        scan_when_dropped(|| {
+            let mut operator_log = std::mem::take(&mut self.past_logs);
+            if let Some(operator) = &self.operator {
+                operator_log += &operator.process.output();
+            }
+            LeakScan {
+                namespace: self.ns.name.clone(),
+                operator_log,
+                control_url: Some(self.emulator.endpoints.control_url.clone()),
+                named: vec![SECRET_APP_KEY.to_owned()],
+                handled: self.emulator.values_set(),
+                private_keys: Vec::new(),
+            }
+        });
     }
 }
 

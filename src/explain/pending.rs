@@ -7,15 +7,16 @@
 //!  workload annotations: record (digests as the pods have them), restartedAt,
 //!                        paused-at, pause period, Reloader's pause
 //!  Secrets/ConfigMaps now, digested with the operator's key ──▶ decide ──▶ pending / none
-//!  no key readable: only the pause marks (written for a change) ──────────▶ pending / unknown
+//!  no key readable: the operator's marks — paused-at, restart-pending ───▶ pending / unknown
 //! ```
 //!
 //! The digests on a workload are keyed (see [`crate::reload::digest`]): the
 //! present can be compared with them only by whoever may read the key
-//! Secret. Without it a pause period kvsync started still says a restart is
-//! pending (kvsync writes `kvsync.io/paused-at` only for a change), but
-//! "changed since the last restart, held by the minimum interval" cannot be
-//! told from "nothing changed": the answer is then `unknown`, with the reason.
+//! Secret. Without it the marks the operator writes while it holds a restart
+//! back tell (`kvsync.io/paused-at` for a pause period it started,
+//! `kvsync.io/restart-pending` for a pause or the minimum interval); a change
+//! it has not acted on yet cannot be told from "nothing changed": the answer
+//! is then `unknown`, with the reason.
 //!
 //! Not seen from outside the operator: a pod-template change made after the
 //! data change (which the operator lets stand for the restart) and the rollout
@@ -34,6 +35,7 @@ use crate::reload::decide::{
 };
 use crate::reload::index::{ResourceState, WorkloadState};
 use crate::reload::kinds::{ResourceRef, RestartMethod};
+use crate::reload::record::parse_pending_mark;
 
 /// The namespace's Secrets and ConfigMaps digested with the operator's key.
 #[derive(Clone, Copy, Debug)]
@@ -171,14 +173,28 @@ fn from_pause_marks(
                 &[],
             )
         }
-        _ => PendingRestart {
-            state: PendingState::Unknown,
-            summary: format!(
-                "unknown: whether data changed since the last restart takes the operator's digest key ({why})"
+        _ => match state.pending_mark.as_deref().and_then(parse_pending_mark) {
+            // What the operator wrote when it began holding a restart back.
+            Some((until, changed)) if until > now => held_for(
+                format!(
+                    "the operator holds it back until {} (its kvsync.io/restart-pending mark)",
+                    timestamp(until)
+                ),
+                until,
+                changed,
             ),
-            until: None,
-            changed: Vec::new(),
+            _ => unknown(why),
         },
+    }
+}
+fn unknown(why: &str) -> PendingRestart {
+    PendingRestart {
+        state: PendingState::Unknown,
+        summary: format!(
+            "unknown: whether data changed since the last restart takes the operator's digest key ({why})"
+        ),
+        until: None,
+        changed: Vec::new(),
     }
 }
 
@@ -203,7 +219,14 @@ fn baseline(why: Baseline) -> &'static str {
 
 /// A pending restart due at `until`; `why` says when in words.
 fn held(why: String, until: OffsetDateTime, changed: &[ResourceRef]) -> PendingRestart {
-    let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
+    held_for(
+        why,
+        until,
+        changed.iter().map(ToString::to_string).collect(),
+    )
+}
+
+fn held_for(why: String, until: OffsetDateTime, names: Vec<String>) -> PendingRestart {
     let what = if names.is_empty() {
         String::new()
     } else {
@@ -340,5 +363,15 @@ mod tests {
         let unknown = pending(&state, Err("forbidden"), minute, at(0));
         assert_eq!(unknown.state, PendingState::Unknown);
         assert!(unknown.summary.ends_with("(forbidden)"));
+
+        // ... or the operator's pending mark, while it lasts.
+        let mut held_back = state.clone();
+        held_back.pending_mark = Some(format!("{} Secret/db", format_time(at(20))));
+        let marked = pending(&held_back, Err("forbidden"), minute, at(0));
+        assert_eq!(marked.state, PendingState::Pending);
+        assert_eq!(marked.changed, ["Secret/db"]);
+        assert_eq!(marked.until.as_deref(), Some(timestamp(at(20)).as_str()));
+        let over = pending(&held_back, Err("forbidden"), minute, at(21));
+        assert_eq!(over.state, PendingState::Unknown);
     }
 }

@@ -9,7 +9,7 @@
 //! held until Reloader's period is over, then resumed — with the restart for
 //! any change since folded into the same patch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -361,11 +361,13 @@ impl<K: Ord + Hash + Clone> Schedule<K> {
         self.due.first().map(|(at, _)| *at)
     }
 
-    /// Removes and returns everything due at `now`, earliest first.
-    pub fn take_due(&mut self, now: Instant) -> Vec<K> {
+    /// Removes and returns what is due at `now`, earliest first: at most
+    /// `limit` keys (the rest stay due).
+    pub fn take_due(&mut self, now: Instant, limit: usize) -> Vec<K> {
         let mut taken = Vec::new();
         while let Some((at, _)) = self.due.first()
             && *at <= now
+            && taken.len() < limit
         {
             let (_, key) = self.due.pop_first().expect("checked above");
             self.by_key.remove(&key);
@@ -409,7 +411,11 @@ pub fn effective_last_restart(
 /// A workload that must wait is given its own slot, so each waiting
 /// workload is looked at once more, at its slot, rather than every waiting
 /// workload competing again for each free one. A slot not used (the
-/// workload no longer needs a restart by then) is simply lost.
+/// workload no longer needs a restart by then) is simply lost. Slots that
+/// passed while the loop was busy are caught up (the average rate is kept),
+/// but never more than the limit in any one second: the last `per_second`
+/// rollouts are remembered, and the next waits until the oldest is a second
+/// old.
 ///
 /// Written by hand rather than with a rate-limiter crate: those answer
 /// "now or not before t" for the next request, not a reservation per key.
@@ -418,6 +424,10 @@ pub struct Pacer<K> {
     spacing: Duration,
     next_free: Option<Instant>,
     reserved: HashMap<K, Instant>,
+    /// The limit (0: none).
+    per_second: usize,
+    /// When the last `per_second` rollouts were let through, oldest first.
+    recent: VecDeque<Instant>,
 }
 
 impl<K: Hash + Eq> Pacer<K> {
@@ -430,6 +440,8 @@ impl<K: Hash + Eq> Pacer<K> {
             },
             next_free: None,
             reserved: HashMap::new(),
+            per_second: usize::try_from(per_second).unwrap_or(usize::MAX),
+            recent: VecDeque::new(),
         }
     }
 
@@ -444,12 +456,24 @@ impl<K: Hash + Eq> Pacer<K> {
                 slot
             }
         };
-        if slot <= now {
+        let turn = match self.recent.front() {
+            Some(oldest) if self.recent.len() >= self.per_second => {
+                slot.max(*oldest + Duration::from_secs(1))
+            }
+            _ => slot,
+        };
+        if turn <= now {
             self.reserved.remove(&key);
+            if self.per_second > 0 {
+                self.recent.push_back(now);
+                if self.recent.len() > self.per_second {
+                    self.recent.pop_front();
+                }
+            }
             Ok(())
         } else {
             self.reserved.insert(key, slot);
-            Err(slot)
+            Err(turn)
         }
     }
 
@@ -1034,6 +1058,27 @@ mod tests {
     }
 
     #[test]
+    fn passed_slots_are_caught_up_but_never_beyond_the_limit_in_a_second() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut pacer = Pacer::new(2);
+        assert_eq!(pacer.admit("a", t0), Ok(()));
+        assert_eq!(pacer.admit("b", t0), Err(t0 + ms(500)));
+        assert_eq!(pacer.admit("c", t0), Err(t0 + ms(1000)));
+        assert_eq!(pacer.admit("d", t0), Err(t0 + ms(1500)));
+        // The loop comes back late, at 1.2 s: b's and c's slots have passed.
+        let late = t0 + ms(1200);
+        assert_eq!(pacer.admit("b", late), Ok(()));
+        assert_eq!(pacer.admit("c", late), Ok(()), "a is over a second old");
+        assert_eq!(
+            pacer.admit("d", t0 + ms(1500)),
+            Err(late + ms(1000)),
+            "b and c were let through in the last second"
+        );
+        assert_eq!(pacer.admit("d", late + ms(1000)), Ok(()));
+    }
+
+    #[test]
     fn schedule_coalesces_to_the_first_deadline() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
@@ -1042,10 +1087,12 @@ mod tests {
         schedule.mark("a", t0 + s(3));
         schedule.mark("b", t0 + s(1));
         assert_eq!(schedule.next_due(), Some(t0 + s(1)));
-        assert_eq!(schedule.take_due(t0), Vec::<&str>::new());
+        assert_eq!(schedule.take_due(t0, 10), Vec::<&str>::new());
+        schedule.mark("c", t0 + s(2));
+        assert_eq!(schedule.take_due(t0 + s(2), 2), ["b", "a"], "the limit");
         assert_eq!(
-            schedule.take_due(t0 + s(2)),
-            ["b", "a"],
+            schedule.take_due(t0 + s(2), 10),
+            ["c"],
             "each once, earliest first"
         );
         assert_eq!(schedule.next_due(), None);

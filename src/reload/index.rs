@@ -66,6 +66,8 @@ pub struct WorkloadState {
     pub restart: RestartMethod,
     /// `kvsync.io/paused-at`: a pause period kvsync started.
     pub paused_at: Option<OffsetDateTime>,
+    /// `kvsync.io/restart-pending` as written (only compared, to write it once).
+    pub pending_mark: Option<String>,
     /// A Deployment Reloader paused (`spec.paused` and
     /// `deployment.reloader.stakater.com/paused-at`), since when; an
     /// unreadable time counts as long ago (resumed at once, as Reloader does).
@@ -461,6 +463,7 @@ mod tests {
                 restart_stamp: None,
                 restart: RestartMethod::PodTemplate,
                 paused_at: None,
+                pending_mark: None,
                 reloader_paused_since: None,
                 template: 0,
                 template_version: None,

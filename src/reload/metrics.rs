@@ -19,6 +19,8 @@
 //!   (publishing an Event failed).
 //! - `kvsync_reload_rollouts_queued`: workloads due for a rollout, waiting
 //!   for a slot under `--max-rollouts-per-second`.
+//! - `kvsync_reload_writes_in_flight`: workload patches (and CronJob Jobs)
+//!   sent and not answered yet; they run concurrently.
 //! - `kvsync_reload_watches_unlisted`: watches that have not listed yet
 //!   (`/readyz` names them; see [`Readiness`]).
 
@@ -47,6 +49,7 @@ pub struct ReloadMetrics {
     skipped: Family<ReasonLabel, Counter>,
     errors: Family<ReasonLabel, Counter>,
     queued: Gauge,
+    in_flight: Gauge,
     unlisted: Gauge,
     readiness: Readiness,
 }
@@ -79,6 +82,11 @@ impl ReloadMetrics {
             "reload_rollouts_queued",
             "Workloads waiting for a slot under --max-rollouts-per-second",
             metrics.queued.clone(),
+        );
+        registry.register(
+            "reload_writes_in_flight",
+            "Workload writes sent and not answered yet",
+            metrics.in_flight.clone(),
         );
         metrics
     }
@@ -115,6 +123,11 @@ impl ReloadMetrics {
         self.queued
             .set(i64::try_from(workloads).unwrap_or(i64::MAX));
     }
+
+    pub fn set_writes_in_flight(&self, writes: usize) {
+        self.in_flight
+            .set(i64::try_from(writes).unwrap_or(i64::MAX));
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +149,7 @@ mod tests {
             "kvsync_reload_skipped_total{reason=\"rate_limited\"}",
             "kvsync_reload_errors_total{reason=\"patch\"}",
             "kvsync_reload_rollouts_queued 0",
+            "kvsync_reload_writes_in_flight 0",
             "kvsync_reload_watches_unlisted 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

@@ -82,7 +82,9 @@ pub struct ReloadArgs {
     /// At most this many rollouts per second across all workloads (0: no
     /// limit): a Secret used by thousands of workloads restarts them over
     /// seconds instead of all at once. Every one still restarts exactly
-    /// once; `kvsync_reload_rollouts_queued` shows how many wait.
+    /// once; `kvsync_reload_rollouts_queued` shows how many wait. Restarts
+    /// are issued concurrently (up to 64 writes in flight), so the API
+    /// server's latency does not lower the rate.
     #[arg(long, env = "KVSYNC_MAX_ROLLOUTS_PER_SECOND", default_value_t = 20)]
     pub max_rollouts_per_second: u32,
 

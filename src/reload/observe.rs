@@ -15,7 +15,8 @@ use super::digest::{Digest, DigestKey};
 use super::index::{ResourceObservation, ResourceState, WorkloadObservation, WorkloadState};
 use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::record::{
-    Applied, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_time,
+    Applied, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RESTARTED_AT_ANNOTATION,
+    parse_time,
 };
 use super::uses::uses;
 
@@ -183,6 +184,7 @@ pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservati
             restart_stamp: object.last_restart(),
             restart: object.restart_method(),
             paused_at: parse_time(annotations.get(PAUSED_AT_ANNOTATION).map(String::as_str)),
+            pending_mark: annotations.get(PENDING_ANNOTATION).cloned(),
             reloader_paused_since: reloader_paused_since(object.paused(), annotations),
             template: template.map_or(0, template_hash),
             template_version: None,

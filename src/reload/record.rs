@@ -37,6 +37,37 @@ pub const DIGEST_ANNOTATION: &str = "kvsync.io/reload-digest";
 pub const RESTARTED_AT_ANNOTATION: &str = "kvsync.io/restartedAt";
 /// Metadata annotation marking a running pause period (see module docs).
 pub const PAUSED_AT_ANNOTATION: &str = "kvsync.io/paused-at";
+/// Metadata annotation saying a restart is held back (minimum interval or
+/// pause period): until when, for which changes — [`pending_mark`]. Written
+/// when holding starts, removed by the restart; for people and `kvsync
+/// explain` (who cannot read the digest key), never read back to decide.
+pub const PENDING_ANNOTATION: &str = "kvsync.io/restart-pending";
+
+/// The [`PENDING_ANNOTATION`] value: `<until> <resource>,<resource>`, the
+/// time rounded up to the second (so that evaluating again writes nothing).
+pub fn pending_mark(until: OffsetDateTime, changed: &[ResourceRef]) -> String {
+    let whole = until
+        .replace_nanosecond(0)
+        .expect("0 is a valid nanosecond");
+    let until = if whole == until {
+        whole
+    } else {
+        whole + time::Duration::SECOND
+    };
+    let changed: Vec<String> = changed.iter().map(ToString::to_string).collect();
+    format!("{} {}", format_time(until), changed.join(","))
+}
+
+/// Reads a [`pending_mark`]: until when, and the resources named.
+pub fn parse_pending_mark(value: &str) -> Option<(OffsetDateTime, Vec<String>)> {
+    let (until, changed) = value.split_once(' ').unwrap_or((value, ""));
+    let changed = changed
+        .split(',')
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect();
+    Some((parse_time(Some(until))?, changed))
+}
 
 const ABSENT: &str = "absent";
 
@@ -188,6 +219,25 @@ pub fn format_time(at: OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pending_mark_reads_back_and_is_stable_within_a_second() {
+        use super::super::kinds::ResourceKind;
+        let at = OffsetDateTime::from_unix_timestamp(100).unwrap();
+        let changed = [
+            ResourceRef::new(ResourceKind::Secret, "db"),
+            ResourceRef::new(ResourceKind::ConfigMap, "cfg"),
+        ];
+        let mark = pending_mark(at + time::Duration::milliseconds(250), &changed);
+        assert_eq!(
+            mark,
+            pending_mark(at + time::Duration::milliseconds(900), &changed)
+        );
+        let (until, names) = parse_pending_mark(&mark).unwrap();
+        assert_eq!(until, at + time::Duration::SECOND);
+        assert_eq!(names, [changed[0].to_string(), changed[1].to_string()]);
+        assert_eq!(parse_pending_mark("garbage"), None);
+    }
     use crate::reload::digest::DigestKey;
 
     #[test]

@@ -4,11 +4,25 @@
 //!
 //! Nothing is evaluated before every watcher has listed once: a workload
 //! judged against a half-loaded index would see its resources as absent.
+//!
+//! Writes run concurrently (up to [`MAX_WRITES_IN_FLIGHT`]): the loop issues
+//! a restart when its slot under `--max-rollouts-per-second` comes, without
+//! waiting for the answers to the ones before, so the API server's latency
+//! does not lower the rate. A workload with a write under way is not
+//! evaluated again until the answer is in; and every patch is conditional on
+//! the `resourceVersion` evaluated, so each change restarts a workload once.
+//!
+//! ```text
+//!  due ──▶ evaluate (pure decision, no I/O) ──▶ Write ──spawned──▶ writes
+//!                                                                   │
+//!  index, schedule, events, metrics ◀── written (the answer) ◀──────┘
+//! ```
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use futures::stream::BoxStream;
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, FuturesUnordered};
 use std::collections::HashMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -28,11 +42,12 @@ use super::dynamic;
 use super::events::{EventPublisher, Regarding};
 use super::index::{Index, ResourceChange, WorkloadObservation};
 use super::job::job_for;
-use super::kinds::{RestartMethod, WorkloadKind, WorkloadRef};
+use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::metrics::ReloadMetrics;
 use super::observe::{WorkloadObject, observe_workload};
 use super::record::{
-    AppliedRecord, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION, format_time,
+    AppliedRecord, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION,
+    RESTARTED_AT_ANNOTATION, format_time, pending_mark,
 };
 use super::watch::{Input, Listing, Observed, Source, Watched};
 
@@ -50,6 +65,11 @@ fn retry_delay(failures: u32) -> Duration {
 }
 
 pub(crate) const FIELD_MANAGER: &str = "kvsync-reload";
+
+/// At most this many workload writes (patches, a CronJob's Job) in flight.
+/// Restarts are paced by `--max-rollouts-per-second`; this bounds what the
+/// API server is asked at once when it is slow (or the rate unlimited).
+const MAX_WRITES_IN_FLIGHT: usize = 64;
 
 /// Timing settings of the stage.
 #[derive(Debug)]
@@ -88,6 +108,11 @@ pub struct Stage {
     pacer: Pacer<WorkloadRef>,
     /// Failed writes in a row, per workload (for the backoff).
     failures: HashMap<WorkloadRef, u32>,
+    /// Writes under way, answering with a [`Written`].
+    writes: FuturesUnordered<BoxFuture<'static, Written>>,
+    /// The workloads they are for; `true` once one became due again meanwhile
+    /// (it is evaluated when the answer is in).
+    writing: HashMap<WorkloadRef, bool>,
     sources: Vec<SourceState>,
     ready: bool,
     events: EventPublisher,
@@ -115,6 +140,8 @@ impl Stage {
             index: Index::new(namespace_selector),
             schedule: Schedule::default(),
             failures: HashMap::new(),
+            writes: FuturesUnordered::new(),
+            writing: HashMap::new(),
             sources: sources
                 .into_iter()
                 .map(|source| SourceState {
@@ -132,7 +159,8 @@ impl Stage {
     pub async fn run(mut self, mut inputs: BoxStream<'static, Input>) {
         self.report_unlisted();
         loop {
-            let due = if self.ready {
+            let room = MAX_WRITES_IN_FLIGHT.saturating_sub(self.writes.len());
+            let due = if self.ready && room > 0 {
                 self.schedule.next_due()
             } else {
                 None
@@ -142,9 +170,12 @@ impl Stage {
                     Some(input) => self.handle(input),
                     None => return,
                 },
+                Some(written) = self.writes.next(), if !self.writes.is_empty() => {
+                    self.written(written);
+                }
                 () = sleep_until(due) => {
-                    for workload in self.schedule.take_due(Instant::now()) {
-                        self.evaluate(workload).await;
+                    for workload in self.schedule.take_due(Instant::now(), room) {
+                        self.evaluate(workload);
                     }
                 }
             }
@@ -353,7 +384,11 @@ impl Stage {
         }
     }
 
-    async fn evaluate(&mut self, workload: WorkloadRef) {
+    fn evaluate(&mut self, workload: WorkloadRef) {
+        if let Some(again) = self.writing.get_mut(&workload) {
+            *again = true;
+            return;
+        }
         let state = self
             .index
             .workload(&workload)
@@ -404,6 +439,7 @@ impl Stage {
             } else {
                 PauseChange::Keep
             },
+            pending: PendingChange::Keep,
         };
         if end_pause {
             info!(%workload, resumed = pause.by_reloader.is_some(), "pause period over");
@@ -412,11 +448,22 @@ impl Stage {
             self.pacer.release(&workload);
             self.metrics.set_queued(self.pacer.queued());
         }
+        let held = match &verdict {
+            Verdict::Pause { period, changed } => Some(pending_mark(now + *period, changed)),
+            Verdict::Wait { remaining, changed } => Some(pending_mark(now + *remaining, changed)),
+            _ => None,
+        };
+        changes.pending = match (held, &state.pending_mark) {
+            (Some(mark), Some(written)) if mark == *written => PendingChange::Keep,
+            (Some(mark), _) => PendingChange::Set(mark),
+            (None, Some(_)) => PendingChange::Remove,
+            (None, None) => PendingChange::Keep,
+        };
+        let body = |changes: &Changes| patch_body(&resource_version, method, changes);
         match verdict {
             Verdict::UpToDate => {
-                if end_pause {
-                    self.write(&workload, patch_body(&resource_version, method, &changes))
-                        .await;
+                if end_pause || matches!(changes.pending, PendingChange::Remove) {
+                    self.start_write(workload, body(&changes), None, Purpose::Record);
                 }
             }
             Verdict::Baseline {
@@ -426,14 +473,12 @@ impl Stage {
                 self.metrics.skipped(why.as_str(), 1);
                 info!(%workload, reason = why.as_str(), "recording digests without a restart");
                 changes.record = RecordChange::Set(record(members));
-                self.write(&workload, patch_body(&resource_version, method, &changes))
-                    .await;
+                self.start_write(workload, body(&changes), None, Purpose::Record);
             }
             Verdict::Forget => {
                 info!(%workload, "no reload annotations any more; removing the digest record");
                 changes.record = RecordChange::Remove;
-                self.write(&workload, patch_body(&resource_version, method, &changes))
-                    .await;
+                self.start_write(workload, body(&changes), None, Purpose::Record);
             }
             Verdict::Restart {
                 changed,
@@ -446,46 +491,110 @@ impl Stage {
                     self.schedule.postpone(workload, slot);
                     return;
                 }
-                if let RestartMethod::Job { .. } = method
-                    && !self.create_job(&workload, last_restart, &record).await
-                {
-                    return;
-                }
+                // Names the Job of this restart (see `job_for`): a retry
+                // finds the one already made.
+                let job = matches!(method, RestartMethod::Job { .. })
+                    .then(|| format!("{:?} {}", last_restart.map(format_time), record.render()));
                 changes.record = RecordChange::Set(record);
                 changes.restarted_at = Some(now);
-                if self
-                    .write(&workload, patch_body(&resource_version, method, &changes))
-                    .await
-                {
-                    self.metrics.rollout(workload.kind.as_str());
-                    let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
-                    info!(%workload, changed = ?names, "rolling restart");
-                    self.events.reloaded(
-                        Regarding {
-                            workload: &workload,
-                            api_version: self.api_version(workload.kind),
-                            uid: &uid,
-                        },
-                        &changed,
-                    );
-                }
+                self.start_write(
+                    workload,
+                    body(&changes),
+                    job,
+                    Purpose::Restart { changed, uid },
+                );
             }
             Verdict::Pause { period, changed } => {
                 self.metrics.skipped("paused", 1);
                 info!(%workload, ?period, changed = changed.len(), "pause period started; restarting when it ends");
                 changes.pause = PauseChange::Start(now);
-                if self
-                    .write(&workload, patch_body(&resource_version, method, &changes))
-                    .await
-                {
-                    self.schedule.postpone(workload, Instant::now() + period);
-                }
+                self.start_write(workload, body(&changes), None, Purpose::Pause { period });
             }
             Verdict::Wait { remaining, changed } => {
                 self.metrics.skipped("rate_limited", 1);
                 info!(%workload, ?remaining, changed = changed.len(), "restart deferred by the minimum interval or a pause period");
-                self.schedule.postpone(workload, Instant::now() + remaining);
+                self.schedule
+                    .postpone(workload.clone(), Instant::now() + remaining);
+                if matches!(changes.pending, PendingChange::Set(_)) {
+                    self.start_write(workload, body(&changes), None, Purpose::Record);
+                }
             }
+        }
+    }
+
+    /// Starts writing `body` to the workload (after making its CronJob's
+    /// Job, named by `job`, if any); [`Stage::written`] takes the answer.
+    fn start_write(
+        &mut self,
+        workload: WorkloadRef,
+        body: Value,
+        job: Option<String>,
+        purpose: Purpose,
+    ) {
+        self.writing.insert(workload.clone(), false);
+        let client = self.client.clone();
+        let api = self.apis.get(&workload.kind).cloned();
+        self.writes.push(Box::pin(async move {
+            let outcome = write(client, api, &workload, body, job).await;
+            Written {
+                workload,
+                purpose,
+                outcome,
+            }
+        }));
+        self.metrics.set_writes_in_flight(self.writes.len());
+    }
+
+    /// Takes the answer to a write: records the workload as the server
+    /// returned it, or retries (a conflict at once, another failure after a
+    /// backoff).
+    fn written(&mut self, written: Written) {
+        self.metrics.set_writes_in_flight(self.writes.len());
+        let Written {
+            workload,
+            purpose,
+            outcome,
+        } = written;
+        let due_again = self.writing.remove(&workload).unwrap_or(false);
+        match outcome {
+            Outcome::Applied(updated) => {
+                self.failures.remove(&workload);
+                if let Some(observation) = updated {
+                    self.observe_workload(*observation, Instant::now() + self.timing.debounce);
+                }
+                match purpose {
+                    Purpose::Record => {}
+                    Purpose::Restart { changed, uid } => {
+                        self.metrics.rollout(workload.kind.as_str());
+                        let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
+                        info!(%workload, changed = ?names, "rolling restart");
+                        self.events.reloaded(
+                            Regarding {
+                                workload: &workload,
+                                api_version: self.api_version(workload.kind),
+                                uid: &uid,
+                            },
+                            &changed,
+                        );
+                    }
+                    Purpose::Pause { period } => {
+                        self.schedule
+                            .postpone(workload.clone(), Instant::now() + period);
+                    }
+                }
+            }
+            Outcome::Skipped => {}
+            Outcome::Failed(_, kube::Error::Api(status)) if status.is_conflict() => {
+                // Changed since we looked: its watch event brings the new state.
+                debug!(%workload, "workload changed meanwhile; evaluating again");
+                self.schedule
+                    .mark(workload.clone(), Instant::now() + self.timing.debounce);
+            }
+            Outcome::Failed(_, kube::Error::Api(status)) if status.is_not_found() => {}
+            Outcome::Failed(what, error) => self.failed(&workload, what, &error),
+        }
+        if due_again {
+            self.schedule.mark(workload, Instant::now());
         }
     }
 
@@ -494,86 +603,6 @@ impl Stage {
         self.apis
             .get(&kind)
             .map_or("apps/v1", |api| api.api_version.as_str())
-    }
-
-    /// Creates the Job for this restart of a CronJob (see [`super::job`]);
-    /// returns whether it exists now. On failure the CronJob is looked at
-    /// again later.
-    async fn create_job(
-        &mut self,
-        workload: &WorkloadRef,
-        last_restart: Option<OffsetDateTime>,
-        record: &AppliedRecord,
-    ) -> bool {
-        let Some(api) = self.apis.get(&workload.kind) else {
-            return false;
-        };
-        let restart = format!("{:?} {}", last_restart.map(format_time), record.render());
-        let cron_job = dynamic::api(self.client.clone(), api, &workload.namespace)
-            .get_opt(&workload.name)
-            .await
-            .map(|found| found.as_ref().and_then(dynamic::cron_job));
-        let result = match cron_job {
-            Ok(Some(cron_job)) => match job_for(&cron_job, &api.api_version, &restart) {
-                Some(job) => Api::<Job>::namespaced(self.client.clone(), &workload.namespace)
-                    .create(
-                        &PostParams {
-                            field_manager: Some(FIELD_MANAGER.to_owned()),
-                            ..PostParams::default()
-                        },
-                        &job,
-                    )
-                    .await
-                    .map(drop),
-                None => return false,
-            },
-            Ok(None) => return false,
-            Err(error) => Err(error),
-        };
-        match result {
-            Ok(()) => true,
-            Err(kube::Error::Api(status)) if status.is_already_exists() => true,
-            Err(error) => {
-                self.failed(workload, "job", &error);
-                false
-            }
-        }
-    }
-
-    /// Applies `body` to the workload; records the response in the index.
-    /// Returns whether it was applied.
-    async fn write(&mut self, workload: &WorkloadRef, body: Value) -> bool {
-        let client = self.client.clone();
-        let result = match workload.kind {
-            WorkloadKind::Deployment => patch::<Deployment>(client, workload, body).await,
-            WorkloadKind::StatefulSet => patch::<StatefulSet>(client, workload, body).await,
-            WorkloadKind::DaemonSet => patch::<DaemonSet>(client, workload, body).await,
-            WorkloadKind::CronJob | WorkloadKind::Rollout => match self.apis.get(&workload.kind) {
-                Some(api) => dynamic::patch(client, api, workload, &patch_params(), body).await,
-                None => return false,
-            },
-        };
-        match result {
-            Ok(updated) => {
-                self.failures.remove(workload);
-                if let Some(observation) = updated {
-                    self.observe_workload(observation, Instant::now() + self.timing.debounce);
-                }
-                true
-            }
-            Err(kube::Error::Api(status)) if status.is_conflict() => {
-                // Changed since we looked: its watch event brings the new state.
-                debug!(%workload, "workload changed meanwhile; evaluating again");
-                self.schedule
-                    .mark(workload.clone(), Instant::now() + self.timing.debounce);
-                false
-            }
-            Err(kube::Error::Api(status)) if status.is_not_found() => false,
-            Err(error) => {
-                self.failed(workload, "patch", &error);
-                false
-            }
-        }
     }
 
     /// Counts and logs a failed write (`what`: `patch` or `job`) and looks at
@@ -604,6 +633,104 @@ impl Stage {
     }
 }
 
+/// What a write was for: what its success means.
+enum Purpose {
+    /// Recording digests or ending a pause.
+    Record,
+    Restart {
+        changed: Vec<ResourceRef>,
+        uid: String,
+    },
+    /// A pause period started: look again when it is over.
+    Pause { period: Duration },
+}
+
+/// How a write ended.
+enum Outcome {
+    /// Applied; the workload as the server returned it (boxed: much
+    /// larger than the other variants).
+    Applied(Option<Box<WorkloadObservation>>),
+    /// Nothing written: the CronJob is gone or its Job cannot be made, or
+    /// the kind is not served.
+    Skipped,
+    /// `job` or `patch` failed.
+    Failed(&'static str, kube::Error),
+}
+
+/// The answer to one write, for the loop.
+struct Written {
+    workload: WorkloadRef,
+    purpose: Purpose,
+    outcome: Outcome,
+}
+
+/// Makes the CronJob's Job named by `job` (if any), then merge-patches the
+/// workload with `body`. `api`: the API of a dynamic kind.
+async fn write(
+    client: kube::Client,
+    api: Option<ApiResource>,
+    workload: &WorkloadRef,
+    body: Value,
+    job: Option<String>,
+) -> Outcome {
+    if let Some(restart) = job {
+        let Some(api) = &api else {
+            return Outcome::Skipped;
+        };
+        match create_job(client.clone(), api, workload, &restart).await {
+            Ok(true) => {}
+            Ok(false) => return Outcome::Skipped,
+            Err(error) => return Outcome::Failed("job", error),
+        }
+    }
+    let result = match workload.kind {
+        WorkloadKind::Deployment => patch::<Deployment>(client, workload, body).await,
+        WorkloadKind::StatefulSet => patch::<StatefulSet>(client, workload, body).await,
+        WorkloadKind::DaemonSet => patch::<DaemonSet>(client, workload, body).await,
+        WorkloadKind::CronJob | WorkloadKind::Rollout => match &api {
+            Some(api) => dynamic::patch(client, api, workload, &patch_params(), body).await,
+            None => return Outcome::Skipped,
+        },
+    };
+    match result {
+        Ok(updated) => Outcome::Applied(updated.map(Box::new)),
+        Err(error) => Outcome::Failed("patch", error),
+    }
+}
+
+/// Creates the Job for one restart of a CronJob (see [`super::job`]);
+/// `Ok(false)` when there is nothing to make it from (the CronJob is gone).
+/// A Job of that name already there is this restart's, made before.
+async fn create_job(
+    client: kube::Client,
+    api: &ApiResource,
+    workload: &WorkloadRef,
+    restart: &str,
+) -> Result<bool, kube::Error> {
+    let cron_job = dynamic::api(client.clone(), api, &workload.namespace)
+        .get_opt(&workload.name)
+        .await?
+        .as_ref()
+        .and_then(dynamic::cron_job);
+    let Some(job) = cron_job.and_then(|c| job_for(&c, &api.api_version, restart)) else {
+        return Ok(false);
+    };
+    let created = Api::<Job>::namespaced(client, &workload.namespace)
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PostParams::default()
+            },
+            &job,
+        )
+        .await;
+    match created {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(true),
+        Err(error) => Err(error),
+    }
+}
+
 async fn patch<W: WorkloadObject>(
     client: kube::Client,
     workload: &WorkloadRef,
@@ -629,6 +756,14 @@ struct Changes {
     /// Restart: the new `kvsync.io/restartedAt` of the pod template.
     restarted_at: Option<OffsetDateTime>,
     pause: PauseChange,
+    /// The `kvsync.io/restart-pending` mark.
+    pending: PendingChange,
+}
+
+enum PendingChange {
+    Keep,
+    Set(String),
+    Remove,
 }
 
 enum RecordChange {
@@ -673,6 +808,15 @@ fn patch_body(resource_version: &str, method: RestartMethod, changes: &Changes) 
                 annotations.insert(RELOADER_PAUSED_AT.into(), Value::Null);
                 spec.insert("paused".into(), json!(false));
             }
+        }
+    }
+    match &changes.pending {
+        PendingChange::Keep => {}
+        PendingChange::Set(mark) => {
+            annotations.insert(PENDING_ANNOTATION.into(), json!(mark));
+        }
+        PendingChange::Remove => {
+            annotations.insert(PENDING_ANNOTATION.into(), Value::Null);
         }
     }
     if let Some(at) = changes.restarted_at {
@@ -734,6 +878,7 @@ mod tests {
             record: RecordChange::Set(record()),
             restarted_at: Some(at),
             pause: PauseChange::End { resume: true },
+            pending: PendingChange::Remove,
         };
         let body = patch_body("41", RestartMethod::PodTemplate, &changes);
         assert_eq!(body["metadata"]["resourceVersion"], "41");
@@ -746,6 +891,7 @@ mod tests {
         assert_eq!(body["spec"]["paused"], false, "resumed in the same patch");
         assert!(annotations[RELOADER_PAUSED_AT].is_null());
         assert!(annotations[PAUSED_AT_ANNOTATION].is_null());
+        assert!(annotations[PENDING_ANNOTATION].is_null(), "no longer held");
     }
 
     #[test]
@@ -755,17 +901,20 @@ mod tests {
             record: RecordChange::Keep,
             restarted_at: None,
             pause: PauseChange::Start(at),
+            pending: PendingChange::Set(pending_mark(at, &[])),
         };
         let body = patch_body("1", RestartMethod::PodTemplate, &changes);
         assert!(body.get("spec").is_none(), "{body}");
         assert_eq!(
             body["metadata"]["annotations"],
-            json!({ PAUSED_AT_ANNOTATION: "1970-01-01T00:00:00Z" })
+            json!({ PAUSED_AT_ANNOTATION: "1970-01-01T00:00:00Z",
+                    PENDING_ANNOTATION: "1970-01-01T00:00:00Z " })
         );
         let changes = Changes {
             record: RecordChange::Remove,
             restarted_at: None,
             pause: PauseChange::End { resume: false },
+            pending: PendingChange::Keep,
         };
         let body = patch_body("1", RestartMethod::PodTemplate, &changes);
         assert!(body.get("spec").is_none(), "{body}");

@@ -235,7 +235,7 @@ impl Fixture {
         LeakScan {
             namespace: self.ns.name.clone(),
             operator_log: self.operator.process.output(),
-            control_url: self.emulator.endpoints.control_url.clone(),
+            control_url: Some(self.emulator.endpoints.control_url.clone()),
             named: SEED_VALUES
                 .iter()
                 .chain(also)
@@ -286,14 +286,8 @@ impl Fixture {
 }
 
 impl Drop for Fixture {
-    /// The leak scan, on a runtime of its own (the test's may be gone).
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            return;
-        }
-        if let Err(panic) = on_own_runtime(self.leak_scan(&[]).run()) {
-            std::panic::resume_unwind(panic);
-        }
+        scan_when_dropped(|| self.leak_scan(&[]));
     }
 }
 

@@ -1,6 +1,7 @@
 //! The leak scan: no secret may show, in any form, where a user or a log
-//! collector can read it. Every [`super::Fixture`] runs it when its test ends
-//! (from `Drop`, unless the test already failed), so no test has to remember.
+//! collector can read it. Every [`super::Fixture`] (and the reload tests'
+//! own) runs it when its test ends (from `Drop` through [`scan_when_dropped`],
+//! unless the test already failed), so no test has to remember.
 //!
 //! ```text
 //!  secrets: the seed's values, every value set through the control API,
@@ -32,8 +33,8 @@ pub const MIN_DERIVED: usize = 8;
 pub struct LeakScan {
     pub namespace: String,
     pub operator_log: String,
-    /// The emulator's control API (its `issued` record).
-    pub control_url: String,
+    /// The emulator's control API (its `issued` record), if the test ran one.
+    pub control_url: Option<String>,
     /// Values named as secret: searched for raw whatever their length.
     pub named: Vec<String>,
     /// Values the test handled (vault values set): searched for if long enough.
@@ -81,15 +82,29 @@ fn contains_word(text: &str, word: &str) -> bool {
     })
 }
 
+/// Runs the scan `scan` makes, for a fixture's `Drop`: on a runtime of its
+/// own (the test's may be gone), and not when the test already failed.
+pub fn scan_when_dropped(scan: impl FnOnce() -> LeakScan) {
+    if std::thread::panicking() {
+        return;
+    }
+    if let Err(panic) = super::on_own_runtime(scan().run()) {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 impl LeakScan {
     /// Panics naming the place and the kind of secret found, never the secret.
     pub async fn run(self) {
-        let issued: Value = reqwest::get(format!("{}issued", self.control_url))
-            .await
-            .expect("the emulator's issued record")
-            .json()
-            .await
-            .unwrap();
+        let issued: Value = match &self.control_url {
+            Some(url) => reqwest::get(format!("{url}issued"))
+                .await
+                .expect("the emulator's issued record")
+                .json()
+                .await
+                .unwrap(),
+            None => Value::Null,
+        };
         let credentials: Vec<String> = ["accessTokens", "clientAssertions"]
             .iter()
             .flat_map(|k| issued[k].as_array().cloned().unwrap_or_default())
@@ -127,13 +142,17 @@ impl LeakScan {
             .map(|(_, needle)| regex::escape(needle))
             .collect::<Vec<_>>()
             .join("|");
-        let literals = regex::RegexBuilder::new(&pattern)
-            .size_limit(1 << 28)
-            .build()
-            .unwrap();
+        // (No needles: no pattern, which would match everywhere.)
+        let literals = (!needles.is_empty()).then(|| {
+            regex::RegexBuilder::new(&pattern)
+                .size_limit(1 << 28)
+                .build()
+                .unwrap()
+        });
         for (place, text) in &haystacks {
             let found = literals
-                .find(text)
+                .as_ref()
+                .and_then(|literals| literals.find(text))
                 .map(|m| {
                     let kind = needles.iter().find(|(_, n)| n == m.as_str());
                     (kind.map_or("a secret", |(kind, _)| *kind), m.len())

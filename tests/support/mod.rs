@@ -17,6 +17,8 @@
 
 mod fixture;
 mod leaks;
+/// The reload tests' fixture (used as `support::reload::*`).
+pub mod reload;
 mod wait;
 #[allow(unused_imports)] // not every test binary uses the fixture
 pub use fixture::*;
