@@ -331,8 +331,10 @@ fn observe<K: kube::Resource, T>(
 ) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K, T> {
     let (ctx, scope) = (ctx.clone(), scope.clone());
     move |event| {
-        if let Ok(event) = event {
-            index(&ctx).lock().unwrap().follow(&scope, event, known);
+        let mut index = index(&ctx).lock().unwrap();
+        match event {
+            Ok(event) => index.follow(&scope, event, known),
+            Err(_) => index.lost(&scope),
         }
     }
 }

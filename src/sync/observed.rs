@@ -87,6 +87,14 @@ impl<T> Observed<T> {
         }
     }
 
+    /// The watch of `scope` failed: what it saw may be out of date until it
+    /// lists again, so its objects are read from the API server meanwhile
+    /// (a watch that stays broken never leaves a refresh trusting old state).
+    pub fn lost(&mut self, scope: &Option<String>) {
+        self.relisting.remove(scope);
+        self.entries.retain(|key, _| !watched(scope, key));
+    }
+
     fn seen<K: Resource>(&mut self, object: &K, listed: Option<u64>, known: impl Fn(&K) -> T) {
         let Some(version) = object.meta().resource_version.as_deref() else {
             return;
@@ -185,6 +193,32 @@ mod tests {
         );
         observed.follow(&ALL, &Event::Delete(secret("a", "creds", "3")), |_| vec![]);
         assert_eq!(observed.known("a/creds"), None, "deleted");
+    }
+
+    #[test]
+    fn a_failed_watch_is_trusted_again_only_after_it_lists() {
+        let mut observed: Observed<Vec<&'static str>> = Observed::default();
+        let a = Some("a".to_owned());
+        let b = Some("b".to_owned());
+        observed.follow(&a, &Event::Apply(secret("a", "target", "1")), |_| vec![]);
+        observed.follow(&b, &Event::Apply(secret("b", "target", "1")), |_| vec![]);
+        observed.lost(&a);
+        assert_eq!(
+            observed.version("a/target"),
+            None,
+            "read from the API server"
+        );
+        assert_eq!(observed.version("b/target"), Some("1"), "another watch");
+        observed.follow(&a, &Event::<Secret>::Init, |_| vec![]);
+        observed.follow(
+            &a,
+            &Event::InitApply(secret("a", "target", "2")),
+            |_| vec![],
+        );
+        observed.follow(&a, &Event::<Secret>::InitDone, |_| vec![]);
+        assert_eq!(observed.version("a/target"), Some("2"));
+        observed.lost(&ALL);
+        assert_eq!(observed.len(), 0);
     }
 
     #[test]
