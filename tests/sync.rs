@@ -527,6 +527,11 @@ async fn invalid_specs_are_refused_or_reported() {
     )
     .await;
     f.wait_reason("regex", "InvalidSpec").await;
+    let refused = f.emulator.counters().await["total"].as_u64().unwrap();
+    assert_eq!(
+        refused, before,
+        "evil and regex are refused before any request"
+    );
     f.apply("notjson", json!({"data": [{"secretKey": "pw", "remoteRef": {"name": "db-password", "property": "a.b"}}]})).await;
     let notjson = f.wait_reason("notjson", "InvalidSpec").await;
     assert!(
@@ -537,14 +542,10 @@ async fn invalid_specs_are_refused_or_reported() {
         f.secrets().get_opt("notjson").await.unwrap().is_none(),
         "nothing half-written"
     );
+    // notjson's value was read (the error is about its content); how many
+    // syncs it took depends on when the watches delivered their first lists.
     let after = f.emulator.counters().await["total"].as_u64().unwrap();
-    // One sync of notjson is a challenge, a token, a listing and a read (4);
-    // a reconcile retried after a Kubernetes API hiccup under load lists
-    // once more. evil and regex reach nothing.
-    assert!(
-        after - before <= 5,
-        "only the not-json fetch reached the vault ({before} → {after})"
-    );
+    assert!(after > refused, "the not-json value was read");
 }
 
 #[tokio::test]
@@ -949,15 +950,9 @@ async fn health_metrics_json_logs_and_graceful_shutdown() {
             response.status()
         );
     }
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for series in [
+    // The status is written before the sync that wrote it is counted: wait
+    // for the counts rather than scrape once.
+    let series = [
         "kvsync_syncs_total{outcome=\"written\"} 1",
         "kvsync_keyvault_requests_total{vault=\"localhost\",operation=\"get\",result=\"ok\"}",
         "kvsync_sync_duration_seconds_bucket",
@@ -965,12 +960,13 @@ async fn health_metrics_json_logs_and_graceful_shutdown() {
         // Its watches and its own reads and writes of the API server.
         "kvsync_kubernetes_requests_total{method=\"GET\",watch=\"true\"}",
         "kvsync_kubernetes_requests_total{method=\"GET\",watch=\"false\"}",
-    ] {
-        assert!(
-            metrics.contains(series),
-            "/metrics lacks {series}:\n{metrics}"
-        );
-    }
+    ];
+    eventually(&format!("/metrics with {series:?}"), WAIT, || async {
+        let response = http.get(format!("{base}/metrics")).send().await.ok()?;
+        let metrics = response.text().await.ok()?;
+        series.iter().all(|s| metrics.contains(s)).then_some(())
+    })
+    .await;
 
     let json_lines = eventually("JSON log lines", WAIT, || async {
         let output = operator.process.output();

@@ -46,7 +46,16 @@ pub fn interest(spec: &KeyVaultSecretSpec) -> Interest {
     Interest::Names(names)
 }
 
+/// Reads of one sync at most: a `find` whose listing turned out older than
+/// the values read after it is read again, as of now.
+const READS_PER_SYNC: usize = 3;
+
 /// Reads and renders every entry of `spec`.
+///
+/// A `find` takes its members from a listing and their values from reads
+/// made after it; when a value read shows the listing outdated (another
+/// version, or the secret gone), the members and values would come from two
+/// different vault states, so everything is read again as of now.
 pub async fn fetch_and_render(
     ctx: &Context,
     spec: &KeyVaultSecretSpec,
@@ -55,15 +64,33 @@ pub async fn fetch_and_render(
     shaping: &[KeyShaping],
     freshness: Freshness,
 ) -> Result<Rendered, SyncError> {
-    let mut fetcher = Fetcher {
-        ctx,
-        vault_url: &spec.vault_url,
-        identity,
-        freshness,
-        absent_ok: spec.target.deletion_policy != DeletionPolicy::Retain,
-        seen: BTreeMap::new(),
-        listing: None,
-    };
+    let (mut freshness, mut attempt) = (freshness, 1);
+    loop {
+        let mut fetcher = Fetcher {
+            ctx,
+            vault_url: &spec.vault_url,
+            identity,
+            freshness,
+            absent_ok: spec.target.deletion_policy != DeletionPolicy::Retain,
+            seen: BTreeMap::new(),
+            listing: None,
+            listing_outdated: false,
+        };
+        let rendered = render_all(&mut fetcher, spec, find_patterns, shaping).await;
+        if !fetcher.listing_outdated || attempt == READS_PER_SYNC {
+            return rendered;
+        }
+        (freshness, attempt) = (Freshness::Now, attempt + 1);
+    }
+}
+
+/// One reading of every entry of `spec`.
+async fn render_all(
+    fetcher: &mut Fetcher<'_>,
+    spec: &KeyVaultSecretSpec,
+    find_patterns: &HashMap<usize, Regex>,
+    shaping: &[KeyShaping],
+) -> Result<Rendered, SyncError> {
     let mut parts = Vec::new();
     for entry in &spec.data {
         let remote_ref = &entry.remote_ref;
@@ -112,7 +139,9 @@ pub async fn fetch_and_render(
                 let listing = fetcher.list().await?;
                 let mut found = BTreeMap::new();
                 for name in render::find_matches(find, find_patterns.get(&index), &listing) {
-                    let remote = fetcher.get(&name, None, false).await?;
+                    let Some(remote) = fetcher.get_listed(&name, &listing).await? else {
+                        continue;
+                    };
                     found.insert(
                         name,
                         render::render_ref(&remote, None, find.decoding_strategy)?,
@@ -148,6 +177,15 @@ pub async fn fetch_and_render(
     })
 }
 
+/// Whether a value read is the version `info` listed (by its `updated`
+/// time; unknown times count as the same).
+fn listed_as(info: &RemoteSecretInfo, remote: &RemoteSecret) -> bool {
+    match (info.updated, remote.updated) {
+        (Some(listed), Some(read)) => listed == read,
+        _ => true,
+    }
+}
+
 /// Reads the vault for one sync, asking for each distinct ref once.
 struct Fetcher<'a> {
     ctx: &'a Context,
@@ -158,6 +196,8 @@ struct Fetcher<'a> {
     absent_ok: bool,
     seen: BTreeMap<RefKey, RemoteSecret>,
     listing: Option<Vec<RemoteSecretInfo>>,
+    /// A value read showed the listing used by a `find` outdated.
+    listing_outdated: bool,
 }
 
 impl Fetcher<'_> {
@@ -202,6 +242,30 @@ impl Fetcher<'_> {
                 error: VaultError::NotFound(_),
             }) if self.absent_ok => Ok(None),
             other => other.map(Some),
+        }
+    }
+
+    /// The latest value of a secret `listing` names; `None` (and the listing
+    /// marked outdated) when it is gone or disabled since, and the listing
+    /// marked outdated when the value read is of another version than listed.
+    async fn get_listed(
+        &mut self,
+        name: &str,
+        listing: &[RemoteSecretInfo],
+    ) -> Result<Option<RemoteSecret>, SyncError> {
+        match self.get(name, None, false).await {
+            Ok(remote) => {
+                let listed = listing.iter().find(|info| info.name == name);
+                self.listing_outdated |= !listed.is_some_and(|info| listed_as(info, &remote));
+                Ok(Some(remote))
+            }
+            Err(SyncError::Vault {
+                error: VaultError::NotFound(_) | VaultError::Disabled(_),
+            }) => {
+                self.listing_outdated = true;
+                Ok(None)
+            }
+            Err(other) => Err(other),
         }
     }
 
@@ -262,5 +326,40 @@ impl Fetcher<'_> {
                 (key, remote.version.clone())
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_of_another_version_than_listed_shows_the_listing_outdated() {
+        let info = |updated| RemoteSecretInfo {
+            name: "p1".into(),
+            enabled: true,
+            tags: BTreeMap::new(),
+            updated,
+        };
+        let remote = |updated| RemoteSecret {
+            name: "p1".into(),
+            version: "v".into(),
+            value: String::new(),
+            content_type: None,
+            updated,
+        };
+        assert!(listed_as(&info(Some(10)), &remote(Some(10))));
+        assert!(
+            !listed_as(&info(Some(10)), &remote(Some(12))),
+            "rotated since"
+        );
+        assert!(
+            !listed_as(&info(Some(12)), &remote(Some(10))),
+            "a cached older read"
+        );
+        assert!(
+            listed_as(&info(None), &remote(Some(10))),
+            "unknown: the same"
+        );
     }
 }
