@@ -10,6 +10,7 @@
 //! All or nothing: the first failure ends the sync and nothing is written.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use regex::Regex;
 
@@ -138,7 +139,7 @@ async fn render_all(
             Some(DataFromSource::Find(find)) => {
                 let listing = fetcher.list().await?;
                 let mut found = BTreeMap::new();
-                for name in render::find_matches(find, find_patterns.get(&index), &listing) {
+                for name in render::find_matches(find, find_patterns.get(&index), &listing.infos) {
                     let Some(remote) = fetcher.get_listed(&name, &listing).await? else {
                         continue;
                     };
@@ -186,6 +187,28 @@ fn listed_as(info: &RemoteSecretInfo, remote: &RemoteSecret) -> bool {
     }
 }
 
+/// The vault's listing as one sync uses it: in the vault's order (for a
+/// `find`) and by name (for each member's and each tag lookup).
+struct Listing {
+    infos: Vec<RemoteSecretInfo>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Listing {
+    fn new(infos: Vec<RemoteSecretInfo>) -> Self {
+        let by_name = infos
+            .iter()
+            .enumerate()
+            .map(|(at, info)| (info.name.clone(), at))
+            .collect();
+        Listing { infos, by_name }
+    }
+
+    fn get(&self, name: &str) -> Option<&RemoteSecretInfo> {
+        self.by_name.get(name).map(|&at| &self.infos[at])
+    }
+}
+
 /// Reads the vault for one sync, asking for each distinct ref once.
 struct Fetcher<'a> {
     ctx: &'a Context,
@@ -195,7 +218,7 @@ struct Fetcher<'a> {
     /// `deletionPolicy` Merge/Delete: a deleted remote secret is absent, not an error.
     absent_ok: bool,
     seen: BTreeMap<RefKey, RemoteSecret>,
-    listing: Option<Vec<RemoteSecretInfo>>,
+    listing: Option<Arc<Listing>>,
     /// A value read showed the listing used by a `find` outdated.
     listing_outdated: bool,
 }
@@ -251,11 +274,11 @@ impl Fetcher<'_> {
     async fn get_listed(
         &mut self,
         name: &str,
-        listing: &[RemoteSecretInfo],
+        listing: &Listing,
     ) -> Result<Option<RemoteSecret>, SyncError> {
         match self.get(name, None, false).await {
             Ok(remote) => {
-                let listed = listing.iter().find(|info| info.name == name);
+                let listed = listing.get(name);
                 self.listing_outdated |= !listed.is_some_and(|info| listed_as(info, &remote));
                 Ok(Some(remote))
             }
@@ -272,18 +295,14 @@ impl Fetcher<'_> {
     /// What the listing says about one secret (its tags), `None` when it is
     /// gone and the deletion policy allows.
     async fn info(&mut self, name: &str) -> Result<Option<RemoteSecretInfo>, SyncError> {
-        let found = self
-            .list()
-            .await?
-            .into_iter()
-            .find(|info| info.name == name);
+        let found = self.list().await?.get(name).cloned();
         match found {
             None if !self.absent_ok => Err(VaultError::NotFound(name.to_owned()).into()),
             found => Ok(found),
         }
     }
 
-    async fn list(&mut self) -> Result<Vec<RemoteSecretInfo>, SyncError> {
+    async fn list(&mut self) -> Result<Arc<Listing>, SyncError> {
         if let Some(listing) = &self.listing {
             return Ok(listing.clone());
         }
@@ -293,7 +312,7 @@ impl Fetcher<'_> {
             .list(self.vault_url, self.identity, self.freshness)
             .await;
         self.observe("list", &result);
-        let listing = result?;
+        let listing = Arc::new(Listing::new(result?));
         self.listing = Some(listing.clone());
         Ok(listing)
     }

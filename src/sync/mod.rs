@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Decisions are pure and live in [`render`], [`target`], [`status`],
-//! [`memory`], [`observed`], [`staleness`] and [`crate::schedule`];
+//! [`memory`], [`observed`], [`references`], [`staleness`] and [`crate::schedule`];
 //! [`reconciler`] runs the steps, with [`identity`], [`values`], [`fetch`],
 //! [`write`] and [`events`] doing the I/O around them, and [`error`] saying what each failure means for the status
 //! and the retry.
@@ -23,6 +23,7 @@ pub mod keys;
 pub mod memory;
 pub mod observed;
 mod reconciler;
+pub mod references;
 pub mod render;
 pub mod staleness;
 pub mod status;
@@ -48,7 +49,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 
-use crate::api::{FORCE_SYNC_ANNOTATION, KeyVaultSecret, TemplateSourceKind};
+use crate::api::{FORCE_SYNC_ANNOTATION, KeyVaultSecret};
 use crate::metrics::SyncMetrics;
 use crate::reload::ReloadNotifier;
 use crate::scope::ScopeArgs;
@@ -56,6 +57,7 @@ use crate::vault::VaultAccess;
 pub use events::ObjectEvents;
 use memory::Memory;
 use observed::Observed;
+use references::{Kind, References};
 
 /// Shared state of the sync stage.
 pub struct Context {
@@ -75,6 +77,8 @@ pub struct Context {
     pub max_backoff: Duration,
     /// What is remembered per object between syncs (see [`memory`]).
     memory: Mutex<Memory>,
+    /// Which objects each Secret, ConfigMap and ServiceAccount concerns (see [`references`]).
+    references: Mutex<References>,
     /// Versions of the Secrets the watches have seen, with the values of
     /// keys read at them (credentials, templates; see [`observed`], [`values`]).
     secrets: Mutex<Observed<values::Values>>,
@@ -110,6 +114,7 @@ impl Context {
             default_tenant_id,
             max_backoff,
             memory: Mutex::default(),
+            references: Mutex::default(),
             secrets: Mutex::default(),
             config_maps: Mutex::default(),
             service_accounts: Mutex::default(),
@@ -138,9 +143,10 @@ impl Context {
         objects
     }
 
-    /// Follows the KeyVaultSecret watch of `namespace` (`None`: all): a
-    /// deleted object's memory is dropped, and after a re-list everything of
-    /// the watch's objects no longer there (other watches' objects are kept).
+    /// Follows the KeyVaultSecret watch of `namespace` (`None`: all): what
+    /// an object refers to is indexed as it is seen; a deleted object's
+    /// memory is dropped, and after a re-list everything of the watch's
+    /// objects no longer there (other watches' objects are kept).
     fn follow(
         &self,
         namespace: &Option<String>,
@@ -148,8 +154,12 @@ impl Context {
         store: &Store<KeyVaultSecret>,
     ) {
         match event {
+            watcher::Event::Apply(kvs) | watcher::Event::InitApply(kvs) => {
+                self.references.lock().unwrap().update(kvs);
+            }
             watcher::Event::Delete(kvs) => {
                 let object = reconciler::object_key(kvs);
+                self.references.lock().unwrap().forget(&object);
                 self.memory.lock().unwrap().forget(&object);
                 self.metrics.forget_object(&object);
                 self.events.forget(&object);
@@ -161,14 +171,48 @@ impl Context {
                     .map(|kvs| reconciler::object_key(kvs))
                     .collect();
                 let keep = |object: &str| alive.contains(object) || !watched(namespace, object);
+                self.references.lock().unwrap().retain(keep);
                 self.memory.lock().unwrap().retain(keep);
                 self.metrics.retain_objects(keep);
                 self.events.retain(keep);
             }
-            _ => {}
+            watcher::Event::Init => {}
         }
     }
+
+    /// The objects of `namespace` that refer to the `kind` object `name`,
+    /// and (for a Secret) the one its `kvsync.io/owner` annotation names.
+    fn referring_to(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        owner: Option<&String>,
+    ) -> Vec<ObjectRef<KeyVaultSecret>> {
+        let references = self.references.lock().unwrap();
+        let mut names = references.referring_to(kind, namespace, name);
+        if let Some(owner) = owner
+            && !names.contains(owner)
+            && references.contains(namespace, owner)
+        {
+            names.push(owner.clone());
+        }
+        names
+            .into_iter()
+            .map(|name| ObjectRef::new(&name).within(namespace))
+            .collect()
+    }
 }
+
+/// Drops what kvsync never reads of a KeyVaultSecret before the store keeps
+/// it: its managed fields and kubectl's copy of the last applied manifest
+/// (together often larger than the rest of the object, for every object).
+fn drop_unread(kvs: &mut KeyVaultSecret) {
+    kvs.managed_fields_mut().clear();
+    kvs.annotations_mut().remove(LAST_APPLIED_ANNOTATION);
+}
+
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Whether `object` ("ns/name") belongs to the watch of `namespace` (`None`: all).
 fn watched(namespace: &Option<String>, object: &str) -> bool {
@@ -195,77 +239,30 @@ fn sync_trigger(kvs: &KeyVaultSecret) -> Option<u64> {
 /// target it is by name (a Merge target that appeared, a conflicting
 /// Secret that went away) and any that use it as a credential or template.
 fn affected_by_secret(
+    ctx: &Context,
     secret: &PartialObjectMeta<Secret>,
-    store: &Store<KeyVaultSecret>,
 ) -> Vec<ObjectRef<KeyVaultSecret>> {
-    let namespace = secret.namespace().unwrap_or_default();
-    let name = secret.name_any();
     let owner = secret.annotations().get(target::OWNER_ANNOTATION);
-    store
-        .state()
-        .iter()
-        .filter(|kvs| kvs.namespace().as_deref() == Some(&namespace))
-        .filter(|kvs| {
-            let auth = &kvs.spec.auth;
-            owner == Some(&kvs.name_any())
-                || kvs.target_name() == name
-                || [&auth.client_secret, &auth.client_certificate]
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c.secret_ref.name == name)
-                || uses_template_source(kvs, TemplateSourceKind::Secret, &name)
-        })
-        .map(|kvs| ObjectRef::from_obj(kvs.as_ref()))
-        .collect()
-}
-
-/// Whether `kvs` reads templates from this ConfigMap or Secret.
-fn uses_template_source(kvs: &KeyVaultSecret, kind: TemplateSourceKind, name: &str) -> bool {
-    kvs.spec
-        .target
-        .template
-        .iter()
-        .flat_map(|template| template.sources())
-        .any(|(source_kind, source)| source_kind == kind && source.name == name)
+    let namespace = secret.namespace().unwrap_or_default();
+    ctx.referring_to(Kind::Secret, &namespace, &secret.name_any(), owner)
 }
 
 /// KeyVaultSecrets that read templates from this ConfigMap.
 fn affected_by_config_map(
+    ctx: &Context,
     config_map: &PartialObjectMeta<ConfigMap>,
-    store: &Store<KeyVaultSecret>,
 ) -> Vec<ObjectRef<KeyVaultSecret>> {
     let namespace = config_map.namespace().unwrap_or_default();
-    let name = config_map.name_any();
-    store
-        .state()
-        .iter()
-        .filter(|kvs| kvs.namespace().as_deref() == Some(&namespace))
-        .filter(|kvs| uses_template_source(kvs, TemplateSourceKind::ConfigMap, &name))
-        .map(|kvs| ObjectRef::from_obj(kvs.as_ref()))
-        .collect()
+    ctx.referring_to(Kind::ConfigMap, &namespace, &config_map.name_any(), None)
 }
 
 /// KeyVaultSecrets whose workload identity is this ServiceAccount.
 fn affected_by_service_account(
+    ctx: &Context,
     sa: &PartialObjectMeta<ServiceAccount>,
-    store: &Store<KeyVaultSecret>,
 ) -> Vec<ObjectRef<KeyVaultSecret>> {
     let namespace = sa.namespace().unwrap_or_default();
-    let name = sa.name_any();
-    store
-        .state()
-        .iter()
-        .filter(|kvs| kvs.namespace().as_deref() == Some(&namespace))
-        .filter(|kvs| {
-            kvs.spec
-                .auth
-                .workload_identity
-                .as_ref()
-                .and_then(|wi| wi.service_account_name.as_ref())
-                == Some(&name)
-        })
-        .map(|kvs| ObjectRef::from_obj(kvs.as_ref()))
-        .collect()
+    ctx.referring_to(Kind::ServiceAccount, &namespace, &sa.name_any(), None)
 }
 
 /// Runs the sync stage until `shutdown` resolves: one controller per
@@ -354,7 +351,8 @@ async fn run_controller(
         watcher(
             scoped_api(&ctx.client, &namespace),
             crate::cluster::watch_config(),
-        ),
+        )
+        .modify(drop_unread),
     )
     .backoff(crate::cluster::watch_backoff())
     .inspect(move |event| {
@@ -404,9 +402,7 @@ async fn run_controller(
         |_| Default::default(),
     ))
     .touched_objects();
-    let (secret_store, sa_store, config_map_store) =
-        (reader.clone(), reader.clone(), reader.clone());
-    let (secret_ctx, sa_ctx) = (ctx.clone(), ctx.clone());
+    let (secret_ctx, sa_ctx, config_map_ctx) = (ctx.clone(), ctx.clone(), ctx.clone());
     Controller::for_stream(kvs_events, reader)
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
             vault_changes,
@@ -415,14 +411,14 @@ async fn run_controller(
             if secret_ctx.is_checked(&secret) {
                 Vec::new()
             } else {
-                secret_ctx.read_now(affected_by_secret(&secret, &secret_store))
+                secret_ctx.read_now(affected_by_secret(&secret_ctx, &secret))
             }
         })
         .watches_stream(sa_events, move |sa| {
-            sa_ctx.read_now(affected_by_service_account(&sa, &sa_store))
+            sa_ctx.read_now(affected_by_service_account(&sa_ctx, &sa))
         })
         .watches_stream(config_map_events, move |config_map| {
-            affected_by_config_map(&config_map, &config_map_store)
+            affected_by_config_map(&config_map_ctx, &config_map)
         })
         .graceful_shutdown_on(shutdown)
         .run(reconciler::reconcile, reconciler::error_policy, ctx)

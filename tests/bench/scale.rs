@@ -576,20 +576,21 @@ async fn create_deployments(
         .await;
 }
 
-/// Waits until every Deployment carries kvsync's reload record and none has
-/// changed for two seconds (the records follow the Secrets' appearance).
+/// Waits until every Deployment carries kvsync's reload record and no record
+/// has changed for two seconds (the records follow the Secrets' appearance).
+/// Records, not resourceVersions: kube-controller-manager writes the status
+/// of thousands of new Deployments at its own pace (20 requests/s by default)
+/// for minutes after they were created.
 async fn wait_recorded(api: &Api<Deployment>) {
     let snapshot = || async {
         let list = api.list(&ListParams::default()).await.ok()?;
         list.items
             .iter()
-            .all(|d| d.annotations().contains_key(DIGEST_ANNOTATION))
-            .then(|| {
-                list.items
-                    .iter()
-                    .map(|d| (d.name_any(), d.resource_version()))
-                    .collect::<BTreeMap<_, _>>()
+            .map(|d| {
+                let record = d.annotations().get(DIGEST_ANNOTATION)?;
+                Some((d.name_any(), record.clone()))
             })
+            .collect::<Option<BTreeMap<_, _>>>()
     };
     eventually(
         "every Deployment recorded and still",
