@@ -237,6 +237,11 @@ impl ReloadPolicy {
         }
     }
 
+    /// Whether `…/reload` lists name resources: they react whether used or not.
+    pub fn names_resources(&self) -> bool {
+        !self.secrets.patterns.is_empty() || !self.config_maps.patterns.is_empty()
+    }
+
     /// A workload without any reload annotation: the stage leaves it alone
     /// entirely (it writes nothing to workloads that did not opt in).
     pub fn is_inert(&self) -> bool {
