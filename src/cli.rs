@@ -115,6 +115,12 @@ pub struct RunArgs {
     #[arg(long, env = "KVSYNC_VAULT_CONCURRENCY", default_value_t = 8)]
     pub vault_concurrency: usize,
 
+    /// KeyVaultSecrets synced at once. Bounds the operator's memory and the
+    /// API-server requests in flight when thousands of objects sync together
+    /// (a start, a mass apply); idle refreshes are far below it.
+    #[arg(long, env = "KVSYNC_MAX_CONCURRENT_SYNCS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_syncs: u16,
+
     /// Longest wait between retries after a failure.
     #[arg(long, env = "KVSYNC_MAX_BACKOFF", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_backoff: Duration,

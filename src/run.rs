@@ -278,6 +278,7 @@ fn start_stages(
         args.require_service_account_opt_in,
         args.azure_tenant_id.clone(),
         args.max_backoff,
+        args.max_concurrent_syncs,
     ));
     let stop = shutdown.clone();
     let sync = tokio::spawn(crate::sync::run(ctx, move || stop.signal()));

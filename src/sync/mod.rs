@@ -47,7 +47,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::{Controller, WatchStreamExt, controller, predicates, reflector, watcher};
 
 use crate::api::{FORCE_SYNC_ANNOTATION, KeyVaultSecret};
 use crate::metrics::SyncMetrics;
@@ -75,6 +75,8 @@ pub struct Context {
     /// Tenant for service accounts that don't name one (the operator's `AZURE_TENANT_ID`).
     pub default_tenant_id: Option<String>,
     pub max_backoff: Duration,
+    /// KeyVaultSecrets synced at once (`--max-concurrent-syncs`).
+    pub max_concurrent_syncs: u16,
     /// What is remembered per object between syncs (see [`memory`]).
     memory: Mutex<Memory>,
     /// Which objects each Secret, ConfigMap and ServiceAccount concerns (see [`references`]).
@@ -101,6 +103,7 @@ impl Context {
         require_service_account_opt_in: bool,
         default_tenant_id: Option<String>,
         max_backoff: Duration,
+        max_concurrent_syncs: u16,
     ) -> Self {
         Context {
             client,
@@ -113,6 +116,7 @@ impl Context {
             require_service_account_opt_in,
             default_tenant_id,
             max_backoff,
+            max_concurrent_syncs,
             memory: Mutex::default(),
             references: Mutex::default(),
             secrets: Mutex::default(),
@@ -420,6 +424,7 @@ async fn run_controller(
         .watches_stream(config_map_events, move |config_map| {
             affected_by_config_map(&config_map_ctx, &config_map)
         })
+        .with_config(controller::Config::default().concurrency(ctx.max_concurrent_syncs))
         .graceful_shutdown_on(shutdown)
         .run(reconciler::reconcile, reconciler::error_policy, ctx)
         .for_each(|result| async move {
