@@ -209,6 +209,7 @@ fn verdict(s: &Situation<'_>) -> Verdict {
                 Verdict::Forget
             };
         }
+        Applied::Never if nothing_to_baseline(s) => return Verdict::UpToDate,
         Applied::Never | Applied::Unreadable => {
             let record = s.desired.clone();
             return Verdict::Baseline {
@@ -271,6 +272,18 @@ fn verdict(s: &Situation<'_>) -> Verdict {
     } else {
         Verdict::Wait { remaining, changed }
     }
+}
+
+/// A workload seen for the first time whose pods require every resource it
+/// reacts to, none of which exists yet: they cannot have started with any of
+/// its data, so there is nothing to record until one appears — and that
+/// appearance is its first sight, a baseline as a record would have made it.
+/// One write less per workload applied before its Secrets (a GitOps sync, a
+/// Helm install).
+fn nothing_to_baseline(s: &Situation<'_>) -> bool {
+    s.desired
+        .iter()
+        .all(|(r, m)| *m == MemberState::Absent && s.uses.get(r) == Some(&Need::Required))
 }
 
 /// Per member, what restarts (see [`decide`]): the changed resources, the
@@ -652,6 +665,33 @@ mod tests {
         assert_eq!(
             verdict(&Applied::Unreadable, &desired, None, at(0)),
             baseline
+        );
+    }
+
+    #[test]
+    fn a_first_sight_with_only_missing_required_resources_records_nothing_yet() {
+        let missing = members(&[("a", None), ("b", None)]);
+        assert_eq!(
+            verdict(&Applied::Never, &missing, None, at(0)),
+            Verdict::UpToDate,
+            "its pods cannot have started: the Secrets' appearance is its first sight"
+        );
+        let uses = secrets(&[("a", Need::Required), ("b", Need::Optional)]);
+        assert_eq!(
+            verdict_using(&Applied::Never, &missing, &uses, None, at(0)),
+            Verdict::Baseline {
+                why: Baseline::FirstSight,
+                record: missing.clone()
+            },
+            "pods run without an optional Secret: its appearance must restart them"
+        );
+        let appeared = members(&[("a", Some("1")), ("b", None)]);
+        assert_eq!(
+            verdict(&Applied::Never, &appeared, None, at(0)),
+            Verdict::Baseline {
+                why: Baseline::FirstSight,
+                record: appeared.clone()
+            }
         );
     }
 
