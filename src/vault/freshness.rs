@@ -147,11 +147,6 @@ pub fn next_listing(
     }
 }
 
-/// The polling period: the shortest interval of the live subscribers.
-pub fn poll_period(intervals: impl IntoIterator<Item = Duration>) -> Option<Duration> {
-    intervals.into_iter().min()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,12 +286,6 @@ mod tests {
         }
         assert_eq!(retry_window(1, None, cap), S / 2);
         assert_eq!(retry_window(1, Some(3 * S), cap), 3 * S);
-    }
-
-    #[test]
-    fn the_period_follows_the_shortest_subscriber() {
-        assert_eq!(poll_period([3600 * S, 5 * S, 60 * S]), Some(5 * S));
-        assert_eq!(poll_period([]), None);
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //! once, values nobody read for a while by [`VaultView::prune`], and the
 //! whole view by its owner once [`VaultView::idle`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::detect::{ReadStamp, Snapshot, changed_names, still_current};
-use super::freshness::{Attempt, LastListing, poll_period};
+use super::freshness::{Attempt, LastListing};
 use super::{RemoteSecret, VaultError};
 
 /// Which names a subscriber's Secret depends on.
@@ -65,6 +65,60 @@ impl Subscription {
     /// is forgotten after three of its intervals.
     fn expired(&self, now: Instant) -> bool {
         now.duration_since(self.renewed) > self.interval * 3
+    }
+}
+
+/// The subscriptions of a view, with their intervals counted: every refresh
+/// renews its subscription, and finding the shortest interval by a scan each
+/// time was quadratic in the objects per view (11 % of the operator's CPU
+/// with 10,000 objects on one vault).
+#[derive(Default)]
+struct Subscribers {
+    by_key: HashMap<String, Subscription>,
+    /// How many subscriptions have each interval.
+    intervals: BTreeMap<Duration, usize>,
+}
+
+impl Subscribers {
+    fn insert(&mut self, key: &str, subscription: Subscription) {
+        *self.intervals.entry(subscription.interval).or_default() += 1;
+        let old = match self.by_key.get_mut(key) {
+            Some(existing) => Some(std::mem::replace(existing, subscription)),
+            None => self.by_key.insert(key.to_owned(), subscription),
+        };
+        if let Some(old) = old {
+            uncount(&mut self.intervals, old.interval);
+        }
+    }
+
+    /// Drops the subscriptions that expired by `now`.
+    fn prune(&mut self, now: Instant) {
+        let intervals = &mut self.intervals;
+        self.by_key.retain(|_, s| {
+            let expired = s.expired(now);
+            if expired {
+                uncount(intervals, s.interval);
+            }
+            !expired
+        });
+    }
+
+    /// The polling period: the shortest interval subscribed.
+    fn shortest(&self) -> Option<Duration> {
+        self.intervals.keys().next().copied()
+    }
+
+    fn longest(&self) -> Option<Duration> {
+        self.intervals.keys().next_back().copied()
+    }
+}
+
+fn uncount(intervals: &mut BTreeMap<Duration, usize>, interval: Duration) {
+    if let Some(count) = intervals.get_mut(&interval) {
+        *count -= 1;
+        if *count == 0 {
+            intervals.remove(&interval);
+        }
     }
 }
 
@@ -115,7 +169,7 @@ pub type ValueKey = (String, Option<String>, bool);
 pub struct VaultView {
     pub listing: tokio::sync::Mutex<ListingState>,
     values: Mutex<HashMap<ValueKey, Arc<ValueSlot>>>,
-    subscribers: Mutex<HashMap<String, Subscription>>,
+    subscribers: Mutex<Subscribers>,
     poller_running: Mutex<bool>,
     /// Listing was forbidden for this identity: read by GET until then.
     listing_refused_until: Mutex<Option<Instant>>,
@@ -158,9 +212,9 @@ impl VaultView {
     pub fn subscribe(&self, subscriber: &str, interest: Interest, interval: Duration) -> bool {
         let shorter = {
             let mut subscribers = self.subscribers.lock().unwrap();
-            let before = poll_period(subscribers.values().map(|s| s.interval));
+            let before = subscribers.shortest();
             subscribers.insert(
-                subscriber.to_owned(),
+                subscriber,
                 Subscription {
                     interest,
                     interval,
@@ -182,8 +236,8 @@ impl VaultView {
     pub fn poll_period(&self) -> Option<Duration> {
         let now = Instant::now();
         let mut subscribers = self.subscribers.lock().unwrap();
-        subscribers.retain(|_, s| !s.expired(now));
-        let period = poll_period(subscribers.values().map(|s| s.interval));
+        subscribers.prune(now);
+        let period = subscribers.shortest();
         if period.is_none() {
             *self.poller_running.lock().unwrap() = false;
         }
@@ -192,7 +246,7 @@ impl VaultView {
 
     /// Tells every subscriber to sync now (the listing works again after failing).
     pub fn notify_all(&self, notify: &UnboundedSender<String>) {
-        for key in self.subscribers.lock().unwrap().keys() {
+        for key in self.subscribers.lock().unwrap().by_key.keys() {
             let _ = notify.send(key.clone());
         }
     }
@@ -210,7 +264,7 @@ impl VaultView {
         }
         let subscribers = self.subscribers.lock().unwrap();
         let mut notified = 0;
-        for (key, subscription) in subscribers.iter() {
+        for (key, subscription) in &subscribers.by_key {
             if subscription.interest.touched_by(&changed) {
                 let _ = notify.send(key.clone());
                 notified += 1;
@@ -254,11 +308,10 @@ impl VaultView {
     /// The longest interval of a live subscriber (values it reads are kept
     /// at least three times that long).
     pub fn longest_interval(&self) -> Duration {
-        let subscribers = self.subscribers.lock().unwrap();
-        subscribers
-            .values()
-            .map(|s| s.interval)
-            .max()
+        self.subscribers
+            .lock()
+            .unwrap()
+            .longest()
             .unwrap_or_default()
     }
 
@@ -330,6 +383,37 @@ mod tests {
 
     fn woken(view: &VaultView) -> bool {
         futures::FutureExt::now_or_never(view.wake.notified()).is_some()
+    }
+
+    #[test]
+    fn the_period_follows_the_shortest_live_subscription() {
+        let mut subscribers = Subscribers::default();
+        let at = Instant::now();
+        let every = |secs| Subscription {
+            interest: Interest::Everything,
+            interval: Duration::from_secs(secs),
+            renewed: at,
+        };
+        subscribers.insert("ns/a", every(3600));
+        subscribers.insert("ns/b", every(5));
+        subscribers.insert("ns/c", every(60));
+        assert_eq!(subscribers.shortest(), Some(Duration::from_secs(5)));
+        assert_eq!(subscribers.longest(), Some(Duration::from_secs(3600)));
+        subscribers.insert("ns/b", every(60));
+        assert_eq!(
+            subscribers.shortest(),
+            Some(Duration::from_secs(60)),
+            "a renewal replaces the subscriber's interval"
+        );
+        subscribers.prune(at + Duration::from_secs(200));
+        assert_eq!(
+            subscribers.shortest(),
+            Some(Duration::from_secs(3600)),
+            "unrenewed for three intervals: expired"
+        );
+        subscribers.prune(at + Duration::from_secs(4 * 3600));
+        assert_eq!(subscribers.shortest(), None);
+        assert!(subscribers.intervals.is_empty());
     }
 
     #[tokio::test]
