@@ -12,7 +12,8 @@
 //! [`reload`] (rolling restarts) — plus [`run`] and [`cli`] (wiring and flags),
 //! [`convert`] (`kvsync convert`: ESO manifests → KeyVaultSecrets),
 //! [`explain`] (`kvsync explain`, the answers to "what does this resolve to"
-//! and "why did this restart"), [`cluster`] (the API client and watch timeouts), [`leader`] (Lease-based
+//! and "why did this restart"), [`cluster`] (the API client and watch timeouts), [`events`]
+//! (Kubernetes Events as both stages write them), [`leader`] (Lease-based
 //! election), [`scope`] (which namespaces), [`schedule`]
 //! (refresh and backoff timing), [`metrics`] and [`telemetry`].
 //!
@@ -25,6 +26,7 @@ pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod convert;
+pub mod events;
 pub mod explain;
 pub mod leader;
 pub mod metrics;

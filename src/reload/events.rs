@@ -8,17 +8,15 @@
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, PostParams};
 
 use super::annotations::PolicyProblem;
 use super::kinds::{ResourceRef, WorkloadRef};
 use super::metrics::ReloadMetrics;
+use crate::events::{Reporting, Said};
 
 const CONTROLLER: &str = "kvsync.io/reload";
-/// The API's limit for an Event's note.
-const NOTE_LIMIT: usize = 1024;
 
 /// Publishes Events in the background: a failed Event never holds up or
 /// fails a restart.
@@ -109,25 +107,19 @@ impl EventPublisher {
         action: &str,
         note: String,
     ) {
-        let now = Timestamp::now();
         let name = regarding.name.clone().unwrap_or_default();
         let namespace = regarding.namespace.clone().unwrap_or_default();
-        let event = Event {
-            metadata: ObjectMeta {
-                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-                namespace: Some(namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            event_time: Some(MicroTime(now)),
-            type_: Some(type_.to_owned()),
-            reason: Some(reason.to_owned()),
-            action: Some(action.to_owned()),
-            note: Some(truncate(note, NOTE_LIMIT)),
-            regarding: Some(regarding),
-            reporting_controller: Some(CONTROLLER.to_owned()),
-            reporting_instance: Some(self.instance.clone()),
-            ..Event::default()
+        let reporting = Reporting {
+            controller: CONTROLLER,
+            instance: &self.instance,
         };
+        let said = Said {
+            type_,
+            reason,
+            action,
+            note,
+        };
+        let event = crate::events::event(regarding, said, &reporting, Timestamp::now());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
@@ -149,32 +141,5 @@ impl Regarding<'_> {
             uid: Some(self.uid.to_owned()),
             ..ObjectReference::default()
         }
-    }
-}
-
-/// Cuts `text` to at most `limit` bytes, on a character boundary.
-fn truncate(mut text: String, limit: usize) -> String {
-    if text.len() > limit {
-        let mut end = limit - "…".len();
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn notes_are_cut_on_character_boundaries() {
-        assert_eq!(truncate("short".into(), 10), "short");
-        let long = "é".repeat(600);
-        let cut = truncate(long, NOTE_LIMIT);
-        assert!(cut.len() <= NOTE_LIMIT);
-        assert!(cut.ends_with('…'));
     }
 }
