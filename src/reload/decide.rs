@@ -279,11 +279,13 @@ fn verdict(s: &Situation<'_>) -> Verdict {
 /// its data, so there is nothing to record until one appears — and that
 /// appearance is its first sight, a baseline as a record would have made it.
 /// One write less per workload applied before its Secrets (a GitOps sync, a
-/// Helm install).
+/// Helm install). (A workload reacting to nothing is recorded at once: the
+/// record says kvsync has seen it.)
 fn nothing_to_baseline(s: &Situation<'_>) -> bool {
-    s.desired
-        .iter()
-        .all(|(r, m)| *m == MemberState::Absent && s.uses.get(r) == Some(&Need::Required))
+    !s.desired.is_empty()
+        && s.desired
+            .iter()
+            .all(|(r, m)| *m == MemberState::Absent && s.uses.get(r) == Some(&Need::Required))
 }
 
 /// Per member, what restarts (see [`decide`]): the changed resources, the
@@ -684,6 +686,14 @@ mod tests {
                 record: missing.clone()
             },
             "pods run without an optional Secret: its appearance must restart them"
+        );
+        assert_eq!(
+            verdict(&Applied::Never, &Members::new(), None, at(0)),
+            Verdict::Baseline {
+                why: Baseline::FirstSight,
+                record: Members::new()
+            },
+            "reacting to nothing: recorded as seen"
         );
         let appeared = members(&[("a", Some("1")), ("b", None)]);
         assert_eq!(
