@@ -443,7 +443,7 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
     };
     // A change the reload stage sees before a Deployment's first record is
     // its baseline, not a restart: measure only once every record is written.
-    wait_recorded(&deployments).await;
+    wait_recorded(&deployments, "app-").await;
     eprintln!(
         "{mode} {size}: every Deployment recorded {:.1?} after the first KeyVaultSecret",
         started.elapsed()
@@ -657,16 +657,19 @@ async fn create_deployments(
         .await;
 }
 
-/// Waits until every Deployment carries kvsync's reload record and no record
-/// has changed for two seconds (the records follow the Secrets' appearance).
+/// Waits until every Deployment named `prefix…` carries kvsync's reload
+/// record and no record has changed for two seconds (the records follow the
+/// Secrets' appearance; a Deployment whose Secret does not exist yet, like the
+/// fan-out ones before their KeyVaultSecret, is recorded when it appears).
 /// Records, not resourceVersions: kube-controller-manager writes the status
 /// of thousands of new Deployments at its own pace (20 requests/s by default)
 /// for minutes after they were created.
-async fn wait_recorded(api: &Api<Deployment>) {
+async fn wait_recorded(api: &Api<Deployment>, prefix: &str) {
     let snapshot = || async {
         let list = api.list(&ListParams::default()).await.ok()?;
         list.items
             .iter()
+            .filter(|d| d.name_any().starts_with(prefix))
             .map(|d| {
                 let record = d.annotations().get(DIGEST_ANNOTATION)?;
                 Some((d.name_any(), record.clone()))
@@ -753,6 +756,7 @@ async fn fanout_rollout(
     let interval = humantime::parse_duration(interval).unwrap();
     tokio::time::sleep(interval.mul_f64(1.1)).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    wait_recorded(&deployments, "fan-").await;
     let before = template_annotations(&deployments, "fan-").await;
     emulator
         .set_secret("shop", FANOUT_VAULT_SECRET, "fan-v1")
