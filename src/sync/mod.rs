@@ -213,10 +213,9 @@ impl Context {
 /// (together often larger than the rest of the object, for every object).
 fn drop_unread(kvs: &mut KeyVaultSecret) {
     kvs.managed_fields_mut().clear();
-    kvs.annotations_mut().remove(LAST_APPLIED_ANNOTATION);
+    kvs.annotations_mut()
+        .remove(crate::cluster::KUBECTL_LAST_APPLIED);
 }
-
-const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Whether `object` ("ns/name") belongs to the watch of `namespace` (`None`: all).
 fn watched(namespace: &Option<String>, object: &str) -> bool {
