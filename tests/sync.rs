@@ -942,14 +942,25 @@ async fn health_metrics_json_logs_and_graceful_shutdown() {
     })
     .await;
     let http = reqwest::Client::new();
-    for path in ["/healthz", "/readyz"] {
-        let response = http.get(format!("{base}{path}")).send().await.unwrap();
+    let healthz = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert!(
+        healthz.status().is_success(),
+        "/healthz: {}",
+        healthz.status()
+    );
+    // Ready once the reload stage's watches have listed, which may come after
+    // the first sync when the machine is busy; until then a 503 names them.
+    eventually("/readyz to answer 200", WAIT, || async {
+        let response = http.get(format!("{base}/readyz")).send().await.ok()?;
+        let status = response.status();
+        let body = response.text().await.ok()?;
         assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
+            status.is_success() || body.starts_with("waiting for the first list of: "),
+            "/readyz: {status} {body}"
         );
-    }
+        status.is_success().then_some(())
+    })
+    .await;
     // The status is written before the sync that wrote it is counted: wait
     // for the counts rather than scrape once.
     let series = [
