@@ -15,7 +15,7 @@
 //! - `kvsync_reload_errors_total{reason}`: `patch` (a workload update failed),
 //!   `invalid_annotation` (an unusable annotation value), `watch`,
 //!   `watch_forbidden` (a kind the operator may not list; not waited for),
-//!   `fast_path_read`, `job` (a CronJob's Job could not be made), `event`
+//!   `job` (a CronJob's Job could not be made), `event`
 //!   (publishing an Event failed).
 //! - `kvsync_reload_rollouts_queued`: workloads due for a rollout, waiting
 //!   for a slot under `--max-rollouts-per-second`.

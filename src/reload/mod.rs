@@ -120,25 +120,20 @@ pub enum ReloadError {
     },
 }
 
-/// A Secret the sync stage just wrote (the in-process fast path).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretWritten {
-    pub namespace: String,
-    pub name: String,
-}
+/// A Secret the sync stage just wrote, as the API server answered the write
+/// (the in-process fast path: no read back).
+#[derive(Debug, Clone)]
+pub struct SecretWritten(pub Box<k8s_openapi::api::core::v1::Secret>);
 
 /// Sending side of the fast path, held by the sync stage.
 #[derive(Clone)]
 pub struct ReloadNotifier(mpsc::Sender<SecretWritten>);
 
 impl ReloadNotifier {
-    /// Tells the reload stage a Secret was written. Never blocks the sync
+    /// Hands the reload stage a Secret as written. Never blocks the sync
     /// stage: if the queue is full the watch event covers the change anyway.
-    pub fn secret_written(&self, namespace: &str, name: &str) {
-        let _ = self.0.try_send(SecretWritten {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        });
+    pub fn secret_written(&self, written: &k8s_openapi::api::core::v1::Secret) {
+        let _ = self.0.try_send(SecretWritten(Box::new(written.clone())));
     }
 }
 

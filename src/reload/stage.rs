@@ -193,15 +193,10 @@ impl Stage {
                     self.stop_waiting_for(source);
                 }
             }
-            Input::Fetched(Ok(Some(observation))) => {
+            Input::Written(Some(observation)) => {
                 self.observe(Observed::Resource(observation), Seen::Written)
             }
-            Input::Fetched(Ok(None)) => {}
-            Input::Fetched(Err((written, error))) => {
-                self.metrics.error("fast_path_read");
-                warn!(namespace = %written.namespace, name = %written.name, %error,
-                      "could not read a written Secret; its watch event will cover it");
-            }
+            Input::Written(None) => {}
         }
     }
 

@@ -95,13 +95,10 @@ pub enum Input {
         source: usize,
         error: watcher::Error,
     },
-    /// The fast path's read of a Secret the sync stage wrote: `None` when it
-    /// is gone or does not pass `--resource-label-selector`.
-    Fetched(Result<Option<ResourceObservation>, (SecretWritten, kube::Error)>),
+    /// A Secret the sync stage wrote (the fast path): `None` when it does not
+    /// pass `--resource-label-selector`.
+    Written(Option<ResourceObservation>),
 }
-
-/// How many fast-path reads may be in flight.
-const FAST_PATH_READS: usize = 4;
 
 /// Secrets can be large; smaller list pages bound what a re-list holds at once.
 const LIST_PAGE_SIZE: u32 = 100;
@@ -255,37 +252,32 @@ impl WatchPlan {
         )
     }
 
-    /// Reads each Secret the sync stage reports as written, so the index
-    /// learns its new digest without waiting for the watch event.
+    /// Reduces each Secret the sync stage wrote (the object its write
+    /// returned), so the index learns its new digest without waiting for the
+    /// watch event — and without reading it back.
     fn fast_path(
         &self,
         inbox: tokio::sync::mpsc::Receiver<SecretWritten>,
     ) -> BoxStream<'static, Input> {
-        let client = self.client.clone();
         let key = self.key.clone();
         let scope = self.scope.clone();
         let selector = self.resource_selector.clone();
         stream::unfold(inbox, |mut inbox| async move {
             inbox.recv().await.map(|written| (written, inbox))
         })
-        .filter(move |written| std::future::ready(scope.name_in_scope(&written.namespace)))
-        .map(move |written| {
-            let api: Api<Secret> = Api::namespaced(client.clone(), &written.namespace);
-            let key = key.clone();
-            let selector = selector.clone();
-            async move {
-                let secret = match api.get_opt(&written.name).await {
-                    Ok(secret) => secret,
-                    Err(error) => return Input::Fetched(Err((written, error))),
-                };
-                let visible =
-                    |s: &Secret| selector.as_ref().is_none_or(|sel| sel.matches(s.labels()));
-                Input::Fetched(Ok(secret
-                    .filter(visible)
-                    .and_then(|s| observe_resource(&key, &s))))
-            }
+        .filter_map(move |SecretWritten(secret)| {
+            let in_scope = secret
+                .namespace()
+                .is_some_and(|ns| scope.name_in_scope(&ns));
+            let visible = selector.as_ref().is_none_or(|s| s.matches(secret.labels()));
+            std::future::ready(in_scope.then(|| {
+                Input::Written(
+                    visible
+                        .then(|| observe_resource(&key, secret.as_ref()))
+                        .flatten(),
+                )
+            }))
         })
-        .buffered(FAST_PATH_READS)
         .boxed()
     }
 }

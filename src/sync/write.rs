@@ -75,8 +75,7 @@ pub async fn write_target(
                 let holds = desired.decide(Some(&written)) == WriteDecision::UpToDate;
                 remember_checked(ctx, object, desired, version, holds.then_some(digest));
             }
-            ctx.notifier
-                .secret_written(&desired.namespace, &desired.name);
+            ctx.notifier.secret_written(&written);
             tracing::info!(namespace = %desired.namespace, secret = %desired.name, keys = desired.data.len(), "wrote Secret");
             Ok(true)
         }

@@ -236,8 +236,8 @@ fn throttled(counters: &Value) -> u64 {
     counters["byStatus"]["429"].as_u64().unwrap_or_default()
 }
 
-/// The operator's `kvsync_kubernetes_requests_total`, watches excluded.
-async fn api_requests(operator: &Operator) -> u64 {
+/// The operator's `kvsync_kubernetes_requests_total` by method, watches excluded.
+async fn api_requests(operator: &Operator) -> BTreeMap<String, u64> {
     let base = eventually(
         "the metrics address in the log",
         Duration::from_secs(60),
@@ -250,12 +250,20 @@ async fn api_requests(operator: &Operator) -> u64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("kvsync_kubernetes_requests_total{") && l.contains(r#"watch="false""#)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    let mut by_method = BTreeMap::new();
+    for line in text.lines().filter(|l| {
+        l.starts_with("kvsync_kubernetes_requests_total{") && l.contains(r#"watch="false""#)
+    }) {
+        let method = line
+            .split(r#"method=""#)
+            .nth(1)
+            .and_then(|m| m.split('"').next());
+        let count = line.rsplit(' ').next().and_then(|c| c.parse::<u64>().ok());
+        if let (Some(method), Some(count)) = (method, count) {
+            *by_method.entry(method.to_owned()).or_default() += count;
+        }
+    }
+    by_method
 }
 
 fn vault_requests(counters: &Value) -> u64 {
@@ -434,7 +442,16 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
         )
     })
     .await;
+    eprintln!(
+        "{mode} {size}: every KeyVaultSecret applied {:.1?} after the first",
+        started.elapsed()
+    );
     wait_all_ready(&kvs_api, size).await;
+    eprintln!(
+        "{mode} {size}: all Ready {:.1?} after the first; the operator's API requests so far (watches excluded): {:?}",
+        started.elapsed(),
+        api_requests(&operator).await
+    );
     let mut row = Row {
         mode,
         size,
@@ -459,7 +476,8 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
     let api_before = api_requests(&operator).await;
     let idle_start = Instant::now();
     tokio::time::sleep(options.interval.mul_f64(1.1)).await;
-    let idle_api_requests = api_requests(&operator).await - api_before;
+    let idle_api_requests =
+        api_requests(&operator).await.values().sum::<u64>() - api_before.values().sum::<u64>();
     row.idle_api_requests_per_minute =
         idle_api_requests as f64 * 60.0 / idle_start.elapsed().as_secs_f64();
     let counters = emulator.counters().await;
