@@ -10,7 +10,8 @@
 //!
 //! For each change-detection mode and size N it creates N KeyVaultSecrets
 //! over the vault's secrets (round robin) and measures: time until all are
-//! Ready; Key Vault requests in an idle refresh cycle and in one where 1 % of
+//! Ready, how long applying them took, and each object's time from its apply
+//! to Ready; Key Vault requests in an idle refresh cycle and in one where 1 % of
 //! the vault secrets changed; Kubernetes writes (Secret and status
 //! resourceVersion changes) in the idle cycle; the operator's API-server
 //! requests in the idle cycle, watches excluded, per minute (its
@@ -55,7 +56,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
@@ -164,6 +165,10 @@ struct Row {
     mode: &'static str,
     size: usize,
     ready: Duration,
+    /// How long applying all of them took (the API server's pace).
+    applying: Duration,
+    /// Each object's apply answered → first seen Ready.
+    apply_to_ready: Vec<Duration>,
     idle_requests: u64,
     change_requests: u64,
     idle_writes: usize,
@@ -299,34 +304,36 @@ fn kvs_body(
             "data": [{"secretKey": "value", "remoteRef": {"name": remote}}]}})
 }
 
-/// Server-side applies `body(i)` for every `i`, 16 at a time.
+/// Server-side applies `body(i)` for every `i`, 16 at a time; returns when
+/// each apply was answered, by object name.
 async fn apply_all(
     api: &Api<KeyVaultSecret>,
     range: std::ops::Range<usize>,
     body: impl Fn(usize) -> Value,
-) {
+) -> HashMap<String, Instant> {
     stream::iter(range)
-        .for_each_concurrent(16, |i| {
+        .map(|i| {
             let api = api.clone();
             let body = body(i);
             async move {
-                api.patch(
-                    &format!("kvs-{i}"),
-                    &PatchParams::apply("bench"),
-                    &Patch::Apply(&body),
-                )
-                .await
-                .unwrap();
+                let name = format!("kvs-{i}");
+                api.patch(&name, &PatchParams::apply("bench"), &Patch::Apply(&body))
+                    .await
+                    .unwrap();
+                (name, Instant::now())
             }
         })
-        .await;
+        .buffer_unordered(16)
+        .collect()
+        .await
 }
 
 /// Waits until `size` KeyVaultSecrets of the namespace are `Ready=True`,
 /// by watching them (listing 10,000 objects every 100 ms would slow the API
-/// server down for the operator).
-async fn wait_all_ready(api: &Api<KeyVaultSecret>, size: usize) {
+/// server down for the operator); returns when each was first seen Ready.
+async fn wait_all_ready(api: &Api<KeyVaultSecret>, size: usize) -> HashMap<String, Instant> {
     let mut ready = std::collections::HashSet::new();
+    let mut first_ready = HashMap::new();
     let mut objects = std::pin::pin!(
         watcher(api.clone(), watcher::Config::default())
             .default_backoff()
@@ -340,6 +347,9 @@ async fn wait_all_ready(api: &Api<KeyVaultSecret>, size: usize) {
                     .any(|c| c.type_ == "Ready" && c.status == "True")
             });
             if is_ready {
+                first_ready
+                    .entry(kvs.name_any())
+                    .or_insert_with(Instant::now);
                 ready.insert(kvs.name_any());
             } else {
                 ready.remove(&kvs.name_any());
@@ -352,6 +362,7 @@ async fn wait_all_ready(api: &Api<KeyVaultSecret>, size: usize) {
     tokio::time::timeout(Duration::from_secs(600), all_ready)
         .await
         .expect("every KeyVaultSecret Ready within 600 s");
+    first_ready
 }
 
 /// An object a latency measurement watches.
@@ -431,7 +442,7 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
     let operator = Operator::start(&emulator, &ns.name, &["--change-detection", mode]);
     let kvs_api: Api<KeyVaultSecret> = Api::namespaced(client.clone(), &ns.name);
     let started = Instant::now();
-    apply_all(&kvs_api, 0..size, |i| {
+    let applied = apply_all(&kvs_api, 0..size, |i| {
         kvs_body(
             i,
             &emulator.vault_url("shop"),
@@ -442,11 +453,8 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
         )
     })
     .await;
-    eprintln!(
-        "{mode} {size}: every KeyVaultSecret applied {:.1?} after the first",
-        started.elapsed()
-    );
-    wait_all_ready(&kvs_api, size).await;
+    let applying = started.elapsed();
+    let first_ready = wait_all_ready(&kvs_api, size).await;
     eprintln!(
         "{mode} {size}: all Ready {:.1?} after the first; the operator's API requests so far (watches excluded): {:?}",
         started.elapsed(),
@@ -456,6 +464,11 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
         mode,
         size,
         ready: started.elapsed(),
+        applying,
+        apply_to_ready: applied
+            .iter()
+            .map(|(name, at)| first_ready[name].saturating_duration_since(*at))
+            .collect(),
         ..Default::default()
     };
     // A change the reload stage sees before a Deployment's first record is
@@ -1087,15 +1100,19 @@ async fn main() {
         if options.kv_limits { "on" } else { "off" }
     );
     println!(
-        "| mode | KeyVaultSecrets | all Ready | KV requests, idle cycle | KV requests, 1 % changed | k8s writes, idle cycle | change→Secret p50/p99 | long-interval change→Secret p50/p99 | forced→Secret p50/p99 | change→template p50/p99 | forced→template p50/p99 | peak RSS | KV 429s | API requests / idle min | forced→all fan-out templates |"
+        "| mode | KeyVaultSecrets | all Ready | applying all | apply→Ready p50/p99/max | KV requests, idle cycle | KV requests, 1 % changed | k8s writes, idle cycle | change→Secret p50/p99 | long-interval change→Secret p50/p99 | forced→Secret p50/p99 | change→template p50/p99 | forced→template p50/p99 | peak RSS | KV 429s | API requests / idle min | forced→all fan-out templates |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.1}s | {} | {} | {} | {}/{} | {}/{} | {}/{} | {}/{} | {}/{} | {:.1} MiB | {} | {:.1} | {} |",
+            "| {} | {} | {:.1}s | {:.1}s | {}/{}/{} | {} | {} | {} | {}/{} | {}/{} | {}/{} | {}/{} | {}/{} | {:.1} MiB | {} | {:.1} | {} |",
             r.mode,
             r.size,
             r.ready.as_secs_f64(),
+            r.applying.as_secs_f64(),
+            percentile(&r.apply_to_ready, 0.5),
+            percentile(&r.apply_to_ready, 0.99),
+            percentile(&r.apply_to_ready, 1.0),
             r.idle_requests,
             r.change_requests,
             r.idle_writes,
