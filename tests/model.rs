@@ -605,7 +605,7 @@ impl Run {
                     kvs_version: kvs.resource_version().unwrap_or_default(),
                     ready,
                     status_generation: status.observed_generation,
-                    synced_versions: status.synced_versions,
+                    synced_versions: status.synced_versions.into_iter().collect(),
                     secret,
                     read_from,
                     read_to,

@@ -86,7 +86,10 @@ async fn every_data_form_syncs_into_one_secret() {
         "app-config",
         "app-alpha",
     ] {
-        let version = &status.synced_versions[name];
+        let version = status
+            .synced_versions
+            .get(name)
+            .expect("a version per vault secret read");
         assert!(
             version.len() == 32 && version.chars().all(|c| c.is_ascii_hexdigit()),
             "{name}: {version}"

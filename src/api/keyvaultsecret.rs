@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
+use litemap::LiteMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -393,6 +394,10 @@ pub struct CertificateRef {
     pub version: Option<String>,
 }
 
+/// Vault secret name → version, sorted: a vector (every object keeps one in
+/// the store, where a one-entry `BTreeMap` would allocate an 11-slot node).
+pub type SyncedVersions = LiteMap<String, String>;
+
 /// What kvsync last did. Written only when it changes, so an idle refresh
 /// costs no API write.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -409,8 +414,9 @@ pub struct KeyVaultSecretStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     /// Vault secret name → the version whose value is in the Secret.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub synced_versions: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "LiteMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub synced_versions: SyncedVersions,
     /// When the Secret's content last changed (or was first confirmed in sync).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,

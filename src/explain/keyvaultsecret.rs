@@ -14,6 +14,7 @@ use super::template::{TemplateText, trace, variables};
 use super::workload::verdict;
 use crate::api::{
     DataFromSource, DecodingStrategy, KeyVaultSecret, MergePolicy, RELOADER_MATCH_ANNOTATION,
+    SyncedVersions,
 };
 use crate::reload::annotations::ResourceFlags;
 use crate::reload::index::WorkloadObservation;
@@ -294,7 +295,7 @@ fn version(pinned: &Option<String>) -> String {
 }
 
 /// `status.syncedVersions` entries of vault secret `name` (`name` or `name@version`).
-fn synced(synced: &BTreeMap<String, String>, name: &str) -> BTreeMap<String, String> {
+fn synced(synced: &SyncedVersions, name: &str) -> BTreeMap<String, String> {
     synced
         .iter()
         .filter(|(key, _)| key.split('@').next() == Some(name))
@@ -302,7 +303,7 @@ fn synced(synced: &BTreeMap<String, String>, name: &str) -> BTreeMap<String, Str
         .collect()
 }
 
-fn key_sources(kvs: &KeyVaultSecret, versions: &BTreeMap<String, String>) -> Vec<KeySource> {
+fn key_sources(kvs: &KeyVaultSecret, versions: &SyncedVersions) -> Vec<KeySource> {
     let mut named = Vec::new();
     let mut sources: Vec<KeySource> = kvs
         .spec

@@ -284,7 +284,8 @@ mod tests {
                 ResourceRef::secret("db"),
                 MemberState::Present(recorded.digest),
             )]
-            .into(),
+            .into_iter()
+            .collect(),
         );
         let mut annotations = json!({
             "reloader.stakater.com/auto": "true",

@@ -559,7 +559,8 @@ mod tests {
                 MemberState::Present(digest("1")),
             ),
         ]
-        .into();
+        .into_iter()
+        .collect();
         assert_eq!(members, expected);
     }
 

@@ -285,7 +285,8 @@ mod tests {
                 ResourceRef::secret("db"),
                 crate::reload::uses::Need::Required
             )]
-            .into()
+            .into_iter()
+            .collect()
         );
         assert_eq!(observed.state.applied, Applied::Unreadable);
         assert_eq!(

@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 
+use litemap::LiteMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
@@ -81,7 +82,7 @@ pub enum MemberState {
 }
 
 /// The resources a workload reacts to, with their states.
-pub type Members = BTreeMap<ResourceRef, MemberState>;
+pub type Members = LiteMap<ResourceRef, MemberState>;
 
 /// The content of [`DIGEST_ANNOTATION`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,7 +253,8 @@ mod tests {
                 ),
                 (ResourceRef::config_map("app"), MemberState::Absent),
             ]
-            .into(),
+            .into_iter()
+            .collect(),
         );
         let text = record.render();
         assert!(text.contains("\"Secret/db\""), "{text}");

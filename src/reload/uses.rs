@@ -11,7 +11,7 @@
 //! required resource is missing — the kubelet keeps retrying and starts it
 //! with the data once it appears — so its appearance needs no restart.
 
-use std::collections::BTreeMap;
+use litemap::LiteMap;
 
 use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
 
@@ -25,7 +25,7 @@ pub enum Need {
 }
 
 /// The resources a pod spec uses, sorted.
-pub type Uses = BTreeMap<ResourceRef, Need>;
+pub type Uses = LiteMap<ResourceRef, Need>;
 
 /// The resources `spec` uses.
 pub fn uses(spec: &PodSpec) -> Uses {
@@ -174,7 +174,7 @@ mod tests {
             ResourceRef::secret("vol-secret"),
         ]
         .into();
-        assert_eq!(uses(&spec).into_keys().collect::<Vec<_>>(), expected);
+        assert_eq!(uses(&spec).keys().cloned().collect::<Vec<_>>(), expected);
     }
 
     #[test]
@@ -188,7 +188,9 @@ mod tests {
         }));
         assert_eq!(
             uses(&spec),
-            [(ResourceRef::secret("a"), Need::Required)].into()
+            [(ResourceRef::secret("a"), Need::Required)]
+                .into_iter()
+                .collect()
         );
     }
 
@@ -208,7 +210,8 @@ mod tests {
             (ResourceRef::secret("both"), Need::Required),
             (ResourceRef::secret("optional"), Need::Optional),
         ]
-        .into();
+        .into_iter()
+        .collect();
         assert_eq!(uses(&spec), expected);
     }
 }

@@ -47,12 +47,15 @@ pub fn next_status(
         } => {
             if *wrote
                 || status.secret_name.as_deref() != Some(secret_name)
-                || status.synced_versions != *versions
+                || !status.synced_versions.iter().eq(versions.iter())
             {
                 status.last_sync_time = Some(Time(now));
             }
             status.secret_name = Some(secret_name.clone());
-            status.synced_versions = versions.clone();
+            status.synced_versions = versions
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             (
                 "True",
                 "Synced",
