@@ -83,9 +83,9 @@ pub struct Context {
     references: Mutex<References>,
     /// Versions of the Secrets the watches have seen, with the values of
     /// keys read at them (credentials, templates; see [`observed`], [`values`]).
-    secrets: Mutex<Observed<values::Values>>,
+    secrets: Mutex<Observed<values::Known>>,
     /// Versions of the ConfigMaps, with the values of template keys read at them.
-    config_maps: Mutex<Observed<values::Values>>,
+    config_maps: Mutex<Observed<values::Known>>,
     /// Versions of the ServiceAccounts the watches have seen, with their annotations.
     service_accounts: Mutex<Observed<identity::WorkloadAnnotations>>,
 }

@@ -39,7 +39,7 @@ struct Entry<T> {
 /// kvsync knows of each at that version.
 #[derive(Debug)]
 pub struct Observed<T> {
-    entries: HashMap<String, Entry<T>>,
+    entries: HashMap<Box<str>, Entry<T>>,
     /// Re-lists so far; an entry's `listed` is the last one that saw it.
     relists: u64,
     /// The re-list in progress, by watch scope (a namespace, or `None`: all).
@@ -143,13 +143,14 @@ impl<T> Observed<T> {
 }
 
 /// "namespace/name" of a namespaced object.
-fn key_of<K: Resource>(object: &K) -> String {
+fn key_of<K: Resource>(object: &K) -> Box<str> {
     let meta = object.meta();
     format!(
         "{}/{}",
         meta.namespace.as_deref().unwrap_or_default(),
         meta.name.as_deref().unwrap_or_default()
     )
+    .into_boxed_str()
 }
 
 #[cfg(test)]
