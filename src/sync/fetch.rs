@@ -44,7 +44,7 @@ pub fn interest(spec: &KeyVaultSecretSpec) -> Interest {
             DataFromSource::Certificate(certificate) => names.insert(certificate.name.clone()),
         };
     }
-    Interest::Names(names)
+    Interest::Names(names.into_iter().collect())
 }
 
 /// Reads of one sync at most: a `find` whose listing turned out older than

@@ -40,7 +40,9 @@ use super::{RemoteSecret, VaultError};
 /// Which names a subscriber's Secret depends on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Interest {
-    Names(BTreeSet<String>),
+    /// Sorted, each once (a slice: every subscriber keeps one, and a
+    /// one-name `BTreeSet` would allocate an 11-slot node).
+    Names(Box<[String]>),
     /// `dataFrom.find`: any change in the vault may matter.
     Everything,
 }
@@ -49,7 +51,7 @@ impl Interest {
     fn touched_by(&self, changed: &BTreeSet<String>) -> bool {
         match self {
             Interest::Everything => !changed.is_empty(),
-            Interest::Names(names) => !names.is_disjoint(changed),
+            Interest::Names(names) => names.iter().any(|name| changed.contains(name)),
         }
     }
 }
