@@ -6,7 +6,8 @@
 #   3. starts a private control plane (etcd + kube-apiserver + controller-manager),
 #   4. runs every unit and integration test of the workspace (the operator, and
 #      the emulator crate) against it and the in-process Key Vault emulator,
-#   5. stops exactly the processes it started.
+#   5. runs the scale benchmark at a smoke size (it times nothing),
+#   6. stops exactly the processes it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,3 +56,9 @@ export KVSYNC_TEST_KUBECONFIG=$plane/kubeconfig
 
 step "tests"
 cargo test --workspace --locked --no-fail-fast -- --test-threads "${KVSYNC_TEST_THREADS:-4}"
+
+# The scale benchmark at a smoke size, so that it keeps running end to end:
+# it prints its table and asserts nothing about the numbers (README, "Benchmark").
+step "scale benchmark, smoke size"
+cargo test --locked --bench scale -- --sizes 60 --deployments 60 --unrelated-secrets 100 \
+  --fanout 20 --samples 2 --interval 10s
