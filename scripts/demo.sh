@@ -54,7 +54,7 @@ say "installing the CRD and starting the operator"
 kubectl create namespace kvsync-system >/dev/null
 "$KVSYNC" run --authority-host "$(jq -r .authority_host "$endpoints")" --allow-vault-host localhost \
   --extra-ca-file "$(jq -r .ca_file "$endpoints")" --operator-namespace kvsync-system \
-  --metrics-addr 127.0.0.1:0 --min-reload-interval 1s >"$work/operator.log" 2>&1 &
+  --metrics-addr 127.0.0.1:0 --min-reload-interval 1s --min-refresh-interval 5s >"$work/operator.log" 2>&1 &
 pids+=($!)
 
 say "applying examples/demo/app.yaml (ServiceAccount, KeyVaultSecret, Deployment)"

@@ -121,6 +121,13 @@ pub struct RunArgs {
     #[arg(long, env = "KVSYNC_MAX_CONCURRENT_SYNCS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_syncs: u16,
 
+    /// Shortest `refreshInterval` a KeyVaultSecret may ask for; shorter ones
+    /// are refused (`InvalidSpec`). The default is Key Vault's own throttling
+    /// window: one listing per window is the most any (vault, identity) view
+    /// costs, however many objects share it (docs: threat model, "Fairness").
+    #[arg(long, env = "KVSYNC_MIN_REFRESH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub min_refresh_interval: Duration,
+
     /// Longest wait between retries after a failure.
     #[arg(long, env = "KVSYNC_MAX_BACKOFF", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_backoff: Duration,

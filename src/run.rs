@@ -137,7 +137,8 @@ struct Stages {
     reload: JoinHandle<Result<(), ReloadError>>,
 }
 
-pub async fn run(args: RunArgs) -> Result<(), RunError> {
+pub async fn run(mut args: RunArgs) -> Result<(), RunError> {
+    args.scope.operator_namespace = Some(args.operator_namespace.clone());
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let client = crate::cluster::counted_client(metrics.api_requests.clone())
@@ -279,6 +280,7 @@ fn start_stages(
         args.azure_tenant_id.clone(),
         args.max_backoff,
         args.max_concurrent_syncs,
+        args.min_refresh_interval,
     ));
     let stop = shutdown.clone();
     let sync = tokio::spawn(crate::sync::run(ctx, move || stop.signal()));

@@ -7,8 +7,16 @@
 //! values alone; the label selector needs the Namespace object, so callers
 //! pass its labels in. Which namespaces the stages watch follows from the
 //! same flags, in one place: [`ScopeArgs::watched_namespaces`].
+//!
+//! The cluster's own namespaces ([`SYSTEM_NAMESPACES`]) and the operator's
+//! own are out of scope unless `--namespaces` names them: they hold the
+//! credentials of the cluster and of kvsync itself, and no tenant's
+//! KeyVaultSecret or reload annotation belongs there.
 
 use std::collections::BTreeMap;
+
+/// Namespaces of the cluster itself: out of scope unless named.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
 /// Namespace scoping flags shared by every stage.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -25,6 +33,11 @@ pub struct ScopeArgs {
     /// (e.g. `team=shop,env=prod`).
     #[arg(long, env = "KVSYNC_NAMESPACE_SELECTOR", value_parser = parse_selector)]
     pub namespace_selector: Option<LabelSelector>,
+
+    /// The operator's own namespace (`--operator-namespace`): out of scope
+    /// unless named, like [`SYSTEM_NAMESPACES`].
+    #[arg(skip)]
+    pub operator_namespace: Option<String>,
 }
 
 /// An equality-based label selector (`k=v,k2=v2`, or `k` for "label present").
@@ -108,7 +121,10 @@ impl ScopeArgs {
     /// Whether a namespace is in scope by name (the label selector is checked
     /// separately by [`ScopeArgs::labels_in_scope`]).
     pub fn name_in_scope(&self, namespace: &str) -> bool {
-        (self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace))
+        let named = self.namespaces.iter().any(|n| n == namespace);
+        let protected = SYSTEM_NAMESPACES.contains(&namespace)
+            || self.operator_namespace.as_deref() == Some(namespace);
+        (named || (self.namespaces.is_empty() && !protected))
             && !self.ignore_namespaces.iter().any(|n| n == namespace)
     }
 
@@ -138,6 +154,7 @@ mod tests {
             namespaces: vec!["a".into(), "b".into()],
             ignore_namespaces: vec!["b".into()],
             namespace_selector: None,
+            operator_namespace: None,
         };
         assert!(scope.name_in_scope("a"));
         assert!(!scope.name_in_scope("b"), "ignore wins over the allow list");
@@ -146,11 +163,35 @@ mod tests {
     }
 
     #[test]
+    fn system_and_operator_namespaces_only_when_named() {
+        let everywhere = ScopeArgs {
+            operator_namespace: Some("kvsync-system".into()),
+            ..ScopeArgs::default()
+        };
+        for protected in [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            "kvsync-system",
+        ] {
+            assert!(!everywhere.name_in_scope(protected), "{protected}");
+        }
+        assert!(everywhere.name_in_scope("shop"));
+        let named = ScopeArgs {
+            namespaces: vec!["kube-system".into(), "kvsync-system".into()],
+            ..everywhere
+        };
+        assert!(named.name_in_scope("kube-system"));
+        assert!(named.name_in_scope("kvsync-system"));
+    }
+
+    #[test]
     fn watched_namespaces_are_the_listed_ones_in_scope_or_all() {
         let scope = ScopeArgs {
             namespaces: vec!["a".into(), "b".into()],
             ignore_namespaces: vec!["b".into()],
             namespace_selector: None,
+            operator_namespace: None,
         };
         assert_eq!(scope.watched_namespaces(), [Some("a".to_owned())]);
         let everywhere = ScopeArgs {

@@ -654,6 +654,7 @@ async fn namespaced_rbac_suffices_for_sync_and_reload_and_grants_nothing_more() 
         "watchNamespaces": [watched.name],
         "reloadDebounce": "300ms",
         "minReloadInterval": "1s",
+        "minRefreshInterval": "1s",
         "maxBackoff": "4s",
         "replicas": 2,
         "leaderElection": {"leaseDuration": "3s"},
@@ -770,6 +771,7 @@ async fn cluster_rbac_suffices_for_sync_and_reload() {
         "namespaceSelector": label,
         "reloadDebounce": "300ms",
         "minReloadInterval": "1s",
+        "minRefreshInterval": "1s",
         "maxBackoff": "4s",
     });
     let Some(installed) = Installed::new(&client, &name, &release.name, values).await else {

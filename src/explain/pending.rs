@@ -375,4 +375,72 @@ mod tests {
         let over = pending(&held_back, Err("forbidden"), minute, at(21));
         assert_eq!(over.state, PendingState::Unknown);
     }
+
+    /// An annotation value a tenant may write: anything, durations of every
+    /// size, and times at and beyond the edges of the calendar.
+    fn annotation_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "\\PC{0,40}",
+            (
+                any::<u64>(),
+                prop::sample::select(vec!["ns", "s", "m", "h", "d", "y", "years"])
+            )
+                .prop_map(|(n, unit)| format!("{n}{unit}")),
+            (0i32..=9999, 1u8..=12)
+                .prop_map(|(year, month)| format!("{year:04}-{month:02}-28T23:59:59.999999999Z")),
+            prop::sample::select(vec![
+                "9999-12-31T23:59:59Z".to_owned(),
+                "0000-01-01T00:00:00Z".to_owned(),
+                "+999999-01-01T00:00:00Z".to_owned(),
+                "9999-12-31T23:59:59Z Secret/db".to_owned(),
+            ]),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_annotation_value_panics_the_decision(
+            pause_period in annotation_value(),
+            paused_at in annotation_value(),
+            reloader_paused_at in annotation_value(),
+            pending_mark in annotation_value(),
+            restarted_at in annotation_value(),
+            spec_paused in proptest::bool::ANY,
+            min_interval in 0u64..=400 * 86400,
+        ) {
+            let key = DigestKey::generate();
+            let (old, new) = (secret(&key, "YQ=="), secret(&key, "Yg=="));
+            let record = AppliedRecord::new(
+                key.id(),
+                [(ResourceRef::secret("db"), MemberState::Present(old.digest))]
+                    .into_iter()
+                    .collect(),
+            );
+            let object: Deployment = serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "shop", "annotations": {
+                    "reloader.stakater.com/auto": "true",
+                    "kvsync.io/reload-digest": record.render(),
+                    "deployment.reloader.stakater.com/pause-period": pause_period,
+                    "kvsync.io/paused-at": paused_at,
+                    "deployment.reloader.stakater.com/paused-at": reloader_paused_at,
+                    "kvsync.io/restart-pending": pending_mark,
+                }},
+                "spec": {"paused": spec_paused, "selector": {}, "template": {
+                    "metadata": {"annotations": {"kvsync.io/restartedAt": restarted_at}},
+                    "spec": {"containers": [{"name": "app", "envFrom": [{"secretRef": {"name": "db"}}]}]}
+                }}
+            }))
+            .unwrap();
+            let state = observe_workload(&object).unwrap().state;
+            let id = key.id();
+            let changed: BTreeMap<ResourceRef, ResourceState> =
+                [(ResourceRef::secret("db"), new)].into();
+            let digests = Digests { key_id: &id, resources: &changed };
+            let now = OffsetDateTime::now_utc();
+            let interval = Duration::from_secs(min_interval);
+            pending(&state, Ok(digests), interval, now);
+            pending(&state, Err("forbidden"), interval, now);
+        }
+    }
 }

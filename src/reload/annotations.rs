@@ -72,6 +72,12 @@ pub fn pause_period_key(kind: WorkloadKind) -> &'static str {
     }
 }
 
+/// The longest pause period accepted (30 days). A pause holds a restart back
+/// until it ends, so a longer one is no pause but a switch-off
+/// (`reloader.stakater.com/auto: "false"` says that); the bound also keeps
+/// every time kvsync computes from it far inside the calendar.
+pub const MAX_PAUSE_PERIOD: Duration = Duration::from_secs(30 * 86400);
+
 /// On an Argo Rollout: `restart` restarts by setting `spec.restartAt` (Argo
 /// then replaces the pods without a new revision); anything else, or none,
 /// by the pod template annotation, like a Deployment.
@@ -178,6 +184,27 @@ impl ResourceFlags {
     }
 }
 
+/// Why a pause period annotation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PausePeriodError {
+    #[error("is not a duration ({0})")]
+    Unparsable(#[from] humantime::DurationError),
+    #[error(
+        "is longer than the maximum of {}",
+        humantime::format_duration(MAX_PAUSE_PERIOD)
+    )]
+    TooLong,
+}
+
+/// Reads a pause period: a humantime duration of at most [`MAX_PAUSE_PERIOD`].
+pub fn parse_pause_period(value: &str) -> Result<Duration, PausePeriodError> {
+    let period = humantime::parse_duration(value.trim())?;
+    if period > MAX_PAUSE_PERIOD {
+        return Err(PausePeriodError::TooLong);
+    }
+    Ok(period)
+}
+
 /// An annotation value that could not be used; reported, then skipped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyProblem {
@@ -210,12 +237,12 @@ impl ReloadPolicy {
             KindRules::parse(ResourceKind::ConfigMap, workload, template, &mut problems);
         let pause_key = pause_period_key(kind);
         let pause_period = workload.get(pause_key).and_then(|value| {
-            humantime::parse_duration(value.trim())
-                .map_err(|e| {
+            parse_pause_period(value)
+                .map_err(|reason| {
                     problems.push(PolicyProblem {
                         annotation: pause_key,
                         value: value.clone(),
-                        reason: format!("is not a duration ({e})"),
+                        reason: reason.to_string(),
                     })
                 })
                 .ok()
@@ -544,5 +571,21 @@ mod tests {
         );
         assert_eq!(p.pause_period, None);
         assert_eq!(problems.len(), 1);
+        let (p, problems) = ReloadPolicy::parse(
+            WorkloadKind::Deployment,
+            &annotations(&[("deployment.reloader.stakater.com/pause-period", "1000000y")]),
+            &Annotations::new(),
+        );
+        assert_eq!(p.pause_period, None, "beyond the maximum: refused");
+        assert_eq!(
+            problems[0].to_string(),
+            "annotation deployment.reloader.stakater.com/pause-period: `1000000y` is longer than the maximum of 30days; ignored"
+        );
+        let (p, _) = ReloadPolicy::parse(
+            WorkloadKind::Deployment,
+            &annotations(&[("deployment.reloader.stakater.com/pause-period", "30d")]),
+            &Annotations::new(),
+        );
+        assert_eq!(p.pause_period, Some(MAX_PAUSE_PERIOD));
     }
 }

@@ -507,13 +507,21 @@ impl<K: Hash + Eq> Pacer<K> {
 mod tests {
     use super::*;
     use crate::reload::annotations::Annotations;
-    use crate::reload::digest::{Digest, DigestKey};
+    use crate::reload::digest::{Digest, DigestKey, Object};
     use crate::reload::kinds::WorkloadKind;
     use crate::reload::record::AppliedRecord;
 
     fn digest(text: &str) -> Digest {
         let key = DigestKey::from_bytes(&[7; 32]).unwrap();
-        key.config_map(Some(&[("v".to_string(), text.to_string())].into()), None)
+        let object = Object {
+            namespace: "shop",
+            name: "cfg",
+        };
+        key.config_map(
+            object,
+            Some(&[("v".to_string(), text.to_string())].into()),
+            None,
+        )
     }
 
     fn state(text: &str) -> ResourceState {

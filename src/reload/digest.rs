@@ -6,6 +6,11 @@
 //! 32-byte key only the operator knows (kept in a Secret in its own namespace),
 //! truncated to 128 bits — plenty to tell "changed" from "unchanged".
 //!
+//! A digest is also bound to the object it is of (namespace, kind and name):
+//! equal data in two namespaces, or in two Secrets, gives unrelated digests,
+//! so a tenant who creates a Secret with a guess in its own namespace learns
+//! nothing by comparing its workload's digest with another team's.
+//!
 //! Only data counts: keys and values (a ConfigMap's `data` and `binaryData` as
 //! separate sections), in key order, each length-prefixed so no two different
 //! maps share an encoding. Labels, annotations and no-op writes leave the
@@ -61,13 +66,19 @@ impl DigestKey {
     /// every workload in the cluster restarting at once).
     pub fn id(&self) -> String {
         let mut mac = self.mac();
-        mac.update(b"kvsync reload digest key id");
+        // "v2": digests bound to their object. Records made under v1 (data
+        // only) carry another id, so they are re-baselined, not restarted.
+        mac.update(b"kvsync reload digest key id v2");
         hex::encode(&mac.finalize().into_bytes()[..4])
     }
 
     /// Digest of a Secret's `data`.
-    pub fn secret(&self, data: Option<&BTreeMap<String, ByteString>>) -> Digest {
-        let mut mac = self.mac();
+    pub fn secret(
+        &self,
+        object: Object<'_>,
+        data: Option<&BTreeMap<String, ByteString>>,
+    ) -> Digest {
+        let mut mac = self.mac_of(b'S', object);
         section(
             &mut mac,
             b'S',
@@ -79,10 +90,11 @@ impl DigestKey {
     /// Digest of a ConfigMap's `data` and `binaryData`.
     pub fn config_map(
         &self,
+        object: Object<'_>,
         data: Option<&BTreeMap<String, String>>,
         binary_data: Option<&BTreeMap<String, ByteString>>,
     ) -> Digest {
-        let mut mac = self.mac();
+        let mut mac = self.mac_of(b'C', object);
         section(
             &mut mac,
             b'D',
@@ -99,9 +111,27 @@ impl DigestKey {
         finish(mac)
     }
 
+    /// The MAC of one object's digest: kind, namespace and name first.
+    fn mac_of(&self, kind: u8, object: Object<'_>) -> Hmac<Sha256> {
+        let mut mac = self.mac();
+        mac.update(&[kind]);
+        for part in [object.namespace, object.name] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC accepts keys of any length")
     }
+}
+
+/// The object a digest is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Object<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
 }
 
 fn section<'a>(
@@ -159,6 +189,11 @@ impl FromStr for Digest {
 mod tests {
     use super::*;
 
+    const DB: Object = Object {
+        namespace: "shop",
+        name: "db",
+    };
+
     fn bytes(pairs: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
         pairs
             .iter()
@@ -176,23 +211,35 @@ mod tests {
     #[test]
     fn digest_depends_on_data_only_and_on_all_of_it() {
         let key = DigestKey::generate();
-        let base = key.secret(Some(&bytes(&[("user", "admin"), ("password", "hunter2")])));
+        let base = key.secret(
+            DB,
+            Some(&bytes(&[("user", "admin"), ("password", "hunter2")])),
+        );
         assert_eq!(
             base,
-            key.secret(Some(&bytes(&[("password", "hunter2"), ("user", "admin")])))
+            key.secret(
+                DB,
+                Some(&bytes(&[("password", "hunter2"), ("user", "admin")]))
+            )
         );
         assert_ne!(
             base,
-            key.secret(Some(&bytes(&[("user", "admin"), ("password", "hunter3")])))
+            key.secret(
+                DB,
+                Some(&bytes(&[("user", "admin"), ("password", "hunter3")]))
+            )
         );
-        assert_ne!(base, key.secret(Some(&bytes(&[("user", "admin")]))));
+        assert_ne!(base, key.secret(DB, Some(&bytes(&[("user", "admin")]))));
         assert_ne!(
             base,
-            key.secret(Some(&bytes(&[("user", "admin"), ("passwd", "hunter2")])))
+            key.secret(
+                DB,
+                Some(&bytes(&[("user", "admin"), ("passwd", "hunter2")]))
+            )
         );
         assert_eq!(
-            key.secret(None),
-            key.secret(Some(&bytes(&[]))),
+            key.secret(DB, None),
+            key.secret(DB, Some(&bytes(&[]))),
             "no data is empty data"
         );
     }
@@ -201,11 +248,11 @@ mod tests {
     fn encoding_is_unambiguous() {
         let key = DigestKey::generate();
         assert_ne!(
-            key.secret(Some(&bytes(&[("ab", "c")]))),
-            key.secret(Some(&bytes(&[("a", "bc")])))
+            key.secret(DB, Some(&bytes(&[("ab", "c")]))),
+            key.secret(DB, Some(&bytes(&[("a", "bc")])))
         );
-        let text = key.config_map(Some(&strings(&[("k", "v")])), None);
-        let binary = key.config_map(None, Some(&bytes(&[("k", "v")])));
+        let text = key.config_map(DB, Some(&strings(&[("k", "v")])), None);
+        let binary = key.config_map(DB, None, Some(&bytes(&[("k", "v")])));
         assert_ne!(text, binary, "data and binaryData are different places");
     }
 
@@ -213,10 +260,10 @@ mod tests {
     fn digest_is_keyed() {
         let data = bytes(&[("password", "1234")]);
         let (a, b) = (DigestKey::generate(), DigestKey::generate());
-        assert_ne!(a.secret(Some(&data)), b.secret(Some(&data)));
+        assert_ne!(a.secret(DB, Some(&data)), b.secret(DB, Some(&data)));
         assert_ne!(a.id(), b.id());
         let again = DigestKey::from_bytes(a.as_bytes()).unwrap();
-        assert_eq!(a.secret(Some(&data)), again.secret(Some(&data)));
+        assert_eq!(a.secret(DB, Some(&data)), again.secret(DB, Some(&data)));
         assert_eq!(a.id(), again.id());
         assert_eq!(
             DigestKey::from_bytes(&[1; 31]).unwrap_err(),
@@ -226,8 +273,36 @@ mod tests {
     }
 
     #[test]
+    fn equal_data_in_two_objects_gives_unrelated_digests() {
+        let key = DigestKey::generate();
+        let data = bytes(&[("password", "4711")]);
+        let other_team = Object {
+            namespace: "attacker",
+            ..DB
+        };
+        let other_name = Object { name: "db2", ..DB };
+        let digest = key.secret(DB, Some(&data));
+        assert_ne!(digest, key.secret(other_team, Some(&data)));
+        assert_ne!(digest, key.secret(other_name, Some(&data)));
+        let split = Object {
+            namespace: "sho",
+            name: "pdb",
+        };
+        assert_ne!(
+            digest,
+            key.secret(split, Some(&data)),
+            "parts are length-prefixed"
+        );
+        let as_config_map = key.config_map(DB, None, Some(&data));
+        assert_ne!(
+            digest, as_config_map,
+            "a Secret and a ConfigMap of one name"
+        );
+    }
+
+    #[test]
     fn digest_text_round_trips() {
-        let digest = DigestKey::generate().secret(None);
+        let digest = DigestKey::generate().secret(DB, None);
         let text = digest.to_string();
         assert_eq!(text.len(), 32);
         assert_eq!(text.parse::<Digest>(), Ok(digest));

@@ -459,7 +459,7 @@ impl Index {
 mod tests {
     use super::*;
     use crate::reload::annotations::Annotations;
-    use crate::reload::digest::DigestKey;
+    use crate::reload::digest::{DigestKey, Object};
 
     fn key() -> DigestKey {
         DigestKey::from_bytes(&[1; 32]).unwrap()
@@ -475,7 +475,13 @@ mod tests {
             namespace: ns.into(),
             resource: ResourceRef::secret(name),
             state: ResourceState {
-                digest: key().secret(Some(&data)),
+                digest: key().secret(
+                    Object {
+                        namespace: ns,
+                        name,
+                    },
+                    Some(&data),
+                ),
                 flags: ResourceFlags::default(),
                 version: Some(version),
                 data_version: None,

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
 use super::annotations::{Annotations, RELOADER_PAUSED_AT, ReloadPolicy, ResourceFlags};
-use super::digest::{Digest, DigestKey};
+use super::digest::{self, Digest, DigestKey};
 use super::index::{ResourceObservation, ResourceState, WorkloadObservation, WorkloadState};
 use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::record::{
@@ -113,7 +113,7 @@ impl ResourceObject for Secret {
         ResourceRef::secret(name)
     }
     fn digest(&self, key: &DigestKey) -> Digest {
-        key.secret(self.data.as_ref())
+        key.secret(digested(self), self.data.as_ref())
     }
 }
 
@@ -122,7 +122,20 @@ impl ResourceObject for ConfigMap {
         ResourceRef::config_map(name)
     }
     fn digest(&self, key: &DigestKey) -> Digest {
-        key.config_map(self.data.as_ref(), self.binary_data.as_ref())
+        key.config_map(
+            digested(self),
+            self.data.as_ref(),
+            self.binary_data.as_ref(),
+        )
+    }
+}
+
+/// The object a digest is bound to (see [`super::digest`]).
+fn digested<R: kube::Resource>(object: &R) -> digest::Object<'_> {
+    let meta = object.meta();
+    digest::Object {
+        namespace: meta.namespace.as_deref().unwrap_or_default(),
+        name: meta.name.as_deref().unwrap_or_default(),
     }
 }
 
@@ -240,7 +253,14 @@ mod tests {
         assert_eq!(observed.resource, ResourceRef::secret("db"));
         assert_eq!(observed.state.version, Some(42));
         assert!(observed.state.flags.matched);
-        assert_eq!(observed.state.digest, key.secret(secret.data.as_ref()));
+        let object = digest::Object {
+            namespace: "ns",
+            name: "db",
+        };
+        assert_eq!(
+            observed.state.digest,
+            key.secret(object, secret.data.as_ref())
+        );
     }
 
     #[test]

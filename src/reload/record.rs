@@ -204,10 +204,20 @@ impl AppliedRecord {
     }
 }
 
-/// Reads a time annotation ([`RESTARTED_AT_ANNOTATION`], [`PAUSED_AT_ANNOTATION`]);
-/// an unreadable value counts as "never".
+/// The latest time kvsync reads from an annotation (the start of the year
+/// 3000): anything later is as unreadable as garbage. Every time kvsync
+/// computes adds at most a bounded period ([`super::annotations::MAX_PAUSE_PERIOD`],
+/// the minimum interval) to a time read here or to now, so no sum leaves the
+/// calendar (`time` panics past the year 9999).
+pub const LATEST_READABLE_TIME: OffsetDateTime = time::macros::datetime!(3000-01-01 0:00 UTC);
+
+/// Reads a time annotation ([`RESTARTED_AT_ANNOTATION`], [`PAUSED_AT_ANNOTATION`],
+/// Reloader's paused-at, the pending mark); an unreadable value, or one
+/// before 1970 or from the year 3000 on, counts as "never".
 pub fn parse_time(value: Option<&str>) -> Option<OffsetDateTime> {
-    value.and_then(|v| OffsetDateTime::parse(v, &Rfc3339).ok())
+    value
+        .and_then(|v| OffsetDateTime::parse(v, &Rfc3339).ok())
+        .filter(|at| (OffsetDateTime::UNIX_EPOCH..LATEST_READABLE_TIME).contains(at))
 }
 
 /// Renders a time annotation. Sub-second precision keeps two restarts within
@@ -239,7 +249,12 @@ mod tests {
         assert_eq!(names, [changed[0].to_string(), changed[1].to_string()]);
         assert_eq!(parse_pending_mark("garbage"), None);
     }
-    use crate::reload::digest::DigestKey;
+    use crate::reload::digest::{DigestKey, Object};
+
+    const DB: Object = Object {
+        namespace: "shop",
+        name: "db",
+    };
 
     #[test]
     fn record_round_trips() {
@@ -249,7 +264,7 @@ mod tests {
             [
                 (
                     ResourceRef::secret("db"),
-                    MemberState::Present(key.secret(None)),
+                    MemberState::Present(key.secret(DB, None)),
                 ),
                 (ResourceRef::config_map("app"), MemberState::Absent),
             ]
@@ -273,7 +288,7 @@ mod tests {
                 let name = format!("a-rather-long-secret-name-{i:05}");
                 (
                     ResourceRef::secret(name),
-                    MemberState::Present(key.secret(None)),
+                    MemberState::Present(key.secret(DB, None)),
                 )
             })
             .collect();

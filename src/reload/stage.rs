@@ -31,7 +31,7 @@ use kube::api::{Api, ApiResource, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::annotations::{PolicyProblem, RELOADER_PAUSED_AT};
 use super::decide::{
@@ -175,7 +175,7 @@ impl Stage {
                 }
                 () = sleep_until(due) => {
                     for workload in self.schedule.take_due(Instant::now(), room) {
-                        self.evaluate(workload);
+                        self.evaluate_contained(workload);
                     }
                 }
             }
@@ -376,6 +376,24 @@ impl Stage {
     fn mark_all(&mut self, workloads: Vec<WorkloadRef>, due: Instant) {
         for workload in workloads {
             self.schedule.mark(workload, due);
+        }
+    }
+
+    /// [`Self::evaluate`], with a fault contained to its workload: a panic
+    /// (a defect of kvsync's, whatever the workload's annotations say) is
+    /// counted and logged, and the workload is looked at again after the
+    /// error backoff; the stage and every other workload go on.
+    fn evaluate_contained(&mut self, workload: WorkloadRef) {
+        let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.evaluate(workload.clone())
+        }));
+        if evaluated.is_err() {
+            self.metrics.error("panic");
+            let failures = self.failures.entry(workload.clone()).or_default();
+            *failures += 1;
+            let delay = retry_delay(*failures);
+            error!(%workload, ?delay, "evaluating the workload failed (a defect of kvsync); retrying after a backoff");
+            self.schedule.mark(workload, Instant::now() + delay);
         }
     }
 

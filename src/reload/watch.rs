@@ -16,7 +16,6 @@ use futures::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -360,8 +359,7 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     F: Fn(&K) -> Option<Observed> + Send + 'static,
 {
-    watcher::watcher(api, config)
-        .backoff(crate::cluster::watch_backoff())
+    crate::cluster::retried(watcher::watcher(api, config))
         .filter_map(move |item| {
             let input = match item {
                 Ok(event) => {

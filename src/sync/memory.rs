@@ -3,10 +3,12 @@
 //!
 //! ```text
 //!  Memory
-//!   ├─ objects: "ns/name" ─▶ ObjectMemory { failures, force_sync, read_now }
+//!   ├─ objects: "ns/name" ─▶ ObjectMemory { failures, force_sync, read_now, read_now_at }
 //!   │     failures    consecutive failed syncs (backoff)
 //!   │     force_sync  the kvsync.io/force-sync value last synced (a new value → read as of now)
 //!   │     read_now    a watched event asked for a read as of now (target repair, credential change)
+//!   │     read_now_at when the object last read as of now: at most one such read per
+//!   │                 minimum refresh interval (a force-sync or spec-change loop is rate-limited)
 //!   └─ checked: ("ns", "secret") ─▶ Checked { version, writer: "ns/name", desired: digest }
 //!         the target's resourceVersion kvsync last wrote or read as up to date, and the digest
 //!         of the desired Secret it holds (when it held all of it): the watch event of that
@@ -19,6 +21,7 @@
 //! ([`Memory::retain`]): memory follows the objects.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// A version of a target Secret kvsync wrote or read.
 #[derive(Debug)]
@@ -34,6 +37,7 @@ struct ObjectMemory {
     failures: u32,
     force_sync: Option<Option<String>>,
     read_now: bool,
+    read_now_at: Option<Instant>,
 }
 
 /// Per-object state of the sync stage.
@@ -73,6 +77,19 @@ impl Memory {
             .replace(force_sync.clone())
             .is_some_and(|previous| previous != force_sync);
         std::mem::take(&mut memory.read_now) || forced
+    }
+
+    /// Whether `object` may read the vault as of now at `now`: at most once
+    /// per `gap`; a read granted is recorded.
+    pub fn may_read_now(&mut self, object: &str, now: Instant, gap: Duration) -> bool {
+        let memory = self.objects.entry(object.to_owned()).or_default();
+        let allowed = memory
+            .read_now_at
+            .is_none_or(|last| now.saturating_duration_since(last) >= gap);
+        if allowed {
+            memory.read_now_at = Some(now);
+        }
+        allowed
     }
 
     /// Remembers the version of Secret `namespace/secret` that `object`
@@ -152,6 +169,20 @@ mod tests {
         memory.request_read_now("ns/a");
         assert!(memory.take_read_now("ns/a", None));
         assert!(!memory.take_read_now("ns/a", None));
+    }
+
+    #[test]
+    fn reads_as_of_now_are_rate_limited_per_object() {
+        let mut memory = Memory::default();
+        let (start, gap) = (Instant::now(), Duration::from_secs(10));
+        assert!(memory.may_read_now("ns/a", start, gap), "the first");
+        assert!(!memory.may_read_now("ns/a", start + Duration::from_secs(9), gap));
+        assert!(memory.may_read_now("ns/b", start, gap), "per object");
+        assert!(
+            memory.may_read_now("ns/a", start + gap, gap),
+            "after the gap"
+        );
+        assert!(!memory.may_read_now("ns/a", start + gap, gap));
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct Context {
     pub max_backoff: Duration,
     /// KeyVaultSecrets synced at once (`--max-concurrent-syncs`).
     pub max_concurrent_syncs: u16,
+    /// Shortest refresh interval accepted (`--min-refresh-interval`).
+    pub min_refresh_interval: Duration,
     /// What is remembered per object between syncs (see [`memory`]).
     memory: Mutex<Memory>,
     /// Which objects each Secret, ConfigMap and ServiceAccount concerns (see [`references`]).
@@ -104,6 +106,7 @@ impl Context {
         default_tenant_id: Option<String>,
         max_backoff: Duration,
         max_concurrent_syncs: u16,
+        min_refresh_interval: Duration,
     ) -> Self {
         Context {
             client,
@@ -117,6 +120,7 @@ impl Context {
             default_tenant_id,
             max_backoff,
             max_concurrent_syncs,
+            min_refresh_interval,
             memory: Mutex::default(),
             references: Mutex::default(),
             secrets: Mutex::default(),
@@ -363,7 +367,7 @@ async fn run_controller(
     let follow_ctx = ctx.clone();
     let follow_store = reader.clone();
     let follow_namespace = namespace.clone();
-    let kvs_events = reflector(
+    let kvs_events = crate::cluster::retried(reflector(
         writer,
         watcher(
             scoped_api(&ctx.client, &namespace),
@@ -373,8 +377,7 @@ async fn run_controller(
             drop_unread(kvs);
             shrink_to_fit(kvs);
         }),
-    )
-    .backoff(crate::cluster::watch_backoff())
+    ))
     .inspect(move |event| {
         if let Ok(event) = event {
             follow_ctx.follow(&follow_namespace, event, &follow_store);
@@ -382,46 +385,53 @@ async fn run_controller(
     })
     .applied_objects()
     .predicate_filter(sync_trigger, Default::default());
+    let kvs_events = crate::cluster::errors_logged(kvs_events, "KeyVaultSecrets");
     // Metadata only: the mappers need names, annotations and resourceVersions,
     // not the data of every Secret in the cluster.
     // These three also keep the indexes refreshes read instead of the API
     // server (see [`observed`]).
-    let secret_events = watcher(
-        scoped_api::<PartialObjectMeta<Secret>>(&ctx.client, &namespace),
-        crate::cluster::watch_config(),
+    let secret_events = crate::cluster::retried(
+        watcher(
+            scoped_api::<PartialObjectMeta<Secret>>(&ctx.client, &namespace),
+            crate::cluster::watch_config(),
+        )
+        .inspect(observe(
+            &ctx,
+            &namespace,
+            |c| &c.secrets,
+            |_| Default::default(),
+        )),
     )
-    .backoff(crate::cluster::watch_backoff())
-    .inspect(observe(
-        &ctx,
-        &namespace,
-        |c| &c.secrets,
-        |_| Default::default(),
-    ))
     .touched_objects();
-    let sa_events = watcher(
-        scoped_api::<PartialObjectMeta<ServiceAccount>>(&ctx.client, &namespace),
-        crate::cluster::watch_config(),
+    let secret_events = crate::cluster::errors_logged(secret_events, "Secrets");
+    let sa_events = crate::cluster::retried(
+        watcher(
+            scoped_api::<PartialObjectMeta<ServiceAccount>>(&ctx.client, &namespace),
+            crate::cluster::watch_config(),
+        )
+        .inspect(observe(
+            &ctx,
+            &namespace,
+            |c| &c.service_accounts,
+            identity::WorkloadAnnotations::of,
+        )),
     )
-    .backoff(crate::cluster::watch_backoff())
-    .inspect(observe(
-        &ctx,
-        &namespace,
-        |c| &c.service_accounts,
-        identity::WorkloadAnnotations::of,
-    ))
     .touched_objects();
-    let config_map_events = watcher(
-        scoped_api::<PartialObjectMeta<ConfigMap>>(&ctx.client, &namespace),
-        crate::cluster::watch_config(),
+    let sa_events = crate::cluster::errors_logged(sa_events, "ServiceAccounts");
+    let config_map_events = crate::cluster::retried(
+        watcher(
+            scoped_api::<PartialObjectMeta<ConfigMap>>(&ctx.client, &namespace),
+            crate::cluster::watch_config(),
+        )
+        .inspect(observe(
+            &ctx,
+            &namespace,
+            |c| &c.config_maps,
+            |_| Default::default(),
+        )),
     )
-    .default_backoff()
-    .inspect(observe(
-        &ctx,
-        &namespace,
-        |c| &c.config_maps,
-        |_| Default::default(),
-    ))
     .touched_objects();
+    let config_map_events = crate::cluster::errors_logged(config_map_events, "ConfigMaps");
     let (secret_ctx, sa_ctx, config_map_ctx) = (ctx.clone(), ctx.clone(), ctx.clone());
     Controller::for_stream(kvs_events, reader)
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
@@ -442,7 +452,11 @@ async fn run_controller(
         })
         .with_config(controller::Config::default().concurrency(ctx.max_concurrent_syncs))
         .graceful_shutdown_on(shutdown)
-        .run(reconciler::reconcile, reconciler::error_policy, ctx)
+        .run(
+            reconciler::reconcile_contained,
+            reconciler::error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "controller event");

@@ -42,6 +42,9 @@ pub const MERGE_FINALIZER: &str = "kvsync.io/merge-cleanup";
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The sync panicked: a defect of kvsync's, contained to this object.
+    #[error("the sync panicked (a defect of kvsync); retried with backoff")]
+    Panicked,
 }
 
 impl Error {
@@ -49,8 +52,31 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube_api",
+            Error::Panicked => "panic",
         }
     }
+
+    /// The reason the object's failure is counted under.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => SyncError::KUBE_REASON,
+            Error::Panicked => "InternalError",
+        }
+    }
+}
+
+/// [`reconcile`], with a fault contained to its object: a panic in one sync
+/// becomes that object's error (counted, logged, retried with backoff by
+/// [`error_policy`]); the process and every other object go on.
+pub async fn reconcile_contained(
+    kvs: Arc<KeyVaultSecret>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(reconcile(kvs, ctx))
+        .catch_unwind()
+        .await
+        .unwrap_or(Err(Error::Panicked))
 }
 
 /// What a successful sync produced.
@@ -143,7 +169,7 @@ pub fn error_policy(kvs: Arc<KeyVaultSecret>, error: &Error, ctx: Arc<Context>) 
         &key,
         &kvs.namespace().unwrap_or_default(),
         kvs.spec.refresh_interval().ok().flatten(),
-        SyncError::KUBE_REASON,
+        error.reason(),
     );
     let failures = ctx.memory.lock().unwrap().failed(&key);
     Action::requeue(schedule::backoff_delay(
@@ -339,22 +365,24 @@ async fn remove_target(kvs: &KeyVaultSecret, ctx: &Context) -> Result<SyncError,
 /// How recent the vault data of this sync must be: as of now for a first
 /// sync, a spec change, a force-sync, a repair asked by a watch event or
 /// an object without a refresh interval; otherwise no older than its
-/// interval (the shared listing usually is).
+/// interval (the shared listing usually is). An object reads as of now at
+/// most once per minimum refresh interval: within it, a listing that recent
+/// answers (a force-sync loop costs the vault no more than the minimum
+/// interval does).
 fn freshness(kvs: &KeyVaultSecret, ctx: &Context, interval: Option<Duration>) -> Freshness {
     let force_sync = kvs
         .annotations()
         .get(crate::api::FORCE_SYNC_ANNOTATION)
         .map(String::as_str);
-    let asked = ctx
-        .memory
-        .lock()
-        .unwrap()
-        .take_read_now(&object_key(kvs), force_sync);
+    let key = object_key(kvs);
+    let mut memory = ctx.memory.lock().unwrap();
+    let asked = memory.take_read_now(&key, force_sync);
     let spec_changed =
         kvs.status.as_ref().and_then(|s| s.observed_generation) != kvs.metadata.generation;
     match interval {
         Some(interval) if !asked && !spec_changed => Freshness::Within(interval),
-        _ => Freshness::Now,
+        _ if memory.may_read_now(&key, Instant::now(), ctx.min_refresh_interval) => Freshness::Now,
+        _ => Freshness::Within(ctx.min_refresh_interval),
     }
 }
 
@@ -385,6 +413,15 @@ fn validate(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Option<Duration>, Syn
     let interval = spec
         .refresh_interval()
         .map_err(|e| SyncError::InvalidSpec(format!("refreshInterval: {e}")))?;
+    if let Some(interval) = interval
+        && interval < ctx.min_refresh_interval
+    {
+        return Err(SyncError::InvalidSpec(format!(
+            "refreshInterval: {} is shorter than this cluster's minimum of {} (the operator's --min-refresh-interval); use a longer interval",
+            humantime::format_duration(interval),
+            humantime::format_duration(ctx.min_refresh_interval)
+        )));
+    }
     target::check_target(&spec.target).map_err(|e| SyncError::InvalidSpec(e.to_string()))?;
     if spec.data.is_empty() && spec.data_from.is_empty() {
         return Err(SyncError::InvalidSpec(

@@ -304,6 +304,9 @@ impl Process {
                 "RUST_LOG",
                 std::env::var("KVSYNC_TEST_LOG").unwrap_or_else(|_| "trace".into()),
             )
+            // Tests refresh every second to stay short; the default minimum
+            // (10 s) is tested on its own by passing it in `env`.
+            .env("KVSYNC_MIN_REFRESH_INTERVAL", "1s")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
