@@ -680,13 +680,15 @@ async fn namespace_selector_gates_workloads_until_the_namespace_matches() {
     f.deployment("web", &[AUTO], &["db"], &[]).await;
     let invalid = ("secret.reloader.stakater.com/reload", "bad-[");
     f.deployment("broken", &[invalid], &[], &[]).await;
-    // Cluster-wide watches, acting only in namespaces carrying the label.
+    // Cluster-wide watches, acting only in namespaces carrying the label (the
+    // operator's own namespace, another one, is out of scope unless named).
+    let home = TestNamespace::new(&f.client, "reload-nssel-op").await;
     let args: Vec<String> = [
         "run",
         "--namespace-selector",
         &format!("{label}=yes"),
         "--operator-namespace",
-        &f.ns.name,
+        &home.name,
         "--metrics-addr",
         "127.0.0.1:0",
         "--reload-debounce",

@@ -16,7 +16,8 @@
 //!   `invalid_annotation` (an unusable annotation value), `watch`,
 //!   `watch_forbidden` (a kind the operator may not list; not waited for),
 //!   `job` (a CronJob's Job could not be made), `event`
-//!   (publishing an Event failed).
+//!   (publishing an Event failed), `panic` (evaluating a workload panicked:
+//!   a defect of kvsync's, contained to that workload and retried).
 //! - `kvsync_reload_rollouts_queued`: workloads due for a rollout, waiting
 //!   for a slot under `--max-rollouts-per-second`.
 //! - `kvsync_reload_writes_in_flight`: workload patches (and CronJob Jobs)

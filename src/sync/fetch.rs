@@ -17,7 +17,7 @@ use regex::Regex;
 use super::Context;
 use super::error::SyncError;
 use super::keys::KeyShaping;
-use super::render;
+use super::render::{self, RenderError};
 use crate::api::{DataFromSource, DeletionPolicy, KeyVaultSecretSpec, MetadataPolicy};
 use crate::vault::{Freshness, Identity, Interest, RemoteSecret, RemoteSecretInfo, VaultError};
 
@@ -138,15 +138,26 @@ async fn render_all(
             }
             Some(DataFromSource::Find(find)) => {
                 let listing = fetcher.list().await?;
-                let mut found = BTreeMap::new();
-                for name in render::find_matches(find, find_patterns.get(&index), &listing.infos) {
+                let names = render::find_matches(find, find_patterns.get(&index), &listing.infos);
+                if names.len() > render::MAX_FIND_MATCHES {
+                    let count = names.len();
+                    return Err(RenderError::FindTooMany {
+                        entry: index,
+                        count,
+                    }
+                    .into());
+                }
+                let (mut found, mut bytes) = (BTreeMap::new(), 0);
+                for name in names {
                     let Some(remote) = fetcher.get_listed(&name, &listing).await? else {
                         continue;
                     };
-                    found.insert(
-                        name,
-                        render::render_ref(&remote, None, find.decoding_strategy)?,
-                    );
+                    let value = render::render_ref(&remote, None, find.decoding_strategy)?;
+                    bytes += value.len();
+                    if bytes > render::MAX_FIND_BYTES {
+                        return Err(RenderError::FindTooLarge { entry: index }.into());
+                    }
+                    found.insert(name, value);
                 }
                 found
             }

@@ -79,17 +79,20 @@ impl Memory {
         std::mem::take(&mut memory.read_now) || forced
     }
 
-    /// Whether `object` may read the vault as of now at `now`: at most once
-    /// per `gap`; a read granted is recorded.
-    pub fn may_read_now(&mut self, object: &str, now: Instant, gap: Duration) -> bool {
+    /// How long until `object` may read the vault as of now (at most once
+    /// per `gap`); `None` when it may at `now`, which is then recorded.
+    pub fn read_now_wait(&mut self, object: &str, now: Instant, gap: Duration) -> Option<Duration> {
         let memory = self.objects.entry(object.to_owned()).or_default();
-        let allowed = memory
+        let since = memory
             .read_now_at
-            .is_none_or(|last| now.saturating_duration_since(last) >= gap);
-        if allowed {
-            memory.read_now_at = Some(now);
+            .map(|last| now.saturating_duration_since(last));
+        match since {
+            Some(since) if since < gap => Some(gap - since),
+            _ => {
+                memory.read_now_at = Some(now);
+                None
+            }
         }
-        allowed
     }
 
     /// Remembers the version of Secret `namespace/secret` that `object`
@@ -175,14 +178,20 @@ mod tests {
     fn reads_as_of_now_are_rate_limited_per_object() {
         let mut memory = Memory::default();
         let (start, gap) = (Instant::now(), Duration::from_secs(10));
-        assert!(memory.may_read_now("ns/a", start, gap), "the first");
-        assert!(!memory.may_read_now("ns/a", start + Duration::from_secs(9), gap));
-        assert!(memory.may_read_now("ns/b", start, gap), "per object");
-        assert!(
-            memory.may_read_now("ns/a", start + gap, gap),
+        let second = Duration::from_secs(1);
+        assert_eq!(memory.read_now_wait("ns/a", start, gap), None, "the first");
+        assert_eq!(
+            memory.read_now_wait("ns/a", start + 9 * second, gap),
+            Some(second),
+            "one second to go"
+        );
+        assert_eq!(memory.read_now_wait("ns/b", start, gap), None, "per object");
+        assert_eq!(
+            memory.read_now_wait("ns/a", start + gap, gap),
+            None,
             "after the gap"
         );
-        assert!(!memory.may_read_now("ns/a", start + gap, gap));
+        assert_eq!(memory.read_now_wait("ns/a", start + gap, gap), Some(gap));
     }
 
     #[test]

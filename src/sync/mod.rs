@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Decisions are pure and live in [`render`], [`target`], [`status`],
-//! [`memory`], [`observed`], [`references`], [`staleness`] and [`crate::schedule`];
+//! [`memory`], [`observed`], [`references`], [`staleness`], [`shares`] (each
+//! namespace's share of the sync slots) and [`crate::schedule`];
 //! [`reconciler`] runs the steps, with [`identity`], [`values`], [`fetch`],
 //! [`write`] and [`events`] doing the I/O around them, and [`error`] saying what each failure means for the status
 //! and the retry.
@@ -25,6 +26,7 @@ pub mod observed;
 mod reconciler;
 pub mod references;
 pub mod render;
+mod shares;
 pub mod staleness;
 pub mod status;
 pub mod target;
@@ -79,6 +81,8 @@ pub struct Context {
     pub max_concurrent_syncs: u16,
     /// Shortest refresh interval accepted (`--min-refresh-interval`).
     pub min_refresh_interval: Duration,
+    /// Each namespace's share of the sync slots (see [`shares`]).
+    shares: shares::Shares,
     /// What is remembered per object between syncs (see [`memory`]).
     memory: Mutex<Memory>,
     /// Which objects each Secret, ConfigMap and ServiceAccount concerns (see [`references`]).
@@ -121,6 +125,7 @@ impl Context {
             max_backoff,
             max_concurrent_syncs,
             min_refresh_interval,
+            shares: shares::Shares::new(max_concurrent_syncs),
             memory: Mutex::default(),
             references: Mutex::default(),
             secrets: Mutex::default(),
@@ -169,6 +174,7 @@ impl Context {
                 let object = reconciler::object_key(kvs);
                 self.references.lock().unwrap().forget(&object);
                 self.memory.lock().unwrap().forget(&object);
+                self.vault.unsubscribe(&object);
                 self.metrics.forget_object(&object);
                 self.events.forget(&object);
             }
@@ -181,6 +187,7 @@ impl Context {
                 let keep = |object: &str| alive.contains(object) || !watched(namespace, object);
                 self.references.lock().unwrap().retain(keep);
                 self.memory.lock().unwrap().retain(keep);
+                self.vault.retain_subscribers(keep);
                 self.metrics.retain_objects(keep);
                 self.events.retain(keep);
             }

@@ -26,6 +26,7 @@ use serde_json::json;
 
 use super::error::{Retry, SyncError};
 use super::fetch::{Rendered, fetch_and_render, interest};
+use super::shares::SHARE_RETRY;
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
 use super::target::{self, DesiredSecret};
 use super::{Context, identity, keys, template, template_from, write};
@@ -68,11 +69,18 @@ impl Error {
 /// [`reconcile`], with a fault contained to its object: a panic in one sync
 /// becomes that object's error (counted, logged, retried with backoff by
 /// [`error_policy`]); the process and every other object go on.
+///
+/// An object whose namespace holds its whole share of the sync slots is
+/// requeued at once, leaving its slot to other namespaces (see [`super::shares`]).
 pub async fn reconcile_contained(
     kvs: Arc<KeyVaultSecret>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     use futures::FutureExt;
+    let Some(_slot) = ctx.shares.enter(&kvs.namespace().unwrap_or_default()) else {
+        let jitter = SHARE_RETRY.mul_f64(rand::random::<f64>());
+        return Ok(Action::requeue(SHARE_RETRY + jitter));
+    };
     std::panic::AssertUnwindSafe(reconcile(kvs, ctx))
         .catch_unwind()
         .await
@@ -91,6 +99,7 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
     let started = Instant::now();
     let _in_flight = ctx.metrics.sync_started();
     if !in_scope(&ctx, &kvs.namespace().unwrap_or_default()).await? {
+        ctx.vault.unsubscribe(&object_key(&kvs));
         return Ok(Action::await_change());
     }
     if !keep_finalizer(&kvs, &ctx).await? {
@@ -99,7 +108,12 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
     let key = object_key(&kvs);
     let interval = kvs.spec.refresh_interval().ok().flatten();
     let namespace = kvs.namespace().unwrap_or_default();
-    let (outcome, action) = match sync(&kvs, &ctx).await {
+    let freshness = match freshness(&kvs, &ctx, interval) {
+        Ok(freshness) => freshness,
+        // Read as of now again too soon: the sync waits (nothing changes meanwhile).
+        Err(wait) => return Ok(Action::requeue(wait)),
+    };
+    let (outcome, action) = match sync(&kvs, &ctx, freshness).await {
         Ok(synced) => {
             ctx.memory.lock().unwrap().succeeded(&key);
             ctx.metrics.object_current(&key, &namespace, interval);
@@ -113,7 +127,12 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
         Err(SyncError::Kube(error)) => return Err(error.into()),
         Err(failure) => {
             let action = match failure.retry() {
-                Retry::AfterChange => Action::await_change(),
+                Retry::AfterChange => {
+                    // Nothing to poll for until the spec or the identity
+                    // changes: a withdrawn identity is used no more.
+                    ctx.vault.unsubscribe(&key);
+                    Action::await_change()
+                }
                 Retry::AtInterval => at_interval(interval),
                 Retry::Backoff(retry_after) => {
                     let failures = ctx.memory.lock().unwrap().failed(&key);
@@ -302,7 +321,11 @@ async fn record(kvs: &KeyVaultSecret, ctx: &Context, outcome: &Outcome) -> Resul
     Ok(())
 }
 
-async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> {
+async fn sync(
+    kvs: &KeyVaultSecret,
+    ctx: &Context,
+    freshness: Freshness,
+) -> Result<Synced, SyncError> {
     let spec = &kvs.spec;
     let interval = validate(kvs, ctx)?;
     let find_patterns = compile_find_patterns(&spec.data_from)?;
@@ -319,7 +342,6 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> 
             interval,
         );
     }
-    let freshness = freshness(kvs, ctx, interval);
     let mut rendered =
         fetch_and_render(ctx, spec, &identity, &find_patterns, &shaping, freshness).await?;
     if rendered.data.is_empty() && spec.target.deletion_policy == DeletionPolicy::Delete {
@@ -365,11 +387,17 @@ async fn remove_target(kvs: &KeyVaultSecret, ctx: &Context) -> Result<SyncError,
 /// How recent the vault data of this sync must be: as of now for a first
 /// sync, a spec change, a force-sync, a repair asked by a watch event or
 /// an object without a refresh interval; otherwise no older than its
-/// interval (the shared listing usually is). An object reads as of now at
-/// most once per minimum refresh interval: within it, a listing that recent
-/// answers (a force-sync loop costs the vault no more than the minimum
-/// interval does).
-fn freshness(kvs: &KeyVaultSecret, ctx: &Context, interval: Option<Duration>) -> Freshness {
+/// interval (the shared listing usually is).
+///
+/// An object reads as of now at most once per minimum refresh interval:
+/// within it, `Err` says how long until it may (a force-sync or spec-change
+/// loop costs the vault no more than that interval does); a force-sync or
+/// repair asked meanwhile stays asked.
+fn freshness(
+    kvs: &KeyVaultSecret,
+    ctx: &Context,
+    interval: Option<Duration>,
+) -> Result<Freshness, Duration> {
     let force_sync = kvs
         .annotations()
         .get(crate::api::FORCE_SYNC_ANNOTATION)
@@ -379,10 +407,20 @@ fn freshness(kvs: &KeyVaultSecret, ctx: &Context, interval: Option<Duration>) ->
     let asked = memory.take_read_now(&key, force_sync);
     let spec_changed =
         kvs.status.as_ref().and_then(|s| s.observed_generation) != kvs.metadata.generation;
-    match interval {
-        Some(interval) if !asked && !spec_changed => Freshness::Within(interval),
-        _ if memory.may_read_now(&key, Instant::now(), ctx.min_refresh_interval) => Freshness::Now,
-        _ => Freshness::Within(ctx.min_refresh_interval),
+    if let Some(interval) = interval
+        && !asked
+        && !spec_changed
+    {
+        return Ok(Freshness::Within(interval));
+    }
+    match memory.read_now_wait(&key, Instant::now(), ctx.min_refresh_interval) {
+        None => Ok(Freshness::Now),
+        Some(wait) => {
+            if asked {
+                memory.request_read_now(&key);
+            }
+            Err(wait)
+        }
     }
 }
 

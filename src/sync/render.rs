@@ -39,7 +39,23 @@ pub enum RenderError {
     NoSuchTag { name: String, tag: String },
     #[error("Secret key {key:?} is produced by more than one entry")]
     DuplicateKey { key: String },
+    #[error(
+        "dataFrom[{entry}].find matches {count} secrets, more than the limit of {MAX_FIND_MATCHES}; narrow it with nameRegex or tags"
+    )]
+    FindTooMany { entry: usize, count: usize },
+    #[error(
+        "dataFrom[{entry}].find matches more than {MAX_FIND_BYTES} bytes of values, more than a Secret holds; narrow it with nameRegex or tags"
+    )]
+    FindTooLarge { entry: usize },
 }
+
+/// The most secrets one `find` may match: checked on the listing, before
+/// any value is read.
+pub const MAX_FIND_MATCHES: usize = 1000;
+
+/// The most value bytes one `find` may read: a Secret holds at most 1 MiB,
+/// so more could never be written; checked as the values arrive.
+pub const MAX_FIND_BYTES: usize = 1 << 20;
 
 /// Reads a value at a dotted `property` path (`db.password`, `hosts.0`) of a
 /// JSON document. Strings come out raw; other JSON values as compact JSON.

@@ -276,6 +276,23 @@ impl VaultAccess {
         Ok(snapshot.values().cloned().collect())
     }
 
+    /// Forgets `subscriber` in every view at once: its object was deleted,
+    /// left the scope, or cannot use its identity any more. A view nobody
+    /// else subscribes to stops polling at its next turn (within one
+    /// interval), and with it every use of that identity's credential.
+    pub fn unsubscribe(&self, subscriber: &str) {
+        self.retain_subscribers(|key| key != subscriber);
+    }
+
+    /// Forgets, in every view, the subscribers `keep` refuses.
+    pub fn retain_subscribers(&self, keep: impl Fn(&str) -> bool) {
+        let views: Vec<Arc<VaultView>> =
+            self.inner.views.lock().unwrap().values().cloned().collect();
+        for view in views {
+            view.retain_subscribers(&keep);
+        }
+    }
+
     /// Registers `subscriber` (`namespace/name`) as depending on `interest`
     /// in this vault, so that a change found by the poller syncs it at once,
     /// and so that the vault is listed at least every `interval`.

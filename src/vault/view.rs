@@ -93,6 +93,18 @@ impl Subscribers {
         }
     }
 
+    /// Drops the subscriptions of the subscribers `keep` refuses.
+    fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        let intervals = &mut self.intervals;
+        self.by_key.retain(|key, s| {
+            let kept = keep(key);
+            if !kept {
+                uncount(intervals, s.interval);
+            }
+            kept
+        });
+    }
+
     /// Drops the subscriptions that expired by `now`.
     fn prune(&mut self, now: Instant) {
         let intervals = &mut self.intervals;
@@ -231,6 +243,13 @@ impl VaultView {
             self.wake.notify_one();
         }
         start
+    }
+
+    /// Forgets at once the subscribers `keep` refuses (deleted, out of
+    /// scope, or no longer able to use this identity); a poller left with
+    /// nobody stops at its next turn.
+    pub fn retain_subscribers(&self, keep: impl Fn(&str) -> bool) {
+        self.subscribers.lock().unwrap().retain(keep);
     }
 
     /// The polling period (shortest interval of live subscribers), pruning

@@ -741,7 +741,8 @@ impl Object {
     /// interval of any spec in force during that window, none if one was 0.
     /// For `refreshInterval: 0` (no periodic bound): never before the last
     /// creation, spec edit, force-sync or target deletion the operator has
-    /// had SLACK to act on. (With an interval, the interval is the bound: a
+    /// had SLACK to act on, plus the minimum refresh interval (an object
+    /// reads as of now at most once per that interval). (With an interval, the interval is the bound: a
     /// force-sync reads as of now, but a later refresh may use a listing as
     /// old as the interval allows.)
     fn floor(&self, clock: &Clock, now: At, observed_generation: i64) -> At {
@@ -768,7 +769,7 @@ impl Object {
             .iter()
             .filter(|_| once)
             .map(|(at, _)| *at)
-            .filter(|at| clock.uptime(*at, now) >= SLACK)
+            .filter(|at| clock.uptime(*at, now) >= SLACK + crate::support::MIN_REFRESH_INTERVAL)
             .max();
         periodic
             .into_iter()

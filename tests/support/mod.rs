@@ -306,7 +306,10 @@ impl Process {
             )
             // Tests refresh every second to stay short; the default minimum
             // (10 s) is tested on its own by passing it in `env`.
-            .env("KVSYNC_MIN_REFRESH_INTERVAL", "1s")
+            .env(
+                "KVSYNC_MIN_REFRESH_INTERVAL",
+                format!("{}s", MIN_REFRESH_INTERVAL.as_secs()),
+            )
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -521,6 +524,10 @@ pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 pub const SA_APP: &str = "11111111-1111-1111-1111-111111111111";
 pub const SECRET_APP: &str = "22222222-2222-2222-2222-222222222222";
 pub const SECRET_APP_PASSWORD: &str = "app-client-secret-value-9f8e7d";
+
+/// The operators' `--min-refresh-interval` in tests (unless a test sets it):
+/// also the longest a force-sync waits after the object's last read as of now.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A running operator (`kvsync run`) scoped to one namespace.
 pub struct Operator {

@@ -55,6 +55,13 @@ cluster mode, per watched namespace in namespaced mode).
 - apiGroups: [kvsync.io]
   resources: [keyvaultsecrets/status]
   verbs: [patch]
+# The Secrets kvsync creates carry an ownerReference to their KeyVaultSecret
+# with blockOwnerDeletion: with the OwnerReferencesPermissionEnforcement
+# admission plugin (OpenShift has it on) that takes update on the owner's
+# finalizers subresource.
+- apiGroups: [kvsync.io]
+  resources: [keyvaultsecrets/finalizers]
+  verbs: [update]
 # Target Secrets (written by server-side apply: patch, plus create when the
 # apply creates one; delete: the old target of an Owner KeyVaultSecret whose
 # target.name changed, only if it carries that object's kvsync.io/owner
@@ -90,6 +97,11 @@ cluster mode, per watched namespace in namespaced mode).
 - apiGroups: [batch]
   resources: [cronjobs]
   verbs: [get, list, watch, patch]
+# The Job's ownerReference to its CronJob blocks the CronJob's deletion
+# (OwnerReferencesPermissionEnforcement, as above).
+- apiGroups: [batch]
+  resources: [cronjobs/finalizers]
+  verbs: [update]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [create]

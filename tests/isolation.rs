@@ -1,0 +1,483 @@
+//! Isolation on a shared cluster: a tenant with rights in its own namespace
+//! only can neither stop the operator, nor starve another namespace, nor
+//! learn another namespace's data through it.
+//!
+//! ```text
+//!  attacker namespace ── the attack ──▶ operator (one process, both namespaces,
+//!                                        the default --min-refresh-interval)
+//!  victim namespace: KeyVaultSecret db (refreshInterval 30s) + Deployment web (auto)
+//!  after the attack: the operator runs, its peak RSS < RSS_BOUND, and a rotation
+//!  in the victim's vault reaches Secret db within 30 s + 2 s
+//! ```
+//!
+//! Each test prints one row of the closing table: attack, what the attacker
+//! saw, the operator's peak RSS, the victim's rotation latency.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use support::*;
+
+/// The victim's refresh interval, and how late its rotation may arrive.
+const VICTIM_INTERVAL: Duration = Duration::from_secs(30);
+const VICTIM_SLACK: Duration = Duration::from_secs(2);
+
+/// The operator's peak resident memory must stay below this (a debug build
+/// idles at ~40 MiB here). Its address space is limited to AS_LIMIT besides,
+/// so that a regression fails the test instead of eating the machine.
+const RSS_BOUND_KIB: u64 = 256 * 1024;
+const AS_LIMIT_BYTES: u64 = 8 << 30;
+
+struct Arena {
+    f: Fixture,
+    attacker: TestNamespace,
+}
+
+impl Arena {
+    /// The victim's healthy KeyVaultSecret and auto-reloaded Deployment, an
+    /// attacker namespace, and one operator serving both with the defaults.
+    async fn new(test: &str) -> Self {
+        let mut f = Fixture::new(test).await;
+        let attacker = TestNamespace::new(&f.client, &format!("{test}-x")).await;
+        let namespaces = format!("{},{}", f.ns.name, attacker.name);
+        f.operator = Operator::start_with_env(
+            &f.emulator,
+            &f.ns.name,
+            &["--namespaces", &namespaces],
+            &[("KVSYNC_MIN_REFRESH_INTERVAL".into(), "10s".into())],
+        );
+        limit_address_space(f.operator.process.pid());
+        f.apply(
+            "db",
+            json!({"refreshInterval": "30s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
+        )
+        .await;
+        f.wait_reason("db", "Synced").await;
+        apply(
+            &f.client,
+            &f.ns.name,
+            workload("Deployment", "web", "db", &[]),
+        )
+        .await;
+        Arena { f, attacker }
+    }
+
+    fn attacker_api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.f.client.clone(), &self.attacker.name)
+    }
+
+    /// The operator still runs, has not panicked, and its peak RSS (KiB) is
+    /// under the bound; returns the peak.
+    fn assert_alive_and_small(&mut self) -> u64 {
+        let pid = self.f.operator.process.pid();
+        let peak = peak_rss_kib(pid);
+        assert!(self.f.operator.process.is_running(), "the operator exited");
+        let log = self.f.operator.process.output();
+        assert!(!log.contains("panicked"), "the operator panicked");
+        assert!(
+            peak < RSS_BOUND_KIB,
+            "peak RSS {peak} KiB over {RSS_BOUND_KIB} KiB"
+        );
+        peak
+    }
+
+    /// Rotates the victim's vault secret; returns how long until Secret db
+    /// holds the new value (asserted within its interval + 2 s).
+    async fn victim_rotation_latency(&self, value: &str) -> Duration {
+        self.f
+            .emulator
+            .set_secret("shop", "db-password", value)
+            .await;
+        let rotated = Instant::now();
+        eventually(
+            "the victim's rotation in its Secret",
+            VICTIM_INTERVAL + VICTIM_SLACK,
+            || async { (self.f.secret_data("db").await?.get("pw")? == value).then_some(()) },
+        )
+        .await;
+        rotated.elapsed()
+    }
+
+    async fn report(&mut self, attack: &str, attacker_saw: &str, value: &str) {
+        let latency = self.victim_rotation_latency(value).await;
+        let peak = self.assert_alive_and_small();
+        eprintln!(
+            "| {attack} | {attacker_saw} | {:.1} MiB | {latency:.1?} |",
+            peak as f64 / 1024.0
+        );
+    }
+}
+
+/// A workload of `kind` using Secret `secret` through `envFrom`, with
+/// `reloader.stakater.com/auto` and the `extra` annotations.
+fn workload(kind: &str, name: &str, secret: &str, extra: &[(&str, &str)]) -> Value {
+    let mut annotations = json!({"reloader.stakater.com/auto": "true"});
+    for (key, value) in extra {
+        annotations[*key] = json!(value);
+    }
+    let labels = json!({"app": name});
+    let template = json!({
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "example.invalid/app",
+                                 "envFrom": [{"secretRef": {"name": secret}}]}]}
+    });
+    let mut spec = json!({"selector": {"matchLabels": labels}, "template": template});
+    if kind == "StatefulSet" {
+        spec["serviceName"] = json!(name);
+    }
+    json!({"apiVersion": "apps/v1", "kind": kind,
+           "metadata": {"name": name, "annotations": annotations}, "spec": spec})
+}
+
+/// Server-side applies `body` (any namespaced kind kvsync tests use).
+async fn apply(client: &kube::Client, namespace: &str, body: Value) {
+    let name = body["metadata"]["name"].as_str().unwrap().to_owned();
+    let params = PatchParams::apply("isolation-test").force();
+    match body["kind"].as_str().unwrap() {
+        "Deployment" => {
+            Api::<Deployment>::namespaced(client.clone(), namespace)
+                .patch(&name, &params, &Patch::Apply(&body))
+                .await
+                .unwrap();
+        }
+        "StatefulSet" => {
+            Api::<StatefulSet>::namespaced(client.clone(), namespace)
+                .patch(&name, &params, &Patch::Apply(&body))
+                .await
+                .unwrap();
+        }
+        "DaemonSet" => {
+            Api::<DaemonSet>::namespaced(client.clone(), namespace)
+                .patch(&name, &params, &Patch::Apply(&body))
+                .await
+                .unwrap();
+        }
+        "Secret" => {
+            Api::<Secret>::namespaced(client.clone(), namespace)
+                .patch(&name, &params, &Patch::Apply(&body))
+                .await
+                .unwrap();
+        }
+        other => panic!("no apply for {other}"),
+    }
+}
+
+fn secret(name: &str, data: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data})
+}
+
+/// The peak resident set (VmHWM, KiB) of process `pid`.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// Caps the operator's address space (prlimit, util-linux), so that a
+/// runaway allocation fails the operator's allocation, not the machine.
+fn limit_address_space(pid: u32) {
+    let limit = format!("--as={AS_LIMIT_BYTES}");
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success(), "prlimit --as failed");
+}
+
+/// The reload digests kvsync recorded on a workload, by member.
+async fn recorded_digest(api: &Api<Deployment>, name: &str, member: &str) -> Option<String> {
+    let deployment = api.get(name).await.ok()?;
+    let record = deployment
+        .metadata
+        .annotations?
+        .get("kvsync.io/reload-digest")?
+        .clone();
+    let record: Value = serde_json::from_str(&record).ok()?;
+    record
+        .pointer(&format!("/digests/{}", member.replace('/', "~1")))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_period_past_the_calendar_stops_nobody() {
+    let mut arena = Arena::new("iso-pause").await;
+    let (client, ns) = (arena.f.client.clone(), arena.attacker.name.clone());
+    apply(&client, &ns, secret("creds", &[("password", "1")])).await;
+    let paused_at = (
+        "deployment.reloader.stakater.com/paused-at",
+        "2026-01-01T00:00:00Z",
+    );
+    let mut deployment = workload(
+        "Deployment",
+        "bomb",
+        "creds",
+        &[
+            ("deployment.reloader.stakater.com/pause-period", "1000000y"),
+            paused_at,
+        ],
+    );
+    deployment["spec"]["paused"] = json!(true);
+    apply(&client, &ns, deployment).await;
+    for (kind, key) in [
+        ("StatefulSet", "statefulset.kvsync.io/pause-period"),
+        ("DaemonSet", "daemonset.kvsync.io/pause-period"),
+    ] {
+        let name = kind.to_lowercase();
+        apply(
+            &client,
+            &ns,
+            workload(kind, &name, "creds", &[(key, "1000000y")]),
+        )
+        .await;
+    }
+    // Precondition: the operator has read the bad annotations (one warning
+    // per workload) before the Secret they react to changes.
+    let events: Api<k8s_openapi::api::core::v1::Event> = arena.attacker_api();
+    let warned = || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let objects: std::collections::BTreeSet<String> = list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("InvalidReloadAnnotation"))
+            .filter(|e| {
+                e.message
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("maximum of 30days")
+            })
+            .filter_map(|e| e.involved_object.name.clone())
+            .collect();
+        (objects.len() == 3).then_some(objects)
+    };
+    eventually(
+        "a warning for each pause period",
+        Duration::from_secs(30),
+        warned,
+    )
+    .await;
+    apply(&client, &ns, secret("creds", &[("password", "2")])).await;
+    arena
+        .report(
+            "pause-period 1000000y (Deployment paused by Reloader, StatefulSet, DaemonSet) + a change",
+            "InvalidReloadAnnotation: longer than the maximum of 30days",
+            "rotated-after-pause-bomb",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_millisecond_interval_is_refused_with_the_minimum() {
+    let mut arena = Arena::new("iso-interval").await;
+    let api: Api<kvsync::api::KeyVaultSecret> = arena.attacker_api();
+    let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret",
+        "metadata": {"name": "greedy"},
+        "spec": {"vaultUrl": arena.f.emulator.vault_url("shop"), "refreshInterval": "1ms",
+                 "auth": {"workloadIdentity": {"serviceAccountName": "default"}},
+                 "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}});
+    api.patch(
+        "greedy",
+        &PatchParams::apply("isolation-test"),
+        &Patch::Apply(&body),
+    )
+    .await
+    .unwrap();
+    let message = eventually("greedy to be refused", Duration::from_secs(30), || async {
+        let kvs = api.get("greedy").await.ok()?;
+        let ready = ready(&kvs)?;
+        (ready.reason == "InvalidSpec").then(|| ready.message.clone())
+    })
+    .await;
+    assert!(
+        message.contains("shorter than this cluster's minimum of 10s"),
+        "{message}"
+    );
+    let saw = format!("InvalidSpec: {message}");
+    arena
+        .report("refreshInterval: 1ms", &saw, "rotated-after-1ms")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_data_in_two_namespaces_gives_unrelated_digests() {
+    let mut arena = Arena::new("iso-oracle").await;
+    let client = arena.f.client.clone();
+    let (victim, attacker) = (arena.f.ns.name.clone(), arena.attacker.name.clone());
+    for ns in [&victim, &attacker] {
+        apply(&client, ns, secret("guess", &[("password", "4711")])).await;
+        apply(&client, ns, workload("Deployment", "oracle", "guess", &[])).await;
+    }
+    let digests = eventually(
+        "both workloads recorded",
+        Duration::from_secs(30),
+        || async {
+            let mut digests = Vec::new();
+            for ns in [&victim, &attacker] {
+                let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+                digests.push(recorded_digest(&api, "oracle", "Secret/guess").await?);
+            }
+            Some(digests)
+        },
+    )
+    .await;
+    assert_ne!(
+        digests[0], digests[1],
+        "equal data, equal digests: an oracle"
+    );
+    arena
+        .report(
+            "digest oracle (password 4711 in both namespaces)",
+            "unrelated digests",
+            "rotated-after-oracle",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_sync_loop_on_the_victims_vault_costs_the_victim_nothing() {
+    let mut arena = Arena::new("iso-force").await;
+    let api: Api<kvsync::api::KeyVaultSecret> = arena.attacker_api();
+    let vault = arena.f.emulator.vault_url("shop");
+    // The attacker's own identity (its namespace's default ServiceAccount,
+    // annotated with the victim's app, which is not federated with it) has
+    // no rights on the victim's vault.
+    const OBJECTS: usize = 300;
+    const ROUNDS: usize = 3;
+    let sa = json!({"metadata": {"annotations": {
+        "azure.workload.identity/client-id": SA_APP, "azure.workload.identity/tenant-id": TENANT}}});
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = arena.attacker_api();
+    eventually(
+        "the attacker's default ServiceAccount",
+        Duration::from_secs(30),
+        || async {
+            accounts
+                .patch("default", &PatchParams::default(), &Patch::Merge(&sa))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    for i in 0..OBJECTS {
+        let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret",
+            "metadata": {"name": format!("aim-{i}")},
+            "spec": {"vaultUrl": vault, "refreshInterval": "10s",
+                     "auth": {"workloadIdentity": {"serviceAccountName": "default"}},
+                     "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}});
+        api.patch(
+            &format!("aim-{i}"),
+            &PatchParams::apply("isolation-test"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
+    }
+    let refused = eventually(
+        "every aimed object refused",
+        Duration::from_secs(60),
+        || async {
+            let list = api.list(&Default::default()).await.ok()?;
+            let reasons: Vec<String> = list
+                .items
+                .iter()
+                .filter_map(|kvs| {
+                    let ready = ready(kvs)?;
+                    Some(format!("{}: {}", ready.reason, ready.message))
+                })
+                .collect();
+            (reasons.len() == OBJECTS && reasons.iter().all(|r| !r.starts_with("Synced")))
+                .then_some(reasons)
+        },
+    )
+    .await;
+    for round in 0..ROUNDS {
+        for i in 0..OBJECTS {
+            let patch =
+                json!({"metadata": {"annotations": {"kvsync.io/force-sync": format!("{round}")}}});
+            api.patch(
+                &format!("aim-{i}"),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let saw = format!(
+        "{OBJECTS} objects, {ROUNDS} force-syncs each: {}",
+        refused[0]
+    );
+    arena
+        .report(
+            "force-sync loop aimed at the victim's vault",
+            &saw,
+            "rotated-after-force",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_find_over_more_than_a_secret_holds_is_refused_before_it_grows() {
+    let mut arena = Arena::new("iso-find").await;
+    // 45 values of 24 KiB (Key Vault's values are at most 25 KiB): 1.05 MiB.
+    let big = "x".repeat(24 * 1024);
+    for i in 0..45 {
+        arena
+            .f
+            .emulator
+            .set_secret("shop", &format!("bulk-{i:02}"), &big)
+            .await;
+    }
+    // With an identity that may read every secret of the vault.
+    apply(
+        &arena.f.client,
+        &arena.f.ns.name,
+        secret("kv-creds", &[("clientSecret", SECRET_APP_PASSWORD)]),
+    )
+    .await;
+    let auth = json!({"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP,
+                                       "secretRef": {"name": "kv-creds", "key": "clientSecret"}}});
+    arena
+        .f
+        .apply(
+            "hoard",
+            json!({"refreshInterval": "10s", "auth": auth,
+                   "dataFrom": [{"find": {"nameRegex": "^bulk-"}}]}),
+        )
+        .await;
+    let api = arena.f.kvs_api();
+    let message = eventually("hoard to be refused", Duration::from_secs(30), || async {
+        let kvs = api.get("hoard").await.ok()?;
+        let ready = ready(&kvs)?;
+        eprintln!("hoard: {} {}", ready.reason, ready.message);
+        (ready.reason == "InvalidSpec").then(|| ready.message.clone())
+    })
+    .await;
+    assert!(
+        message.contains("more than 1048576 bytes of values"),
+        "{message}"
+    );
+    assert!(
+        arena.f.secret_data("hoard").await.is_none(),
+        "no half-written Secret"
+    );
+    let saw = format!("InvalidSpec: {message}");
+    arena
+        .report("find over 45 × 24 KiB values", &saw, "rotated-after-find")
+        .await;
+}
