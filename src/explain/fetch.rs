@@ -21,18 +21,18 @@ use super::report::{IntervalSource, Report};
 use super::template::TemplateText;
 use super::workload::ResourceInfo;
 use super::{Target, keyvaultsecret, operator, render, workload};
+use crate::api::contract::{
+    CRONJOB_INSTANTIATE, OPERATOR_SELECTOR, OWNER_ANNOTATION, RELOAD_FIELD_MANAGER,
+};
 use crate::api::{KeyVaultSecret, TemplateSourceKind};
 use crate::reload::KEY_SECRET_NAME;
 use crate::reload::annotations::ResourceFlags;
 use crate::reload::digest::DigestKey;
 use crate::reload::dynamic;
 use crate::reload::index::{ResourceState, WorkloadObservation};
-use crate::reload::job::INSTANTIATE;
 use crate::reload::key_secret::key_of;
 use crate::reload::kinds::{ResourceRef, WorkloadKind};
 use crate::reload::observe::{ResourceObject, observe_resource, observe_workload};
-use crate::reload::stage::FIELD_MANAGER as RELOAD_FIELD_MANAGER;
-use crate::sync::target::OWNER_ANNOTATION;
 
 /// The operator's `--min-reload-interval` default, assumed when not given.
 const DEFAULT_MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
@@ -499,7 +499,7 @@ async fn operator_min_interval(
 ) -> (Duration, IntervalSource) {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let listed = api
-        .list(&ListParams::default().labels(operator::OPERATOR_SELECTOR))
+        .list(&ListParams::default().labels(OPERATOR_SELECTOR))
         .await;
     let found = listed.ok().and_then(|list| {
         list.items.iter().find_map(|deployment| {
@@ -544,7 +544,7 @@ async fn last_job(
             let owned = job.owner_references().iter().any(|o| o.uid == uid);
             let manual = job
                 .annotations()
-                .get(INSTANTIATE)
+                .get(CRONJOB_INSTANTIATE)
                 .is_some_and(|v| v == "manual");
             let by_kvsync = job
                 .managed_fields()

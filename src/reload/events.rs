@@ -14,9 +14,8 @@ use kube::api::{Api, PostParams};
 use super::annotations::PolicyProblem;
 use super::kinds::{ResourceRef, WorkloadRef};
 use super::metrics::ReloadMetrics;
+use crate::api::contract::RELOAD_EVENT_REPORTER;
 use crate::events::{Reporting, Said};
-
-const CONTROLLER: &str = "kvsync.io/reload";
 
 /// Publishes Events in the background: a failed Event never holds up or
 /// fails a restart.
@@ -110,7 +109,7 @@ impl EventPublisher {
         let name = regarding.name.clone().unwrap_or_default();
         let namespace = regarding.namespace.clone().unwrap_or_default();
         let reporting = Reporting {
-            controller: CONTROLLER,
+            controller: RELOAD_EVENT_REPORTER,
             instance: &self.instance,
         };
         let said = Said {

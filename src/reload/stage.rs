@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tracing::{debug, error, info, warn};
 
-use super::annotations::{PolicyProblem, RELOADER_PAUSED_AT};
+use super::annotations::PolicyProblem;
 use super::decide::{
     Decision, Pacer, Pause, Schedule, Situation, Verdict, decide, desired_members,
     effective_last_restart,
@@ -45,11 +45,12 @@ use super::job::job_for;
 use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::metrics::ReloadMetrics;
 use super::observe::{WorkloadObject, observe_workload};
-use super::record::{
-    AppliedRecord, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION,
-    RESTARTED_AT_ANNOTATION, format_time, pending_mark,
-};
+use super::record::{AppliedRecord, format_time, pending_mark};
 use super::watch::{Input, Listing, Observed, Source, Watched};
+use crate::api::contract::{
+    DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RELOAD_FIELD_MANAGER,
+    RESTARTED_AT_ANNOTATION, reloader,
+};
 
 /// Wait before retrying a workload whose patch failed for another reason
 /// than a conflict (which the next watch event resolves); doubled with each
@@ -63,8 +64,6 @@ fn retry_delay(failures: u32) -> Duration {
         .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
         .min(MAX_RETRY_DELAY)
 }
-
-pub(crate) const FIELD_MANAGER: &str = "kvsync-reload";
 
 /// At most this many workload writes (patches, a CronJob's Job) in flight.
 /// Restarts are paced by `--max-rollouts-per-second`; this bounds what the
@@ -731,7 +730,7 @@ async fn create_job(
     let created = Api::<Job>::namespaced(client, &workload.namespace)
         .create(
             &PostParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
+                field_manager: Some(RELOAD_FIELD_MANAGER.to_owned()),
                 ..PostParams::default()
             },
             &job,
@@ -758,7 +757,7 @@ async fn patch<W: WorkloadObject>(
 
 fn patch_params() -> PatchParams {
     PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
+        field_manager: Some(RELOAD_FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     }
 }
@@ -818,7 +817,7 @@ fn patch_body(resource_version: &str, method: RestartMethod, changes: &Changes) 
         PauseChange::End { resume } => {
             annotations.insert(PAUSED_AT_ANNOTATION.into(), Value::Null);
             if resume {
-                annotations.insert(RELOADER_PAUSED_AT.into(), Value::Null);
+                annotations.insert(reloader::PAUSED_AT.into(), Value::Null);
                 spec.insert("paused".into(), json!(false));
             }
         }
@@ -902,7 +901,7 @@ mod tests {
             "1970-01-01T00:00:00Z"
         );
         assert_eq!(body["spec"]["paused"], false, "resumed in the same patch");
-        assert!(annotations[RELOADER_PAUSED_AT].is_null());
+        assert!(annotations[reloader::PAUSED_AT].is_null());
         assert!(annotations[PAUSED_AT_ANNOTATION].is_null());
         assert!(annotations[PENDING_ANNOTATION].is_null(), "no longer held");
     }

@@ -16,17 +16,13 @@ use kube::api::Api;
 
 use super::error::SyncError;
 use super::{Context, values};
+use crate::api::contract::{
+    SA_CLIENT_ID_ANNOTATION, SA_OPT_IN_ANNOTATION, SA_TENANT_ID_ANNOTATION,
+};
 use crate::api::{
     Auth, ClientSecretAuth, KeyVaultSecret, TemplateSourceKind, WorkloadIdentityAuth,
 };
 use crate::vault::Identity;
-
-/// Service-account annotations set for Azure Workload Identity.
-pub const SA_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
-pub const SA_TENANT_ID_ANNOTATION: &str = "azure.workload.identity/tenant-id";
-/// With `--require-service-account-opt-in`, a ServiceAccount must carry this
-/// annotation set to `"true"` before kvsync exchanges tokens for it.
-pub const SA_OPT_IN_ANNOTATION: &str = "kvsync.io/allow-token-exchange";
 
 pub async fn resolve(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Identity, SyncError> {
     let namespace = kvs.namespace().unwrap_or_default();

@@ -29,13 +29,12 @@ use super::fetch::{Rendered, fetch_and_render, interest};
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
 use super::target::{self, DesiredSecret};
 use super::{Context, identity, keys, template, template_from, write};
-use crate::api::{CreationPolicy, DataFrom, DeletionPolicy, FIELD_MANAGER, KeyVaultSecret};
+use crate::api::contract::{
+    FIELD_MANAGER, FORCE_SYNC_ANNOTATION, MERGE_FINALIZER, OWNER_ANNOTATION,
+};
+use crate::api::{CreationPolicy, DataFrom, DeletionPolicy, KeyVaultSecret};
 use crate::schedule;
 use crate::vault::Freshness;
-
-/// Finalizer on `creationPolicy: Merge` objects: their keys are withdrawn
-/// from the (someone else's) Secret before the object goes away.
-pub const MERGE_FINALIZER: &str = "kvsync.io/merge-cleanup";
 
 /// Errors that are the cluster's, not the user's: the controller retries them.
 #[derive(Debug, thiserror::Error)]
@@ -233,7 +232,7 @@ async fn withdraw_from_target(kvs: &KeyVaultSecret, ctx: &Context) -> Result<(),
     let Some(secret) = api.get_opt(&kvs.target_name()).await? else {
         return Ok(());
     };
-    if secret.annotations().get(super::target::OWNER_ANNOTATION) != Some(&kvs.name_any()) {
+    if secret.annotations().get(OWNER_ANNOTATION) != Some(&kvs.name_any()) {
         return Ok(());
     }
     match write::withdraw(&api, &secret).await {
@@ -372,7 +371,7 @@ async fn remove_target(kvs: &KeyVaultSecret, ctx: &Context) -> Result<SyncError,
 fn freshness(kvs: &KeyVaultSecret, ctx: &Context, interval: Option<Duration>) -> Freshness {
     let force_sync = kvs
         .annotations()
-        .get(crate::api::FORCE_SYNC_ANNOTATION)
+        .get(FORCE_SYNC_ANNOTATION)
         .map(String::as_str);
     let key = object_key(kvs);
     let mut memory = ctx.memory.lock().unwrap();
