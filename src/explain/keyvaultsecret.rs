@@ -220,7 +220,7 @@ fn rendered(template: &TemplateText, sources: &[KeySource], keys: Option<&[Strin
     let parsed = template.text.clone().and_then(|text| variables(&text));
     let (variables, unknown) = match parsed {
         Ok(names) => (names.iter().map(|v| trace(v, sources)).collect(), None),
-        Err(why) => (Vec::new(), Some(why)),
+        Err(why) => (Vec::new(), Some(why.to_string())),
     };
     let vault_secrets: std::collections::BTreeSet<String> = variables
         .iter()
@@ -393,6 +393,7 @@ fn key_sources(kvs: &KeyVaultSecret, versions: &SyncedVersions) -> Vec<KeySource
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::explain::template::TemplateProblem;
     use crate::reload::observe::observe_workload;
     use k8s_openapi::api::apps::v1::Deployment;
     use serde_json::json;
@@ -553,7 +554,9 @@ mod tests {
             TemplateText {
                 key: "all".into(),
                 origin: "templateFrom ConfigMap/tpl".into(),
-                text: Err("templateFrom ConfigMap/tpl cannot be read".into()),
+                text: Err(TemplateProblem::SourceUnreadable {
+                    origin: "templateFrom ConfigMap/tpl".into(),
+                }),
             },
             TemplateText {
                 key: "dsn".into(),

@@ -305,7 +305,8 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> 
     let spec = &kvs.spec;
     let interval = validate(kvs, ctx)?;
     let find_patterns = compile_find_patterns(&spec.data_from)?;
-    let shaping = keys::compile(&spec.data_from).map_err(SyncError::InvalidSpec)?;
+    let shaping = keys::compile(&spec.data_from)
+        .map_err(|invalid| SyncError::InvalidSpec(invalid.to_string()))?;
     let templates = template_from::load(ctx, kvs).await?;
     template::check(&templates)?;
     let identity = identity::resolve(kvs, ctx).await?;
