@@ -13,7 +13,7 @@ use kube::api::{Api, PostParams};
 
 use super::annotations::PolicyProblem;
 use super::kinds::{ResourceRef, WorkloadRef};
-use super::metrics::ReloadMetrics;
+use super::metrics::{Failure, ReloadMetrics};
 use crate::api::contract::RELOAD_EVENT_REPORTER;
 use crate::events::{Reporting, Said};
 
@@ -123,7 +123,7 @@ impl EventPublisher {
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             if let Err(error) = api.create(&PostParams::default(), &event).await {
-                metrics.error("event");
+                metrics.error(Failure::Event);
                 tracing::warn!(namespace, name, %error, "could not publish an Event");
             }
         });
