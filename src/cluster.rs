@@ -207,10 +207,6 @@ impl ApiRequests {
     }
 }
 
-/// kubectl's copy of the last applied manifest (`kubectl apply`): a tool's
-/// annotation, never the user's data, often as large as the object.
-pub const KUBECTL_LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 /// The configuration every watch of kvsync starts from.
 pub fn watch_config() -> watcher::Config {
     watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)

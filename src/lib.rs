@@ -7,7 +7,9 @@
 //!                       Deployments / StatefulSets / DaemonSets ◀── reload (digest, rollout)
 //! ```
 //!
-//! One module per stage of that flow — [`api`] (the custom resource), [`vault`]
+//! One module per stage of that flow — [`api`] (the custom resource, and
+//! [`api::contract`]: every annotation, label, finalizer and field manager
+//! kvsync reads or writes on objects), [`vault`]
 //! (Key Vault access, change detection by listing), [`sync`] (the reconciler),
 //! [`reload`] (rolling restarts) — plus [`run`] and [`cli`] (wiring and flags),
 //! [`convert`] (`kvsync convert`: ESO manifests → KeyVaultSecrets),

@@ -28,7 +28,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::{JoinError, JoinHandle};
 
-use crate::api::{FIELD_MANAGER, KeyVaultSecret, crd_yaml};
+use crate::api::contract::{FIELD_MANAGER, SYNC_EVENT_REPORTER};
+use crate::api::{KeyVaultSecret, crd_yaml};
 use crate::cli::{CrdArgs, RunArgs};
 use crate::leader::{LeaderError, Leadership};
 use crate::metrics::Metrics;
@@ -264,7 +265,7 @@ fn start_stages(
     let events = crate::sync::ObjectEvents::new(
         client.clone(),
         Reporter {
-            controller: "kvsync".into(),
+            controller: SYNC_EVENT_REPORTER.into(),
             instance: std::env::var("POD_NAME").ok(),
         },
     );

@@ -21,7 +21,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kvsync::api::KeyVaultSecret;
-use kvsync::reload::record::DIGEST_ANNOTATION;
+use kvsync::api::contract::DIGEST_ANNOTATION;
 use serde_json::{Value, json};
 use support::*;
 

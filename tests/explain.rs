@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams, PostParams};
-use kvsync::reload::record::{DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION};
+use kvsync::api::contract::{DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION};
 use serde_json::{Value, json};
 use support::*;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use kvsync::reload::record::DIGEST_ANNOTATION;
+use kvsync::api::contract::DIGEST_ANNOTATION;
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::*;

@@ -19,10 +19,9 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
-use kvsync::reload::annotations::RELOADER_PAUSED_AT;
-use kvsync::reload::record::{
-    DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION, parse_time,
-};
+use kvsync::api::contract::reloader::PAUSED_AT as RELOADER_PAUSED_AT;
+use kvsync::api::contract::{DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION};
+use kvsync::reload::record::parse_time;
 use serde_json::{Value, json};
 use support::reload::{
     AUTO, Fixture, QUIET, WAIT, create, generation, pairs, pod_using_db, rollout_api,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, GroupVersionKind};
-use kvsync::reload::record::{DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION};
+use kvsync::api::contract::{DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION};
 use serde_json::json;
 use support::reload::{AUTO, Fixture, QUIET, create, generation, pairs, pod_using_db, rollout_api};
 use support::*;

@@ -92,6 +92,34 @@ pub struct Auth {
     pub managed_identity: Option<ManagedIdentityAuth>,
 }
 
+/// The one identity an `auth` names.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AuthMethod<'a> {
+    WorkloadIdentity(&'a WorkloadIdentityAuth),
+    ClientSecret(&'a ClientSecretAuth),
+    ClientCertificate(&'a ClientSecretAuth),
+    ManagedIdentity(&'a ManagedIdentityAuth),
+}
+
+impl Auth {
+    /// The identity to use; `None` unless exactly one is set (the schema
+    /// requires one, but a 1.20 API server prunes rather than validates).
+    pub fn method(&self) -> Option<AuthMethod<'_>> {
+        match (
+            &self.workload_identity,
+            &self.client_secret,
+            &self.client_certificate,
+            &self.managed_identity,
+        ) {
+            (Some(wi), None, None, None) => Some(AuthMethod::WorkloadIdentity(wi)),
+            (None, Some(cs), None, None) => Some(AuthMethod::ClientSecret(cs)),
+            (None, None, Some(cc), None) => Some(AuthMethod::ClientCertificate(cc)),
+            (None, None, None, Some(mi)) => Some(AuthMethod::ManagedIdentity(mi)),
+            _ => None,
+        }
+    }
+}
+
 fn exactly_one_auth(schema: &mut schemars::Schema) {
     exactly_one_of(
         schema,

@@ -16,7 +16,7 @@ use crate::api::{
 };
 
 /// Annotations of tools, not of the user, left behind.
-const TOOL_ANNOTATIONS: &[&str] = &[crate::cluster::KUBECTL_LAST_APPLIED];
+const TOOL_ANNOTATIONS: &[&str] = &[crate::api::contract::KUBECTL_LAST_APPLIED];
 
 /// The findings of one ExternalSecret.
 struct Report<'a> {

@@ -18,21 +18,21 @@ use time::OffsetDateTime;
 
 use super::pending::Digests;
 use super::report::{IntervalSource, Report};
-use super::template::TemplateText;
+use super::template::{TemplateProblem, TemplateText};
 use super::workload::ResourceInfo;
 use super::{Target, keyvaultsecret, operator, render, workload};
+use crate::api::contract::{
+    CRONJOB_INSTANTIATE, OPERATOR_SELECTOR, OWNER_ANNOTATION, RELOAD_FIELD_MANAGER,
+};
 use crate::api::{KeyVaultSecret, TemplateSourceKind};
-use crate::reload::KEY_SECRET_NAME;
 use crate::reload::annotations::ResourceFlags;
 use crate::reload::digest::DigestKey;
 use crate::reload::dynamic;
 use crate::reload::index::{ResourceState, WorkloadObservation};
-use crate::reload::job::INSTANTIATE;
 use crate::reload::key_secret::key_of;
 use crate::reload::kinds::{ResourceRef, WorkloadKind};
 use crate::reload::observe::{ResourceObject, observe_resource, observe_workload};
-use crate::reload::stage::FIELD_MANAGER as RELOAD_FIELD_MANAGER;
-use crate::sync::target::OWNER_ANNOTATION;
+use crate::reload::{KEY_SECRET_NAME, ReloadError};
 
 /// The operator's `--min-reload-interval` default, assumed when not given.
 const DEFAULT_MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
@@ -259,26 +259,30 @@ async fn templates(
                     }),
             ),
         };
-        let content: Result<BTreeMap<String, String>, String> = match content {
+        let content = match content {
             Ok(Some(content)) => Ok(content),
-            Ok(None) => Err(format!("{origin} does not exist")),
+            Ok(None) => Err(TemplateProblem::SourceMissing {
+                origin: origin.clone(),
+            }),
             Err(error) => {
                 limits.push(format!("{origin}: {error}"));
-                Err(format!("{origin} cannot be read"))
+                Err(TemplateProblem::SourceUnreadable {
+                    origin: origin.clone(),
+                })
             }
         };
-        texts.extend(source.items.iter().map(|item| {
-            TemplateText {
-                key: item.key.clone(),
-                origin: origin.clone(),
-                text: match &content {
-                    Ok(content) => content
-                        .get(&item.key)
-                        .cloned()
-                        .ok_or_else(|| format!("{origin} has no key {:?}", item.key)),
-                    Err(why) => Err(why.clone()),
-                },
-            }
+        texts.extend(source.items.iter().map(|item| TemplateText {
+            key: item.key.clone(),
+            origin: origin.clone(),
+            text: match &content {
+                Ok(content) => content.get(&item.key).cloned().ok_or_else(|| {
+                    TemplateProblem::NoKey {
+                        origin: origin.clone(),
+                        key: item.key.clone(),
+                    }
+                }),
+                Err(why) => Err(why.clone()),
+            },
         }));
     }
     texts.extend(template.data.iter().map(|(key, text)| TemplateText {
@@ -319,7 +323,7 @@ async fn explain_workload(
         &mut limits,
     )
     .await;
-    let key_id = key.as_ref().map(DigestKey::id);
+    let key_id = key.as_ref().map(DigestKey::id).map_err(ToString::to_string);
     let digests = match &key_id {
         Err(why) => Err(why.as_str()),
         Ok(_) if !(secrets && config_maps) => {
@@ -499,7 +503,7 @@ async fn operator_min_interval(
 ) -> (Duration, IntervalSource) {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let listed = api
-        .list(&ListParams::default().labels(operator::OPERATOR_SELECTOR))
+        .list(&ListParams::default().labels(OPERATOR_SELECTOR))
         .await;
     let found = listed.ok().and_then(|list| {
         list.items.iter().find_map(|deployment| {
@@ -511,22 +515,36 @@ async fn operator_min_interval(
     found.unwrap_or((DEFAULT_MIN_RELOAD_INTERVAL, IntervalSource::Assumed))
 }
 
+/// Why the operator's digest key cannot be had.
+#[derive(Debug, thiserror::Error)]
+enum KeyUnavailable {
+    #[error(
+        "Secret {namespace}/{KEY_SECRET_NAME} does not exist: pass the operator's namespace as --operator-namespace"
+    )]
+    Missing { namespace: String },
+    /// Refused or failed; the error itself is among the report's limits.
+    #[error("Secret {namespace}/{KEY_SECRET_NAME} cannot be read")]
+    Unreadable { namespace: String },
+    #[error(transparent)]
+    Unusable(#[from] ReloadError),
+}
+
 /// The operator's digest key, or why it cannot be had (a refusal is also a limit).
 async fn digest_key(
     client: &kube::Client,
     namespace: &str,
     limits: &mut Vec<String>,
-) -> Result<DigestKey, String> {
+) -> Result<DigestKey, KeyUnavailable> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let name = format!("Secret {namespace}/{KEY_SECRET_NAME}");
+    let namespace = namespace.to_owned();
     match api.get_opt(KEY_SECRET_NAME).await {
-        Ok(Some(secret)) => key_of(&secret, namespace).map_err(|error| error.to_string()),
-        Ok(None) => Err(format!(
-            "{name} does not exist: pass the operator's namespace as --operator-namespace"
-        )),
+        Ok(Some(secret)) => Ok(key_of(&secret, &namespace)?),
+        Ok(None) => Err(KeyUnavailable::Missing { namespace }),
         Err(error) => {
-            limits.push(format!("{name} (the reload digest key): {error}"));
-            Err(format!("{name} cannot be read"))
+            limits.push(format!(
+                "Secret {namespace}/{KEY_SECRET_NAME} (the reload digest key): {error}"
+            ));
+            Err(KeyUnavailable::Unreadable { namespace })
         }
     }
 }
@@ -544,7 +562,7 @@ async fn last_job(
             let owned = job.owner_references().iter().any(|o| o.uid == uid);
             let manual = job
                 .annotations()
-                .get(INSTANTIATE)
+                .get(CRONJOB_INSTANTIATE)
                 .is_some_and(|v| v == "manual");
             let by_kvsync = job
                 .managed_fields()

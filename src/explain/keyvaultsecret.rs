@@ -12,10 +12,8 @@ use super::report::{
 };
 use super::template::{TemplateText, trace, variables};
 use super::workload::verdict;
-use crate::api::{
-    DataFromSource, DecodingStrategy, KeyVaultSecret, MergePolicy, RELOADER_MATCH_ANNOTATION,
-    SyncedVersions,
-};
+use crate::api::contract::{FORCE_SYNC_ANNOTATION, reloader};
+use crate::api::{DataFromSource, DecodingStrategy, KeyVaultSecret, MergePolicy, SyncedVersions};
 use crate::reload::annotations::ResourceFlags;
 use crate::reload::index::WorkloadObservation;
 use crate::reload::kinds::ResourceRef;
@@ -103,7 +101,7 @@ pub fn explain(
         condition,
         last_sync_time: status.last_sync_time.as_ref().map(super::render::kube_time),
         reload_marked: annotations
-            .get(RELOADER_MATCH_ANNOTATION)
+            .get(reloader::MATCH)
             .is_some_and(|v| v == "true"),
         restarts,
         limits,
@@ -222,7 +220,7 @@ fn rendered(template: &TemplateText, sources: &[KeySource], keys: Option<&[Strin
     let parsed = template.text.clone().and_then(|text| variables(&text));
     let (variables, unknown) = match parsed {
         Ok(names) => (names.iter().map(|v| trace(v, sources)).collect(), None),
-        Err(why) => (Vec::new(), Some(why)),
+        Err(why) => (Vec::new(), Some(why.to_string())),
     };
     let vault_secrets: std::collections::BTreeSet<String> = variables
         .iter()
@@ -274,10 +272,12 @@ fn refresh(kvs: &KeyVaultSecret) -> Refresh {
         .unwrap_or_else(|| "1h".to_owned());
     let next = match kvs.spec.refresh_interval() {
         Ok(Some(every)) => format!(
-            "about {} (±10%) after each check; at once on a spec change, a new kvsync.io/force-sync value or a vault change seen by the listing",
+            "about {} (±10%) after each check; at once on a spec change, a new {FORCE_SYNC_ANNOTATION} value or a vault change seen by the listing",
             humantime::format_duration(every)
         ),
-        Ok(None) => "never: refreshInterval 0 syncs once (again on a spec change or a new kvsync.io/force-sync value)".to_owned(),
+        Ok(None) => format!(
+            "never: refreshInterval 0 syncs once (again on a spec change or a new {FORCE_SYNC_ANNOTATION} value)"
+        ),
         Err(error) => format!("never: {error}"),
     };
     Refresh { interval, next }
@@ -393,6 +393,7 @@ fn key_sources(kvs: &KeyVaultSecret, versions: &SyncedVersions) -> Vec<KeySource
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::explain::template::TemplateProblem;
     use crate::reload::observe::observe_workload;
     use k8s_openapi::api::apps::v1::Deployment;
     use serde_json::json;
@@ -479,9 +480,7 @@ mod tests {
     fn workloads_that_restart_are_listed_with_their_rule() {
         let secret = TargetSecret {
             metadata: ObjectMeta {
-                annotations: Some(
-                    [(RELOADER_MATCH_ANNOTATION.to_owned(), "true".to_owned())].into(),
-                ),
+                annotations: Some([(reloader::MATCH.to_owned(), "true".to_owned())].into()),
                 ..Default::default()
             },
             keys: vec!["password".into()],
@@ -555,7 +554,9 @@ mod tests {
             TemplateText {
                 key: "all".into(),
                 origin: "templateFrom ConfigMap/tpl".into(),
-                text: Err("templateFrom ConfigMap/tpl cannot be read".into()),
+                text: Err(TemplateProblem::SourceUnreadable {
+                    origin: "templateFrom ConfigMap/tpl".into(),
+                }),
             },
             TemplateText {
                 key: "dsn".into(),

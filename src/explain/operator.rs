@@ -6,9 +6,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 
-/// The label the chart gives the operator's Deployment.
-pub const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=kvsync";
-
 const FLAG: &str = "--min-reload-interval";
 const ENV: &str = "KVSYNC_MIN_RELOAD_INTERVAL";
 

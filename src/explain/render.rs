@@ -11,6 +11,7 @@ use time::format_description::well_known::Rfc3339;
 use super::report::{
     IntervalSource, KeyVaultSecretReport, Report, ResourceVerdict, WorkloadReport,
 };
+use crate::api::contract::reloader;
 
 /// A time as kubectl shows it: RFC 3339, UTC, whole seconds.
 pub fn timestamp(at: OffsetDateTime) -> String {
@@ -124,7 +125,8 @@ fn keyvaultsecret(r: &KeyVaultSecretReport) -> String {
     if !r.reload_marked {
         let _ = writeln!(
             out,
-            "  (the Secret is not marked reloader.stakater.com/match: only auto and named rules apply)"
+            "  (the Secret is not marked {}: only auto and named rules apply)",
+            reloader::MATCH
         );
     }
     if r.restarts.is_empty() {

@@ -24,15 +24,34 @@ pub struct TemplateText {
     /// `target.template.data`, or `templateFrom ConfigMap/NAME` (…`Secret/NAME`).
     pub origin: String,
     /// The text, or why it could not be read.
-    pub text: Result<String, String>,
+    pub text: Result<String, TemplateProblem>,
+}
+
+/// Why a template's variables are unknown: its text could not be had, or
+/// does not parse.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum TemplateProblem {
+    /// The `templateFrom` ConfigMap or Secret does not exist.
+    #[error("{origin} does not exist")]
+    SourceMissing { origin: String },
+    /// The `templateFrom` ConfigMap or Secret could not be read (the refusal
+    /// itself is among the report's limits).
+    #[error("{origin} cannot be read")]
+    SourceUnreadable { origin: String },
+    /// The `templateFrom` ConfigMap or Secret has no such key.
+    #[error("{origin} has no key {key:?}")]
+    NoKey { origin: String, key: String },
+    /// The text is not a MiniJinja template.
+    #[error("the template does not parse ({0})")]
+    Syntax(minijinja::ErrorKind),
 }
 
 /// The variables `text` looks up, or why it does not parse.
-pub fn variables(text: &str) -> Result<BTreeSet<String>, String> {
+pub fn variables(text: &str) -> Result<BTreeSet<String>, TemplateProblem> {
     let env = minijinja::Environment::new();
     let template = env
         .template_from_str(text)
-        .map_err(|error| format!("the template does not parse ({})", error.kind()))?;
+        .map_err(|error| TemplateProblem::Syntax(error.kind()))?;
     Ok(template.undeclared_variables(false).into_iter().collect())
 }
 

@@ -11,9 +11,9 @@ use time::OffsetDateTime;
 
 use super::pending::{Digests, pending};
 use super::report::{IntervalSource, LastRestart, ResourceVerdict, RestartWindow, WorkloadReport};
+use crate::api::contract::reloader::{AUTO, IGNORE, MATCH, SEARCH};
 use crate::reload::annotations::{
-    AUTO, IGNORE, MATCH, ReloadPolicy, ResourceFlags, SEARCH, exclude_key, pause_period_key,
-    reload_key, typed_auto_key,
+    ReloadPolicy, ResourceFlags, exclude_key, pause_period_key, reload_key, typed_auto_key,
 };
 use crate::reload::index::WorkloadObservation;
 use crate::reload::kinds::{ResourceKind, ResourceRef, WorkloadKind};

@@ -23,21 +23,19 @@ use std::time::Duration;
 use regex::{Regex, RegexBuilder};
 
 use super::kinds::{ResourceKind, ResourceRef, WorkloadKind};
-
-/// `"true"`: reload on a change of any Secret or ConfigMap the pod spec uses.
-pub const AUTO: &str = "reloader.stakater.com/auto";
-/// `"true"` on a workload: react to used resources that carry [`MATCH`].
-pub const SEARCH: &str = "reloader.stakater.com/search";
-/// `"true"` on a Secret or ConfigMap: eligible for workloads with [`SEARCH`].
-pub const MATCH: &str = "reloader.stakater.com/match";
-/// `"true"` on a Secret or ConfigMap: never restarts anything.
-pub const IGNORE: &str = "reloader.stakater.com/ignore";
+use crate::api::contract::reloader::{
+    AUTO, CONFIGMAP_AUTO, CONFIGMAP_RELOAD, CONFIGMAPS_EXCLUDE, DEPLOYMENT_PAUSE_PERIOD, IGNORE,
+    MATCH, SEARCH, SECRET_AUTO, SECRET_RELOAD, SECRETS_EXCLUDE,
+};
+use crate::api::contract::{
+    CRONJOB_PAUSE_PERIOD, DAEMONSET_PAUSE_PERIOD, ROLLOUT_PAUSE_PERIOD, STATEFULSET_PAUSE_PERIOD,
+};
 
 /// Per-kind annotation keys.
 pub fn typed_auto_key(kind: ResourceKind) -> &'static str {
     match kind {
-        ResourceKind::Secret => "secret.reloader.stakater.com/auto",
-        ResourceKind::ConfigMap => "configmap.reloader.stakater.com/auto",
+        ResourceKind::Secret => SECRET_AUTO,
+        ResourceKind::ConfigMap => CONFIGMAP_AUTO,
     }
 }
 
@@ -45,16 +43,16 @@ pub fn typed_auto_key(kind: ResourceKind) -> &'static str {
 /// used or not.
 pub fn reload_key(kind: ResourceKind) -> &'static str {
     match kind {
-        ResourceKind::Secret => "secret.reloader.stakater.com/reload",
-        ResourceKind::ConfigMap => "configmap.reloader.stakater.com/reload",
+        ResourceKind::Secret => SECRET_RELOAD,
+        ResourceKind::ConfigMap => CONFIGMAP_RELOAD,
     }
 }
 
 /// Comma list of exact names never to react to.
 pub fn exclude_key(kind: ResourceKind) -> &'static str {
     match kind {
-        ResourceKind::Secret => "secrets.exclude.reloader.stakater.com/reload",
-        ResourceKind::ConfigMap => "configmaps.exclude.reloader.stakater.com/reload",
+        ResourceKind::Secret => SECRETS_EXCLUDE,
+        ResourceKind::ConfigMap => CONFIGMAPS_EXCLUDE,
     }
 }
 
@@ -64,11 +62,11 @@ pub fn exclude_key(kind: ResourceKind) -> &'static str {
 /// for StatefulSets and DaemonSets under its own keys.
 pub fn pause_period_key(kind: WorkloadKind) -> &'static str {
     match kind {
-        WorkloadKind::Deployment => "deployment.reloader.stakater.com/pause-period",
-        WorkloadKind::StatefulSet => "statefulset.kvsync.io/pause-period",
-        WorkloadKind::DaemonSet => "daemonset.kvsync.io/pause-period",
-        WorkloadKind::Rollout => "rollout.kvsync.io/pause-period",
-        WorkloadKind::CronJob => "cronjob.kvsync.io/pause-period",
+        WorkloadKind::Deployment => DEPLOYMENT_PAUSE_PERIOD,
+        WorkloadKind::StatefulSet => STATEFULSET_PAUSE_PERIOD,
+        WorkloadKind::DaemonSet => DAEMONSET_PAUSE_PERIOD,
+        WorkloadKind::Rollout => ROLLOUT_PAUSE_PERIOD,
+        WorkloadKind::CronJob => CRONJOB_PAUSE_PERIOD,
     }
 }
 
@@ -77,16 +75,6 @@ pub fn pause_period_key(kind: WorkloadKind) -> &'static str {
 /// (`reloader.stakater.com/auto: "false"` says that); the bound also keeps
 /// every time kvsync computes from it far inside the calendar.
 pub const MAX_PAUSE_PERIOD: Duration = Duration::from_secs(30 * 86400);
-
-/// On an Argo Rollout: `restart` restarts by setting `spec.restartAt` (Argo
-/// then replaces the pods without a new revision); anything else, or none,
-/// by the pod template annotation, like a Deployment.
-pub const ROLLOUT_STRATEGY: &str = "reloader.stakater.com/rollout-strategy";
-
-/// Set by Reloader (RFC 3339) on a Deployment it paused (`spec.paused: true`)
-/// for its pause period; kvsync resumes such a Deployment when the period is
-/// over, so switching from Reloader mid-pause strands nothing.
-pub const RELOADER_PAUSED_AT: &str = "deployment.reloader.stakater.com/paused-at";
 
 /// Upper bound for one compiled `…/reload` expression: annotations are user
 /// input, and a pathological one must not cost the operator its memory.

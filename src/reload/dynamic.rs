@@ -16,11 +16,12 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchP
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::annotations::ROLLOUT_STRATEGY;
 use super::index::WorkloadObservation;
 use super::kinds::{RestartMethod, WorkloadKind, WorkloadRef};
 use super::observe::{WorkloadView, observe_workload};
-use super::record::{RESTARTED_AT_ANNOTATION, parse_time};
+use super::record::parse_time;
+use crate::api::contract::RESTARTED_AT_ANNOTATION;
+use crate::api::contract::reloader::ROLLOUT_STRATEGY;
 
 /// The kinds found by discovery.
 pub const KINDS: [WorkloadKind; 2] = [WorkloadKind::CronJob, WorkloadKind::Rollout];

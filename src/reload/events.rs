@@ -13,10 +13,9 @@ use kube::api::{Api, PostParams};
 
 use super::annotations::PolicyProblem;
 use super::kinds::{ResourceRef, WorkloadRef};
-use super::metrics::ReloadMetrics;
+use super::metrics::{Failure, ReloadMetrics};
+use crate::api::contract::RELOAD_EVENT_REPORTER;
 use crate::events::{Reporting, Said};
-
-const CONTROLLER: &str = "kvsync.io/reload";
 
 /// Publishes Events in the background: a failed Event never holds up or
 /// fails a restart.
@@ -110,7 +109,7 @@ impl EventPublisher {
         let name = regarding.name.clone().unwrap_or_default();
         let namespace = regarding.namespace.clone().unwrap_or_default();
         let reporting = Reporting {
-            controller: CONTROLLER,
+            controller: RELOAD_EVENT_REPORTER,
             instance: &self.instance,
         };
         let said = Said {
@@ -124,7 +123,7 @@ impl EventPublisher {
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             if let Err(error) = api.create(&PostParams::default(), &event).await {
-                metrics.error("event");
+                metrics.error(Failure::Event);
                 tracing::warn!(namespace, name, %error, "could not publish an Event");
             }
         });

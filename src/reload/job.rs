@@ -12,7 +12,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use sha2::{Digest as _, Sha256};
 
-pub const INSTANTIATE: &str = "cronjob.kubernetes.io/instantiate";
+use crate::api::contract::CRONJOB_INSTANTIATE;
 
 /// Job names become label values: at most 63 characters.
 const NAME_LIMIT: usize = 63;
@@ -33,7 +33,7 @@ pub fn job_for(cron_job: &CronJob, api_version: &str, restart: &str) -> Option<J
     let prefix: String = name.chars().take(NAME_LIMIT - HASH_CHARS - 1).collect();
     let template_meta = template.metadata.clone().unwrap_or_default();
     let mut annotations = template_meta.annotations.unwrap_or_default();
-    annotations.insert(INSTANTIATE.to_owned(), "manual".to_owned());
+    annotations.insert(CRONJOB_INSTANTIATE.to_owned(), "manual".to_owned());
     Some(Job {
         metadata: ObjectMeta {
             name: Some(format!(
@@ -87,7 +87,7 @@ mod tests {
         assert!(name.starts_with("nightly-") && name.len() == "nightly-".len() + HASH_CHARS);
         assert_eq!(meta.labels.as_ref().unwrap()["team"], "a");
         let annotations = meta.annotations.as_ref().unwrap();
-        assert_eq!(annotations[INSTANTIATE], "manual");
+        assert_eq!(annotations[CRONJOB_INSTANTIATE], "manual");
         assert_eq!(annotations["note"], "x");
         let owner = &meta.owner_references.as_ref().unwrap()[0];
         assert_eq!(

@@ -12,6 +12,7 @@ use kube::core::ObjectMeta;
 
 use super::ReloadError;
 use super::digest::DigestKey;
+use crate::api::contract::MANAGED_BY_LABEL;
 
 pub const KEY_SECRET_NAME: &str = "kvsync-digest-key";
 const KEY_ENTRY: &str = "key";
@@ -33,13 +34,7 @@ pub async fn load_or_create(
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(KEY_SECRET_NAME.to_owned()),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "kvsync".to_owned(),
-                )]
-                .into(),
-            ),
+            labels: Some([(MANAGED_BY_LABEL.0.to_owned(), MANAGED_BY_LABEL.1.to_owned())].into()),
             ..ObjectMeta::default()
         },
         data: Some([(KEY_ENTRY.to_owned(), ByteString(key.as_bytes().to_vec()))].into()),

@@ -4,7 +4,7 @@
 //! counts into the set it was given).
 //!
 //! - `kvsync_reload_rollouts_total{kind}`: rolling restarts triggered.
-//! - `kvsync_reload_skipped_total{reason}`: restarts not done, by reason:
+//! - `kvsync_reload_skipped_total{reason}`: restarts not done, by [`Skip`]:
 //!   `data_unchanged` (a metadata-only update or an identical rewrite of a
 //!   resource, once per write and per workload reacting to it),
 //!   `first_sight`, `digest_key_changed`, `record_updated`,
@@ -12,12 +12,13 @@
 //!   `suspended` (a suspended CronJob) — all baselines —, `paused` (a pause
 //!   period started), `rate_limited` (deferred by `--min-reload-interval` or
 //!   a running pause period).
-//! - `kvsync_reload_errors_total{reason}`: `patch` (a workload update failed),
-//!   `invalid_annotation` (an unusable annotation value), `watch`,
-//!   `watch_forbidden` (a kind the operator may not list; not waited for),
-//!   `job` (a CronJob's Job could not be made), `event`
-//!   (publishing an Event failed), `panic` (evaluating a workload panicked:
-//!   a defect of kvsync's, contained to that workload and retried).
+//! - `kvsync_reload_errors_total{reason}`, by [`Failure`]: `patch` (a
+//!   workload update failed), `job` (a CronJob's Job could not be made),
+//!   `refused` (the API server refused either with a 4xx: RBAC, an admission
+//!   webhook, a 422), `invalid_annotation` (an unusable annotation value),
+//!   `watch`, `watch_forbidden` (a kind the operator may not list; not
+//!   waited for), `event` (publishing an Event failed), `panic` (a defect of
+//!   kvsync's while evaluating one workload; the others go on).
 //! - `kvsync_reload_rollouts_queued`: workloads due for a rollout, waiting
 //!   for a slot under `--max-rollouts-per-second`.
 //! - `kvsync_reload_writes_in_flight`: workload patches (and CronJob Jobs)
@@ -31,7 +32,68 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::decide::Baseline;
 use super::readiness::Readiness;
+
+/// Why a restart was not done: the `reason` of `kvsync_reload_skipped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// A resource was written without a change of its data.
+    DataUnchanged,
+    /// The record was written without a restart.
+    Baseline(Baseline),
+    /// A pause period started.
+    Paused,
+    /// Deferred by the minimum interval or a running pause period.
+    RateLimited,
+}
+
+impl Skip {
+    pub fn label(self) -> &'static str {
+        match self {
+            Skip::DataUnchanged => "data_unchanged",
+            Skip::Baseline(why) => why.as_str(),
+            Skip::Paused => "paused",
+            Skip::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// What failed: the `reason` of `kvsync_reload_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// A workload patch failed (not refused).
+    Patch,
+    /// A CronJob's Job could not be made (not refused).
+    Job,
+    /// The API server refused a patch or a Job with a 4xx other than 429.
+    Refused,
+    /// An annotation value is unusable and skipped.
+    InvalidAnnotation,
+    /// A watch failed (it is retried).
+    Watch,
+    /// A kind the operator may not list.
+    WatchForbidden,
+    /// Publishing an Event failed.
+    Event,
+    /// Evaluating one workload panicked.
+    Panic,
+}
+
+impl Failure {
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Patch => "patch",
+            Failure::Job => "job",
+            Failure::Refused => "refused",
+            Failure::InvalidAnnotation => "invalid_annotation",
+            Failure::Watch => "watch",
+            Failure::WatchForbidden => "watch_forbidden",
+            Failure::Event => "event",
+            Failure::Panic => "panic",
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -96,16 +158,22 @@ impl ReloadMetrics {
         self.rollouts.get_or_create(&KindLabel { kind }).inc();
     }
 
-    pub fn skipped(&self, reason: &'static str, count: u64) {
+    pub fn skipped(&self, reason: Skip, count: u64) {
         if count > 0 {
             self.skipped
-                .get_or_create(&ReasonLabel { reason })
+                .get_or_create(&ReasonLabel {
+                    reason: reason.label(),
+                })
                 .inc_by(count);
         }
     }
 
-    pub fn error(&self, reason: &'static str) {
-        self.errors.get_or_create(&ReasonLabel { reason }).inc();
+    pub fn error(&self, reason: Failure) {
+        self.errors
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
     }
 
     /// The watches still to list (named on `/readyz`).
@@ -141,8 +209,8 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry).reload;
         metrics.rollout("Deployment");
-        metrics.skipped("rate_limited", 2);
-        metrics.error("patch");
+        metrics.skipped(Skip::RateLimited, 2);
+        metrics.error(Failure::Patch);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [
@@ -154,6 +222,98 @@ mod tests {
             "kvsync_reload_watches_unlisted 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    const SKIPS: [Skip; 8] = [
+        Skip::DataUnchanged,
+        Skip::Baseline(Baseline::FirstSight),
+        Skip::Baseline(Baseline::KeyChanged),
+        Skip::Baseline(Baseline::RecordUpdated),
+        Skip::Baseline(Baseline::TemplateChanged),
+        Skip::Baseline(Baseline::Suspended),
+        Skip::Paused,
+        Skip::RateLimited,
+    ];
+    const FAILURES: [Failure; 8] = [
+        Failure::Patch,
+        Failure::Job,
+        Failure::Refused,
+        Failure::InvalidAnnotation,
+        Failure::Watch,
+        Failure::WatchForbidden,
+        Failure::Event,
+        Failure::Panic,
+    ];
+
+    /// The lists above are complete: a new variant fails to compile here
+    /// until it is listed.
+    #[test]
+    fn the_label_lists_are_complete() {
+        for skip in SKIPS {
+            match skip {
+                Skip::DataUnchanged
+                | Skip::Baseline(
+                    Baseline::FirstSight
+                    | Baseline::KeyChanged
+                    | Baseline::RecordUpdated
+                    | Baseline::TemplateChanged
+                    | Baseline::Suspended,
+                )
+                | Skip::Paused
+                | Skip::RateLimited => {}
+            }
+        }
+        for failure in FAILURES {
+            match failure {
+                Failure::Patch
+                | Failure::Job
+                | Failure::Refused
+                | Failure::InvalidAnnotation
+                | Failure::Watch
+                | Failure::WatchForbidden
+                | Failure::Event
+                | Failure::Panic => {}
+            }
+        }
+    }
+
+    /// The module docs and the chart's dashboard name every label value the
+    /// code can count (and the dashboard no other with an underscore).
+    #[test]
+    fn every_label_value_is_documented() {
+        let docs: Vec<&str> = include_str!("metrics.rs")
+            .lines()
+            .take_while(|line| line.starts_with("//!"))
+            .collect();
+        let docs = docs.join(" ");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../charts/kvsync/dashboards/kvsync.json"))
+                .unwrap();
+        let description = |title: &str| {
+            let panels = dashboard["panels"].as_array().unwrap();
+            let panel = panels.iter().find(|p| p["title"] == title).unwrap();
+            panel["description"].as_str().unwrap().to_owned()
+        };
+        for (labels, title) in [
+            (SKIPS.map(Skip::label), "Restarts skipped by reason"),
+            (FAILURES.map(Failure::label), "Reload errors by reason"),
+        ] {
+            let panel = description(title);
+            for label in labels {
+                assert!(
+                    docs.contains(&format!("`{label}`")),
+                    "{label} not in the module docs"
+                );
+                assert!(
+                    panel.contains(label),
+                    "{label} not in the dashboard panel {title}"
+                );
+            }
+            let stale = panel
+                .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .find(|word| word.contains('_') && !labels.contains(word));
+            assert_eq!(stale, None, "the dashboard panel {title} names no label");
         }
     }
 }

@@ -10,15 +10,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
-use super::annotations::{Annotations, RELOADER_PAUSED_AT, ReloadPolicy, ResourceFlags};
+use super::annotations::{Annotations, ReloadPolicy, ResourceFlags};
 use super::digest::{self, Digest, DigestKey};
 use super::index::{ResourceObservation, ResourceState, WorkloadObservation, WorkloadState};
 use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
-use super::record::{
-    Applied, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RESTARTED_AT_ANNOTATION,
-    parse_time,
-};
+use super::record::{Applied, parse_time};
 use super::uses::uses;
+use crate::api::contract::{
+    DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RESTARTED_AT_ANNOTATION, reloader,
+};
 
 /// What the reload stage reads of a workload, whatever API serves it.
 pub trait WorkloadView {
@@ -210,7 +210,7 @@ pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservati
 /// (Reloader leaves `spec.paused` alone on a Deployment it did not pause).
 fn reloader_paused_since(paused: bool, annotations: &Annotations) -> Option<OffsetDateTime> {
     let value = annotations
-        .get(RELOADER_PAUSED_AT)
+        .get(reloader::PAUSED_AT)
         .filter(|v| !v.is_empty());
     (paused && value.is_some())
         .then(|| parse_time(value.map(String::as_str)).unwrap_or(OffsetDateTime::UNIX_EPOCH))

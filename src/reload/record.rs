@@ -31,18 +31,10 @@ use time::format_description::well_known::Rfc3339;
 
 use super::digest::Digest;
 use super::kinds::ResourceRef;
-
-/// Metadata annotation holding the applied digests (see module docs).
-pub const DIGEST_ANNOTATION: &str = "kvsync.io/reload-digest";
-/// Pod template annotation whose change is the restart (see module docs).
-pub const RESTARTED_AT_ANNOTATION: &str = "kvsync.io/restartedAt";
-/// Metadata annotation marking a running pause period (see module docs).
-pub const PAUSED_AT_ANNOTATION: &str = "kvsync.io/paused-at";
-/// Metadata annotation saying a restart is held back (minimum interval or
-/// pause period): until when, for which changes — [`pending_mark`]. Written
-/// when holding starts, removed by the restart; for people and `kvsync
-/// explain` (who cannot read the digest key), never read back to decide.
-pub const PENDING_ANNOTATION: &str = "kvsync.io/restart-pending";
+#[cfg(doc)]
+use crate::api::contract::{
+    DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RESTARTED_AT_ANNOTATION,
+};
 
 /// The [`PENDING_ANNOTATION`] value: `<until> <resource>,<resource>`, the
 /// time rounded up to the second (so that evaluating again writes nothing).

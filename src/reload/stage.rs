@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tracing::{debug, error, info, warn};
 
-use super::annotations::{PolicyProblem, RELOADER_PAUSED_AT};
+use super::annotations::PolicyProblem;
 use super::decide::{
     Decision, Pacer, Pause, Schedule, Situation, Verdict, decide, desired_members,
     effective_last_restart,
@@ -43,13 +43,14 @@ use super::events::{EventPublisher, Regarding};
 use super::index::{Index, ResourceChange, WorkloadObservation};
 use super::job::job_for;
 use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
-use super::metrics::ReloadMetrics;
+use super::metrics::{Failure, ReloadMetrics, Skip};
 use super::observe::{WorkloadObject, observe_workload};
-use super::record::{
-    AppliedRecord, DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION,
-    RESTARTED_AT_ANNOTATION, format_time, pending_mark,
-};
+use super::record::{AppliedRecord, format_time, pending_mark};
 use super::watch::{Input, Listing, Observed, Source, Watched};
+use crate::api::contract::{
+    DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RELOAD_FIELD_MANAGER,
+    RESTARTED_AT_ANNOTATION, reloader,
+};
 
 /// Wait before retrying a workload whose patch failed for another reason
 /// than a conflict (which the next watch event resolves); doubled with each
@@ -63,8 +64,6 @@ fn retry_delay(failures: u32) -> Duration {
         .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
         .min(MAX_RETRY_DELAY)
 }
-
-pub(crate) const FIELD_MANAGER: &str = "kvsync-reload";
 
 /// At most this many workload writes (patches, a CronJob's Job) in flight.
 /// Restarts are paced by `--max-rollouts-per-second`; this bounds what the
@@ -186,7 +185,7 @@ impl Stage {
         match input {
             Input::Watch { source, event } => self.watch_event(source, event),
             Input::WatchFailed { source, error } => {
-                self.metrics.error("watch");
+                self.metrics.error(Failure::Watch);
                 let watched = self.sources.get(source).map(|s| &s.source);
                 warn!(?watched, %error, "watch failed; retrying with backoff");
                 if is_forbidden(&error) {
@@ -230,7 +229,7 @@ impl Stage {
             Observed::Resource(observation) => match self.index.apply_resource(observation) {
                 ResourceChange::Changed { affected } => self.mark_all(affected, due),
                 ResourceChange::Unchanged { reacting } if seen == Seen::Written => {
-                    self.metrics.skipped("data_unchanged", reacting as u64);
+                    self.metrics.skipped(Skip::DataUnchanged, reacting as u64);
                 }
                 ResourceChange::Unchanged { .. } | ResourceChange::Stale => {}
             },
@@ -282,7 +281,7 @@ impl Stage {
             return;
         }
         for problem in problems {
-            self.metrics.error("invalid_annotation");
+            self.metrics.error(Failure::InvalidAnnotation);
             warn!(%workload, %problem, "unusable reload annotation");
         }
         self.events.invalid_annotations(
@@ -338,7 +337,7 @@ impl Stage {
         };
         if state.required && !state.listed_once {
             state.required = false;
-            self.metrics.error("watch_forbidden");
+            self.metrics.error(Failure::WatchForbidden);
             warn!(watched = %state.source, "forbidden to list this kind; reloading the others without it (grant list and watch to the operator)");
             self.events.watch_forbidden(&state.source.to_string());
             self.become_ready_when_listed();
@@ -388,7 +387,7 @@ impl Stage {
             self.evaluate(workload.clone())
         }));
         if evaluated.is_err() {
-            self.metrics.error("panic");
+            self.metrics.error(Failure::Panic);
             let failures = self.failures.entry(workload.clone()).or_default();
             *failures += 1;
             let delay = retry_delay(*failures);
@@ -483,7 +482,7 @@ impl Stage {
                 why,
                 record: members,
             } => {
-                self.metrics.skipped(why.as_str(), 1);
+                self.metrics.skipped(Skip::Baseline(why), 1);
                 info!(%workload, reason = why.as_str(), "recording digests without a restart");
                 changes.record = RecordChange::Set(record(members));
                 self.start_write(workload, body(&changes), None, Purpose::Record);
@@ -518,13 +517,13 @@ impl Stage {
                 );
             }
             Verdict::Pause { period, changed } => {
-                self.metrics.skipped("paused", 1);
+                self.metrics.skipped(Skip::Paused, 1);
                 info!(%workload, ?period, changed = changed.len(), "pause period started; restarting when it ends");
                 changes.pause = PauseChange::Start(now);
                 self.start_write(workload, body(&changes), None, Purpose::Pause { period });
             }
             Verdict::Wait { remaining, changed } => {
-                self.metrics.skipped("rate_limited", 1);
+                self.metrics.skipped(Skip::RateLimited, 1);
                 info!(%workload, ?remaining, changed = changed.len(), "restart deferred by the minimum interval or a pause period");
                 self.schedule
                     .postpone(workload.clone(), Instant::now() + remaining);
@@ -618,17 +617,18 @@ impl Stage {
             .map_or("apps/v1", |api| api.api_version.as_str())
     }
 
-    /// Counts and logs a failed write (`what`: `patch` or `job`) and looks at
+    /// Counts and logs a failed write (`what`: the patch or the Job) and looks at
     /// the workload again after a backoff that doubles with each failure in
     /// a row. A refusal (a 4xx: an admission webhook, a 422) is published as
     /// one Warning Event, on the first failure of the row.
-    fn failed(&mut self, workload: &WorkloadRef, what: &'static str, error: &kube::Error) {
+    fn failed(&mut self, workload: &WorkloadRef, what: Failure, error: &kube::Error) {
         let failures = self.failures.entry(workload.clone()).or_default();
         *failures += 1;
         let failures = *failures;
         let delay = retry_delay(failures);
         let refused = matches!(error, kube::Error::Api(status) if (400..500).contains(&status.code) && status.code != 429);
-        self.metrics.error(if refused { "refused" } else { what });
+        self.metrics
+            .error(if refused { Failure::Refused } else { what });
         warn!(%workload, %error, failures, ?delay, "could not update the workload; retrying after a backoff");
         if refused
             && failures == 1
@@ -666,8 +666,8 @@ enum Outcome {
     /// Nothing written: the CronJob is gone or its Job cannot be made, or
     /// the kind is not served.
     Skipped,
-    /// `job` or `patch` failed.
-    Failed(&'static str, kube::Error),
+    /// The Job or the patch failed.
+    Failed(Failure, kube::Error),
 }
 
 /// The answer to one write, for the loop.
@@ -693,7 +693,7 @@ async fn write(
         match create_job(client.clone(), api, workload, &restart).await {
             Ok(true) => {}
             Ok(false) => return Outcome::Skipped,
-            Err(error) => return Outcome::Failed("job", error),
+            Err(error) => return Outcome::Failed(Failure::Job, error),
         }
     }
     let result = match workload.kind {
@@ -707,7 +707,7 @@ async fn write(
     };
     match result {
         Ok(updated) => Outcome::Applied(updated.map(Box::new)),
-        Err(error) => Outcome::Failed("patch", error),
+        Err(error) => Outcome::Failed(Failure::Patch, error),
     }
 }
 
@@ -731,7 +731,7 @@ async fn create_job(
     let created = Api::<Job>::namespaced(client, &workload.namespace)
         .create(
             &PostParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
+                field_manager: Some(RELOAD_FIELD_MANAGER.to_owned()),
                 ..PostParams::default()
             },
             &job,
@@ -758,7 +758,7 @@ async fn patch<W: WorkloadObject>(
 
 fn patch_params() -> PatchParams {
     PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
+        field_manager: Some(RELOAD_FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     }
 }
@@ -818,7 +818,7 @@ fn patch_body(resource_version: &str, method: RestartMethod, changes: &Changes) 
         PauseChange::End { resume } => {
             annotations.insert(PAUSED_AT_ANNOTATION.into(), Value::Null);
             if resume {
-                annotations.insert(RELOADER_PAUSED_AT.into(), Value::Null);
+                annotations.insert(reloader::PAUSED_AT.into(), Value::Null);
                 spec.insert("paused".into(), json!(false));
             }
         }
@@ -902,7 +902,7 @@ mod tests {
             "1970-01-01T00:00:00Z"
         );
         assert_eq!(body["spec"]["paused"], false, "resumed in the same patch");
-        assert!(annotations[RELOADER_PAUSED_AT].is_null());
+        assert!(annotations[reloader::PAUSED_AT].is_null());
         assert!(annotations[PAUSED_AT_ANNOTATION].is_null());
         assert!(annotations[PENDING_ANNOTATION].is_null(), "no longer held");
     }

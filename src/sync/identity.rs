@@ -16,34 +16,24 @@ use kube::api::Api;
 
 use super::error::SyncError;
 use super::{Context, values};
+use crate::api::contract::{
+    SA_CLIENT_ID_ANNOTATION, SA_OPT_IN_ANNOTATION, SA_TENANT_ID_ANNOTATION,
+};
 use crate::api::{
-    Auth, ClientSecretAuth, KeyVaultSecret, TemplateSourceKind, WorkloadIdentityAuth,
+    AuthMethod, ClientSecretAuth, KeyVaultSecret, ManagedIdentityAuth, TemplateSourceKind,
+    WorkloadIdentityAuth,
 };
 use crate::vault::Identity;
 
-/// Service-account annotations set for Azure Workload Identity.
-pub const SA_CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
-pub const SA_TENANT_ID_ANNOTATION: &str = "azure.workload.identity/tenant-id";
-/// With `--require-service-account-opt-in`, a ServiceAccount must carry this
-/// annotation set to `"true"` before kvsync exchanges tokens for it.
-pub const SA_OPT_IN_ANNOTATION: &str = "kvsync.io/allow-token-exchange";
-
 pub async fn resolve(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Identity, SyncError> {
     let namespace = kvs.namespace().unwrap_or_default();
-    let auth = &kvs.spec.auth;
-    if auth.managed_identity.is_some() {
-        return managed_identity(ctx, &namespace, auth);
-    }
-    match (
-        &auth.workload_identity,
-        &auth.client_secret,
-        &auth.client_certificate,
-    ) {
-        (Some(wi), None, None) => match &wi.service_account_name {
+    match kvs.spec.auth.method() {
+        Some(AuthMethod::ManagedIdentity(managed)) => managed_identity(ctx, &namespace, managed),
+        Some(AuthMethod::WorkloadIdentity(wi)) => match &wi.service_account_name {
             None => operator_identity(ctx, &namespace),
             Some(sa) => service_account_identity(ctx, &namespace, sa, wi).await,
         },
-        (None, Some(auth), None) => {
+        Some(AuthMethod::ClientSecret(auth)) => {
             let secret = credential(ctx, &namespace, auth).await?;
             Ok(Identity::ClientSecret {
                 tenant_id: auth.tenant_id.clone(),
@@ -51,12 +41,12 @@ pub async fn resolve(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Identity, Sy
                 secret: secret.trim().to_owned(),
             })
         }
-        (None, None, Some(auth)) => Ok(Identity::ClientCertificate {
+        Some(AuthMethod::ClientCertificate(auth)) => Ok(Identity::ClientCertificate {
             tenant_id: auth.tenant_id.clone(),
             client_id: auth.client_id.clone(),
             pem: credential(ctx, &namespace, auth).await?,
         }),
-        _ => Err(SyncError::InvalidSpec(ONE_AUTH.into())),
+        None => Err(SyncError::InvalidSpec(ONE_AUTH.into())),
     }
 }
 
@@ -72,16 +62,11 @@ fn may_use_operator_identity(ctx: &Context, namespace: &str) -> bool {
 
 /// The node's managed identity, if this namespace may use it (it is the
 /// operator's host identity, not the namespace's).
-fn managed_identity(ctx: &Context, namespace: &str, auth: &Auth) -> Result<Identity, SyncError> {
-    let Some(managed) = &auth.managed_identity else {
-        return Err(SyncError::InvalidSpec(ONE_AUTH.into()));
-    };
-    if auth.workload_identity.is_some()
-        || auth.client_secret.is_some()
-        || auth.client_certificate.is_some()
-    {
-        return Err(SyncError::InvalidSpec(ONE_AUTH.into()));
-    }
+fn managed_identity(
+    ctx: &Context,
+    namespace: &str,
+    managed: &ManagedIdentityAuth,
+) -> Result<Identity, SyncError> {
     if !may_use_operator_identity(ctx, namespace) {
         return Err(SyncError::AuthConfig(format!(
             "the node's managed identity may not be used from namespace {namespace}; use a service account or an app credential of the namespace, or ask the kvsync admin to add {namespace} to --operator-identity-namespaces"

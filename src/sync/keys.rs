@@ -22,9 +22,20 @@ pub struct KeyShaping {
     rewrites: Vec<(Regex, String)>,
 }
 
+/// A `dataFrom[…].rewrite[…].regexp.source` that does not compile.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "dataFrom[{entry}].rewrite[{rewrite}].regexp.source is not a valid regular expression: {source}"
+)]
+pub struct InvalidRewrite {
+    pub entry: usize,
+    pub rewrite: usize,
+    pub source: regex::Error,
+}
+
 /// One entry per `dataFrom` entry; a rewrite that does not compile is named
 /// by its path.
-pub fn compile(data_from: &[DataFrom]) -> Result<Vec<KeyShaping>, String> {
+pub fn compile(data_from: &[DataFrom]) -> Result<Vec<KeyShaping>, InvalidRewrite> {
     data_from
         .iter()
         .enumerate()
@@ -36,8 +47,10 @@ pub fn compile(data_from: &[DataFrom]) -> Result<Vec<KeyShaping>, String> {
                 .map(|(r, rewrite)| {
                     user_regex(&rewrite.regexp.source)
                         .map(|re| (re, rewrite.regexp.target.clone().unwrap_or_default()))
-                        .map_err(|e| {
-                            format!("dataFrom[{index}].rewrite[{r}].regexp.source is not a valid regular expression: {e}")
+                        .map_err(|source| InvalidRewrite {
+                            entry: index,
+                            rewrite: r,
+                            source,
                         })
                 })
                 .collect::<Result<_, _>>()?;
@@ -154,6 +167,7 @@ mod tests {
         assert!(
             compile(&[bad])
                 .unwrap_err()
+                .to_string()
                 .contains("dataFrom[0].rewrite[0]")
         );
     }

@@ -36,7 +36,6 @@ mod values;
 mod write;
 
 pub use error::{Retry, SyncError};
-pub use reconciler::MERGE_FINALIZER;
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -51,7 +50,8 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, controller, predicates, reflector, watcher};
 
-use crate::api::{FORCE_SYNC_ANNOTATION, KeyVaultSecret};
+use crate::api::KeyVaultSecret;
+use crate::api::contract::{FORCE_SYNC_ANNOTATION, OWNER_ANNOTATION};
 use crate::metrics::SyncMetrics;
 use crate::reload::ReloadNotifier;
 use crate::scope::ScopeArgs;
@@ -225,7 +225,7 @@ impl Context {
 fn drop_unread(kvs: &mut KeyVaultSecret) {
     kvs.managed_fields_mut().clear();
     kvs.annotations_mut()
-        .remove(crate::cluster::KUBECTL_LAST_APPLIED);
+        .remove(crate::api::contract::KUBECTL_LAST_APPLIED);
 }
 
 /// Gives back the slack of the lists the store keeps with every object: a
@@ -270,7 +270,7 @@ fn affected_by_secret(
     ctx: &Context,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<KeyVaultSecret>> {
-    let owner = secret.annotations().get(target::OWNER_ANNOTATION);
+    let owner = secret.annotations().get(OWNER_ANNOTATION);
     let namespace = secret.namespace().unwrap_or_default();
     ctx.referring_to(Kind::Secret, &namespace, &secret.name_any(), owner)
 }

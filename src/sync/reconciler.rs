@@ -30,13 +30,12 @@ use super::shares::SHARE_RETRY;
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
 use super::target::{self, DesiredSecret};
 use super::{Context, identity, keys, template, template_from, write};
-use crate::api::{CreationPolicy, DataFrom, DeletionPolicy, FIELD_MANAGER, KeyVaultSecret};
+use crate::api::contract::{
+    FIELD_MANAGER, FORCE_SYNC_ANNOTATION, MERGE_FINALIZER, OWNER_ANNOTATION,
+};
+use crate::api::{CreationPolicy, DataFrom, DeletionPolicy, KeyVaultSecret};
 use crate::schedule;
 use crate::vault::Freshness;
-
-/// Finalizer on `creationPolicy: Merge` objects: their keys are withdrawn
-/// from the (someone else's) Secret before the object goes away.
-pub const MERGE_FINALIZER: &str = "kvsync.io/merge-cleanup";
 
 /// Errors that are the cluster's, not the user's: the controller retries them.
 #[derive(Debug, thiserror::Error)]
@@ -252,7 +251,7 @@ async fn withdraw_from_target(kvs: &KeyVaultSecret, ctx: &Context) -> Result<(),
     let Some(secret) = api.get_opt(&kvs.target_name()).await? else {
         return Ok(());
     };
-    if secret.annotations().get(super::target::OWNER_ANNOTATION) != Some(&kvs.name_any()) {
+    if secret.annotations().get(OWNER_ANNOTATION) != Some(&kvs.name_any()) {
         return Ok(());
     }
     match write::withdraw(&api, &secret).await {
@@ -329,7 +328,8 @@ async fn sync(
     let spec = &kvs.spec;
     let interval = validate(kvs, ctx)?;
     let find_patterns = compile_find_patterns(&spec.data_from)?;
-    let shaping = keys::compile(&spec.data_from).map_err(SyncError::InvalidSpec)?;
+    let shaping = keys::compile(&spec.data_from)
+        .map_err(|invalid| SyncError::InvalidSpec(invalid.to_string()))?;
     let templates = template_from::load(ctx, kvs).await?;
     template::check(&templates)?;
     let identity = identity::resolve(kvs, ctx).await?;
@@ -400,7 +400,7 @@ fn freshness(
 ) -> Result<Freshness, Duration> {
     let force_sync = kvs
         .annotations()
-        .get(crate::api::FORCE_SYNC_ANNOTATION)
+        .get(FORCE_SYNC_ANNOTATION)
         .map(String::as_str);
     let key = object_key(kvs);
     let mut memory = ctx.memory.lock().unwrap();

@@ -30,16 +30,10 @@ use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 
-use crate::api::{
-    CreationPolicy, FIELD_MANAGER, MANAGED_BY_LABEL, RELOADER_MATCH_ANNOTATION, Target,
+use crate::api::contract::{
+    FIELD_MANAGER, MANAGED_BY_LABEL, MERGE_OPT_IN_ANNOTATION, OWNER_ANNOTATION, reloader,
 };
-
-/// Annotation naming the KeyVaultSecret that manages a Secret.
-pub const OWNER_ANNOTATION: &str = "kvsync.io/owner";
-
-/// Set to `allow` on a Secret to let `creationPolicy: Merge` write into it
-/// although its type or controller protects it.
-pub const MERGE_OPT_IN_ANNOTATION: &str = "kvsync.io/merge";
+use crate::api::{CreationPolicy, Target};
 
 /// Secret types Kubernetes fills in with a credential: never written.
 pub const CREDENTIAL_TYPES: &[&str] = &[
@@ -230,7 +224,7 @@ impl DesiredSecret {
             .insert(OWNER_ANNOTATION.into(), self.owner_name.clone());
         if reload {
             self.annotations
-                .insert(RELOADER_MATCH_ANNOTATION.into(), "true".into());
+                .insert(reloader::MATCH.into(), "true".into());
         }
         self
     }

@@ -24,12 +24,9 @@ use serde_json::json;
 
 use super::Context;
 use super::error::SyncError;
-use super::target::{DesiredSecret, OWNER_ANNOTATION, WriteDecision};
-use crate::api::{CreationPolicy, FIELD_MANAGER};
-
-/// Field manager that keeps the data of a released `Orphan` Secret, so that
-/// kvsync's own apply can drop its ownership without deleting the values.
-pub const RELEASED_FIELD_MANAGER: &str = "kvsync-released";
+use super::target::{DesiredSecret, WriteDecision};
+use crate::api::CreationPolicy;
+use crate::api::contract::{FIELD_MANAGER, OWNER_ANNOTATION, RELEASED_FIELD_MANAGER};
 
 /// Writes the target if it differs; returns whether it wrote. `immutable`:
 /// written `immutable: true`, and once so, its data is never changed.
