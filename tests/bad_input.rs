@@ -440,10 +440,21 @@ fn target_cases() -> Vec<Reported> {
             "the API server refused Secret".into(),
         ),
         (
+            // 48 values of 24 KiB, one data entry each: the API server refuses
+            // a Secret over 1 MiB (422).
             "too-big",
-            json!({"auth": reader(), "target": {"name": "too-big"}, "dataFrom": [{"find": {"nameRegex": "^big-"}}]}),
+            json!({"auth": reader(), "target": {"name": "too-big"}, "data": (0..48)
+                .map(|i| json!({"secretKey": format!("k{i:02}"), "remoteRef": {"name": format!("big-{i:02}")}}))
+                .collect::<Vec<_>>()}),
             "InvalidSpec",
             "the API server refused Secret too-big".into(),
+        ),
+        (
+            // The same values through find: refused before they are all read.
+            "find-too-big",
+            json!({"auth": reader(), "target": {"name": "find-too-big"}, "dataFrom": [{"find": {"nameRegex": "^big-"}}]}),
+            "InvalidSpec",
+            "dataFrom[0].find matches more than 1048576 bytes of values".into(),
         ),
     ]
 }
@@ -579,7 +590,7 @@ async fn taken_targets_and_refused_secrets_are_reported_and_write_nothing() {
     create_reported(&f, &cases).await;
     reach_conditions(&f, &expected_conditions(&cases, &[])).await;
     // Nothing was written for a failing KeyVaultSecret, and the taken Secrets are untouched.
-    for name in ["too-big", "tls-without-keys", "label-invalid"] {
+    for name in ["too-big", "find-too-big", "tls-without-keys", "label-invalid"] {
         assert!(
             f.secrets().get_opt(name).await.unwrap().is_none(),
             "{name} was written"

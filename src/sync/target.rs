@@ -65,6 +65,10 @@ pub enum TargetError {
         "target.annotations: {0} is refused: annotations under kubernetes.io/ and k8s.io/ change how Kubernetes treats the Secret"
     )]
     ReservedAnnotation(String),
+    #[error(
+        "target.immutable is refused with creationPolicy Merge: the Secret is someone else's, and an immutable Secret stays so for its owner too; use creationPolicy Owner"
+    )]
+    ImmutableMerge,
 }
 
 /// Checks `spec.target` against what no KeyVaultSecret may ask for.
@@ -75,6 +79,9 @@ pub fn check_target(target: &Target) -> Result<(), TargetError> {
         .filter(|t| CREDENTIAL_TYPES.contains(t))
     {
         return Err(TargetError::CredentialType(type_.to_owned()));
+    }
+    if target.immutable && target.creation_policy == CreationPolicy::Merge {
+        return Err(TargetError::ImmutableMerge);
     }
     match target
         .annotations
@@ -650,6 +657,15 @@ mod tests {
         let fine = target(json!({"type": "kubernetes.io/tls",
             "annotations": {"app.kubernetes.io/name": "shop", "team": "a", "example.com/kubernetes.io": "b"}}));
         assert_eq!(check_target(&fine), Ok(()));
+        assert_eq!(
+            check_target(&target(json!({"creationPolicy": "Merge", "immutable": true}))),
+            Err(TargetError::ImmutableMerge),
+            "kvsync freezes only Secrets it creates"
+        );
+        assert_eq!(
+            check_target(&target(json!({"creationPolicy": "Owner", "immutable": true}))),
+            Ok(())
+        );
     }
 
     #[test]
