@@ -590,7 +590,12 @@ async fn taken_targets_and_refused_secrets_are_reported_and_write_nothing() {
     create_reported(&f, &cases).await;
     reach_conditions(&f, &expected_conditions(&cases, &[])).await;
     // Nothing was written for a failing KeyVaultSecret, and the taken Secrets are untouched.
-    for name in ["too-big", "find-too-big", "tls-without-keys", "label-invalid"] {
+    for name in [
+        "too-big",
+        "find-too-big",
+        "tls-without-keys",
+        "label-invalid",
+    ] {
         assert!(
             f.secrets().get_opt(name).await.unwrap().is_none(),
             "{name} was written"

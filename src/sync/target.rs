@@ -658,12 +658,16 @@ mod tests {
             "annotations": {"app.kubernetes.io/name": "shop", "team": "a", "example.com/kubernetes.io": "b"}}));
         assert_eq!(check_target(&fine), Ok(()));
         assert_eq!(
-            check_target(&target(json!({"creationPolicy": "Merge", "immutable": true}))),
+            check_target(&target(
+                json!({"creationPolicy": "Merge", "immutable": true})
+            )),
             Err(TargetError::ImmutableMerge),
             "kvsync freezes only Secrets it creates"
         );
         assert_eq!(
-            check_target(&target(json!({"creationPolicy": "Owner", "immutable": true}))),
+            check_target(&target(
+                json!({"creationPolicy": "Owner", "immutable": true})
+            )),
             Ok(())
         );
     }

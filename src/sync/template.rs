@@ -454,6 +454,57 @@ mod tests {
     }
 
     #[test]
+    fn pkcs12_iteration_counts_beyond_a_million_are_refused_before_deriving() {
+        let issued = rcgen::generate_simple_self_signed(vec!["shop.example".into()]).unwrap();
+        let key = p12_keystore::PrivateKey::from_der(&issued.signing_key.serialize_der()).unwrap();
+        let cert = p12_keystore::Certificate::from_der(issued.cert.der()).unwrap();
+        let mut store = p12_keystore::KeyStore::new();
+        store.add_entry(
+            "shop",
+            p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
+                b"0123456789abcdef0123".to_vec(),
+                key,
+                [cert],
+            )),
+        );
+        // 65,536 iterations (DER INTEGER 02 03 01 00 00) for every key
+        // derivation and the MAC, then raised to 8,388,607 in place: deriving
+        // that many would take the operator's CPU for minutes.
+        let archive = store
+            .writer("s3cret")
+            .encryption_iterations(65_536)
+            .mac_iterations(65_536)
+            .write()
+            .unwrap();
+        let (count, raised) = (
+            [0x02, 0x03, 0x01, 0x00, 0x00],
+            [0x02, 0x03, 0x7f, 0xff, 0xff],
+        );
+        let mut bomb = archive.clone();
+        let mut raised_at = 0;
+        for at in 0..bomb.len().saturating_sub(count.len()) {
+            if bomb[at..at + count.len()] == count {
+                bomb[at..at + count.len()].copy_from_slice(&raised);
+                raised_at += 1;
+            }
+        }
+        assert!(raised_at >= 2, "the MAC's and a key derivation's counts");
+        let values = fetched(&[("pfx", &STANDARD.encode(&bomb))]);
+        let started = std::time::Instant::now();
+        let refused = render(
+            &one("k", "{{ pfx | b64dec | pkcs12keyPass('s3cret') }}"),
+            &values,
+            MergePolicy::Replace,
+        );
+        assert!(refused.is_err(), "8,388,607 iterations refused");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "refused before deriving ({:?})",
+            started.elapsed()
+        );
+    }
+
+    #[test]
     fn errors_name_key_and_line_but_never_a_value() {
         let values = fetched(&[("password", "hunter2"), ("n", "41")]);
         let syntax = check(&one("conf", "line one\n{{ password | }}")).unwrap_err();
