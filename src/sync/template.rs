@@ -504,6 +504,43 @@ mod tests {
         );
     }
 
+    /// Template text a tenant may write: anything, and pieces of Jinja
+    /// (filters, loops, arithmetic on huge numbers) strung together.
+    fn template_source() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop::sample::select(vec![
+            "{{ password }}",
+            "{{ password | b64dec | pkcs12key }}",
+            "{{ 'x' * 400000000 }}",
+            "{{ password | indent(100000000000) }}",
+            "{% for i in range(1000000000) %}{{ i }}{% endfor %}",
+            "{{ values | toJson | fromJson | toJson }}",
+            "{{ 9999999999999999999 * 9999999999999999999 }}",
+            "{{ password[::-1] | replace('', 'xx') }}",
+            "{% if %}",
+            "{{",
+            "}}",
+            "{{ n | int + 1 }}",
+        ]);
+        prop_oneof![
+            "\\PC{0,60}",
+            prop::collection::vec(piece, 1..6).prop_map(|pieces| pieces.concat()),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn no_template_panics_or_runs_away(source in template_source()) {
+            let values = fetched(&[("password", "hunter2"), ("n", "41")]);
+            let started = std::time::Instant::now();
+            if check(&one("k", &source)).is_ok() {
+                let _ = render(&one("k", &source), &values, MergePolicy::Replace);
+            }
+            proptest::prop_assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
+    }
+
     #[test]
     fn errors_name_key_and_line_but_never_a_value() {
         let values = fetched(&[("password", "hunter2"), ("n", "41")]);
