@@ -481,3 +481,83 @@ async fn a_find_over_more_than_a_secret_holds_is_refused_before_it_grows() {
         .report("find over 45 × 24 KiB values", &saw, "rotated-after-find")
         .await;
 }
+
+/// Requests the emulator saw on vault routes and token routes.
+fn vault_and_token_requests(counters: &Value) -> (u64, u64) {
+    let sum = |prefix: &str| -> u64 {
+        counters["byEndpoint"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .filter_map(|(_, n)| n.as_u64())
+            .sum()
+    };
+    (sum("vault:"), sum("entra "))
+}
+
+/// Asserts that, from one interval after now on, the emulator sees no vault
+/// or token request for `quiet` (the poller stops at its next turn).
+async fn nothing_asked(f: &Fixture, interval: Duration, quiet: Duration, what: &str) {
+    tokio::time::sleep(interval + Duration::from_secs(1)).await;
+    f.emulator
+        .control(reqwest::Method::POST, "counters/reset", None)
+        .await;
+    tokio::time::sleep(quiet).await;
+    let (vault, tokens) = vault_and_token_requests(&f.emulator.counters().await);
+    assert_eq!(
+        (vault, tokens),
+        (0, 0),
+        "{what}: vault and token requests in the {quiet:?} after one interval"
+    );
+    eprintln!("| {what} | 0 vault and 0 token requests in the {quiet:?} after one interval |");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawn_access_is_used_no_more_after_one_interval() {
+    let f = Fixture::new("iso-withdrawn").await;
+    let interval = Duration::from_secs(2);
+    let spec = json!({"refreshInterval": "2s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]});
+
+    // The KeyVaultSecret is deleted.
+    f.apply("gone", spec.clone()).await;
+    f.wait_reason("gone", "Synced").await;
+    f.kvs_api()
+        .delete("gone", &Default::default())
+        .await
+        .unwrap();
+    let api = f.kvs_api();
+    eventually("gone to be gone", WAIT, || async {
+        api.get_opt("gone").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    nothing_asked(&f, interval, 3 * interval, "KeyVaultSecret deleted").await;
+
+    // The ServiceAccount loses the annotations that name its identity.
+    f.apply("withdrawn", spec).await;
+    f.wait_reason("withdrawn", "Synced").await;
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(f.client.clone(), &f.ns.name);
+    let unannotated = json!({"metadata": {"annotations": {
+        "azure.workload.identity/client-id": null, "azure.workload.identity/tenant-id": null}}});
+    accounts
+        .patch(
+            "shop-api",
+            &PatchParams::default(),
+            &Patch::Merge(&unannotated),
+        )
+        .await
+        .unwrap();
+    eventually("withdrawn to fail", WAIT, || async {
+        let kvs = api.get("withdrawn").await.ok()?;
+        (ready(&kvs)?.reason != "Synced").then_some(())
+    })
+    .await;
+    nothing_asked(
+        &f,
+        interval,
+        3 * interval,
+        "ServiceAccount's identity annotations removed",
+    )
+    .await;
+}
