@@ -58,7 +58,7 @@ step "tests"
 cargo test --workspace --locked --no-fail-fast -- --test-threads "${KVSYNC_TEST_THREADS:-4}"
 
 # The scale benchmark at a smoke size, so that it keeps running end to end:
-# it prints its table and asserts nothing about the numbers (README, "Benchmark").
+# it prints its table and asserts nothing about the numbers (docs/benchmark.md).
 step "scale benchmark, smoke size"
 cargo test --locked --bench scale -- --sizes 60 --deployments 60 --unrelated-secrets 100 \
   --fanout 20 --samples 2 --interval 10s

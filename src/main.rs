@@ -5,7 +5,7 @@ use kvsync::cli::{Cli, Command};
 
 /// jemalloc, so that memory freed when KeyVaultSecrets go away goes back to
 /// the system: glibc's malloc kept ~80 MiB after 5,000 objects were created
-/// and deleted (README, "Memory after churn").
+/// and deleted (docs/benchmark.md, "Memory under churn").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -480,12 +480,12 @@ async fn explain_a_secret_a_restarted_and_an_unrestarted_workload() {
     assert!(pending.is_match(&out), "{out}");
 }
 
-/// The README's `kubectl kvsync explain` sessions are the golden outputs
+/// The `kubectl kvsync explain` sessions of docs/operating.md are the golden outputs
 /// (with the namespace `shop`, example times and versions): every part of
 /// a session (parts cut at a `…` line) is found in a golden file of its target.
 #[test]
-fn readme_sessions_are_golden_outputs() {
-    let readme = std::fs::read_to_string(PathBuf::from(ROOT).join("README.md")).unwrap();
+fn documented_sessions_are_golden_outputs() {
+    let readme = std::fs::read_to_string(PathBuf::from(ROOT).join("docs/operating.md")).unwrap();
     let goldens = |target: &str| -> Vec<&str> {
         match target {
             "deployment/web" => vec!["web.txt", "web-pending.txt"],
@@ -494,7 +494,7 @@ fn readme_sessions_are_golden_outputs() {
             "cronjob/nightly" => vec!["nightly.txt"],
             "kvs/db" => vec!["kvs.txt"],
             "kvs/dsn" => vec!["kvs-template.txt"],
-            other => panic!("README explains {other}: give it a golden file"),
+            other => panic!("docs/operating.md explains {other}: give it a golden file"),
         }
     };
     let blocks = regex::Regex::new(r"(?s)```\n\$ kubectl kvsync explain (.*?)```").unwrap();
@@ -518,10 +518,10 @@ fn readme_sessions_are_golden_outputs() {
         for part in output.split("…\n").filter(|p| !p.is_empty()) {
             assert!(
                 files.iter().any(|golden| golden.contains(part)),
-                "README's `explain {command}` is not what explain prints (see {:?}):\n{part}",
+                "docs/operating.md's `explain {command}` is not what explain prints (see {:?}):\n{part}",
                 goldens(target)
             );
         }
     }
-    assert_eq!(sessions, 7, "the README's explain sessions");
+    assert_eq!(sessions, 7, "the explain sessions of docs/operating.md");
 }

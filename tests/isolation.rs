@@ -561,3 +561,64 @@ async fn withdrawn_access_is_used_no_more_after_one_interval() {
     )
     .await;
 }
+
+/// The key id of the reload record on Deployment `name`.
+async fn record_key(api: &Api<Deployment>, name: &str) -> Option<String> {
+    let deployment = api.get(name).await.ok()?;
+    let record = deployment
+        .metadata
+        .annotations?
+        .get("kvsync.io/reload-digest")?
+        .clone();
+    let record: Value = serde_json::from_str(&record).ok()?;
+    record["key"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_digest_key_rebaselines_without_a_restart() {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    let mut f = Fixture::new("iso-keyrotate").await;
+    let (client, ns) = (f.client.clone(), f.ns.name.clone());
+    apply(&client, &ns, secret("cfg", &[("password", "1")])).await;
+    apply(&client, &ns, workload("Deployment", "app", "cfg", &[])).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
+    let rollouts = || async {
+        replica_sets
+            .list(&Default::default())
+            .await
+            .map(|list| list.items.len())
+            .unwrap_or(0)
+    };
+    let old_key = eventually("the first record and ReplicaSet", WAIT, || async {
+        let key = record_key(&deployments, "app").await?;
+        (rollouts().await == 1).then_some(key)
+    })
+    .await;
+
+    // The documented rotation: delete the key Secret, restart the operator.
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .delete("kvsync-digest-key", &Default::default())
+        .await
+        .unwrap();
+    f.operator = Operator::start(&f.emulator, &ns, &[]);
+    let new_key = eventually("a record under the new key", WAIT, || async {
+        let key = record_key(&deployments, "app").await?;
+        (key != old_key).then_some(key)
+    })
+    .await;
+    always(
+        "no restart for the new key",
+        Duration::from_secs(3),
+        || async {
+            let template = deployments.get("app").await.unwrap().spec.unwrap().template;
+            let restarted = template
+                .metadata
+                .and_then(|m| m.annotations)
+                .is_some_and(|a| a.contains_key("kvsync.io/restartedAt"));
+            !restarted && rollouts().await == 1
+        },
+    )
+    .await;
+    eprintln!("| digest key rotated ({old_key} → {new_key}) | re-baselined, no restart | — | — |");
+}

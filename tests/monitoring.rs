@@ -89,22 +89,25 @@ fn alerts_pass_promtool_check_and_unit_tests() {
             "KvsyncRestartsHeldBack",
         ]
     );
-    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let runbooks = std::fs::read_to_string(Path::new(ROOT).join("docs/alerts.md")).unwrap();
     for rule in &rules {
         let name = rule["alert"].as_str().unwrap();
-        // GitHub's anchor of the heading `#### NAME` is its lowercase.
+        // GitHub's anchor of the heading `## NAME` is its lowercase.
         let anchor = name.to_lowercase();
         assert_eq!(
             rule["annotations"]["runbook_url"].as_str(),
-            Some(format!("https://github.com/kvsync/kvsync/blob/main/README.md#{anchor}").as_str()),
+            Some(
+                format!("https://github.com/kvsync/kvsync/blob/main/docs/alerts.md#{anchor}")
+                    .as_str()
+            ),
             "{name}: runbook_url, from the chart's home"
         );
-        let entry = readme
-            .split_once(&format!("\n#### {name}\n"))
+        let entry = runbooks
+            .split_once(&format!("\n## {name}\n"))
             .map(|(_, rest)| rest.split("\n#").next().unwrap_or_default())
-            .unwrap_or_else(|| panic!("{name} has no entry (#### {name}) in the README"));
+            .unwrap_or_else(|| panic!("{name} has no entry (## {name}) in docs/alerts.md"));
         for part in ["**Means**", "**Check**", "**Do**"] {
-            assert!(entry.contains(part), "{name}'s README entry lacks {part}");
+            assert!(entry.contains(part), "{name}'s runbook lacks {part}");
         }
     }
     let promtool = tool("promtool");

@@ -1,7 +1,7 @@
 //! One ESO `ExternalSecret` (v1/v1beta1, `azurekv` store) → one
 //! KeyVaultSecret — pure. Every field is either mapped, or reported with
 //! its path and the reason; fields this converter does not know are
-//! reported as such (see the README's migration table for the whole map).
+//! reported as such (see docs/migrating.md for the whole map).
 
 use std::collections::BTreeMap;
 

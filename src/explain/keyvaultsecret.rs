@@ -258,7 +258,7 @@ fn what_to_do(status: &str, current: bool) -> String {
     match (status, current) {
         (_, false) => "wait: the spec changed and kvsync has not synced it yet".to_owned(),
         ("True", true) => "nothing: the Secret holds the vault's current values".to_owned(),
-        _ => "fix what the message names (README, \"Troubleshooting by condition reason\"); \
+        _ => "fix what the message names (docs/operating.md, \"Troubleshooting by condition reason\"); \
               kvsync notices spec, credential and service-account fixes at once and retries vault errors with backoff"
             .to_owned(),
     }

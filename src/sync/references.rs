@@ -17,7 +17,7 @@
 //! and [`References::retain`] drop them with the object (memory follows
 //! the objects). Sized for 10,000 objects: slices and hash sets, where a
 //! `Vec`'s slack and a one-entry `BTreeSet`'s 11-slot node cost ~900 bytes
-//! per object (heaptrack, README "10,000 KeyVaultSecrets…").
+//! per object (heaptrack, docs/benchmark.md "10,000 KeyVaultSecrets…").
 
 use std::collections::{HashMap, HashSet};
 

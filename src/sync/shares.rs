@@ -16,7 +16,7 @@
 //! would wait behind all of them. With shares, half the slots stay open to
 //! the other namespaces whatever one namespace does; one namespace alone
 //! still syncs with half the slots, which is more than the API server's
-//! write rate needs (README, benchmark).
+//! write rate needs (docs/benchmark.md).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
