@@ -21,6 +21,7 @@ mod fetch;
 mod identity;
 pub mod keys;
 pub mod memory;
+pub mod metrics;
 pub mod observed;
 mod reconciler;
 pub mod references;
@@ -50,12 +51,12 @@ use kube::runtime::{Controller, WatchStreamExt, controller, predicates, reflecto
 
 use crate::api::KeyVaultSecret;
 use crate::api::contract::{FORCE_SYNC_ANNOTATION, OWNER_ANNOTATION};
-use crate::metrics::SyncMetrics;
 use crate::reload::ReloadNotifier;
 use crate::scope::ScopeArgs;
 use crate::vault::VaultAccess;
 pub use events::ObjectEvents;
 use memory::Memory;
+pub use metrics::SyncMetrics;
 use observed::Observed;
 use references::{Kind, References};
 
