@@ -28,6 +28,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::key::ObjectKey;
 use super::staleness::Staleness;
 
 /// Distinct `vault` label values: whoever may create a KeyVaultSecret names
@@ -211,34 +212,33 @@ impl SyncMetrics {
     }
 
     /// The object's Secret was confirmed current now.
-    pub fn object_current(&self, object: &str, namespace: &str, interval: Option<Duration>) {
+    pub fn object_current(&self, object: &ObjectKey, interval: Option<Duration>) {
         self.staleness
             .lock()
             .unwrap()
-            .succeeded(object, namespace, interval, Instant::now());
+            .succeeded(object, interval, Instant::now());
     }
 
     /// A sync of the object failed now.
     pub fn object_failed(
         &self,
-        object: &str,
-        namespace: &str,
+        object: &ObjectKey,
         interval: Option<Duration>,
         reason: &'static str,
     ) {
         self.staleness
             .lock()
             .unwrap()
-            .failed(object, namespace, interval, reason, Instant::now());
+            .failed(object, interval, reason, Instant::now());
     }
 
     /// Stops tracking objects for which `alive` is false.
-    pub fn retain_objects(&self, alive: impl Fn(&str) -> bool) {
+    pub fn retain_objects(&self, alive: impl Fn(&ObjectKey) -> bool) {
         self.staleness.lock().unwrap().retain(alive);
     }
 
     /// Stops tracking a deleted object.
-    pub fn forget_object(&self, object: &str) {
+    pub fn forget_object(&self, object: &ObjectKey) {
         self.staleness.lock().unwrap().forget(object);
     }
 
@@ -256,8 +256,8 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = SyncMetrics::register(crate::metrics::prefixed(&mut registry));
         let minute = Some(Duration::from_secs(60));
-        metrics.object_current("shop/db", "shop", minute);
-        metrics.object_failed("shop/api", "shop", minute, "RemoteNotFound");
+        metrics.object_current(&ObjectKey::new("shop", "db"), minute);
+        metrics.object_failed(&ObjectKey::new("shop", "api"), minute, "RemoteNotFound");
         metrics.observe_vault_call("shop-kv.vault.azure.net", "list", "Throttled");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -281,7 +281,7 @@ mod tests {
             .collect();
         assert_eq!(vaults.len(), MAX_VAULT_LABELS + 1, "capped, plus `other`");
         assert!(vaults.contains("other") && vaults.contains("shop-kv.vault.azure.net"));
-        metrics.forget_object("shop/api");
+        metrics.forget_object(&ObjectKey::new("shop", "api"));
         metrics.retain_objects(|_| false);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();

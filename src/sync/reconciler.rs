@@ -24,11 +24,13 @@ use kube::{Resource, ResourceExt};
 use regex::Regex;
 use serde_json::json;
 
+use super::context::Context;
 use super::error::{Retry, SyncError};
 use super::fetch::{Rendered, fetch_and_render, interest};
+use super::key::ObjectKey;
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
 use super::target::{self, DesiredSecret};
-use super::{Context, identity, keys, template, template_from, write};
+use super::{identity, keys, template, template_from, write};
 use crate::api::contract::{
     FIELD_MANAGER, FORCE_SYNC_ANNOTATION, MERGE_FINALIZER, OWNER_ANNOTATION,
 };
@@ -95,13 +97,12 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
     if !keep_finalizer(&kvs, &ctx).await? {
         return Ok(Action::await_change());
     }
-    let key = object_key(&kvs);
+    let key = ObjectKey::of(kvs.as_ref());
     let interval = kvs.spec.refresh_interval().ok().flatten();
-    let namespace = kvs.namespace().unwrap_or_default();
     let (outcome, action) = match sync(&kvs, &ctx).await {
         Ok(synced) => {
             ctx.memory.lock().unwrap().succeeded(&key);
-            ctx.metrics.object_current(&key, &namespace, interval);
+            ctx.metrics.object_current(&key, interval);
             let outcome = Outcome::Synced {
                 secret_name: synced.secret_name,
                 versions: synced.rendered.versions,
@@ -124,8 +125,7 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
                     ))
                 }
             };
-            ctx.metrics
-                .object_failed(&key, &namespace, interval, failure.reason());
+            ctx.metrics.object_failed(&key, interval, failure.reason());
             let outcome = Outcome::Failed {
                 reason: failure.reason(),
                 message: failure.to_string(),
@@ -137,11 +137,6 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
     ctx.metrics
         .observe_sync(outcome_label(&outcome), started.elapsed());
     Ok(action)
-}
-
-/// `namespace/name`, the key of everything kept per object.
-pub fn object_key(kvs: &KeyVaultSecret) -> String {
-    format!("{}/{}", kvs.namespace().unwrap_or_default(), kvs.name_any())
 }
 
 fn at_interval(interval: Option<Duration>) -> Action {
@@ -163,10 +158,9 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
 pub fn error_policy(kvs: Arc<KeyVaultSecret>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed");
     ctx.metrics.observe_error(error.metric_label());
-    let key = object_key(&kvs);
+    let key = ObjectKey::of(kvs.as_ref());
     ctx.metrics.object_failed(
         &key,
-        &kvs.namespace().unwrap_or_default(),
         kvs.spec.refresh_interval().ok().flatten(),
         error.reason(),
     );
@@ -293,7 +287,7 @@ async fn record(kvs: &KeyVaultSecret, ctx: &Context, outcome: &Outcome) -> Resul
     if let Some(event) = event
         && let Err(error) = ctx
             .events
-            .publish(&object_key(kvs), &event, &kvs.object_ref(&()))
+            .publish(&ObjectKey::of(kvs), &event, &kvs.object_ref(&()))
             .await
     {
         tracing::warn!(%error, "could not publish event");
@@ -314,7 +308,7 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> 
         ctx.vault.subscribe(
             &spec.vault_url,
             &identity,
-            &object_key(kvs),
+            ObjectKey::of(kvs).as_str(),
             interest(spec),
             interval,
         );
@@ -341,7 +335,8 @@ async fn sync(kvs: &KeyVaultSecret, ctx: &Context) -> Result<Synced, SyncError> 
         )
         .await?;
     }
-    let wrote = write::write_target(ctx, &object_key(kvs), &desired, spec.target.immutable).await?;
+    let wrote =
+        write::write_target(ctx, &ObjectKey::of(kvs), &desired, spec.target.immutable).await?;
     Ok(Synced {
         secret_name: desired.name,
         rendered,
@@ -374,7 +369,7 @@ fn freshness(kvs: &KeyVaultSecret, ctx: &Context, interval: Option<Duration>) ->
         .annotations()
         .get(FORCE_SYNC_ANNOTATION)
         .map(String::as_str);
-    let key = object_key(kvs);
+    let key = ObjectKey::of(kvs);
     let mut memory = ctx.memory.lock().unwrap();
     let asked = memory.take_read_now(&key, force_sync);
     let spec_changed =
