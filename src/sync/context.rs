@@ -1,7 +1,8 @@
 //! The sync stage's shared state: its settings, its clients, and the
 //! indexes it keeps in step with the watches (each pure, in its own file),
-//! behind one lock each. The controller wiring ([`super::controller`]) feeds
-//! them watch events; each sync ([`super::reconciler`]) reads and updates them.
+//! behind one lock each. No I/O here: the controller wiring
+//! ([`super::controller`]) feeds the indexes watch events; each sync
+//! ([`super::reconciler`]) reads and updates them.
 //!
 //! ```text
 //!  Context

@@ -1,7 +1,8 @@
-//! The controller wiring of the sync stage: one `kube` controller per
-//! watched namespace (or one for the cluster), the watches that feed it, the
-//! mappers from a watch event to the KeyVaultSecrets it concerns, and the
-//! route of the vault's change feed.
+//! The controller wiring of the sync stage — the I/O of its inputs: one
+//! `kube` controller per watched namespace (or one for the cluster), the
+//! watches that feed it, the mappers from a watch event to the
+//! KeyVaultSecrets it concerns (pure lookups in the context's indexes), and
+//! the route of the vault's change feed.
 //!
 //! ```text
 //!  KeyVaultSecret (watch, filtered to spec/force-sync/deletion changes) ─┐

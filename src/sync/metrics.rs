@@ -1,4 +1,5 @@
-//! Prometheus metrics of the sync stage, registered by [`crate::run`] beside
+//! Prometheus metrics of the sync stage (no I/O: counters, and a summary
+//! computed at scrape time), registered by [`crate::run`] beside
 //! the reload stage's and handed to [`super::Context`] (never global: each
 //! stage and each test counts into the set it was given). Labels are
 //! bounded sets: outcome reasons ([`super::SyncError::reason`]), error kinds,
