@@ -31,10 +31,12 @@ use tokio::task::{JoinError, JoinHandle};
 use crate::api::contract::{FIELD_MANAGER, SYNC_EVENT_REPORTER};
 use crate::api::{KeyVaultSecret, crd_yaml};
 use crate::cli::{CrdArgs, RunArgs};
+use crate::cluster::ApiRequests;
 use crate::leader::{LeaderError, Leadership};
-use crate::metrics::Metrics;
 use crate::reload::ReloadError;
+use crate::reload::metrics::ReloadMetrics;
 use crate::reload::readiness::Readiness;
+use crate::sync::SyncMetrics;
 use crate::vault::{
     AllowedHosts, OperatorIdentity, SetupError, VaultAccess, VaultConfig, read_ca_file,
 };
@@ -129,6 +131,26 @@ impl Shutdown {
     /// [`Shutdown::signal`] resolves at once.
     fn begin(&self) {
         self.0.send_replace(true);
+    }
+}
+
+/// The metrics of both stages and of the API client, registered into one
+/// registry (see [`crate::metrics`]).
+struct Metrics {
+    sync: SyncMetrics,
+    reload: ReloadMetrics,
+    /// Counted by the operator's kube client ([`crate::cluster::counted_client`]).
+    api_requests: ApiRequests,
+}
+
+impl Metrics {
+    fn register(registry: &mut Registry) -> Self {
+        let registry = crate::metrics::prefixed(registry);
+        Metrics {
+            sync: SyncMetrics::register(registry),
+            reload: ReloadMetrics::register(registry),
+            api_requests: ApiRequests::register(registry),
+        }
     }
 }
 

@@ -1,7 +1,6 @@
-//! Prometheus counters of the reload stage, registered by
-//! [`crate::metrics::Metrics::register`] beside the sync stage's and handed
-//! to the stage by [`crate::run`] (never global: each stage and each test
-//! counts into the set it was given).
+//! Prometheus counters of the reload stage, registered by [`crate::run`]
+//! beside the sync stage's and handed to the stage (never global: each stage
+//! and each test counts into the set it was given).
 //!
 //! - `kvsync_reload_rollouts_total{kind}`: rolling restarts triggered.
 //! - `kvsync_reload_skipped_total{reason}`: restarts not done, by [`Skip`]:
@@ -202,12 +201,11 @@ impl ReloadMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
 
     #[test]
     fn counters_are_exposed_with_their_labels() {
         let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry).reload;
+        let metrics = ReloadMetrics::register(crate::metrics::prefixed(&mut registry));
         metrics.rollout("Deployment");
         metrics.skipped(Skip::RateLimited, 2);
         metrics.error(Failure::Patch);

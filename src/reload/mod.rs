@@ -28,11 +28,14 @@
 //! a resource appearing restarts only pods that could run without it (see
 //! `decide`).
 //!
-//! Module map: [`annotations`] (the contract), `uses` (what a pod spec
-//! references), `digest` (keyed digests), [`record`] (what kvsync writes on
-//! workloads), `decide` (pure decision and timing), `index` (the memory),
-//! `observe`/`watch` (objects → index entries), `stage` (the event loop and
-//! patches), `events`, [`metrics`] (its counters, injected), `key_secret` (where the digest key lives).
+//! Module map: [`annotations`] (Reloader's rules; the names themselves are in
+//! [`crate::api::contract`]), `uses` (what a pod spec references), `digest`
+//! (keyed digests), [`record`] (what kvsync writes on workloads), `decide`
+//! (the pure decision), `pace` (when to look again, rollout spacing), `index`
+//! (the memory), `observe`/`watch` (objects → index entries), `stage` (the
+//! event loop), `patch` (the patch model, pure), `write` (the writes),
+//! `events`, [`metrics`] (its counters, injected), `key_secret` (where the
+//! digest key lives).
 
 pub mod annotations;
 pub mod decide;
@@ -45,11 +48,14 @@ pub mod key_secret;
 pub mod kinds;
 pub mod metrics;
 pub mod observe;
+mod pace;
+mod patch;
 pub mod readiness;
 pub mod record;
-pub(crate) mod stage;
+mod stage;
 pub mod uses;
 mod watch;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;

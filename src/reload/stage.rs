@@ -13,57 +13,43 @@
 //! the `resourceVersion` evaluated, so each change restarts a workload once.
 //!
 //! ```text
-//!  due ──▶ evaluate (pure decision, no I/O) ──▶ Write ──spawned──▶ writes
-//!                                                                   │
-//!  index, schedule, events, metrics ◀── written (the answer) ◀──────┘
+//!  watch events ──▶ index ──mark──▶ Schedule (pace) ──due──▶ evaluate: decide (pure, no I/O)
+//!                                                               │ Pacer (pace) admits a restart
+//!                                                               ▼
+//!                              patch_body (patch, pure) ──▶ start_write ──spawned──▶ write (I/O)
+//!                                                                                      │
+//!  index, schedule, events, metrics ◀──────────── written (the answer) ◀───────────────┘
 //! ```
+//!
+//! This file is the loop only: the decision is [`super::decide`]'s, the
+//! timing [`super::pace`]'s, the patch model [`super::patch`]'s and the
+//! writes [`super::write`]'s.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
-use std::collections::HashMap;
-
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::batch::v1::Job;
-use kube::api::{Api, ApiResource, Patch, PatchParams, PostParams};
+use kube::api::ApiResource;
 use kube::runtime::watcher::{self, Event};
-use serde_json::{Value, json};
+use serde_json::Value;
 use time::OffsetDateTime;
 use tracing::{debug, error, info, warn};
 
 use super::annotations::PolicyProblem;
 use super::decide::{
-    Decision, Pacer, Pause, Schedule, Situation, Verdict, decide, desired_members,
-    effective_last_restart,
+    Decision, Pause, Situation, Verdict, decide, desired_members, effective_last_restart,
 };
-use super::dynamic;
 use super::events::{EventPublisher, Regarding};
 use super::index::{Index, ResourceChange, WorkloadObservation};
-use super::job::job_for;
-use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
+use super::kinds::{RestartMethod, WorkloadKind, WorkloadRef};
 use super::metrics::{Failure, ReloadMetrics, Skip};
-use super::observe::{WorkloadObject, observe_workload};
+use super::pace::{Pacer, Schedule};
+use super::patch::{Changes, PauseChange, PendingChange, RecordChange, patch_body};
 use super::record::{AppliedRecord, format_time, pending_mark};
 use super::watch::{Input, Listing, Observed, Source, Watched};
-use crate::api::contract::{
-    DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RELOAD_FIELD_MANAGER,
-    RESTARTED_AT_ANNOTATION, reloader,
-};
-
-/// Wait before retrying a workload whose patch failed for another reason
-/// than a conflict (which the next watch event resolves); doubled with each
-/// failure in a row, up to [`MAX_RETRY_DELAY`].
-const RETRY_AFTER_ERROR: Duration = Duration::from_secs(10);
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
-
-/// The backoff after `failures` failed writes in a row (at least one).
-fn retry_delay(failures: u32) -> Duration {
-    RETRY_AFTER_ERROR
-        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
-        .min(MAX_RETRY_DELAY)
-}
+use super::write::{Outcome, Purpose, Written, retry_delay, write};
 
 /// At most this many workload writes (patches, a CronJob's Job) in flight.
 /// Restarts are paced by `--max-rollouts-per-second`; this bounds what the
@@ -646,217 +632,6 @@ impl Stage {
     }
 }
 
-/// What a write was for: what its success means.
-enum Purpose {
-    /// Recording digests or ending a pause.
-    Record,
-    Restart {
-        changed: Vec<ResourceRef>,
-        uid: String,
-    },
-    /// A pause period started: look again when it is over.
-    Pause { period: Duration },
-}
-
-/// How a write ended.
-enum Outcome {
-    /// Applied; the workload as the server returned it (boxed: much
-    /// larger than the other variants).
-    Applied(Option<Box<WorkloadObservation>>),
-    /// Nothing written: the CronJob is gone or its Job cannot be made, or
-    /// the kind is not served.
-    Skipped,
-    /// The Job or the patch failed.
-    Failed(Failure, kube::Error),
-}
-
-/// The answer to one write, for the loop.
-struct Written {
-    workload: WorkloadRef,
-    purpose: Purpose,
-    outcome: Outcome,
-}
-
-/// Makes the CronJob's Job named by `job` (if any), then merge-patches the
-/// workload with `body`. `api`: the API of a dynamic kind.
-async fn write(
-    client: kube::Client,
-    api: Option<ApiResource>,
-    workload: &WorkloadRef,
-    body: Value,
-    job: Option<String>,
-) -> Outcome {
-    if let Some(restart) = job {
-        let Some(api) = &api else {
-            return Outcome::Skipped;
-        };
-        match create_job(client.clone(), api, workload, &restart).await {
-            Ok(true) => {}
-            Ok(false) => return Outcome::Skipped,
-            Err(error) => return Outcome::Failed(Failure::Job, error),
-        }
-    }
-    let result = match workload.kind {
-        WorkloadKind::Deployment => patch::<Deployment>(client, workload, body).await,
-        WorkloadKind::StatefulSet => patch::<StatefulSet>(client, workload, body).await,
-        WorkloadKind::DaemonSet => patch::<DaemonSet>(client, workload, body).await,
-        WorkloadKind::CronJob | WorkloadKind::Rollout => match &api {
-            Some(api) => dynamic::patch(client, api, workload, &patch_params(), body).await,
-            None => return Outcome::Skipped,
-        },
-    };
-    match result {
-        Ok(updated) => Outcome::Applied(updated.map(Box::new)),
-        Err(error) => Outcome::Failed(Failure::Patch, error),
-    }
-}
-
-/// Creates the Job for one restart of a CronJob (see [`super::job`]);
-/// `Ok(false)` when there is nothing to make it from (the CronJob is gone).
-/// A Job of that name already there is this restart's, made before.
-async fn create_job(
-    client: kube::Client,
-    api: &ApiResource,
-    workload: &WorkloadRef,
-    restart: &str,
-) -> Result<bool, kube::Error> {
-    let cron_job = dynamic::api(client.clone(), api, &workload.namespace)
-        .get_opt(&workload.name)
-        .await?
-        .as_ref()
-        .and_then(dynamic::cron_job);
-    let Some(job) = cron_job.and_then(|c| job_for(&c, &api.api_version, restart)) else {
-        return Ok(false);
-    };
-    let created = Api::<Job>::namespaced(client, &workload.namespace)
-        .create(
-            &PostParams {
-                field_manager: Some(RELOAD_FIELD_MANAGER.to_owned()),
-                ..PostParams::default()
-            },
-            &job,
-        )
-        .await;
-    match created {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(true),
-        Err(error) => Err(error),
-    }
-}
-
-async fn patch<W: WorkloadObject>(
-    client: kube::Client,
-    workload: &WorkloadRef,
-    body: Value,
-) -> Result<Option<WorkloadObservation>, kube::Error> {
-    let api: Api<W> = Api::namespaced(client, &workload.namespace);
-    let updated = api
-        .patch(&workload.name, &patch_params(), &Patch::Merge(body))
-        .await?;
-    Ok(observe_workload(&updated))
-}
-
-fn patch_params() -> PatchParams {
-    PatchParams {
-        field_manager: Some(RELOAD_FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    }
-}
-
-/// What one patch of a workload writes.
-struct Changes {
-    record: RecordChange,
-    /// Restart: the new `kvsync.io/restartedAt` of the pod template.
-    restarted_at: Option<OffsetDateTime>,
-    pause: PauseChange,
-    /// The `kvsync.io/restart-pending` mark.
-    pending: PendingChange,
-}
-
-enum PendingChange {
-    Keep,
-    Set(String),
-    Remove,
-}
-
-enum RecordChange {
-    Keep,
-    Set(AppliedRecord),
-    Remove,
-}
-
-enum PauseChange {
-    Keep,
-    /// Start a pause period (`kvsync.io/paused-at`).
-    Start(OffsetDateTime),
-    /// End it; `resume`: unpause a Deployment Reloader paused.
-    End {
-        resume: bool,
-    },
-}
-
-/// The one merge patch that records digests, restarts (as `method` says) and
-/// starts or ends a pause. `resourceVersion` makes it conditional on the
-/// workload being as evaluated.
-fn patch_body(resource_version: &str, method: RestartMethod, changes: &Changes) -> Value {
-    let mut annotations = serde_json::Map::new();
-    let mut spec = serde_json::Map::new();
-    match &changes.record {
-        RecordChange::Keep => {}
-        RecordChange::Set(record) => {
-            annotations.insert(DIGEST_ANNOTATION.into(), json!(record.render()));
-        }
-        RecordChange::Remove => {
-            annotations.insert(DIGEST_ANNOTATION.into(), Value::Null);
-        }
-    }
-    match changes.pause {
-        PauseChange::Keep => {}
-        PauseChange::Start(at) => {
-            annotations.insert(PAUSED_AT_ANNOTATION.into(), json!(format_time(at)));
-        }
-        PauseChange::End { resume } => {
-            annotations.insert(PAUSED_AT_ANNOTATION.into(), Value::Null);
-            if resume {
-                annotations.insert(reloader::PAUSED_AT.into(), Value::Null);
-                spec.insert("paused".into(), json!(false));
-            }
-        }
-    }
-    match &changes.pending {
-        PendingChange::Keep => {}
-        PendingChange::Set(mark) => {
-            annotations.insert(PENDING_ANNOTATION.into(), json!(mark));
-        }
-        PendingChange::Remove => {
-            annotations.insert(PENDING_ANNOTATION.into(), Value::Null);
-        }
-    }
-    if let Some(at) = changes.restarted_at {
-        let at = json!(format_time(at));
-        match method {
-            RestartMethod::PodTemplate => {
-                spec.insert(
-                    "template".into(),
-                    json!({ "metadata": { "annotations": { RESTARTED_AT_ANNOTATION: at } } }),
-                );
-            }
-            RestartMethod::RestartAt => {
-                spec.insert("restartAt".into(), at);
-            }
-            RestartMethod::Job { .. } => {
-                annotations.insert(RESTARTED_AT_ANNOTATION.into(), at);
-            }
-        }
-    }
-    let mut body =
-        json!({ "metadata": { "resourceVersion": resource_version, "annotations": annotations } });
-    if !spec.is_empty() {
-        body["spec"] = Value::Object(spec);
-    }
-    body
-}
-
 fn is_forbidden(error: &watcher::Error) -> bool {
     matches!(error, watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.is_forbidden())
 }
@@ -865,75 +640,5 @@ async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::reload::record::Members;
-
-    fn record() -> AppliedRecord {
-        AppliedRecord::new("k".into(), Members::new())
-    }
-
-    #[test]
-    fn failed_writes_back_off_exponentially_up_to_ten_minutes() {
-        let delays: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
-        assert_eq!(delays, [10, 20, 40, 80, 160, 320, 600, 600]);
-        assert_eq!(retry_delay(u32::MAX), MAX_RETRY_DELAY);
-    }
-
-    #[test]
-    fn restart_and_record_go_in_one_conditional_patch() {
-        let at = OffsetDateTime::from_unix_timestamp(0).unwrap();
-        let changes = Changes {
-            record: RecordChange::Set(record()),
-            restarted_at: Some(at),
-            pause: PauseChange::End { resume: true },
-            pending: PendingChange::Remove,
-        };
-        let body = patch_body("41", RestartMethod::PodTemplate, &changes);
-        assert_eq!(body["metadata"]["resourceVersion"], "41");
-        let annotations = &body["metadata"]["annotations"];
-        assert_eq!(annotations[DIGEST_ANNOTATION], record().render());
-        assert_eq!(
-            body["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT_ANNOTATION],
-            "1970-01-01T00:00:00Z"
-        );
-        assert_eq!(body["spec"]["paused"], false, "resumed in the same patch");
-        assert!(annotations[reloader::PAUSED_AT].is_null());
-        assert!(annotations[PAUSED_AT_ANNOTATION].is_null());
-        assert!(annotations[PENDING_ANNOTATION].is_null(), "no longer held");
-    }
-
-    #[test]
-    fn baselines_and_pauses_touch_metadata_only_and_forgetting_removes_the_record() {
-        let at = OffsetDateTime::from_unix_timestamp(0).unwrap();
-        let changes = Changes {
-            record: RecordChange::Keep,
-            restarted_at: None,
-            pause: PauseChange::Start(at),
-            pending: PendingChange::Set(pending_mark(at, &[])),
-        };
-        let body = patch_body("1", RestartMethod::PodTemplate, &changes);
-        assert!(body.get("spec").is_none(), "{body}");
-        assert_eq!(
-            body["metadata"]["annotations"],
-            json!({ PAUSED_AT_ANNOTATION: "1970-01-01T00:00:00Z",
-                    PENDING_ANNOTATION: "1970-01-01T00:00:00Z " })
-        );
-        let changes = Changes {
-            record: RecordChange::Remove,
-            restarted_at: None,
-            pause: PauseChange::End { resume: false },
-            pending: PendingChange::Keep,
-        };
-        let body = patch_body("1", RestartMethod::PodTemplate, &changes);
-        assert!(body.get("spec").is_none(), "{body}");
-        assert_eq!(
-            body["metadata"]["annotations"],
-            json!({ DIGEST_ANNOTATION: null, PAUSED_AT_ANNOTATION: null })
-        );
     }
 }

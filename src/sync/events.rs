@@ -12,7 +12,7 @@
 //!
 //! ```text
 //!  ObjectEvents
-//!   └─ folds: ("ns/name", type, reason, action) ─▶ Fold { event name, count, last }
+//!   └─ folds: (ObjectKey, type, reason, action) ─▶ Fold { event name, count, last }
 //!        pruned when older than 6 minutes (checked at most once a minute),
 //!        removed by forget (object deleted) and retain (after a re-list)
 //! ```
@@ -29,6 +29,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Reporter};
 use serde_json::json;
 
+use super::key::ObjectKey;
 use crate::events::{Reporting, Said};
 
 /// How long a repeat folds into the first Event (kube's `Recorder` uses 6 minutes).
@@ -38,7 +39,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct FoldKey {
-    object: String,
+    object: ObjectKey,
     type_: &'static str,
     reason: String,
     action: String,
@@ -102,11 +103,11 @@ impl ObjectEvents {
         }
     }
 
-    /// Publishes `event` about `object` ("ns/name"): a new Event, or a
-    /// repeat counted on the one it folds into.
+    /// Publishes `event` about `object`: a new Event, or a repeat counted
+    /// on the one it folds into.
     pub async fn publish(
         &self,
-        object: &str,
+        object: &ObjectKey,
         event: &Event,
         reference: &ObjectReference,
     ) -> Result<(), kube::Error> {
@@ -116,7 +117,7 @@ impl ObjectEvents {
             EventType::Warning => "Warning",
         };
         let key = FoldKey {
-            object: object.to_owned(),
+            object: object.clone(),
             type_,
             reason: event.reason.clone(),
             action: event.action.clone(),
@@ -160,12 +161,12 @@ impl ObjectEvents {
     }
 
     /// Drops the folds of `object` (it was deleted).
-    pub fn forget(&self, object: &str) {
+    pub fn forget(&self, object: &ObjectKey) {
         self.retain(|o| o != object);
     }
 
     /// Keeps only the folds of objects for which `alive` holds.
-    pub fn retain(&self, alive: impl Fn(&str) -> bool) {
+    pub fn retain(&self, alive: impl Fn(&ObjectKey) -> bool) {
         self.folds
             .lock()
             .unwrap()

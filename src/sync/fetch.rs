@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use regex::Regex;
 
-use super::Context;
+use super::context::Context;
 use super::error::SyncError;
 use super::keys::KeyShaping;
 use super::render::{self, RenderError};

@@ -14,8 +14,10 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
 use kube::api::Api;
 
+use super::context::Context;
 use super::error::SyncError;
-use super::{Context, values};
+use super::key::ObjectKey;
+use super::values;
 use crate::api::contract::{
     SA_CLIENT_ID_ANNOTATION, SA_OPT_IN_ANNOTATION, SA_TENANT_ID_ANNOTATION,
 };
@@ -114,7 +116,7 @@ async fn service_account(
     namespace: &str,
     sa_name: &str,
 ) -> Result<WorkloadAnnotations, SyncError> {
-    let key = format!("{namespace}/{sa_name}");
+    let key = ObjectKey::new(namespace, sa_name);
     if let Some(seen) = ctx.service_accounts.lock().unwrap().known(&key) {
         return Ok(seen.clone());
     }

@@ -3,13 +3,13 @@
 //!
 //! ```text
 //!  Memory
-//!   ├─ objects: "ns/name" ─▶ ObjectMemory { failures, force_sync, read_now, read_now_at }
+//!   ├─ objects: ObjectKey ─▶ ObjectMemory { failures, force_sync, read_now, read_now_at }
 //!   │     failures    consecutive failed syncs (backoff)
 //!   │     force_sync  the kvsync.io/force-sync value last synced (a new value → read as of now)
 //!   │     read_now    a watched event asked for a read as of now (target repair, credential change)
 //!   │     read_now_at when the object last read as of now: at most one such read per
 //!   │                 minimum refresh interval (a force-sync or spec-change loop is rate-limited)
-//!   └─ checked: ("ns", "secret") ─▶ Checked { version, writer: "ns/name", desired: digest }
+//!   └─ checked: the Secret's ObjectKey ─▶ Checked { version, writer: ObjectKey, desired: digest }
 //!         the target's resourceVersion kvsync last wrote or read as up to date, and the digest
 //!         of the desired Secret it holds (when it held all of it): the watch event of that
 //!         version triggers no sync, and while the watch still sees that version a refresh
@@ -23,11 +23,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::key::ObjectKey;
+
 /// A version of a target Secret kvsync wrote or read.
 #[derive(Debug)]
 struct Checked {
     version: String,
-    writer: String,
+    writer: ObjectKey,
     /// Digest of the desired Secret it holds, if it holds all of it.
     desired: Option<u64>,
 }
@@ -43,34 +45,35 @@ struct ObjectMemory {
 /// Per-object state of the sync stage.
 #[derive(Debug, Default)]
 pub struct Memory {
-    objects: HashMap<String, ObjectMemory>,
-    checked: HashMap<(String, String), Checked>,
+    objects: HashMap<ObjectKey, ObjectMemory>,
+    /// By the Secret's key.
+    checked: HashMap<ObjectKey, Checked>,
 }
 
 impl Memory {
     /// One more consecutive failure; returns the count.
-    pub fn failed(&mut self, object: &str) -> u32 {
-        let memory = self.objects.entry(object.to_owned()).or_default();
+    pub fn failed(&mut self, object: &ObjectKey) -> u32 {
+        let memory = self.objects.entry(object.clone()).or_default();
         memory.failures += 1;
         memory.failures
     }
 
-    pub fn succeeded(&mut self, object: &str) {
+    pub fn succeeded(&mut self, object: &ObjectKey) {
         if let Some(memory) = self.objects.get_mut(object) {
             memory.failures = 0;
         }
     }
 
     /// Asks the next sync of `object` to read the vault as of now.
-    pub fn request_read_now(&mut self, object: &str) {
-        self.objects.entry(object.to_owned()).or_default().read_now = true;
+    pub fn request_read_now(&mut self, object: &ObjectKey) {
+        self.objects.entry(object.clone()).or_default().read_now = true;
     }
 
     /// Whether this sync must read the vault as of now because of a
     /// request or a new force-sync value; consumes the request and
     /// records the value.
-    pub fn take_read_now(&mut self, object: &str, force_sync: Option<&str>) -> bool {
-        let memory = self.objects.entry(object.to_owned()).or_default();
+    pub fn take_read_now(&mut self, object: &ObjectKey, force_sync: Option<&str>) -> bool {
+        let memory = self.objects.entry(object.clone()).or_default();
         let force_sync = force_sync.map(str::to_owned);
         let forced = memory
             .force_sync
@@ -81,8 +84,13 @@ impl Memory {
 
     /// How long until `object` may read the vault as of now (at most once
     /// per `gap`); `None` when it may at `now`, which is then recorded.
-    pub fn read_now_wait(&mut self, object: &str, now: Instant, gap: Duration) -> Option<Duration> {
-        let memory = self.objects.entry(object.to_owned()).or_default();
+    pub fn read_now_wait(
+        &mut self,
+        object: &ObjectKey,
+        now: Instant,
+        gap: Duration,
+    ) -> Option<Duration> {
+        let memory = self.objects.entry(object.clone()).or_default();
         let since = memory
             .read_now_at
             .map(|last| now.saturating_duration_since(last));
@@ -95,50 +103,47 @@ impl Memory {
         }
     }
 
-    /// Remembers the version of Secret `namespace/secret` that `object`
-    /// wrote or read, with the digest of the desired Secret it holds (if it does).
+    /// Remembers the version of Secret `secret` that `object` wrote or
+    /// read, with the digest of the desired Secret it holds (if it does).
     pub fn remember_checked(
         &mut self,
-        object: &str,
-        namespace: &str,
-        secret: &str,
+        object: &ObjectKey,
+        secret: ObjectKey,
         version: String,
         desired: Option<u64>,
     ) {
         self.checked.insert(
-            (namespace.to_owned(), secret.to_owned()),
+            secret,
             Checked {
                 version,
-                writer: object.to_owned(),
+                writer: object.clone(),
                 desired,
             },
         );
     }
 
     /// Whether kvsync wrote or read this version of the Secret itself.
-    pub fn is_checked(&self, namespace: &str, secret: &str, version: &str) -> bool {
-        self.checked(namespace, secret)
+    pub fn is_checked(&self, secret: &ObjectKey, version: &str) -> bool {
+        self.checked
+            .get(secret)
             .is_some_and(|checked| checked.version == version)
     }
 
     /// Whether this version of the Secret is known to hold the desired Secret with digest `desired`.
-    pub fn holds(&self, namespace: &str, secret: &str, version: &str, desired: u64) -> bool {
-        self.checked(namespace, secret)
+    pub fn holds(&self, secret: &ObjectKey, version: &str, desired: u64) -> bool {
+        self.checked
+            .get(secret)
             .is_some_and(|checked| checked.version == version && checked.desired == Some(desired))
     }
 
-    fn checked(&self, namespace: &str, secret: &str) -> Option<&Checked> {
-        self.checked.get(&(namespace.to_owned(), secret.to_owned()))
-    }
-
     /// Drops everything kept for `object` (it was deleted).
-    pub fn forget(&mut self, object: &str) {
+    pub fn forget(&mut self, object: &ObjectKey) {
         self.objects.remove(object);
-        self.checked.retain(|_, checked| checked.writer != object);
+        self.checked.retain(|_, checked| checked.writer != *object);
     }
 
     /// Keeps only what belongs to objects for which `alive` holds.
-    pub fn retain(&mut self, alive: impl Fn(&str) -> bool) {
+    pub fn retain(&mut self, alive: impl Fn(&ObjectKey) -> bool) {
         self.objects.retain(|object, _| alive(object));
         self.checked.retain(|_, checked| alive(&checked.writer));
     }
@@ -156,12 +161,15 @@ mod tests {
     #[test]
     fn a_new_force_sync_value_reads_now_once() {
         let mut memory = Memory::default();
-        assert!(!memory.take_read_now("ns/a", None), "first sight");
-        assert!(!memory.take_read_now("ns/a", None));
-        assert!(memory.take_read_now("ns/a", Some("1")), "new value");
-        assert!(!memory.take_read_now("ns/a", Some("1")), "same value again");
+        assert!(!memory.take_read_now(&"ns/a".into(), None), "first sight");
+        assert!(!memory.take_read_now(&"ns/a".into(), None));
+        assert!(memory.take_read_now(&"ns/a".into(), Some("1")), "new value");
         assert!(
-            memory.take_read_now("ns/a", None),
+            !memory.take_read_now(&"ns/a".into(), Some("1")),
+            "same value again"
+        );
+        assert!(
+            memory.take_read_now(&"ns/a".into(), None),
             "removed is a change too"
         );
     }
@@ -169,9 +177,9 @@ mod tests {
     #[test]
     fn a_read_now_request_is_consumed_by_one_sync() {
         let mut memory = Memory::default();
-        memory.request_read_now("ns/a");
-        assert!(memory.take_read_now("ns/a", None));
-        assert!(!memory.take_read_now("ns/a", None));
+        memory.request_read_now(&"ns/a".into());
+        assert!(memory.take_read_now(&"ns/a".into(), None));
+        assert!(!memory.take_read_now(&"ns/a".into(), None));
     }
 
     #[test]
@@ -179,57 +187,65 @@ mod tests {
         let mut memory = Memory::default();
         let (start, gap) = (Instant::now(), Duration::from_secs(10));
         let second = Duration::from_secs(1);
-        assert_eq!(memory.read_now_wait("ns/a", start, gap), None, "the first");
+        let (a, b): (ObjectKey, ObjectKey) = ("ns/a".into(), "ns/b".into());
+        assert_eq!(memory.read_now_wait(&a, start, gap), None, "the first");
         assert_eq!(
-            memory.read_now_wait("ns/a", start + 9 * second, gap),
+            memory.read_now_wait(&a, start + 9 * second, gap),
             Some(second),
             "one second to go"
         );
-        assert_eq!(memory.read_now_wait("ns/b", start, gap), None, "per object");
+        assert_eq!(memory.read_now_wait(&b, start, gap), None, "per object");
         assert_eq!(
-            memory.read_now_wait("ns/a", start + gap, gap),
+            memory.read_now_wait(&a, start + gap, gap),
             None,
             "after the gap"
         );
-        assert_eq!(memory.read_now_wait("ns/a", start + gap, gap), Some(gap));
+        assert_eq!(memory.read_now_wait(&a, start + gap, gap), Some(gap));
     }
 
     #[test]
     fn failures_count_up_and_reset() {
         let mut memory = Memory::default();
-        assert_eq!(memory.failed("ns/a"), 1);
-        assert_eq!(memory.failed("ns/a"), 2);
-        memory.succeeded("ns/a");
-        assert_eq!(memory.failed("ns/a"), 1);
+        assert_eq!(memory.failed(&"ns/a".into()), 1);
+        assert_eq!(memory.failed(&"ns/a".into()), 2);
+        memory.succeeded(&"ns/a".into());
+        assert_eq!(memory.failed(&"ns/a".into()), 1);
     }
 
     #[test]
     fn checked_versions_are_recognised_by_resource_version_and_digest() {
         let mut memory = Memory::default();
-        memory.remember_checked("ns/a", "ns", "db", "7".into(), Some(42));
-        assert!(memory.is_checked("ns", "db", "7"));
-        assert!(!memory.is_checked("ns", "db", "8"));
-        assert!(!memory.is_checked("other", "db", "7"));
-        assert!(memory.holds("ns", "db", "7", 42));
-        assert!(!memory.holds("ns", "db", "8", 42), "changed since");
-        assert!(!memory.holds("ns", "db", "7", 43), "another desired Secret");
-        memory.remember_checked("ns/a", "ns", "db", "9".into(), None);
-        assert!(memory.is_checked("ns", "db", "9"));
-        assert!(!memory.holds("ns", "db", "9", 42), "written, not all of it");
+        memory.remember_checked(&"ns/a".into(), "ns/db".into(), "7".into(), Some(42));
+        assert!(memory.is_checked(&"ns/db".into(), "7"));
+        assert!(!memory.is_checked(&"ns/db".into(), "8"));
+        assert!(!memory.is_checked(&"other/db".into(), "7"));
+        assert!(memory.holds(&"ns/db".into(), "7", 42));
+        assert!(!memory.holds(&"ns/db".into(), "8", 42), "changed since");
+        assert!(
+            !memory.holds(&"ns/db".into(), "7", 43),
+            "another desired Secret"
+        );
+        memory.remember_checked(&"ns/a".into(), "ns/db".into(), "9".into(), None);
+        assert!(memory.is_checked(&"ns/db".into(), "9"));
+        assert!(
+            !memory.holds(&"ns/db".into(), "9", 42),
+            "written, not all of it"
+        );
     }
 
     #[test]
     fn forgetting_and_retaining_drop_everything_of_gone_objects() {
         let mut memory = Memory::default();
         for object in ["ns/a", "ns/b", "ns/c"] {
-            memory.failed(object);
-            memory.remember_checked(object, "ns", &object[3..], "1".into(), None);
+            let object = ObjectKey::from(object);
+            memory.failed(&object);
+            memory.remember_checked(&object, object.clone(), "1".into(), None);
         }
-        memory.forget("ns/a");
+        memory.forget(&"ns/a".into());
         assert_eq!(memory.sizes(), (2, 2));
-        assert!(!memory.is_checked("ns", "a", "1"));
-        memory.retain(|object| object == "ns/c");
+        assert!(!memory.is_checked(&"ns/a".into(), "1"));
+        memory.retain(|object| object.as_str() == "ns/c");
         assert_eq!(memory.sizes(), (1, 1));
-        assert!(memory.is_checked("ns", "c", "1"));
+        assert!(memory.is_checked(&"ns/c".into(), "1"));
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  Observed<T>
-//!   └─ "ns/name" ─▶ Entry { version, listed, known: T }
+//!   └─ ObjectKey ─▶ Entry { version, listed, known: T }
 //!        version  the resourceVersion the watch saw last (every object of the kind, ~100 bytes each)
 //!        listed   the re-list that last saw it (entries a re-list did not see are dropped)
 //!        known    what kvsync learned of the object at that version; a new version resets it
@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use kube::Resource;
 use kube::runtime::watcher;
 
-use super::watched;
+use super::key::ObjectKey;
 
 #[derive(Debug)]
 struct Entry<T> {
@@ -39,7 +39,7 @@ struct Entry<T> {
 /// kvsync knows of each at that version.
 #[derive(Debug)]
 pub struct Observed<T> {
-    entries: HashMap<Box<str>, Entry<T>>,
+    entries: HashMap<ObjectKey, Entry<T>>,
     /// Re-lists so far; an entry's `listed` is the last one that saw it.
     relists: u64,
     /// The re-list in progress, by watch scope (a namespace, or `None`: all).
@@ -72,7 +72,7 @@ impl<T> Observed<T> {
                 self.seen(object, listed, &known);
             }
             watcher::Event::Delete(object) => {
-                self.entries.remove(&key_of(object));
+                self.entries.remove(&ObjectKey::of(object));
             }
             watcher::Event::Init => {
                 self.relists += 1;
@@ -81,7 +81,7 @@ impl<T> Observed<T> {
             watcher::Event::InitDone => {
                 if let Some(listed) = self.relisting.remove(scope) {
                     self.entries
-                        .retain(|key, entry| entry.listed == listed || !watched(scope, key));
+                        .retain(|key, entry| entry.listed == listed || !key.watched_by(scope));
                 }
             }
         }
@@ -92,14 +92,14 @@ impl<T> Observed<T> {
     /// (a watch that stays broken never leaves a refresh trusting old state).
     pub fn lost(&mut self, scope: &Option<String>) {
         self.relisting.remove(scope);
-        self.entries.retain(|key, _| !watched(scope, key));
+        self.entries.retain(|key, _| !key.watched_by(scope));
     }
 
     fn seen<K: Resource>(&mut self, object: &K, listed: Option<u64>, known: impl Fn(&K) -> T) {
         let Some(version) = object.meta().resource_version.as_deref() else {
             return;
         };
-        let key = key_of(object);
+        let key = ObjectKey::of(object);
         match self.entries.get_mut(&key) {
             Some(entry) if &*entry.version == version => {
                 entry.listed = listed.unwrap_or(entry.listed);
@@ -115,20 +115,20 @@ impl<T> Observed<T> {
         }
     }
 
-    /// The version of `key` ("ns/name") the watch saw last.
-    pub fn version(&self, key: &str) -> Option<&str> {
+    /// The version of `key` the watch saw last.
+    pub fn version(&self, key: &ObjectKey) -> Option<&str> {
         self.entries.get(key).map(|entry| &*entry.version)
     }
 
     /// What is known of `key` at the version the watch saw last.
-    pub fn known(&self, key: &str) -> Option<&T> {
+    pub fn known(&self, key: &ObjectKey) -> Option<&T> {
         self.entries.get(key).map(|entry| &entry.known)
     }
 
     /// Records what was learned of `key` by reading it at `version`, if the
     /// watch sees that version too (else the read is not kept: the watch
     /// has not caught up, or the object has changed since).
-    pub fn learn(&mut self, key: &str, version: &str, learn: impl FnOnce(&mut T)) {
+    pub fn learn(&mut self, key: &ObjectKey, version: &str, learn: impl FnOnce(&mut T)) {
         if let Some(entry) = self.entries.get_mut(key)
             && &*entry.version == version
         {
@@ -140,17 +140,6 @@ impl<T> Observed<T> {
     fn len(&self) -> usize {
         self.entries.len()
     }
-}
-
-/// "namespace/name" of a namespaced object.
-fn key_of<K: Resource>(object: &K) -> Box<str> {
-    let meta = object.meta();
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
-    )
-    .into_boxed_str()
 }
 
 #[cfg(test)]
@@ -168,7 +157,7 @@ mod tests {
     }
 
     fn learned(observed: &mut Observed<Vec<&'static str>>, key: &str, version: &str) {
-        observed.learn(key, version, |known| known.push("value"));
+        observed.learn(&key.into(), version, |known| known.push("value"));
     }
 
     const ALL: Option<String> = None;
@@ -178,22 +167,22 @@ mod tests {
         let mut observed = Observed::default();
         observed.follow(&ALL, &Event::Apply(secret("a", "creds", "1")), |_| vec![]);
         learned(&mut observed, "a/creds", "1");
-        assert_eq!(observed.known("a/creds"), Some(&vec!["value"]));
+        assert_eq!(observed.known(&"a/creds".into()), Some(&vec!["value"]));
         observed.follow(&ALL, &Event::Apply(secret("a", "creds", "1")), |_| vec![]);
         assert_eq!(
-            observed.known("a/creds"),
+            observed.known(&"a/creds".into()),
             Some(&vec!["value"]),
             "same version"
         );
         observed.follow(&ALL, &Event::Apply(secret("a", "creds", "2")), |_| vec![]);
-        assert_eq!(observed.version("a/creds"), Some("2"));
+        assert_eq!(observed.version(&"a/creds".into()), Some("2"));
         assert_eq!(
-            observed.known("a/creds"),
+            observed.known(&"a/creds".into()),
             Some(&vec![]),
             "edited by someone"
         );
         observed.follow(&ALL, &Event::Delete(secret("a", "creds", "3")), |_| vec![]);
-        assert_eq!(observed.known("a/creds"), None, "deleted");
+        assert_eq!(observed.known(&"a/creds".into()), None, "deleted");
     }
 
     #[test]
@@ -205,11 +194,15 @@ mod tests {
         observed.follow(&b, &Event::Apply(secret("b", "target", "1")), |_| vec![]);
         observed.lost(&a);
         assert_eq!(
-            observed.version("a/target"),
+            observed.version(&"a/target".into()),
             None,
             "read from the API server"
         );
-        assert_eq!(observed.version("b/target"), Some("1"), "another watch");
+        assert_eq!(
+            observed.version(&"b/target".into()),
+            Some("1"),
+            "another watch"
+        );
         observed.follow(&a, &Event::<Secret>::Init, |_| vec![]);
         observed.follow(
             &a,
@@ -217,7 +210,7 @@ mod tests {
             |_| vec![],
         );
         observed.follow(&a, &Event::<Secret>::InitDone, |_| vec![]);
-        assert_eq!(observed.version("a/target"), Some("2"));
+        assert_eq!(observed.version(&"a/target".into()), Some("2"));
         observed.lost(&ALL);
         assert_eq!(observed.len(), 0);
     }
@@ -226,11 +219,15 @@ mod tests {
     fn a_read_the_watch_has_not_caught_up_with_is_not_kept() {
         let mut observed = Observed::default();
         learned(&mut observed, "a/creds", "1");
-        assert_eq!(observed.known("a/creds"), None, "not seen by the watch");
+        assert_eq!(
+            observed.known(&"a/creds".into()),
+            None,
+            "not seen by the watch"
+        );
         observed.follow(&ALL, &Event::Apply(secret("a", "creds", "1")), |_| vec![]);
         learned(&mut observed, "a/creds", "2");
         assert_eq!(
-            observed.known("a/creds"),
+            observed.known(&"a/creds".into()),
             Some(&vec![]),
             "read a newer version"
         );
@@ -253,16 +250,20 @@ mod tests {
         assert_eq!(observed.len(), 3, "nothing dropped before the list is done");
         observed.follow(&shop, &Event::<Secret>::InitDone, |_| vec![]);
         assert_eq!(
-            observed.version("shop/gone"),
+            observed.version(&"shop/gone".into()),
             None,
             "deleted while unwatched"
         );
         assert_eq!(
-            observed.known("shop/kept"),
+            observed.known(&"shop/kept".into()),
             Some(&vec!["value"]),
             "unchanged"
         );
-        assert_eq!(observed.version("web/other"), Some("1"), "another watch's");
+        assert_eq!(
+            observed.version(&"web/other".into()),
+            Some("1"),
+            "another watch's"
+        );
     }
 
     #[test]
@@ -270,6 +271,6 @@ mod tests {
         let mut observed = Observed::default();
         let annotated = |s: &Secret| s.metadata.resource_version.clone();
         observed.follow(&ALL, &Event::Apply(secret("a", "sa", "4")), annotated);
-        assert_eq!(observed.known("a/sa"), Some(&Some("4".to_owned())));
+        assert_eq!(observed.known(&"a/sa".into()), Some(&Some("4".to_owned())));
     }
 }

@@ -24,12 +24,14 @@ use kube::{Resource, ResourceExt};
 use regex::Regex;
 use serde_json::json;
 
+use super::context::Context;
 use super::error::{Retry, SyncError};
 use super::fetch::{Rendered, fetch_and_render, interest};
+use super::key::ObjectKey;
 use super::shares::SHARE_RETRY;
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
 use super::target::{self, DesiredSecret};
-use super::{Context, identity, keys, template, template_from, write};
+use super::{identity, keys, template, template_from, write};
 use crate::api::contract::{
     FIELD_MANAGER, FORCE_SYNC_ANNOTATION, MERGE_FINALIZER, OWNER_ANNOTATION,
 };
@@ -98,15 +100,14 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
     let started = Instant::now();
     let _in_flight = ctx.metrics.sync_started();
     if !in_scope(&ctx, &kvs.namespace().unwrap_or_default()).await? {
-        ctx.vault.unsubscribe(&object_key(&kvs));
+        ctx.vault.unsubscribe(ObjectKey::of(kvs.as_ref()).as_str());
         return Ok(Action::await_change());
     }
     if !keep_finalizer(&kvs, &ctx).await? {
         return Ok(Action::await_change());
     }
-    let key = object_key(&kvs);
+    let key = ObjectKey::of(kvs.as_ref());
     let interval = kvs.spec.refresh_interval().ok().flatten();
-    let namespace = kvs.namespace().unwrap_or_default();
     let freshness = match freshness(&kvs, &ctx, interval) {
         Ok(freshness) => freshness,
         // Read as of now again too soon: the sync waits (nothing changes meanwhile).
@@ -115,7 +116,7 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
     let (outcome, action) = match sync(&kvs, &ctx, freshness).await {
         Ok(synced) => {
             ctx.memory.lock().unwrap().succeeded(&key);
-            ctx.metrics.object_current(&key, &namespace, interval);
+            ctx.metrics.object_current(&key, interval);
             let outcome = Outcome::Synced {
                 secret_name: synced.secret_name,
                 versions: synced.rendered.versions,
@@ -129,7 +130,7 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
                 Retry::AfterChange => {
                     // Nothing to poll for until the spec or the identity
                     // changes: a withdrawn identity is used no more.
-                    ctx.vault.unsubscribe(&key);
+                    ctx.vault.unsubscribe(key.as_str());
                     Action::await_change()
                 }
                 Retry::AtInterval => at_interval(interval),
@@ -143,8 +144,7 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
                     ))
                 }
             };
-            ctx.metrics
-                .object_failed(&key, &namespace, interval, failure.reason());
+            ctx.metrics.object_failed(&key, interval, failure.reason());
             let outcome = Outcome::Failed {
                 reason: failure.reason(),
                 message: failure.to_string(),
@@ -156,11 +156,6 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
     ctx.metrics
         .observe_sync(outcome_label(&outcome), started.elapsed());
     Ok(action)
-}
-
-/// `namespace/name`, the key of everything kept per object.
-pub fn object_key(kvs: &KeyVaultSecret) -> String {
-    format!("{}/{}", kvs.namespace().unwrap_or_default(), kvs.name_any())
 }
 
 fn at_interval(interval: Option<Duration>) -> Action {
@@ -182,10 +177,9 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
 pub fn error_policy(kvs: Arc<KeyVaultSecret>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, "reconcile failed");
     ctx.metrics.observe_error(error.metric_label());
-    let key = object_key(&kvs);
+    let key = ObjectKey::of(kvs.as_ref());
     ctx.metrics.object_failed(
         &key,
-        &kvs.namespace().unwrap_or_default(),
         kvs.spec.refresh_interval().ok().flatten(),
         error.reason(),
     );
@@ -312,7 +306,7 @@ async fn record(kvs: &KeyVaultSecret, ctx: &Context, outcome: &Outcome) -> Resul
     if let Some(event) = event
         && let Err(error) = ctx
             .events
-            .publish(&object_key(kvs), &event, &kvs.object_ref(&()))
+            .publish(&ObjectKey::of(kvs), &event, &kvs.object_ref(&()))
             .await
     {
         tracing::warn!(%error, "could not publish event");
@@ -337,7 +331,7 @@ async fn sync(
         ctx.vault.subscribe(
             &spec.vault_url,
             &identity,
-            &object_key(kvs),
+            ObjectKey::of(kvs).as_str(),
             interest(spec),
             interval,
         );
@@ -363,7 +357,8 @@ async fn sync(
         )
         .await?;
     }
-    let wrote = write::write_target(ctx, &object_key(kvs), &desired, spec.target.immutable).await?;
+    let wrote =
+        write::write_target(ctx, &ObjectKey::of(kvs), &desired, spec.target.immutable).await?;
     Ok(Synced {
         secret_name: desired.name,
         rendered,
@@ -402,7 +397,7 @@ fn freshness(
         .annotations()
         .get(FORCE_SYNC_ANNOTATION)
         .map(String::as_str);
-    let key = object_key(kvs);
+    let key = ObjectKey::of(kvs);
     let mut memory = ctx.memory.lock().unwrap();
     let asked = memory.take_read_now(&key, force_sync);
     let spec_changed =

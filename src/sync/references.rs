@@ -6,8 +6,8 @@
 //!
 //! ```text
 //!  References
-//!   ├─ objects:   "ns/name" ─▶ [(kind, name)]    what each KeyVaultSecret names (in its namespace)
-//!   └─ referents: Referent { kind, ns, name } ─▶ {KeyVaultSecret names}
+//!   ├─ objects:   ObjectKey ─▶ [(kind, name)]     what each KeyVaultSecret names (in its namespace)
+//!   └─ referents: Referent { kind, ObjectKey } ─▶ {KeyVaultSecret names}
 //!        Secret          its target (by name), a client secret or certificate, a templateFrom source
 //!        ConfigMap       a templateFrom source
 //!        ServiceAccount  its workload identity
@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 
 use kube::ResourceExt;
 
+use super::key::ObjectKey;
 use crate::api::{KeyVaultSecret, TemplateSourceKind};
 
 /// The kinds of object a KeyVaultSecret refers to.
@@ -37,8 +38,7 @@ pub enum Kind {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Referent {
     kind: Kind,
-    namespace: String,
-    name: String,
+    object: ObjectKey,
 }
 
 /// What one KeyVaultSecret names in its own namespace, sorted.
@@ -46,8 +46,8 @@ type Named = Box<[(Kind, Box<str>)]>;
 
 #[derive(Debug, Default)]
 pub struct References {
-    /// "ns/name" of each KeyVaultSecret ─▶ what it refers to in its namespace.
-    objects: HashMap<String, Named>,
+    /// Each KeyVaultSecret ─▶ what it refers to in its namespace.
+    objects: HashMap<ObjectKey, Named>,
     /// What is referred to ─▶ the names of the KeyVaultSecrets (same namespace).
     referents: HashMap<Referent, HashSet<Box<str>>>,
 }
@@ -57,7 +57,7 @@ impl References {
     pub fn update(&mut self, kvs: &KeyVaultSecret) {
         let namespace = kvs.namespace().unwrap_or_default();
         let name = kvs.name_any();
-        let object = format!("{namespace}/{name}");
+        let object = ObjectKey::new(&namespace, &name);
         let referents = referents_of(kvs);
         if self.objects.get(&object) == Some(&referents) {
             return;
@@ -67,8 +67,7 @@ impl References {
             self.referents
                 .entry(Referent {
                     kind: *kind,
-                    namespace: namespace.clone(),
-                    name: referent.to_string(),
+                    object: ObjectKey::new(&namespace, referent),
                 })
                 .or_default()
                 .insert(name.as_str().into());
@@ -76,20 +75,18 @@ impl References {
         self.objects.insert(object, referents);
     }
 
-    /// Drops everything of `object` ("ns/name").
-    pub fn forget(&mut self, object: &str) {
+    /// Drops everything of `object`.
+    pub fn forget(&mut self, object: &ObjectKey) {
         let Some(referents) = self.objects.remove(object) else {
             return;
         };
-        let (namespace, name) = object.split_once('/').unwrap_or(("", object));
         for (kind, referent) in referents {
             let referent = Referent {
                 kind,
-                namespace: namespace.to_owned(),
-                name: referent.into(),
+                object: ObjectKey::new(object.namespace(), &referent),
             };
             if let Some(names) = self.referents.get_mut(&referent) {
-                names.remove(name);
+                names.remove(object.name());
                 if names.is_empty() {
                     self.referents.remove(&referent);
                 }
@@ -97,9 +94,9 @@ impl References {
         }
     }
 
-    /// Keeps the objects for which `keep("ns/name")` holds.
-    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
-        let gone: Vec<String> = self
+    /// Keeps the objects for which `keep` holds.
+    pub fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
+        let gone: Vec<ObjectKey> = self
             .objects
             .keys()
             .filter(|object| !keep(object))
@@ -112,7 +109,7 @@ impl References {
 
     /// Whether the KeyVaultSecret `namespace/name` is known.
     pub fn contains(&self, namespace: &str, name: &str) -> bool {
-        self.objects.contains_key(&format!("{namespace}/{name}"))
+        self.objects.contains_key(&ObjectKey::new(namespace, name))
     }
 
     /// The names of the KeyVaultSecrets of `namespace` that refer to the
@@ -120,8 +117,7 @@ impl References {
     pub fn referring_to(&self, kind: Kind, namespace: &str, name: &str) -> Vec<String> {
         let referent = Referent {
             kind,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            object: ObjectKey::new(namespace, name),
         };
         let mut names: Vec<String> = self
             .referents
@@ -226,7 +222,7 @@ mod tests {
         );
         assert_eq!(refs.referring_to(Kind::Secret, "shop", "new-creds"), ["db"]);
         assert!(refs.contains("shop", "db"));
-        refs.forget("shop/db");
+        refs.forget(&ObjectKey::new("shop", "db"));
         assert!(!refs.contains("shop", "db"));
         assert!(
             refs.referents.is_empty(),
@@ -268,7 +264,7 @@ mod tests {
         let mut refs = References::default();
         refs.update(&kvs("shop", "db", client_secret("db", "creds")));
         refs.update(&kvs("shop", "gone", client_secret("gone", "creds")));
-        refs.retain(|object| object != "shop/gone");
+        refs.retain(|object| object.as_str() != "shop/gone");
         assert_eq!(refs.referring_to(Kind::Secret, "shop", "creds"), ["db"]);
         assert_eq!(
             refs.referring_to(Kind::Secret, "shop", "gone"),

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  Staleness
-//!   └─ objects: "ns/name" ─▶ Track { namespace, interval, current_since, failing }
+//!   └─ objects: ObjectKey ─▶ Track { interval, current_since, failing }
 //!         current_since  last successful sync (written or confirmed unchanged),
 //!                        or when this process first saw the object
 //!         failing        (reason, since): the ongoing run of failed syncs
@@ -23,9 +23,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use super::key::ObjectKey;
+
 #[derive(Debug, Clone)]
 struct Track {
-    namespace: String,
     interval: Option<Duration>,
     current_since: Instant,
     failing: Option<(&'static str, Instant)>,
@@ -34,7 +35,7 @@ struct Track {
 /// Per-object sync ages.
 #[derive(Debug, Default)]
 pub struct Staleness {
-    objects: HashMap<String, Track>,
+    objects: HashMap<ObjectKey, Track>,
 }
 
 /// The oldest object of one namespace.
@@ -57,33 +58,22 @@ pub struct Summary {
 impl Staleness {
     fn track(
         &mut self,
-        object: &str,
-        namespace: &str,
+        object: &ObjectKey,
         interval: Option<Duration>,
         now: Instant,
     ) -> &mut Track {
-        let track = self
-            .objects
-            .entry(object.to_owned())
-            .or_insert_with(|| Track {
-                namespace: namespace.to_owned(),
-                interval,
-                current_since: now,
-                failing: None,
-            });
+        let track = self.objects.entry(object.clone()).or_insert_with(|| Track {
+            interval,
+            current_since: now,
+            failing: None,
+        });
         track.interval = interval;
         track
     }
 
     /// The object's Secret was confirmed current at `now`.
-    pub fn succeeded(
-        &mut self,
-        object: &str,
-        namespace: &str,
-        interval: Option<Duration>,
-        now: Instant,
-    ) {
-        let track = self.track(object, namespace, interval, now);
+    pub fn succeeded(&mut self, object: &ObjectKey, interval: Option<Duration>, now: Instant) {
+        let track = self.track(object, interval, now);
         track.current_since = now;
         track.failing = None;
     }
@@ -91,42 +81,40 @@ impl Staleness {
     /// A sync of the object failed with `reason` at `now`.
     pub fn failed(
         &mut self,
-        object: &str,
-        namespace: &str,
+        object: &ObjectKey,
         interval: Option<Duration>,
         reason: &'static str,
         now: Instant,
     ) {
-        let track = self.track(object, namespace, interval, now);
+        let track = self.track(object, interval, now);
         let since = track.failing.map_or(now, |(_, since)| since);
         track.failing = Some((reason, since));
     }
 
     /// Drops the object (it was deleted).
-    pub fn forget(&mut self, object: &str) {
+    pub fn forget(&mut self, object: &ObjectKey) {
         self.objects.remove(object);
     }
 
     /// Keeps only objects for which `alive` holds.
-    pub fn retain(&mut self, alive: impl Fn(&str) -> bool) {
+    pub fn retain(&mut self, alive: impl Fn(&ObjectKey) -> bool) {
         self.objects.retain(|object, _| alive(object));
     }
 
     /// Ages as of `now`, per namespace and per failure reason.
     pub fn summary(&self, now: Instant) -> Summary {
         let mut summary = Summary::default();
-        for track in self.objects.values() {
+        for (object, track) in &self.objects {
             if let Some(interval) = track.interval {
                 let age = now.saturating_duration_since(track.current_since);
                 let ratio = age.as_secs_f64() / interval.as_secs_f64();
-                let entry =
-                    summary
-                        .namespaces
-                        .entry(track.namespace.clone())
-                        .or_insert(NamespaceAge {
-                            oldest_seconds: 0.0,
-                            max_interval_ratio: 0.0,
-                        });
+                let entry = summary
+                    .namespaces
+                    .entry(object.namespace().to_owned())
+                    .or_insert(NamespaceAge {
+                        oldest_seconds: 0.0,
+                        max_interval_ratio: 0.0,
+                    });
                 entry.oldest_seconds = entry.oldest_seconds.max(age.as_secs_f64());
                 entry.max_interval_ratio = entry.max_interval_ratio.max(ratio);
             }
@@ -150,10 +138,10 @@ mod tests {
     fn the_oldest_object_of_each_namespace_counts() {
         let start = Instant::now();
         let mut staleness = Staleness::default();
-        staleness.succeeded("a/one", "a", Some(MINUTE), start);
-        staleness.succeeded("a/two", "a", Some(10 * MINUTE), start + MINUTE);
-        staleness.succeeded("b/one", "b", Some(MINUTE), start + 2 * MINUTE);
-        staleness.succeeded("b/once", "b", None, start);
+        staleness.succeeded(&"a/one".into(), Some(MINUTE), start);
+        staleness.succeeded(&"a/two".into(), Some(10 * MINUTE), start + MINUTE);
+        staleness.succeeded(&"b/one".into(), Some(MINUTE), start + 2 * MINUTE);
+        staleness.succeeded(&"b/once".into(), None, start);
         let summary = staleness.summary(start + 3 * MINUTE);
         assert_eq!(
             summary.namespaces["a"],
@@ -177,15 +165,15 @@ mod tests {
     fn failures_age_from_the_first_of_a_run_and_a_success_ends_it() {
         let start = Instant::now();
         let mut staleness = Staleness::default();
-        staleness.failed("a/one", "a", Some(MINUTE), "RemoteNotFound", start);
-        staleness.failed("a/one", "a", Some(MINUTE), "Throttled", start + MINUTE);
+        staleness.failed(&"a/one".into(), Some(MINUTE), "RemoteNotFound", start);
+        staleness.failed(&"a/one".into(), Some(MINUTE), "Throttled", start + MINUTE);
         let summary = staleness.summary(start + 5 * MINUTE);
         assert_eq!(summary.failing_seconds, [("Throttled", 300.0)].into());
         assert_eq!(
             summary.namespaces["a"].oldest_seconds, 300.0,
             "never synced: old since first seen"
         );
-        staleness.succeeded("a/one", "a", Some(MINUTE), start + 6 * MINUTE);
+        staleness.succeeded(&"a/one".into(), Some(MINUTE), start + 6 * MINUTE);
         let summary = staleness.summary(start + 6 * MINUTE);
         assert!(summary.failing_seconds.is_empty());
         assert_eq!(summary.namespaces["a"].oldest_seconds, 0.0);
@@ -195,10 +183,10 @@ mod tests {
     fn deleted_objects_leave_no_series() {
         let start = Instant::now();
         let mut staleness = Staleness::default();
-        staleness.failed("a/one", "a", Some(MINUTE), "Forbidden", start);
-        staleness.succeeded("b/one", "b", Some(MINUTE), start);
-        staleness.forget("a/one");
-        staleness.retain(|object| object != "b/one");
+        staleness.failed(&"a/one".into(), Some(MINUTE), "Forbidden", start);
+        staleness.succeeded(&"b/one".into(), Some(MINUTE), start);
+        staleness.forget(&"a/one".into());
+        staleness.retain(|object| object.as_str() != "b/one");
         assert_eq!(staleness.summary(start), Summary::default());
     }
 }

@@ -8,9 +8,10 @@
 
 use kube::ResourceExt;
 
+use super::context::Context;
 use super::error::SyncError;
 use super::template::Templates;
-use super::{Context, values};
+use super::values;
 use crate::api::{KeyVaultSecret, TemplateSource, TemplateSourceKind};
 
 /// Every template of `kvs`, in the order they apply (empty without `target.template`).

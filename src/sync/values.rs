@@ -16,7 +16,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::api::Api;
 
-use super::Context;
+use super::context::Context;
+use super::key::ObjectKey;
 use crate::api::TemplateSourceKind;
 
 /// Values of keys of one object, as bytes.
@@ -40,7 +41,7 @@ pub async fn read(
         TemplateSourceKind::Secret => &ctx.secrets,
         TemplateSourceKind::ConfigMap => &ctx.config_maps,
     };
-    let key = format!("{namespace}/{name}");
+    let key = ObjectKey::new(namespace, name);
     let known: Option<Values> = index.lock().unwrap().known(&key).and_then(|known| {
         let known = known.as_deref()?;
         keys.iter()

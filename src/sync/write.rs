@@ -22,8 +22,9 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::json;
 
-use super::Context;
+use super::context::Context;
 use super::error::SyncError;
+use super::key::ObjectKey;
 use super::target::{DesiredSecret, WriteDecision};
 use crate::api::CreationPolicy;
 use crate::api::contract::{FIELD_MANAGER, OWNER_ANNOTATION, RELEASED_FIELD_MANAGER};
@@ -32,7 +33,7 @@ use crate::api::contract::{FIELD_MANAGER, OWNER_ANNOTATION, RELEASED_FIELD_MANAG
 /// written `immutable: true`, and once so, its data is never changed.
 pub async fn write_target(
     ctx: &Context,
-    object: &str,
+    object: &ObjectKey,
     desired: &DesiredSecret,
     immutable: bool,
 ) -> Result<bool, SyncError> {
@@ -84,32 +85,27 @@ pub async fn write_target(
 /// has seen: then there is nothing to read or write. A change by anyone else
 /// is a new version (and its watch event syncs the object at once).
 fn still_holds(ctx: &Context, desired: &DesiredSecret, digest: u64) -> bool {
-    let key = format!("{}/{}", desired.namespace, desired.name);
+    let key = ObjectKey::new(&desired.namespace, &desired.name);
     let Some(version) = ctx.secrets.lock().unwrap().version(&key).map(str::to_owned) else {
         return false;
     };
-    ctx.memory
-        .lock()
-        .unwrap()
-        .holds(&desired.namespace, &desired.name, &version, digest)
+    ctx.memory.lock().unwrap().holds(&key, &version, digest)
 }
 
 /// Remembers the version of the target `object` wrote or read, and whether
 /// it holds the desired Secret with this digest.
 fn remember_checked(
     ctx: &Context,
-    object: &str,
+    object: &ObjectKey,
     desired: &DesiredSecret,
     version: String,
     holds: Option<u64>,
 ) {
-    ctx.memory.lock().unwrap().remember_checked(
-        object,
-        &desired.namespace,
-        &desired.name,
-        version,
-        holds,
-    );
+    let secret = ObjectKey::new(&desired.namespace, &desired.name);
+    ctx.memory
+        .lock()
+        .unwrap()
+        .remember_checked(object, secret, version, holds);
 }
 
 /// Whether an existing Secret holds exactly the desired data.
