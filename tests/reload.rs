@@ -1286,6 +1286,124 @@ async fn a_secret_used_by_200_workloads_restarts_each_once_at_the_throttled_rate
     );
 }
 
+/// Issue "pacing keeps no debt": 150 Deployments share a Secret that flaps
+/// (changed, and changed back 1.5 s later) under --max-rollouts-per-second 5.
+/// The restarts still queued when it flaps back are cancelled and give their
+/// turns back, and namespaces take turns: another namespace's Deployment,
+/// whose Secret changes right then, is rolled out within 2 s — not behind
+/// 142 reserved slots (29.4 s before the fix), nor behind the flapped
+/// workloads that must restart back.
+#[tokio::test]
+async fn a_cancelled_fan_out_leaves_no_debt_for_other_restarts() {
+    const WORKLOADS: usize = 150;
+    let mut f = Fixture::new("reload-nodebt").await;
+    let other = TestNamespace::new(&f.client, "reload-nodebt-other").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    // Paused with no replicas, as in the throttle test: restarts are read
+    // from kvsync's restartedAt, and no ReplicaSets are made.
+    let paused = |name: &str, secret: &str| -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": pairs(&[AUTO])},
+            "spec": {"replicas": 0, "paused": true, "selector": {"matchLabels": {"app": name}}, "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app", "envFrom": [{"secretRef": {"name": secret}}]}]}}}
+        }))
+        .unwrap()
+    };
+    let deployments = f.api::<Deployment>();
+    for i in 0..WORKLOADS {
+        deployments
+            .create(&PostParams::default(), &paused(&format!("w{i:03}"), "db"))
+            .await
+            .unwrap();
+    }
+    let own_secret = |value: &str| -> Secret {
+        serde_json::from_value(json!({"metadata": {"name": "own"}, "stringData": {"k": value}}))
+            .unwrap()
+    };
+    let other_secrets: Api<Secret> = Api::namespaced(f.client.clone(), &other.name);
+    let other_deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &other.name);
+    other_secrets
+        .create(&PostParams::default(), &own_secret("1"))
+        .await
+        .unwrap();
+    other_deployments
+        .create(&PostParams::default(), &paused("solo", "own"))
+        .await
+        .unwrap();
+    f.start_operator(&[
+        "--max-rollouts-per-second",
+        "5",
+        "--namespaces",
+        &other.name,
+    ])
+    .await;
+    let recorded = |list: Vec<Deployment>| {
+        list.iter()
+            .all(|d| d.annotations().contains_key(DIGEST_ANNOTATION))
+    };
+    eventually("every workload baselined", WAIT, || async {
+        let here = deployments.list(&ListParams::default()).await.ok()?.items;
+        let there = other_deployments
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items;
+        (here.len() == WORKLOADS && recorded(here) && recorded(there)).then_some(())
+    })
+    .await;
+    let base = metrics_url(&f.operator.as_ref().unwrap().output()).unwrap();
+    let queued = || async {
+        let page = reqwest::get(format!("{base}/metrics")).await.unwrap();
+        gauge(&page.text().await.unwrap(), "kvsync_reload_rollouts_queued")
+    };
+
+    // The flap: the fan-out starts, then its cause is gone.
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    eventually("the fan-out queued", WAIT, || async {
+        (queued().await > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    // At once, as in the issue: another team's Secret changes.
+    let changed = OffsetDateTime::now_utc();
+    other_secrets
+        .replace("own", &PostParams::default(), &own_secret("2"))
+        .await
+        .unwrap();
+    let solo_restarted = || async {
+        let solo = other_deployments.get("solo").await.ok()?;
+        let at = solo
+            .spec?
+            .template
+            .metadata?
+            .annotations?
+            .get(RESTARTED_AT_ANNOTATION)?
+            .clone();
+        parse_time(Some(&at))
+    };
+    let restarted = eventually("solo restarted", WAIT, solo_restarted).await;
+    let late = restarted - changed;
+    eventually("the cancelled restarts leave the queue", WAIT, || async {
+        (queued().await == 0).then_some(())
+    })
+    .await;
+    let flapped = restarts(&f).await.len();
+    println!(
+        "no debt: {flapped} of {WORKLOADS} restarted for the reverted change; the other namespace's restart came {:.2}s after its change",
+        late.as_seconds_f64()
+    );
+    assert!(
+        flapped < WORKLOADS / 2,
+        "{flapped} of {WORKLOADS} restarted for a change that was reverted 1.5 s later"
+    );
+    assert!(
+        late < Duration::from_secs(2),
+        "the other namespace's restart waited {late} behind cancelled ones"
+    );
+}
+
 #[tokio::test]
 async fn a_restart_stamped_in_the_future_delays_the_next_by_one_interval_at_most() {
     let mut f = Fixture::new("reload-future").await;

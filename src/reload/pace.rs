@@ -1,15 +1,19 @@
 //! The pacing of the reload stage, free of I/O: when each dirty workload is
 //! next evaluated ([`Schedule`]: coalesced to the first deadline, postponed
-//! by rate limits) and how rollouts are spaced across all workloads
-//! ([`Pacer`]: `--max-rollouts-per-second`, a slot per waiting workload).
+//! by rate limits) and in which order and at which rate rollouts go out
+//! ([`Pacer`]: `--max-rollouts-per-second`, fair across namespaces).
 //!
 //! ```text
 //!  watch event ──mark(now + debounce)──▶ Schedule ──take_due──▶ evaluate (super::decide)
 //!                                          ▲                        │ Restart
-//!                     postpone(slot) ──────┴── Err(slot) ── Pacer::admit ──Ok──▶ write
+//!                                          │                        ▼
+//!       mark(head, its turn) ◀── Pacer::next_turn ◀── admit: the head of the fair order
+//!                                          │          and a token free? ──yes──▶ write
+//!                                          │                        └─no──▶ waits in its
+//!                                          │                                namespace's queue
+//!       any other verdict, deletion ─▶ Pacer::release (leaves the queue at once)
 //!  Wait (minimum interval, pause) ── postpone(when it is over)
 //! ```
-
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
@@ -86,33 +90,39 @@ impl<K: Ord + Hash + Clone> Schedule<K> {
     }
 }
 
-/// Spaces rollouts across all workloads: at most one per `spacing`
-/// (`--max-rollouts-per-second`), so a Secret used by thousands of
-/// workloads restarts them over seconds, not in one storm.
+/// Spaces rollouts across all workloads: at most one per `spacing`, and
+/// never more than `per_second` in any one second
+/// (`--max-rollouts-per-second`), so a Secret used by thousands of workloads
+/// restarts them over seconds, not in one storm.
 ///
-/// A workload that must wait is given its own slot, so each waiting
-/// workload is looked at once more, at its slot, rather than every waiting
-/// workload competing again for each free one. A slot not used (the
-/// workload no longer needs a restart by then) is simply lost. Slots that
-/// passed while the loop was busy are caught up (the average rate is kept),
-/// but never more than the limit in any one second: the last `per_second`
-/// rollouts are remembered, and the next waits until the oldest is a second
-/// old.
+/// Workloads waiting for their turn queue per namespace, and the namespaces
+/// take turns (round robin): one namespace's fan-out over 2,000 workloads
+/// delays another namespace's single restart by one turn, not by 2,000.
+/// Only the head of that order is ever scheduled ([`Pacer::next_turn`]), so
+/// nothing is reserved ahead: a workload that no longer needs its restart
+/// leaves the queue ([`Pacer::release`]) and the ones behind it move up at
+/// once — a cancelled restart costs the others nothing. The order is the
+/// queue's alone, so health-gated waves can replace it without touching the
+/// rate.
 ///
-/// Written by hand rather than with a rate-limiter crate: those answer
-/// "now or not before t" for the next request, not a reservation per key.
+/// Written by hand rather than with a rate-limiter crate: those answer "now
+/// or not before t" for the next request, not whose turn it is.
 #[derive(Debug)]
-pub struct Pacer<K> {
+pub struct Pacer<K, G> {
     spacing: Duration,
-    next_free: Option<Instant>,
-    reserved: HashMap<K, Instant>,
     /// The limit (0: none).
     per_second: usize,
     /// When the last `per_second` rollouts were let through, oldest first.
     recent: VecDeque<Instant>,
+    /// Waiting workloads by namespace, in arrival order.
+    queues: HashMap<G, VecDeque<K>>,
+    /// The namespaces with waiting workloads, whose turn is next first.
+    turns: VecDeque<G>,
+    /// Each waiting workload's namespace.
+    waiting: HashMap<K, G>,
 }
 
-impl<K: Hash + Eq> Pacer<K> {
+impl<K: Hash + Eq + Clone, G: Hash + Eq + Clone> Pacer<K, G> {
     /// `per_second`: 0 means no limit.
     pub fn new(per_second: u32) -> Self {
         Pacer {
@@ -120,53 +130,104 @@ impl<K: Hash + Eq> Pacer<K> {
                 0 => Duration::ZERO,
                 n => Duration::from_secs(1) / n,
             },
-            next_free: None,
-            reserved: HashMap::new(),
             per_second: usize::try_from(per_second).unwrap_or(usize::MAX),
             recent: VecDeque::new(),
+            queues: HashMap::new(),
+            turns: VecDeque::new(),
+            waiting: HashMap::new(),
         }
     }
 
-    /// `Ok`: roll `key` out now. `Err(slot)`: look again at `slot`, which
-    /// is now `key`'s.
-    pub fn admit(&mut self, key: K, now: Instant) -> Result<(), Instant> {
-        let slot = match self.reserved.get(&key) {
-            Some(slot) => *slot,
-            None => {
-                let slot = self.next_free.map_or(now, |free| free.max(now));
-                self.next_free = Some(slot + self.spacing);
-                slot
-            }
-        };
-        let turn = match self.recent.front() {
-            Some(oldest) if self.recent.len() >= self.per_second => {
-                slot.max(*oldest + Duration::from_secs(1))
-            }
-            _ => slot,
-        };
-        if turn <= now {
-            self.reserved.remove(&key);
-            if self.per_second > 0 {
-                self.recent.push_back(now);
-                if self.recent.len() > self.per_second {
-                    self.recent.pop_front();
-                }
-            }
-            Ok(())
-        } else {
-            self.reserved.insert(key, slot);
-            Err(turn)
+    /// Whether `key` (of namespace `group`) may roll out now: it is the head
+    /// of the fair order and a token is free. Otherwise it waits in its
+    /// namespace's queue (keeping its place if it already did).
+    pub fn admit(&mut self, key: K, group: G, now: Instant) -> bool {
+        if !self.waiting.contains_key(&key) {
+            self.enqueue(key.clone(), group);
         }
+        let head = self.head() == Some(&key);
+        if !head || self.token_at(now) > now {
+            return false;
+        }
+        self.pop_head();
+        if self.per_second > 0 {
+            self.recent.push_back(now);
+            if self.recent.len() > self.per_second {
+                self.recent.pop_front();
+            }
+        }
+        true
     }
 
-    /// Drops `key`'s slot (it no longer needs a restart).
+    /// The workload whose turn is next, and when it comes (the stage
+    /// evaluates it then).
+    pub fn next_turn(&self, now: Instant) -> Option<(&K, Instant)> {
+        self.head().map(|key| (key, self.token_at(now)))
+    }
+
+    /// Takes `key` out of the queue (it no longer needs a restart).
     pub fn release(&mut self, key: &K) {
-        self.reserved.remove(key);
+        let Some(group) = self.waiting.remove(key) else {
+            return;
+        };
+        let Some(queue) = self.queues.get_mut(&group) else {
+            return;
+        };
+        queue.retain(|waiting| waiting != key);
+        if queue.is_empty() {
+            self.queues.remove(&group);
+            self.turns.retain(|turn| *turn != group);
+        }
     }
 
-    /// How many workloads hold a slot in the future.
+    /// How many workloads wait for their turn.
     pub fn queued(&self) -> usize {
-        self.reserved.len()
+        self.waiting.len()
+    }
+
+    fn enqueue(&mut self, key: K, group: G) {
+        let queue = self.queues.entry(group.clone()).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(group.clone());
+        }
+        queue.push_back(key.clone());
+        self.waiting.insert(key, group);
+    }
+
+    fn head(&self) -> Option<&K> {
+        let group = self.turns.front()?;
+        self.queues.get(group)?.front()
+    }
+
+    /// Takes the head out and gives its namespace's turn to the next one.
+    fn pop_head(&mut self) {
+        let Some(group) = self.turns.pop_front() else {
+            return;
+        };
+        let Some(queue) = self.queues.get_mut(&group) else {
+            return;
+        };
+        if let Some(key) = queue.pop_front() {
+            self.waiting.remove(&key);
+        }
+        if queue.is_empty() {
+            self.queues.remove(&group);
+        } else {
+            self.turns.push_back(group);
+        }
+    }
+
+    /// When the next rollout may go out: one spacing after the last, and a
+    /// second after the oldest of the last `per_second`.
+    fn token_at(&self, now: Instant) -> Instant {
+        let spaced = self.recent.back().map_or(now, |last| *last + self.spacing);
+        let windowed = match self.recent.front() {
+            Some(oldest) if self.recent.len() >= self.per_second => {
+                *oldest + Duration::from_secs(1)
+            }
+            _ => now,
+        };
+        spaced.max(windowed).max(now)
     }
 }
 
@@ -175,57 +236,74 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pacer_gives_each_waiting_workload_its_own_slot() {
+    fn rollouts_are_spaced_and_never_beyond_the_limit_in_a_second() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut pacer = Pacer::new(10);
-        assert_eq!(pacer.admit("a", t0), Ok(()));
-        assert_eq!(pacer.admit("b", t0), Err(t0 + ms(100)));
-        assert_eq!(pacer.admit("c", t0), Err(t0 + ms(200)));
-        assert_eq!(
-            pacer.admit("c", t0 + ms(150)),
-            Err(t0 + ms(200)),
-            "early: keeps its slot"
-        );
+        let mut pacer = Pacer::new(2);
+        assert!(pacer.admit("a", "ns", t0));
+        assert!(!pacer.admit("b", "ns", t0), "one spacing after a");
+        assert!(!pacer.admit("c", "ns", t0));
+        assert_eq!(pacer.next_turn(t0), Some((&"b", t0 + ms(500))));
         assert_eq!(pacer.queued(), 2);
-        assert_eq!(pacer.admit("b", t0 + ms(100)), Ok(()));
-        pacer.release(&"c");
-        assert_eq!(pacer.queued(), 0);
+        assert!(!pacer.admit("c", "ns", t0 + ms(500)), "b's turn, not c's");
+        assert!(pacer.admit("b", "ns", t0 + ms(500)));
         assert_eq!(
-            pacer.admit("d", t0 + ms(250)),
-            Err(t0 + ms(300)),
-            "c's slot is lost, not reused"
+            pacer.next_turn(t0 + ms(500)),
+            Some((&"c", t0 + ms(1000))),
+            "two in the last second: c waits for a to be a second old"
         );
-        assert_eq!(
-            pacer.admit("e", t0 + ms(5000)),
-            Ok(()),
-            "idle time is not saved up"
+        assert!(pacer.admit("c", "ns", t0 + ms(1000)));
+        assert_eq!(pacer.queued(), 0);
+        assert_eq!(pacer.next_turn(t0 + ms(1000)), None);
+        assert!(
+            pacer.admit("d", "ns", t0 + ms(5000)),
+            "idle time is not saved up, and a free token is used at once"
         );
         let mut unlimited = Pacer::new(0);
         for key in ["a", "b", "c"] {
-            assert_eq!(unlimited.admit(key, t0), Ok(()));
+            assert!(unlimited.admit(key, "ns", t0));
         }
     }
 
     #[test]
-    fn passed_slots_are_caught_up_but_never_beyond_the_limit_in_a_second() {
+    fn a_cancelled_restart_gives_its_turn_back_at_once() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut pacer = Pacer::new(2);
-        assert_eq!(pacer.admit("a", t0), Ok(()));
-        assert_eq!(pacer.admit("b", t0), Err(t0 + ms(500)));
-        assert_eq!(pacer.admit("c", t0), Err(t0 + ms(1000)));
-        assert_eq!(pacer.admit("d", t0), Err(t0 + ms(1500)));
-        // The loop comes back late, at 1.2 s: b's and c's slots have passed.
-        let late = t0 + ms(1200);
-        assert_eq!(pacer.admit("b", late), Ok(()));
-        assert_eq!(pacer.admit("c", late), Ok(()), "a is over a second old");
+        let mut pacer = Pacer::new(5);
+        assert!(pacer.admit(0, "fanout", t0));
+        for key in 1..150 {
+            assert!(!pacer.admit(key, "fanout", t0));
+        }
+        for key in 1..150 {
+            pacer.release(&key);
+        }
+        assert_eq!(pacer.queued(), 0, "nothing reserved ahead");
+        assert!(!pacer.admit(500, "other", t0 + ms(100)));
         assert_eq!(
-            pacer.admit("d", t0 + ms(1500)),
-            Err(late + ms(1000)),
-            "b and c were let through in the last second"
+            pacer.next_turn(t0 + ms(100)),
+            Some((&500, t0 + ms(200))),
+            "one spacing after the last rollout, not 149 spacings"
         );
-        assert_eq!(pacer.admit("d", late + ms(1000)), Ok(()));
+    }
+
+    #[test]
+    fn namespaces_take_turns() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let key = |name: &str| name.to_owned();
+        let mut pacer = Pacer::new(1);
+        assert!(pacer.admit(key("big-0"), "big", t0));
+        for i in 1..2000 {
+            assert!(!pacer.admit(format!("big-{i}"), "big", t0));
+        }
+        assert!(!pacer.admit(key("small"), "small", t0));
+        assert_eq!(pacer.next_turn(t0), Some((&key("big-1"), t0 + second)));
+        assert!(pacer.admit(key("big-1"), "big", t0 + second));
+        assert_eq!(
+            pacer.next_turn(t0 + second),
+            Some((&key("small"), t0 + 2 * second)),
+            "the other namespace's single restart comes next, not after 1,998 more"
+        );
     }
 
     #[test]

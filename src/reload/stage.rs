@@ -90,7 +90,7 @@ pub struct Stage {
     timing: Timing,
     index: Index,
     schedule: Schedule<WorkloadRef>,
-    pacer: Pacer<WorkloadRef>,
+    pacer: Pacer<WorkloadRef, String>,
     /// Failed writes in a row, per workload (for the backoff).
     failures: HashMap<WorkloadRef, u32>,
     /// Writes under way, answering with a [`Written`].
@@ -290,7 +290,7 @@ impl Stage {
             Observed::Workload(w) => {
                 self.index.remove_workload(&w.workload);
                 self.schedule.forget(&w.workload);
-                self.pacer.release(&w.workload);
+                self.release(&w.workload);
                 self.failures.remove(&w.workload);
             }
             Observed::Namespace { name, .. } => {
@@ -364,6 +364,15 @@ impl Stage {
         }
     }
 
+    /// Takes `workload` out of the rollout queue; the next one moves up.
+    fn release(&mut self, workload: &WorkloadRef) {
+        release(&mut self.pacer, &mut self.schedule, &self.metrics, workload);
+    }
+
+    fn next_turn(&mut self) {
+        next_turn(&self.pacer, &mut self.schedule, &self.metrics);
+    }
+
     /// [`Self::evaluate`], with a fault contained to its workload: a panic
     /// (a defect of kvsync's, whatever the workload's annotations say) is
     /// counted and logged, and the workload is looked at again after the
@@ -392,9 +401,8 @@ impl Stage {
             .workload(&workload)
             .filter(|s| !s.deleting && self.index.is_selected(&workload.namespace));
         let Some(state) = state else {
-            // Out of scope or going: it gives up any rollout slot it held.
-            self.pacer.release(&workload);
-            self.metrics.set_queued(self.pacer.queued());
+            // Out of scope or going: it leaves the rollout queue.
+            self.release(&workload);
             return;
         };
         let desired = desired_members(
@@ -443,8 +451,12 @@ impl Stage {
             info!(%workload, resumed = pause.by_reloader.is_some(), "pause period over");
         }
         if !matches!(verdict, Verdict::Restart { .. }) {
-            self.pacer.release(&workload);
-            self.metrics.set_queued(self.pacer.queued());
+            release(
+                &mut self.pacer,
+                &mut self.schedule,
+                &self.metrics,
+                &workload,
+            );
         }
         let held = match &verdict {
             Verdict::Pause { period, changed } => Some(pending_mark(now + *period, changed)),
@@ -483,10 +495,12 @@ impl Stage {
                 record: members,
             } => {
                 let record = record(members);
-                let admitted = self.pacer.admit(workload.clone(), Instant::now());
-                self.metrics.set_queued(self.pacer.queued());
-                if let Err(slot) = admitted {
-                    self.schedule.postpone(workload, slot);
+                let namespace = workload.namespace.clone();
+                let admitted = self
+                    .pacer
+                    .admit(workload.clone(), namespace, Instant::now());
+                self.next_turn();
+                if !admitted {
                     return;
                 }
                 // Names the Job of this restart (see `job_for`): a retry
@@ -630,6 +644,31 @@ impl Stage {
         self.schedule
             .postpone(workload.clone(), Instant::now() + delay);
     }
+}
+
+/// Takes `workload` out of the rollout queue; the next one moves up (free
+/// of `Stage` so that it can run while the index is borrowed).
+fn release(
+    pacer: &mut Pacer<WorkloadRef, String>,
+    schedule: &mut Schedule<WorkloadRef>,
+    metrics: &ReloadMetrics,
+    workload: &WorkloadRef,
+) {
+    pacer.release(workload);
+    next_turn(pacer, schedule, metrics);
+}
+
+/// Schedules the workload whose rollout turn is next for its turn, and
+/// tells how many wait.
+fn next_turn(
+    pacer: &Pacer<WorkloadRef, String>,
+    schedule: &mut Schedule<WorkloadRef>,
+    metrics: &ReloadMetrics,
+) {
+    if let Some((head, at)) = pacer.next_turn(Instant::now()) {
+        schedule.mark(head.clone(), at);
+    }
+    metrics.set_queued(pacer.queued());
 }
 
 fn is_forbidden(error: &watcher::Error) -> bool {
