@@ -622,3 +622,82 @@ async fn rotating_the_digest_key_rebaselines_without_a_restart() {
     .await;
     eprintln!("| digest key rotated ({old_key} → {new_key}) | re-baselined, no restart | — | — |");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_bombs_a_rewrite_chain_and_oversized_template_sources_are_refused() {
+    let mut arena = Arena::new("iso-bombs").await;
+    let (client, ns) = (arena.f.client.clone(), arena.f.ns.name.clone());
+    // Three ConfigMaps of 900 KiB of template text each.
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &ns);
+    let text = "{{ pw }}".repeat(900 * 1024 / 8);
+    for i in 0..3 {
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("tpl-{i}")},
+                          "data": {"t": text}});
+        configmaps
+            .patch(
+                &format!("tpl-{i}"),
+                &PatchParams::apply("isolation-test").force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .unwrap();
+    }
+    let pw = || json!([{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]);
+    let doubling: Vec<Value> = (0..40)
+        .map(|_| json!({"regexp": {"source": "^(.*)$", "target": "$1$1"}}))
+        .collect();
+    let sources: Vec<Value> = (0..3)
+        .map(|i| json!({"configMap": {"name": format!("tpl-{i}"), "items": [{"key": "t"}]}}))
+        .collect();
+    let cases = [
+        (
+            "repeat",
+            json!({"data": pw(), "target": {"template": {"data": {"k": "{% for i in range(40) %}{{ 'x' * 100000000 }}{% endfor %}"}}}}),
+            "TemplateFailed",
+        ),
+        (
+            "indent",
+            json!({"data": pw(), "target": {"template": {"data": {"k": "{{ pw | indent(100000000000) }}"}}}}),
+            "TemplateFailed",
+        ),
+        (
+            "chain",
+            json!({"dataFrom": [{"extract": {"name": "app-config"}, "rewrite": doubling}]}),
+            "InvalidSpec",
+        ),
+        (
+            "sources",
+            json!({"data": pw(), "target": {"template": {"templateFrom": sources}}}),
+            "InvalidSpec",
+        ),
+    ];
+    let mut saw = Vec::new();
+    for (name, spec, _) in &cases {
+        let mut spec = spec.clone();
+        spec["refreshInterval"] = json!("10s");
+        arena.f.apply(name, spec).await;
+    }
+    for (name, _, reason) in &cases {
+        let kvs = arena.f.wait_reason(name, reason).await;
+        let message = ready(&kvs).unwrap().message.clone();
+        assert!(
+            arena.f.secret_data(name).await.is_none(),
+            "{name}: no Secret"
+        );
+        saw.push(format!("{name}: {reason} ({message})"));
+    }
+    assert!(saw[2].contains("longer than 4096 bytes"), "{}", saw[2]);
+    assert!(
+        saw[3].contains("more than the limit of 1048576"),
+        "{}",
+        saw[3]
+    );
+    arena
+        .report(
+            "template bombs (40 × 'x' * 1e8, indent(1e11)), a 40-step doubling rewrite chain, 2.7 MiB of templateFrom sources",
+            &saw.join("; "),
+            "rotated-after-bombs",
+        )
+        .await;
+}

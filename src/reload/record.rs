@@ -47,8 +47,28 @@ pub fn pending_mark(until: OffsetDateTime, changed: &[ResourceRef]) -> String {
     } else {
         whole + time::Duration::SECOND
     };
-    let changed: Vec<String> = changed.iter().map(ToString::to_string).collect();
-    format!("{} {}", format_time(until), changed.join(","))
+    format!("{} {}", format_time(until), named_within_limit(changed))
+}
+
+/// The most bytes of resource names a [`pending_mark`] lists: a change of
+/// thousands of Secrets (a summary record) must not make the mark exceed
+/// the API server's limit on annotations and leave the restart unwritten.
+pub const PENDING_NAMES_LIMIT: usize = 1024;
+
+/// The names of `changed`, comma-separated, as many as fit in
+/// [`PENDING_NAMES_LIMIT`]; the rest counted (`+N more`).
+fn named_within_limit(changed: &[ResourceRef]) -> String {
+    let mut named = String::new();
+    for (shown, resource) in changed.iter().enumerate() {
+        let name = resource.to_string();
+        if named.len() + name.len() + 1 > PENDING_NAMES_LIMIT {
+            named.push_str(&format!("+{} more", changed.len() - shown));
+            break;
+        }
+        named.push_str(&name);
+        named.push(',');
+    }
+    named.trim_end_matches(',').to_owned()
 }
 
 /// Reads a [`pending_mark`]: until when, and the resources named.
@@ -240,6 +260,27 @@ mod tests {
         assert_eq!(until, at + time::Duration::SECOND);
         assert_eq!(names, [changed[0].to_string(), changed[1].to_string()]);
         assert_eq!(parse_pending_mark("garbage"), None);
+        let thousands: Vec<ResourceRef> = (0..5000)
+            .map(|i| {
+                ResourceRef::new(
+                    ResourceKind::Secret,
+                    format!("a-rather-long-secret-name-{i:05}"),
+                )
+            })
+            .collect();
+        let mark = pending_mark(at, &thousands);
+        assert!(
+            mark.len() < PENDING_NAMES_LIMIT + 64,
+            "{} bytes",
+            mark.len()
+        );
+        let (_, names) = parse_pending_mark(&mark).unwrap();
+        assert_eq!(names[0], thousands[0].to_string());
+        assert_eq!(
+            names.last().unwrap(),
+            &format!("+{} more", thousands.len() - (names.len() - 1)),
+            "the rest counted"
+        );
     }
     use crate::reload::digest::{DigestKey, Object};
 

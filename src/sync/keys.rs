@@ -22,15 +22,30 @@ pub struct KeyShaping {
     rewrites: Vec<(Regex, String)>,
 }
 
-/// A `dataFrom[…].rewrite[…].regexp.source` that does not compile.
+/// The longest `rewrite[].regexp.target` accepted: a key ends at most 253
+/// bytes long, so a longer target is no key's shape, only a multiplier.
+pub const MAX_REWRITE_TARGET: usize = 1024;
+
+/// The longest a key may grow to between two rewrites of a chain (the final
+/// key is at most 253 bytes): a chain that doubles a key 40 times would
+/// otherwise ask for a terabyte before the last check.
+pub const MAX_INTERMEDIATE_KEY: usize = 4096;
+
+/// A `dataFrom[…].rewrite[…]` that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "dataFrom[{entry}].rewrite[{rewrite}].regexp.source is not a valid regular expression: {source}"
-)]
-pub struct InvalidRewrite {
-    pub entry: usize,
-    pub rewrite: usize,
-    pub source: regex::Error,
+pub enum InvalidRewrite {
+    #[error(
+        "dataFrom[{entry}].rewrite[{rewrite}].regexp.source is not a valid regular expression: {source}"
+    )]
+    Regex {
+        entry: usize,
+        rewrite: usize,
+        source: regex::Error,
+    },
+    #[error(
+        "dataFrom[{entry}].rewrite[{rewrite}].regexp.target is longer than {MAX_REWRITE_TARGET} bytes"
+    )]
+    TargetTooLong { entry: usize, rewrite: usize },
 }
 
 /// One entry per `dataFrom` entry; a rewrite that does not compile is named
@@ -45,9 +60,16 @@ pub fn compile(data_from: &[DataFrom]) -> Result<Vec<KeyShaping>, InvalidRewrite
                 .iter()
                 .enumerate()
                 .map(|(r, rewrite)| {
+                    let target = rewrite.regexp.target.clone().unwrap_or_default();
+                    if target.len() > MAX_REWRITE_TARGET {
+                        return Err(InvalidRewrite::TargetTooLong {
+                            entry: index,
+                            rewrite: r,
+                        });
+                    }
                     user_regex(&rewrite.regexp.source)
-                        .map(|re| (re, rewrite.regexp.target.clone().unwrap_or_default()))
-                        .map_err(|source| InvalidRewrite {
+                        .map(|re| (re, target))
+                        .map_err(|source| InvalidRewrite::Regex {
                             entry: index,
                             rewrite: r,
                             source,
@@ -72,8 +94,11 @@ impl KeyShaping {
         let mut shaped = BTreeMap::new();
         for (key, value) in part {
             let mut key = convert(&key, self.conversion);
-            for (source, target) in &self.rewrites {
+            for (rewrite, (source, target)) in self.rewrites.iter().enumerate() {
                 key = source.replace_all(&key, target.as_str()).into_owned();
+                if key.len() > MAX_INTERMEDIATE_KEY {
+                    return Err(RenderError::KeyTooLong { entry, rewrite });
+                }
             }
             if !is_secret_key(&key) {
                 return Err(RenderError::BadKey { entry, key });
@@ -170,6 +195,36 @@ mod tests {
                 .to_string()
                 .contains("dataFrom[0].rewrite[0]")
         );
+    }
+
+    #[test]
+    fn a_rewrite_chain_cannot_grow_a_key_without_bound() {
+        let doubling: Vec<serde_json::Value> = (0..40)
+            .map(|_| serde_json::json!({"regexp": {"source": "^(.*)$", "target": "$1$1"}}))
+            .collect();
+        let started = std::time::Instant::now();
+        let refused = shaped(&entry("Default", serde_json::json!(doubling)), &["key"]);
+        assert_eq!(
+            refused.unwrap_err(),
+            RenderError::KeyTooLong {
+                entry: 0,
+                rewrite: 10
+            },
+            "3 bytes doubled 11 times is over 4,096"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let long_target = "$0".repeat(MAX_REWRITE_TARGET);
+        let multiplier = entry(
+            "Default",
+            serde_json::json!([{"regexp": {"source": "", "target": long_target}}]),
+        );
+        assert!(matches!(
+            compile(&[multiplier]),
+            Err(InvalidRewrite::TargetTooLong {
+                entry: 0,
+                rewrite: 0
+            })
+        ));
     }
 
     proptest! {

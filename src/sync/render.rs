@@ -40,6 +40,11 @@ pub enum RenderError {
     #[error("Secret key {key:?} is produced by more than one entry")]
     DuplicateKey { key: String },
     #[error(
+        "dataFrom[{entry}].rewrite[{rewrite}] makes a key longer than {} bytes",
+        super::keys::MAX_INTERMEDIATE_KEY
+    )]
+    KeyTooLong { entry: usize, rewrite: usize },
+    #[error(
         "dataFrom[{entry}].find matches {count} secrets, more than the limit of {MAX_FIND_MATCHES}; narrow it with nameRegex or tags"
     )]
     FindTooMany { entry: usize, count: usize },

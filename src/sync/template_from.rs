@@ -15,6 +15,12 @@ use super::values;
 use crate::api::{KeyVaultSecret, TemplateSource, TemplateSourceKind};
 
 /// Every template of `kvs`, in the order they apply (empty without `target.template`).
+/// The most bytes of template text one KeyVaultSecret may use, from
+/// `templateFrom` sources and `template.data` together: its output is one
+/// Secret of at most 1 MiB, and each source (a ConfigMap or Secret) may hold
+/// as much again.
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+
 pub async fn load(ctx: &Context, kvs: &KeyVaultSecret) -> Result<Templates, SyncError> {
     let Some(template) = &kvs.spec.target.template else {
         return Ok(Vec::new());
@@ -29,6 +35,7 @@ pub async fn load(ctx: &Context, kvs: &KeyVaultSecret) -> Result<Templates, Sync
         };
         let items = read_items(ctx, &namespace, kind, source).await?;
         templates.extend(items);
+        within_limit(&templates)?;
     }
     templates.extend(
         template
@@ -36,7 +43,22 @@ pub async fn load(ctx: &Context, kvs: &KeyVaultSecret) -> Result<Templates, Sync
             .iter()
             .map(|(key, source)| (key.clone(), source.clone())),
     );
+    within_limit(&templates)?;
     Ok(templates)
+}
+
+/// Refuses template text beyond [`MAX_TEMPLATE_BYTES`] before any of it is rendered.
+fn within_limit(templates: &Templates) -> Result<(), SyncError> {
+    let bytes: usize = templates
+        .iter()
+        .map(|(key, text)| key.len() + text.len())
+        .sum();
+    if bytes > MAX_TEMPLATE_BYTES {
+        return Err(SyncError::InvalidSpec(format!(
+            "target.template: templateFrom sources and data hold {bytes} bytes of templates, more than the limit of {MAX_TEMPLATE_BYTES}"
+        )));
+    }
+    Ok(())
 }
 
 /// The named items of one source, as (Secret key, template text).
