@@ -138,37 +138,31 @@ fn workload(kind: &str, name: &str, secret: &str, extra: &[(&str, &str)]) -> Val
            "metadata": {"name": name, "annotations": annotations}, "spec": spec})
 }
 
-/// Server-side applies `body` (any namespaced kind kvsync tests use).
+/// Server-side applies `body` (a Deployment, StatefulSet, DaemonSet or Secret).
 async fn apply(client: &kube::Client, namespace: &str, body: Value) {
-    let name = body["metadata"]["name"].as_str().unwrap().to_owned();
-    let params = PatchParams::apply("isolation-test").force();
     match body["kind"].as_str().unwrap() {
-        "Deployment" => {
-            Api::<Deployment>::namespaced(client.clone(), namespace)
-                .patch(&name, &params, &Patch::Apply(&body))
-                .await
-                .unwrap();
-        }
-        "StatefulSet" => {
-            Api::<StatefulSet>::namespaced(client.clone(), namespace)
-                .patch(&name, &params, &Patch::Apply(&body))
-                .await
-                .unwrap();
-        }
-        "DaemonSet" => {
-            Api::<DaemonSet>::namespaced(client.clone(), namespace)
-                .patch(&name, &params, &Patch::Apply(&body))
-                .await
-                .unwrap();
-        }
-        "Secret" => {
-            Api::<Secret>::namespaced(client.clone(), namespace)
-                .patch(&name, &params, &Patch::Apply(&body))
-                .await
-                .unwrap();
-        }
+        "Deployment" => apply_as::<Deployment>(client, namespace, body).await,
+        "StatefulSet" => apply_as::<StatefulSet>(client, namespace, body).await,
+        "DaemonSet" => apply_as::<DaemonSet>(client, namespace, body).await,
+        "Secret" => apply_as::<Secret>(client, namespace, body).await,
         other => panic!("no apply for {other}"),
     }
+}
+
+async fn apply_as<K>(client: &kube::Client, namespace: &str, body: Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    let name = body["metadata"]["name"].as_str().unwrap().to_owned();
+    let params = PatchParams::apply("isolation-test").force();
+    Api::<K>::namespaced(client.clone(), namespace)
+        .patch(&name, &params, &Patch::Apply(&body))
+        .await
+        .unwrap();
 }
 
 fn secret(name: &str, data: &[(&str, &str)]) -> Value {

@@ -410,8 +410,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pkcs12_archives_give_their_key_and_certificate_as_pem() {
+    /// A self-signed certificate and a key store holding it with its key.
+    fn key_store() -> (rcgen::CertifiedKey<rcgen::KeyPair>, p12_keystore::KeyStore) {
         let issued = rcgen::generate_simple_self_signed(vec!["shop.example".into()]).unwrap();
         let key = p12_keystore::PrivateKey::from_der(&issued.signing_key.serialize_der()).unwrap();
         let cert = p12_keystore::Certificate::from_der(issued.cert.der()).unwrap();
@@ -424,6 +424,12 @@ mod tests {
                 [cert],
             )),
         );
+        (issued, store)
+    }
+
+    #[test]
+    fn pkcs12_archives_give_their_key_and_certificate_as_pem() {
+        let (issued, store) = key_store();
         let pfx = STANDARD.encode(store.writer("s3cret").write().unwrap());
         let values = fetched(&[("pfx", &pfx)]);
         let templates = vec![
@@ -455,18 +461,7 @@ mod tests {
 
     #[test]
     fn pkcs12_iteration_counts_beyond_a_million_are_refused_before_deriving() {
-        let issued = rcgen::generate_simple_self_signed(vec!["shop.example".into()]).unwrap();
-        let key = p12_keystore::PrivateKey::from_der(&issued.signing_key.serialize_der()).unwrap();
-        let cert = p12_keystore::Certificate::from_der(issued.cert.der()).unwrap();
-        let mut store = p12_keystore::KeyStore::new();
-        store.add_entry(
-            "shop",
-            p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
-                b"0123456789abcdef0123".to_vec(),
-                key,
-                [cert],
-            )),
-        );
+        let (_, store) = key_store();
         // 65,536 iterations (DER INTEGER 02 03 01 00 00) for every key
         // derivation and the MAC, then raised to 8,388,607 in place: deriving
         // that many would take the operator's CPU for minutes.
