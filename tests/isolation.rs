@@ -490,10 +490,10 @@ fn vault_and_token_requests(counters: &Value) -> (u64, u64) {
     (sum("vault:"), sum("entra "))
 }
 
-/// Asserts that, from one interval after now on, the emulator sees no vault
-/// or token request for `quiet` (the poller stops at its next turn).
-async fn nothing_asked(f: &Fixture, interval: Duration, quiet: Duration, what: &str) {
-    tokio::time::sleep(interval + Duration::from_secs(1)).await;
+/// Asserts that, from `after` on, the emulator sees no vault or token
+/// request for `quiet`.
+async fn nothing_asked(f: &Fixture, after: Duration, quiet: Duration, what: &str) {
+    tokio::time::sleep(after).await;
     f.emulator
         .control(reqwest::Method::POST, "counters/reset", None)
         .await;
@@ -502,9 +502,9 @@ async fn nothing_asked(f: &Fixture, interval: Duration, quiet: Duration, what: &
     assert_eq!(
         (vault, tokens),
         (0, 0),
-        "{what}: vault and token requests in the {quiet:?} after one interval"
+        "{what}: vault and token requests in the {quiet:?} from {after:?} on"
     );
-    eprintln!("| {what} | 0 vault and 0 token requests in the {quiet:?} after one interval |");
+    eprintln!("| {what} | 0 vault and 0 token requests in the {quiet:?} from {after:?} on |");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,7 +525,9 @@ async fn withdrawn_access_is_used_no_more_after_one_interval() {
         api.get_opt("gone").await.ok()?.is_none().then_some(())
     })
     .await;
-    nothing_asked(&f, interval, 3 * interval, "KeyVaultSecret deleted").await;
+    // The poller stops at its next turn: one interval at most.
+    let next_turn = interval + Duration::from_secs(1);
+    nothing_asked(&f, next_turn, 3 * interval, "KeyVaultSecret deleted").await;
 
     // The ServiceAccount loses the annotations that name its identity.
     f.apply("withdrawn", spec).await;
@@ -549,11 +551,50 @@ async fn withdrawn_access_is_used_no_more_after_one_interval() {
     .await;
     nothing_asked(
         &f,
-        interval,
+        next_turn,
         3 * interval,
         "ServiceAccount's identity annotations removed",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_leaving_the_scope_is_used_no_more_after_two_intervals() {
+    let mut f = Fixture::new("iso-unscoped").await;
+    let interval = Duration::from_secs(2);
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(f.client.clone());
+    let label = |value: Value| json!({"metadata": {"labels": {"kvsync-iso-scope": value}}});
+    namespaces
+        .patch(
+            &f.ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(&label(json!("in"))),
+        )
+        .await
+        .unwrap();
+    f.operator = Operator::start(
+        &f.emulator,
+        &f.ns.name,
+        &["--namespace-selector", "kvsync-iso-scope=in"],
+    );
+    f.apply(
+        "scoped",
+        json!({"refreshInterval": "2s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
+    )
+    .await;
+    f.wait_reason("scoped", "Synced").await;
+    namespaces
+        .patch(
+            &f.ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(&label(Value::Null)),
+        )
+        .await
+        .unwrap();
+    // The operator notices at the object's next refresh (one interval, ±10 %),
+    // and its poller stops at its next turn (one interval more).
+    let noticed = interval * 2 + interval / 5 + Duration::from_secs(1);
+    nothing_asked(&f, noticed, 3 * interval, "namespace left the scope").await;
 }
 
 /// The key id of the reload record on Deployment `name`.
