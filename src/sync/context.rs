@@ -179,17 +179,18 @@ impl Context {
         }
     }
 
-    /// The objects of `namespace` that refer to the `kind` object `name`,
-    /// and (for a Secret) the one its `kvsync.io/owner` annotation names.
+    /// The objects that refer to the `kind` object `referent` (in its
+    /// namespace), and (for a Secret) the one its `kvsync.io/owner`
+    /// annotation names.
     pub(super) fn referring_to(
         &self,
         kind: Kind,
-        namespace: &str,
-        name: &str,
+        referent: &ObjectKey,
         owner: Option<&String>,
     ) -> Vec<ObjectRef<KeyVaultSecret>> {
+        let namespace = referent.namespace();
         let references = self.references.lock().unwrap();
-        let mut names = references.referring_to(kind, namespace, name);
+        let mut names = references.referring_to(kind, namespace, referent.name());
         if let Some(owner) = owner
             && !names.contains(owner)
             && references.contains(namespace, owner)

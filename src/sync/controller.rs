@@ -79,26 +79,7 @@ fn affected_by_secret(
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<KeyVaultSecret>> {
     let owner = secret.annotations().get(OWNER_ANNOTATION);
-    let namespace = secret.namespace().unwrap_or_default();
-    ctx.referring_to(Kind::Secret, &namespace, &secret.name_any(), owner)
-}
-
-/// KeyVaultSecrets that read templates from this ConfigMap.
-fn affected_by_config_map(
-    ctx: &Context,
-    config_map: &PartialObjectMeta<ConfigMap>,
-) -> Vec<ObjectRef<KeyVaultSecret>> {
-    let namespace = config_map.namespace().unwrap_or_default();
-    ctx.referring_to(Kind::ConfigMap, &namespace, &config_map.name_any(), None)
-}
-
-/// KeyVaultSecrets whose workload identity is this ServiceAccount.
-fn affected_by_service_account(
-    ctx: &Context,
-    sa: &PartialObjectMeta<ServiceAccount>,
-) -> Vec<ObjectRef<KeyVaultSecret>> {
-    let namespace = sa.namespace().unwrap_or_default();
-    ctx.referring_to(Kind::ServiceAccount, &namespace, &sa.name_any(), None)
+    ctx.referring_to(Kind::Secret, &ObjectKey::of(secret), owner)
 }
 
 /// Runs the sync stage until `shutdown` resolves: one controller per
@@ -258,11 +239,14 @@ async fn run_controller(
                 secret_ctx.read_now(affected_by_secret(&secret_ctx, &secret))
             }
         })
+        // KeyVaultSecrets whose workload identity is this ServiceAccount.
         .watches_stream(sa_events, move |sa| {
-            sa_ctx.read_now(affected_by_service_account(&sa_ctx, &sa))
+            let affected = sa_ctx.referring_to(Kind::ServiceAccount, &ObjectKey::of(&sa), None);
+            sa_ctx.read_now(affected)
         })
+        // KeyVaultSecrets that read templates from this ConfigMap.
         .watches_stream(config_map_events, move |config_map| {
-            affected_by_config_map(&config_map_ctx, &config_map)
+            config_map_ctx.referring_to(Kind::ConfigMap, &ObjectKey::of(&config_map), None)
         })
         .with_config(controller::Config::default().concurrency(ctx.max_concurrent_syncs))
         .graceful_shutdown_on(shutdown)
