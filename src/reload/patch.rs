@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::kinds::RestartMethod;
-use super::record::{AppliedRecord, format_time};
+use super::record::{AppliedRecord, format_time, next_whole_second};
 use crate::api::contract::{
     DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RESTARTED_AT_ANNOTATION, reloader,
 };
@@ -93,8 +93,8 @@ pub(super) fn patch_body(
             annotations.insert(PENDING_ANNOTATION.into(), Value::Null);
         }
     }
-    if let Some(at) = changes.restarted_at {
-        let at = json!(format_time(at));
+    if let Some(restarted_at) = changes.restarted_at {
+        let at = json!(format_time(restarted_at));
         match method {
             RestartMethod::PodTemplate => {
                 spec.insert(
@@ -103,7 +103,11 @@ pub(super) fn patch_body(
                 );
             }
             RestartMethod::RestartAt => {
-                spec.insert("restartAt".into(), at);
+                // Argo Rollouts compares spec.restartAt with its own
+                // second-precision status: a fraction would read as a restart
+                // never done. Rounded up, so it is never in the past.
+                let at = format_time(next_whole_second(restarted_at));
+                spec.insert("restartAt".into(), json!(at));
             }
             RestartMethod::Job { .. } => {
                 annotations.insert(RESTARTED_AT_ANNOTATION.into(), at);
@@ -148,6 +152,26 @@ mod tests {
         assert!(annotations[reloader::PAUSED_AT].is_null());
         assert!(annotations[PAUSED_AT_ANNOTATION].is_null());
         assert!(annotations[PENDING_ANNOTATION].is_null(), "no longer held");
+    }
+
+    #[test]
+    fn an_argo_restart_at_has_whole_seconds() {
+        let at =
+            OffsetDateTime::from_unix_timestamp(0).unwrap() + time::Duration::milliseconds(250);
+        let changes = Changes {
+            record: RecordChange::Set(record()),
+            restarted_at: Some(at),
+            pause: PauseChange::Keep,
+            pending: PendingChange::Keep,
+        };
+        let body = patch_body("7", RestartMethod::RestartAt, &changes);
+        assert_eq!(body["spec"]["restartAt"], "1970-01-01T00:00:01Z");
+        let template = patch_body("7", RestartMethod::PodTemplate, &changes);
+        assert_eq!(
+            template["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT_ANNOTATION],
+            "1970-01-01T00:00:00.25Z",
+            "a pod-template stamp keeps its fraction (two restarts in a second stay distinct)"
+        );
     }
 
     #[test]

@@ -39,15 +39,21 @@ use crate::api::contract::{
 /// The [`PENDING_ANNOTATION`] value: `<until> <resource>,<resource>`, the
 /// time rounded up to the second (so that evaluating again writes nothing).
 pub fn pending_mark(until: OffsetDateTime, changed: &[ResourceRef]) -> String {
-    let whole = until
-        .replace_nanosecond(0)
-        .expect("0 is a valid nanosecond");
-    let until = if whole == until {
+    format!(
+        "{} {}",
+        format_time(next_whole_second(until)),
+        named_within_limit(changed)
+    )
+}
+
+/// `at`, rounded up to a whole second.
+pub fn next_whole_second(at: OffsetDateTime) -> OffsetDateTime {
+    let whole = at.replace_nanosecond(0).expect("0 is a valid nanosecond");
+    if whole == at {
         whole
     } else {
         whole + time::Duration::SECOND
-    };
-    format!("{} {}", format_time(until), named_within_limit(changed))
+    }
 }
 
 /// The most bytes of resource names a [`pending_mark`] lists: a change of
