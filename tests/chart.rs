@@ -11,7 +11,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -26,7 +25,6 @@ use serde_json::{Value, json};
 use support::*;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const WAIT: Duration = Duration::from_secs(30);
 /// Pod names the test operators pretend to have (downward API `metadata.name`).
 const POD_NAME: &str = "kvsync-7d9f-test0";
 const STANDBY_POD_NAME: &str = "kvsync-7d9f-test1";

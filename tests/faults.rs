@@ -508,17 +508,12 @@ async fn other_writers_keys_are_repaired_or_left_alone() {
         (secret_writes(&f, "db").await > writes_before).then_some(())
     })
     .await;
-    let (secret_rv, status_rv) = (
-        f.secrets().get("db").await.unwrap().resource_version(),
-        f.kvs_api().get("db").await.unwrap().resource_version(),
-    );
-    always(
-        "no rewrites after the repair (three refreshes)",
+    let since = f.versions("db").await;
+    f.assert_idle(
+        "db",
+        since,
         Duration::from_secs(3),
-        || async {
-            f.secrets().get("db").await.unwrap().resource_version() == secret_rv
-                && f.kvs_api().get("db").await.unwrap().resource_version() == status_rv
-        },
+        "no rewrites after the repair (three refreshes)",
     )
     .await;
 

@@ -2,17 +2,15 @@
 //! vault, a federated service account and an operator scoped to the namespace.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kvsync::api::KeyVaultSecret;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::*;
-
-pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Namespace + emulator + operator, with a service account federated to `SA_APP`.
 /// When the test ends (unless it failed), the fixture runs the [`LeakScan`].
@@ -182,6 +180,29 @@ impl Fixture {
             )
             .await
             .unwrap();
+    }
+
+    /// The resourceVersions of Secret `name` and of KeyVaultSecret `name`.
+    pub async fn versions(&self, name: &str) -> (Option<String>, Option<String>) {
+        let secret = self.secrets().get(name).await.unwrap().resource_version();
+        let kvs = self.kvs_api().get(name).await.unwrap().resource_version();
+        (secret, kvs)
+    }
+
+    /// Asserts that for `window` neither Secret `name` nor its
+    /// KeyVaultSecret's status is written again after `since` (from
+    /// [`Fixture::versions`], taken once the precondition held).
+    pub async fn assert_idle(
+        &self,
+        name: &str,
+        since: (Option<String>, Option<String>),
+        window: std::time::Duration,
+        what: &str,
+    ) {
+        always(what, window, || async {
+            self.versions(name).await == since
+        })
+        .await;
     }
 
     pub fn secrets(&self) -> Api<Secret> {

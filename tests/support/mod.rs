@@ -15,6 +15,11 @@
 //! running one), or whatever cluster `KVSYNC_TEST_KUBECONFIG` points at.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+/// The one upper bound of the suite for anything that should happen: generous,
+/// because on a loaded machine kube-controller-manager can take many seconds
+/// to make a ReplicaSet (only a failing test waits this long).
+pub const WAIT: Duration = Duration::from_secs(60);
+
 mod fixture;
 mod leaks;
 /// The reload tests' fixture (used as `support::reload::*`).

@@ -26,10 +26,7 @@ use time::OffsetDateTime;
 
 use super::*;
 
-/// Upper bound for anything that should happen: generous, because on a
-/// loaded machine kube-controller-manager can take many seconds to make a
-/// ReplicaSet (only a failing test waits this long).
-pub const WAIT: Duration = Duration::from_secs(60);
+pub use super::WAIT;
 /// How long "nothing happens" must hold: many times the test debounce.
 pub const QUIET: Duration = Duration::from_secs(3);
 

@@ -1,0 +1,253 @@
+//! The reload stage against a real kube-apiserver and kube-controller-manager:
+//! each test gets its own namespace and its own `kvsync run` scoped to it.
+//!
+//! No kubelet runs, so pods never start; a restart is what a user would see in
+//! the API: a new ReplicaSet for a Deployment, a new ControllerRevision for a
+//! StatefulSet or DaemonSet. "Nothing happens" claims are checked over a
+//! window several times the debounce, and most are followed by a change that
+//! must restart, which proves the operator was listening all along. The
+//! fixture is `tests/support/reload.rs`.
+
+mod kinds;
+mod pacing;
+mod reacting;
+mod scope;
+#[path = "../support/mod.rs"]
+mod support;
+mod timing;
+mod uses;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
+use kvsync::api::contract::reloader::PAUSED_AT as RELOADER_PAUSED_AT;
+use kvsync::api::contract::{DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION};
+use kvsync::reload::record::parse_time;
+use serde_json::{Value, json};
+use support::reload::{
+    AUTO, Fixture, QUIET, WAIT, create, generation, pairs, pod_using_db, rollout_api,
+};
+use support::*;
+use time::OffsetDateTime;
+
+/// Pauses Deployment `name` the way Reloader does (and, with a template
+/// change, the way it restarts while paused); `None`: paused by a user.
+async fn pause_as_reloader(f: &Fixture, name: &str, paused_at: Option<OffsetDateTime>) {
+    let paused_at = paused_at.map(|at| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    });
+    let patch = json!({
+        "metadata": {"annotations": {RELOADER_PAUSED_AT: paused_at}},
+        "spec": {"paused": true, "template": {"metadata": {"annotations": {"reloader.stakater.com/last-reloaded-from": "db"}}}},
+    });
+    f.api::<Deployment>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
+async fn is_paused(f: &Fixture, name: &str) -> bool {
+    let deployment = f.api::<Deployment>().get(name).await.unwrap();
+    deployment.spec.unwrap().paused == Some(true)
+}
+
+/// What `helm upgrade` or `kubectl apply` does to a Deployment along with its data.
+async fn change_template(f: &Fixture, name: &str, version: &str) {
+    let patch =
+        json!({"spec": {"template": {"metadata": {"annotations": {"app-version": version}}}}});
+    f.api::<Deployment>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
+/// Pod specs using Secret `db` in every way a pod can, and one that
+/// declares it as a volume no container mounts: (name, spec, restarts).
+fn ways_to_use_db() -> Vec<(&'static str, Value, bool)> {
+    let image = "example.invalid/app";
+    let volume = json!({"name": "creds", "secret": {"secretName": "db"}});
+    let mounted = json!({"name": "app", "image": image, "volumeMounts": [{"name": "creds", "mountPath": "/creds"}]});
+    let plain = json!({"name": "app", "image": image});
+    let key = |optional: bool| {
+        json!({"name": "app", "image": image, "env": [{"name": "K", "valueFrom":
+            {"secretKeyRef": {"name": "db", "key": "k", "optional": optional}}}]})
+    };
+    vec![
+        (
+            "mounted",
+            json!({"containers": [mounted], "volumes": [volume]}),
+            true,
+        ),
+        (
+            "projected",
+            json!({"containers": [mounted], "volumes": [{"name": "creds",
+                   "projected": {"sources": [{"secret": {"name": "db"}}]}}]}),
+            true,
+        ),
+        ("key", json!({"containers": [key(false)]}), true),
+        ("optional-key", json!({"containers": [key(true)]}), true),
+        (
+            "init-only",
+            json!({"initContainers": [{"name": "init", "image": image,
+                   "volumeMounts": [{"name": "creds", "mountPath": "/creds"}]}],
+                   "containers": [plain], "volumes": [volume]}),
+            true,
+        ),
+        // As Reloader: a volume no container mounts changes nothing that runs.
+        (
+            "unmounted",
+            json!({"containers": [plain], "volumes": [volume]}),
+            false,
+        ),
+    ]
+}
+
+/// A dynamic API of `kind` in the fixture's namespace, as the server serves it.
+async fn served_api(f: &Fixture, versions: &[&str], kind: &str) -> (Api<DynamicObject>, String) {
+    for api_version in versions {
+        let (group, version) = api_version.split_once('/').unwrap();
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        if let Ok((resource, _)) = kube::discovery::pinned_kind(&f.client, &gvk).await {
+            return (
+                Api::namespaced_with(f.client.clone(), &f.ns.name, &resource),
+                api_version.to_string(),
+            );
+        }
+    }
+    panic!("{kind} is not served as any of {versions:?}");
+}
+
+/// Jobs made from CronJob `owner`.
+async fn jobs_of(f: &Fixture, owner: &str) -> Vec<Job> {
+    let jobs = f.api::<Job>().list(&ListParams::default()).await.unwrap();
+    jobs.items
+        .into_iter()
+        .filter(|job| {
+            job.owner_references()
+                .iter()
+                .any(|o| o.kind == "CronJob" && o.name == owner)
+        })
+        .collect()
+}
+
+/// The `kvsync.io/restartedAt` of each Deployment in the namespace that has one.
+async fn restarts(f: &Fixture) -> BTreeMap<String, OffsetDateTime> {
+    let list = f
+        .api::<Deployment>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    list.items
+        .into_iter()
+        .filter_map(|d| {
+            let template = d.spec.as_ref()?.template.metadata.as_ref()?;
+            let at = template
+                .annotations
+                .as_ref()?
+                .get(RESTARTED_AT_ANNOTATION)?;
+            Some((d.name_any(), parse_time(Some(at))?))
+        })
+        .collect()
+}
+
+/// The value of an unlabelled gauge on a metrics page (0 when absent).
+fn gauge(metrics: &str, name: &str) -> usize {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_default()
+}
+
+/// One change of Secret `db` rolled out to every Deployment of the namespace.
+struct Fanout {
+    /// When each was restarted (its new `kvsync.io/restartedAt`), in order.
+    times: Vec<OffsetDateTime>,
+    /// The most restarts within any one second.
+    peak_per_second: usize,
+    /// Peaks of `kvsync_reload_rollouts_queued` and `_writes_in_flight`.
+    queued_peak: usize,
+    in_flight_peak: usize,
+}
+
+/// Writes `value` into Secret `db` and waits until each of the `workloads`
+/// Deployments has restarted since, exactly once, sampling the operator's
+/// queue and writes in flight meanwhile; prints the numbers.
+async fn fan_out(f: &Fixture, workloads: usize, value: &str, rate: &str) -> Fanout {
+    let before = restarts(f).await;
+    let changed = OffsetDateTime::now_utc();
+    f.secret("db", &[("k", value)], &[], &[]).await;
+    // Sampled as often as the operator answers.
+    let (mut queued_peak, mut in_flight_peak) = (0, 0);
+    let base = metrics_url(&f.operator.as_ref().unwrap().output()).unwrap();
+    let sampling = async {
+        loop {
+            let page = reqwest::get(format!("{base}/metrics")).await.unwrap();
+            let metrics = page.text().await.unwrap();
+            queued_peak = queued_peak.max(gauge(&metrics, "kvsync_reload_rollouts_queued"));
+            in_flight_peak = in_flight_peak.max(gauge(&metrics, "kvsync_reload_writes_in_flight"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let restarted = || async {
+        let mut all = restarts(f).await;
+        all.retain(|name, at| before.get(name) != Some(at));
+        all
+    };
+    let all = tokio::select! {
+        all = eventually("every workload restarted", WAIT, || async {
+            let all = restarted().await;
+            (all.len() == workloads).then_some(all)
+        }) => all,
+        _ = sampling => unreachable!("sampling never ends"),
+    };
+    always("each restarted exactly once", QUIET, || async {
+        restarted().await == all
+    })
+    .await;
+
+    let mut times: Vec<OffsetDateTime> = all.into_values().collect();
+    times.sort();
+    let last = *times.last().unwrap();
+    let peak_per_second = times
+        .iter()
+        .map(|start| {
+            times
+                .iter()
+                .filter(|t| **t >= *start && **t - *start < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    println!(
+        "throttle: {workloads} workloads at --max-rollouts-per-second {rate}: all restarted {:.2}s after the change \
+         (first to last {:.2}s), peak {peak_per_second} restarts in any one second, peak queue {queued_peak}, \
+         peak writes in flight {in_flight_peak}",
+        (last - changed).as_seconds_f64(),
+        (last - times[0]).as_seconds_f64(),
+    );
+    Fanout {
+        times,
+        peak_per_second,
+        queued_peak,
+        in_flight_peak,
+    }
+}
+
+/// `kvsync_reload_errors_total{reason}` (0 before the first).
+async fn reload_errors(f: &Fixture, reason: &str) -> u64 {
+    let line = format!("kvsync_reload_errors_total{{reason=\"{reason}\"}} ");
+    f.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_default()
+}

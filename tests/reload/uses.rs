@@ -1,0 +1,139 @@
+//! How pods use a Secret, what appearing and disappearing resources do, and the whole path from a Key Vault rotation.
+
+use super::*;
+
+#[tokio::test]
+async fn a_key_vault_rotation_rolls_the_workload_using_the_synced_secret() {
+    let mut f = Fixture::new("reload-e2e").await;
+    let emulator = Emulator::start(json!({
+        "vaults": [{"name": "shop", "secrets": [{"name": "db-password", "value": "first-value"}]}],
+        "apps": [{"tenantId": TENANT, "clientId": SECRET_APP, "clientSecret": SECRET_APP_PASSWORD,
+                  "access": [{"vault": "shop", "secrets": ["*"]}]}]
+    }))
+    .await;
+    f.named = vec!["first-value".into(), SECRET_APP_PASSWORD.into()];
+    let credentials = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-creds"},
+        "data": {"clientSecret": ByteString(SECRET_APP_PASSWORD.as_bytes().to_vec())},
+    });
+    f.apply::<Secret>("kv-creds", credentials).await;
+    let kvs = json!({
+        "apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "db"},
+        "spec": {
+            "vaultUrl": emulator.vault_url("shop"),
+            "refreshInterval": "1s",
+            "auth": {"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP,
+                                      "secretRef": {"name": "kv-creds", "key": "clientSecret"}}},
+            "data": [{"secretKey": "password", "remoteRef": {"name": "db-password"}}]
+        }
+    });
+    f.apply::<kvsync::api::KeyVaultSecret>("db", kvs).await;
+    f.deployment("web", &[AUTO], &["db"], &[]).await;
+    let operator = Operator::start(
+        &emulator,
+        &f.ns.name,
+        &["--reload-debounce", "300ms", "--min-reload-interval", "1s"],
+    );
+    f.operator = Some(operator.process);
+    f.emulator = Some(emulator);
+
+    eventually("the synced Secret", WAIT, || async {
+        f.api::<Secret>().get_opt("db").await.ok().flatten()
+    })
+    .await;
+    f.baselined::<Deployment>("web").await;
+    f.expect_replica_sets("web", 1).await;
+
+    f.emulator
+        .as_ref()
+        .unwrap()
+        .set_secret("shop", "db-password", "second-value")
+        .await;
+    f.expect_replica_sets("web", 2).await;
+    let notes = f.event_notes("web", "Reloaded").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    // The fixture scans for the values and the credential in every form in
+    // the log, events, status and the restarted workload's annotations.
+}
+
+#[tokio::test]
+async fn every_way_a_pod_uses_a_secret_counts_but_a_volume_no_container_mounts() {
+    let mut f = Fixture::new("reload-uses").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    let cases = ways_to_use_db();
+    for (name, spec, _) in &cases {
+        let body = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "annotations": pairs(&[AUTO])},
+            "spec": {"selector": {"matchLabels": {"app": name}}, "template": {
+                "metadata": {"labels": {"app": name}}, "spec": spec}}
+        });
+        f.apply::<Deployment>(name, body).await;
+        first_rollout_made::<ReplicaSet>(&f.client, &f.ns.name, name).await;
+    }
+    f.start_operator(&[]).await;
+    for (name, _, _) in &cases {
+        f.baselined::<Deployment>(name).await;
+    }
+
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    let expected = || async {
+        for (name, _, restarts) in &cases {
+            if f.replica_sets(name).await != 1 + usize::from(*restarts) {
+                return false;
+            }
+        }
+        true
+    };
+    eventually("each using Deployment restarted", WAIT, || async {
+        expected().await.then_some(())
+    })
+    .await;
+    always("each once, the unmounted one never", QUIET, expected).await;
+    for (name, _, restarts) in &cases {
+        let events = f.event_notes(name, "Reloaded").await.len();
+        assert_eq!(events, usize::from(*restarts), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn deletions_restart_nothing_and_appearances_only_what_could_run_without() {
+    let mut f = Fixture::new("reload-absent").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.deployment("web", &[AUTO], &["db", "not-yet"], &[]).await;
+    // The same, but its pods can start without `extra` (an optional reference).
+    let optional = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "tolerant", "annotations": pairs(&[AUTO])},
+        "spec": {
+            "selector": {"matchLabels": {"app": "tolerant"}},
+            "template": {
+                "metadata": {"labels": {"app": "tolerant"}},
+                "spec": {"containers": [{"name": "app", "image": "example.invalid/app",
+                         "envFrom": [{"secretRef": {"name": "extra", "optional": true}}]}]}
+            }
+        }
+    });
+    f.apply::<Deployment>("tolerant", optional).await;
+    f.start_operator(&[]).await;
+    f.baselined::<Deployment>("web").await;
+    f.baselined::<Deployment>("tolerant").await;
+
+    // A required Secret appearing: the pods were waiting for it, no restart.
+    // An optional one appearing: the pods run without it, so they restart.
+    f.secret("not-yet", &[("k", "1")], &[], &[]).await;
+    f.secret("extra", &[("k", "1")], &[], &[]).await;
+    f.expect_replica_sets("tolerant", 2).await;
+    assert_eq!(f.replica_sets("web").await, 1);
+
+    // Deleting a Secret restarts nothing; re-creating it with the same data
+    // neither; with other data, once.
+    let secrets = f.api::<Secret>();
+    secrets.delete("db", &Default::default()).await.unwrap();
+    f.expect_replica_sets("web", 1).await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    f.expect_replica_sets("web", 1).await;
+    secrets.delete("db", &Default::default()).await.unwrap();
+    f.secret("db", &[("k", "2")], &[], &[]).await;
+    f.expect_replica_sets("web", 2).await;
+}
