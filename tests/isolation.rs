@@ -194,15 +194,20 @@ fn limit_address_space(pid: u32) {
     assert!(status.success(), "prlimit --as failed");
 }
 
-/// The reload digests kvsync recorded on a workload, by member.
-async fn recorded_digest(api: &Api<Deployment>, name: &str, member: &str) -> Option<String> {
+/// The reload record kvsync wrote on Deployment `name` (`kvsync.io/reload-digest`).
+async fn reload_record(api: &Api<Deployment>, name: &str) -> Option<Value> {
     let deployment = api.get(name).await.ok()?;
     let record = deployment
         .metadata
         .annotations?
         .get("kvsync.io/reload-digest")?
         .clone();
-    let record: Value = serde_json::from_str(&record).ok()?;
+    serde_json::from_str(&record).ok()
+}
+
+/// The digest the record on Deployment `name` holds for `member`.
+async fn recorded_digest(api: &Api<Deployment>, name: &str, member: &str) -> Option<String> {
+    let record = reload_record(api, name).await?;
     record
         .pointer(&format!("/digests/{}", member.replace('/', "~1")))
         .and_then(Value::as_str)
@@ -599,13 +604,7 @@ async fn a_namespace_leaving_the_scope_is_used_no_more_after_two_intervals() {
 
 /// The key id of the reload record on Deployment `name`.
 async fn record_key(api: &Api<Deployment>, name: &str) -> Option<String> {
-    let deployment = api.get(name).await.ok()?;
-    let record = deployment
-        .metadata
-        .annotations?
-        .get("kvsync.io/reload-digest")?
-        .clone();
-    let record: Value = serde_json::from_str(&record).ok()?;
+    let record = reload_record(api, name).await?;
     record["key"].as_str().map(str::to_owned)
 }
 

@@ -290,7 +290,12 @@ impl Stage {
             Observed::Workload(w) => {
                 self.index.remove_workload(&w.workload);
                 self.schedule.forget(&w.workload);
-                self.release(&w.workload);
+                release(
+                    &mut self.pacer,
+                    &mut self.schedule,
+                    &self.metrics,
+                    &w.workload,
+                );
                 self.failures.remove(&w.workload);
             }
             Observed::Namespace { name, .. } => {
@@ -364,15 +369,6 @@ impl Stage {
         }
     }
 
-    /// Takes `workload` out of the rollout queue; the next one moves up.
-    fn release(&mut self, workload: &WorkloadRef) {
-        release(&mut self.pacer, &mut self.schedule, &self.metrics, workload);
-    }
-
-    fn next_turn(&mut self) {
-        next_turn(&self.pacer, &mut self.schedule, &self.metrics);
-    }
-
     /// [`Self::evaluate`], with a fault contained to its workload: a panic
     /// (a defect of kvsync's, whatever the workload's annotations say) is
     /// counted and logged, and the workload is looked at again after the
@@ -402,7 +398,12 @@ impl Stage {
             .filter(|s| !s.deleting && self.index.is_selected(&workload.namespace));
         let Some(state) = state else {
             // Out of scope or going: it leaves the rollout queue.
-            self.release(&workload);
+            release(
+                &mut self.pacer,
+                &mut self.schedule,
+                &self.metrics,
+                &workload,
+            );
             return;
         };
         let desired = desired_members(
@@ -499,7 +500,7 @@ impl Stage {
                 let admitted = self
                     .pacer
                     .admit(workload.clone(), namespace, Instant::now());
-                self.next_turn();
+                next_turn(&self.pacer, &mut self.schedule, &self.metrics);
                 if !admitted {
                     return;
                 }
