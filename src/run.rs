@@ -100,23 +100,28 @@ pub enum CrdError {
     },
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn termination_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail on unix");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-}
-
 /// Tells the server and the controllers to stop gracefully.
 #[derive(Clone)]
 struct Shutdown(watch::Sender<bool>);
 
 impl Shutdown {
-    fn new() -> Self {
-        Shutdown(watch::channel(false).0)
+    /// Begins when SIGTERM or SIGINT arrives. The SIGTERM handler is
+    /// installed here, first thing in `run`: a signal during start-up (while
+    /// connecting, or waiting as a standby) is remembered, never lost between
+    /// two listeners, and never kills the process without its shutdown.
+    fn on_termination_signal() -> Self {
+        let shutdown = Shutdown(watch::channel(false).0);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on unix");
+        let begin = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            begin.begin();
+        });
+        shutdown
     }
 
     /// A future that resolves once [`Shutdown::begin`] was called.
@@ -161,6 +166,7 @@ struct Stages {
 }
 
 pub async fn run(mut args: RunArgs) -> Result<(), RunError> {
+    let shutdown = Shutdown::on_termination_signal();
     args.scope.operator_namespace = Some(args.operator_namespace.clone());
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -168,20 +174,19 @@ pub async fn run(mut args: RunArgs) -> Result<(), RunError> {
         .await
         .map_err(RunError::Client)?;
     let vault = vault_access(&client, &args)?;
-    let shutdown = Shutdown::new();
     let readiness = metrics.reload.readiness();
     let server =
         serve_probes_and_metrics(args.metrics_addr, registry, readiness, &shutdown).await?;
 
     ensure_namespace_exists(&client, &args.operator_namespace).await?;
-    let Some(mut leadership) = become_leader(&client, &args).await? else {
+    let Some(mut leadership) = become_leader(&client, &args, &shutdown).await? else {
         // Terminated while waiting as a standby.
         shutdown.begin();
         let _ = server.await;
         return Ok(());
     };
     let mut stages = start_stages(client, vault, metrics, &args, &shutdown);
-    let outcome = supervise(&mut stages, leadership.as_mut()).await;
+    let outcome = supervise(&mut stages, leadership.as_mut(), &shutdown).await;
     shut_down(stages, leadership, server, &shutdown).await;
     outcome
 }
@@ -265,13 +270,14 @@ async fn serve_probes_and_metrics(
 async fn become_leader(
     client: &kube::Client,
     args: &RunArgs,
+    shutdown: &Shutdown,
 ) -> Result<Option<Option<Leadership>>, RunError> {
     if !args.leader.leader_election {
         return Ok(Some(None));
     }
     tokio::select! {
         held = crate::leader::acquire(client.clone(), &args.leader, &args.operator_namespace) => Ok(Some(Some(held?))),
-        () = termination_signal() => Ok(None),
+        () = shutdown.signal() => Ok(None),
     }
 }
 
@@ -328,6 +334,7 @@ fn start_stages(
 async fn supervise(
     stages: &mut Stages,
     leadership: Option<&mut Leadership>,
+    shutdown: &Shutdown,
 ) -> Result<(), RunError> {
     let leadership_lost = async {
         match leadership {
@@ -336,7 +343,10 @@ async fn supervise(
         }
     };
     tokio::select! {
-        () = termination_signal() => Ok(()),
+        // First: once a signal began the shutdown, the stages ending is its
+        // doing, not a failure.
+        biased;
+        () = shutdown.signal() => Ok(()),
         () = leadership_lost => Err(RunError::LeaseLost),
         stopped = &mut stages.reload => match stopped {
             Ok(Ok(())) => Ok(()),
