@@ -92,8 +92,8 @@ async fn the_operator_keeps_working_across_an_apiserver_restart() {
     })
     .await;
 
-    assert!(f.operator.process.is_running(), "the operator exited");
-    let log = f.operator.process.output();
+    assert!(f.process_mut().is_running(), "the operator exited");
+    let log = f.process().output();
     assert!(!log.contains("panicked"), "the operator panicked");
     drop(f);
     drop(plane);

@@ -711,7 +711,7 @@ async fn survived(f: &Fixture, also: &[&str]) {
     })
     .await;
 
-    let log = f.operator.process.output();
+    let log = f.process().output();
     assert!(
         !log.contains("panicked"),
         "the operator panicked:\n{}",

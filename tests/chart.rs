@@ -455,12 +455,10 @@ async fn sync_and_reload(
     apply::<Deployment>(
         client,
         namespace,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": "shop-api", "annotations": {"reloader.stakater.com/auto": "true"}},
-               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "shop-api"}},
-                        "template": {"metadata": {"labels": {"app": "shop-api"}},
-                                     "spec": {"containers": [{"name": "app", "image": "example/shop-api",
-                                              "envFrom": [{"secretRef": {"name": "db"}}]}]}}}}),
+        Workload::deployment("shop-api")
+            .annotations(&[("reloader.stakater.com/auto", "true")])
+            .env_from(&["db"])
+            .body(),
     )
     .await;
 

@@ -35,34 +35,27 @@ const ARGS: &[&str] = &[
 /// Kill moments are drawn from [0, KILL_WINDOW) after the rotations: refresh
 /// (1 s), sync, debounce and rollout all fall inside it.
 const KILL_WINDOW_MS: u64 = 2500;
-/// How long counts must hold after converging (several debounces).
+/// How long counts must hold after converging in each round (several
+/// debounces). A double restart that comes later would still show: the next
+/// round's convergence counts every ReplicaSet. Only the last round has no
+/// next one, so it holds for [`LAST_QUIET`].
 const QUIET: Duration = Duration::from_millis(1200);
+/// After the last round: a restarted operator re-decides every workload
+/// within one refresh (1 s), one debounce (0.3 s) and one minimum reload
+/// interval (1 s) of listing; twice that, so that a double restart the last
+/// crash caused cannot come after the window.
+const LAST_QUIET: Duration = Duration::from_millis(2 * (1000 + 300 + 1000));
 
 /// Vault secret (and KeyVaultSecret, Secret and Deployment `web-<name>`) names.
 const SYNCED: [&str; 3] = ["app-alpha", "app-beta", "db-password"];
 
-async fn deployment(f: &Fixture, name: &str, secret: &str) {
-    let body = json!({"apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "annotations": {"reloader.stakater.com/auto": "true"}},
-        "spec": {"selector": {"matchLabels": {"app": name}}, "template": {
-            "metadata": {"labels": {"app": name}},
-            "spec": {"containers": [{"name": "app", "image": "example.invalid/app",
-                                     "envFrom": [{"secretRef": {"name": secret}}]}]}}}});
-    Api::<Deployment>::namespaced(f.client.clone(), &f.ns.name)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(body).unwrap(),
-        )
-        .await
-        .unwrap();
-}
-
 /// Every Secret holds what the vault holds and every Deployment has the
-/// expected number of ReplicaSets, and that stays so for `QUIET`.
+/// expected number of ReplicaSets, and that stays so for `quiet`.
 async fn converged(
     f: &Fixture,
     values: &BTreeMap<&str, String>,
     rollouts: &BTreeMap<String, usize>,
+    quiet: Duration,
 ) {
     let state = || async {
         let mut secrets = BTreeMap::new();
@@ -91,7 +84,7 @@ async fn converged(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    always("Secrets and ReplicaSets to stay put", QUIET, || async {
+    always("Secrets and ReplicaSets to stay put", quiet, || async {
         state().await.as_ref() == Some(&expected)
     })
     .await;
@@ -115,7 +108,11 @@ async fn random_crashes_lose_no_sync_and_roll_each_change_exactly_once() {
         f.emulator.set_secret("shop", name, &values[name]).await;
         f.apply(name, json!({"refreshInterval": "1s", "data": [{"secretKey": "v", "remoteRef": {"name": name}}]}))
             .await;
-        deployment(&f, &format!("web-{name}"), name).await;
+        Workload::deployment(&format!("web-{name}"))
+            .annotations(&[("reloader.stakater.com/auto", "true")])
+            .env_from(&[name])
+            .create(&f.client, &f.ns.name)
+            .await;
         rollouts.insert(format!("web-{name}"), 1);
     }
     // A Deployment whose Secret kvsync does not manage: it must never roll.
@@ -126,7 +123,11 @@ async fn random_crashes_lose_no_sync_and_roll_each_change_exactly_once() {
         .create(&PostParams::default(), &fixed)
         .await
         .unwrap();
-    deployment(&f, "web-fixed", "fixed").await;
+    Workload::deployment("web-fixed")
+        .annotations(&[("reloader.stakater.com/auto", "true")])
+        .env_from(&["fixed"])
+        .create(&f.client, &f.ns.name)
+        .await;
     rollouts.insert("web-fixed".into(), 1);
     for name in rollouts.keys() {
         eventually(&format!("the digest record on {name}"), WAIT, || async {
@@ -140,7 +141,7 @@ async fn random_crashes_lose_no_sync_and_roll_each_change_exactly_once() {
         })
         .await;
     }
-    converged(&f, &values, &rollouts).await;
+    converged(&f, &values, &rollouts, QUIET).await;
 
     let mut kills = Vec::new();
     for round in 1..=ROUNDS {
@@ -156,14 +157,15 @@ async fn random_crashes_lose_no_sync_and_roll_each_change_exactly_once() {
         let kill_after = Duration::from_millis(rng.random_range(0..KILL_WINDOW_MS));
         // A fixed observation window: the crash lands at a seeded moment.
         tokio::time::sleep(kill_after).await;
-        f.operator.crash_and_restart(&f.emulator, &f.ns.name, ARGS);
+        f.crash_and_restart_operator(ARGS);
         kills.push(kill_after.as_millis());
         // The state may have converged before the kill: the quiet window
         // then proves something only once the new operator is looking.
-        reload_listed(&f.operator.process).await;
-        converged(&f, &values, &rollouts).await;
+        reload_listed(f.process()).await;
+        let quiet = if round == ROUNDS { LAST_QUIET } else { QUIET };
+        converged(&f, &values, &rollouts, quiet).await;
         assert!(
-            !f.operator.process.output().contains("panicked"),
+            !f.process().output().contains("panicked"),
             "round {round}: the operator panicked"
         );
     }

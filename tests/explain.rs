@@ -77,25 +77,6 @@ fn golden(name: &str, actual: &str) {
     );
 }
 
-async fn deployment(f: &Fixture, name: &str, annotations: Value, env_from: Value) {
-    let body: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "example.invalid/app", "envFrom": env_from}]}
-            }
-        }
-    }))
-    .unwrap();
-    Api::<Deployment>::namespaced(f.client.clone(), &f.ns.name)
-        .create(&PostParams::default(), &body)
-        .await
-        .unwrap();
-    first_rollout_made::<ReplicaSet>(&f.client, &f.ns.name, name).await;
-}
-
 /// What explain reads: enough to `kubectl get` each object it shows.
 fn read_everything() -> Value {
     json!([
@@ -218,21 +199,20 @@ async fn explain_a_secret_a_restarted_and_an_unrestarted_workload() {
         .create(&PostParams::default(), &config_map)
         .await
         .unwrap();
-    deployment(
-        &f,
-        "web",
-        json!({"reloader.stakater.com/auto": "true"}),
-        json!([{"secretRef": {"name": "db"}}]),
-    )
-    .await;
-    deployment(
-        &f,
-        "batch",
-        json!({"secret.reloader.stakater.com/auto": "true",
-               "secrets.exclude.reloader.stakater.com/reload": "db"}),
-        json!([{"secretRef": {"name": "db"}}, {"configMapRef": {"name": "settings"}}]),
-    )
-    .await;
+    Workload::deployment("web")
+        .annotations(&[("reloader.stakater.com/auto", "true")])
+        .env_from(&["db"])
+        .create(&f.client, &ns)
+        .await;
+    Workload::deployment("batch")
+        .annotations(&[
+            ("secret.reloader.stakater.com/auto", "true"),
+            ("secrets.exclude.reloader.stakater.com/reload", "db"),
+        ])
+        .env_from(&["db"])
+        .env_from_config_maps(&["settings"])
+        .create(&f.client, &ns)
+        .await;
     let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &ns);
     // Where the chart puts the operator's settings (the operator itself runs
     // as a process here): explain reads --min-reload-interval from it.

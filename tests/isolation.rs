@@ -42,16 +42,19 @@ impl Arena {
     /// The victim's healthy KeyVaultSecret and auto-reloaded Deployment, an
     /// attacker namespace, and one operator serving both with the defaults.
     async fn new(test: &str) -> Self {
-        let mut f = Fixture::new(test).await;
+        let mut f = Fixture::idle(test).await;
         let attacker = TestNamespace::new(&f.client, &format!("{test}-x")).await;
         let namespaces = format!("{},{}", f.ns.name, attacker.name);
-        f.operator = Operator::start_with_env(
-            &f.emulator,
-            &f.ns.name,
-            &["--namespaces", &namespaces],
-            &[("KVSYNC_MIN_REFRESH_INTERVAL".into(), "10s".into())],
+        f.operator = Some(
+            Operator::start_with_env(
+                &f.emulator,
+                &f.ns.name,
+                &["--namespaces", &namespaces],
+                &[("KVSYNC_MIN_REFRESH_INTERVAL".into(), "10s".into())],
+            )
+            .process,
         );
-        limit_address_space(f.operator.process.pid());
+        limit_address_space(f.process().pid());
         f.apply(
             "db",
             json!({"refreshInterval": "30s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
@@ -78,10 +81,10 @@ impl Arena {
     /// The operator still runs, has not panicked, and its peak RSS (KiB) is
     /// under the bound; returns the peak.
     fn assert_alive_and_small(&mut self) -> u64 {
-        let pid = self.f.operator.process.pid();
+        let pid = self.f.process().pid();
         let peak = peak_rss_kib(pid);
-        assert!(self.f.operator.process.is_running(), "the operator exited");
-        let log = self.f.operator.process.output();
+        assert!(self.f.process_mut().is_running(), "the operator exited");
+        let log = self.f.process().output();
         assert!(!log.contains("panicked"), "the operator panicked");
         assert!(
             peak < RSS_BOUND_KIB,
@@ -120,22 +123,11 @@ impl Arena {
 /// A workload of `kind` using Secret `secret` through `envFrom`, with
 /// `reloader.stakater.com/auto` and the `extra` annotations.
 fn workload(kind: &str, name: &str, secret: &str, extra: &[(&str, &str)]) -> Value {
-    let mut annotations = json!({"reloader.stakater.com/auto": "true"});
-    for (key, value) in extra {
-        annotations[*key] = json!(value);
-    }
-    let labels = json!({"app": name});
-    let template = json!({
-        "metadata": {"labels": labels},
-        "spec": {"containers": [{"name": "app", "image": "example.invalid/app",
-                                 "envFrom": [{"secretRef": {"name": secret}}]}]}
-    });
-    let mut spec = json!({"selector": {"matchLabels": labels}, "template": template});
-    if kind == "StatefulSet" {
-        spec["serviceName"] = json!(name);
-    }
-    json!({"apiVersion": "apps/v1", "kind": kind,
-           "metadata": {"name": name, "annotations": annotations}, "spec": spec})
+    Workload::new(kind, name)
+        .annotations(&[("reloader.stakater.com/auto", "true")])
+        .annotations(extra)
+        .env_from(&[secret])
+        .body()
 }
 
 /// Server-side applies `body` (a Deployment, StatefulSet, DaemonSet or Secret).
@@ -565,7 +557,7 @@ async fn withdrawn_access_is_used_no_more_after_one_interval() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_leaving_the_scope_is_used_no_more_after_two_intervals() {
-    let mut f = Fixture::new("iso-unscoped").await;
+    let mut f = Fixture::idle("iso-unscoped").await;
     let interval = Duration::from_secs(2);
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(f.client.clone());
     let label = |value: Value| json!({"metadata": {"labels": {"kvsync-iso-scope": value}}});
@@ -577,10 +569,13 @@ async fn a_namespace_leaving_the_scope_is_used_no_more_after_two_intervals() {
         )
         .await
         .unwrap();
-    f.operator = Operator::start(
-        &f.emulator,
-        &f.ns.name,
-        &["--namespace-selector", "kvsync-iso-scope=in"],
+    f.operator = Some(
+        Operator::start(
+            &f.emulator,
+            &f.ns.name,
+            &["--namespace-selector", "kvsync-iso-scope=in"],
+        )
+        .process,
     );
     f.apply(
         "scoped",
@@ -635,7 +630,7 @@ async fn rotating_the_digest_key_rebaselines_without_a_restart() {
         .delete("kvsync-digest-key", &Default::default())
         .await
         .unwrap();
-    f.operator = Operator::start(&f.emulator, &ns, &[]);
+    f.operator = Some(Operator::start(&f.emulator, &ns, &[]).process);
     let new_key = eventually("a record under the new key", WAIT, || async {
         let key = record_key(&deployments, "app").await?;
         (key != old_key).then_some(key)

@@ -36,8 +36,8 @@ async fn the_nodes_managed_identities_read_the_vault_only_in_allowed_namespaces(
         ),
         ("IDENTITY_HEADER".to_owned(), "kvsync-test".to_owned()),
     ];
-    f.operator.process.stop();
-    f.operator = Operator::start_with_env(&f.emulator, &f.ns.name, &[], &imds_env);
+    f.stop_operator().await;
+    f.operator = Some(Operator::start_with_env(&f.emulator, &f.ns.name, &[], &imds_env).process);
 
     // Not an allowed namespace: refused before any token request.
     let system = json!({"managedIdentity": {}});
@@ -60,12 +60,15 @@ async fn the_nodes_managed_identities_read_the_vault_only_in_allowed_namespaces(
     assert_eq!(imds_calls(f.emulator.counters().await), 0);
 
     // Allowed: the system-assigned identity, and a user-assigned one by client id.
-    f.operator.process.stop();
-    f.operator = Operator::start_with_env(
-        &f.emulator,
-        &f.ns.name,
-        &["--operator-identity-namespaces", &f.ns.name],
-        &imds_env,
+    f.stop_operator().await;
+    f.operator = Some(
+        Operator::start_with_env(
+            &f.emulator,
+            &f.ns.name,
+            &["--operator-identity-namespaces", &f.ns.name],
+            &imds_env,
+        )
+        .process,
     );
     f.apply(
         "user",

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kvsync::api::contract::DIGEST_ANNOTATION;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -253,25 +253,6 @@ fn queries(docs: &[Value]) -> Vec<String> {
     queries
 }
 
-/// A Deployment using Secret `secret`, with these annotations.
-async fn deployment(f: &Fixture, name: &str, secret: &str, annotations: Value) {
-    let body: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "example.invalid/app",
-                                         "envFrom": [{"secretRef": {"name": secret}}]}]}
-            }
-        }
-    }))
-    .unwrap();
-    let api: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns.name);
-    api.create(&PostParams::default(), &body).await.unwrap();
-    first_rollout_made::<ReplicaSet>(&f.client, &f.ns.name, name).await;
-}
-
 /// A real Prometheus scrapes the operator through a sync, a failure, Key
 /// Vault throttling, a restart, a deferred restart and a reload error; then
 /// every dashboard query and alert expression returns series — no panel or
@@ -288,7 +269,7 @@ async fn prometheus_finds_series_for_every_dashboard_query_and_alert() {
     )
     .await;
     let target = eventually("the metrics address in the log", WAIT, || async {
-        metrics_url(&f.operator.process.output())
+        metrics_url(&f.process().output())
     })
     .await;
     let prometheus = Prometheus::start(target.trim_start_matches("http://"));
@@ -300,20 +281,16 @@ async fn prometheus_finds_series_for_every_dashboard_query_and_alert() {
                "data": [{"secretKey": "x", "remoteRef": {"name": "no-such-secret"}}]}),
     )
     .await;
-    deployment(
-        &f,
-        "web",
-        "db",
-        json!({"reloader.stakater.com/auto": "true"}),
-    )
-    .await;
-    deployment(
-        &f,
-        "broken",
-        "db",
-        json!({"secret.reloader.stakater.com/reload": "bad-["}),
-    )
-    .await;
+    Workload::deployment("web")
+        .annotations(&[("reloader.stakater.com/auto", "true")])
+        .env_from(&["db"])
+        .create(&f.client, &f.ns.name)
+        .await;
+    Workload::deployment("broken")
+        .annotations(&[("secret.reloader.stakater.com/reload", "bad-[")])
+        .env_from(&["db"])
+        .create(&f.client, &f.ns.name)
+        .await;
     let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns.name);
     eventually("web baselined", WAIT, || async {
         let web = deployments.get("web").await.ok()?;

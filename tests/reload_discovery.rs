@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, GroupVersionKind};
 use kvsync::api::contract::{DIGEST_ANNOTATION, RESTARTED_AT_ANNOTATION};
 use serde_json::json;
-use support::reload::{AUTO, Fixture, QUIET, create, generation, pairs, pod_using_db, rollout_api};
+use support::reload::{AUTO, QUIET, create, generation, pod_using_db, rollout_api};
 use support::*;
 
 const ROLLOUT_CRD: &str = "rollouts.argoproj.io";
@@ -45,7 +45,7 @@ async fn remove_rollout_crd(client: &kube::Client) {
 
 #[tokio::test]
 async fn a_rollout_crd_installed_after_start_is_found_and_its_rollouts_reloaded() {
-    let mut f = Fixture::new("reload-discovery").await;
+    let mut f = Fixture::idle("reload-discovery").await;
     remove_rollout_crd(&f.client).await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     // Ready without the Rollout API: nothing waits for a CRD that may never come.
@@ -61,7 +61,7 @@ async fn a_rollout_crd_installed_after_start_is_found_and_its_rollouts_reloaded(
         }),
     )
     .await;
-    let operator = f.operator.as_ref().unwrap();
+    let operator = f.process();
     logged(
         operator,
         "the Rollout API found",

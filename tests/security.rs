@@ -373,12 +373,11 @@ async fn the_leak_scan_sees_every_form_in_every_place() {
         Api::namespaced(f.client.clone(), &f.ns.name);
     let mut missed = Vec::new();
     for (what, value) in &plants {
-        let deployment: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": "planted", "annotations": {"note": value}},
-            "spec": {"selector": {"matchLabels": {"app": "p"}}, "template": {
-                "metadata": {"labels": {"app": "p"}},
-                "spec": {"containers": [{"name": "c", "image": "example.invalid/none"}]}}}
-        }))
+        let deployment: Deployment = serde_json::from_value(
+            Workload::deployment("planted")
+                .annotations(&[("note", value.as_str())])
+                .body(),
+        )
         .unwrap();
         deployments
             .create(&PostParams::default(), &deployment)

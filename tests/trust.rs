@@ -422,12 +422,15 @@ async fn a_refused_write_says_why_and_backs_off() {
         f.secrets().get_opt("kvsync-digest-key").await.unwrap()
     })
     .await;
-    f.operator.process.stop();
-    f.operator = Operator::start_as(
-        &f.emulator,
-        &f.ns.name,
-        &["--max-backoff", "16s"],
-        &kubeconfig,
+    f.stop_operator().await;
+    f.operator = Some(
+        Operator::start_as(
+            &f.emulator,
+            &f.ns.name,
+            &["--max-backoff", "16s"],
+            &kubeconfig,
+        )
+        .process,
     );
     f.apply(
         "db",

@@ -684,13 +684,13 @@ async fn create_deployments(
             let api = api.clone();
             let (name, secret) = name_and_secret(i);
             async move {
-                let d: Deployment = serde_json::from_value(json!({
-                    "metadata": {"name": name, "annotations": {"reloader.stakater.com/auto": "true"}},
-                    "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
-                        "template": {"metadata": {"labels": {"app": name}},
-                            "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9",
-                                "envFrom": [{"secretRef": {"name": secret}}]}]}}}
-                }))
+                let d: Deployment = serde_json::from_value(
+                    Workload::deployment(&name)
+                        .annotations(&[("reloader.stakater.com/auto", "true")])
+                        .env_from(&[&secret])
+                        .replicas(0)
+                        .body(),
+                )
                 .unwrap();
                 api.create(&PostParams::default(), &d).await.unwrap();
             }

@@ -4,7 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn statefulsets_and_daemonsets_roll_to_a_new_revision() {
-    let mut f = Fixture::new("reload-kinds").await;
+    let mut f = Fixture::idle("reload-kinds").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.workload::<StatefulSet>("store", &[AUTO], &[], &["db"], &[])
         .await;
@@ -33,7 +33,7 @@ async fn statefulsets_and_daemonsets_roll_to_a_new_revision() {
 
 #[tokio::test]
 async fn cron_jobs_get_one_job_per_change_and_suspended_ones_none() {
-    let mut f = Fixture::new("reload-cron").await;
+    let mut f = Fixture::idle("reload-cron").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     // batch/v1 from Kubernetes 1.21, batch/v1beta1 on 1.20: whatever is served.
     let (cron_jobs, api_version) = served_api(&f, &["batch/v1", "batch/v1beta1"], "CronJob").await;
@@ -100,7 +100,7 @@ async fn cron_jobs_get_one_job_per_change_and_suspended_ones_none() {
     .await;
 
     // Level-triggered: a restart of the operator makes no second Job.
-    f.stop_operator();
+    f.stop_operator().await;
     f.start_operator(&[]).await;
     f.secret("db", &[("k", "3")], &[], &[]).await;
     eventually("a second Job for the second change", WAIT, || async {
@@ -119,7 +119,7 @@ async fn cron_jobs_get_one_job_per_change_and_suspended_ones_none() {
 
 #[tokio::test]
 async fn argo_rollouts_restart_once_by_template_or_by_restart_at() {
-    let mut f = Fixture::new("reload-rollout").await;
+    let mut f = Fixture::idle("reload-rollout").await;
     let rollouts = rollout_api(&f).await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     let strategy = ("reloader.stakater.com/rollout-strategy", "restart");

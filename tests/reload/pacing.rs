@@ -6,7 +6,7 @@ use super::*;
 async fn a_secret_used_by_200_workloads_restarts_each_once_at_the_throttled_rate() {
     const WORKLOADS: usize = 200;
     const PER_SECOND: usize = 50;
-    let mut f = Fixture::new("reload-throttle").await;
+    let mut f = Fixture::idle("reload-throttle").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     let deployments = f.api::<Deployment>();
     // Paused (by a user, as far as kvsync knows: it restarts them as usual):
@@ -14,18 +14,12 @@ async fn a_secret_used_by_200_workloads_restarts_each_once_at_the_throttled_rate
     // do not hold up the tests running beside this one. The test reads
     // kvsync's restartedAt instead.
     for i in 0..WORKLOADS {
-        let name = format!("w{i:03}");
-        let deployment: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": name, "annotations": pairs(&[AUTO])},
-            "spec": {"replicas": 0, "paused": true, "selector": {"matchLabels": {"app": name}}, "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "example.invalid/app", "envFrom": [{"secretRef": {"name": "db"}}]}]}}}
-        }))
-        .unwrap();
-        deployments
-            .create(&PostParams::default(), &deployment)
-            .await
-            .unwrap();
+        Workload::deployment(&format!("w{i:03}"))
+            .annotations(&[AUTO])
+            .env_from(&["db"])
+            .paused()
+            .create(&f.client, &f.ns.name)
+            .await;
     }
     let rate = PER_SECOND.to_string();
     f.start_operator(&["--max-rollouts-per-second", &rate])
@@ -62,7 +56,7 @@ async fn a_secret_used_by_200_workloads_restarts_each_once_at_the_throttled_rate
     );
 
     // Unlimited: the restarts are not issued one answer at a time.
-    f.stop_operator();
+    f.stop_operator().await;
     f.start_operator(&["--max-rollouts-per-second", "0"]).await;
     let unlimited = fan_out(&f, WORKLOADS, "3", "0").await;
     assert!(
@@ -81,26 +75,22 @@ async fn a_secret_used_by_200_workloads_restarts_each_once_at_the_throttled_rate
 #[tokio::test]
 async fn a_cancelled_fan_out_leaves_no_debt_for_other_restarts() {
     const WORKLOADS: usize = 150;
-    let mut f = Fixture::new("reload-nodebt").await;
+    let mut f = Fixture::idle("reload-nodebt").await;
     let other = TestNamespace::new(&f.client, "reload-nodebt-other").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     // Paused with no replicas, as in the throttle test: restarts are read
     // from kvsync's restartedAt, and no ReplicaSets are made.
-    let paused = |name: &str, secret: &str| -> Deployment {
-        serde_json::from_value(json!({
-            "metadata": {"name": name, "annotations": pairs(&[AUTO])},
-            "spec": {"replicas": 0, "paused": true, "selector": {"matchLabels": {"app": name}}, "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "example.invalid/app", "envFrom": [{"secretRef": {"name": secret}}]}]}}}
-        }))
-        .unwrap()
+    let paused = |name: &str, secret: &str| {
+        Workload::deployment(name)
+            .annotations(&[AUTO])
+            .env_from(&[secret])
+            .paused()
     };
     let deployments = f.api::<Deployment>();
     for i in 0..WORKLOADS {
-        deployments
-            .create(&PostParams::default(), &paused(&format!("w{i:03}"), "db"))
-            .await
-            .unwrap();
+        paused(&format!("w{i:03}"), "db")
+            .create(&f.client, &f.ns.name)
+            .await;
     }
     let own_secret = |value: &str| -> Secret {
         serde_json::from_value(json!({"metadata": {"name": "own"}, "stringData": {"k": value}}))
@@ -112,17 +102,10 @@ async fn a_cancelled_fan_out_leaves_no_debt_for_other_restarts() {
         .create(&PostParams::default(), &own_secret("1"))
         .await
         .unwrap();
-    other_deployments
-        .create(&PostParams::default(), &paused("solo", "own"))
-        .await
-        .unwrap();
-    f.start_operator(&[
-        "--max-rollouts-per-second",
-        "5",
-        "--namespaces",
-        &other.name,
-    ])
-    .await;
+    paused("solo", "own").create(&f.client, &other.name).await;
+    let both = format!("{},{}", f.ns.name, other.name);
+    f.start_operator(&["--max-rollouts-per-second", "5", "--namespaces", &both])
+        .await;
     let recorded = |list: Vec<Deployment>| {
         list.iter()
             .all(|d| d.annotations().contains_key(DIGEST_ANNOTATION))
@@ -137,7 +120,7 @@ async fn a_cancelled_fan_out_leaves_no_debt_for_other_restarts() {
         (here.len() == WORKLOADS && recorded(here) && recorded(there)).then_some(())
     })
     .await;
-    let base = metrics_url(&f.operator.as_ref().unwrap().output()).unwrap();
+    let base = metrics_url(&f.process().output()).unwrap();
     let queued = || async {
         let page = reqwest::get(format!("{base}/metrics")).await.unwrap();
         gauge(&page.text().await.unwrap(), "kvsync_reload_rollouts_queued")
@@ -191,7 +174,7 @@ async fn a_cancelled_fan_out_leaves_no_debt_for_other_restarts() {
 
 #[tokio::test]
 async fn a_refused_update_backs_off_with_one_warning_event() {
-    let mut f = Fixture::new("reload-refused").await;
+    let mut f = Fixture::idle("reload-refused").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     // Annotations this close to Kubernetes' 256 KiB limit leave no room for
     // kvsync's record: every update of the workload is refused with a 422.
@@ -202,19 +185,31 @@ async fn a_refused_update_backs_off_with_one_warning_event() {
     f.deployment("fine", &[AUTO], &["db"], &[]).await;
     f.start_operator(&[]).await;
     f.baselined::<Deployment>("fine").await;
+    // The backoff doubles: the second attempt 10 s after the first, the
+    // third 20 s after the second.
     eventually("a retry after the first refusal", WAIT, || async {
         (reload_errors(&f, "refused").await >= 2).then_some(())
     })
     .await;
+    let second_seen = std::time::Instant::now();
     assert_eq!(
         f.event_notes("full", "ReloadRefused").await.len(),
         1,
         "one Warning event, not one per retry"
     );
+    // The second attempt came at or before it was seen, so this window
+    // closes before the third is due, however late it opened.
+    let third_due = second_seen + Duration::from_secs(20) - Duration::from_millis(500);
     always(
-        "backing off: no third attempt within 20 s of the first",
-        Duration::from_secs(5),
+        "backing off: no third attempt within 20 s of the second",
+        third_due.saturating_duration_since(std::time::Instant::now()),
         || async { reload_errors(&f, "refused").await == 2 },
+    )
+    .await;
+    eventually(
+        "the third attempt, after the doubled backoff",
+        WAIT,
+        || async { (reload_errors(&f, "refused").await >= 3).then_some(()) },
     )
     .await;
     // The other workloads are not held up.

@@ -4,7 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn data_changes_restart_once_and_nothing_else_does() {
-    let mut f = Fixture::new("reload-data").await;
+    let mut f = Fixture::idle("reload-data").await;
     f.secret("db", &[("password", "one")], &[], &[]).await;
     f.config_map("app", &[("mode", "blue")], &[]).await;
     f.deployment("web", &[AUTO], &["db"], &["app"]).await;
@@ -74,7 +74,7 @@ async fn data_changes_restart_once_and_nothing_else_does() {
 
 #[tokio::test]
 async fn changes_made_together_roll_out_once() {
-    let mut f = Fixture::new("reload-together").await;
+    let mut f = Fixture::idle("reload-together").await;
     f.secret("a", &[("k", "1")], &[], &[]).await;
     f.secret("b", &[("k", "1")], &[], &[]).await;
     f.config_map("c", &[("k", "1")], &[]).await;
@@ -95,7 +95,7 @@ async fn changes_made_together_roll_out_once() {
 
 #[tokio::test]
 async fn typed_auto_reacts_to_its_own_kind_only() {
-    let mut f = Fixture::new("reload-typed").await;
+    let mut f = Fixture::idle("reload-typed").await;
     f.secret("s", &[("k", "1")], &[], &[]).await;
     f.config_map("c", &[("k", "1")], &[]).await;
     f.deployment(
@@ -127,7 +127,7 @@ async fn typed_auto_reacts_to_its_own_kind_only() {
 
 #[tokio::test]
 async fn named_lists_fire_without_use_and_excludes_win() {
-    let mut f = Fixture::new("reload-named").await;
+    let mut f = Fixture::idle("reload-named").await;
     for name in ["named", "pre-1", "other", "excluded", "included"] {
         f.secret(name, &[("k", "1")], &[], &[]).await;
     }
@@ -178,7 +178,7 @@ async fn named_lists_fire_without_use_and_excludes_win() {
 
 #[tokio::test]
 async fn search_needs_match_unless_auto_and_ignore_always_wins() {
-    let mut f = Fixture::new("reload-search").await;
+    let mut f = Fixture::idle("reload-search").await;
     let matched = [("reloader.stakater.com/match", "true")];
     f.secret("matched", &[("k", "1")], &matched, &[]).await;
     f.secret("unmatched", &[("k", "1")], &[], &[]).await;
@@ -221,7 +221,7 @@ async fn search_needs_match_unless_auto_and_ignore_always_wins() {
 
 #[tokio::test]
 async fn pod_template_annotations_count_when_the_workload_has_none() {
-    let mut f = Fixture::new("reload-template").await;
+    let mut f = Fixture::idle("reload-template").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.workload::<Deployment>("web", &[], &[AUTO], &["db"], &[])
         .await;
@@ -249,7 +249,7 @@ async fn pod_template_annotations_count_when_the_workload_has_none() {
 
 #[tokio::test]
 async fn an_invalid_expression_is_reported_and_everything_else_keeps_working() {
-    let mut f = Fixture::new("reload-invalid").await;
+    let mut f = Fixture::idle("reload-invalid").await;
     f.secret("ok", &[("k", "1")], &[], &[]).await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.deployment(
@@ -293,7 +293,7 @@ async fn an_invalid_expression_is_reported_and_everything_else_keeps_working() {
 
 #[tokio::test]
 async fn a_pattern_over_many_secrets_keeps_the_record_small_and_still_restarts() {
-    let mut f = Fixture::new("reload-many").await;
+    let mut f = Fixture::idle("reload-many").await;
     // 150 Secrets with long names: a record per Secret would be ~37 KiB.
     let name = |i: usize| format!("many-{}-{i:03}", "n".repeat(200));
     for i in 0..150 {

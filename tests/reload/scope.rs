@@ -4,7 +4,7 @@ use super::*;
 
 #[tokio::test]
 async fn resource_label_selector_limits_which_resources_count() {
-    let mut f = Fixture::new("reload-selector").await;
+    let mut f = Fixture::idle("reload-selector").await;
     let labelled = [("reload", "yes")];
     f.secret("labelled", &[("k", "1")], &[], &labelled).await;
     f.secret("unlabelled", &[("k", "1")], &[], &[]).await;
@@ -22,7 +22,7 @@ async fn resource_label_selector_limits_which_resources_count() {
 
 #[tokio::test]
 async fn a_missing_operator_namespace_stops_the_operator_with_a_clear_error() {
-    let f = Fixture::new("reload-no-op-ns").await;
+    let f = Fixture::idle("reload-no-op-ns").await;
     let missing = format!("{}-missing", f.ns.name);
     let args: Vec<String> = [
         "run",
@@ -53,7 +53,7 @@ async fn a_missing_operator_namespace_stops_the_operator_with_a_clear_error() {
 
 #[tokio::test]
 async fn namespace_selector_gates_workloads_until_the_namespace_matches() {
-    let mut f = Fixture::new("reload-nssel").await;
+    let mut f = Fixture::idle("reload-nssel").await;
     let label = format!("kvsync-reload-{}", f.ns.name);
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.deployment("web", &[AUTO], &["db"], &[]).await;
@@ -121,7 +121,7 @@ async fn namespace_selector_gates_workloads_until_the_namespace_matches() {
 
 #[tokio::test]
 async fn a_kind_the_operator_may_not_list_is_reported_not_waited_for() {
-    let mut f = Fixture::new("reload-forbidden").await;
+    let mut f = Fixture::idle("reload-forbidden").await;
     let ns = f.ns.name.clone();
     // Everything the operator needs in its namespace, but no CronJobs (an
     // older chart) and no Rollouts.
@@ -184,7 +184,7 @@ async fn a_kind_the_operator_may_not_list_is_reported_not_waited_for() {
         metrics.contains("kvsync_reload_watches_unlisted 0"),
         "{metrics}"
     );
-    let base = metrics_url(&f.operator.as_ref().unwrap().output()).unwrap();
+    let base = metrics_url(&f.process().output()).unwrap();
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert!(ready.status().is_success(), "{}", ready.status());
     eventually(

@@ -4,38 +4,24 @@ use super::*;
 
 #[tokio::test]
 async fn a_key_vault_rotation_rolls_the_workload_using_the_synced_secret() {
-    let mut f = Fixture::new("reload-e2e").await;
-    let emulator = Emulator::start(json!({
-        "vaults": [{"name": "shop", "secrets": [{"name": "db-password", "value": "first-value"}]}],
-        "apps": [{"tenantId": TENANT, "clientId": SECRET_APP, "clientSecret": SECRET_APP_PASSWORD,
-                  "access": [{"vault": "shop", "secrets": ["*"]}]}]
-    }))
-    .await;
-    f.named = vec!["first-value".into(), SECRET_APP_PASSWORD.into()];
+    let mut f = Fixture::idle("reload-e2e").await;
     let credentials = json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-creds"},
         "data": {"clientSecret": ByteString(SECRET_APP_PASSWORD.as_bytes().to_vec())},
     });
-    f.apply::<Secret>("kv-creds", credentials).await;
-    let kvs = json!({
-        "apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret", "metadata": {"name": "db"},
-        "spec": {
-            "vaultUrl": emulator.vault_url("shop"),
+    f.apply_object::<Secret>("kv-creds", credentials).await;
+    f.apply(
+        "db",
+        json!({
             "refreshInterval": "1s",
             "auth": {"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP,
                                       "secretRef": {"name": "kv-creds", "key": "clientSecret"}}},
             "data": [{"secretKey": "password", "remoteRef": {"name": "db-password"}}]
-        }
-    });
-    f.apply::<kvsync::api::KeyVaultSecret>("db", kvs).await;
+        }),
+    )
+    .await;
     f.deployment("web", &[AUTO], &["db"], &[]).await;
-    let operator = Operator::start(
-        &emulator,
-        &f.ns.name,
-        &["--reload-debounce", "300ms", "--min-reload-interval", "1s"],
-    );
-    f.operator = Some(operator.process);
-    f.emulator = Some(emulator);
+    f.start_operator(&[]).await;
 
     eventually("the synced Secret", WAIT, || async {
         f.api::<Secret>().get_opt("db").await.ok().flatten()
@@ -45,8 +31,6 @@ async fn a_key_vault_rotation_rolls_the_workload_using_the_synced_secret() {
     f.expect_replica_sets("web", 1).await;
 
     f.emulator
-        .as_ref()
-        .unwrap()
         .set_secret("shop", "db-password", "second-value")
         .await;
     f.expect_replica_sets("web", 2).await;
@@ -58,18 +42,15 @@ async fn a_key_vault_rotation_rolls_the_workload_using_the_synced_secret() {
 
 #[tokio::test]
 async fn every_way_a_pod_uses_a_secret_counts_but_a_volume_no_container_mounts() {
-    let mut f = Fixture::new("reload-uses").await;
+    let mut f = Fixture::idle("reload-uses").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     let cases = ways_to_use_db();
     for (name, spec, _) in &cases {
-        let body = json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "annotations": pairs(&[AUTO])},
-            "spec": {"selector": {"matchLabels": {"app": name}}, "template": {
-                "metadata": {"labels": {"app": name}}, "spec": spec}}
-        });
-        f.apply::<Deployment>(name, body).await;
-        first_rollout_made::<ReplicaSet>(&f.client, &f.ns.name, name).await;
+        Workload::deployment(name)
+            .annotations(&[AUTO])
+            .pod_spec(spec.clone())
+            .create(&f.client, &f.ns.name)
+            .await;
     }
     f.start_operator(&[]).await;
     for (name, _, _) in &cases {
@@ -98,23 +79,18 @@ async fn every_way_a_pod_uses_a_secret_counts_but_a_volume_no_container_mounts()
 
 #[tokio::test]
 async fn deletions_restart_nothing_and_appearances_only_what_could_run_without() {
-    let mut f = Fixture::new("reload-absent").await;
+    let mut f = Fixture::idle("reload-absent").await;
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.deployment("web", &[AUTO], &["db", "not-yet"], &[]).await;
     // The same, but its pods can start without `extra` (an optional reference).
-    let optional = json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "tolerant", "annotations": pairs(&[AUTO])},
-        "spec": {
-            "selector": {"matchLabels": {"app": "tolerant"}},
-            "template": {
-                "metadata": {"labels": {"app": "tolerant"}},
-                "spec": {"containers": [{"name": "app", "image": "example.invalid/app",
-                         "envFrom": [{"secretRef": {"name": "extra", "optional": true}}]}]}
-            }
-        }
-    });
-    f.apply::<Deployment>("tolerant", optional).await;
+    Workload::deployment("tolerant")
+        .annotations(&[AUTO])
+        .pod_spec(
+            json!({"containers": [{"name": "app", "image": "example.invalid/app",
+                         "envFrom": [{"secretRef": {"name": "extra", "optional": true}}]}]}),
+        )
+        .create(&f.client, &f.ns.name)
+        .await;
     f.start_operator(&[]).await;
     f.baselined::<Deployment>("web").await;
     f.baselined::<Deployment>("tolerant").await;

@@ -1,11 +1,17 @@
-//! The sync fixture: a namespace, a Key Vault emulator seeded with the `shop`
-//! vault, a federated service account and an operator scoped to the namespace.
+//! The one fixture of the integration tests: a namespace, a Key Vault
+//! emulator seeded with the `shop` vault, a service account federated to
+//! `SA_APP`, and `kvsync run` scoped to the namespace — started at once
+//! ([`Fixture::new`], the sync tests) or when the test says
+//! ([`Fixture::idle`] + [`Fixture::start_operator`], the reload tests, once
+//! their workloads exist). The reload side (Secrets, ConfigMaps, workloads
+//! and how they roll) is in `reload.rs`.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
 use kvsync::api::KeyVaultSecret;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -13,12 +19,16 @@ use serde_json::{Value, json};
 use super::*;
 
 /// Namespace + emulator + operator, with a service account federated to `SA_APP`.
-/// When the test ends (unless it failed), the fixture runs the [`LeakScan`].
+/// When the test ends (unless it failed), the fixture runs the [`LeakScan`]
+/// over the logs of every operator it ran, with every value it wrote.
 pub struct Fixture {
     pub client: kube::Client,
     pub ns: TestNamespace,
     pub emulator: Emulator,
-    pub operator: Operator,
+    /// The running operator, if any.
+    pub operator: Option<Process>,
+    /// What the operators stopped earlier printed.
+    pub earlier_logs: String,
     /// The cluster's service-account token issuer (federated by `SA_APP`).
     pub issuer: String,
     _issuer_dir: tempfile::TempDir,
@@ -26,6 +36,10 @@ pub struct Fixture {
     pub app_certificate: String,
     /// The private keys of the seed's certificates (for the leak scan).
     private_keys: Vec<String>,
+    /// Every Secret value the test wrote (as written).
+    pub secret_values: std::sync::Mutex<Vec<String>>,
+    /// More values to look for whatever their length.
+    pub named: Vec<String>,
 }
 
 /// Values seeded into the vault (scanned for in logs, events and statuses).
@@ -108,12 +122,25 @@ pub fn test_certificate(name: &str) -> (String, String) {
 }
 
 impl Fixture {
+    /// The fixture with its operator started (default flags).
     pub async fn new(test: &str) -> Self {
         Self::with_operator_args(test, &[]).await
     }
 
     /// Like [`Fixture::new`], with extra `kvsync run` flags (they override the defaults).
     pub async fn with_operator_args(test: &str, operator_args: &[&str]) -> Self {
+        let mut f = Self::idle(test).await;
+        f.operator = Some(Process::start(&run_args(
+            &f.emulator,
+            &f.ns.name,
+            &[],
+            operator_args,
+        )));
+        f
+    }
+
+    /// The fixture without an operator yet (see [`Fixture::start_operator`]).
+    pub async fn idle(test: &str) -> Self {
         let client = client().await;
         let ns = TestNamespace::new(&client, test).await;
         let dir = tempfile::tempdir().unwrap();
@@ -138,17 +165,77 @@ impl Fixture {
             .create(&PostParams::default(), &sa)
             .await
             .unwrap();
-        let operator = Operator::start(&emulator, &ns.name, operator_args);
         Fixture {
             client,
             ns,
             emulator,
-            operator,
+            operator: None,
+            earlier_logs: String::new(),
             issuer,
             _issuer_dir: dir,
             app_certificate: format!("{app_key}{app_cert}"),
             private_keys: vec![web_key, app_key],
+            secret_values: Default::default(),
+            named: Vec::new(),
         }
+    }
+
+    /// Starts `kvsync run` with a short debounce and minimum reload interval
+    /// unless `extra` overrides them, and waits until its reload stage has
+    /// listed everything: every window after this one watches an operator
+    /// that is looking.
+    pub async fn start_operator(&mut self, extra: &[&str]) {
+        let defaults = [
+            ("--reload-debounce", "300ms"),
+            ("--min-reload-interval", "1s"),
+        ];
+        let operator = Process::start(&run_args(&self.emulator, &self.ns.name, &defaults, extra));
+        reload_listed(&operator).await;
+        self.operator = Some(operator);
+    }
+
+    /// SIGTERM and wait: the operator stops cleanly (once it has started:
+    /// a process killed before its first line had no handler yet).
+    pub async fn stop_operator(&mut self) {
+        eventually("the operator started", WAIT, || async {
+            metrics_url(&self.process().output())
+        })
+        .await;
+        let operator = self.operator.take().expect("an operator is running");
+        let (status, output) = operator.terminate_with_output();
+        self.earlier_logs.push_str(&output);
+        assert!(status.success(), "the operator exits cleanly on SIGTERM");
+    }
+
+    /// SIGKILLs the operator (a crash: no graceful shutdown) and, once it is
+    /// gone, starts a new one with these flags.
+    pub fn crash_and_restart_operator(&mut self, extra: &[&str]) {
+        let operator = self.operator.take().expect("an operator is running");
+        let output = operator.output();
+        operator.kill();
+        self.earlier_logs.push_str(&output);
+        self.operator = Some(Process::start(&run_args(
+            &self.emulator,
+            &self.ns.name,
+            &[],
+            extra,
+        )));
+    }
+
+    /// The running operator.
+    pub fn process(&self) -> &Process {
+        self.operator.as_ref().expect("an operator is running")
+    }
+
+    pub fn process_mut(&mut self) -> &mut Process {
+        self.operator.as_mut().expect("an operator is running")
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
     pub fn kvs_api(&self) -> Api<KeyVaultSecret> {
@@ -251,26 +338,30 @@ impl Fixture {
         self.leak_scan(also).run().await;
     }
 
-    /// The scan of this fixture's namespace, operator and emulator.
+    /// The scan of this fixture's namespace, operators and emulator.
     pub fn leak_scan(&self, also: &[&str]) -> LeakScan {
+        let running = self.operator.as_ref().map(Process::output);
+        let mut handled = self.secret_values.lock().unwrap().clone();
+        handled.extend(self.emulator.values_set());
         LeakScan {
             namespace: self.ns.name.clone(),
-            operator_log: self.operator.process.output(),
+            operator_log: self.earlier_logs.clone() + &running.unwrap_or_default(),
             control_url: Some(self.emulator.endpoints.control_url.clone()),
             named: SEED_VALUES
                 .iter()
                 .chain(also)
                 .chain(&[SECRET_APP_PASSWORD])
                 .map(|v| v.to_string())
+                .chain(self.named.iter().cloned())
                 .collect(),
-            handled: self.emulator.values_set(),
+            handled,
             private_keys: self.private_keys.clone(),
         }
     }
 
     /// The operator's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        metrics_of(&self.operator.process).await
+        metrics_of(self.process()).await
     }
 
     /// `kvsync_syncs_total` for one outcome (0 before the first).

@@ -22,15 +22,18 @@ pub const WAIT: Duration = Duration::from_secs(60);
 
 mod fixture;
 mod leaks;
-/// The reload tests' fixture (used as `support::reload::*`).
+/// The fixture's reload side: Secrets, ConfigMaps and workloads, and how they roll (used as `support::reload::*`).
 pub mod reload;
 mod wait;
+mod workload;
 #[allow(unused_imports)] // not every test binary uses the fixture
 pub use fixture::*;
 #[allow(unused_imports)]
 pub use leaks::*;
 #[allow(unused_imports)] // not every test binary waits for every precondition
 pub use wait::*;
+#[allow(unused_imports)]
+pub use workload::*;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -545,7 +548,7 @@ impl Operator {
     /// and request timeout).
     pub fn start(emulator: &Emulator, namespace: &str, extra: &[&str]) -> Self {
         Operator {
-            process: Process::start(&Self::args(emulator, namespace, extra)),
+            process: Process::start(&run_args(emulator, namespace, &[], extra)),
         }
     }
 
@@ -557,7 +560,7 @@ impl Operator {
         kubeconfig: &Path,
     ) -> Self {
         Operator {
-            process: Process::start_as(&Self::args(emulator, namespace, extra), kubeconfig, &[]),
+            process: Process::start_as(&run_args(emulator, namespace, &[], extra), kubeconfig, &[]),
         }
     }
 
@@ -570,42 +573,43 @@ impl Operator {
     ) -> Self {
         Operator {
             process: Process::start_as(
-                &Self::args(emulator, namespace, extra),
+                &run_args(emulator, namespace, &[], extra),
                 kubeconfig_path(),
                 env,
             ),
         }
     }
+}
 
-    fn args(emulator: &Emulator, namespace: &str, extra: &[&str]) -> Vec<String> {
-        let ca_file = emulator.endpoints.ca_file.display().to_string();
-        let defaults = [
-            ("--namespaces", namespace),
-            ("--operator-namespace", namespace),
-            ("--authority-host", &emulator.endpoints.authority_host),
-            ("--allow-vault-host", "localhost"),
-            ("--extra-ca-file", &ca_file),
-            ("--metrics-addr", "127.0.0.1:0"),
-            ("--max-backoff", "4s"),
-            ("--request-timeout", "3s"),
-        ];
-        let mut args = vec!["run".to_string()];
-        for (flag, value) in defaults {
-            if !extra.contains(&flag) {
-                args.extend([flag.to_string(), value.to_string()]);
-            }
+/// The one builder of `kvsync run` arguments: the operator scoped to
+/// `namespace` (the digest key lives there too), trusting and allowing
+/// `emulator`, with a short backoff and request timeout, then `defaults`, then
+/// `extra`, whose flags replace the defaults of the same name.
+pub fn run_args(
+    emulator: &Emulator,
+    namespace: &str,
+    defaults: &[(&str, &str)],
+    extra: &[&str],
+) -> Vec<String> {
+    let ca_file = emulator.endpoints.ca_file.display().to_string();
+    let common = [
+        ("--namespaces", namespace),
+        ("--operator-namespace", namespace),
+        ("--authority-host", &emulator.endpoints.authority_host),
+        ("--allow-vault-host", "localhost"),
+        ("--extra-ca-file", &ca_file),
+        ("--metrics-addr", "127.0.0.1:0"),
+        ("--max-backoff", "4s"),
+        ("--request-timeout", "3s"),
+    ];
+    let mut args = vec!["run".to_string()];
+    for (flag, value) in common.iter().chain(defaults) {
+        if !extra.contains(flag) {
+            args.extend([flag.to_string(), value.to_string()]);
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
     }
-
-    /// SIGKILLs the operator (a crash: no graceful shutdown) and, once it is
-    /// gone, starts a new one with these arguments.
-    pub fn crash_and_restart(&mut self, emulator: &Emulator, namespace: &str, extra: &[&str]) {
-        let _ = self.process.child.kill();
-        let _ = self.process.child.wait();
-        *self = Operator::start(emulator, namespace, extra);
-    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// The documents of a multi-document YAML text (empty documents dropped).

@@ -1,7 +1,7 @@
-//! The reload tests' fixture: a namespace, a client, and `kvsync run` scoped
-//! to that namespace (started when the test says, with a short debounce),
-//! with helpers to make Secrets, ConfigMaps and workloads and to watch them
-//! roll. Shared by `tests/reload.rs` and `tests/reload_discovery.rs`.
+//! The fixture's reload side (used by `tests/reload/` and
+//! `tests/reload_discovery.rs`, with [`Fixture::idle`] and
+//! [`Fixture::start_operator`]): making Secrets, ConfigMaps and workloads
+//! (through the one [`Workload`] builder) and watching them roll.
 //!
 //! No kubelet runs, so pods never start; a restart is what a user would see in
 //! the API: a new ReplicaSet for a Deployment, a new ControllerRevision for a
@@ -37,101 +37,7 @@ pub const AUTO: (&str, &str) = ("reloader.stakater.com/auto", "true");
 /// data changed, never the values).
 pub const VALUE_SUFFIX: &str = "-reload-test-value";
 
-/// A namespace, a client, and the operator watching that namespace. When the
-/// test ends (unless it failed), the fixture runs the [`LeakScan`] over the
-/// logs of every operator it ran, with every Secret value written.
-pub struct Fixture {
-    pub client: kube::Client,
-    pub ns: TestNamespace,
-    pub operator: Option<Process>,
-    /// What the operators stopped earlier printed.
-    pub earlier_logs: String,
-    /// Every Secret value written (as written).
-    pub secret_values: std::sync::Mutex<Vec<String>>,
-    /// A Key Vault emulator, for a test that syncs from it (its values and
-    /// the credentials it issued are scanned for too).
-    pub emulator: Option<Emulator>,
-    /// Values to look for whatever their length.
-    pub named: Vec<String>,
-}
-
 impl Fixture {
-    /// A namespace without an operator yet.
-    pub async fn new(test: &str) -> Self {
-        let client = client().await;
-        let ns = TestNamespace::new(&client, test).await;
-        Fixture {
-            client,
-            ns,
-            operator: None,
-            earlier_logs: String::new(),
-            secret_values: Default::default(),
-            emulator: None,
-            named: Vec::new(),
-        }
-    }
-
-    fn leak_scan(&self) -> LeakScan {
-        let mut handled = self.secret_values.lock().unwrap().clone();
-        handled.extend(self.emulator.iter().flat_map(Emulator::values_set));
-        let running = self.operator.as_ref().map(Process::output);
-        LeakScan {
-            namespace: self.ns.name.clone(),
-            operator_log: self.earlier_logs.clone() + &running.unwrap_or_default(),
-            control_url: self
-                .emulator
-                .as_ref()
-                .map(|e| e.endpoints.control_url.clone()),
-            named: self.named.clone(),
-            handled,
-            private_keys: Vec::new(),
-        }
-    }
-
-    /// Starts `kvsync run` for the namespace (the digest key lives there too),
-    /// with a short debounce and minimum interval unless `extra` overrides them,
-    /// and waits until its reload stage has listed everything: every window
-    /// after this one watches an operator that is looking.
-    pub async fn start_operator(&mut self, extra: &[&str]) {
-        let mut args: Vec<&str> = vec![
-            "run",
-            "--namespaces",
-            &self.ns.name,
-            "--operator-namespace",
-            &self.ns.name,
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ];
-        for (flag, default) in [
-            ("--reload-debounce", "300ms"),
-            ("--min-reload-interval", "1s"),
-        ] {
-            if !extra.contains(&flag) {
-                args.extend([flag, default]);
-            }
-        }
-        args.extend(extra);
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let operator = Process::start(&args);
-        reload_listed(&operator).await;
-        self.operator = Some(operator);
-    }
-
-    /// SIGTERM and wait: the operator stops cleanly.
-    pub fn stop_operator(&mut self) {
-        let operator = self.operator.take().expect("an operator is running");
-        let (status, output) = operator.terminate_with_output();
-        self.earlier_logs.push_str(&output);
-        assert!(status.success(), "the operator exits cleanly on SIGTERM");
-    }
-
-    pub fn api<K>(&self) -> Api<K>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>,
-    {
-        Api::namespaced(self.client.clone(), &self.ns.name)
-    }
-
     /// Creates or replaces a Secret's data (each value `v` written as
     /// `v` + [`VALUE_SUFFIX`]), labels and annotations (server-side apply: an
     /// unchanged apply is a no-op on the server).
@@ -155,7 +61,7 @@ impl Fixture {
             "metadata": {"name": name, "annotations": pairs(annotations), "labels": pairs(labels)},
             "data": data,
         });
-        self.apply::<Secret>(name, body).await;
+        self.apply_object::<Secret>(name, body).await;
     }
 
     pub async fn config_map(
@@ -169,10 +75,11 @@ impl Fixture {
             "metadata": {"name": name, "annotations": pairs(annotations)},
             "data": pairs(data),
         });
-        self.apply::<ConfigMap>(name, body).await;
+        self.apply_object::<ConfigMap>(name, body).await;
     }
 
-    pub async fn apply<K>(&self, name: &str, body: Value)
+    /// Server-side applies `body` (any namespaced kind), forcing conflicts.
+    pub async fn apply_object<K>(&self, name: &str, body: Value)
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
@@ -191,7 +98,8 @@ impl Fixture {
     }
 
     /// Creates a Deployment, StatefulSet or DaemonSet named `name` whose pod
-    /// uses `secrets` (envFrom) and `config_maps` (mounted volumes).
+    /// uses `secrets` (envFrom) and `config_maps` (mounted volumes), and
+    /// waits for its first rollout.
     pub async fn workload<K>(
         &self,
         name: &str,
@@ -200,50 +108,15 @@ impl Fixture {
         secrets: &[&str],
         config_maps: &[&str],
     ) where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Serialize
-            + Debug,
+        K: Resource<DynamicType = ()>,
     {
-        let kind = K::kind(&());
-        let volumes: Vec<Value> = config_maps
-            .iter()
-            .map(|cm| json!({"name": cm, "configMap": {"name": cm}}))
-            .collect();
-        let mounts: Vec<Value> = config_maps
-            .iter()
-            .map(|cm| json!({"name": cm, "mountPath": format!("/etc/{cm}")}))
-            .collect();
-        let env_from: Vec<Value> = secrets
-            .iter()
-            .map(|s| json!({"secretRef": {"name": s}}))
-            .collect();
-        let mut spec = json!({
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}, "annotations": pairs(template_annotations)},
-                "spec": {
-                    "containers": [{"name": "app", "image": "example.invalid/app", "envFrom": env_from, "volumeMounts": mounts}],
-                    "volumes": volumes,
-                }
-            }
-        });
-        if kind == "StatefulSet" {
-            spec["serviceName"] = json!(name);
-        }
-        let body = json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "annotations": pairs(annotations)}, "spec": spec});
-        let object: K = serde_json::from_value(body).unwrap();
-        self.api::<K>()
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap_or_else(|e| panic!("create {kind} {name}: {e}"));
-        // Counts of ReplicaSets/revisions start at one, not at zero.
-        if kind == "Deployment" {
-            first_rollout_made::<ReplicaSet>(&self.client, &self.ns.name, name).await;
-        } else {
-            first_rollout_made::<ControllerRevision>(&self.client, &self.ns.name, name).await;
-        }
+        Workload::new(&K::kind(&()), name)
+            .annotations(annotations)
+            .template_annotations(template_annotations)
+            .env_from(secrets)
+            .mounts(config_maps)
+            .create(&self.client, &self.ns.name)
+            .await;
     }
 
     pub async fn deployment(
@@ -328,19 +201,14 @@ impl Fixture {
         parse_time(value.as_deref()).expect("a restartedAt annotation")
     }
 
-    /// The part of `QUIET` that ends before `interval` has passed since
-    /// Deployment `name`'s last restart: a "not restarted again" window must
-    /// close before the restart it waits for is due, however late (on a
-    /// loaded machine) it opens.
-    pub async fn quiet_before_due(&self, name: &str, interval: Duration) -> Duration {
+    /// The time left until `interval` has passed since Deployment `name`'s
+    /// last restart, less half a second: a "not restarted again" window of
+    /// this length closes before the restart it waits for is due, however
+    /// late (on a loaded machine) it opens.
+    pub async fn until_due(&self, name: &str, interval: Duration) -> Duration {
         let due = self.restarted_at(name).await + interval;
         let left = due - OffsetDateTime::now_utc() - Duration::from_millis(500);
-        QUIET.min(left.try_into().unwrap_or_default())
-    }
-
-    /// The operator's metrics page.
-    pub async fn metrics(&self) -> String {
-        metrics_of(self.operator.as_ref().expect("an operator is running")).await
+        left.try_into().unwrap_or_default()
     }
 
     /// Notes of the Events with `reason` about the workload `name`.
@@ -357,19 +225,6 @@ impl Fixture {
             .filter_map(|e| e.note)
             .collect()
     }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        scan_when_dropped(|| self.leak_scan());
-    }
-}
-
-pub fn pairs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 /// A pod spec using Secret `db` through `envFrom`.

@@ -121,7 +121,7 @@ async fn health_metrics_json_logs_and_graceful_shutdown() {
     f.wait_reason("db", "Synced").await;
 
     let base = eventually("the metrics address in the log", WAIT, || async {
-        metrics_url(&f.operator.process.output())
+        metrics_url(&f.process().output())
     })
     .await;
     let http = reqwest::Client::new();
