@@ -360,9 +360,12 @@ fn members_verdict(s: &Situation<'_>) -> Verdict {
 /// appearance is its first sight, a baseline as a record would have made it.
 /// One write less per workload applied before its Secrets (a GitOps sync, a
 /// Helm install). (A workload reacting to nothing is recorded at once: the
-/// record says kvsync has seen it.)
+/// record says kvsync has seen it.) Not under a resource selector: there a
+/// resource kvsync does not see may exist, in the pods, and its becoming
+/// visible must be compared with a record.
 fn nothing_to_baseline(s: &Situation<'_>) -> bool {
-    !s.desired.is_empty()
+    !s.hidden_may_exist
+        && !s.desired.is_empty()
         && s.desired
             .iter()
             .all(|(r, m)| *m == MemberState::Absent && s.uses.get(r) == Some(&Need::Required))
@@ -779,6 +782,34 @@ mod tests {
             }
         );
         assert_eq!(decision.unreacted, changed_hidden);
+    }
+
+    #[test]
+    fn under_a_resource_selector_a_first_sight_is_recorded_even_with_nothing_visible() {
+        let missing = members(&[("a", None)]);
+        let uses = secrets(&[("a", Need::Required)]);
+        let decision = decide(&Situation {
+            opted_in: true,
+            applied: &Applied::Never,
+            key_id: KEY,
+            desired: &missing,
+            unreacted: &Members::new(),
+            hidden_may_exist: true,
+            uses: &uses,
+            last_restart: None,
+            min_interval: MINUTE,
+            pause: Pause::default(),
+            covered: &BTreeSet::new(),
+            suspended: false,
+            now: at(0),
+        });
+        assert_eq!(
+            decision.verdict,
+            Verdict::Baseline {
+                why: Baseline::FirstSight,
+                record: missing.clone()
+            }
+        );
     }
 
     #[test]

@@ -93,6 +93,24 @@ impl Fixture {
     /// and waits until its reload stage has listed everything: every window
     /// after this one watches an operator that is looking.
     pub async fn start_operator(&mut self, extra: &[&str]) {
+        self.start_operator_with(
+            &[
+                ("--reload-debounce", "300ms"),
+                ("--min-reload-interval", "1s"),
+            ],
+            extra,
+        )
+        .await;
+    }
+
+    /// [`Self::start_operator`] with the operator's own `--reload-debounce`
+    /// (the tests' short one left out), for tests of what the default folds.
+    pub async fn start_operator_with_default_debounce(&mut self, extra: &[&str]) {
+        self.start_operator_with(&[("--min-reload-interval", "1s")], extra)
+            .await;
+    }
+
+    async fn start_operator_with(&mut self, defaults: &[(&str, &str)], extra: &[&str]) {
         let mut args: Vec<&str> = vec![
             "run",
             "--namespaces",
@@ -102,12 +120,9 @@ impl Fixture {
             "--metrics-addr",
             "127.0.0.1:0",
         ];
-        for (flag, default) in [
-            ("--reload-debounce", "300ms"),
-            ("--min-reload-interval", "1s"),
-        ] {
-            if !extra.contains(&flag) {
-                args.extend([flag, default]);
+        for (flag, default) in defaults {
+            if !extra.contains(flag) {
+                args.extend([*flag, *default]);
             }
         }
         args.extend(extra);
