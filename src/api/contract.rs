@@ -88,6 +88,12 @@ pub const PAUSED_AT_ANNOTATION: &str = "kvsync.io/paused-at";
 /// by the restart; for people and `kvsync explain`, never read back to decide.
 pub const PENDING_ANNOTATION: &str = "kvsync.io/restart-pending";
 
+/// Metadata annotation the reload stage writes on a CronJob, in the same
+/// patch as the record of a change, naming the Job that change owes (and
+/// the resources that changed); removed once the Job is made. Read back to
+/// make that Job (`reload::job`).
+pub const JOB_PENDING_ANNOTATION: &str = "kvsync.io/job-pending";
+
 /// kvsync's pause period of a StatefulSet (Reloader has one for Deployments
 /// only: [`reloader::DEPLOYMENT_PAUSE_PERIOD`]), set by the user; read by the
 /// reload stage.

@@ -32,6 +32,7 @@ use super::render::timestamp;
 use super::report::{PendingRestart, PendingState};
 use crate::reload::decide::{
     Baseline, Decision, Pause, Situation, Verdict, decide, desired_members, effective_last_restart,
+    unreacted_uses,
 };
 use crate::reload::index::{ResourceState, WorkloadState};
 use crate::reload::kinds::{ResourceRef, RestartMethod};
@@ -75,13 +76,18 @@ fn decided(
     now: OffsetDateTime,
 ) -> PendingRestart {
     let desired = desired_members(&state.policy, &state.uses, digests.resources);
+    let unreacted = unreacted_uses(&state.policy, &state.uses, digests.resources);
     let (last_restart, _) = effective_last_restart(state.restart_stamp, None, now);
     let job = matches!(state.restart, RestartMethod::Job { .. });
-    let Decision { verdict, end_pause } = decide(&Situation {
+    let Decision {
+        verdict, end_pause, ..
+    } = decide(&Situation {
         opted_in: !state.policy.is_inert(),
         applied: &state.applied,
         key_id: digests.key_id,
         desired: &desired,
+        unreacted: &unreacted,
+        hidden_may_exist: false,
         uses: &state.uses,
         last_restart,
         min_interval,

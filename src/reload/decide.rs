@@ -57,6 +57,24 @@ pub fn desired_members(
         .collect()
 }
 
+/// The resources the pod spec `uses` that `policy` does not react to and that
+/// are present, with their states: recorded as the pods have them, so that
+/// one becoming a member (gaining `reloader.stakater.com/match`, losing
+/// `ignore`) restarts if its data differs from what the pods have.
+pub fn unreacted_uses(
+    policy: &ReloadPolicy,
+    uses: &Uses,
+    resources: &BTreeMap<ResourceRef, ResourceState>,
+) -> Members {
+    uses.keys()
+        .filter_map(|resource| {
+            let state = resources.get(resource)?;
+            (!policy.reacts_to(resource, true, state.flags))
+                .then(|| (resource.clone(), MemberState::Present(state.digest)))
+        })
+        .collect()
+}
+
 /// Why the record is rewritten without a restart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Baseline {
@@ -125,6 +143,11 @@ pub struct Situation<'a> {
     pub applied: &'a Applied,
     pub key_id: &'a str,
     pub desired: &'a Members,
+    /// [`unreacted_uses`] now.
+    pub unreacted: &'a Members,
+    /// Resources may exist unseen (`--resource-label-selector`): one
+    /// appearing may have been there all along, its data in the pods.
+    pub hidden_may_exist: bool,
     /// What the pod spec uses, for whether pods can start without a resource.
     pub uses: &'a Uses,
     pub last_restart: Option<OffsetDateTime>,
@@ -157,6 +180,9 @@ pub struct Pause {
 pub struct Decision {
     pub verdict: Verdict,
     pub end_pause: bool,
+    /// The record's [`super::record::AppliedRecord::unreacted`] to write with
+    /// a `Baseline` or `Restart`: the states the pods have.
+    pub unreacted: Members,
 }
 
 /// What is left of `period` begun at `start`. A start in the future (a hand
@@ -191,16 +217,70 @@ pub fn decide(s: &Situation<'_>) -> Decision {
                     changed: Vec::new(),
                 },
                 end_pause: false,
+                unreacted: Members::new(),
             };
         }
     }
-    let verdict = verdict(s);
+    let (verdict, unreacted) = verdict(s);
     let paused = s.pause.started.is_some() || s.pause.by_reloader.is_some();
     let end_pause = paused && !matches!(verdict, Verdict::Pause { .. } | Verdict::Wait { .. });
-    Decision { verdict, end_pause }
+    Decision {
+        verdict,
+        end_pause,
+        unreacted,
+    }
 }
 
-fn verdict(s: &Situation<'_>) -> Verdict {
+/// The verdict, and the unreacted part of the record it writes: as recorded
+/// (what the pods have), a resource new to it as it is now — and all as
+/// they are now when the pods are replaced.
+fn verdict(s: &Situation<'_>) -> (Verdict, Members) {
+    let Some(record) = recorded(s) else {
+        return (members_verdict(s), s.unreacted.clone());
+    };
+    let kept: Members = s
+        .unreacted
+        .iter()
+        .map(|(resource, now)| {
+            let was = record
+                .unreacted
+                .get(resource)
+                .or_else(|| record.members.get(resource))
+                .filter(|was| matches!(was, MemberState::Present(_)));
+            (resource.clone(), *was.unwrap_or(now))
+        })
+        .collect();
+    let verdict = match members_verdict(s) {
+        Verdict::UpToDate if record.summary.is_none() && kept != record.unreacted => {
+            Verdict::Baseline {
+                why: Baseline::RecordUpdated,
+                record: record.members.clone(),
+            }
+        }
+        verdict => verdict,
+    };
+    let replaced = matches!(
+        verdict,
+        Verdict::Restart { .. }
+            | Verdict::Baseline {
+                why: Baseline::TemplateChanged,
+                ..
+            }
+    );
+    let unreacted = if replaced { s.unreacted.clone() } else { kept };
+    (verdict, unreacted)
+}
+
+/// The record a decision compares with: `None` when the workload is not
+/// opted in, or its record is missing, unreadable or of another key.
+fn recorded<'a>(s: &Situation<'a>) -> Option<&'a super::record::AppliedRecord> {
+    match s.applied {
+        Applied::Record(record) if s.opted_in && record.key_id == s.key_id => Some(record),
+        _ => None,
+    }
+}
+
+fn members_verdict(s: &Situation<'_>) -> Verdict {
     let record = match s.applied {
         _ if !s.opted_in => {
             return if *s.applied == Applied::Never {
@@ -227,7 +307,7 @@ fn verdict(s: &Situation<'_>) -> Verdict {
         Applied::Record(record) => record,
     };
     let (mut changed, next, same) = match &record.summary {
-        None => compare_members(&record.members, s),
+        None => compare_members(&record.members, &record.unreacted, s),
         Some(summary) => compare_summary(summary, s.desired),
     };
     let covered = changed.iter().any(|r| s.covered.contains(r));
@@ -280,25 +360,38 @@ fn verdict(s: &Situation<'_>) -> Verdict {
 /// appearance is its first sight, a baseline as a record would have made it.
 /// One write less per workload applied before its Secrets (a GitOps sync, a
 /// Helm install). (A workload reacting to nothing is recorded at once: the
-/// record says kvsync has seen it.)
+/// record says kvsync has seen it.) Not under a resource selector: there a
+/// resource kvsync does not see may exist, in the pods, and its becoming
+/// visible must be compared with a record.
 fn nothing_to_baseline(s: &Situation<'_>) -> bool {
-    !s.desired.is_empty()
+    !s.hidden_may_exist
+        && !s.desired.is_empty()
         && s.desired
             .iter()
             .all(|(r, m)| *m == MemberState::Absent && s.uses.get(r) == Some(&Need::Required))
 }
 
 /// Per member, what restarts (see [`decide`]): the changed resources, the
-/// next record, and whether it equals `recorded`.
-fn compare_members(recorded: &Members, s: &Situation<'_>) -> (Vec<ResourceRef>, Members, bool) {
+/// next record, and whether it equals `recorded`. A member new to the set
+/// that the pods used unreacted is compared with the state recorded for it
+/// there: one that became visible to the workload together with new data
+/// restarts it.
+fn compare_members(
+    recorded: &Members,
+    unreacted: &Members,
+    s: &Situation<'_>,
+) -> (Vec<ResourceRef>, Members, bool) {
     let mut changed = Vec::new();
     let mut next = Members::new();
     for (resource, now) in s.desired {
-        let was = recorded.get(resource).copied();
+        let was = recorded
+            .get(resource)
+            .or_else(|| unreacted.get(resource))
+            .copied();
         let restarts = match (was, *now) {
             (Some(MemberState::Present(a)), MemberState::Present(b)) => a != b,
             (Some(MemberState::Absent), MemberState::Present(_)) => {
-                s.uses.get(resource) != Some(&Need::Required)
+                s.hidden_may_exist || s.uses.get(resource) != Some(&Need::Required)
             }
             _ => false,
         };
@@ -493,6 +586,8 @@ mod tests {
             applied,
             key_id: KEY,
             desired,
+            unreacted: &Members::new(),
+            hidden_may_exist: false,
             uses,
             last_restart,
             min_interval: MINUTE,
@@ -620,6 +715,125 @@ mod tests {
         );
     }
 
+    /// The decision for `desired` against a record of `members` and `unreacted`.
+    fn with_unreacted(
+        members: &Members,
+        unreacted_then: &Members,
+        desired: &Members,
+        unreacted_now: &Members,
+        hidden_may_exist: bool,
+    ) -> Decision {
+        let record = Applied::Record(
+            AppliedRecord::new(KEY.into(), members.clone()).with_unreacted(unreacted_then.clone()),
+        );
+        let uses = secrets(&[("a", Need::Required), ("b", Need::Required)]);
+        decide(&Situation {
+            opted_in: true,
+            applied: &record,
+            key_id: KEY,
+            desired,
+            unreacted: unreacted_now,
+            hidden_may_exist,
+            uses: &uses,
+            last_restart: None,
+            min_interval: MINUTE,
+            pause: Pause::default(),
+            covered: &BTreeSet::new(),
+            suspended: false,
+            now: at(0),
+        })
+    }
+
+    #[test]
+    fn a_resource_becoming_visible_with_new_data_restarts() {
+        let a = members(&[("a", Some("1"))]);
+        let hidden_b = members(&[("b", Some("old"))]);
+        // `b` gains `match` in the same write as new data.
+        let visible = members(&[("a", Some("1")), ("b", Some("new"))]);
+        let decision = with_unreacted(&a, &hidden_b, &visible, &Members::new(), false);
+        assert_eq!(decision.verdict, restart(&["b"], visible.clone()));
+        // ...with the data the pods have: no restart, the record takes it in.
+        let same = members(&[("a", Some("1")), ("b", Some("old"))]);
+        let decision = with_unreacted(&a, &hidden_b, &same, &Members::new(), false);
+        assert_eq!(
+            decision.verdict,
+            Verdict::Baseline {
+                why: Baseline::RecordUpdated,
+                record: same.clone()
+            }
+        );
+        // A change while unreacted restarts nothing and keeps what the pods have.
+        let changed_hidden = members(&[("b", Some("newer"))]);
+        let decision = with_unreacted(&a, &hidden_b, &a, &changed_hidden, false);
+        assert_eq!(decision.verdict, Verdict::UpToDate);
+        assert_eq!(decision.unreacted, hidden_b, "the pods still have `old`");
+        // A restart for `a` gives the pods every resource as it is now.
+        let a2 = members(&[("a", Some("2"))]);
+        let decision = with_unreacted(&a, &hidden_b, &a2, &changed_hidden, false);
+        assert_eq!(decision.verdict, restart(&["a"], a2.clone()));
+        assert_eq!(decision.unreacted, changed_hidden);
+        // Newly used without reacting: recorded once.
+        let decision = with_unreacted(&a, &Members::new(), &a, &changed_hidden, false);
+        assert_eq!(
+            decision.verdict,
+            Verdict::Baseline {
+                why: Baseline::RecordUpdated,
+                record: a.clone()
+            }
+        );
+        assert_eq!(decision.unreacted, changed_hidden);
+    }
+
+    #[test]
+    fn under_a_resource_selector_a_first_sight_is_recorded_even_with_nothing_visible() {
+        let missing = members(&[("a", None)]);
+        let uses = secrets(&[("a", Need::Required)]);
+        let decision = decide(&Situation {
+            opted_in: true,
+            applied: &Applied::Never,
+            key_id: KEY,
+            desired: &missing,
+            unreacted: &Members::new(),
+            hidden_may_exist: true,
+            uses: &uses,
+            last_restart: None,
+            min_interval: MINUTE,
+            pause: Pause::default(),
+            covered: &BTreeSet::new(),
+            suspended: false,
+            now: at(0),
+        });
+        assert_eq!(
+            decision.verdict,
+            Verdict::Baseline {
+                why: Baseline::FirstSight,
+                record: missing.clone()
+            }
+        );
+    }
+
+    #[test]
+    fn under_a_resource_selector_a_required_resource_appearing_may_have_been_there() {
+        let absent = members(&[("a", None)]);
+        let appeared = members(&[("a", Some("1"))]);
+        let decide = |hidden| {
+            with_unreacted(&absent, &Members::new(), &appeared, &Members::new(), hidden).verdict
+        };
+        assert_eq!(
+            decide(true),
+            restart(&["a"], appeared.clone()),
+            "it may just have gained the selector's label, with data the pods do not have"
+        );
+        assert_eq!(
+            decide(false),
+            Verdict::Baseline {
+                why: Baseline::RecordUpdated,
+                record: appeared.clone()
+            },
+            "without a selector it was missing: the pods were waiting for it"
+        );
+    }
+
     #[test]
     fn membership_changes_alone_only_rewrite_the_record() {
         let record = applied(&[("a", Some("1")), ("gone", Some("2"))]);
@@ -646,6 +860,7 @@ mod tests {
             Applied::Record(AppliedRecord {
                 key_id: KEY.into(),
                 members: Members::new(),
+                unreacted: Members::new(),
                 summary: Some(summarize(members)),
             })
         };
@@ -712,6 +927,8 @@ mod tests {
             applied,
             key_id: KEY,
             desired: &desired,
+            unreacted: &desired,
+            hidden_may_exist: false,
             uses: &uses,
             last_restart: None,
             min_interval: MINUTE,
@@ -738,6 +955,8 @@ mod tests {
             applied: &record,
             key_id: KEY,
             desired: &desired,
+            unreacted: &Members::new(),
+            hidden_may_exist: false,
             uses: &uses,
             last_restart: last_restart.map(at),
             min_interval: MINUTE,
@@ -778,6 +997,7 @@ mod tests {
                     changed: changed.clone()
                 },
                 end_pause: false,
+                unreacted: Members::new(),
             }
         );
         let over = paused(running, &[], None, 300);
@@ -819,7 +1039,8 @@ mod tests {
                     remaining: Duration::from_secs(240),
                     changed: Vec::new()
                 },
-                end_pause: false
+                end_pause: false,
+                unreacted: Members::new(),
             }
         );
         let over = paused(by_reloader, &[], None, 300);
@@ -842,6 +1063,8 @@ mod tests {
             applied: &record,
             key_id: KEY,
             desired: &desired,
+            unreacted: &Members::new(),
+            hidden_may_exist: false,
             uses: &uses,
             last_restart: None,
             min_interval: MINUTE,
@@ -854,7 +1077,8 @@ mod tests {
             decide(&situation),
             Decision {
                 verdict: Verdict::UpToDate,
-                end_pause: true
+                end_pause: true,
+                unreacted: Members::new(),
             }
         );
     }
@@ -886,6 +1110,8 @@ mod tests {
             applied: &record,
             key_id: KEY,
             desired: &desired,
+            unreacted: &Members::new(),
+            hidden_may_exist: false,
             uses: &uses,
             last_restart: None,
             min_interval: MINUTE,

@@ -87,6 +87,8 @@ pub struct Rollout {
 struct RolloutSpec {
     template: Option<PodTemplateSpec>,
     restart_at: Option<String>,
+    /// Pods from a Deployment's template (`spec.workloadRef`) instead.
+    workload_ref: Option<serde::de::IgnoredAny>,
 }
 
 impl WorkloadView for Rollout {
@@ -103,7 +105,9 @@ impl WorkloadView for Rollout {
             .annotations
             .as_ref()
             .and_then(|a| a.get(ROLLOUT_STRATEGY));
-        if strategy.is_some_and(|s| s == "restart") {
+        // A Rollout with a `workloadRef` has no template of its own: a
+        // template patch makes Argo report it Degraded.
+        if strategy.is_some_and(|s| s == "restart") || self.spec.workload_ref.is_some() {
             RestartMethod::RestartAt
         } else {
             RestartMethod::PodTemplate

@@ -1,6 +1,8 @@
 //! Kubernetes Events on workloads (`events.k8s.io/v1`, Kubernetes ≥ 1.19):
 //! `Reloaded` after a restart, naming the resources that changed (names only,
-//! never values), and a `Warning` for annotation values that had to be skipped.
+//! never values), `ReloadAwaitingPodDeletion` where the pods take a change
+//! only when deleted (`updateStrategy: OnDelete`), and a `Warning` for
+//! annotation values that had to be skipped.
 //!
 //! Written directly rather than through kube's `Recorder`, which folds events
 //! with the same reason into one series and would keep showing the first
@@ -12,7 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 
 use super::annotations::PolicyProblem;
-use super::kinds::{ResourceRef, WorkloadRef};
+use super::kinds::WorkloadRef;
 use super::metrics::{Failure, ReloadMetrics};
 use crate::api::contract::RELOAD_EVENT_REPORTER;
 use crate::events::{Reporting, Said};
@@ -67,10 +69,26 @@ impl EventPublisher {
         self.publish(pod, "Warning", "WatchForbidden", "Watch", note);
     }
 
-    pub fn reloaded(&self, regarding: Regarding<'_>, changed: &[ResourceRef]) {
-        let names: Vec<String> = changed.iter().map(ResourceRef::to_string).collect();
-        let note = format!("Rolling restart: {} changed", names.join(", "));
+    /// `changed`: the names of the resources that changed.
+    pub fn reloaded(&self, regarding: Regarding<'_>, changed: &[String]) {
+        let note = format!("Rolling restart: {} changed", changed.join(", "));
         self.publish(regarding.reference(), "Normal", "Reloaded", "Restart", note);
+    }
+
+    /// The pod template of a workload with `updateStrategy: OnDelete` was
+    /// updated for `changed`: nothing restarts until its pods are deleted.
+    pub fn awaiting_pod_deletion(&self, regarding: Regarding<'_>, changed: &[String]) {
+        let note = format!(
+            "{} changed; updateStrategy OnDelete: the pod template is updated, and each pod gets the new data only when it is deleted (kvsync deletes no pods)",
+            changed.join(", ")
+        );
+        self.publish(
+            regarding.reference(),
+            "Normal",
+            "ReloadAwaitingPodDeletion",
+            "Restart",
+            note,
+        );
     }
 
     pub fn invalid_annotations(&self, regarding: Regarding<'_>, problems: &[PolicyProblem]) {

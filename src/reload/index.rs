@@ -72,15 +72,23 @@ pub struct WorkloadState {
     pub paused_at: Option<OffsetDateTime>,
     /// `kvsync.io/restart-pending` as written (only compared, to write it once).
     pub pending_mark: Option<String>,
+    /// A CronJob's `kvsync.io/job-pending`: the Job its last change owes
+    /// (see [`super::job`]).
+    pub job_pending: Option<String>,
     /// A Deployment Reloader paused (`spec.paused` and
     /// `deployment.reloader.stakater.com/paused-at`), since when; an
     /// unreadable time counts as long ago (resumed at once, as Reloader does).
     pub reloader_paused_since: Option<OffsetDateTime>,
     /// Hash of the pod template, kvsync's own restart annotation left out.
     pub template: u64,
-    /// The resourceVersion at which `template` last changed while kvsync
-    /// watched; kept by the index (observations leave it `None`).
+    /// The resourceVersion at which `template` was first seen while kvsync
+    /// watched (every pod of that template started after it); `None` for
+    /// the template of a first sight. Kept by the index (observations leave
+    /// it `None`).
     pub template_version: Option<u64>,
+    /// The templates the workload had before, with their first-seen
+    /// versions; kept by the index.
+    pub earlier_templates: EarlierTemplates,
     /// Being deleted: never restarted.
     pub deleting: bool,
 }
@@ -94,6 +102,7 @@ impl WorkloadState {
             && self.last_restart == other.last_restart
             && self.restart == other.restart
             && self.paused_at == other.paused_at
+            && self.job_pending == other.job_pending
             && self.reloader_paused_since == other.reloader_paused_since
             && self.template_version == other.template_version
             && self.deleting == other.deleting
@@ -106,6 +115,37 @@ impl WorkloadState {
     fn reacts_to(&self, resource: &ResourceRef, flags: ResourceFlags) -> bool {
         self.policy
             .reacts_to(resource, self.uses.contains_key(resource), flags)
+    }
+}
+
+/// How many earlier pod templates a workload's entry remembers: a
+/// Deployment keeps the ReplicaSets of its last 10 (`revisionHistoryLimit`'s
+/// default), so `kubectl rollout undo` cannot go back further than that.
+const EARLIER_TEMPLATES: usize = 10;
+
+/// A workload's earlier pod templates, most recent last: (hash, first seen).
+/// A template that comes back (`kubectl rollout undo`, a reverted edit)
+/// keeps its first-seen version — its ReplicaSet's pods may be older than
+/// any data change since.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EarlierTemplates(Vec<(u64, Option<u64>)>);
+
+impl EarlierTemplates {
+    /// The version at which `template` was first seen, if it is remembered.
+    fn first_seen(&self, template: u64) -> Option<Option<u64>> {
+        self.0
+            .iter()
+            .find(|(hash, _)| *hash == template)
+            .map(|(_, seen)| *seen)
+    }
+
+    /// Remembers `template` (first seen at `seen`) as left behind.
+    fn left(&mut self, template: u64, seen: Option<u64>) {
+        self.0.retain(|(hash, _)| *hash != template);
+        self.0.push((template, seen));
+        if self.0.len() > EARLIER_TEMPLATES {
+            self.0.remove(0);
+        }
     }
 }
 
@@ -300,10 +340,19 @@ impl Index {
             // An event from before our own patch, which the index already holds.
             return WorkloadChange::default();
         }
-        state.template_version = match old {
-            Some(old) if old.template == state.template => old.template_version,
-            Some(_) => state.numeric_version(),
-            None => None,
+        (state.template_version, state.earlier_templates) = match old {
+            Some(old) if old.template == state.template => {
+                (old.template_version, old.earlier_templates.clone())
+            }
+            Some(old) => {
+                let mut earlier = old.earlier_templates.clone();
+                let seen = earlier
+                    .first_seen(state.template)
+                    .unwrap_or(state.numeric_version());
+                earlier.left(old.template, old.template_version);
+                (seen, earlier)
+            }
+            None => (None, EarlierTemplates::default()),
         };
         let change = WorkloadChange {
             needs_evaluation: old.is_none_or(|old| !old.decides_like(&state)),
@@ -330,12 +379,20 @@ impl Index {
             .get(&(workload.kind, workload.name.clone()))
     }
 
-    /// The resources whose latest data change the workload's latest pod
-    /// template change came after: the pods that template change rolls out
-    /// start with that data already (Reloader #675), so it needs no restart
-    /// of its own.
+    /// The resources whose latest data change came before the workload's
+    /// current pod template was first seen: every pod of that template
+    /// started after it, with that data already (Reloader #675), so the data
+    /// change needs no restart of its own. Only where a template change
+    /// replaces the pods ([`RestartMethod::template_change_replaces_pods`]);
+    /// and a template the workload had before (`kubectl rollout undo`)
+    /// counts from when it was first seen, so it covers nothing its old
+    /// pods missed.
     pub fn covered_by_template(&self, workload: &WorkloadRef) -> BTreeSet<ResourceRef> {
-        let Some(template) = self.workload(workload).and_then(|w| w.template_version) else {
+        let Some(template) = self
+            .workload(workload)
+            .filter(|w| w.restart.template_change_replaces_pods())
+            .and_then(|w| w.template_version)
+        else {
             return BTreeSet::new();
         };
         self.resources(&workload.namespace)
@@ -522,9 +579,11 @@ mod tests {
                 restart: RestartMethod::PodTemplate,
                 paused_at: None,
                 pending_mark: None,
+                job_pending: None,
                 reloader_paused_since: None,
                 template: 0,
                 template_version: None,
+                earlier_templates: EarlierTemplates::default(),
                 deleting: false,
             },
         }
@@ -563,6 +622,69 @@ mod tests {
             [ResourceRef::secret("early")].into(),
             "the data of `late` changed after the template; a metadata update of `early` does not count"
         );
+    }
+
+    #[test]
+    fn a_template_that_comes_back_covers_only_what_changed_before_it_was_first_seen() {
+        let mut index = Index::new(false);
+        let web = workload("ns", "web", &[AUTO], &["db"]);
+        index.apply_workload(web.clone());
+        index.apply_resource(secret("ns", "db", "1", 1));
+        let at = |version: u64, template: u64| {
+            let mut w = web.clone();
+            w.state.resource_version = version.to_string();
+            w.state.template = template;
+            w
+        };
+        index.apply_resource(secret("ns", "db", "2", 10));
+        index.apply_workload(at(11, 7));
+        let db: BTreeSet<_> = [ResourceRef::secret("db")].into();
+        assert_eq!(
+            index.covered_by_template(&web.workload),
+            db,
+            "a new template"
+        );
+        index.apply_workload(at(12, 0));
+        assert!(
+            index.covered_by_template(&web.workload).is_empty(),
+            "rolled back to the first template: its old pods have the old data"
+        );
+        index.apply_workload(at(13, 7));
+        assert_eq!(
+            index.covered_by_template(&web.workload),
+            db,
+            "forward again to a template first seen after the data change"
+        );
+        index.apply_resource(secret("ns", "db", "3", 14));
+        index.apply_workload(at(15, 0));
+        index.apply_workload(at(16, 7));
+        assert!(
+            index.covered_by_template(&web.workload).is_empty(),
+            "a template first seen before the latest data change covers nothing"
+        );
+    }
+
+    #[test]
+    fn only_a_template_change_that_replaces_the_pods_covers() {
+        for method in [
+            RestartMethod::OnDelete,
+            RestartMethod::RestartAt,
+            RestartMethod::Job { suspended: false },
+        ] {
+            let mut index = Index::new(false);
+            let mut web = workload("ns", "web", &[AUTO], &["db"]);
+            web.state.restart = method;
+            index.apply_workload(web.clone());
+            index.apply_resource(secret("ns", "db", "1", 1));
+            index.apply_resource(secret("ns", "db", "2", 10));
+            web.state.resource_version = "11".into();
+            web.state.template = 7;
+            index.apply_workload(web.clone());
+            assert!(
+                index.covered_by_template(&web.workload).is_empty(),
+                "{method:?}"
+            );
+        }
     }
 
     #[test]

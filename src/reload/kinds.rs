@@ -99,10 +99,34 @@ pub enum RestartMethod {
     /// Change `kvsync.io/restartedAt` in the pod template (a rolling update).
     #[default]
     PodTemplate,
-    /// Set an Argo Rollout's `spec.restartAt`.
+    /// Change `kvsync.io/restartedAt` in the pod template of a StatefulSet
+    /// or DaemonSet with `updateStrategy: OnDelete`: the controller replaces
+    /// no pod for it; each pod takes the new template (and data) only when
+    /// it is deleted. Written all the same, so that the workload's status
+    /// (`updatedReplicas`, `updateRevision`) shows which pods are behind,
+    /// but never counted or announced as a restart.
+    OnDelete,
+    /// Set an Argo Rollout's `spec.restartAt` (asked for with
+    /// `reloader.stakater.com/rollout-strategy: restart`, and always for a
+    /// Rollout whose pods come from a `workloadRef`: it has no template of
+    /// its own to patch).
     RestartAt,
     /// Create a Job from a CronJob's `jobTemplate` — never for a suspended one.
     Job { suspended: bool },
+}
+
+impl RestartMethod {
+    /// Whether a change of the pod template by someone else (a `helm
+    /// upgrade`) replaces every pod, so that the pods it starts read the
+    /// data of that moment — and cover a data change made before it. Not so
+    /// with `OnDelete` (no pod is replaced), a CronJob (a `jobTemplate`
+    /// change runs no Job) or `spec.restartAt` (kvsync's restart there
+    /// replaces the pods of every ReplicaSet, a template change only rolls a
+    /// new one forward, step by step, and can be aborted with the old pods
+    /// kept).
+    pub fn template_change_replaces_pods(self) -> bool {
+        matches!(self, RestartMethod::PodTemplate)
+    }
 }
 
 /// A workload, by kind and name within a namespace.

@@ -10,7 +10,9 @@
 //!   `template_changed` (the pod template changed after the data),
 //!   `suspended` (a suspended CronJob) — all baselines —, `paused` (a pause
 //!   period started), `rate_limited` (deferred by `--min-reload-interval` or
-//!   a running pause period).
+//!   a running pause period), `on_delete` (a StatefulSet or DaemonSet with
+//!   `updateStrategy: OnDelete`: its pod template was updated, but its pods
+//!   take it only when they are deleted — not a rollout).
 //! - `kvsync_reload_errors_total{reason}`, by [`Failure`]: `patch` (a
 //!   workload update failed), `job` (a CronJob's Job could not be made),
 //!   `refused` (the API server refused either with a 4xx: RBAC, an admission
@@ -45,6 +47,9 @@ pub enum Skip {
     Paused,
     /// Deferred by the minimum interval or a running pause period.
     RateLimited,
+    /// The pod template of an `OnDelete` workload was updated: its pods
+    /// take it only when deleted.
+    OnDelete,
 }
 
 impl Skip {
@@ -54,6 +59,7 @@ impl Skip {
             Skip::Baseline(why) => why.as_str(),
             Skip::Paused => "paused",
             Skip::RateLimited => "rate_limited",
+            Skip::OnDelete => "on_delete",
         }
     }
 }
@@ -223,7 +229,7 @@ mod tests {
         }
     }
 
-    const SKIPS: [Skip; 8] = [
+    const SKIPS: [Skip; 9] = [
         Skip::DataUnchanged,
         Skip::Baseline(Baseline::FirstSight),
         Skip::Baseline(Baseline::KeyChanged),
@@ -232,6 +238,7 @@ mod tests {
         Skip::Baseline(Baseline::Suspended),
         Skip::Paused,
         Skip::RateLimited,
+        Skip::OnDelete,
     ];
     const FAILURES: [Failure; 8] = [
         Failure::Patch,
@@ -259,7 +266,8 @@ mod tests {
                     | Baseline::Suspended,
                 )
                 | Skip::Paused
-                | Skip::RateLimited => {}
+                | Skip::RateLimited
+                | Skip::OnDelete => {}
             }
         }
         for failure in FAILURES {
@@ -294,11 +302,17 @@ mod tests {
             panel["description"].as_str().unwrap().to_owned()
         };
         for (labels, title) in [
-            (SKIPS.map(Skip::label), "Restarts skipped by reason"),
-            (FAILURES.map(Failure::label), "Reload errors by reason"),
+            (
+                SKIPS.map(Skip::label).to_vec(),
+                "Restarts skipped by reason",
+            ),
+            (
+                FAILURES.map(Failure::label).to_vec(),
+                "Reload errors by reason",
+            ),
         ] {
             let panel = description(title);
-            for label in labels {
+            for label in &labels {
                 assert!(
                     docs.contains(&format!("`{label}`")),
                     "{label} not in the module docs"

@@ -67,12 +67,19 @@ pub use key_secret::KEY_SECRET_NAME;
 
 use crate::scope::{LabelSelector, ScopeArgs, parse_selector};
 
+/// The default of `--reload-debounce` (see [`ReloadArgs::reload_debounce`]).
+pub const DEFAULT_RELOAD_DEBOUNCE: &str = "5s";
+
 /// Flags of the reload stage.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReloadArgs {
     /// Changes to one workload within this window after the first are folded
-    /// into one rollout.
-    #[arg(long, env = "KVSYNC_RELOAD_DEBOUNCE", default_value = "1s", value_parser = humantime::parse_duration)]
+    /// into one rollout. The default spans one Argo CD sync wave (Argo CD
+    /// waits 2 s between waves, `ARGOCD_SYNC_WAVE_DELAY`, then applies the
+    /// next) with room for the apply itself, and a large `helm upgrade`
+    /// (one pass over every object): Secrets in one wave and the Deployment
+    /// in the next are one rollout, not two.
+    #[arg(long, env = "KVSYNC_RELOAD_DEBOUNCE", default_value = DEFAULT_RELOAD_DEBOUNCE, value_parser = humantime::parse_duration)]
     pub reload_debounce: Duration,
 
     /// At most one restart per workload within this interval; later changes
@@ -164,6 +171,7 @@ pub async fn run(
 ) -> Result<(), ReloadError> {
     let key = key_secret::load_or_create(&client, &operator_namespace).await?;
     let key_id = key.id();
+    let resources_selected = args.resource_label_selector.is_some();
     let namespace_selector = scope.namespace_selector.is_some();
     let mut served = Vec::new();
     let mut apis = HashMap::new();
@@ -190,6 +198,7 @@ pub async fn run(
         debounce: args.reload_debounce,
         min_reload_interval: args.min_reload_interval,
         max_rollouts_per_second: args.max_rollouts_per_second,
+        resources_selected,
     };
     tracing::info!(key_id, ?timing, "reload stage starting");
     stage::Stage::new(

@@ -17,7 +17,8 @@ use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::record::{Applied, parse_time};
 use super::uses::uses;
 use crate::api::contract::{
-    DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RESTARTED_AT_ANNOTATION, reloader,
+    DIGEST_ANNOTATION, JOB_PENDING_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION,
+    RESTARTED_AT_ANNOTATION, reloader,
 };
 
 /// What the reload stage reads of a workload, whatever API serves it.
@@ -78,6 +79,10 @@ impl WorkloadView for StatefulSet {
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
     }
+    fn restart_method(&self) -> RestartMethod {
+        let strategy = self.spec.as_ref().and_then(|s| s.update_strategy.as_ref());
+        update_strategy(strategy.and_then(|s| s.type_.as_deref()))
+    }
 }
 
 impl WorkloadView for DaemonSet {
@@ -87,6 +92,20 @@ impl WorkloadView for DaemonSet {
     }
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
+    }
+    fn restart_method(&self) -> RestartMethod {
+        let strategy = self.spec.as_ref().and_then(|s| s.update_strategy.as_ref());
+        update_strategy(strategy.and_then(|s| s.type_.as_deref()))
+    }
+}
+
+/// The restart method of a StatefulSet or DaemonSet with this
+/// `spec.updateStrategy.type` (`RollingUpdate` when unset).
+fn update_strategy(type_: Option<&str>) -> RestartMethod {
+    if type_ == Some("OnDelete") {
+        RestartMethod::OnDelete
+    } else {
+        RestartMethod::PodTemplate
     }
 }
 
@@ -198,9 +217,11 @@ pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservati
             restart: object.restart_method(),
             paused_at: parse_time(annotations.get(PAUSED_AT_ANNOTATION).map(String::as_str)),
             pending_mark: annotations.get(PENDING_ANNOTATION).cloned(),
+            job_pending: annotations.get(JOB_PENDING_ANNOTATION).cloned(),
             reloader_paused_since: reloader_paused_since(object.paused(), annotations),
             template: template.map_or(0, template_hash),
             template_version: None,
+            earlier_templates: Default::default(),
             deleting: meta.deletion_timestamp.is_some(),
         },
     })

@@ -4,8 +4,9 @@
 //! `resourceVersion` evaluated, so that a restart and its record never part.
 //!
 //! ```text
-//!  Changes { record, restarted_at, pause, pending } ──patch_body(resourceVersion, method)──▶
-//!    metadata.annotations  kvsync.io/reload-digest, kvsync.io/paused-at, kvsync.io/restart-pending
+//!  Changes { record, restarted_at, pause, pending, job_pending } ──patch_body(resourceVersion, method)──▶
+//!    metadata.annotations  kvsync.io/reload-digest, kvsync.io/paused-at, kvsync.io/restart-pending,
+//!                          kvsync.io/job-pending
 //!                          (and Reloader's paused-at, removed when its pause is resumed)
 //!    the restart           spec.template restartedAt | spec.restartAt | the CronJob's own restartedAt
 //!    spec.paused: false    resuming a Deployment Reloader paused
@@ -17,7 +18,8 @@ use time::OffsetDateTime;
 use super::kinds::RestartMethod;
 use super::record::{AppliedRecord, format_time, next_whole_second};
 use crate::api::contract::{
-    DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RESTARTED_AT_ANNOTATION, reloader,
+    DIGEST_ANNOTATION, JOB_PENDING_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION,
+    RESTARTED_AT_ANNOTATION, reloader,
 };
 
 /// What one patch of a workload writes.
@@ -28,6 +30,21 @@ pub(super) struct Changes {
     pub(super) pause: PauseChange,
     /// The `kvsync.io/restart-pending` mark.
     pub(super) pending: PendingChange,
+    /// A CronJob's `kvsync.io/job-pending` mark (see [`super::job`]).
+    pub(super) job_pending: PendingChange,
+}
+
+impl Changes {
+    /// A patch that changes nothing (but is conditional on the version).
+    pub(super) fn none() -> Self {
+        Changes {
+            record: RecordChange::Keep,
+            restarted_at: None,
+            pause: PauseChange::Keep,
+            pending: PendingChange::Keep,
+            job_pending: PendingChange::Keep,
+        }
+    }
 }
 
 pub(super) enum PendingChange {
@@ -84,19 +101,24 @@ pub(super) fn patch_body(
             }
         }
     }
-    match &changes.pending {
-        PendingChange::Keep => {}
-        PendingChange::Set(mark) => {
-            annotations.insert(PENDING_ANNOTATION.into(), json!(mark));
-        }
-        PendingChange::Remove => {
-            annotations.insert(PENDING_ANNOTATION.into(), Value::Null);
+    for (key, change) in [
+        (PENDING_ANNOTATION, &changes.pending),
+        (JOB_PENDING_ANNOTATION, &changes.job_pending),
+    ] {
+        match change {
+            PendingChange::Keep => {}
+            PendingChange::Set(mark) => {
+                annotations.insert(key.into(), json!(mark));
+            }
+            PendingChange::Remove => {
+                annotations.insert(key.into(), Value::Null);
+            }
         }
     }
     if let Some(restarted_at) = changes.restarted_at {
         let at = json!(format_time(restarted_at));
         match method {
-            RestartMethod::PodTemplate => {
+            RestartMethod::PodTemplate | RestartMethod::OnDelete => {
                 spec.insert(
                     "template".into(),
                     json!({ "metadata": { "annotations": { RESTARTED_AT_ANNOTATION: at } } }),
@@ -139,6 +161,7 @@ mod tests {
             restarted_at: Some(at),
             pause: PauseChange::End { resume: true },
             pending: PendingChange::Remove,
+            job_pending: PendingChange::Keep,
         };
         let body = patch_body("41", RestartMethod::PodTemplate, &changes);
         assert_eq!(body["metadata"]["resourceVersion"], "41");
@@ -155,6 +178,38 @@ mod tests {
     }
 
     #[test]
+    fn a_cron_job_restart_records_the_job_it_owes_in_the_same_patch() {
+        let at = OffsetDateTime::from_unix_timestamp(0).unwrap();
+        let changes = Changes {
+            record: RecordChange::Set(record()),
+            restarted_at: Some(at),
+            job_pending: PendingChange::Set("nightly-0123456789 Secret/db".into()),
+            ..Changes::none()
+        };
+        let body = patch_body("5", RestartMethod::Job { suspended: false }, &changes);
+        let annotations = &body["metadata"]["annotations"];
+        assert_eq!(
+            annotations[JOB_PENDING_ANNOTATION],
+            "nightly-0123456789 Secret/db"
+        );
+        assert_eq!(annotations[RESTARTED_AT_ANNOTATION], "1970-01-01T00:00:00Z");
+        assert_eq!(annotations[DIGEST_ANNOTATION], record().render());
+        assert!(
+            body.get("spec").is_none(),
+            "the job template is not touched"
+        );
+        let made = Changes {
+            job_pending: PendingChange::Remove,
+            ..Changes::none()
+        };
+        let body = patch_body("6", RestartMethod::Job { suspended: false }, &made);
+        assert_eq!(
+            body["metadata"],
+            json!({"resourceVersion": "6", "annotations": {JOB_PENDING_ANNOTATION: null}})
+        );
+    }
+
+    #[test]
     fn an_argo_restart_at_has_whole_seconds() {
         let at =
             OffsetDateTime::from_unix_timestamp(0).unwrap() + time::Duration::milliseconds(250);
@@ -163,6 +218,7 @@ mod tests {
             restarted_at: Some(at),
             pause: PauseChange::Keep,
             pending: PendingChange::Keep,
+            job_pending: PendingChange::Keep,
         };
         let body = patch_body("7", RestartMethod::RestartAt, &changes);
         assert_eq!(body["spec"]["restartAt"], "1970-01-01T00:00:01Z");
@@ -182,6 +238,7 @@ mod tests {
             restarted_at: None,
             pause: PauseChange::Start(at),
             pending: PendingChange::Set(pending_mark(at, &[])),
+            job_pending: PendingChange::Keep,
         };
         let body = patch_body("1", RestartMethod::PodTemplate, &changes);
         assert!(body.get("spec").is_none(), "{body}");
@@ -195,6 +252,7 @@ mod tests {
             restarted_at: None,
             pause: PauseChange::End { resume: false },
             pending: PendingChange::Keep,
+            job_pending: PendingChange::Keep,
         };
         let body = patch_body("1", RestartMethod::PodTemplate, &changes);
         assert!(body.get("spec").is_none(), "{body}");

@@ -33,7 +33,8 @@ use super::digest::Digest;
 use super::kinds::ResourceRef;
 #[cfg(doc)]
 use crate::api::contract::{
-    DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RESTARTED_AT_ANNOTATION,
+    DIGEST_ANNOTATION, JOB_PENDING_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION,
+    RESTARTED_AT_ANNOTATION,
 };
 
 /// The [`PENDING_ANNOTATION`] value: `<until> <resource>,<resource>`, the
@@ -44,6 +45,24 @@ pub fn pending_mark(until: OffsetDateTime, changed: &[ResourceRef]) -> String {
         format_time(next_whole_second(until)),
         named_within_limit(changed)
     )
+}
+
+/// The [`JOB_PENDING_ANNOTATION`] value: `<job name> <resource>,<resource>`.
+pub fn job_mark(job: &str, changed: &[ResourceRef]) -> String {
+    format!("{job} {}", named_within_limit(changed))
+}
+
+/// Reads a [`job_mark`]: the Job's name and the resources named.
+pub fn parse_job_mark(value: &str) -> (String, Vec<String>) {
+    let (job, changed) = value.split_once(' ').unwrap_or((value, ""));
+    (job.to_owned(), names(changed))
+}
+
+fn names(list: &str) -> Vec<String> {
+    list.split(',')
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `at`, rounded up to a whole second.
@@ -80,12 +99,7 @@ fn named_within_limit(changed: &[ResourceRef]) -> String {
 /// Reads a [`pending_mark`]: until when, and the resources named.
 pub fn parse_pending_mark(value: &str) -> Option<(OffsetDateTime, Vec<String>)> {
     let (until, changed) = value.split_once(' ').unwrap_or((value, ""));
-    let changed = changed
-        .split(',')
-        .filter(|name| !name.is_empty())
-        .map(str::to_owned)
-        .collect();
-    Some((parse_time(Some(until))?, changed))
+    Some((parse_time(Some(until))?, names(changed)))
 }
 
 const ABSENT: &str = "absent";
@@ -109,6 +123,11 @@ pub struct AppliedRecord {
     pub key_id: String,
     /// Empty when read back in the summary form.
     pub members: Members,
+    /// The resources the pod spec uses without the workload reacting to them
+    /// (not matched by `search`, ignored, excluded), with the state the pods
+    /// were last (re)started with: if one becomes a member, a difference
+    /// restarts. Not kept in the summary form.
+    pub unreacted: Members,
     /// The summary form's digest (see [`RECORD_LIMIT`]).
     pub summary: Option<String>,
 }
@@ -165,6 +184,27 @@ struct Wire {
     digests: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     summary: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    unreacted: BTreeMap<String, String>,
+}
+
+fn wire_members(members: &Members) -> BTreeMap<String, String> {
+    members
+        .iter()
+        .map(|(resource, state)| (resource.to_string(), state_text(state)))
+        .collect()
+}
+
+fn parse_members(wire: &BTreeMap<String, String>) -> Option<Members> {
+    wire.iter()
+        .map(|(resource, state)| {
+            let state = match state.as_str() {
+                ABSENT => MemberState::Absent,
+                digest => MemberState::Present(digest.parse().ok()?),
+            };
+            Some((ResourceRef::parse(resource)?, state))
+        })
+        .collect()
 }
 
 impl AppliedRecord {
@@ -172,22 +212,24 @@ impl AppliedRecord {
         AppliedRecord {
             key_id,
             members,
+            unreacted: Members::new(),
             summary: None,
         }
+    }
+
+    /// With the states of the used resources it does not react to.
+    pub fn with_unreacted(self, unreacted: Members) -> Self {
+        AppliedRecord { unreacted, ..self }
     }
 
     /// The annotation value: one digest per member, or the summary form
     /// when that would be longer than [`RECORD_LIMIT`].
     pub fn render(&self) -> String {
-        let digests = self
-            .members
-            .iter()
-            .map(|(resource, state)| (resource.to_string(), state_text(state)))
-            .collect();
         let each = Wire {
             key: self.key_id.clone(),
-            digests,
+            digests: wire_members(&self.members),
             summary: self.summary.clone(),
+            unreacted: wire_members(&self.unreacted),
         };
         let text = serde_json::to_string(&each).expect("a map of strings always serialises");
         if text.len() <= RECORD_LIMIT {
@@ -197,26 +239,17 @@ impl AppliedRecord {
             key: self.key_id.clone(),
             digests: BTreeMap::new(),
             summary: Some(summarize(&self.members)),
+            unreacted: BTreeMap::new(),
         })
         .expect("strings always serialise")
     }
 
     pub fn parse(text: &str) -> Option<Self> {
         let wire: Wire = serde_json::from_str(text).ok()?;
-        let members = wire
-            .digests
-            .iter()
-            .map(|(resource, state)| {
-                let state = match state.as_str() {
-                    ABSENT => MemberState::Absent,
-                    digest => MemberState::Present(digest.parse().ok()?),
-                };
-                Some((ResourceRef::parse(resource)?, state))
-            })
-            .collect::<Option<_>>()?;
         Some(AppliedRecord {
             key_id: wire.key,
-            members,
+            members: parse_members(&wire.digests)?,
+            unreacted: parse_members(&wire.unreacted)?,
             summary: wire.summary,
         })
     }
@@ -296,6 +329,23 @@ mod tests {
     };
 
     #[test]
+    fn the_job_mark_names_the_job_and_reads_back() {
+        let changed = [ResourceRef::secret("db"), ResourceRef::config_map("cfg")];
+        let mark = job_mark("nightly-0123456789", &changed);
+        assert_eq!(
+            parse_job_mark(&mark),
+            (
+                "nightly-0123456789".to_owned(),
+                vec!["Secret/db".to_owned(), "ConfigMap/cfg".to_owned()]
+            )
+        );
+        let thousands: Vec<ResourceRef> = (0..5000)
+            .map(|i| ResourceRef::secret(format!("a-rather-long-secret-name-{i:05}")))
+            .collect();
+        assert!(job_mark("nightly-0123456789", &thousands).len() < PENDING_NAMES_LIMIT + 64);
+    }
+
+    #[test]
     fn record_round_trips() {
         let key = DigestKey::generate();
         let record = AppliedRecord::new(
@@ -310,8 +360,20 @@ mod tests {
             .into_iter()
             .collect(),
         );
+        let record = record.with_unreacted(
+            [(
+                ResourceRef::secret("unmatched"),
+                MemberState::Present(key.secret(DB, None)),
+            )]
+            .into_iter()
+            .collect(),
+        );
         let text = record.render();
         assert!(text.contains("\"Secret/db\""), "{text}");
+        assert!(
+            text.contains("\"unreacted\":{\"Secret/unmatched\""),
+            "{text}"
+        );
         assert_eq!(AppliedRecord::parse(&text), Some(record.clone()));
         assert_eq!(
             Applied::from_annotation(Some(&text)),

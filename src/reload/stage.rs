@@ -40,14 +40,16 @@ use tracing::{debug, error, info, warn};
 use super::annotations::PolicyProblem;
 use super::decide::{
     Decision, Pause, Situation, Verdict, decide, desired_members, effective_last_restart,
+    unreacted_uses,
 };
 use super::events::{EventPublisher, Regarding};
 use super::index::{Index, ResourceChange, WorkloadObservation};
+use super::job::job_name;
 use super::kinds::{RestartMethod, WorkloadKind, WorkloadRef};
 use super::metrics::{Failure, ReloadMetrics, Skip};
 use super::pace::{Pacer, Schedule};
 use super::patch::{Changes, PauseChange, PendingChange, RecordChange, patch_body};
-use super::record::{AppliedRecord, format_time, pending_mark};
+use super::record::{AppliedRecord, format_time, job_mark, parse_job_mark, pending_mark};
 use super::watch::{Input, Listing, Observed, Source, Watched};
 use super::write::{Outcome, Purpose, Written, retry_delay, write};
 
@@ -62,6 +64,9 @@ pub struct Timing {
     pub debounce: Duration,
     pub min_reload_interval: Duration,
     pub max_rollouts_per_second: u32,
+    /// `--resource-label-selector` is set: a resource kvsync does not see
+    /// may exist (see [`super::decide::Situation::hidden_may_exist`]).
+    pub resources_selected: bool,
 }
 
 /// How an object came to be observed.
@@ -93,6 +98,9 @@ pub struct Stage {
     pacer: Pacer<WorkloadRef, String>,
     /// Failed writes in a row, per workload (for the backoff).
     failures: HashMap<WorkloadRef, u32>,
+    /// The Job each CronJob with a `kvsync.io/job-pending` mark had made
+    /// for it by this process: not made again while the mark is cleared.
+    jobs_made: HashMap<WorkloadRef, String>,
     /// Writes under way, answering with a [`Written`].
     writes: FuturesUnordered<BoxFuture<'static, Written>>,
     /// The workloads they are for; `true` once one became due again meanwhile
@@ -125,6 +133,7 @@ impl Stage {
             index: Index::new(namespace_selector),
             schedule: Schedule::default(),
             failures: HashMap::new(),
+            jobs_made: HashMap::new(),
             writes: FuturesUnordered::new(),
             writing: HashMap::new(),
             sources: sources
@@ -297,6 +306,7 @@ impl Stage {
                     &w.workload,
                 );
                 self.failures.remove(&w.workload);
+                self.jobs_made.remove(&w.workload);
             }
             Observed::Namespace { name, .. } => {
                 self.index.set_selected(&name, false);
@@ -406,11 +416,20 @@ impl Stage {
             );
             return;
         };
-        let desired = desired_members(
-            &state.policy,
-            &state.uses,
-            self.index.resources(&workload.namespace),
-        );
+        if let Some(mark) = &state.job_pending {
+            let owed = OwedJob {
+                mark: mark.clone(),
+                resource_version: state.resource_version.clone(),
+                uid: state.uid.clone(),
+                method: state.restart,
+            };
+            self.make_owed_job(workload, owed);
+            return;
+        }
+        self.jobs_made.remove(&workload);
+        let resources = self.index.resources(&workload.namespace);
+        let desired = desired_members(&state.policy, &state.uses, resources);
+        let unreacted = unreacted_uses(&state.policy, &state.uses, resources);
         let covered = self.index.covered_by_template(&workload);
         let now = OffsetDateTime::now_utc();
         let pause = Pause {
@@ -418,11 +437,17 @@ impl Stage {
             started: state.paused_at,
             by_reloader: state.reloader_paused_since,
         };
-        let Decision { verdict, end_pause } = decide(&Situation {
+        let Decision {
+            verdict,
+            end_pause,
+            unreacted,
+        } = decide(&Situation {
             opted_in: !state.policy.is_inert(),
             applied: &state.applied,
             key_id: &self.key_id,
             desired: &desired,
+            unreacted: &unreacted,
+            hidden_may_exist: self.timing.resources_selected,
             uses: &state.uses,
             last_restart: state.last_restart,
             min_interval: self.timing.min_reload_interval,
@@ -434,8 +459,8 @@ impl Stage {
         let resource_version = state.resource_version.clone();
         let uid = state.uid.clone();
         let method = state.restart;
-        let last_restart = state.last_restart;
-        let record = |members| AppliedRecord::new(self.key_id.clone(), members);
+        let record =
+            |members| AppliedRecord::new(self.key_id.clone(), members).with_unreacted(unreacted);
         let mut changes = Changes {
             record: RecordChange::Keep,
             restarted_at: None,
@@ -447,6 +472,7 @@ impl Stage {
                 PauseChange::Keep
             },
             pending: PendingChange::Keep,
+            job_pending: PendingChange::Keep,
         };
         if end_pause {
             info!(%workload, resumed = pause.by_reloader.is_some(), "pause period over");
@@ -504,18 +530,22 @@ impl Stage {
                 if !admitted {
                     return;
                 }
-                // Names the Job of this restart (see `job_for`): a retry
-                // finds the one already made.
-                let job = matches!(method, RestartMethod::Job { .. })
-                    .then(|| format!("{:?} {}", last_restart.map(format_time), record.render()));
+                let purpose = if matches!(method, RestartMethod::Job { .. }) {
+                    // The record first, naming the Job it owes (see `super::job`).
+                    let change = format!("{} {}", format_time(now), record.render());
+                    let job = job_name(&workload.name, &uid, &change);
+                    changes.job_pending = PendingChange::Set(job_mark(&job, &changed));
+                    Purpose::JobOwed
+                } else {
+                    Purpose::Restart {
+                        changed: changed.iter().map(ToString::to_string).collect(),
+                        uid,
+                        method,
+                    }
+                };
                 changes.record = RecordChange::Set(record);
                 changes.restarted_at = Some(now);
-                self.start_write(
-                    workload,
-                    body(&changes),
-                    job,
-                    Purpose::Restart { changed, uid },
-                );
+                self.start_write(workload, body(&changes), None, purpose);
             }
             Verdict::Pause { period, changed } => {
                 self.metrics.skipped(Skip::Paused, 1);
@@ -535,8 +565,33 @@ impl Stage {
         }
     }
 
+    /// Makes the Job a CronJob's recorded change owes, and clears its mark
+    /// (see [`super::job`]): the restart is announced then. A Job this
+    /// process made already is not made again (only the mark is cleared),
+    /// nor is one for a CronJob suspended meanwhile.
+    fn make_owed_job(&mut self, workload: WorkloadRef, owed: OwedJob) {
+        let (job, changed) = parse_job_mark(&owed.mark);
+        let changes = Changes {
+            job_pending: PendingChange::Remove,
+            ..Changes::none()
+        };
+        let body = patch_body(&owed.resource_version, owed.method, &changes);
+        let made = self.jobs_made.get(&workload) == Some(&job);
+        if made || matches!(owed.method, RestartMethod::Job { suspended: true }) {
+            info!(%workload, job, made, "clearing the Job mark without making the Job");
+            self.start_write(workload, body, None, Purpose::Record);
+            return;
+        }
+        let purpose = Purpose::Restart {
+            changed,
+            uid: owed.uid,
+            method: owed.method,
+        };
+        self.start_write(workload, body, Some(job), purpose);
+    }
+
     /// Starts writing `body` to the workload (after making its CronJob's
-    /// Job, named by `job`, if any); [`Stage::written`] takes the answer.
+    /// Job, named `job`, if any); [`Stage::written`] takes the answer.
     fn start_write(
         &mut self,
         workload: WorkloadRef,
@@ -548,11 +603,12 @@ impl Stage {
         let client = self.client.clone();
         let api = self.apis.get(&workload.kind).cloned();
         self.writes.push(Box::pin(async move {
-            let outcome = write(client, api, &workload, body, job).await;
+            let (outcome, job_made) = write(client, api, &workload, body, job).await;
             Written {
                 workload,
                 purpose,
                 outcome,
+                job_made,
             }
         }));
         self.metrics.set_writes_in_flight(self.writes.len());
@@ -567,8 +623,12 @@ impl Stage {
             workload,
             purpose,
             outcome,
+            job_made,
         } = written;
         let due_again = self.writing.remove(&workload).unwrap_or(false);
+        if let Some(job) = job_made {
+            self.jobs_made.insert(workload.clone(), job);
+        }
         match outcome {
             Outcome::Applied(updated) => {
                 self.failures.remove(&workload);
@@ -577,22 +637,34 @@ impl Stage {
                 }
                 match purpose {
                     Purpose::Record => {}
-                    Purpose::Restart { changed, uid } => {
-                        self.metrics.rollout(workload.kind.as_str());
-                        let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
-                        info!(%workload, changed = ?names, "rolling restart");
-                        self.events.reloaded(
-                            Regarding {
-                                workload: &workload,
-                                api_version: self.api_version(workload.kind),
-                                uid: &uid,
-                            },
-                            &changed,
-                        );
+                    Purpose::Restart {
+                        changed,
+                        uid,
+                        method,
+                    } => {
+                        let names = &changed;
+                        let regarding = Regarding {
+                            workload: &workload,
+                            api_version: self.api_version(workload.kind),
+                            uid: &uid,
+                        };
+                        if method == RestartMethod::OnDelete {
+                            self.metrics.skipped(Skip::OnDelete, 1);
+                            info!(%workload, changed = ?names, "pod template updated; updateStrategy OnDelete: the pods take it only when deleted");
+                            self.events.awaiting_pod_deletion(regarding, &changed);
+                        } else {
+                            self.metrics.rollout(workload.kind.as_str());
+                            info!(%workload, changed = ?names, "rolling restart");
+                            self.events.reloaded(regarding, &changed);
+                        }
                     }
                     Purpose::Pause { period } => {
                         self.schedule
                             .postpone(workload.clone(), Instant::now() + period);
+                    }
+                    Purpose::JobOwed => {
+                        debug!(%workload, "change recorded; making its Job");
+                        self.schedule.mark(workload.clone(), Instant::now());
                     }
                 }
             }
@@ -645,6 +717,15 @@ impl Stage {
         self.schedule
             .postpone(workload.clone(), Instant::now() + delay);
     }
+}
+
+/// What making a CronJob's owed Job needs of its state.
+struct OwedJob {
+    /// Its `kvsync.io/job-pending`.
+    mark: String,
+    resource_version: String,
+    uid: String,
+    method: RestartMethod,
 }
 
 /// Takes `workload` out of the rollout queue; the next one moves up (free

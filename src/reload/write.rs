@@ -1,5 +1,5 @@
-//! The reload stage's writes, the I/O of a verdict: the Job of a CronJob's
-//! restart, if it makes one, then one merge patch of the workload (its body
+//! The reload stage's writes, the I/O of a verdict: the Job a CronJob's
+//! change owes, if it makes one (see [`super::job`]), then one merge patch of the workload (its body
 //! from [`super::patch`]); and how long a workload waits after a failed
 //! write ([`retry_delay`]). The event loop ([`super::stage`]) starts them
 //! and takes their answers.
@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::dynamic;
 use super::index::WorkloadObservation;
 use super::job::job_for;
-use super::kinds::{ResourceRef, WorkloadKind, WorkloadRef};
+use super::kinds::{RestartMethod, WorkloadKind, WorkloadRef};
 use super::metrics::Failure;
 use super::observe::{WorkloadObject, observe_workload};
 use crate::api::contract::RELOAD_FIELD_MANAGER;
@@ -43,10 +43,15 @@ pub(super) fn retry_delay(failures: u32) -> Duration {
 pub(super) enum Purpose {
     /// Recording digests or ending a pause.
     Record,
+    /// A restart (for a CronJob: its Job made); `changed` names the
+    /// resources that changed.
     Restart {
-        changed: Vec<ResourceRef>,
+        changed: Vec<String>,
         uid: String,
+        method: RestartMethod,
     },
+    /// A CronJob's change recorded with the Job it owes: make it now.
+    JobOwed,
     /// A pause period started: look again when it is over.
     Pause { period: Duration },
 }
@@ -68,25 +73,30 @@ pub(super) struct Written {
     pub(super) workload: WorkloadRef,
     pub(super) purpose: Purpose,
     pub(super) outcome: Outcome,
+    /// The CronJob's Job this write made (or found made), whatever the
+    /// patch's outcome.
+    pub(super) job_made: Option<String>,
 }
 
-/// Makes the CronJob's Job named by `job` (if any), then merge-patches the
-/// workload with `body`. `api`: the API of a dynamic kind.
+/// Makes the CronJob's Job named `job` (if any), then merge-patches the
+/// workload with `body`; the Job's name too once it is made. `api`: the API
+/// of a dynamic kind.
 pub(super) async fn write(
     client: kube::Client,
     api: Option<ApiResource>,
     workload: &WorkloadRef,
     body: Value,
     job: Option<String>,
-) -> Outcome {
-    if let Some(restart) = job {
+) -> (Outcome, Option<String>) {
+    let mut made = None;
+    if let Some(job) = job {
         let Some(api) = &api else {
-            return Outcome::Skipped;
+            return (Outcome::Skipped, None);
         };
-        match create_job(client.clone(), api, workload, &restart).await {
-            Ok(true) => {}
-            Ok(false) => return Outcome::Skipped,
-            Err(error) => return Outcome::Failed(Failure::Job, error),
+        match create_job(client.clone(), api, workload, &job).await {
+            Ok(true) => made = Some(job),
+            Ok(false) => return (Outcome::Skipped, None),
+            Err(error) => return (Outcome::Failed(Failure::Job, error), None),
         }
     }
     let result = match workload.kind {
@@ -95,30 +105,31 @@ pub(super) async fn write(
         WorkloadKind::DaemonSet => patch::<DaemonSet>(client, workload, body).await,
         WorkloadKind::CronJob | WorkloadKind::Rollout => match &api {
             Some(api) => dynamic::patch(client, api, workload, &patch_params(), body).await,
-            None => return Outcome::Skipped,
+            None => return (Outcome::Skipped, made),
         },
     };
-    match result {
+    let outcome = match result {
         Ok(updated) => Outcome::Applied(updated.map(Box::new)),
         Err(error) => Outcome::Failed(Failure::Patch, error),
-    }
+    };
+    (outcome, made)
 }
 
-/// Creates the Job for one restart of a CronJob (see [`super::job`]);
+/// Creates the Job `job` for a change of a CronJob (see [`super::job`]);
 /// `Ok(false)` when there is nothing to make it from (the CronJob is gone).
-/// A Job of that name already there is this restart's, made before.
+/// A Job of that name already there is this change's, made before.
 async fn create_job(
     client: kube::Client,
     api: &ApiResource,
     workload: &WorkloadRef,
-    restart: &str,
+    job: &str,
 ) -> Result<bool, kube::Error> {
     let cron_job = dynamic::api(client.clone(), api, &workload.namespace)
         .get_opt(&workload.name)
         .await?
         .as_ref()
         .and_then(dynamic::cron_job);
-    let Some(job) = cron_job.and_then(|c| job_for(&c, &api.api_version, restart)) else {
+    let Some(job) = cron_job.and_then(|c| job_for(&c, &api.api_version, job)) else {
         return Ok(false);
     };
     let created = Api::<Job>::namespaced(client, &workload.namespace)

@@ -9,6 +9,7 @@
 //! fixture is `tests/support/fixture.rs`, its reload side `tests/support/reload.rs`.
 
 mod kinds;
+mod owed;
 mod pacing;
 mod reacting;
 mod scope;

@@ -209,10 +209,10 @@ async fn a_template_change_after_the_data_change_is_the_only_rollout() {
     f.secret("db", &[("k", "1")], &[], &[]).await;
     f.config_map("app", &[("k", "1")], &[]).await;
     f.deployment("web", &[AUTO], &["db"], &["app"]).await;
-    // The writes of one `helm upgrade` land within the debounce, however
-    // slowly (under load) this test makes them.
-    const DEBOUNCE: Duration = Duration::from_secs(3);
-    f.start_operator(&["--reload-debounce", "3s"]).await;
+    // The writes of one `helm upgrade` land within the default debounce,
+    // however slowly (under load) this test makes them.
+    f.start_operator_with_default_debounce(&[]).await;
+    let debounce = humantime::parse_duration(kvsync::reload::DEFAULT_RELOAD_DEBOUNCE).unwrap();
     f.baselined::<Deployment>("web").await;
 
     // Data first, then the template (Helm's order): its rollout has the new data.
@@ -221,7 +221,7 @@ async fn a_template_change_after_the_data_change_is_the_only_rollout() {
     f.config_map("app", &[("k", "2")], &[]).await;
     change_template(&f, "web", "2").await;
     assert!(
-        upgrade.elapsed() < DEBOUNCE,
+        upgrade.elapsed() < debounce,
         "the three writes took {:?}, longer than the debounce: the machine is too slow for this test",
         upgrade.elapsed()
     );

@@ -189,7 +189,18 @@ impl Fixture {
             ("--reload-debounce", "300ms"),
             ("--min-reload-interval", "1s"),
         ];
-        let operator = Process::start(&run_args(&self.emulator, &self.ns.name, &defaults, extra));
+        self.start_operator_with(&defaults, extra).await;
+    }
+
+    /// [`Fixture::start_operator`] with the operator's own `--reload-debounce`
+    /// (the tests' short one left out), for tests of what the default folds.
+    pub async fn start_operator_with_default_debounce(&mut self, extra: &[&str]) {
+        self.start_operator_with(&[("--min-reload-interval", "1s")], extra)
+            .await;
+    }
+
+    async fn start_operator_with(&mut self, defaults: &[(&str, &str)], extra: &[&str]) {
+        let operator = Process::start(&run_args(&self.emulator, &self.ns.name, defaults, extra));
         reload_listed(&operator).await;
         self.operator = Some(operator);
     }
