@@ -21,7 +21,10 @@
 //! 429s the vault answered over the whole run; and the operator's peak RSS.
 //! With `--fanout M` (largest size only) M more Deployments use one Secret
 //! (`kvs-fan`), and the time from forcing its change to all M templates
-//! patched is measured. With `--long-interval D` every second KeyVaultSecret
+//! patched is measured; while that fan-out is under way, the one Deployment
+//! of another namespace has its Secret changed, and the time until it is
+//! restarted is measured too (the reload pacer's fairness: namespaces take
+//! turns, so it does not wait behind the fan-out). With `--long-interval D` every second KeyVaultSecret
 //! refreshes every D instead (intervals mixed on the same vault), and its
 //! change→Secret latency is reported apart. It prints one table and the
 //! ratios of the two modes.
@@ -185,6 +188,13 @@ struct Row {
     idle_api_requests_per_minute: f64,
     /// Forced change of the shared Secret → every one of the `--fanout` templates patched.
     fanout_rollout: Option<Duration>,
+    /// During that fan-out: another namespace's Secret changed → its one
+    /// Deployment's template patched.
+    fanout_other: Option<Duration>,
+}
+
+fn seconds(duration: Option<Duration>) -> String {
+    duration.map_or("-".into(), |d| format!("{:.2}s", d.as_secs_f64()))
 }
 
 fn percentile(samples: &[Duration], p: f64) -> String {
@@ -437,6 +447,16 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
         (format!("fan-{i}"), FANOUT_SECRET.to_owned())
     })
     .await;
+    // Another namespace, with one Deployment restarted during the fan-out.
+    let other = TestNamespace::new(&client, &format!("bench-{mode}-{size}-other")).await;
+    if fanout > 0 {
+        set_solo_secret(&client, &other.name, "1").await;
+        let other_deployments: Api<Deployment> = Api::namespaced(client.clone(), &other.name);
+        create_deployments(&other_deployments, 0..1, |_| {
+            (SOLO.to_owned(), SOLO.to_owned())
+        })
+        .await;
+    }
 
     eprintln!("{mode} {size}: cluster populated");
     let interval = interval_text(options.interval);
@@ -445,7 +465,12 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
         Some(long) if i % 2 == 1 => long.clone(),
         _ => interval.clone(),
     };
-    let operator = Operator::start(&emulator, &ns.name, &["--change-detection", mode]);
+    let namespaces = format!("{},{}", ns.name, other.name);
+    let operator = Operator::start(
+        &emulator,
+        &ns.name,
+        &["--change-detection", mode, "--namespaces", &namespaces],
+    );
     let kvs_api: Api<KeyVaultSecret> = Api::namespaced(client.clone(), &ns.name);
     let started = Instant::now();
     // Watching from before the first apply, so each object's Ready is timed
@@ -660,8 +685,10 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
         }
     }
     if fanout > 0 {
-        row.fanout_rollout =
-            Some(fanout_rollout(&emulator, &client, &ns.name, &interval, fanout).await);
+        let namespaces = (ns.name.as_str(), other.name.as_str());
+        let (all, other) = fanout_rollout(&emulator, &client, namespaces, &interval, fanout).await;
+        row.fanout_rollout = Some(all);
+        row.fanout_other = Some(other);
     }
     row.throttled += throttled(&emulator.counters().await);
     row.peak_rss_mib = rss_mib(operator.process.pid(), "VmHWM:");
@@ -671,6 +698,20 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
 /// The Secret the `--fanout` Deployments use, and the vault secret it holds.
 const FANOUT_SECRET: &str = "kvs-fan";
 const FANOUT_VAULT_SECRET: &str = "fan";
+/// The other namespace's Secret and the one Deployment using it.
+const SOLO: &str = "solo";
+
+async fn set_solo_secret(client: &kube::Client, namespace: &str, value: &str) {
+    let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SOLO}, "stringData": {"k": value}});
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .patch(
+            SOLO,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
+}
 
 /// Creates Deployments (no replicas, `reloader.stakater.com/auto`) named and
 /// using the Secret `name_and_secret(i)` says, 16 at a time.
@@ -753,15 +794,17 @@ async fn template_annotations(
 /// One Secret used by `fanout` Deployments (`fan-*`, created before the
 /// operator started): its KeyVaultSecret is made Ready, left for one refresh
 /// cycle (the reload stage records its baseline), then its vault secret
-/// changes and the change is forced. Returns the time until every template
-/// is patched.
+/// changes and the change is forced. Once the first template is patched,
+/// the Secret of the other namespace's one Deployment changes. Returns the
+/// time until every fan-out template is patched, and the time from that other
+/// change until its Deployment is patched (the debounce included).
 async fn fanout_rollout(
     emulator: &Emulator,
     client: &kube::Client,
-    namespace: &str,
+    (namespace, other): (&str, &str),
     interval: &str,
     fanout: usize,
-) -> Duration {
+) -> (Duration, Duration) {
     emulator
         .set_secret("shop", FANOUT_VAULT_SECRET, "fan-v0")
         .await;
@@ -797,8 +840,11 @@ async fn fanout_rollout(
     let interval = humantime::parse_duration(interval).unwrap();
     tokio::time::sleep(interval.mul_f64(1.1)).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let other_deployments: Api<Deployment> = Api::namespaced(client.clone(), other);
     wait_recorded(&deployments, "fan-").await;
+    wait_recorded(&other_deployments, SOLO).await;
     let before = template_annotations(&deployments, "fan-").await;
+    let solo_before = template_annotations(&other_deployments, SOLO).await;
     emulator
         .set_secret("shop", FANOUT_VAULT_SECRET, "fan-v1")
         .await;
@@ -812,21 +858,40 @@ async fn fanout_rollout(
         )
         .await
         .unwrap();
+    let rolled = || async {
+        let now = template_annotations(&deployments, "fan-").await;
+        now.iter()
+            .filter(|(name, a)| before.get(*name) != Some(a))
+            .count()
+    };
     eventually(
+        "the fan-out under way",
+        Duration::from_secs(600),
+        || async { (rolled().await > 0).then_some(()) },
+    )
+    .await;
+    set_solo_secret(client, other, "2").await;
+    let solo_changed = Instant::now();
+    let other_restarted = eventually(
+        "the other namespace's Deployment restarted",
+        Duration::from_secs(600),
+        || async {
+            let now = template_annotations(&other_deployments, SOLO).await;
+            (now != solo_before).then(|| solo_changed.elapsed())
+        },
+    )
+    .await;
+    let all = eventually(
         &format!("all {fanout} fan-out templates patched"),
         Duration::from_secs(600),
         || async {
             // A list of every Deployment at most once a second (±1 s on a ~50 s figure).
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = template_annotations(&deployments, "fan-").await;
-            let rolled = now
-                .iter()
-                .filter(|(name, a)| before.get(*name) != Some(a))
-                .count();
-            (rolled == fanout).then(|| start.elapsed())
+            (rolled().await == fanout).then(|| start.elapsed())
         },
     )
-    .await
+    .await;
+    (all, other_restarted)
 }
 
 /// Vaults and identities the churn objects are spread over (round robin):
@@ -1110,12 +1175,12 @@ async fn main() {
         if options.kv_limits { "on" } else { "off" }
     );
     println!(
-        "| mode | KeyVaultSecrets | all Ready | applying all | apply→Ready p50/p99/max | KV requests, idle cycle | KV requests, 1 % changed | k8s writes, idle cycle | change→Secret p50/p99 | long-interval change→Secret p50/p99 | forced→Secret p50/p99 | change→template p50/p99 | forced→template p50/p99 | peak RSS | KV 429s | API requests / idle min | forced→all fan-out templates |"
+        "| mode | KeyVaultSecrets | all Ready | applying all | apply→Ready p50/p99/max | KV requests, idle cycle | KV requests, 1 % changed | k8s writes, idle cycle | change→Secret p50/p99 | long-interval change→Secret p50/p99 | forced→Secret p50/p99 | change→template p50/p99 | forced→template p50/p99 | peak RSS | KV 429s | API requests / idle min | forced→all fan-out templates | other namespace's change→template during the fan-out (debounce included) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.1}s | {:.1}s | {}/{}/{} | {} | {} | {} | {}/{} | {}/{} | {}/{} | {}/{} | {}/{} | {:.1} MiB | {} | {:.1} | {} |",
+            "| {} | {} | {:.1}s | {:.1}s | {}/{}/{} | {} | {} | {} | {}/{} | {}/{} | {}/{} | {}/{} | {}/{} | {:.1} MiB | {} | {:.1} | {} | {} |",
             r.mode,
             r.size,
             r.ready.as_secs_f64(),
@@ -1139,8 +1204,8 @@ async fn main() {
             r.peak_rss_mib,
             r.throttled,
             r.idle_api_requests_per_minute,
-            r.fanout_rollout
-                .map_or("-".into(), |d| format!("{:.2}s", d.as_secs_f64()))
+            seconds(r.fanout_rollout),
+            seconds(r.fanout_other),
         );
     }
     println!();
