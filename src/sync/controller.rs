@@ -33,7 +33,9 @@ use super::observed::Observed;
 use super::reconciler;
 use super::references::Kind;
 use crate::api::KeyVaultSecret;
-use crate::api::contract::{FORCE_SYNC_ANNOTATION, KUBECTL_LAST_APPLIED, OWNER_ANNOTATION};
+use crate::api::contract::{
+    FORCE_SYNC_ANNOTATION, KUBECTL_LAST_APPLIED, MERGED_BY_ANNOTATION, OWNER_ANNOTATION,
+};
 
 /// Drops what kvsync never reads of a KeyVaultSecret before the store keeps
 /// it: its managed fields and kubectl's copy of the last applied manifest
@@ -78,7 +80,10 @@ fn affected_by_secret(
     ctx: &Context,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<KeyVaultSecret>> {
-    let owner = secret.annotations().get(OWNER_ANNOTATION);
+    let annotations = secret.annotations();
+    let owner = annotations
+        .get(OWNER_ANNOTATION)
+        .or_else(|| annotations.get(MERGED_BY_ANNOTATION));
     ctx.referring_to(Kind::Secret, &ObjectKey::of(secret), owner)
 }
 
