@@ -92,7 +92,30 @@ struct Table<'a> {
     f: &'a Fixture,
 }
 
+/// The app registration's client secret, as a Secret of the namespace.
+const CREDENTIAL: &str = "kv-creds";
+
 impl Table<'_> {
+    /// Rows read vault secrets of their own, which only the app registration
+    /// `SECRET_APP` may read (the federated service account reads the seed's).
+    async fn new(f: &Fixture) -> Table<'_> {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": CREDENTIAL},
+            "stringData": {"clientSecret": SECRET_APP_PASSWORD},
+        }))
+        .unwrap();
+        f.secrets()
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        Table { f }
+    }
+
+    fn app_credential(&self) -> serde_json::Value {
+        json!({"clientSecret": {"tenantId": TENANT, "clientId": SECRET_APP,
+            "secretRef": {"name": CREDENTIAL, "key": "clientSecret"}}})
+    }
+
     async fn secret(&self, name: &str) -> Option<Secret> {
         self.f.secrets().get_opt(name).await.unwrap()
     }
@@ -165,6 +188,7 @@ impl Table<'_> {
                     "deletionPolicy": if row.delete { "Delete" } else { "Retain" },
                 },
                 "data": [{"secretKey": "pw", "remoteRef": {"name": format!("{p}-pw")}}],
+                "auth": self.app_credential(),
             })
         };
         self.f.apply(&kvs, spec(first, row.from)).await;
@@ -306,7 +330,7 @@ fn rows() -> Vec<Row> {
 #[tokio::test]
 async fn every_policy_change_keeps_foreign_secrets_whole_and_cleans_up_kvsyncs_own() {
     let f = Fixture::new("ownership").await;
-    let table = Table { f: &f };
+    let table = Table::new(&f).await;
     join_all(
         rows()
             .into_iter()
@@ -319,7 +343,7 @@ async fn every_policy_change_keeps_foreign_secrets_whole_and_cleans_up_kvsyncs_o
 #[tokio::test]
 async fn the_issues_scenarios() {
     let f = Fixture::new("ownership-issue").await;
-    let t = Table { f: &f };
+    let t = Table::new(&f).await;
     let pw = json!([{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]);
 
     // Merge into cert-manager's Secret, then renamed with Owner in one patch:

@@ -429,7 +429,10 @@ impl DesiredSecret {
                 .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
         };
         let owned_by_us = controlled_by(existing, &self.owner_uid);
-        let ownership_ok = self.policy != CreationPolicy::Owner || owned_by_us;
+        // The ownerReference: on a Secret kvsync created, under Owner; taken
+        // off when the policy changes (else the garbage collector would
+        // delete an Orphan's Secret with its object).
+        let ownership_ok = owned_by_us == (self.created && self.policy == CreationPolicy::Owner);
         let type_ok = !self.created || existing.type_.as_deref().unwrap_or("Opaque") == self.type_;
         let applied = AppliedFields::of(existing);
         let nothing_stale = applied.labels.iter().all(|k| self.labels.contains_key(k))
@@ -578,11 +581,14 @@ mod tests {
                 name: Some(desired.name.clone()),
                 labels: Some(desired.labels.clone()),
                 annotations: Some(desired.annotations.clone()),
-                owner_references: Some(vec![OwnerReference {
-                    uid: "uid-1".into(),
-                    controller: Some(true),
-                    ..Default::default()
-                }]),
+                owner_references: (desired.created && desired.policy == CreationPolicy::Owner)
+                    .then(|| {
+                        vec![OwnerReference {
+                            uid: "uid-1".into(),
+                            controller: Some(true),
+                            ..Default::default()
+                        }]
+                    }),
                 ..Default::default()
             },
             type_: Some("Opaque".into()),
@@ -614,6 +620,25 @@ mod tests {
         policy.policy = CreationPolicy::Orphan;
         for other in [value, label, policy] {
             assert_ne!(want.digest(false), other.digest(false));
+        }
+    }
+
+    #[test]
+    fn the_owner_reference_goes_when_the_policy_is_no_longer_owner() {
+        let owned = existing(&desired(CreationPolicy::Owner), &[]);
+        for policy in [CreationPolicy::Orphan, CreationPolicy::Merge] {
+            let want = desired(CreationPolicy::Owner);
+            let want = DesiredSecret { policy, ..want };
+            assert_eq!(
+                want.decide(Some(&owned)),
+                WriteDecision::Apply,
+                "{policy:?}"
+            );
+            assert!(
+                want.apply_body()["metadata"]
+                    .get("ownerReferences")
+                    .is_none()
+            );
         }
     }
 
