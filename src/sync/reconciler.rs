@@ -134,6 +134,11 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
         Err(SyncError::Kube(error)) => return Err(error.into()),
         Err(failure) => {
             let action = match failure.retry() {
+                // With refreshInterval 0 a value that could not be rendered
+                // yet would never be looked at again: backoff until it is.
+                Retry::AtInterval if interval.is_none() && failure.unrendered() => {
+                    backoff(&ctx, &key, None)
+                }
                 Retry::AfterChange => {
                     // Nothing to poll for until the spec or the identity
                     // changes: a withdrawn identity is used no more.
@@ -141,15 +146,7 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
                     Action::await_change()
                 }
                 Retry::AtInterval => at_interval(interval),
-                Retry::Backoff(retry_after) => {
-                    let failures = ctx.memory.lock().unwrap().failed(&key);
-                    Action::requeue(schedule::backoff_delay(
-                        failures,
-                        retry_after,
-                        ctx.max_backoff,
-                        rand::random(),
-                    ))
-                }
+                Retry::Backoff(retry_after) => backoff(&ctx, &key, retry_after),
             };
             ctx.metrics.object_failed(&key, interval, failure.reason());
             let outcome = Outcome::Failed {
@@ -163,6 +160,18 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
     ctx.metrics
         .observe_sync(outcome_label(&outcome), started.elapsed());
     Ok(action)
+}
+
+/// The next try after one more failure of `key`: exponential backoff,
+/// `retry_after` (the server's) as a floor.
+fn backoff(ctx: &Context, key: &ObjectKey, retry_after: Option<Duration>) -> Action {
+    let failures = ctx.memory.lock().unwrap().failed(key);
+    Action::requeue(schedule::backoff_delay(
+        failures,
+        retry_after,
+        ctx.max_backoff,
+        rand::random(),
+    ))
 }
 
 fn at_interval(interval: Option<Duration>) -> Action {
@@ -190,13 +199,7 @@ pub fn error_policy(kvs: Arc<KeyVaultSecret>, error: &Error, ctx: Arc<Context>) 
         kvs.spec.refresh_interval().ok().flatten(),
         error.reason(),
     );
-    let failures = ctx.memory.lock().unwrap().failed(&key);
-    Action::requeue(schedule::backoff_delay(
-        failures,
-        None,
-        ctx.max_backoff,
-        rand::random(),
-    ))
+    backoff(&ctx, &key, None)
 }
 
 async fn in_scope(ctx: &Context, namespace: &str) -> Result<bool, Error> {
