@@ -102,7 +102,9 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
     let _in_flight = ctx.metrics.sync_started();
     let mut targets = recorded_targets(&kvs);
     if !in_scope(&ctx, &kvs.namespace().unwrap_or_default()).await? {
-        ctx.vault.unsubscribe(ObjectKey::of(kvs.as_ref()).as_str());
+        let key = ObjectKey::of(kvs.as_ref());
+        tracing::debug!(object = %key, "not in scope (--namespaces, --ignore-namespaces, --namespace-selector): not served");
+        ctx.vault.unsubscribe(key.as_str());
         // No longer served, but a deletion still gives back what it merged
         // and lets the object go: no finalizer is left hanging.
         if kvs.metadata.deletion_timestamp.is_some() {
