@@ -496,10 +496,11 @@ async fn a_secret_the_api_server_refused_for_its_vault_content_is_written_once_t
 {
     let f = Fixture::new("refused-422").await;
     // A TLS Secret whose keys come from the vault: without tls.crt and
-    // tls.key the API server refuses it (422).
+    // tls.key the API server refuses it (422). Synced once (no interval, no
+    // listing): only a retry of the refused write can see the fix.
     f.apply(
         "tls",
-        json!({"refreshInterval": "2s", "target": {"type": "kubernetes.io/tls"},
+        json!({"refreshInterval": "0", "target": {"type": "kubernetes.io/tls"},
                "dataFrom": [{"extract": {"name": "app-config"}}]}),
     )
     .await;
@@ -509,6 +510,12 @@ async fn a_secret_the_api_server_refused_for_its_vault_content_is_written_once_t
         message.contains("the API server refused Secret tls"),
         "{message}"
     );
+    // Retried with backoff (as for a webhook that may change its verdict),
+    // not left until the spec changes.
+    eventually("the refused write retried", WAIT, || async {
+        (f.sync_count("InvalidSpec").await >= 3).then_some(())
+    })
+    .await;
     f.emulator
         .set_secret("shop", "app-config", r#"{"tls.crt":"crt","tls.key":"key"}"#)
         .await;
