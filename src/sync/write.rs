@@ -88,7 +88,8 @@ pub async fn write_target(
         WriteDecision::Conflict(message) => Err(SyncError::Conflict(message)),
         WriteDecision::Missing => Err(SyncError::SecretMissing(desired.name.clone())),
         WriteDecision::Apply => {
-            let written = apply(&api, desired, immutable).await?;
+            let uid = existing.as_ref().and_then(|s| s.uid());
+            let written = apply(&api, desired, immutable, uid).await?;
             let written = remove_foreign_keys(&api, desired, written).await?;
             let resource_version = written.resource_version();
             let record = Some(target::record_of(&written, created));
@@ -152,16 +153,22 @@ fn same_data(secret: &Secret, desired: &DesiredSecret) -> bool {
             .all(|(key, value)| data.and_then(|d| d.get(key)).map(|v| &v.0) == Some(value))
 }
 
-/// Server-side apply of kvsync's fields.
+/// Server-side apply of kvsync's fields. `uid`: the Secret decided on (a
+/// precondition: if it was replaced meanwhile, the API server answers 409
+/// and the sync is retried, deciding again on the new one).
 async fn apply(
     api: &Api<Secret>,
     desired: &DesiredSecret,
     immutable: bool,
+    uid: Option<String>,
 ) -> Result<Secret, SyncError> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut body = desired.apply_body();
     if immutable {
         body["immutable"] = true.into();
+    }
+    if let Some(uid) = uid {
+        body["metadata"]["uid"] = uid.into();
     }
     api.patch(&desired.name, &params, &Patch::Apply(body))
         .await
