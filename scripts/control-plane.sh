@@ -12,6 +12,10 @@
 #
 # State lives in $KVSYNC_PLANE_DIR (default ~/.cache/kvsync/plane); binaries in
 # $KVSYNC_CACHE (default ~/.cache/kvsync). Nothing is written into the checkout.
+# $KVSYNC_PLANE_ADMISSION_PLUGINS (comma separated, e.g.
+# OwnerReferencesPermissionEnforcement): admission plugins kube-apiserver
+# enables besides its defaults; read by `up` (a plane already running keeps
+# its own) and kept for `restart-apiserver`.
 set -euo pipefail
 
 K8S_VERSION=1.20.2
@@ -142,18 +146,19 @@ make_certs() {
 
 # start_apiserver: kube-apiserver on the ports recorded in $PLANE/ports; waits until ready.
 start_apiserver() {
-  local etcd_port api_port
+  local etcd_port api_port admission_plugins=""
   # shellcheck disable=SC1091
   . "$PLANE/ports"
-  local issuer=https://127.0.0.1:$api_port pki=$PLANE/pki
-  log "starting kube-apiserver $K8S_VERSION on $issuer"
+  local issuer=https://127.0.0.1:$api_port pki=$PLANE/pki plugins=()
+  if [ -n "$admission_plugins" ]; then plugins=(--enable-admission-plugins "$admission_plugins"); fi
+  log "starting kube-apiserver $K8S_VERSION on $issuer${admission_plugins:+ (admission plugins: $admission_plugins)}"
   setsid "$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
     --secure-port "$api_port" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" --token-auth-file "$pki/tokens.csv" --authorization-mode RBAC \
     --service-account-issuer "$issuer" --service-account-key-file "$pki/sa.pub" \
     --service-account-signing-key-file "$pki/sa.key" --api-audiences "$issuer" \
-    --service-cluster-ip-range 10.0.0.0/24 --insecure-port 0 \
+    --service-cluster-ip-range 10.0.0.0/24 --insecure-port 0 "${plugins[@]}" \
     >>"$PLANE/logs/kube-apiserver.log" 2>&1 </dev/null &
   echo $! >"$PLANE/kube-apiserver.pid"
   wait_for kube-apiserver 90 curl --http1.1 -fsS --cacert "$pki/ca.crt" \
@@ -198,7 +203,8 @@ up() {
   echo $! >"$PLANE/etcd.pid"
   wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
 
-  printf 'etcd_port=%s\napi_port=%s\n' "$etcd_port" "$api_port" >"$PLANE/ports"
+  printf 'etcd_port=%s\napi_port=%s\nadmission_plugins=%s\n' "$etcd_port" "$api_port" \
+    "${KVSYNC_PLANE_ADMISSION_PLUGINS:-}" >"$PLANE/ports"
   start_apiserver
   local token; token=$(cat "$pki/admin.token")
 

@@ -4,7 +4,10 @@
 //! two identities (an app's client secret, a federated service account),
 //! while a seeded schedule rotates, disables, enables, deletes and
 //! re-creates vault secrets, edits specs, deletes target Secrets,
-//! force-syncs and restarts the operator (SIGTERM or SIGKILL).
+//! force-syncs and restarts the operator (SIGTERM or SIGKILL). Beside them,
+//! a few KeyVaultSecrets merge into Secrets that are someone else's
+//! (cert-manager's TLS Secrets), and the schedule changes their
+//! `creationPolicy` and renames their targets.
 //!
 //! ```text
 //!  seed ─▶ step: 1–3 actions ─▶ control API / kube writes ─▶ model (tests/model/world.rs)
@@ -13,8 +16,9 @@
 //! ```
 //!
 //! Rules (each violation names one): `ready-but-stale`, `ready-without-secret`,
-//! `spec-observed`, `synced-versions`, `failing-sync-keeps-last-good` after
-//! every step; `converges` (Ready and current, or RemoteDisabled/NotFound
+//! `spec-observed`, `synced-versions`, `failing-sync-keeps-last-good` and
+//! `foreign-keeps-its-data` (no foreign Secret loses data, ever) after
+//! every step; `foreign-given-back` once the merging objects are deleted; `converges` (Ready and current, or RemoteDisabled/NotFound
 //! with the last good Secret) before each idle window; `idle-writes` and
 //! `idle-events` during it.
 //!
@@ -56,6 +60,11 @@ const SECRET_APP_ID: &str = "44444444-4444-4444-4444-444444444444";
 const SECRET_APP_KEY: &str = "model-app-client-secret";
 const FEDERATED_APP_ID: &str = "55555555-5555-5555-5555-555555555555";
 const FIELD_MANAGER: &str = "model-test";
+/// KeyVaultSecrets `m<i>` that start merging into foreign Secret `foreign-<i>`.
+const MERGERS: usize = 3;
+/// The vault secret (in `VAULTS[0]`, never changed) the mergers write as key `merged`.
+const MERGED_SECRET: &str = "merged-value";
+const POLICIES: [&str; 3] = ["Owner", "Orphan", "Merge"];
 const TRACE_LINES: usize = 25;
 
 /// What a step can do (counted, so a run proves it covered every kind).
@@ -74,6 +83,18 @@ enum Kind {
     ForceSync,
     Sigterm,
     Sigkill,
+    /// A merger's `creationPolicy` changed, its target kept.
+    PolicyChange,
+    /// A merger's target renamed (and maybe its policy changed).
+    Rename,
+}
+
+/// The data foreign Secret `foreign-<i>` is made with (and must keep).
+fn foreign_data(i: usize) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("tls.crt".to_owned(), format!("certificate-{i}")),
+        ("tls.key".to_owned(), format!("private-key-{i}")),
+    ])
 }
 
 fn env_flag(name: &str, default: bool) -> bool {
@@ -96,6 +117,8 @@ struct Run {
     history: History,
     clock: Clock,
     objects: BTreeMap<String, Object>,
+    /// The mergers: name → (target name, creationPolicy) as last applied.
+    mergers: BTreeMap<String, (String, &'static str)>,
     trace: VecDeque<String>,
     step: usize,
     counter: u64,
@@ -300,6 +323,118 @@ impl Run {
         }
     }
 
+    /// Applies merger `name` with this target and policy.
+    async fn apply_merger(&mut self, name: &str, target: &str, policy: &'static str) {
+        let body = json!({"apiVersion": "kvsync.io/v1alpha1", "kind": "KeyVaultSecret",
+            "metadata": {"name": name},
+            "spec": {"vaultUrl": self.emulator.vault_url(VAULTS[0]), "auth": self.auth(0),
+                     "refreshInterval": "0",
+                     "target": {"name": target, "creationPolicy": policy},
+                     "data": [{"secretKey": "merged", "remoteRef": {"name": MERGED_SECRET}}]}});
+        self.kvs_api()
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .unwrap();
+        self.mergers
+            .insert(name.to_owned(), (target.to_owned(), policy));
+        self.note(format!("{name}: {policy} into {target}"));
+    }
+
+    /// A random merger gets a random policy and target (its foreign Secret,
+    /// or one of two names of its own).
+    async fn change_merger(&mut self) -> Option<Kind> {
+        let i = self.rng.random_range(0..MERGERS);
+        let name = format!("m{i}");
+        let (target, policy) = self.mergers[&name].clone();
+        let targets = [
+            format!("foreign-{i}"),
+            format!("{name}-a"),
+            format!("{name}-b"),
+        ];
+        let new_target = targets[self.rng.random_range(0..targets.len())].clone();
+        let new_policy = POLICIES[self.rng.random_range(0..POLICIES.len())];
+        let kind = match (new_target == target, new_policy == policy) {
+            (true, true) => return None,
+            (true, false) => Kind::PolicyChange,
+            (false, _) => Kind::Rename,
+        };
+        self.apply_merger(&name, &new_target, new_policy).await;
+        Some(kind)
+    }
+
+    /// The rule for the foreign Secrets, as they are now.
+    async fn check_foreign_secrets(&self) -> Vec<Violation> {
+        let mut violations = Vec::new();
+        for i in 0..MERGERS {
+            let name = format!("foreign-{i}");
+            let now = self
+                .secrets()
+                .get_opt(&name)
+                .await
+                .unwrap()
+                .map(|s| Foreign {
+                    data: decoded(&s),
+                    owned: !s.owner_references().is_empty(),
+                    immutable: s.immutable == Some(true),
+                });
+            violations.extend(check_foreign(&name, now.as_ref(), &foreign_data(i)));
+        }
+        violations
+    }
+
+    /// Deletes the mergers; then every foreign Secret holds nothing of
+    /// kvsync's (its key and markers withdrawn) and still all of its own.
+    async fn delete_mergers(&mut self) {
+        for name in self.mergers.keys() {
+            self.kvs_api()
+                .delete(name, &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        let api = self.kvs_api();
+        let mergers: Vec<String> = self.mergers.keys().cloned().collect();
+        eventually("the mergers deleted", WAIT, || async {
+            for name in &mergers {
+                if api.get_opt(name).await.unwrap().is_some() {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+        let mut violations = self.check_foreign_secrets().await;
+        for i in 0..MERGERS {
+            let name = format!("foreign-{i}");
+            let Some(secret) = self.secrets().get_opt(&name).await.unwrap() else {
+                continue;
+            };
+            let kvsyncs: Vec<String> = decoded(&secret)
+                .into_keys()
+                .filter(|k| k == "merged")
+                .chain(
+                    secret
+                        .annotations()
+                        .keys()
+                        .filter(|k| k.starts_with("kvsync.io/"))
+                        .cloned(),
+                )
+                .collect();
+            if !kvsyncs.is_empty() {
+                violations.push(Violation {
+                    rule: "foreign-given-back",
+                    object: name,
+                    detail: format!("still holds kvsync's {kvsyncs:?} after the mergers went"),
+                });
+            }
+        }
+        let seen = self.observe().await;
+        self.report(violations, &seen);
+    }
+
     /// Stops the operator (SIGTERM and a clean exit, or SIGKILL) and starts a new one.
     async fn restart(&mut self, kill: bool) {
         let began = self.now();
@@ -451,6 +586,8 @@ impl Run {
                 (Kind::RemoveEntry, 8),
                 (Kind::ChangeInterval, 8),
                 (Kind::ChangePin, 8),
+                (Kind::PolicyChange, 6),
+                (Kind::Rename, 6),
             ]);
         }
         // Rare: each restart makes the next RESTART_GRACE lenient.
@@ -563,6 +700,7 @@ impl Run {
                 kind
             }
             Kind::Sigterm | Kind::Sigkill => self.random_restart().await,
+            Kind::PolicyChange | Kind::Rename => return self.change_merger().await,
             _ => return None,
         };
         Some(done)
@@ -645,6 +783,7 @@ impl Run {
             };
             violations.extend(check(object, observation, &self.history, &self.clock));
         }
+        violations.extend(self.check_foreign_secrets().await);
         self.report(violations, &seen);
         seen
     }
@@ -948,6 +1087,7 @@ async fn the_rule_holds_for_a_random_schedule() {
         }
     }
     run.settle_and_idle().await;
+    run.delete_mergers().await;
     if let Some(operator) = run.operator.take() {
         let output = operator.process.output();
         assert!(
@@ -982,6 +1122,8 @@ async fn the_rule_holds_for_a_random_schedule() {
             Kind::ForceSync,
             Kind::Sigterm,
             Kind::Sigkill,
+            Kind::PolicyChange,
+            Kind::Rename,
         ]
         .iter()
         .filter(|k| !run.coverage.contains_key(k))
@@ -1063,6 +1205,7 @@ async fn start(seed: u64) -> Run {
         history: History::default(),
         clock: Clock::default(),
         objects: BTreeMap::new(),
+        mergers: BTreeMap::new(),
         trace: VecDeque::new(),
         step: 0,
         counter: 0,
@@ -1085,6 +1228,24 @@ async fn start(seed: u64) -> Run {
     for i in 0..OBJECTS {
         let spec = run.random_spec();
         run.apply(&format!("o{i:02}"), spec, Trigger::Created).await;
+    }
+    run.emulator
+        .set_secret(VAULTS[0], MERGED_SECRET, "merged-by-the-model")
+        .await;
+    for i in 0..MERGERS {
+        let foreign: Secret = serde_json::from_value(json!({
+            "metadata": {"name": format!("foreign-{i}"),
+                         "annotations": {"cert-manager.io/certificate-name": format!("web-{i}")}},
+            "type": "kubernetes.io/tls",
+            "stringData": foreign_data(i),
+        }))
+        .unwrap();
+        run.secrets()
+            .create(&PostParams::default(), &foreign)
+            .await
+            .unwrap();
+        run.apply_merger(&format!("m{i}"), &format!("foreign-{i}"), "Merge")
+            .await;
     }
     run.operator = Some(Operator::start(&run.emulator, &run.ns.name, ARGS));
     let up = run.now();

@@ -209,12 +209,8 @@ async fn a_renamed_target_is_deleted_when_owned_and_released_when_orphaned() {
             .labels()
             .contains_key("app.kubernetes.io/managed-by")
     );
-    // The old target is let go of before the new one is written: seeing
-    // orphan-a released does not mean orphan-b is there yet.
-    eventually("orphan-b written", WAIT, || async {
-        f.secret_data("orphan-b").await.map(|_| ())
-    })
-    .await;
+    // The new target is written before the old one is let go of.
+    assert!(f.secret_data("orphan-b").await.is_some());
 
     // Released means released: another KeyVaultSecret may merge into it.
     f.apply(
@@ -477,4 +473,161 @@ async fn a_refused_write_says_why_and_backs_off() {
     .await;
     f.wait_reason("db", "Synced").await;
     assert_eq!(f.secret_data("db").await.unwrap()["pw"], "s3cr3t-db-value");
+}
+
+// ── Picked up without a poke (issue 25 item 6) ──────────────────────────────
+
+#[tokio::test]
+async fn a_sync_once_object_whose_value_did_not_render_is_retried_until_it_does() {
+    let f = Fixture::new("once-render").await;
+    f.apply(
+        "once",
+        json!({"refreshInterval": "0", "data": [{"secretKey": "user", "remoteRef": {"name": "db-password", "property": "user"}}]}),
+    )
+    .await;
+    f.wait_reason("once", "InvalidSpec").await;
+    // Fixed in the vault; nothing pokes the object (no interval, no spec change).
+    f.emulator
+        .set_secret("shop", "db-password", r#"{"user":"fixed-user"}"#)
+        .await;
+    f.wait_reason("once", "Synced").await;
+    assert_eq!(f.secret_data("once").await.unwrap()["user"], "fixed-user");
+}
+
+#[tokio::test]
+async fn a_secret_the_api_server_refused_for_its_vault_content_is_written_once_the_vault_is_fixed()
+{
+    let f = Fixture::new("refused-422").await;
+    // A TLS Secret whose keys come from the vault: without tls.crt and
+    // tls.key the API server refuses it (422). Synced once (no interval, no
+    // listing): only a retry of the refused write can see the fix.
+    f.apply(
+        "tls",
+        json!({"refreshInterval": "0", "target": {"type": "kubernetes.io/tls"},
+               "dataFrom": [{"extract": {"name": "app-config"}}]}),
+    )
+    .await;
+    let refused = f.wait_reason("tls", "InvalidSpec").await;
+    let message = &ready(&refused).unwrap().message;
+    assert!(
+        message.contains("the API server refused Secret tls"),
+        "{message}"
+    );
+    // Retried with backoff (as for a webhook that may change its verdict),
+    // not left until the spec changes.
+    eventually("the refused write retried", WAIT, || async {
+        (f.sync_count("InvalidSpec").await >= 3).then_some(())
+    })
+    .await;
+    f.emulator
+        .set_secret("shop", "app-config", r#"{"tls.crt":"crt","tls.key":"key"}"#)
+        .await;
+    f.wait_reason("tls", "Synced").await;
+    assert_eq!(f.secret_data("tls").await.unwrap()["tls.crt"], "crt");
+}
+
+#[tokio::test]
+async fn a_template_written_by_another_keyvaultsecret_re_renders_its_users_at_once() {
+    let f = Fixture::new("template-chain").await;
+    // `writer` writes Secret tpl; `user` renders tpl's key conf as a
+    // template. Both refresh hourly: only the watch can carry the change.
+    f.apply(
+        "writer",
+        json!({"target": {"name": "tpl"}, "data": [{"secretKey": "conf", "remoteRef": {"name": "db-password"}}]}),
+    )
+    .await;
+    f.wait_reason("writer", "Synced").await;
+    f.apply(
+        "user",
+        json!({"data": [{"secretKey": "alpha", "remoteRef": {"name": "app-alpha"}}],
+               "target": {"template": {"templateFrom": [{"secret": {"name": "tpl", "items": [{"key": "conf"}]}}]}}}),
+    )
+    .await;
+    f.wait_reason("user", "Synced").await;
+    assert_eq!(
+        f.secret_data("user").await.unwrap()["conf"],
+        "s3cr3t-db-value"
+    );
+
+    f.emulator
+        .set_secret("shop", "db-password", "rotated-template-text")
+        .await;
+    f.force_sync("writer", "rotate").await;
+    eventually("user re-rendered from the rewritten tpl", WAIT, || async {
+        (f.secret_data("user").await?.get("conf")? == "rotated-template-text").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_namespace_that_starts_or_stops_matching_the_selector_needs_no_restart() {
+    const LABEL: &str = "kvsync-test-serve";
+    let f = Fixture::with_operator_args(
+        "ns-selector",
+        &["--namespace-selector", "kvsync-test-serve=yes"],
+    )
+    .await;
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(f.client.clone());
+    let label = |value: &str| {
+        let patch = json!({"metadata": {"labels": {LABEL: value}}});
+        let namespaces = namespaces.clone();
+        let name = f.ns.name.clone();
+        async move {
+            namespaces
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+    };
+    let pw = json!([{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]);
+    // Served: a Merge into someone else's Secret (finalizer kvsync.io/merge-cleanup).
+    label("yes").await;
+    create_secret(&f, "app", &[("theirs", "1")]).await;
+    f.apply(
+        "merger",
+        json!({"target": {"name": "app", "creationPolicy": "Merge"}, "data": pw}),
+    )
+    .await;
+    f.wait_reason("merger", "Synced").await;
+
+    // Stops matching: a new object is not served (the operator says so) …
+    label("no").await;
+    f.apply("late", json!({"data": pw})).await;
+    eventually("late seen out of scope", WAIT, || async {
+        let log = f.operator.process.output();
+        log.lines()
+            .any(|line| line.contains("not in scope") && line.contains("/late"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        f.kvs_api().get("late").await.unwrap().status.is_none(),
+        "not served"
+    );
+    // … and starts matching again: served without a restart.
+    label("yes").await;
+    f.wait_reason("late", "Synced").await;
+
+    // Deleted while out of scope: its keys are given back and the finalizer
+    // does not hang the deletion.
+    label("no").await;
+    f.kvs_api()
+        .delete("merger", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("merger deleted", WAIT, || async {
+        f.kvs_api()
+            .get_opt("merger")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let app = f.secret_data("app").await.unwrap();
+    assert_eq!(
+        app.keys().collect::<Vec<_>>(),
+        ["theirs"],
+        "kvsync's key withdrawn"
+    );
 }

@@ -8,7 +8,8 @@
 //!  ────────────────────────────────────────────────────────────────────────────────────────
 //!  the user         ──▶ KeyVaultSecret     kvsync.io/force-sync
 //!  sync (Merge)     ──▶ KeyVaultSecret     finalizer kvsync.io/merge-cleanup
-//!  sync             ──▶ target Secret      kvsync.io/owner, app.kubernetes.io/managed-by,
+//!  sync             ──▶ target Secret      kvsync.io/owner (created) | kvsync.io/merged-by (merged),
+//!                                          app.kubernetes.io/managed-by,
 //!                                          reloader.stakater.com/match (unless target.reload: false)
 //!  the user         ──▶ Secret, ConfigMap  kvsync.io/merge, reloader.stakater.com/match|ignore
 //!  the user, AKS    ──▶ ServiceAccount     kvsync.io/allow-token-exchange, azure.workload.identity/*
@@ -44,9 +45,17 @@ pub const MERGE_FINALIZER: &str = "kvsync.io/merge-cleanup";
 pub const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "kvsync");
 
 /// Annotation naming the KeyVaultSecret that manages a Secret: written by the
-/// sync stage on every Secret it applies, read to tell its own Secrets from
-/// anyone else's, removed when it lets go of a Secret.
+/// sync stage only on Secrets it created (one of the marks that, with the
+/// ownership record in the KeyVaultSecret's status, prove a Secret kvsync's
+/// own), read to tell its own Secrets from anyone else's, removed when it
+/// lets go of a Secret.
 pub const OWNER_ANNOTATION: &str = "kvsync.io/owner";
+
+/// Annotation naming the KeyVaultSecret that merged its keys into a Secret
+/// it did not create (`creationPolicy: Merge`): written by the sync stage
+/// instead of [`OWNER_ANNOTATION`], read to refuse a second KeyVaultSecret,
+/// withdrawn with kvsync's keys when it lets go of the Secret.
+pub const MERGED_BY_ANNOTATION: &str = "kvsync.io/merged-by";
 
 /// Annotation the user sets to `allow` on a Secret to let `creationPolicy:
 /// Merge` write into it although its type or controller protects it; read by

@@ -448,6 +448,34 @@ pub struct KeyVaultSecretStatus {
     /// When the Secret's content last changed (or was first confirmed in sync).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
+    /// The ownership record: every Secret kvsync wrote for this object and
+    /// has not let go of yet, with its uid and how kvsync came to it. kvsync
+    /// deletes, freezes, takes over or strips a Secret only if it created
+    /// that very Secret (see docs/resource.md, "Lifecycle and ownership").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetRecord>,
+}
+
+/// One Secret kvsync wrote for a KeyVaultSecret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRecord {
+    /// The Secret's name (in the KeyVaultSecret's namespace).
+    pub secret_name: String,
+    /// The Secret's `metadata.uid` when kvsync wrote it.
+    pub uid: String,
+    /// How kvsync came to it.
+    pub how: TargetHow,
+}
+
+/// How kvsync came to a target Secret.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TargetHow {
+    /// kvsync created it (`creationPolicy` Owner or Orphan): kvsync's own.
+    Created,
+    /// It existed and kvsync added its keys (`creationPolicy: Merge`):
+    /// someone else's, of which kvsync only ever gives back its own keys.
+    Merged,
 }
 
 /// Longest `refreshInterval` accepted (180 days). The schema's pattern admits

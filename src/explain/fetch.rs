@@ -22,7 +22,8 @@ use super::template::{TemplateProblem, TemplateText};
 use super::workload::ResourceInfo;
 use super::{Target, keyvaultsecret, operator, render, workload};
 use crate::api::contract::{
-    CRONJOB_INSTANTIATE, OPERATOR_SELECTOR, OWNER_ANNOTATION, RELOAD_FIELD_MANAGER,
+    CRONJOB_INSTANTIATE, MERGED_BY_ANNOTATION, OPERATOR_SELECTOR, OWNER_ANNOTATION,
+    RELOAD_FIELD_MANAGER,
 };
 use crate::api::{KeyVaultSecret, TemplateSourceKind};
 use crate::reload::annotations::ResourceFlags;
@@ -466,7 +467,10 @@ async fn read_resources<K: ResourceObject>(
         written_by: meta
             .annotations
             .as_ref()
-            .and_then(|a| a.get(OWNER_ANNOTATION))
+            .and_then(|a| {
+                a.get(OWNER_ANNOTATION)
+                    .or_else(|| a.get(MERGED_BY_ANNOTATION))
+            })
             .cloned(),
     };
     let listed = match key {

@@ -23,7 +23,7 @@ use crate::reload::record::Applied;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ResourceInfo {
     pub flags: ResourceFlags,
-    /// The KeyVaultSecret writing it (`kvsync.io/owner`).
+    /// The KeyVaultSecret writing it (`kvsync.io/owner`, or `kvsync.io/merged-by`).
     pub written_by: Option<String>,
 }
 

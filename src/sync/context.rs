@@ -114,14 +114,15 @@ impl Context {
         }
     }
 
-    /// Whether kvsync wrote this version of the Secret, or read it as up to date.
-    pub(super) fn is_checked(&self, secret: &PartialObjectMeta<Secret>) -> bool {
-        secret.resource_version().is_some_and(|rv| {
-            self.memory
-                .lock()
-                .unwrap()
-                .is_checked(&ObjectKey::of(secret), &rv)
-        })
+    /// The object whose sync wrote this version of the Secret, or read it
+    /// as up to date, if one did.
+    pub(super) fn checked_by(&self, secret: &PartialObjectMeta<Secret>) -> Option<ObjectKey> {
+        let version = secret.resource_version()?;
+        self.memory
+            .lock()
+            .unwrap()
+            .checked_by(&ObjectKey::of(secret), &version)
+            .cloned()
     }
 
     /// The objects an event on a Secret or ServiceAccount concerns: their

@@ -9,6 +9,7 @@
 //!  Secret metadata events (target by name or kvsync.io/owner, credentials)┼─▶ reconcile (super::reconciler)
 //!  ServiceAccount metadata events (workload identity annotations) ───────┤
 //!  ConfigMap metadata events (templateFrom sources) ──────────────────────┤
+//!  Namespace label changes (with --namespace-selector: every object in it)┤
 //!  vault changes found by the listing pollers ───────────────────────────┤
 //!  requeue (refreshInterval ± jitter, or backoff) ───────────────────────┘
 //!  every watch event also updates the context's indexes (Context::follow, metadata_watch)
@@ -19,7 +20,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -33,7 +34,9 @@ use super::observed::Observed;
 use super::reconciler;
 use super::references::Kind;
 use crate::api::KeyVaultSecret;
-use crate::api::contract::{FORCE_SYNC_ANNOTATION, KUBECTL_LAST_APPLIED, OWNER_ANNOTATION};
+use crate::api::contract::{
+    FORCE_SYNC_ANNOTATION, KUBECTL_LAST_APPLIED, MERGED_BY_ANNOTATION, OWNER_ANNOTATION,
+};
 
 /// Drops what kvsync never reads of a KeyVaultSecret before the store keeps
 /// it: its managed fields and kubectl's copy of the last applied manifest
@@ -78,7 +81,10 @@ fn affected_by_secret(
     ctx: &Context,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<KeyVaultSecret>> {
-    let owner = secret.annotations().get(OWNER_ANNOTATION);
+    let annotations = secret.annotations();
+    let owner = annotations
+        .get(OWNER_ANNOTATION)
+        .or_else(|| annotations.get(MERGED_BY_ANNOTATION));
     ctx.referring_to(Kind::Secret, &ObjectKey::of(secret), owner)
 }
 
@@ -122,6 +128,24 @@ where
         });
     }
     futures::future::join_all(controllers).await;
+}
+
+/// Label changes of Namespaces, when `--namespace-selector` decides the
+/// scope (else none): a namespace that starts or stops matching has its
+/// objects synced at once (served, or let go of), without a restart.
+fn namespace_label_changes(
+    ctx: &Context,
+) -> futures::stream::BoxStream<'static, Result<PartialObjectMeta<Namespace>, watcher::Error>> {
+    if ctx.scope.namespace_selector.is_none() {
+        return futures::stream::empty().boxed();
+    }
+    let events = crate::cluster::retried(watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone()),
+        crate::cluster::watch_config(),
+    ))
+    .touched_objects()
+    .predicate_filter(predicates::labels, Default::default());
+    crate::cluster::errors_logged(events, "Namespaces").boxed()
 }
 
 /// An API for one namespace, or for all.
@@ -228,15 +252,23 @@ async fn run_controller(
         "ConfigMaps",
     );
     let (secret_ctx, sa_ctx, config_map_ctx) = (ctx.clone(), ctx.clone(), ctx.clone());
+    let namespace_events = namespace_label_changes(&ctx);
+    let in_namespace = reader.clone();
     Controller::for_stream(kvs_events, reader)
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
             vault_changes,
         ))
         .watches_stream(secret_events, move |secret| {
-            if secret_ctx.is_checked(&secret) {
-                Vec::new()
-            } else {
-                secret_ctx.read_now(affected_by_secret(&secret_ctx, &secret))
+            let affected = affected_by_secret(&secret_ctx, &secret);
+            match secret_ctx.checked_by(&secret) {
+                // Written (or read) by kvsync's own sync of `writer`: that
+                // one is in step; those that read it as a template or
+                // credential re-render at once (no vault read needed).
+                Some(writer) => affected
+                    .into_iter()
+                    .filter(|object| ObjectKey::of_ref(object) != writer)
+                    .collect(),
+                None => secret_ctx.read_now(affected),
             }
         })
         // KeyVaultSecrets whose workload identity is this ServiceAccount.
@@ -247,6 +279,16 @@ async fn run_controller(
         // KeyVaultSecrets that read templates from this ConfigMap.
         .watches_stream(config_map_events, move |config_map| {
             config_map_ctx.referring_to(Kind::ConfigMap, &ObjectKey::of(&config_map), None)
+        })
+        // Every KeyVaultSecret of a Namespace whose labels changed.
+        .watches_stream(namespace_events, move |namespace| {
+            let name = namespace.name_any();
+            in_namespace
+                .state()
+                .iter()
+                .filter(|kvs| kvs.namespace().as_deref() == Some(name.as_str()))
+                .map(|kvs| ObjectRef::from_obj(kvs.as_ref()))
+                .collect::<Vec<_>>()
         })
         .with_config(controller::Config::default().concurrency(ctx.max_concurrent_syncs))
         .graceful_shutdown_on(shutdown)

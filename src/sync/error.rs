@@ -59,6 +59,11 @@ pub enum SyncError {
         "every referenced remote secret is deleted; Secret {0} was removed (deletionPolicy: Delete) and comes back with them"
     )]
     RemoteDeleted(String),
+    /// The API server found the Secret invalid (422: e.g. over 1 MiB, or an
+    /// admission webhook's verdict): the spec's or the vault's to fix, or the
+    /// webhook's to change its mind, so looked at again with backoff.
+    #[error("the API server refused Secret {secret}: {message}")]
+    WriteInvalid { secret: String, message: String },
     /// The API server refused to write the Secret (RBAC, admission webhook, quota, conflict).
     #[error("writing Secret {secret} failed: {message}")]
     WriteFailed { secret: String, message: String },
@@ -85,7 +90,9 @@ impl SyncError {
     /// The `Ready` condition's reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            SyncError::InvalidSpec(_) | SyncError::Content(_) => "InvalidSpec",
+            SyncError::InvalidSpec(_) | SyncError::Content(_) | SyncError::WriteInvalid { .. } => {
+                "InvalidSpec"
+            }
             SyncError::Template(TemplateError::Syntax { .. }) => "InvalidSpec",
             SyncError::Template(TemplateError::Render { .. }) => "TemplateFailed",
             SyncError::AuthConfig(_) => "AuthFailed",
@@ -111,8 +118,20 @@ impl SyncError {
             | SyncError::Immutable(_)
             | SyncError::RemoteDeleted(_) => Retry::AtInterval,
             SyncError::Vault { error } => Retry::Backoff(error.retry_after()),
-            SyncError::WriteFailed { .. } | SyncError::Kube(_) => Retry::Backoff(None),
+            SyncError::WriteInvalid { .. } | SyncError::WriteFailed { .. } | SyncError::Kube(_) => {
+                Retry::Backoff(None)
+            }
         }
+    }
+
+    /// Whether the vault's values could not be rendered into the Secret:
+    /// without a refresh interval nothing looks at it again by the clock, so
+    /// the reconciler retries it with backoff instead.
+    pub fn unrendered(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Content(_) | SyncError::Template(TemplateError::Render { .. })
+        )
     }
 
     /// An API server's refusal to write `secret`: a 422 is the spec's fault
@@ -120,10 +139,10 @@ impl SyncError {
     /// user or an admin must look at; no answer at all is the cluster's.
     pub fn write_refused(secret: &str, error: kube::Error) -> Self {
         match error {
-            kube::Error::Api(status) if status.code == 422 => SyncError::InvalidSpec(format!(
-                "the API server refused Secret {secret}: {}",
-                status.message
-            )),
+            kube::Error::Api(status) if status.code == 422 => SyncError::WriteInvalid {
+                secret: secret.to_owned(),
+                message: status.message,
+            },
             kube::Error::Api(status) => SyncError::WriteFailed {
                 secret: secret.to_owned(),
                 message: format!("{} ({})", status.message, status.code),
@@ -149,7 +168,15 @@ mod tests {
     fn write_refusals_are_told_apart_by_status_code() {
         let too_big = SyncError::write_refused("db", api_error(422, "Secret too long"));
         assert_eq!(too_big.reason(), "InvalidSpec");
-        assert_eq!(too_big.retry(), Retry::AfterChange);
+        assert_eq!(
+            too_big.retry(),
+            Retry::Backoff(None),
+            "the vault's value or a webhook's verdict may change: not only the spec"
+        );
+        assert_eq!(
+            too_big.to_string(),
+            "the API server refused Secret db: Secret too long"
+        );
 
         let denied = SyncError::write_refused("db", api_error(403, "denied by webhook"));
         assert_eq!(denied.reason(), "WriteFailed");
@@ -165,6 +192,8 @@ mod tests {
         let error = SyncError::from(RenderError::NotJsonObject { name: "a".into() });
         assert_eq!(error.reason(), "InvalidSpec");
         assert_eq!(error.retry(), Retry::AtInterval);
+        assert!(error.unrendered());
+        assert!(!SyncError::Immutable("db".into()).unrendered());
     }
 
     #[test]

@@ -122,11 +122,13 @@ impl Memory {
         );
     }
 
-    /// Whether kvsync wrote or read this version of the Secret itself.
-    pub fn is_checked(&self, secret: &ObjectKey, version: &str) -> bool {
+    /// The object whose sync wrote or read this version of the Secret, if
+    /// kvsync did.
+    pub fn checked_by(&self, secret: &ObjectKey, version: &str) -> Option<&ObjectKey> {
         self.checked
             .get(secret)
-            .is_some_and(|checked| checked.version == version)
+            .filter(|checked| checked.version == version)
+            .map(|checked| &checked.writer)
     }
 
     /// Whether this version of the Secret is known to hold the desired Secret with digest `desired`.
@@ -216,9 +218,12 @@ mod tests {
     fn checked_versions_are_recognised_by_resource_version_and_digest() {
         let mut memory = Memory::default();
         memory.remember_checked(&"ns/a".into(), "ns/db".into(), "7".into(), Some(42));
-        assert!(memory.is_checked(&"ns/db".into(), "7"));
-        assert!(!memory.is_checked(&"ns/db".into(), "8"));
-        assert!(!memory.is_checked(&"other/db".into(), "7"));
+        assert_eq!(
+            memory.checked_by(&"ns/db".into(), "7"),
+            Some(&"ns/a".into())
+        );
+        assert!(memory.checked_by(&"ns/db".into(), "8").is_none());
+        assert!(memory.checked_by(&"other/db".into(), "7").is_none());
         assert!(memory.holds(&"ns/db".into(), "7", 42));
         assert!(!memory.holds(&"ns/db".into(), "8", 42), "changed since");
         assert!(
@@ -226,7 +231,7 @@ mod tests {
             "another desired Secret"
         );
         memory.remember_checked(&"ns/a".into(), "ns/db".into(), "9".into(), None);
-        assert!(memory.is_checked(&"ns/db".into(), "9"));
+        assert!(memory.checked_by(&"ns/db".into(), "9").is_some());
         assert!(
             !memory.holds(&"ns/db".into(), "9", 42),
             "written, not all of it"
@@ -243,9 +248,9 @@ mod tests {
         }
         memory.forget(&"ns/a".into());
         assert_eq!(memory.sizes(), (2, 2));
-        assert!(!memory.is_checked(&"ns/a".into(), "1"));
+        assert!(memory.checked_by(&"ns/a".into(), "1").is_none());
         memory.retain(|object| object.as_str() == "ns/c");
         assert_eq!(memory.sizes(), (1, 1));
-        assert!(memory.is_checked(&"ns/c".into(), "1"));
+        assert!(memory.checked_by(&"ns/c".into(), "1").is_some());
     }
 }

@@ -1,11 +1,12 @@
 //! One sync of one KeyVaultSecret, in named steps:
 //!
 //! ```text
-//!  reconcile ─▶ in scope? ─▶ being deleted? ── finalize (Merge: withdraw keys) ─▶ done
-//!      │
-//!      └─▶ sync: validate ─▶ identity ─▶ subscribe ─▶ fetch + render ─▶ let go of a renamed target
-//!                 ─▶ write target ─▶ Outcome ─▶ record (status patch only if changed, event on change)
-//!                                                └─▶ next: refreshInterval ± jitter | backoff | await change
+//!  reconcile ─▶ in scope? ─▶ being deleted? ── finalize (merged-into targets: withdraw keys) ─▶ done
+//!      │         └ no: only a deletion is finished (no finalizer left hanging)
+//!      └─▶ sync: validate ─▶ identity ─▶ subscribe ─▶ fetch + render ─▶ write target
+//!                 ─▶ let go of the other recorded targets (a rename: only now that the new one holds the data)
+//!                 ─▶ Outcome ─▶ record (status + ownership record, patched only if changed; event on change)
+//!                                └─▶ next: refreshInterval ± jitter | backoff | await change
 //! ```
 //!
 //! Failures never touch the Secret: the last good data stays, the `Ready`
@@ -30,12 +31,12 @@ use super::fetch::{Rendered, fetch_and_render, interest};
 use super::key::ObjectKey;
 use super::shares::SHARE_RETRY;
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
-use super::target::{self, DesiredSecret};
+use super::target::{self, DesiredSecret, Release};
 use super::{identity, keys, template, template_from, write};
-use crate::api::contract::{
-    FIELD_MANAGER, FORCE_SYNC_ANNOTATION, MERGE_FINALIZER, OWNER_ANNOTATION,
+use crate::api::contract::{FIELD_MANAGER, FORCE_SYNC_ANNOTATION, MERGE_FINALIZER};
+use crate::api::{
+    CreationPolicy, DataFrom, DeletionPolicy, KeyVaultSecret, TargetHow, TargetRecord,
 };
-use crate::api::{CreationPolicy, DataFrom, DeletionPolicy, KeyVaultSecret};
 use crate::schedule;
 use crate::vault::Freshness;
 
@@ -99,11 +100,19 @@ struct Synced {
 pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let _in_flight = ctx.metrics.sync_started();
+    let mut targets = recorded_targets(&kvs);
     if !in_scope(&ctx, &kvs.namespace().unwrap_or_default()).await? {
-        ctx.vault.unsubscribe(ObjectKey::of(kvs.as_ref()).as_str());
+        let key = ObjectKey::of(kvs.as_ref());
+        tracing::debug!(object = %key, "not in scope (--namespaces, --ignore-namespaces, --namespace-selector): not served");
+        ctx.vault.unsubscribe(key.as_str());
+        // No longer served, but a deletion still gives back what it merged
+        // and lets the object go: no finalizer is left hanging.
+        if kvs.metadata.deletion_timestamp.is_some() {
+            keep_finalizer(&kvs, &ctx, &targets).await?;
+        }
         return Ok(Action::await_change());
     }
-    if !keep_finalizer(&kvs, &ctx).await? {
+    if !keep_finalizer(&kvs, &ctx, &targets).await? {
         return Ok(Action::await_change());
     }
     let key = ObjectKey::of(kvs.as_ref());
@@ -113,7 +122,7 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
         // Read as of now again too soon: the sync waits (nothing changes meanwhile).
         Err(wait) => return Ok(Action::requeue(wait)),
     };
-    let (outcome, action) = match sync(&kvs, &ctx, freshness).await {
+    let (outcome, action) = match sync(&kvs, &ctx, freshness, &mut targets).await {
         Ok(synced) => {
             ctx.memory.lock().unwrap().succeeded(&key);
             ctx.metrics.object_current(&key, interval);
@@ -127,6 +136,11 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
         Err(SyncError::Kube(error)) => return Err(error.into()),
         Err(failure) => {
             let action = match failure.retry() {
+                // With refreshInterval 0 a value that could not be rendered
+                // yet would never be looked at again: backoff until it is.
+                Retry::AtInterval if interval.is_none() && failure.unrendered() => {
+                    backoff(&ctx, &key, None)
+                }
                 Retry::AfterChange => {
                     // Nothing to poll for until the spec or the identity
                     // changes: a withdrawn identity is used no more.
@@ -134,15 +148,7 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
                     Action::await_change()
                 }
                 Retry::AtInterval => at_interval(interval),
-                Retry::Backoff(retry_after) => {
-                    let failures = ctx.memory.lock().unwrap().failed(&key);
-                    Action::requeue(schedule::backoff_delay(
-                        failures,
-                        retry_after,
-                        ctx.max_backoff,
-                        rand::random(),
-                    ))
-                }
+                Retry::Backoff(retry_after) => backoff(&ctx, &key, retry_after),
             };
             ctx.metrics.object_failed(&key, interval, failure.reason());
             let outcome = Outcome::Failed {
@@ -152,10 +158,22 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
             (outcome, action)
         }
     };
-    record(&kvs, &ctx, &outcome).await?;
+    record(&kvs, &ctx, &outcome, targets).await?;
     ctx.metrics
         .observe_sync(outcome_label(&outcome), started.elapsed());
     Ok(action)
+}
+
+/// The next try after one more failure of `key`: exponential backoff,
+/// `retry_after` (the server's) as a floor.
+fn backoff(ctx: &Context, key: &ObjectKey, retry_after: Option<Duration>) -> Action {
+    let failures = ctx.memory.lock().unwrap().failed(key);
+    Action::requeue(schedule::backoff_delay(
+        failures,
+        retry_after,
+        ctx.max_backoff,
+        rand::random(),
+    ))
 }
 
 fn at_interval(interval: Option<Duration>) -> Action {
@@ -183,13 +201,7 @@ pub fn error_policy(kvs: Arc<KeyVaultSecret>, error: &Error, ctx: Arc<Context>) 
         kvs.spec.refresh_interval().ok().flatten(),
         error.reason(),
     );
-    let failures = ctx.memory.lock().unwrap().failed(&key);
-    Action::requeue(schedule::backoff_delay(
-        failures,
-        None,
-        ctx.max_backoff,
-        rand::random(),
-    ))
+    backoff(&ctx, &key, None)
 }
 
 async fn in_scope(ctx: &Context, namespace: &str) -> Result<bool, Error> {
@@ -205,15 +217,40 @@ async fn in_scope(ctx: &Context, namespace: &str) -> Result<bool, Error> {
     Ok(ctx.scope.labels_in_scope(&ns.labels().clone()))
 }
 
-/// Keeps the Merge finalizer in step with the policy, and finishes a
-/// deletion: withdraws kvsync's keys from a Merge target, then lets the
-/// object go. Returns whether the object is alive (to be synced).
-async fn keep_finalizer(kvs: &KeyVaultSecret, ctx: &Context) -> Result<bool, Error> {
+/// The ownership record as stored; a target written before the record
+/// existed (only `status.secretName`) is recorded with an unknown uid (its
+/// marks alone then tell whether kvsync created it).
+fn recorded_targets(kvs: &KeyVaultSecret) -> Vec<TargetRecord> {
+    let status = kvs.status.as_ref();
+    let mut targets = status.map(|s| s.targets.clone()).unwrap_or_default();
+    if targets.is_empty()
+        && let Some(name) = status.and_then(|s| s.secret_name.clone())
+    {
+        targets.push(TargetRecord {
+            secret_name: name,
+            uid: String::new(),
+            how: TargetHow::Created,
+        });
+    }
+    targets
+}
+
+/// Keeps the Merge finalizer while kvsync may have keys to give back (a
+/// `Merge` policy, or a merged-into Secret still recorded), and finishes a
+/// deletion: withdraws kvsync's keys from the Secrets it merged into, then
+/// lets the object go. Returns whether the object is alive (to be synced).
+async fn keep_finalizer(
+    kvs: &KeyVaultSecret,
+    ctx: &Context,
+    targets: &[TargetRecord],
+) -> Result<bool, Error> {
     let has = kvs.finalizers().iter().any(|f| f == MERGE_FINALIZER);
     let deleting = kvs.metadata.deletion_timestamp.is_some();
-    let wants = !deleting && kvs.spec.target.creation_policy == CreationPolicy::Merge;
+    let wants = !deleting
+        && (kvs.spec.target.creation_policy == CreationPolicy::Merge
+            || targets.iter().any(|t| t.how == TargetHow::Merged));
     if deleting && has {
-        withdraw_from_target(kvs, ctx).await?;
+        withdraw_from_targets(kvs, ctx, targets).await?;
     }
     if has != wants {
         let mut finalizers: Vec<String> = kvs
@@ -237,26 +274,33 @@ async fn keep_finalizer(kvs: &KeyVaultSecret, ctx: &Context) -> Result<bool, Err
     Ok(!deleting)
 }
 
-/// Withdraws what a deleted Merge object wrote into its target, if the
-/// target is still marked as its own.
-async fn withdraw_from_target(kvs: &KeyVaultSecret, ctx: &Context) -> Result<(), Error> {
+/// Withdraws what a deleted object wrote into the Secrets it did not
+/// create (those it created go with it, or stay, as their ownerReference says).
+async fn withdraw_from_targets(
+    kvs: &KeyVaultSecret,
+    ctx: &Context,
+    targets: &[TargetRecord],
+) -> Result<(), Error> {
     let namespace = kvs.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(secret) = api.get_opt(&kvs.target_name()).await? else {
-        return Ok(());
-    };
-    if secret.annotations().get(OWNER_ANNOTATION) != Some(&kvs.name_any()) {
-        return Ok(());
-    }
-    match write::withdraw(&api, &secret).await {
-        Ok(()) => Ok(()),
-        Err(SyncError::Kube(error)) => Err(error.into()),
-        Err(refused) => {
-            // The object is going away; a Secret we may not write keeps the keys.
-            tracing::warn!(%namespace, secret = %secret.name_any(), error = %refused, "could not withdraw keys of a deleted KeyVaultSecret");
-            Ok(())
+    let (name, uid) = (kvs.name_any(), kvs.uid().unwrap_or_default());
+    for record in targets {
+        let Some(secret) = api.get_opt(&record.secret_name).await? else {
+            continue;
+        };
+        if target::release(&secret, record, &name, &uid, false) != Release::Withdraw {
+            continue;
+        }
+        match write::withdraw(&api, &secret).await {
+            Ok(()) => {}
+            Err(SyncError::Kube(error)) => return Err(error.into()),
+            Err(refused) => {
+                // The object is going away; a Secret we may not write keeps the keys.
+                tracing::warn!(%namespace, secret = %secret.name_any(), error = %refused, "could not withdraw keys of a deleted KeyVaultSecret");
+            }
         }
     }
+    Ok(())
 }
 
 fn field_manager() -> PatchParams {
@@ -266,10 +310,24 @@ fn field_manager() -> PatchParams {
     }
 }
 
-/// Writes the status (only when it changed) and emits events on transitions.
-async fn record(kvs: &KeyVaultSecret, ctx: &Context, outcome: &Outcome) -> Result<(), Error> {
+/// Writes the status with the ownership record `targets` (only when it
+/// changed) and emits events on transitions.
+async fn record(
+    kvs: &KeyVaultSecret,
+    ctx: &Context,
+    outcome: &Outcome,
+    mut targets: Vec<TargetRecord>,
+) -> Result<(), Error> {
     let current = kvs.status.as_ref();
-    let next = next_status(current, kvs.metadata.generation, outcome, Timestamp::now());
+    // A target written before the record existed is recorded once read.
+    targets.retain(|t| !t.uid.is_empty());
+    let next = next_status(
+        current,
+        kvs.metadata.generation,
+        outcome,
+        targets,
+        Timestamp::now(),
+    );
     if Some(&next) != current {
         let api: Api<KeyVaultSecret> =
             Api::namespaced(ctx.client.clone(), &kvs.namespace().unwrap_or_default());
@@ -314,10 +372,13 @@ async fn record(kvs: &KeyVaultSecret, ctx: &Context, outcome: &Outcome) -> Resul
     Ok(())
 }
 
+/// One sync; `targets`, the ownership record, is kept up to date whatever
+/// the outcome.
 async fn sync(
     kvs: &KeyVaultSecret,
     ctx: &Context,
     freshness: Freshness,
+    targets: &mut Vec<TargetRecord>,
 ) -> Result<Synced, SyncError> {
     let spec = &kvs.spec;
     let interval = validate(kvs, ctx)?;
@@ -339,43 +400,79 @@ async fn sync(
     let mut rendered =
         fetch_and_render(ctx, spec, &identity, &find_patterns, &shaping, freshness).await?;
     if rendered.data.is_empty() && spec.target.deletion_policy == DeletionPolicy::Delete {
-        return Err(remove_target(kvs, ctx).await?);
+        return Err(remove_target(kvs, ctx, targets).await?);
     }
     if let Some(target_template) = &spec.target.template {
         rendered.data = template::render(&templates, &rendered.data, target_template.merge_policy)?;
     }
     let desired = desired_secret(kvs, &rendered);
-    if let Some(previous) = kvs.status.as_ref().and_then(|s| s.secret_name.as_deref())
-        && previous != desired.name
-    {
-        write::let_go_of_previous(
-            ctx,
-            &desired.namespace,
-            &desired.owner_name,
-            previous,
-            desired.policy,
-        )
-        .await?;
+    let record = targets.iter().find(|t| t.secret_name == desired.name);
+    let written = write::write_target(
+        ctx,
+        &ObjectKey::of(kvs),
+        &desired,
+        spec.target.immutable,
+        record,
+    )
+    .await?;
+    if let Some(record) = written.record {
+        targets.retain(|t| t.secret_name != record.secret_name);
+        targets.push(record);
     }
-    let wrote =
-        write::write_target(ctx, &ObjectKey::of(kvs), &desired, spec.target.immutable).await?;
+    let_go_of_others(kvs, ctx, &desired.name, targets).await?;
     Ok(Synced {
         secret_name: desired.name,
         rendered,
-        wrote,
+        wrote: written.wrote,
     })
 }
 
+/// Lets go of every recorded Secret but `current` (a renamed target): run
+/// only once the current target holds the data, so that a failed write
+/// keeps the old Secret. One that cannot be let go of stays recorded and
+/// the error names it.
+async fn let_go_of_others(
+    kvs: &KeyVaultSecret,
+    ctx: &Context,
+    current: &str,
+    targets: &mut Vec<TargetRecord>,
+) -> Result<(), SyncError> {
+    let namespace = kvs.namespace().unwrap_or_default();
+    let owner = (kvs.name_any(), kvs.uid().unwrap_or_default());
+    let others: Vec<TargetRecord> = targets
+        .iter()
+        .filter(|t| t.secret_name != current)
+        .cloned()
+        .collect();
+    for other in others {
+        write::let_go(ctx, &namespace, (&owner.0, &owner.1), &other, false).await?;
+        targets.retain(|t| *t != other);
+    }
+    Ok(())
+}
+
 /// `deletionPolicy: Delete` with every remote secret gone: the target goes
-/// (a Merge target loses kvsync's keys); the returned error says so.
-async fn remove_target(kvs: &KeyVaultSecret, ctx: &Context) -> Result<SyncError, SyncError> {
-    let policy = match kvs.spec.target.creation_policy {
-        CreationPolicy::Merge => CreationPolicy::Merge,
-        CreationPolicy::Owner | CreationPolicy::Orphan => CreationPolicy::Owner,
-    };
+/// if kvsync created it, or loses kvsync's keys if kvsync merged into it;
+/// the returned error says so.
+async fn remove_target(
+    kvs: &KeyVaultSecret,
+    ctx: &Context,
+    targets: &mut Vec<TargetRecord>,
+) -> Result<SyncError, SyncError> {
     let name = kvs.target_name();
     let namespace = kvs.namespace().unwrap_or_default();
-    write::let_go_of_previous(ctx, &namespace, &kvs.name_any(), &name, policy).await?;
+    let owner = (kvs.name_any(), kvs.uid().unwrap_or_default());
+    let record = targets
+        .iter()
+        .find(|t| t.secret_name == name)
+        .cloned()
+        .unwrap_or(TargetRecord {
+            secret_name: name.clone(),
+            uid: String::new(),
+            how: TargetHow::Created,
+        });
+    write::let_go(ctx, &namespace, (&owner.0, &owner.1), &record, true).await?;
+    targets.retain(|t| t.secret_name != name);
     Ok(SyncError::RemoteDeleted(name))
 }
 
@@ -428,6 +525,7 @@ fn desired_secret(kvs: &KeyVaultSecret, rendered: &Rendered) -> DesiredSecret {
         owner_name: kvs.name_any(),
         owner_uid: kvs.uid().unwrap_or_default(),
         policy: target.creation_policy,
+        created: false,
         type_: target.type_.clone().unwrap_or_else(|| "Opaque".into()),
         labels: target.labels.clone(),
         annotations: target.annotations.clone(),

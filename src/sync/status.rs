@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
-use crate::api::KeyVaultSecretStatus;
+use crate::api::{KeyVaultSecretStatus, TargetRecord};
 
 /// How a sync attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,15 +30,18 @@ pub enum Outcome {
     },
 }
 
-/// The status after `outcome`, given the stored one.
+/// The status after `outcome`, given the stored one, with the ownership
+/// record `targets`.
 pub fn next_status(
     current: Option<&KeyVaultSecretStatus>,
     generation: Option<i64>,
     outcome: &Outcome,
+    targets: Vec<TargetRecord>,
     now: Timestamp,
 ) -> KeyVaultSecretStatus {
     let mut status = current.cloned().unwrap_or_default();
     status.observed_generation = generation;
+    status.targets = targets;
     let (condition_status, reason, message) = match outcome {
         Outcome::Synced {
             secret_name,
@@ -165,8 +168,8 @@ mod tests {
     fn an_idle_refresh_changes_nothing() {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t1: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
-        let first = next_status(None, Some(1), &synced("v1", true), t0);
-        let again = next_status(Some(&first), Some(1), &synced("v1", false), t1);
+        let first = next_status(None, Some(1), &synced("v1", true), Vec::new(), t0);
+        let again = next_status(Some(&first), Some(1), &synced("v1", false), Vec::new(), t1);
         assert_eq!(first, again, "no status write on an idle refresh");
     }
 
@@ -174,8 +177,8 @@ mod tests {
     fn a_new_version_moves_last_sync_but_not_the_transition() {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t1: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
-        let first = next_status(None, Some(1), &synced("v1", true), t0);
-        let rotated = next_status(Some(&first), Some(1), &synced("v2", true), t1);
+        let first = next_status(None, Some(1), &synced("v1", true), Vec::new(), t0);
+        let rotated = next_status(Some(&first), Some(1), &synced("v2", true), Vec::new(), t1);
         assert_eq!(rotated.last_sync_time, Some(Time(t1)));
         assert_eq!(rotated.conditions[0].last_transition_time, Time(t0));
     }
@@ -183,7 +186,7 @@ mod tests {
     #[test]
     fn a_failure_keeps_versions_and_flips_ready() {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let first = next_status(None, Some(1), &synced("v1", true), t0);
+        let first = next_status(None, Some(1), &synced("v1", true), Vec::new(), t0);
         let failed = next_status(
             Some(&first),
             Some(1),
@@ -191,6 +194,7 @@ mod tests {
                 reason: "Throttled",
                 message: "throttled".into(),
             },
+            Vec::new(),
             t0,
         );
         assert_eq!(failed.synced_versions, first.synced_versions);
@@ -206,8 +210,8 @@ mod tests {
             versions: BTreeMap::from([("a".into(), "1".into()), ("b".into(), "1".into())]),
             wrote: true,
         };
-        let first = next_status(None, Some(1), &two, t0);
-        let second = next_status(Some(&first), Some(2), &synced("v1", true), t0);
+        let first = next_status(None, Some(1), &two, Vec::new(), t0);
+        let second = next_status(Some(&first), Some(2), &synced("v1", true), Vec::new(), t0);
         let patch = merge_patch(Some(&first), &second);
         assert_eq!(patch["syncedVersions"]["a"], Value::Null);
         assert_eq!(patch["syncedVersions"]["b"], Value::Null);

@@ -1,17 +1,36 @@
-//! The target Secret: what kvsync wants it to be, and whether writing it is
-//! needed or allowed — pure.
+//! The target Secret: what kvsync wants it to be, whether writing it is
+//! needed or allowed, and how to let go of it — pure.
 //!
-//! Ownership is recorded in the annotation `kvsync.io/owner: <KeyVaultSecret
-//! name>` on every Secret kvsync writes (with `Owner` also a controller
-//! ownerReference, so the garbage collector deletes it). A Secret without
-//! that annotation, or naming another KeyVaultSecret, is someone else's and
-//! is only touched under `creationPolicy: Merge`.
+//! Ownership. kvsync deletes a Secret, sets an ownerReference on it, makes it
+//! immutable, replaces its data or removes keys from it only when kvsync
+//! created that very Secret for that very KeyVaultSecret, whatever the spec
+//! says later. Everything else it touched it only gives back: its own keys
+//! and markers. Two facts decide it, never the current `creationPolicy`:
+//!
+//! ```text
+//!  the ownership record   status.targets[]: {secretName, uid, how: Created | Merged}, written by
+//!                         kvsync when it creates a Secret or first merges into it
+//!  the Secret's marks     kvsync.io/owner: <object> and kvsync's field manager owning `type` —
+//!                         written by kvsync only on Secrets it created (a merge writes
+//!                         kvsync.io/merged-by and never applies `type`)
+//!
+//!  created  =  marks  and not (record of this very uid says Merged)
+//!  delete   =  created, record's uid = live uid (precondition), and the controller
+//!              ownerReference to this object's uid (or: every remote secret deleted, deletionPolicy Delete)
+//! ```
+//!
+//! A forged record cannot make kvsync destroy anything: the marks are on the
+//! Secret, so placing them takes write access to that Secret (which already
+//! allows deleting it); a forged record can only withhold (say `Merged`), or
+//! point at another uid (then kvsync leaves that Secret alone).
 //!
 //! What a KeyVaultSecret may not do with its target, whoever created it:
 //!
 //! ```text
 //!  target.type  service-account-token | bootstrap token ─▶ refused (Kubernetes would fill in a credential)
 //!  target.annotations  kubernetes.io/… k8s.io/…          ─▶ refused (they change how Kubernetes treats it)
+//!  target.immutable with creationPolicy Merge            ─▶ refused (kvsync freezes only Secrets it creates)
+//!  Owner | Orphan onto a Secret kvsync did not create     ─▶ Conflict (also after a Merge into it)
 //!  Merge into  service-account-token | bootstrap token | helm.sh/release.v1,
 //!              or a Secret another controller owns       ─▶ Conflict, unless the Secret says kvsync.io/merge: allow
 //!              (owned by an ExternalSecret or a KeyVaultSecret: allowed — the ESO migration path)
@@ -31,9 +50,10 @@ use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 
 use crate::api::contract::{
-    FIELD_MANAGER, MANAGED_BY_LABEL, MERGE_OPT_IN_ANNOTATION, OWNER_ANNOTATION, reloader,
+    FIELD_MANAGER, MANAGED_BY_LABEL, MERGE_OPT_IN_ANNOTATION, MERGED_BY_ANNOTATION,
+    OWNER_ANNOTATION, reloader,
 };
-use crate::api::{CreationPolicy, Target};
+use crate::api::{CreationPolicy, Target, TargetHow, TargetRecord};
 
 /// Secret types Kubernetes fills in with a credential: never written.
 pub const CREDENTIAL_TYPES: &[&str] = &[
@@ -142,6 +162,96 @@ fn merge_refusal(existing: &Secret, owner_uid: &str) -> Option<String> {
     })
 }
 
+/// The KeyVaultSecrets a Secret's markers name (`kvsync.io/owner`,
+/// `kvsync.io/merged-by`).
+fn marked_for(secret: &Secret) -> impl Iterator<Item = &String> {
+    let annotations = secret.metadata.annotations.as_ref();
+    [OWNER_ANNOTATION, MERGED_BY_ANNOTATION]
+        .into_iter()
+        .filter_map(move |key| annotations.and_then(|a| a.get(key)))
+}
+
+/// Whether `secret` has a controller ownerReference to the object of `uid`.
+fn controlled_by(secret: &Secret, uid: &str) -> bool {
+    secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.uid == uid && r.controller == Some(true))
+}
+
+/// Whether kvsync created `secret` for KeyVaultSecret `owner_name`: it
+/// carries the marks kvsync writes only on Secrets it created
+/// (`kvsync.io/owner` naming the object, `type` applied by kvsync's field
+/// manager), and `record`, the ownership record of its name, does not say
+/// kvsync merged into this very Secret.
+pub fn created_by(secret: &Secret, owner_name: &str, record: Option<&TargetRecord>) -> bool {
+    let marked = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(OWNER_ANNOTATION))
+        .is_some_and(|name| name == owner_name)
+        && AppliedFields::of(secret).type_;
+    let merged_into = record.is_some_and(|r| {
+        r.how == TargetHow::Merged && Some(&r.uid) == secret.metadata.uid.as_ref()
+    });
+    marked && !merged_into
+}
+
+/// How kvsync lets go of a Secret it recorded and no longer writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// kvsync's own: delete it (preconditioned on its uid).
+    Delete,
+    /// kvsync's own, kept (created under `Orphan`): its data and type stay,
+    /// kvsync's markers and field ownership go.
+    Keep,
+    /// Someone else's: withdraw kvsync's keys and markers, nothing more.
+    Withdraw,
+    /// Not the Secret kvsync recorded (another uid): not kvsync's to touch.
+    Leave,
+}
+
+/// How to let go of `live`, recorded as `record`, for the KeyVaultSecret
+/// `owner_name`/`owner_uid`. `remote_deleted`: every remote secret is gone
+/// under `deletionPolicy: Delete`, so a Secret kvsync created goes whatever
+/// its policy. Never decided by the current `creationPolicy`.
+pub fn release(
+    live: &Secret,
+    record: &TargetRecord,
+    owner_name: &str,
+    owner_uid: &str,
+    remote_deleted: bool,
+) -> Release {
+    let uid = live.metadata.uid.as_deref().unwrap_or_default();
+    if !record.uid.is_empty() && record.uid != uid {
+        return Release::Leave;
+    }
+    if !created_by(live, owner_name, Some(record)) {
+        return Release::Withdraw;
+    }
+    if remote_deleted || controlled_by(live, owner_uid) {
+        Release::Delete
+    } else {
+        Release::Keep
+    }
+}
+
+/// The record of a Secret kvsync just wrote.
+pub fn record_of(written: &Secret, created: bool) -> TargetRecord {
+    TargetRecord {
+        secret_name: written.metadata.name.clone().unwrap_or_default(),
+        uid: written.metadata.uid.clone().unwrap_or_default(),
+        how: if created {
+            TargetHow::Created
+        } else {
+            TargetHow::Merged
+        },
+    }
+}
+
 /// The Secret as kvsync wants it.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct DesiredSecret {
@@ -150,6 +260,9 @@ pub struct DesiredSecret {
     pub owner_name: String,
     pub owner_uid: String,
     pub policy: CreationPolicy,
+    /// kvsync created the existing Secret (or will create it): set by
+    /// [`DesiredSecret::held`] once the Secret has been read.
+    pub created: bool,
     pub type_: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
@@ -187,6 +300,8 @@ pub struct AppliedFields {
     pub labels: BTreeSet<String>,
     pub annotations: BTreeSet<String>,
     pub data: BTreeSet<String>,
+    /// kvsync applied the Secret's `type` (only ever to a Secret it created).
+    pub type_: bool,
 }
 
 impl AppliedFields {
@@ -217,22 +332,38 @@ impl AppliedFields {
                 .annotations
                 .extend(keys(&["f:metadata", "f:annotations"]));
             applied.data.extend(keys(&["f:data"]));
+            applied.type_ |= fields.0.get("f:type").is_some();
         }
         applied
     }
 }
 
 impl DesiredSecret {
-    /// Labels and annotations kvsync sets, besides the user's own.
+    /// Labels and annotations kvsync sets, besides the user's own (the
+    /// ownership marker follows in [`DesiredSecret::held`]).
     pub fn with_markers(mut self, reload: bool) -> Self {
         self.labels
             .insert(MANAGED_BY_LABEL.0.into(), MANAGED_BY_LABEL.1.into());
-        self.annotations
-            .insert(OWNER_ANNOTATION.into(), self.owner_name.clone());
         if reload {
             self.annotations
                 .insert(reloader::MATCH.into(), "true".into());
         }
+        self
+    }
+
+    /// The Secret as kvsync holds it: `created` (see [`created_by`]) carries
+    /// the marks of a Secret kvsync created — `kvsync.io/owner` and the
+    /// `type` — whatever the policy is now; otherwise only
+    /// `kvsync.io/merged-by`.
+    pub fn held(mut self, created: bool) -> Self {
+        self.created = created;
+        let marker = if created {
+            OWNER_ANNOTATION
+        } else {
+            MERGED_BY_ANNOTATION
+        };
+        self.annotations
+            .insert(marker.into(), self.owner_name.clone());
         self
     }
 
@@ -244,7 +375,8 @@ impl DesiredSecret {
         hasher.finish()
     }
 
-    /// Decides against the Secret that exists now (if any).
+    /// Decides against the Secret that exists now (if any), as
+    /// [`DesiredSecret::held`] says kvsync holds it.
     pub fn decide(&self, existing: Option<&Secret>) -> WriteDecision {
         let Some(existing) = existing else {
             return match self.policy {
@@ -253,26 +385,27 @@ impl DesiredSecret {
             };
         };
         let meta = &existing.metadata;
-        let owner = meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(OWNER_ANNOTATION));
-        match (owner, self.policy) {
-            (Some(owner), _) if owner != &self.owner_name => {
-                return WriteDecision::Conflict(format!(
-                    "Secret {} is managed by KeyVaultSecret {owner}; give this one another target.name",
-                    self.name
-                ));
-            }
-            (None, CreationPolicy::Owner | CreationPolicy::Orphan) => {
-                return WriteDecision::Conflict(format!(
+        if let Some(other) = marked_for(existing).find(|name| **name != self.owner_name) {
+            return WriteDecision::Conflict(format!(
+                "Secret {} is managed by KeyVaultSecret {other}; give this one another target.name",
+                self.name
+            ));
+        }
+        if self.policy != CreationPolicy::Merge && !self.created {
+            let merged = marked_for(existing).any(|name| *name == self.owner_name);
+            return WriteDecision::Conflict(if merged {
+                format!(
+                    "Secret {} was not created by kvsync (this KeyVaultSecret merged its keys into it) and kvsync does not take over, replace or delete a Secret it did not create: set creationPolicy back to Merge, or choose another target.name for creationPolicy {:?}",
+                    self.name, self.policy
+                )
+            } else {
+                format!(
                     "Secret {} exists and is not managed by kvsync; delete it, choose another target.name, or set creationPolicy: Merge",
                     self.name
-                ));
-            }
-            _ => {}
+                )
+            });
         }
-        if self.policy == CreationPolicy::Merge
+        if !self.created
             && let Some(reason) = merge_refusal(existing, &self.owner_uid)
         {
             return WriteDecision::Conflict(format!(
@@ -286,22 +419,21 @@ impl DesiredSecret {
             .flatten()
             .map(|(k, v)| (k.clone(), v.0.clone()))
             .collect();
-        let data_ok = match self.policy {
-            CreationPolicy::Merge => self.data.iter().all(|(k, v)| current.get(k) == Some(v)),
-            _ => current == self.data,
+        let data_ok = if self.replaces_data() {
+            current == self.data
+        } else {
+            self.data.iter().all(|(k, v)| current.get(k) == Some(v))
         };
         let subset = |want: &BTreeMap<String, String>, have: &Option<BTreeMap<String, String>>| {
             want.iter()
                 .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
         };
-        let owned_by_us = meta
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|r| r.uid == self.owner_uid && r.controller == Some(true));
-        let ownership_ok = self.policy != CreationPolicy::Owner || owned_by_us;
-        let type_ok = self.policy == CreationPolicy::Merge
-            || existing.type_.as_deref().unwrap_or("Opaque") == self.type_;
+        let owned_by_us = controlled_by(existing, &self.owner_uid);
+        // The ownerReference: on a Secret kvsync created, under Owner; taken
+        // off when the policy changes (else the garbage collector would
+        // delete an Orphan's Secret with its object).
+        let ownership_ok = owned_by_us == (self.created && self.policy == CreationPolicy::Owner);
+        let type_ok = !self.created || existing.type_.as_deref().unwrap_or("Opaque") == self.type_;
         let applied = AppliedFields::of(existing);
         let nothing_stale = applied.labels.iter().all(|k| self.labels.contains_key(k))
             && applied
@@ -322,12 +454,19 @@ impl DesiredSecret {
         }
     }
 
+    /// Whether the Secret's data is exactly the vault's: a Secret kvsync
+    /// created, under `Owner` or `Orphan`.
+    fn replaces_data(&self) -> bool {
+        self.created && self.policy != CreationPolicy::Merge
+    }
+
     /// Keys of `secret` that kvsync must remove because they are not its own:
     /// under `Owner` and `Orphan` the data is exactly the vault's, but a key
     /// another field manager added survives kvsync's server-side apply (SSA
-    /// only removes fields the applier owns). Under `Merge` there are none.
+    /// only removes fields the applier owns). Under `Merge`, or in a Secret
+    /// kvsync did not create, there are none.
     pub fn foreign_keys(&self, secret: &Secret) -> Vec<String> {
-        if self.policy == CreationPolicy::Merge {
+        if !self.replaces_data() {
             return Vec::new();
         }
         secret
@@ -365,8 +504,10 @@ impl DesiredSecret {
         body
     }
 
-    /// The server-side-apply body. Under `Merge` it carries only kvsync's keys
-    /// and markers, so the other field managers' keys are left alone.
+    /// The server-side-apply body. It carries kvsync's keys and markers, so
+    /// the other field managers' keys are left alone; the `type` only for a
+    /// Secret kvsync created, the ownerReference only for one it created
+    /// under `Owner`.
     pub fn apply_body(&self) -> Value {
         let data: BTreeMap<&String, String> = self
             .data
@@ -384,10 +525,10 @@ impl DesiredSecret {
             },
             "data": data,
         });
-        if self.policy != CreationPolicy::Merge {
+        if self.created {
             body["type"] = json!(self.type_);
         }
-        if self.policy == CreationPolicy::Owner {
+        if self.created && self.policy == CreationPolicy::Owner {
             body["metadata"]["ownerReferences"] = json!([{
                 "apiVersion": "kvsync.io/v1alpha1",
                 "kind": "KeyVaultSecret",
@@ -414,12 +555,14 @@ mod tests {
             owner_name: "db-kvs".into(),
             owner_uid: "uid-1".into(),
             policy,
+            created: false,
             type_: "Opaque".into(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             data: BTreeMap::from([("password".into(), b"pw".to_vec())]),
         }
         .with_markers(true)
+        .held(policy != CreationPolicy::Merge)
     }
 
     fn existing(desired: &DesiredSecret, extra: &[(&str, &[u8])]) -> Secret {
@@ -438,11 +581,14 @@ mod tests {
                 name: Some(desired.name.clone()),
                 labels: Some(desired.labels.clone()),
                 annotations: Some(desired.annotations.clone()),
-                owner_references: Some(vec![OwnerReference {
-                    uid: "uid-1".into(),
-                    controller: Some(true),
-                    ..Default::default()
-                }]),
+                owner_references: (desired.created && desired.policy == CreationPolicy::Owner)
+                    .then(|| {
+                        vec![OwnerReference {
+                            uid: "uid-1".into(),
+                            controller: Some(true),
+                            ..Default::default()
+                        }]
+                    }),
                 ..Default::default()
             },
             type_: Some("Opaque".into()),
@@ -478,6 +624,25 @@ mod tests {
     }
 
     #[test]
+    fn the_owner_reference_goes_when_the_policy_is_no_longer_owner() {
+        let owned = existing(&desired(CreationPolicy::Owner), &[]);
+        for policy in [CreationPolicy::Orphan, CreationPolicy::Merge] {
+            let want = desired(CreationPolicy::Owner);
+            let want = DesiredSecret { policy, ..want };
+            assert_eq!(
+                want.decide(Some(&owned)),
+                WriteDecision::Apply,
+                "{policy:?}"
+            );
+            assert!(
+                want.apply_body()["metadata"]
+                    .get("ownerReferences")
+                    .is_none()
+            );
+        }
+    }
+
+    #[test]
     fn changed_or_extra_data_is_rewritten_when_owned() {
         let want = desired(CreationPolicy::Owner);
         let mut changed = existing(&want, &[]);
@@ -493,13 +658,33 @@ mod tests {
         );
     }
 
+    /// `want` as held for `secret`: created by kvsync or not, by its marks.
+    fn held_for(
+        want: &DesiredSecret,
+        secret: &Secret,
+        record: Option<&TargetRecord>,
+    ) -> DesiredSecret {
+        want.clone()
+            .held(created_by(secret, &want.owner_name, record))
+    }
+
+    /// `secret` as kvsync created it: `type` applied by kvsync's field manager.
+    fn with_type_applied(mut secret: Secret) -> Secret {
+        applied_by_kvsync(
+            &mut secret,
+            json!({"f:type": {}, "f:data": {"f:password": {}}}),
+        );
+        secret.metadata.uid = Some("secret-uid".into());
+        secret
+    }
+
     #[test]
     fn someone_elses_secret_is_a_conflict_unless_merging() {
         let want = desired(CreationPolicy::Owner);
         let mut foreign = existing(&want, &[]);
         foreign.metadata.annotations = None;
         assert!(matches!(
-            want.decide(Some(&foreign)),
+            held_for(&want, &foreign, None).decide(Some(&foreign)),
             WriteDecision::Conflict(_)
         ));
         let merge = desired(CreationPolicy::Merge);
@@ -531,6 +716,116 @@ mod tests {
         assert!(
             matches!(want.decide(Some(&other)), WriteDecision::Conflict(m) if m.contains("other"))
         );
+    }
+
+    #[test]
+    fn only_a_secret_with_kvsyncs_marks_and_no_merged_record_is_its_own() {
+        let want = desired(CreationPolicy::Owner);
+        let ours = with_type_applied(existing(&want, &[]));
+        assert!(
+            created_by(&ours, "db-kvs", None),
+            "marks alone: written before the record"
+        );
+        assert!(!created_by(&ours, "other-kvs", None), "another object's");
+        let record = |uid: &str, how| TargetRecord {
+            secret_name: "db".into(),
+            uid: uid.into(),
+            how,
+        };
+        assert!(created_by(
+            &ours,
+            "db-kvs",
+            Some(&record("secret-uid", TargetHow::Created))
+        ));
+        assert!(
+            !created_by(
+                &ours,
+                "db-kvs",
+                Some(&record("secret-uid", TargetHow::Merged))
+            ),
+            "kvsync merged into this very Secret"
+        );
+        // A merged-into Secret (kvsync never applied its type), whatever the
+        // record claims: a forged `Created` gains nothing.
+        let mut merged = existing(&desired(CreationPolicy::Merge), &[("theirs", b"x")]);
+        merged.metadata.uid = Some("secret-uid".into());
+        applied_by_kvsync(&mut merged, json!({"f:data": {"f:password": {}}}));
+        let forged = record("secret-uid", TargetHow::Created);
+        assert!(!created_by(&merged, "db-kvs", Some(&forged)));
+        let want = held_for(&desired(CreationPolicy::Owner), &merged, Some(&forged));
+        assert!(
+            matches!(want.decide(Some(&merged)), WriteDecision::Conflict(m) if m.contains("merged its keys into it")),
+            "Merge → Owner on the same Secret is refused"
+        );
+        assert!(
+            want.apply_body()["metadata"]
+                .get("ownerReferences")
+                .is_none()
+        );
+        assert!(
+            want.foreign_keys(&merged).is_empty(),
+            "its keys are never removed"
+        );
+    }
+
+    #[test]
+    fn a_recorded_secret_is_released_as_it_was_come_by_never_by_the_policy() {
+        let ours = with_type_applied(existing(&desired(CreationPolicy::Owner), &[]));
+        let record = |how| TargetRecord {
+            secret_name: "db".into(),
+            uid: "secret-uid".into(),
+            how,
+        };
+        let created = record(TargetHow::Created);
+        assert_eq!(
+            release(&ours, &created, "db-kvs", "uid-1", false),
+            Release::Delete
+        );
+        let mut orphan = ours.clone();
+        orphan.metadata.owner_references = None;
+        assert_eq!(
+            release(&orphan, &created, "db-kvs", "uid-1", false),
+            Release::Keep
+        );
+        assert_eq!(
+            release(&orphan, &created, "db-kvs", "uid-1", true),
+            Release::Delete,
+            "deletionPolicy Delete, every remote secret gone"
+        );
+        assert_eq!(
+            release(&ours, &record(TargetHow::Merged), "db-kvs", "uid-1", true),
+            Release::Withdraw
+        );
+        let mut recreated = ours.clone();
+        recreated.metadata.uid = Some("someone-elses".into());
+        assert_eq!(
+            release(&recreated, &created, "db-kvs", "uid-1", true),
+            Release::Leave
+        );
+        let mut merged = existing(&desired(CreationPolicy::Merge), &[("theirs", b"x")]);
+        merged.metadata.uid = Some("secret-uid".into());
+        merged.metadata.owner_references = None;
+        assert_eq!(
+            release(&merged, &created, "db-kvs", "uid-1", true),
+            Release::Withdraw,
+            "a forged Created record on a Secret kvsync merged into"
+        );
+    }
+
+    #[test]
+    fn merged_into_secrets_carry_merged_by_not_owner() {
+        let merge = desired(CreationPolicy::Merge);
+        assert_eq!(
+            merge
+                .annotations
+                .get(MERGED_BY_ANNOTATION)
+                .map(String::as_str),
+            Some("db-kvs")
+        );
+        assert!(!merge.annotations.contains_key(OWNER_ANNOTATION));
+        let owner = desired(CreationPolicy::Owner);
+        assert!(!owner.annotations.contains_key(MERGED_BY_ANNOTATION));
+        assert_eq!(owner.apply_body()["type"], "Opaque");
     }
 
     #[test]

@@ -3,13 +3,17 @@
 //!
 //! ```text
 //!  DesiredSecret ── same digest, same version as last checked (watch) ──▶ UpToDate ── no request
-//!       └─ else GET ──decide (pure, target.rs)──▶ UpToDate ── no write; version + digest remembered
+//!       └─ else GET ── created by kvsync? (record + marks, target.rs) ── decide (pure)
+//!                                           ├▶ UpToDate ── no write; version + digest remembered
 //!                                           ├▶ Conflict / Missing ── SyncError, nothing written
 //!                                           └▶ Apply ── SSA (manager kvsync) ──▶ drop foreign keys ──▶ notify reload
+//!       └─▶ the ownership record of what was written: {secretName, uid, Created | Merged}
 //!
-//!  target renamed   Owner ── delete the old Secret
-//!                   Orphan ─ release it: keep the data, drop kvsync's markers and field ownership
-//!                   Merge ── withdraw kvsync's keys and markers from it
+//!  let go of a recorded Secret (after the new target holds the data), by target::release:
+//!                   Delete ─── kvsync created it and it carries the ownerReference: delete (uid precondition)
+//!                   Keep ───── kvsync created it under Orphan: keep the data, drop kvsync's markers and field ownership
+//!                   Withdraw ─ someone else's: withdraw kvsync's keys and markers from it
+//!                   Leave ──── another Secret by now (uid differs): untouched
 //!  Merge object deleted ── withdraw (behind the kvsync.io/merge-cleanup finalizer)
 //! ```
 //!
@@ -25,24 +29,44 @@ use serde_json::json;
 use super::context::Context;
 use super::error::SyncError;
 use super::key::ObjectKey;
-use super::target::{DesiredSecret, WriteDecision};
-use crate::api::CreationPolicy;
-use crate::api::contract::{FIELD_MANAGER, OWNER_ANNOTATION, RELEASED_FIELD_MANAGER};
+use super::target::{self, DesiredSecret, Release, WriteDecision};
+use crate::api::TargetRecord;
+use crate::api::contract::{FIELD_MANAGER, RELEASED_FIELD_MANAGER};
 
-/// Writes the target if it differs; returns whether it wrote. `immutable`:
-/// written `immutable: true`, and once so, its data is never changed.
+/// What [`write_target`] did.
+#[derive(Debug)]
+pub struct Written {
+    /// It changed the Secret.
+    pub wrote: bool,
+    /// The ownership record of the Secret as read or written; `None` when
+    /// nothing was read (the Secret is still as last checked).
+    pub record: Option<TargetRecord>,
+}
+
+/// Writes the target if it differs. `immutable`: written `immutable: true`
+/// (only a Secret kvsync creates), and once so, its data is never changed.
+/// `record`: the ownership record of the target's name, if any.
 pub async fn write_target(
     ctx: &Context,
     object: &ObjectKey,
     desired: &DesiredSecret,
     immutable: bool,
-) -> Result<bool, SyncError> {
+    record: Option<&TargetRecord>,
+) -> Result<Written, SyncError> {
     let digest = desired.digest(immutable);
     if still_holds(ctx, desired, digest) {
-        return Ok(false);
+        return Ok(Written {
+            wrote: false,
+            record: None,
+        });
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &desired.namespace);
     let existing = api.get_opt(&desired.name).await?;
+    let created = existing
+        .as_ref()
+        .is_none_or(|s| target::created_by(s, &desired.owner_name, record));
+    let desired = &desired.clone().held(created);
+    let immutable = immutable && created;
     let decision = desired.decide(existing.as_ref());
     if decision == WriteDecision::Apply
         && let Some(frozen) = existing.as_ref().filter(|s| s.immutable == Some(true))
@@ -56,18 +80,26 @@ pub async fn write_target(
             if let Some(version) = existing.as_ref().and_then(|s| s.resource_version()) {
                 remember_checked(ctx, object, desired, version, Some(digest));
             }
-            Ok(false)
+            Ok(Written {
+                wrote: false,
+                record: existing.as_ref().map(|s| target::record_of(s, created)),
+            })
         }
         WriteDecision::Conflict(message) => Err(SyncError::Conflict(message)),
         WriteDecision::Missing => Err(SyncError::SecretMissing(desired.name.clone())),
         WriteDecision::Apply => {
-            let written = apply(&api, desired, immutable).await?;
+            let uid = existing.as_ref().and_then(|s| s.uid());
+            let written = apply(&api, desired, immutable, uid).await?;
             let written = remove_foreign_keys(&api, desired, written).await?;
             let resource_version = written.resource_version();
+            let record = Some(target::record_of(&written, created));
             if resource_version == existing.as_ref().and_then(|s| s.resource_version()) {
                 // The apply changed nothing (e.g. only fields kvsync does not
                 // own differed): not a write, so no event, reload or status.
-                return Ok(false);
+                return Ok(Written {
+                    wrote: false,
+                    record,
+                });
             }
             if let Some(version) = resource_version {
                 let holds = desired.decide(Some(&written)) == WriteDecision::UpToDate;
@@ -75,7 +107,10 @@ pub async fn write_target(
             }
             ctx.notifier.secret_written(&written);
             tracing::info!(namespace = %desired.namespace, secret = %desired.name, keys = desired.data.len(), "wrote Secret");
-            Ok(true)
+            Ok(Written {
+                wrote: true,
+                record,
+            })
         }
     }
 }
@@ -118,16 +153,22 @@ fn same_data(secret: &Secret, desired: &DesiredSecret) -> bool {
             .all(|(key, value)| data.and_then(|d| d.get(key)).map(|v| &v.0) == Some(value))
 }
 
-/// Server-side apply of kvsync's fields.
+/// Server-side apply of kvsync's fields. `uid`: the Secret decided on (a
+/// precondition: if it was replaced meanwhile, the API server answers 409
+/// and the sync is retried, deciding again on the new one).
 async fn apply(
     api: &Api<Secret>,
     desired: &DesiredSecret,
     immutable: bool,
+    uid: Option<String>,
 ) -> Result<Secret, SyncError> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut body = desired.apply_body();
     if immutable {
         body["immutable"] = true.into();
+    }
+    if let Some(uid) = uid {
+        body["metadata"]["uid"] = uid.into();
     }
     api.patch(&desired.name, &params, &Patch::Apply(body))
         .await
@@ -164,31 +205,27 @@ async fn remove_foreign_keys(
         .map_err(|e| SyncError::write_refused(&desired.name, e))
 }
 
-/// Lets go of `previous`, the Secret this KeyVaultSecret wrote before its
-/// `target.name` changed, as `policy` says. Secrets not marked as this
-/// object's are left alone.
-pub async fn let_go_of_previous(
+/// Lets go of a Secret kvsync recorded for the KeyVaultSecret
+/// `owner_name`/`owner_uid` and no longer writes (a renamed target, or the
+/// target itself when every remote secret is gone: `remote_deleted`), as
+/// [`target::release`] decides from the record and the live Secret.
+pub async fn let_go(
     ctx: &Context,
     namespace: &str,
-    owner_name: &str,
-    previous: &str,
-    policy: CreationPolicy,
+    (owner_name, owner_uid): (&str, &str),
+    record: &TargetRecord,
+    remote_deleted: bool,
 ) -> Result<(), SyncError> {
+    let name = record.secret_name.as_str();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(existing) = api.get_opt(previous).await? else {
+    let Some(existing) = api.get_opt(name).await? else {
         return Ok(());
     };
-    if existing
-        .annotations()
-        .get(OWNER_ANNOTATION)
-        .map(String::as_str)
-        != Some(owner_name)
-    {
-        return Ok(());
-    }
-    let refused = |e| SyncError::write_refused(previous, e);
-    match policy {
-        CreationPolicy::Owner => {
+    let refused = |e| SyncError::write_refused(name, e);
+    let release = target::release(&existing, record, owner_name, owner_uid, remote_deleted);
+    match release {
+        Release::Leave => return Ok(()),
+        Release::Delete => {
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
                     uid: existing.uid(),
@@ -196,13 +233,13 @@ pub async fn let_go_of_previous(
                 }),
                 ..Default::default()
             };
-            api.delete(previous, &params).await.map_err(refused)?;
+            api.delete(name, &params).await.map_err(refused)?;
         }
-        CreationPolicy::Orphan => {
+        Release::Keep => {
             let keep = PatchParams::apply(RELEASED_FIELD_MANAGER).force();
             let kept = api
                 .patch(
-                    previous,
+                    name,
                     &keep,
                     &Patch::Apply(DesiredSecret::keep_body(&existing)),
                 )
@@ -210,9 +247,9 @@ pub async fn let_go_of_previous(
                 .map_err(refused)?;
             withdraw(&api, &kept).await?;
         }
-        CreationPolicy::Merge => withdraw(&api, &existing).await?,
+        Release::Withdraw => withdraw(&api, &existing).await?,
     }
-    tracing::info!(%namespace, secret = %previous, ?policy, "let go of the previous target Secret");
+    tracing::info!(%namespace, secret = %name, ?release, "let go of a target Secret");
     Ok(())
 }
 

@@ -265,8 +265,22 @@ impl std::fmt::Debug for ServiceAccountAssertion {
     }
 }
 
-/// Lifetime requested for service-account tokens; reused until 80 % of it passed.
+/// Lifetime requested for service-account tokens. The API server may issue
+/// a shorter one (`--service-account-max-token-expiration`): a token is
+/// reused only until 80 % of the lifetime its answer states has passed.
 const SA_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// How long a token whose TokenRequest answer says it expires at `expires`
+/// may be reused from `now` on: 80 % of what is left of it (the rest is the
+/// margin for clock skew and the exchange itself); nothing if it is already
+/// past.
+fn reuse_for(now: k8s_openapi::jiff::Timestamp, expires: k8s_openapi::jiff::Timestamp) -> Duration {
+    let left = expires
+        .duration_since(now)
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    left.min(SA_TOKEN_LIFETIME) * 4 / 5
+}
 
 #[async_trait::async_trait]
 impl ClientAssertion for ServiceAccountAssertion {
@@ -294,9 +308,43 @@ impl ClientAssertion for ServiceAccountAssertion {
                     format!("TokenRequest for service account {} failed: {e}", self.name),
                 )
             })?;
-        let token = response.status.map(|s| s.token).unwrap_or_default();
-        *self.cached.lock().unwrap() =
-            Some((token.clone(), Instant::now() + SA_TOKEN_LIFETIME * 4 / 5));
-        Ok(token)
+        let Some(status) = response.status else {
+            return Ok(String::new());
+        };
+        let reuse = reuse_for(
+            k8s_openapi::jiff::Timestamp::now(),
+            status.expiration_timestamp.0,
+        );
+        *self.cached.lock().unwrap() = Some((status.token.clone(), Instant::now() + reuse));
+        Ok(status.token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_reused_by_the_lifetime_its_answer_states() {
+        let now: k8s_openapi::jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let at = |offset: &str| -> k8s_openapi::jiff::Timestamp {
+            now + offset.parse::<k8s_openapi::jiff::Span>().unwrap()
+        };
+        assert_eq!(
+            reuse_for(now, at("PT1H")),
+            Duration::from_secs(48 * 60),
+            "as asked"
+        );
+        assert_eq!(
+            reuse_for(now, at("PT10M")),
+            Duration::from_secs(8 * 60),
+            "shortened by the API server: not an assumed hour"
+        );
+        assert_eq!(
+            reuse_for(now, at("PT24H")),
+            Duration::from_secs(48 * 60),
+            "never longer than asked"
+        );
+        assert_eq!(reuse_for(now, at("-PT1M")), Duration::ZERO, "already past");
     }
 }

@@ -9,6 +9,8 @@
 //!
 //!  Observation (KeyVaultSecret + Secret) ──▶ check()   ──▶ Vec<Violation>   (after every step)
 //!                                        ──▶ settled() ──▶ Ok | why not     (before idle windows)
+//!  a foreign Secret (someone else's, merged into) ──▶ check_foreign() ──▶ Violation (after every step):
+//!                                          no foreign Secret loses data, ever
 //! ```
 //!
 //! Times are offsets from the test's start. A vault change is known only to
@@ -806,6 +808,51 @@ pub struct Violation {
     pub rule: &'static str,
     pub object: String,
     pub detail: String,
+}
+
+/// What a foreign Secret (cert-manager's, say) looks like now: its data,
+/// whether it has an ownerReference, whether it is immutable.
+#[derive(Debug)]
+pub struct Foreign {
+    pub data: BTreeMap<String, String>,
+    pub owned: bool,
+    pub immutable: bool,
+}
+
+/// The rule for Secrets kvsync did not create, whatever KeyVaultSecrets
+/// merge into them, change their policy or rename away from them: the
+/// Secret stays, with every key and value it was made with (kvsync's own
+/// keys may come and go), gains no ownerReference and is never frozen.
+pub fn check_foreign(
+    name: &str,
+    now: Option<&Foreign>,
+    original: &BTreeMap<String, String>,
+) -> Option<Violation> {
+    let violation = |detail: String| {
+        Some(Violation {
+            rule: "foreign-keeps-its-data",
+            object: name.to_owned(),
+            detail,
+        })
+    };
+    let Some(now) = now else {
+        return violation("the foreign Secret was deleted".into());
+    };
+    let lost: Vec<&String> = original
+        .iter()
+        .filter(|(k, v)| now.data.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .collect();
+    if !lost.is_empty() {
+        return violation(format!("lost or changed its keys {lost:?}"));
+    }
+    if now.owned {
+        return violation("gained an ownerReference".into());
+    }
+    if now.immutable {
+        return violation("became immutable".into());
+    }
+    None
 }
 
 /// The vault secret a `syncedVersions` key is about: keys may carry a

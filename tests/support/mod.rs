@@ -88,9 +88,18 @@ pub struct PrivatePlane {
 
 impl PrivatePlane {
     pub fn up() -> Self {
+        Self::with_admission_plugins("")
+    }
+
+    /// Like [`PrivatePlane::up`], with kube-apiserver's `plugins` (comma
+    /// separated) enabled besides its default admission plugins.
+    pub fn with_admission_plugins(plugins: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let plane = PrivatePlane { dir };
-        assert!(plane.script("up"), "scripts/control-plane.sh up failed");
+        assert!(
+            plane.script_with("up", plugins),
+            "scripts/control-plane.sh up failed"
+        );
         PRIVATE_KUBECONFIG
             .set(plane.dir.path().join("kubeconfig"))
             .expect("one private plane per test binary, made before any client");
@@ -107,10 +116,17 @@ impl PrivatePlane {
     }
 
     fn script(&self, command: &str) -> bool {
+        self.script_with(command, "")
+    }
+
+    /// `scripts/control-plane.sh command`; `plugins`: for `up`, see
+    /// [`PrivatePlane::with_admission_plugins`].
+    fn script_with(&self, command: &str, plugins: &str) -> bool {
         Command::new("bash")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/control-plane.sh"))
             .arg(command)
             .env("KVSYNC_PLANE_DIR", self.dir.path())
+            .env("KVSYNC_PLANE_ADMISSION_PLUGINS", plugins)
             .status()
             .is_ok_and(|s| s.success())
     }

@@ -63,9 +63,10 @@ cluster mode, per watched namespace in namespaced mode).
   resources: [keyvaultsecrets/finalizers]
   verbs: [update]
 # Target Secrets (written by server-side apply: patch, plus create when the
-# apply creates one; delete: the old target of an Owner KeyVaultSecret whose
-# target.name changed, only if it carries that object's kvsync.io/owner
-# marker), client-secret/certificate credentials referenced from a
+# apply creates one; delete: only a Secret kvsync created for the
+# KeyVaultSecret, by its ownership record and marks, when its target.name
+# changed or deletionPolicy Delete says so), client-secret/certificate
+# credentials referenced from a
 # KeyVaultSecret, and the reload stage's watch of Secrets.
 - apiGroups: [""]
   resources: [secrets]
