@@ -58,13 +58,12 @@ async fn chart_identity(
 async fn sync_and_cron_job_reloads_pass_owner_reference_permission_enforcement() {
     // Declared first so it is dropped last: the namespace and processes go first.
     let _plane = PrivatePlane::with_admission_plugins("OwnerReferencesPermissionEnforcement");
-    let mut f = Fixture::new("admission").await;
+    let mut f = Fixture::idle("admission").await;
     let dir = tempfile::tempdir().unwrap();
     let Some(kubeconfig) = chart_identity(&f.client, &f.ns.name, dir.path()).await else {
         return;
     };
-    f.operator.process.stop();
-    f.operator = Operator::start_as(&f.emulator, &f.ns.name, &[], &kubeconfig);
+    f.operator = Some(Operator::start_as(&f.emulator, &f.ns.name, &[], &kubeconfig).process);
 
     // A CronJob that reloads on a change of Secret db (batch/v1beta1 on 1.20).
     let gvk = GroupVersionKind::gvk("batch", "v1beta1", "CronJob");

@@ -594,7 +594,7 @@ async fn a_namespace_that_starts_or_stops_matching_the_selector_needs_no_restart
     label("no").await;
     f.apply("late", json!({"data": pw})).await;
     eventually("late seen out of scope", WAIT, || async {
-        let log = f.operator.process.output();
+        let log = f.process().output();
         log.lines()
             .any(|line| line.contains("not in scope") && line.contains("/late"))
             .then_some(())
