@@ -117,6 +117,75 @@ async fn cron_jobs_get_one_job_per_change_and_suspended_ones_none() {
     .await;
 }
 
+/// The two moments a crash can split a CronJob restart at (see
+/// `src/reload/job.rs`: the change and the Job it owes are recorded first,
+/// then the Job is made, then the mark cleared), set up by hand while no
+/// operator runs: `owed` carries the mark and no Job (a crash before the
+/// Job), `made` carries the mark and its Job (a crash before the mark was
+/// cleared). The next operator makes exactly the one Job owed and no second.
+#[tokio::test]
+async fn a_crash_between_the_record_and_the_job_makes_the_job_once() {
+    let mut f = Fixture::idle("reload-cron-crash").await;
+    f.secret("db", &[("k", "1")], &[], &[]).await;
+    let (cron_jobs, api_version) = served_api(&f, &["batch/v1", "batch/v1beta1"], "CronJob").await;
+    for name in ["owed", "made"] {
+        create(
+            &cron_jobs,
+            json!({
+                "apiVersion": api_version, "kind": "CronJob",
+                "metadata": {"name": name, "annotations": pairs(&[AUTO])},
+                "spec": {"schedule": "0 0 1 1 *", "jobTemplate": {"spec": {"template": pod_using_db()}}}
+            }),
+        )
+        .await;
+    }
+    f.start_operator(&[]).await;
+    for name in ["owed", "made"] {
+        eventually(&format!("the digest record on {name}"), WAIT, || async {
+            let cron_job = cron_jobs.get(name).await.unwrap();
+            cron_job.annotations().contains_key(DIGEST_ANNOTATION).then_some(())
+        })
+        .await;
+    }
+    f.stop_operator().await;
+
+    // The state each crash leaves: the mark written, the Job made or not.
+    for name in ["owed", "made"] {
+        let mark = json!({"metadata": {"annotations": {JOB_PENDING_ANNOTATION: format!("{name}-crashed Secret/db")}}});
+        cron_jobs
+            .patch(name, &PatchParams::default(), &Patch::Merge(&mark))
+            .await
+            .unwrap();
+    }
+    let made = cron_jobs.get("made").await.unwrap();
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "made-crashed", "ownerReferences": [{
+            "apiVersion": api_version, "kind": "CronJob", "name": "made",
+            "uid": made.uid().unwrap(), "controller": true}]},
+        "spec": {"template": pod_using_db()}
+    }))
+    .unwrap();
+    f.api::<Job>()
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap();
+
+    f.start_operator(&[]).await;
+    for name in ["owed", "made"] {
+        eventually(&format!("the Job mark on {name} cleared"), WAIT, || async {
+            let cron_job = cron_jobs.get(name).await.unwrap();
+            (!cron_job.annotations().contains_key(JOB_PENDING_ANNOTATION)).then_some(())
+        })
+        .await;
+    }
+    let names = |jobs: Vec<Job>| jobs.iter().map(|j| j.name_any()).collect::<Vec<_>>();
+    always("exactly the one Job owed to each", QUIET, || async {
+        names(jobs_of(&f, "owed").await) == ["owed-crashed"]
+            && names(jobs_of(&f, "made").await) == ["made-crashed"]
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn argo_rollouts_restart_once_by_template_or_by_restart_at() {
     let mut f = Fixture::idle("reload-rollout").await;

@@ -28,7 +28,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kvsync::api::contract::reloader::PAUSED_AT as RELOADER_PAUSED_AT;
-use kvsync::api::contract::{DIGEST_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION};
+use kvsync::api::contract::{
+    DIGEST_ANNOTATION, JOB_PENDING_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION,
+};
 use kvsync::reload::record::parse_time;
 use serde_json::{Value, json};
 use support::reload::{AUTO, QUIET, WAIT, create, generation, pod_using_db, rollout_api};
