@@ -239,7 +239,20 @@ pub fn release(
     }
 }
 
-/// The record of a Secret kvsync just wrote.
+/// Whether `secret` carries a marker naming KeyVaultSecret `owner_name`
+/// (`kvsync.io/owner` or `kvsync.io/merged-by`): kvsync wrote into it.
+pub fn marked_by(secret: &Secret, owner_name: &str) -> bool {
+    marked_for(secret).any(|name| name == owner_name)
+}
+
+/// Puts `record` into the ownership record `targets`, replacing the entry
+/// of its Secret name.
+pub fn remember(targets: &mut Vec<TargetRecord>, record: TargetRecord) {
+    targets.retain(|t| t.secret_name != record.secret_name);
+    targets.push(record);
+}
+
+/// The record of a Secret kvsync read or wrote.
 pub fn record_of(written: &Secret, created: bool) -> TargetRecord {
     TargetRecord {
         secret_name: written.metadata.name.clone().unwrap_or_default(),
@@ -392,7 +405,7 @@ impl DesiredSecret {
             ));
         }
         if self.policy != CreationPolicy::Merge && !self.created {
-            let merged = marked_for(existing).any(|name| *name == self.owner_name);
+            let merged = marked_by(existing, &self.owner_name);
             return WriteDecision::Conflict(if merged {
                 format!(
                     "Secret {} was not created by kvsync (this KeyVaultSecret merged its keys into it) and kvsync does not take over, replace or delete a Secret it did not create: set creationPolicy back to Merge, or choose another target.name for creationPolicy {:?}",
