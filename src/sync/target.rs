@@ -239,6 +239,18 @@ pub fn release(
     }
 }
 
+/// Whether `written`, the answer to an apply meant to create it, shows that
+/// someone else created the Secret just before (a field manager other than
+/// kvsync's holds fields of it): then it is not kvsync's.
+pub fn created_meanwhile(written: &Secret) -> bool {
+    written
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|entry| entry.manager.as_deref() != Some(FIELD_MANAGER))
+}
+
 /// Whether `secret` carries a marker naming KeyVaultSecret `owner_name`
 /// (`kvsync.io/owner` or `kvsync.io/merged-by`): kvsync wrote into it.
 pub fn marked_by(secret: &Secret, owner_name: &str) -> bool {
@@ -823,6 +835,20 @@ mod tests {
             Release::Withdraw,
             "a forged Created record on a Secret kvsync merged into"
         );
+    }
+
+    #[test]
+    fn a_secret_someone_else_created_meanwhile_is_told_by_its_field_managers() {
+        let mut written = existing(&desired(CreationPolicy::Owner), &[]);
+        applied_by_kvsync(&mut written, json!({"f:type": {}}));
+        assert!(created_meanwhile(&written), "another manager's entry");
+        written
+            .metadata
+            .managed_fields
+            .as_mut()
+            .unwrap()
+            .retain(|e| e.manager.as_deref() == Some(FIELD_MANAGER));
+        assert!(!created_meanwhile(&written), "kvsync's entry alone");
     }
 
     #[test]

@@ -83,6 +83,16 @@ pub async fn write_target(
         WriteDecision::Apply => {
             let uid = existing.as_ref().and_then(|s| s.uid());
             let written = apply(&api, desired, immutable, uid).await?;
+            if existing.is_none() && target::created_meanwhile(&written) {
+                // Someone else created it between the read and the apply:
+                // not kvsync's. Take back what was applied (markers,
+                // ownerReference) before anything else happens to it.
+                withdraw(&api, &written).await?;
+                return Err(SyncError::Conflict(format!(
+                    "Secret {} was created by someone else while kvsync was creating it; kvsync withdrew what it wrote: choose another target.name, or set creationPolicy: Merge",
+                    desired.name
+                )));
+            }
             let written = remove_foreign_keys(&api, desired, written).await?;
             let resource_version = written.resource_version();
             target::remember(targets, target::record_of(&written, created));
