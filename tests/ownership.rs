@@ -412,3 +412,64 @@ async fn the_issues_scenarios() {
     t.gone("mover-a", "the old target deleted after the rename")
         .await;
 }
+
+/// Someone with RBAC on keyvaultsecrets/status forges the ownership record
+/// ("kvsync created the foreign Secret"), then asks for Owner on it: kvsync
+/// still refuses, and gives back only its own key when the object goes.
+#[tokio::test]
+async fn a_forged_ownership_record_gains_nothing() {
+    let f = Fixture::new("ownership-forged").await;
+    let t = Table::new(&f).await;
+    let pw = json!([{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]);
+    t.create_foreign("forged-tls").await;
+    let merging = |policy: &str| json!({"target": {"name": "forged-tls", "creationPolicy": policy, "deletionPolicy": "Delete"}, "data": pw});
+    f.apply("forger", merging("Merge")).await;
+    let merged = t.settled("forger", "Synced").await;
+    let record = &merged.status.as_ref().unwrap().targets;
+    let uid = t.secret("forged-tls").await.unwrap().uid().unwrap();
+    assert_eq!(
+        serde_json::to_value(record).unwrap(),
+        json!([{"secretName": "forged-tls", "uid": uid, "how": "Merged"}]),
+        "the record says kvsync merged into it"
+    );
+
+    let forged = json!({"status": {"targets": [{"secretName": "forged-tls", "uid": uid, "how": "Created"}]}});
+    f.kvs_api()
+        .patch_status(
+            "forger",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&forged),
+        )
+        .await
+        .unwrap();
+    f.apply("forger", merging("Owner")).await;
+    let refused = t.settled("forger", "SecretConflict").await;
+    assert!(
+        ready(&refused)
+            .unwrap()
+            .message
+            .contains("not created by kvsync"),
+        "{:?}",
+        ready(&refused)
+    );
+    let cert = t.secret("forged-tls").await.unwrap();
+    assert_foreign_intact(&cert, "a forged record");
+    assert_eq!(decoded(&cert)["pw"], "s3cr3t-db-value", "nothing rewritten");
+
+    f.kvs_api()
+        .delete("forger", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("forger deleted", WAIT, || async {
+        f.kvs_api()
+            .get_opt("forger")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let cert = t.secret("forged-tls").await.unwrap();
+    assert_foreign_intact(&cert, "a forged record, object deleted");
+    assert!(nothing_of_kvsyncs(&cert), "only kvsync's key given back");
+}

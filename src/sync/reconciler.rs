@@ -3,9 +3,10 @@
 //! ```text
 //!  reconcile ─▶ in scope? ─▶ being deleted? ── finalize (merged-into targets: withdraw keys) ─▶ done
 //!      │         └ no: only a deletion is finished (no finalizer left hanging)
-//!      └─▶ sync: validate ─▶ identity ─▶ subscribe ─▶ fetch + render ─▶ write target
+//!      └─▶ (Merge: finalizer) ─▶ sync: validate ─▶ identity ─▶ subscribe ─▶ fetch + render ─▶ write target
 //!                 ─▶ let go of the other recorded targets (a rename: only now that the new one holds the data)
-//!                 ─▶ Outcome ─▶ record (status + ownership record, patched only if changed; event on change)
+//!                 ─▶ Outcome ─▶ finalizer as the ownership record now needs it
+//!                 ─▶ record (status + ownership record, patched only if changed; event on change)
 //!                                └─▶ next: refreshInterval ± jitter | backoff | await change
 //! ```
 //!
@@ -108,12 +109,18 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
         // No longer served, but a deletion still gives back what it merged
         // and lets the object go: no finalizer is left hanging.
         if kvs.metadata.deletion_timestamp.is_some() {
-            keep_finalizer(&kvs, &ctx, &targets).await?;
+            finish_deletion(&kvs, &ctx, &targets).await?;
         }
         return Ok(Action::await_change());
     }
-    if !keep_finalizer(&kvs, &ctx, &targets).await? {
+    if kvs.metadata.deletion_timestamp.is_some() {
+        finish_deletion(&kvs, &ctx, &targets).await?;
         return Ok(Action::await_change());
+    }
+    let merging = kvs.spec.target.creation_policy == CreationPolicy::Merge;
+    if merging {
+        // Before kvsync writes into someone else's Secret.
+        set_finalizer(&kvs, &ctx, true).await?;
     }
     let key = ObjectKey::of(kvs.as_ref());
     let interval = kvs.spec.refresh_interval().ok().flatten();
@@ -158,6 +165,11 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
             (outcome, action)
         }
     };
+    if !merging {
+        // As the sync left the record: a merged-into Secret let go of, or
+        // one found (also when the write was refused).
+        set_finalizer(&kvs, &ctx, wants_finalizer(&kvs, &targets)).await?;
+    }
     record(&kvs, &ctx, &outcome, targets).await?;
     ctx.metrics
         .observe_sync(outcome_label(&outcome), started.elapsed());
@@ -235,43 +247,51 @@ fn recorded_targets(kvs: &KeyVaultSecret) -> Vec<TargetRecord> {
     targets
 }
 
-/// Keeps the Merge finalizer while kvsync may have keys to give back (a
-/// `Merge` policy, or a merged-into Secret still recorded), and finishes a
-/// deletion: withdraws kvsync's keys from the Secrets it merged into, then
-/// lets the object go. Returns whether the object is alive (to be synced).
-async fn keep_finalizer(
+/// Whether the object needs the finalizer: kvsync may have keys to give
+/// back (a `Merge` policy, or a merged-into Secret still recorded).
+fn wants_finalizer(kvs: &KeyVaultSecret, targets: &[TargetRecord]) -> bool {
+    kvs.spec.target.creation_policy == CreationPolicy::Merge
+        || targets.iter().any(|t| t.how == TargetHow::Merged)
+}
+
+/// Finishes a deletion: withdraws kvsync's keys from the Secrets it merged
+/// into, then lets the object go.
+async fn finish_deletion(
     kvs: &KeyVaultSecret,
     ctx: &Context,
     targets: &[TargetRecord],
-) -> Result<bool, Error> {
-    let has = kvs.finalizers().iter().any(|f| f == MERGE_FINALIZER);
-    let deleting = kvs.metadata.deletion_timestamp.is_some();
-    let wants = !deleting
-        && (kvs.spec.target.creation_policy == CreationPolicy::Merge
-            || targets.iter().any(|t| t.how == TargetHow::Merged));
-    if deleting && has {
+) -> Result<(), Error> {
+    if kvs.finalizers().iter().any(|f| f == MERGE_FINALIZER) {
         withdraw_from_targets(kvs, ctx, targets).await?;
     }
-    if has != wants {
-        let mut finalizers: Vec<String> = kvs
-            .finalizers()
-            .iter()
-            .filter(|f| *f != MERGE_FINALIZER)
-            .cloned()
-            .collect();
-        if wants {
-            finalizers.push(MERGE_FINALIZER.into());
-        }
-        // Guarded by resourceVersion: lists are replaced whole by a merge patch.
-        let patch = json!({"metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": kvs.resource_version(),
-        }});
-        Api::<KeyVaultSecret>::namespaced(ctx.client.clone(), &kvs.namespace().unwrap_or_default())
-            .patch(&kvs.name_any(), &field_manager(), &Patch::Merge(patch))
-            .await?;
+    set_finalizer(kvs, ctx, false).await
+}
+
+/// Adds or removes the finalizer `kvsync.io/merge-cleanup` (if it is not
+/// already so).
+async fn set_finalizer(kvs: &KeyVaultSecret, ctx: &Context, wanted: bool) -> Result<(), Error> {
+    let has = kvs.finalizers().iter().any(|f| f == MERGE_FINALIZER);
+    if has == wanted {
+        return Ok(());
     }
-    Ok(!deleting)
+    let mut finalizers: Vec<String> = kvs
+        .finalizers()
+        .iter()
+        .filter(|f| *f != MERGE_FINALIZER)
+        .cloned()
+        .collect();
+    if wanted {
+        finalizers.push(MERGE_FINALIZER.into());
+    }
+    // Guarded by resourceVersion: lists are replaced whole by a merge patch.
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": kvs.resource_version(),
+    }});
+    Api::<KeyVaultSecret>::namespaced(ctx.client.clone(), &kvs.namespace().unwrap_or_default())
+        .patch(&kvs.name_any(), &field_manager(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
 }
 
 /// Withdraws what a deleted object wrote into the Secrets it did not
@@ -406,24 +426,19 @@ async fn sync(
         rendered.data = template::render(&templates, &rendered.data, target_template.merge_policy)?;
     }
     let desired = desired_secret(kvs, &rendered);
-    let record = targets.iter().find(|t| t.secret_name == desired.name);
-    let written = write::write_target(
+    let wrote = write::write_target(
         ctx,
         &ObjectKey::of(kvs),
         &desired,
         spec.target.immutable,
-        record,
+        targets,
     )
     .await?;
-    if let Some(record) = written.record {
-        targets.retain(|t| t.secret_name != record.secret_name);
-        targets.push(record);
-    }
     let_go_of_others(kvs, ctx, &desired.name, targets).await?;
     Ok(Synced {
         secret_name: desired.name,
         rendered,
-        wrote: written.wrote,
+        wrote,
     })
 }
 

@@ -239,7 +239,32 @@ pub fn release(
     }
 }
 
-/// The record of a Secret kvsync just wrote.
+/// Whether `written`, the answer to an apply meant to create it, shows that
+/// someone else created the Secret just before (a field manager other than
+/// kvsync's holds fields of it): then it is not kvsync's.
+pub fn created_meanwhile(written: &Secret) -> bool {
+    written
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|entry| entry.manager.as_deref() != Some(FIELD_MANAGER))
+}
+
+/// Whether `secret` carries a marker naming KeyVaultSecret `owner_name`
+/// (`kvsync.io/owner` or `kvsync.io/merged-by`): kvsync wrote into it.
+pub fn marked_by(secret: &Secret, owner_name: &str) -> bool {
+    marked_for(secret).any(|name| name == owner_name)
+}
+
+/// Puts `record` into the ownership record `targets`, replacing the entry
+/// of its Secret name.
+pub fn remember(targets: &mut Vec<TargetRecord>, record: TargetRecord) {
+    targets.retain(|t| t.secret_name != record.secret_name);
+    targets.push(record);
+}
+
+/// The record of a Secret kvsync read or wrote.
 pub fn record_of(written: &Secret, created: bool) -> TargetRecord {
     TargetRecord {
         secret_name: written.metadata.name.clone().unwrap_or_default(),
@@ -392,7 +417,7 @@ impl DesiredSecret {
             ));
         }
         if self.policy != CreationPolicy::Merge && !self.created {
-            let merged = marked_for(existing).any(|name| *name == self.owner_name);
+            let merged = marked_by(existing, &self.owner_name);
             return WriteDecision::Conflict(if merged {
                 format!(
                     "Secret {} was not created by kvsync (this KeyVaultSecret merged its keys into it) and kvsync does not take over, replace or delete a Secret it did not create: set creationPolicy back to Merge, or choose another target.name for creationPolicy {:?}",
@@ -810,6 +835,20 @@ mod tests {
             Release::Withdraw,
             "a forged Created record on a Secret kvsync merged into"
         );
+    }
+
+    #[test]
+    fn a_secret_someone_else_created_meanwhile_is_told_by_its_field_managers() {
+        let mut written = existing(&desired(CreationPolicy::Owner), &[]);
+        applied_by_kvsync(&mut written, json!({"f:type": {}}));
+        assert!(created_meanwhile(&written), "another manager's entry");
+        written
+            .metadata
+            .managed_fields
+            .as_mut()
+            .unwrap()
+            .retain(|e| e.manager.as_deref() == Some(FIELD_MANAGER));
+        assert!(!created_meanwhile(&written), "kvsync's entry alone");
     }
 
     #[test]

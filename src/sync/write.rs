@@ -33,38 +33,34 @@ use super::target::{self, DesiredSecret, Release, WriteDecision};
 use crate::api::TargetRecord;
 use crate::api::contract::{FIELD_MANAGER, RELEASED_FIELD_MANAGER};
 
-/// What [`write_target`] did.
-#[derive(Debug)]
-pub struct Written {
-    /// It changed the Secret.
-    pub wrote: bool,
-    /// The ownership record of the Secret as read or written; `None` when
-    /// nothing was read (the Secret is still as last checked).
-    pub record: Option<TargetRecord>,
-}
-
-/// Writes the target if it differs. `immutable`: written `immutable: true`
-/// (only a Secret kvsync creates), and once so, its data is never changed.
-/// `record`: the ownership record of the target's name, if any.
+/// Writes the target if it differs; returns whether it wrote. `immutable`:
+/// written `immutable: true` (only a Secret kvsync creates), and once so,
+/// its data is never changed. `targets`, the ownership record, is brought
+/// up to date with the target as read (a Secret kvsync created or marked
+/// as merged into, also when the write is then refused) and as written.
 pub async fn write_target(
     ctx: &Context,
     object: &ObjectKey,
     desired: &DesiredSecret,
     immutable: bool,
-    record: Option<&TargetRecord>,
-) -> Result<Written, SyncError> {
+    targets: &mut Vec<TargetRecord>,
+) -> Result<bool, SyncError> {
     let digest = desired.digest(immutable);
     if still_holds(ctx, desired, digest) {
-        return Ok(Written {
-            wrote: false,
-            record: None,
-        });
+        return Ok(false);
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &desired.namespace);
     let existing = api.get_opt(&desired.name).await?;
+    let record = targets.iter().find(|t| t.secret_name == desired.name);
     let created = existing
         .as_ref()
         .is_none_or(|s| target::created_by(s, &desired.owner_name, record));
+    if let Some(existing) = existing
+        .as_ref()
+        .filter(|s| created || target::marked_by(s, &desired.owner_name))
+    {
+        target::remember(targets, target::record_of(existing, created));
+    }
     let desired = &desired.clone().held(created);
     let immutable = immutable && created;
     let decision = desired.decide(existing.as_ref());
@@ -80,26 +76,30 @@ pub async fn write_target(
             if let Some(version) = existing.as_ref().and_then(|s| s.resource_version()) {
                 remember_checked(ctx, object, desired, version, Some(digest));
             }
-            Ok(Written {
-                wrote: false,
-                record: existing.as_ref().map(|s| target::record_of(s, created)),
-            })
+            Ok(false)
         }
         WriteDecision::Conflict(message) => Err(SyncError::Conflict(message)),
         WriteDecision::Missing => Err(SyncError::SecretMissing(desired.name.clone())),
         WriteDecision::Apply => {
             let uid = existing.as_ref().and_then(|s| s.uid());
             let written = apply(&api, desired, immutable, uid).await?;
+            if existing.is_none() && target::created_meanwhile(&written) {
+                // Someone else created it between the read and the apply:
+                // not kvsync's. Take back what was applied (markers,
+                // ownerReference) before anything else happens to it.
+                withdraw(&api, &written).await?;
+                return Err(SyncError::Conflict(format!(
+                    "Secret {} was created by someone else while kvsync was creating it; kvsync withdrew what it wrote: choose another target.name, or set creationPolicy: Merge",
+                    desired.name
+                )));
+            }
             let written = remove_foreign_keys(&api, desired, written).await?;
             let resource_version = written.resource_version();
-            let record = Some(target::record_of(&written, created));
+            target::remember(targets, target::record_of(&written, created));
             if resource_version == existing.as_ref().and_then(|s| s.resource_version()) {
                 // The apply changed nothing (e.g. only fields kvsync does not
                 // own differed): not a write, so no event, reload or status.
-                return Ok(Written {
-                    wrote: false,
-                    record,
-                });
+                return Ok(false);
             }
             if let Some(version) = resource_version {
                 let holds = desired.decide(Some(&written)) == WriteDecision::UpToDate;
@@ -107,10 +107,7 @@ pub async fn write_target(
             }
             ctx.notifier.secret_written(&written);
             tracing::info!(namespace = %desired.namespace, secret = %desired.name, keys = desired.data.len(), "wrote Secret");
-            Ok(Written {
-                wrote: true,
-                record,
-            })
+            Ok(true)
         }
     }
 }
