@@ -143,7 +143,10 @@ async fn a_crash_between_the_record_and_the_job_makes_the_job_once() {
     for name in ["owed", "made"] {
         eventually(&format!("the digest record on {name}"), WAIT, || async {
             let cron_job = cron_jobs.get(name).await.unwrap();
-            cron_job.annotations().contains_key(DIGEST_ANNOTATION).then_some(())
+            cron_job
+                .annotations()
+                .contains_key(DIGEST_ANNOTATION)
+                .then_some(())
         })
         .await;
     }
