@@ -36,7 +36,7 @@ use crate::reload::decide::{
 };
 use crate::reload::index::{ResourceState, WorkloadState};
 use crate::reload::kinds::{ResourceRef, RestartMethod};
-use crate::reload::record::parse_pending_mark;
+use crate::reload::record::{parse_job_mark, parse_pending_mark};
 
 /// The namespace's Secrets and ConfigMaps digested with the operator's key.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +59,9 @@ pub fn pending(
         started: state.paused_at,
         by_reloader: state.reloader_paused_since,
     };
+    if let Some(mark) = &state.job_pending {
+        return job_due(mark, now);
+    }
     if state.policy.is_inert() && pause.by_reloader.is_none() {
         return none("no reload annotation".to_owned());
     }
@@ -224,6 +227,17 @@ fn baseline(why: Baseline) -> &'static str {
 }
 
 /// A pending restart due at `until`; `why` says when in words.
+/// A CronJob whose change kvsync recorded with the Job it owes
+/// (`kvsync.io/job-pending`): the Job is made at the operator's next look.
+fn job_due(mark: &str, now: OffsetDateTime) -> PendingRestart {
+    let (job, changed) = parse_job_mark(mark);
+    held_for(
+        format!("kvsync recorded the change and makes Job {job} at its next look"),
+        now,
+        changed,
+    )
+}
+
 fn held(why: String, until: OffsetDateTime, changed: &[ResourceRef]) -> PendingRestart {
     held_for(
         why,
@@ -310,6 +324,29 @@ mod tests {
         }))
         .unwrap();
         observe_workload(&object).unwrap().state
+    }
+
+    #[test]
+    fn a_job_kvsync_recorded_and_has_not_made_yet_is_due() {
+        let key = DigestKey::generate();
+        let old = secret(&key, "YQ==");
+        let state = workload(
+            &key,
+            &old,
+            json!({"kvsync.io/job-pending": "web-1a2b3c Secret/db"}),
+        );
+        let digests = Digests {
+            key_id: &key.id(),
+            resources: &[(ResourceRef::secret("db"), old.clone())].into(),
+        };
+        let pending = pending(&state, Ok(digests), Duration::from_secs(60), at(0));
+        assert_eq!(pending.state, PendingState::Pending);
+        assert_eq!(pending.changed, ["Secret/db"]);
+        assert!(
+            pending.summary.contains("makes Job web-1a2b3c"),
+            "{}",
+            pending.summary
+        );
     }
 
     #[test]
