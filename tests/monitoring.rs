@@ -293,6 +293,14 @@ async fn prometheus_finds_series_for_every_dashboard_query_and_alert() {
     .await;
     let prometheus = Prometheus::start(target.trim_start_matches("http://"));
 
+    // A version expiring in 10 days: the expiry series and KvsyncSecretExpiring.
+    f.emulator
+        .control(
+            Method::PATCH,
+            "vaults/shop/secrets/db-password",
+            Some(json!({"exp": k8s_openapi::jiff::Timestamp::now().as_second() + 10 * 86_400})),
+        )
+        .await;
     f.synced_db("1s").await;
     f.apply(
         "missing",
