@@ -117,7 +117,8 @@ pub fn apply(
             ("False", "NotExpired", format!("Expires at {date}")),
         ),
         Standing::Expiring => {
-            let days = (at.as_second() - now.as_second()) / 86_400;
+            // Whole days left, rounded up: 9 days and 23 hours is "in 10 days".
+            let days = (at.as_second() - now.as_second() + 86_399) / 86_400;
             (
                 (
                     "True",
