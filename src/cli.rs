@@ -128,6 +128,12 @@ pub struct RunArgs {
     #[arg(long, env = "KVSYNC_MIN_REFRESH_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub min_refresh_interval: Duration,
 
+    /// How long before a Key Vault version's `exp` its KeyVaultSecret is
+    /// `Expiring` (condition, Warning event, `kvsync_secrets_expiring`). The
+    /// default is Key Vault's own `SecretNearExpiry` notice: 30 days.
+    #[arg(long, env = "KVSYNC_EXPIRY_WINDOW", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub expiry_window: Duration,
+
     /// Longest wait between retries after a failure.
     #[arg(long, env = "KVSYNC_MAX_BACKOFF", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_backoff: Duration,

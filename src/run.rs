@@ -310,6 +310,7 @@ fn start_stages(
         args.max_backoff,
         args.max_concurrent_syncs,
         args.min_refresh_interval,
+        args.expiry_window,
     ));
     let stop = shutdown.clone();
     let sync = tokio::spawn(crate::sync::run(ctx, move || stop.signal()));

@@ -87,6 +87,7 @@ fn alerts_pass_promtool_check_and_unit_tests() {
             "KvsyncKeyVaultThrottled",
             "KvsyncReloadErrors",
             "KvsyncRestartsHeldBack",
+            "KvsyncSecretExpiring",
         ]
     );
     let runbooks = std::fs::read_to_string(Path::new(ROOT).join("docs/alerts.md")).unwrap();
@@ -114,7 +115,7 @@ fn alerts_pass_promtool_check_and_unit_tests() {
     let checked = run(Command::new(&promtool)
         .args(["check", "rules", "rules.yaml"])
         .current_dir(dir.path()));
-    assert!(checked.contains("SUCCESS: 5 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
     std::fs::copy(
         Path::new(ROOT).join("tests/alerts/kvsync.test.yaml"),
         dir.path().join("kvsync.test.yaml"),
@@ -275,6 +276,20 @@ async fn prometheus_finds_series_for_every_dashboard_query_and_alert() {
     let prometheus = Prometheus::start(target.trim_start_matches("http://"));
 
     f.synced_db("1s").await;
+    // A version expiring in 10 days: the expiry series and KvsyncSecretExpiring.
+    f.emulator
+        .control(
+            Method::PATCH,
+            "vaults/shop/secrets/app-alpha",
+            Some(json!({"exp": k8s_openapi::jiff::Timestamp::now().as_second() + 10 * 86_400})),
+        )
+        .await;
+    f.apply(
+        "expiring",
+        json!({"refreshInterval": "1h",
+               "data": [{"secretKey": "alpha", "remoteRef": {"name": "app-alpha"}}]}),
+    )
+    .await;
     f.apply(
         "missing",
         json!({"refreshInterval": "1s",

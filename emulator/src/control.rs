@@ -9,7 +9,7 @@
 //! | `PUT /vaults/{vault}/certificates/{name}` `{value, password?, contentType?, tags?, enabled?}` | imports a certificate (PEM text, or base64 PKCS#12 — `contentType` `application/x-pem-file` or `application/x-pkcs12`, the default); returns its secret's bundle |
 //! | `PUT /apps/{clientId}` (seed shape) / `DELETE /apps/{clientId}` | adds, replaces or removes an app registration |
 //! | `POST /faults` / `DELETE /faults` | queues an injected fault / clears all |
-//! | `POST /tokens/rollover` | new token signing key: every access token issued so far is refused (401) |
+//! | `POST /tokens/rollover` | new token signing key: every access token issued so far is revoked (401 with a claims challenge, `error="insufficient_claims"`) |
 //! | `GET /counters` / `POST /counters/reset` | request counters of the Azure surfaces |
 //! | `POST /clock` `{skewSeconds}` | sets the vaults' clock off by that many seconds (`updated`, `created`, `Date`) |
 //! | `GET /issued` | every access token issued, client assertion presented and token scope asked for |
@@ -25,7 +25,6 @@ use super::observed::Counters;
 use super::responses::{ServiceError, json_response};
 use super::state::{Emulator, lock};
 use super::store::{NewSecret, SecretUpdate, StoreError, VersionId};
-use super::tokens::TokenAuthority;
 use super::vault_api::{SecretView, secret_json};
 use axum::Router;
 use axum::body::Bytes;
@@ -193,11 +192,12 @@ async fn add_fault(
 async fn rollover_tokens(
     State(emulator): State<Arc<Emulator>>,
 ) -> Result<StatusCode, ServiceError> {
-    let authority = TokenAuthority::generate().map_err(|error| ServiceError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        ..ServiceError::bad_parameter(error.to_string())
-    })?;
-    *lock(&emulator.tokens) = authority;
+    lock(&emulator.tokens)
+        .rollover(emulator.vault_clock.now())
+        .map_err(|error| ServiceError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            ..ServiceError::bad_parameter(error.to_string())
+        })?;
     tracing::info!("control: token signing key rolled over");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -9,6 +9,7 @@ use super::limits::ServiceLimits;
 use super::observed::{Counters, IssuedCredentials};
 use super::store::{VaultStore, VersionId};
 use super::tokens::{KEY_VAULT_RESOURCE, TokenAuthority};
+use base64::Engine;
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use url::Url;
@@ -107,6 +108,20 @@ impl Emulator {
     /// The `WWW-Authenticate` value a vault of `tenant` answers unauthenticated calls with.
     pub fn challenge(&self, tenant: &str) -> String {
         self.challenge_for(tenant, KEY_VAULT_RESOURCE)
+    }
+
+    /// The claims challenge Key Vault answers a revoked token with (continuous
+    /// access evaluation): the token must be newer than `since` (Unix seconds).
+    /// Shaped as Key Vault sends it: no resource, the `common` authorize URL,
+    /// `error="insufficient_claims"` and the claims request in base64.
+    pub fn claims_challenge(&self, since: i64) -> String {
+        let claims =
+            format!(r#"{{"access_token":{{"nbf":{{"essential":true,"value":"{since}"}}}}}}"#);
+        format!(
+            r#"Bearer realm="", authorization_uri="{}common/oauth2/authorize", error="insufficient_claims", claims="{}""#,
+            self.authority_host,
+            base64::engine::general_purpose::STANDARD.encode(claims)
+        )
     }
 
     /// A challenge naming any `resource` (for the injected foreign challenge).

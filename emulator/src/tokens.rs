@@ -5,6 +5,12 @@
 //! is Key Vault's and the token has not expired; the caller's identity is then the
 //! `appid` and `tid` claims. Tokens do not survive a restart, like a real tenant's
 //! key rollover would not let them.
+//!
+//! A rollover ([`TokenAuthority::rollover`]) keeps the retired keys' public
+//! halves: a token one of them signed is not garbage but *revoked*, which Key
+//! Vault with continuous access evaluation answers with a claims challenge
+//! (`error="insufficient_claims"`), the signal for SDKs to bypass their token
+//! cache. Garbage and foreign keys stay plain `Invalid`.
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -42,6 +48,9 @@ pub enum TokenRejection {
         "AKV10032: Invalid issuer. Expected one of https://sts.windows.net/{expected_tenant}/."
     )]
     WrongTenant { expected_tenant: String },
+    /// Signed by a key retired at `since` (Unix seconds): the token was revoked.
+    #[error("AKV10022: Invalid token: the token was revoked; get a new one.")]
+    Revoked { since: i64 },
 }
 
 /// Claims of an emulator access token.
@@ -71,6 +80,8 @@ pub struct TokenAuthority {
     key_id: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Keys retired by rollovers, each with the time it was retired (newest last).
+    retired: Vec<(DecodingKey, i64)>,
 }
 
 fn issuer_for(tenant: &str) -> String {
@@ -86,7 +97,18 @@ impl TokenAuthority {
             key_id: uuid::Uuid::new_v4().simple().to_string(),
             encoding: EncodingKey::from_rsa_pem(key.serialize_pem().as_bytes())?,
             decoding: DecodingKey::from_rsa_pem(key.public_key_pem().as_bytes())?,
+            retired: Vec::new(),
         })
+    }
+
+    /// Replaces the signing key with a fresh one at `now`: every token issued so
+    /// far is refused from now on, as [`TokenRejection::Revoked`].
+    pub fn rollover(&mut self, now: i64) -> Result<(), TokenKeyError> {
+        let mut fresh = Self::generate()?;
+        fresh.retired = std::mem::take(&mut self.retired);
+        let previous = std::mem::replace(self, fresh);
+        self.retired.push((previous.decoding, now));
+        Ok(())
     }
 
     /// Signs an access token for an app, valid from `now` for [`TOKEN_LIFETIME_SECONDS`].
@@ -138,6 +160,7 @@ impl TokenAuthority {
                     TokenRejection::Expired
                 }
                 ErrorKind::InvalidAudience => TokenRejection::WrongAudience,
+                ErrorKind::InvalidSignature => self.revoked(token, &validation),
                 _ => TokenRejection::Invalid,
             })?
             .claims;
@@ -153,6 +176,18 @@ impl TokenAuthority {
             tenant_id: claims.tid,
             client_id: claims.appid,
         })
+    }
+
+    /// `Revoked` when a retired key signed the token (the newest such key's
+    /// retirement time), else `Invalid`.
+    fn revoked(&self, token: &str, validation: &Validation) -> TokenRejection {
+        self.retired
+            .iter()
+            .rev()
+            .find(|(key, _)| jsonwebtoken::decode::<AccessClaims>(token, key, validation).is_ok())
+            .map_or(TokenRejection::Invalid, |(_, since)| {
+                TokenRejection::Revoked { since: *since }
+            })
     }
 }
 
@@ -234,6 +269,33 @@ mod tests {
             Err(TokenRejection::Invalid)
         );
         assert_eq!(AUTHORITY.verify("", TENANT), Err(TokenRejection::Invalid));
+    }
+
+    #[test]
+    fn a_token_signed_before_a_rollover_is_revoked_not_invalid() {
+        let mut authority = TokenAuthority::generate().unwrap();
+        let first = authority.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        authority.rollover(1_000).unwrap();
+        let second = authority.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        authority.rollover(2_000).unwrap();
+        assert_eq!(
+            authority.verify(&first, TENANT),
+            Err(TokenRejection::Revoked { since: 1_000 })
+        );
+        assert_eq!(
+            authority.verify(&second, TENANT),
+            Err(TokenRejection::Revoked { since: 2_000 })
+        );
+        let forged = TokenAuthority::generate()
+            .unwrap()
+            .issue(TENANT, "app-1", "oid-1", now())
+            .unwrap();
+        assert_eq!(
+            authority.verify(&forged, TENANT),
+            Err(TokenRejection::Invalid)
+        );
+        let fresh = authority.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        assert!(authority.verify(&fresh, TENANT).is_ok());
     }
 
     #[test]

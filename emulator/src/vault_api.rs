@@ -134,10 +134,11 @@ impl VaultContext {
             Some(token) => lock(&self.emulator.tokens).verify(token.trim(), &self.site.tenant_id),
         };
         verified.map_err(|rejection| {
-            ServiceError::unauthorized(
-                rejection.to_string(),
-                self.emulator.challenge(&self.site.tenant_id),
-            )
+            let challenge = match rejection {
+                TokenRejection::Revoked { since } => self.emulator.claims_challenge(since),
+                _ => self.emulator.challenge(&self.site.tenant_id),
+            };
+            ServiceError::unauthorized(rejection.to_string(), challenge)
         })
     }
 

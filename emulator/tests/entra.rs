@@ -145,10 +145,29 @@ async fn a_signing_key_rollover_refuses_every_token_issued_before_it() {
         .await;
     let refused = read(before).await;
     assert_eq!(refused.status(), 401);
+    // Key Vault's continuous-access-evaluation answer: a claims challenge, the
+    // signal for an SDK to bypass its token cache.
+    let challenge = refused.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(
-        refused.headers().contains_key("www-authenticate"),
-        "a challenge tells the client where to get a new token"
+        challenge.starts_with("Bearer ") && challenge.contains(r#"error="insufficient_claims""#),
+        "{challenge}"
     );
+    let claims = challenge
+        .split("claims=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no claims in {challenge}"));
+    let claims: Value = serde_json::from_slice(&STANDARD.decode(claims).unwrap()).unwrap();
+    let since: i64 = claims["access_token"]["nbf"]["value"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(claims["access_token"]["nbf"]["essential"], true);
+    assert!((since - unix_now()).abs() < 60, "{claims}");
     let body: Value = refused.json().await.unwrap();
     assert!(
         body["error"]["message"]

@@ -218,3 +218,124 @@ async fn sdk_writes_through_the_data_plane() {
         .unwrap_err();
     assert_eq!(inner_error_code(refused), "ForbiddenByRbac");
 }
+
+#[tokio::test]
+async fn nbf_and_exp_are_kept_per_version_and_shown_by_get_list_and_versions() {
+    let emulator = Emulator::start_standard().await;
+    let client = emulator.reader_client();
+    let unix = |t: Option<time::OffsetDateTime>| t.map(|t| t.unix_timestamp());
+    // Two versions with their own validity window; the newest is not yet valid.
+    let (old_nbf, old_exp, new_nbf, new_exp) =
+        (1_700_000_000, 1_800_000_000, 1_900_000_000, 2_000_000_000);
+    let mut versions = Vec::new();
+    for (nbf, exp) in [(old_nbf, old_exp), (new_nbf, new_exp)] {
+        let bundle: Value = emulator
+            .control_ok(
+                reqwest::Method::PUT,
+                "vaults/shop/secrets/scheduled",
+                Some(json!({"value": format!("v{nbf}"), "nbf": nbf, "exp": exp})),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                bundle["attributes"]["nbf"].as_i64(),
+                bundle["attributes"]["exp"].as_i64()
+            ),
+            (Some(nbf), Some(exp))
+        );
+        versions.push(
+            bundle["id"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+
+    // GET serves both, not-yet-valid included (nbf/exp are informational).
+    let latest = get_secret(&client, "scheduled", None).await.unwrap();
+    let attributes = latest.attributes.unwrap();
+    assert_eq!(latest.value.as_deref(), Some("v1900000000"));
+    assert_eq!(
+        (unix(attributes.not_before), unix(attributes.expires)),
+        (Some(new_nbf), Some(new_exp))
+    );
+    let old = get_secret(&client, "scheduled", Some(&versions[0]))
+        .await
+        .unwrap();
+    let attributes = old.attributes.unwrap();
+    assert_eq!(
+        (unix(attributes.not_before), unix(attributes.expires)),
+        (Some(old_nbf), Some(old_exp))
+    );
+
+    // The listing shows the latest version's attributes.
+    let listed: Vec<_> = client
+        .list_secret_properties(None)
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let item = listed
+        .iter()
+        .find(|item| item.resource_id().unwrap().name == "scheduled")
+        .unwrap();
+    let attributes = item.attributes.clone().unwrap();
+    assert_eq!(
+        (unix(attributes.not_before), unix(attributes.expires)),
+        (Some(new_nbf), Some(new_exp))
+    );
+    // A secret without them shows neither.
+    let plain = listed
+        .iter()
+        .find(|item| item.resource_id().unwrap().name == "api-key")
+        .unwrap();
+    let attributes = plain.attributes.clone().unwrap();
+    assert_eq!((attributes.not_before, attributes.expires), (None, None));
+
+    // The versions listing shows each version's own.
+    let by_version: Vec<(String, Option<i64>, Option<i64>)> = client
+        .list_secret_properties_versions("scheduled", None)
+        .unwrap()
+        .map_ok(|item| {
+            let attributes = item.attributes.clone().unwrap();
+            (
+                item.resource_id().unwrap().version.unwrap(),
+                unix(attributes.not_before),
+                unix(attributes.expires),
+            )
+        })
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        by_version,
+        [
+            (versions[0].clone(), Some(old_nbf), Some(old_exp)),
+            (versions[1].clone(), Some(new_nbf), Some(new_exp)),
+        ]
+    );
+
+    // PATCH through the control API changes the latest version's exp only.
+    emulator
+        .control_ok(
+            reqwest::Method::PATCH,
+            "vaults/shop/secrets/scheduled",
+            Some(json!({"exp": 2_100_000_000})),
+        )
+        .await;
+    let old = get_secret(&client, "scheduled", Some(&versions[0]))
+        .await
+        .unwrap();
+    let latest = get_secret(&client, "scheduled", None).await.unwrap();
+    assert_eq!(unix(old.attributes.unwrap().expires), Some(old_exp));
+    assert_eq!(
+        unix(latest.attributes.unwrap().expires),
+        Some(2_100_000_000)
+    );
+}

@@ -58,6 +58,7 @@ async fn the_official_python_sdks_work_against_the_emulator_with_their_default_a
         .env("CLIENT_ID", READER)
         .env("CLIENT_SECRET", READER_SECRET)
         .env("VAULT_URL", emulator.vault("shop"))
+        .env("CONTROL_URL", &emulator.endpoints.control_url)
         .env("REQUESTS_CA_BUNDLE", &emulator.endpoints.ca_file)
         .env("SSL_CERT_FILE", &emulator.endpoints.ca_file)
         .env("IDENTITY_ENDPOINT", &emulator.endpoints.identity_endpoint)

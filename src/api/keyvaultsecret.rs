@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
     printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -448,6 +449,11 @@ pub struct KeyVaultSecretStatus {
     /// When the Secret's content last changed (or was first confirmed in sync).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
+    /// The earliest `exp` (expiry) among the Key Vault versions in the Secret;
+    /// absent when none has one. The `Expiring` and `Expired` conditions
+    /// follow it (`Ready` does not: Key Vault still serves an expired version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
     /// The ownership record: every Secret kvsync wrote for this object and
     /// has not let go of yet, with its uid and how kvsync came to it. kvsync
     /// deletes, freezes, takes over or strips a Secret only if it created

@@ -61,6 +61,8 @@ pub struct Context {
     pub max_concurrent_syncs: u16,
     /// Shortest refresh interval accepted (`--min-refresh-interval`).
     pub min_refresh_interval: Duration,
+    /// How long before `exp` an object is `Expiring` (`--expiry-window`).
+    pub expiry_window: Duration,
     /// Each namespace's share of the sync slots (see [`super::shares`]).
     pub(super) shares: Shares,
     /// What is remembered per object between syncs (see [`super::memory`]).
@@ -91,6 +93,7 @@ impl Context {
         max_backoff: Duration,
         max_concurrent_syncs: u16,
         min_refresh_interval: Duration,
+        expiry_window: Duration,
     ) -> Self {
         Context {
             client,
@@ -105,6 +108,7 @@ impl Context {
             max_backoff,
             max_concurrent_syncs,
             min_refresh_interval,
+            expiry_window,
             shares: Shares::new(max_concurrent_syncs),
             memory: Mutex::default(),
             references: Mutex::default(),

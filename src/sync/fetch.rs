@@ -31,6 +31,8 @@ pub struct Rendered {
     /// pinned ones, so one secret referenced both ways is recorded
     /// deterministically.
     pub versions: BTreeMap<String, String>,
+    /// The earliest `exp` (Unix seconds) among the versions read, if any has one.
+    pub expires: Option<i64>,
 }
 
 /// The vault secrets a spec depends on (for change notifications).
@@ -186,6 +188,7 @@ async fn render_all(
     Ok(Rendered {
         data: render::merge(parts)?,
         versions: fetcher.versions(),
+        expires: fetcher.seen.values().filter_map(|read| read.expires).min(),
     })
 }
 
@@ -377,6 +380,8 @@ mod tests {
             value: String::new(),
             content_type: None,
             updated,
+            not_before: None,
+            expires: None,
         };
         assert!(listed_as(&info(Some(10)), &remote(Some(10))));
         assert!(

@@ -16,7 +16,13 @@
 //!   └─ Staleness ──scrape (StalenessCollector)──▶ kvsync_sync_oldest_age_seconds{namespace}
 //!                                                 kvsync_sync_age_interval_ratio{namespace}
 //!                                                 kvsync_sync_failing_seconds{reason}
+//!   └─ expiries ──scrape (ExpiryCollector)──▶ kvsync_secret_expiry_earliest_timestamp_seconds{namespace}
+//!                                              kvsync_secrets_expiring{namespace}
 //! ```
+//!
+//! Expiry is per namespace too, never per object: the earliest `exp` of the
+//! namespace's KeyVaultSecrets and how many are inside their expiry window
+//! or past `exp` (see [`super::expiry::summary`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +35,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::expiry::{self, Expiries};
 use super::key::ObjectKey;
 use super::staleness::Staleness;
 
@@ -78,6 +85,7 @@ pub struct SyncMetrics {
     errors: Family<ErrorLabels, Counter>,
     in_flight: Gauge,
     staleness: Arc<Mutex<Staleness>>,
+    expiries: Arc<Mutex<Expiries>>,
 }
 
 /// A gauge holding a float (seconds, ratios).
@@ -125,6 +133,40 @@ impl Collector for StalenessCollector {
     }
 }
 
+/// Turns the per-object expiries into per-namespace gauges at each scrape.
+#[derive(Debug)]
+struct ExpiryCollector(Arc<Mutex<Expiries>>);
+
+impl Collector for ExpiryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let summary = expiry::summary(&self.0.lock().unwrap(), now);
+        let earliest = Family::<NamespaceLabels, Gauge>::default();
+        let expiring = Family::<NamespaceLabels, Gauge>::default();
+        for (namespace, namespace_summary) in summary {
+            let labels = NamespaceLabels { namespace };
+            earliest
+                .get_or_create(&labels)
+                .set(namespace_summary.earliest);
+            expiring
+                .get_or_create(&labels)
+                .set(namespace_summary.expiring);
+        }
+        earliest.encode(encoder.encode_descriptor(
+            "secret_expiry_earliest_timestamp_seconds",
+            "Per namespace: the earliest exp (Unix seconds) of the Key Vault versions in its KeyVaultSecrets' Secrets",
+            None,
+            earliest.metric_type(),
+        )?)?;
+        expiring.encode(encoder.encode_descriptor(
+            "secrets_expiring",
+            "Per namespace: KeyVaultSecrets whose Secret holds a version inside the expiry window (--expiry-window) or expired",
+            None,
+            expiring.metric_type(),
+        )?)
+    }
+}
+
 /// Counts one sync as in flight until dropped (so early returns are covered).
 pub struct InFlight(Gauge);
 
@@ -147,8 +189,10 @@ impl SyncMetrics {
             errors: Family::default(),
             in_flight: Gauge::default(),
             staleness: Arc::default(),
+            expiries: Arc::default(),
         };
         registry.register_collector(Box::new(StalenessCollector(metrics.staleness.clone())));
+        registry.register_collector(Box::new(ExpiryCollector(metrics.expiries.clone())));
         registry.register(
             "syncs",
             "Syncs by outcome (written, unchanged, or the failure reason)",
@@ -233,14 +277,29 @@ impl SyncMetrics {
             .failed(object, interval, reason, Instant::now());
     }
 
+    /// The earliest `exp` of the versions now in the object's Secret (`None`: no
+    /// version has one), and the window it is judged with.
+    pub fn object_expiry(&self, object: &ObjectKey, expires: Option<i64>, window: Duration) {
+        let mut expiries = self.expiries.lock().unwrap();
+        match expires {
+            Some(expires) => expiries.insert(object.clone(), (expires, window)),
+            None => expiries.remove(object),
+        };
+    }
+
     /// Stops tracking objects for which `alive` is false.
     pub fn retain_objects(&self, alive: impl Fn(&ObjectKey) -> bool) {
-        self.staleness.lock().unwrap().retain(alive);
+        self.staleness.lock().unwrap().retain(&alive);
+        self.expiries
+            .lock()
+            .unwrap()
+            .retain(|object, _| alive(object));
     }
 
     /// Stops tracking a deleted object.
     pub fn forget_object(&self, object: &ObjectKey) {
         self.staleness.lock().unwrap().forget(object);
+        self.expiries.lock().unwrap().remove(object);
     }
 
     pub fn observe_error(&self, error: &'static str) {
@@ -260,6 +319,20 @@ mod tests {
         metrics.object_current(&ObjectKey::new("shop", "db"), minute);
         metrics.object_failed(&ObjectKey::new("shop", "api"), minute, "RemoteNotFound");
         metrics.observe_vault_call("shop-kv.vault.azure.net", "list", "Throttled");
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let window = expiry::DEFAULT_WINDOW;
+        metrics.object_expiry(
+            &ObjectKey::new("shop", "db"),
+            Some(now + 10 * 86_400),
+            window,
+        );
+        metrics.object_expiry(
+            &ObjectKey::new("shop", "api"),
+            Some(now + 90 * 86_400),
+            window,
+        );
+        metrics.object_expiry(&ObjectKey::new("shop", "old"), Some(now + 5), window);
+        metrics.object_expiry(&ObjectKey::new("shop", "old"), None, window);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         for line in [
@@ -267,6 +340,11 @@ mod tests {
             "kvsync_sync_age_interval_ratio{namespace=\"shop\"}",
             "kvsync_sync_failing_seconds{reason=\"RemoteNotFound\"}",
             "kvsync_keyvault_requests_total{vault=\"shop-kv.vault.azure.net\",operation=\"list\",result=\"Throttled\"} 1",
+            &format!(
+                "kvsync_secret_expiry_earliest_timestamp_seconds{{namespace=\"shop\"}} {}",
+                now + 10 * 86_400
+            ),
+            "kvsync_secrets_expiring{namespace=\"shop\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -14,7 +14,7 @@
 //! shared state, [`context`]), [`SyncMetrics`] (injected by [`crate::run`]),
 //! [`ObjectKey`] (what every per-object index is keyed by) and [`SyncError`].
 //!
-//! Decisions are pure and live in [`render`], [`target`], [`status`],
+//! Decisions are pure and live in [`render`], [`target`], [`status`], [`expiry`],
 //! [`memory`], [`observed`], [`references`], [`staleness`], [`key`],
 //! [`shares`] (each namespace's share of the sync slots) and
 //! [`crate::schedule`]; [`reconciler`] runs the steps, with [`identity`],
@@ -26,6 +26,7 @@ mod context;
 mod controller;
 mod error;
 mod events;
+pub mod expiry;
 mod fetch;
 mod identity;
 mod key;

@@ -33,7 +33,7 @@ use super::key::ObjectKey;
 use super::shares::SHARE_RETRY;
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
 use super::target::{self, DesiredSecret, Release};
-use super::{identity, keys, template, template_from, write};
+use super::{expiry, identity, keys, template, template_from, write};
 use crate::api::contract::{FIELD_MANAGER, FORCE_SYNC_ANNOTATION, MERGE_FINALIZER};
 use crate::api::{
     CreationPolicy, DataFrom, DeletionPolicy, KeyVaultSecret, TargetHow, TargetRecord,
@@ -129,16 +129,23 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
         // Read as of now again too soon: the sync waits (nothing changes meanwhile).
         Err(wait) => return Ok(Action::requeue(wait)),
     };
-    let (outcome, action) = match sync(&kvs, &ctx, freshness, &mut targets).await {
+    // `expires` is known after a sync only; a failure keeps what the status says.
+    let (outcome, action, expires) = match sync(&kvs, &ctx, freshness, &mut targets).await {
         Ok(synced) => {
             ctx.memory.lock().unwrap().succeeded(&key);
             ctx.metrics.object_current(&key, interval);
+            ctx.metrics
+                .object_expiry(&key, synced.rendered.expires, ctx.expiry_window);
             let outcome = Outcome::Synced {
                 secret_name: synced.secret_name,
                 versions: synced.rendered.versions,
                 wrote: synced.wrote,
             };
-            (outcome, at_interval(interval))
+            (
+                outcome,
+                at_interval(interval),
+                Some(synced.rendered.expires),
+            )
         }
         Err(SyncError::Kube(error)) => return Err(error.into()),
         Err(failure) => {
@@ -162,7 +169,7 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
                 reason: failure.reason(),
                 message: failure.to_string(),
             };
-            (outcome, action)
+            (outcome, action, None)
         }
     };
     if !merging {
@@ -170,7 +177,7 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
         // one found (also when the write was refused).
         set_finalizer(&kvs, &ctx, wants_finalizer(&kvs, &targets)).await?;
     }
-    record(&kvs, &ctx, &outcome, targets).await?;
+    record(&kvs, &ctx, &outcome, targets, expires).await?;
     ctx.metrics
         .observe_sync(outcome_label(&outcome), started.elapsed());
     Ok(action)
@@ -331,23 +338,29 @@ fn field_manager() -> PatchParams {
 }
 
 /// Writes the status with the ownership record `targets` (only when it
-/// changed) and emits events on transitions.
+/// changed) and emits events on transitions. `expires`: the earliest `exp`
+/// in the Secret after a sync (see [`expiry`]).
 async fn record(
     kvs: &KeyVaultSecret,
     ctx: &Context,
     outcome: &Outcome,
     mut targets: Vec<TargetRecord>,
+    expires: Option<Option<i64>>,
 ) -> Result<(), Error> {
     let current = kvs.status.as_ref();
     // A target written before the record existed is recorded once read.
     targets.retain(|t| !t.uid.is_empty());
-    let next = next_status(
-        current,
-        kvs.metadata.generation,
-        outcome,
-        targets,
-        Timestamp::now(),
-    );
+    let now = Timestamp::now();
+    let mut next = next_status(current, kvs.metadata.generation, outcome, targets, now);
+    if let Some(expires) = expires {
+        expiry::apply(
+            &mut next,
+            expires,
+            ctx.expiry_window,
+            kvs.metadata.generation,
+            now,
+        );
+    }
     if Some(&next) != current {
         let api: Api<KeyVaultSecret> =
             Api::namespaced(ctx.client.clone(), &kvs.namespace().unwrap_or_default());
@@ -381,13 +394,21 @@ async fn record(
         }
         _ => None,
     };
-    if let Some(event) = event
-        && let Err(error) = ctx
+    let expiry_event = expiry::warning(current, &next).map(|(reason, message)| Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(message),
+        action: "Sync".into(),
+        secondary: None,
+    });
+    for event in [event, expiry_event].into_iter().flatten() {
+        if let Err(error) = ctx
             .events
             .publish(&ObjectKey::of(kvs), &event, &kvs.object_ref(&()))
             .await
-    {
-        tracing::warn!(%error, "could not publish event");
+        {
+            tracing::warn!(%error, "could not publish event");
+        }
     }
     Ok(())
 }

@@ -312,6 +312,8 @@ mod tests {
             value: value.into(),
             content_type: None,
             updated: None,
+            not_before: None,
+            expires: None,
         }
     }
 

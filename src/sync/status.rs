@@ -79,7 +79,7 @@ pub fn next_status(
     status
 }
 
-fn set_condition(
+pub(super) fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
     status: &str,

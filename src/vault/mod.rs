@@ -27,6 +27,7 @@ mod freshness;
 mod gate;
 mod hosts;
 mod identity;
+mod revoked;
 mod scoped;
 mod sdk;
 mod view;
@@ -62,6 +63,10 @@ pub struct RemoteSecret {
     pub content_type: Option<String>,
     /// The version's `updated` attribute (Unix seconds).
     pub updated: Option<i64>,
+    /// The version's `nbf` (not before) attribute (Unix seconds), informational in Key Vault.
+    pub not_before: Option<i64>,
+    /// The version's `exp` (expires) attribute (Unix seconds), informational in Key Vault.
+    pub expires: Option<i64>,
 }
 
 impl std::fmt::Debug for RemoteSecret {

@@ -3,7 +3,9 @@
 //! reused, and no retries of its own (see the module above). Each client's
 //! credential asks only for the vault's cloud's Key Vault scope
 //! ([`super::scoped`]), and the HTTP client follows no redirect: a vault or
-//! Entra ID answering 3xx is an error, not a new destination. Clients and
+//! Entra ID answering 3xx is an error, not a new destination. A claims
+//! challenge (a revoked token) is reported as the 401 it is ([`super::revoked`]).
+//! Clients and
 //! credentials of (vault, identity) pairs nobody uses any more are dropped
 //! ([`Sdk::retain`]).
 
@@ -21,6 +23,7 @@ use futures::TryStreamExt;
 use super::errors::{SetupError, VaultUrlError};
 use super::hosts::default_vault_hosts;
 use super::identity::Credentials;
+use super::revoked::RevokedToken;
 use super::scoped::{ForeignScope, KeyVaultOnly};
 use super::{
     AllowedHosts, Identity, RemoteSecret, RemoteSecretInfo, VaultConfig, VaultError, vault_key,
@@ -53,6 +56,7 @@ impl Sdk {
             transport: Some(Transport::new(Arc::new(http))),
             retry: RetryOptions::none(),
             cloud: Some(Arc::new(CloudConfiguration::Custom(cloud))),
+            per_try_policies: vec![Arc::new(RevokedToken)],
             ..Default::default()
         };
         Ok(Sdk {
@@ -209,15 +213,15 @@ impl Sdk {
             .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
             .unwrap_or_default()
             .to_owned();
+        let attributes = secret.attributes.unwrap_or_default();
         let secret = RemoteSecret {
             name: name.to_owned(),
             version,
             value: secret.value.unwrap_or_default(),
             content_type: secret.content_type,
-            updated: secret
-                .attributes
-                .and_then(|a| a.updated)
-                .map(|t| t.unix_timestamp()),
+            updated: attributes.updated.map(|t| t.unix_timestamp()),
+            not_before: attributes.not_before.map(|t| t.unix_timestamp()),
+            expires: attributes.expires.map(|t| t.unix_timestamp()),
         };
         Ok((secret, date))
     }

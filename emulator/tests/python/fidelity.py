@@ -3,8 +3,9 @@ emulator, configured only as a user would for any Azure cloud: the authority hos
 the vault URL and the emulator's CA (REQUESTS_CA_BUNDLE). No api-version is pinned.
 
 Run by emulator/tests/python_sdk.rs, which passes the endpoints in the environment:
-AUTHORITY_HOST, TENANT_ID, CLIENT_ID, CLIENT_SECRET, VAULT_URL, and
-IDENTITY_ENDPOINT/IDENTITY_HEADER for the host's managed identity. Exits non-zero on
+AUTHORITY_HOST, TENANT_ID, CLIENT_ID, CLIENT_SECRET, VAULT_URL, CONTROL_URL (the
+emulator's control API, for a token rollover), and IDENTITY_ENDPOINT/IDENTITY_HEADER
+for the host's managed identity. Exits non-zero on
 the first surprise; the last line of stdout is a JSON summary of what it saw.
 Certificates are made with `cryptography` and imported with the official
 azure-keyvault-certificates client; their secrets are read back as PKCS#12 and
@@ -43,6 +44,7 @@ TENANT = os.environ["TENANT_ID"]
 CLIENT_ID = os.environ["CLIENT_ID"]
 CLIENT_SECRET = os.environ["CLIENT_SECRET"]
 VAULT_URL = os.environ["VAULT_URL"]
+CONTROL_URL = os.environ["CONTROL_URL"]
 SCOPE = "https://vault.azure.net/.default"
 
 seen = {"api_versions": set(), "steps": []}
@@ -142,6 +144,31 @@ step("disabled secret refused (403)")
 error = expect(ResourceNotFoundError, lambda: client.get_secret("missing"))
 assert error.status_code == 404 and error.error.code == "SecretNotFound", error
 step("missing secret (404 SecretNotFound)")
+
+# A token rollover revokes the client's cached token. Key Vault answers the next
+# request with a claims challenge (continuous access evaluation); the SDK passes
+# the claims to azure-identity, which bypasses its cache and gets a new token.
+tokens = []
+credential_with_log = ClientSecretCredential(
+    TENANT, CLIENT_ID, CLIENT_SECRET, authority=AUTHORITY, disable_instance_discovery=True
+)
+original_get_token_info = credential_with_log.get_token_info
+
+
+def logged_get_token_info(*scopes, options=None):
+    token = original_get_token_info(*scopes, options=options)
+    tokens.append((token.token, (options or {}).get("claims")))
+    return token
+
+
+credential_with_log.get_token_info = logged_get_token_info
+revocable = SecretClient(VAULT_URL, credential_with_log, verify_challenge_resource=False)
+assert revocable.get_secret("db-password").value == "s3cr3t"
+requests.post(f"{CONTROL_URL}tokens/rollover", timeout=10).raise_for_status()
+assert revocable.get_secret("db-password").value == "s3cr3t"
+assert len(tokens) == 2 and tokens[0][0] != tokens[1][0], [claims for _, claims in tokens]
+assert tokens[1][1] and "nbf" in json.loads(tokens[1][1])["access_token"], tokens[1][1]
+step("token rollover: claims challenge, new token with the claims, same client recovers")
 
 
 # Managed identity (IDENTITY_ENDPOINT/IDENTITY_HEADER point azure-identity at the
