@@ -122,7 +122,15 @@ async fn kubectl_columns_show_ready_reason_and_secret() {
         .collect();
     assert_eq!(
         columns,
-        ["Name", "Ready", "Reason", "Secret", "Last Sync", "Age"]
+        [
+            "Name",
+            "Ready",
+            "Reason",
+            "Secret",
+            "Last Sync",
+            "Expires",
+            "Age"
+        ]
     );
     let cells = &table["rows"][0]["cells"];
     assert_eq!(
