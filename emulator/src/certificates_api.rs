@@ -18,6 +18,7 @@
 //! objects of their own, listing certificates, deleting them through this surface.
 
 use super::certificate::{CertificateError, CertificateWithKey, KeyType, SecretFormat};
+use super::eventgrid::schema::EventType;
 use super::responses::{ServiceError, json_response};
 use super::state::{Emulator, lock};
 use super::store::{NewSecret, SecretVersion, VersionId};
@@ -100,6 +101,7 @@ pub fn import_certificate(
         emulator.vault_clock.now(),
     )?;
     tracing::info!(%vault, certificate = %name, version = stored.version.as_str(), "certificate imported");
+    emulator.version_created(vault, &stored, EventType::CertificateNewVersionCreated);
     Ok(stored)
 }
 

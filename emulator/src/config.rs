@@ -20,6 +20,17 @@
 //!   caFile: ca.crt                   #   trusting this CA (default: system roots)
 //!   bearerTokenFile: token           #   and sending this bearer token (read per fetch)
 //! serviceLimits: {}                  # optional: Key Vault's throttling (see limits.rs)
+//! eventGrid:                         # optional: a namespace with pull delivery (see eventgrid/)
+//!   tenantId: 72f988bf-…             #   tokens must come from it (default: the first vault's tenant)
+//!   subscriptionId: 0000…            #   the vaults' Azure subscription and resource group,
+//!   resourceGroup: kvsync-emulator   #   in every event's `source`
+//!   topics:
+//!   - name: keyvault
+//!     subscriptions:
+//!     - {name: kvsync, vaults: [shop], lockDurationSeconds: 60, maxDeliveryCount: 10}
+//!   queues:                          #   storage-queue destinations (Azurite in tests)
+//!   - {url: "https://127.0.0.1:10001/devstoreaccount1/kv-events", vaults: [shop],
+//!      schema: eventGrid, base64: true}   # schema: eventGrid (default) | cloudEvents
 //! ```
 //!
 //! Relative paths are resolved against the seed file's directory. Everything is
@@ -27,6 +38,12 @@
 //! not later as a puzzling 401.
 
 use super::directory::{App, AppRegistration, RegistrationError, is_valid_tenant};
+use super::eventgrid::EventGridConfig;
+use super::eventgrid::broker::{
+    DEFAULT_LOCK_DURATION, DEFAULT_MAX_DELIVERY_COUNT, SubscriptionConfig,
+};
+use super::eventgrid::queue::{EventSchema, QueueConfig};
+use super::eventgrid::schema::ResourceGroup;
 use super::limits::LimitsConfig;
 use super::store::{NewSecret, StoreError, validate_new_secret};
 use serde::Deserialize;
@@ -79,6 +96,8 @@ pub enum ConfigError {
     DiscoveryOptionsWithJwksFile(String),
     #[error("issuer {0} is not an https URL")]
     InvalidIssuerUrl(String),
+    #[error("eventGrid: {0}")]
+    EventGrid(String),
 }
 
 /// Why an app registration (seed or control API) cannot be accepted.
@@ -105,6 +124,46 @@ struct SeedFile {
     #[serde(default)]
     issuers: Vec<IssuerSeed>,
     service_limits: Option<LimitsConfig>,
+    event_grid: Option<EventGridSeed>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EventGridSeed {
+    tenant_id: Option<String>,
+    subscription_id: Option<String>,
+    resource_group: Option<String>,
+    #[serde(default)]
+    topics: Vec<TopicSeed>,
+    #[serde(default)]
+    queues: Vec<QueueSeed>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TopicSeed {
+    name: String,
+    #[serde(default)]
+    subscriptions: Vec<EventSubscriptionSeed>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EventSubscriptionSeed {
+    name: String,
+    vaults: Vec<String>,
+    lock_duration_seconds: Option<u64>,
+    max_delivery_count: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct QueueSeed {
+    url: String,
+    vaults: Vec<String>,
+    #[serde(default)]
+    schema: EventSchema,
+    base64: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +227,8 @@ pub struct Config {
     pub known_names: KnownNames,
     /// Key Vault's throttling, when the seed asks for it ([`crate::limits`]).
     pub service_limits: Option<LimitsConfig>,
+    /// The Event Grid namespace, when the seed has one.
+    pub event_grid: Option<EventGridConfig>,
 }
 
 /// Reads and validates a seed file.
@@ -261,12 +322,93 @@ fn validate(seed: SeedFile, base_dir: &Path) -> Result<Config, ConfigError> {
             secrets,
         });
     }
+    let event_grid = seed
+        .event_grid
+        .map(|grid| validate_event_grid(grid, &vaults))
+        .transpose()?;
     Ok(Config {
         vaults,
         apps,
         issuers,
         known_names: known,
         service_limits: seed.service_limits,
+        event_grid,
+    })
+}
+
+fn validate_event_grid(
+    seed: EventGridSeed,
+    vaults: &[VaultConfig],
+) -> Result<EventGridConfig, ConfigError> {
+    let fail = |message: String| Err(ConfigError::EventGrid(message));
+    let known_vaults = |names: Vec<String>, owner: &str| -> Result<BTreeSet<String>, ConfigError> {
+        match names
+            .iter()
+            .find(|name| !vaults.iter().any(|v| &v.name == *name))
+        {
+            Some(unknown) => Err(ConfigError::EventGrid(format!(
+                "{owner} names vault {unknown}, which does not exist"
+            ))),
+            None => Ok(names.into_iter().collect()),
+        }
+    };
+    let tenant_id = match seed.tenant_id {
+        Some(tenant) if !is_valid_tenant(&tenant) => {
+            return fail(format!("tenantId {tenant:?} is invalid"));
+        }
+        Some(tenant) => tenant,
+        None => vaults[0].tenant_id.clone(),
+    };
+    let mut subscriptions = Vec::new();
+    let mut seen = BTreeSet::new();
+    for topic in seed.topics {
+        for subscription in topic.subscriptions {
+            let owner = format!("subscription {}/{}", topic.name, subscription.name);
+            if !seen.insert((topic.name.clone(), subscription.name.clone())) {
+                return fail(format!("{owner} is defined twice"));
+            }
+            let lock_duration = match subscription.lock_duration_seconds {
+                Some(0) => return fail(format!("{owner}: lockDurationSeconds must be at least 1")),
+                Some(seconds) => std::time::Duration::from_secs(seconds),
+                None => DEFAULT_LOCK_DURATION,
+            };
+            subscriptions.push(SubscriptionConfig {
+                vaults: known_vaults(subscription.vaults, &owner)?,
+                topic: topic.name.clone(),
+                name: subscription.name,
+                lock_duration,
+                max_delivery_count: subscription
+                    .max_delivery_count
+                    .unwrap_or(DEFAULT_MAX_DELIVERY_COUNT)
+                    .max(1),
+            });
+        }
+    }
+    let mut queues = Vec::new();
+    for queue in seed.queues {
+        let url = match url::Url::parse(&queue.url) {
+            Ok(url) if url.scheme() == "https" => url,
+            _ => return fail(format!("queue {} is not an https URL", queue.url)),
+        };
+        queues.push(QueueConfig {
+            vaults: known_vaults(queue.vaults, &format!("queue {url}"))?,
+            url,
+            schema: queue.schema,
+            base64: queue.base64.unwrap_or(true),
+        });
+    }
+    Ok(EventGridConfig {
+        tenant_id,
+        resource_group: ResourceGroup {
+            subscription_id: seed
+                .subscription_id
+                .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".to_owned()),
+            name: seed
+                .resource_group
+                .unwrap_or_else(|| "kvsync-emulator".to_owned()),
+        },
+        subscriptions,
+        queues,
     })
 }
 
@@ -436,6 +578,18 @@ issuers:
             (
                 "vaults: [{name: shop, tenantId: t}]\nissuers: [{issuer: 'http://i', jwksFile: j}]",
                 "not an https URL",
+            ),
+            (
+                "vaults: [{name: shop, tenantId: t}]\neventGrid: {topics: [{name: kv, subscriptions: [{name: s, vaults: [nope]}]}]}",
+                "eventGrid: subscription kv/s names vault nope",
+            ),
+            (
+                "vaults: [{name: shop, tenantId: t}]\neventGrid: {topics: [{name: kv, subscriptions: [{name: s, vaults: [shop]}, {name: s, vaults: [shop]}]}]}",
+                "subscription kv/s is defined twice",
+            ),
+            (
+                "vaults: [{name: shop, tenantId: t}]\neventGrid: {queues: [{url: 'http://q/a/b', vaults: [shop]}]}",
+                "queue http://q/a/b is not an https URL",
             ),
         ];
         for (yaml, expected) in cases {

@@ -13,13 +13,22 @@
 //! | `GET /counters` / `POST /counters/reset` | request counters of the Azure surfaces |
 //! | `POST /clock` `{skewSeconds}` | sets the vaults' clock off by that many seconds (`updated`, `created`, `Date`) |
 //! | `GET /issued` | every access token issued, client assertion presented and token scope asked for |
+//! | `GET /eventgrid` | per event subscription (`topic/subscription`): published, delivered, acknowledged, released, rejected, locks expired, dead-lettered, receive calls; available, locked, delayed now |
+//! | `POST /eventgrid/events` `{event, vault?}` | delivers `event` (any JSON: a forged `source`, say) as it is to every subscription and queue (those bound to `vault`, if given) |
+//! | `POST /eventgrid/faults` `{kind, count, delayMs?}` / `DELETE /eventgrid/faults` | drop, duplicate, delay or reorder the next `count` published events (see `eventgrid/faults.rs`) / clears all |
 //! | `GET /healthz` | `ok` |
+//!
+//! A new secret version (here or through a vault), a certificate import and a
+//! change of an app's grants publish the vault's Key Vault event to the Event
+//! Grid namespace, when the seed has one.
 //!
 //! Errors use Key Vault's error shape.
 
 use super::certificates_api::{Import, import_certificate};
 use super::config::validate_app;
 use super::directory::AppRegistration;
+use super::eventgrid::faults::EventFaultRequest;
+use super::eventgrid::schema::EventType;
 use super::faults::FaultRequest;
 use super::observed::Counters;
 use super::responses::{ServiceError, json_response};
@@ -50,6 +59,12 @@ pub fn router(emulator: Arc<Emulator>) -> Router {
         .route("/counters/reset", post(reset_counters))
         .route("/issued", get(issued))
         .route("/clock", post(set_clock))
+        .route("/eventgrid", get(event_grid_stats))
+        .route("/eventgrid/events", post(inject_event))
+        .route(
+            "/eventgrid/faults",
+            post(add_event_fault).delete(clear_event_faults),
+        )
         .with_state(emulator)
 }
 
@@ -82,6 +97,7 @@ async fn set_secret(
         emulator.vault_clock.now(),
     )?;
     tracing::info!(%vault, secret = %name, version = stored.version.as_str(), "control: new secret version");
+    emulator.version_created(&vault, &stored, EventType::SecretNewVersionCreated);
     Ok(json_response(
         StatusCode::OK,
         &secret_json(url, stored, SecretView::Bundle),
@@ -146,8 +162,16 @@ async fn upsert_app(
     }
     let app = validate_app(registration, &emulator.known_names)
         .map_err(|error| ServiceError::bad_parameter(error.to_string()))?;
-    let replaced = lock(&emulator.directory).upsert(app);
+    let granted = app.granted_vaults();
+    let before = lock(&emulator.directory).upsert(app);
+    let replaced = before.is_some();
     tracing::info!(%client_id, replaced, "control: app registration stored");
+    emulator.access_changed(
+        before
+            .iter()
+            .flat_map(|app| app.granted_vaults())
+            .chain(granted),
+    );
     Ok(if replaced {
         StatusCode::OK
     } else {
@@ -159,8 +183,10 @@ async fn delete_app(
     State(emulator): State<Arc<Emulator>>,
     Path(client_id): Path<String>,
 ) -> Result<StatusCode, ServiceError> {
-    if lock(&emulator.directory).remove(&client_id) {
+    let removed = lock(&emulator.directory).remove(&client_id);
+    if let Some(removed) = removed {
         tracing::info!(%client_id, "control: app registration removed");
+        emulator.access_changed(removed.granted_vaults());
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ServiceError::not_found(
@@ -239,4 +265,55 @@ async fn set_clock(
         StatusCode::OK,
         &serde_json::json!({"skewSeconds": body.skew_seconds}),
     ))
+}
+
+fn event_grid(emulator: &Emulator) -> Result<&super::eventgrid::EventGrid, ServiceError> {
+    emulator.event_grid.as_ref().ok_or_else(|| {
+        ServiceError::not_found(
+            "EventGridNotConfigured",
+            "The seed has no eventGrid section.",
+        )
+    })
+}
+
+async fn event_grid_stats(State(emulator): State<Arc<Emulator>>) -> Result<Response, ServiceError> {
+    Ok(json_response(
+        StatusCode::OK,
+        &event_grid(&emulator)?.stats(),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InjectBody {
+    event: serde_json::Value,
+    vault: Option<String>,
+}
+
+async fn inject_event(
+    State(emulator): State<Arc<Emulator>>,
+    body: Bytes,
+) -> Result<StatusCode, ServiceError> {
+    let body: InjectBody = parse_body(&body)?;
+    event_grid(&emulator)?.inject(body.vault, body.event);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn add_event_fault(
+    State(emulator): State<Arc<Emulator>>,
+    body: Bytes,
+) -> Result<StatusCode, ServiceError> {
+    let request: EventFaultRequest = parse_body(&body)?;
+    tracing::info!(?request, "control: event fault queued");
+    event_grid(&emulator)?
+        .add_fault(request)
+        .map_err(|error| ServiceError::bad_parameter(error.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_event_faults(
+    State(emulator): State<Arc<Emulator>>,
+) -> Result<StatusCode, ServiceError> {
+    event_grid(&emulator)?.clear_faults();
+    Ok(StatusCode::NO_CONTENT)
 }

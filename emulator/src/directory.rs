@@ -260,6 +260,14 @@ impl App {
         self.access.iter().any(|grant| grant.vault == vault)
     }
 
+    /// The vaults this app has a grant on (their access policies name it).
+    pub fn granted_vaults(&self) -> std::collections::BTreeSet<String> {
+        self.access
+            .iter()
+            .map(|grant| grant.vault.clone())
+            .collect()
+    }
+
     pub fn may_access_secret(&self, vault: &str, secret: &str) -> bool {
         self.access
             .iter()
@@ -277,14 +285,14 @@ pub struct Directory {
 
 impl Directory {
     /// Adds or replaces an app; returns whether it replaced one.
-    pub fn upsert(&mut self, app: App) -> bool {
-        self.apps
-            .insert(app.client_id.clone(), Arc::new(app))
-            .is_some()
+    /// Adds or replaces an app; returns the one it replaced.
+    pub fn upsert(&mut self, app: App) -> Option<Arc<App>> {
+        self.apps.insert(app.client_id.clone(), Arc::new(app))
     }
 
-    pub fn remove(&mut self, client_id: &str) -> bool {
-        self.apps.remove(client_id).is_some()
+    /// Removes an app; returns it, if it was there.
+    pub fn remove(&mut self, client_id: &str) -> Option<Arc<App>> {
+        self.apps.remove(client_id)
     }
 
     /// The app with this client id in this tenant.
@@ -447,12 +455,12 @@ access:
     #[test]
     fn apps_are_found_only_in_their_own_tenant() {
         let mut directory = Directory::default();
-        assert!(!directory.upsert(workload_app()));
+        assert!(directory.upsert(workload_app()).is_none());
         assert!(directory.app(TENANT, "app-1").is_some());
         assert!(directory.app("other-tenant", "app-1").is_none());
         assert!(directory.has_tenant(TENANT));
-        assert!(directory.upsert(workload_app()));
-        assert!(directory.remove("app-1"));
+        assert!(directory.upsert(workload_app()).is_some());
+        assert!(directory.remove("app-1").is_some());
         assert!(directory.app(TENANT, "app-1").is_none());
     }
 

@@ -24,6 +24,14 @@ pub struct Endpoints {
     pub control_url: String,
     /// PEM CA certificate that signed the HTTPS listeners' certificate.
     pub ca_file: PathBuf,
+    /// The listeners' certificate (with the CA's) and its key, PEM: for a
+    /// local service that should serve HTTPS under the same CA (Azurite).
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    /// The Event Grid namespace, `https://localhost:<port>/`, when the seed has one
+    /// (it stands in for `https://<namespace>.<region>-1.eventgrid.azure.net/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_grid: Option<String>,
     /// The process serving these listeners.
     pub pid: u32,
 }

@@ -11,7 +11,7 @@
 //! |---------|------|
 //! | 900144  | a required form field is missing |
 //! | 70003   | grant type other than `client_credentials` |
-//! | 70011   | scope other than `https://vault.azure.net/.default` |
+//! | 70011   | scope other than Key Vault's, Event Grid's or Storage's `…/.default` |
 //! | 90002   | no app or vault lives in the tenant |
 //! | 700016  | no such client id in the tenant |
 //! | 7000215 | wrong (or no registered) client secret |
@@ -34,7 +34,7 @@ use super::imds;
 use super::issuers::KeyLookupError;
 use super::responses::json_response;
 use super::state::{Emulator, lock};
-use super::tokens::{KEY_VAULT_SCOPE, TOKEN_LIFETIME_SECONDS};
+use super::tokens::{Resource, TOKEN_LIFETIME_SECONDS};
 use super::traffic::{Surface, observe};
 use axum::Router;
 use axum::body::Bytes;
@@ -310,7 +310,7 @@ async fn token(
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let client_id = form.get("client_id").cloned().unwrap_or_default();
     match grant(&emulator, &tenant, &form).await {
-        Ok((app, kind)) => issue(&emulator, &app, kind),
+        Ok((app, kind, resource)) => issue(&emulator, &app, kind, resource),
         Err(error) => {
             tracing::info!(%tenant, %client_id, code = ?error.code(), reason = %error.description, "token request refused");
             error.into_response()
@@ -318,12 +318,12 @@ async fn token(
     }
 }
 
-/// Decides whether the form authenticates an app of `tenant` for Key Vault.
+/// Decides whether the form authenticates an app of `tenant`, and for which resource.
 async fn grant(
     emulator: &Emulator,
     tenant: &str,
     form: &HashMap<String, String>,
-) -> Result<(Arc<App>, CredentialKind), EntraError> {
+) -> Result<(Arc<App>, CredentialKind, Resource), EntraError> {
     let field = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
     let required = |name: &str| field(name).ok_or_else(|| EntraError::missing_parameter(name));
     let grant_type = required("grant_type")?;
@@ -340,16 +340,17 @@ async fn grant(
     lock(&emulator.issued)
         .requested_scopes
         .push(scope.to_owned());
-    if scope.trim() != KEY_VAULT_SCOPE {
+    let Some(resource) = Resource::from_scope(scope) else {
         return Err(EntraError::new(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
             70011,
             format!(
-                "The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid; this emulator grants only {KEY_VAULT_SCOPE}."
+                "The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid; this emulator grants only {}.",
+                Resource::granted_scopes()
             ),
         ));
-    }
+    };
     if !emulator.knows_tenant(tenant) {
         return Err(EntraError::invalid_request(
             90002,
@@ -402,7 +403,7 @@ async fn grant(
             ));
         }
     };
-    Ok((app, kind))
+    Ok((app, kind, resource))
 }
 
 /// Verifies a client assertion of `app`: a certificate assertion when the app has a
@@ -454,8 +455,8 @@ async fn verify_assertion(
     Ok(CredentialKind::Federated)
 }
 
-fn issue(emulator: &Emulator, app: &App, kind: CredentialKind) -> Response {
-    let access_token = match emulator.issue_access_token(app) {
+fn issue(emulator: &Emulator, app: &App, kind: CredentialKind, resource: Resource) -> Response {
+    let access_token = match emulator.issue_access_token(app, resource) {
         Ok(token) => token,
         Err(error) => {
             tracing::error!(%error, "cannot sign an access token");
@@ -468,7 +469,7 @@ fn issue(emulator: &Emulator, app: &App, kind: CredentialKind) -> Response {
             .into_response();
         }
     };
-    tracing::info!(tenant = %app.tenant_id, client_id = %app.client_id, credential = ?kind, "issued an access token");
+    tracing::info!(tenant = %app.tenant_id, client_id = %app.client_id, credential = ?kind, ?resource, "issued an access token");
     let mut response = json_response(
         StatusCode::OK,
         &json!({

@@ -18,14 +18,18 @@ use std::fmt;
 pub enum FaultTarget {
     Vault(String),
     Entra,
+    /// The Event Grid namespace.
+    EventGrid,
 }
 
 impl fmt::Display for FaultTarget {
-    /// The form used in fault requests and counter keys: `vault:shop` or `entra`.
+    /// The form used in fault requests and counter keys: `vault:shop`,
+    /// `entra` or `eventgrid`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Vault(name) => write!(f, "vault:{name}"),
             Self::Entra => f.write_str("entra"),
+            Self::EventGrid => f.write_str("eventgrid"),
         }
     }
 }
@@ -86,7 +90,7 @@ fn root_path() -> String {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FaultError {
-    #[error("target {0:?} is neither \"entra\" nor \"vault:<name of a vault>\"")]
+    #[error("target {0:?} is none of \"entra\", \"eventgrid\" and \"vault:<name of a vault>\"")]
     UnknownTarget(String),
     #[error("count must be at least 1")]
     ZeroCount,
@@ -119,6 +123,7 @@ impl FaultPlan {
     ) -> Result<(), FaultError> {
         let target = match request.target.as_str() {
             "entra" => FaultTarget::Entra,
+            "eventgrid" => FaultTarget::EventGrid,
             other => match other.strip_prefix("vault:") {
                 Some(vault) if vault_exists(vault) => FaultTarget::Vault(vault.to_owned()),
                 _ => return Err(FaultError::UnknownTarget(request.target)),

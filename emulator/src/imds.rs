@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  GET /metadata/identity/oauth2/token?api-version=…&resource=https://vault.azure.net[&client_id=…]
+//!      (or Event Grid's or Storage's resource)
 //!      Metadata: true   (required — IMDS refuses requests without it, a guard against SSRF;
 //!                        or App Service's X-IDENTITY-HEADER)
 //!   └─▶ Directory::managed_identity(client_id) ─▶ {access_token, expires_on, resource, …}
@@ -21,7 +22,7 @@ use super::directory::ManagedIdentityError;
 use super::entra::EntraError;
 use super::responses::json_response;
 use super::state::{Emulator, lock, now};
-use super::tokens::{KEY_VAULT_RESOURCE, TOKEN_LIFETIME_SECONDS};
+use super::tokens::{Resource, TOKEN_LIFETIME_SECONDS};
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -68,14 +69,15 @@ async fn token(
             "Required audience parameter not specified",
         );
     };
-    if resource.trim_end_matches('/') != KEY_VAULT_RESOURCE {
+    let Some(granted) = Resource::from_resource(resource) else {
         return refuse(
             "invalid_resource",
             format!(
-                "AADSTS500011: The resource principal named {resource} was not found in the tenant; the emulator serves only {KEY_VAULT_RESOURCE}."
+                "AADSTS500011: The resource principal named {resource} was not found in the tenant; the emulator serves only {}.",
+                Resource::granted_scopes()
             ),
         );
-    }
+    };
     if query.contains_key("object_id") || query.contains_key("msi_res_id") {
         return refuse(
             "invalid_request",
@@ -91,7 +93,7 @@ async fn token(
             return refuse("invalid_request", error.to_string());
         }
     };
-    let access_token = match emulator.issue_access_token(&app) {
+    let access_token = match emulator.issue_access_token(&app, granted) {
         Ok(token) => token,
         Err(error) => {
             tracing::error!(%error, "cannot sign an access token");

@@ -21,9 +21,13 @@
 //!            GET  /metadata/identity/oauth2/token  (IMDS: managed identities, `Metadata: true`)
 //!    vault   (one listener per vault, standing in for one host per vault)
 //!              /secrets…, /certificates… ─▶ api-version ─▶ bearer token (401 challenge)
-//!                                          ─▶ grants (403) ─▶ store
+//!                                          ─▶ grants (403) ─▶ store ─▶ (new version) event
+//!    Event Grid namespace (when seeded)  POST /topics/{t}/eventsubscriptions/{s}:receive|…
+//!              the vaults' Key Vault events, pull delivery with locks (see eventgrid/);
+//!              also pushed to storage queues (Azurite) as the seed says
 //!  HTTP on 127.0.0.1:
-//!    control  rotate/disable/delete secrets, upsert/remove apps, faults, counters, issued
+//!    control  rotate/disable/delete secrets, upsert/remove apps, faults, counters, issued,
+//!             event faults and injected events
 //! ```
 //!
 //! Why this shape: the pure parts (store, directory, faults, counters, assertion
@@ -45,6 +49,7 @@
 #![forbid(unsafe_code)]
 
 mod assertion;
+pub mod azurite;
 mod certificate;
 mod certificates_api;
 mod clock;
@@ -54,6 +59,7 @@ mod directory;
 mod discovery;
 mod endpoints;
 mod entra;
+mod eventgrid;
 mod faults;
 mod imds;
 mod issuers;
@@ -101,6 +107,9 @@ pub struct Options {
     /// HTTP port of the control API (127.0.0.1 only). 0 picks a free port.
     #[arg(long, default_value_t = 0)]
     pub control_port: u16,
+    /// HTTPS port of the Event Grid namespace (when the seed has one). 0 picks a free port.
+    #[arg(long, default_value_t = 0)]
+    pub eventgrid_port: u16,
 }
 
 impl Options {
@@ -112,6 +121,7 @@ impl Options {
             vault_port: 0,
             entra_port: 0,
             control_port: 0,
+            eventgrid_port: 0,
         }
     }
 }
@@ -171,11 +181,13 @@ fn https_url(listener: &TcpListener) -> Result<Url, EmulatorError> {
     Ok(Url::parse(&format!("https://localhost:{port}/")).expect("a valid URL"))
 }
 
-/// The bound but not yet serving sockets: Entra, one per vault (seed order), control.
+/// The bound but not yet serving sockets: Entra, one per vault (seed order),
+/// control, and the Event Grid namespace if seeded.
 struct Listeners {
     entra: TcpListener,
     vaults: Vec<(String, TcpListener)>,
     control: TcpListener,
+    event_grid: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -196,21 +208,27 @@ impl Listeners {
             ));
         }
         let control = bind("the control API", options.control_port)?;
+        let event_grid = seed
+            .event_grid
+            .as_ref()
+            .map(|_| bind("the Event Grid namespace", options.eventgrid_port))
+            .transpose()?;
         Ok(Listeners {
             entra,
             vaults,
             control,
+            event_grid,
         })
     }
 }
 
-/// Writes the CA certificate clients must trust to `<state-dir>/ca.pem`; returns its absolute path.
-fn write_ca(state_dir: &Path, ca_pem: &str) -> Result<PathBuf, EmulatorError> {
+/// Writes a PEM file `name` into the state directory; returns its absolute path.
+fn write_pem(state_dir: &Path, name: &str, pem: &str) -> Result<PathBuf, EmulatorError> {
     std::fs::create_dir_all(state_dir).map_err(file_error("cannot create", state_dir))?;
-    let ca_file = std::path::absolute(state_dir.join("ca.pem"))
+    let file = std::path::absolute(state_dir.join(name))
         .map_err(file_error("cannot resolve", state_dir))?;
-    std::fs::write(&ca_file, ca_pem).map_err(file_error("cannot write", &ca_file))?;
-    Ok(ca_file)
+    std::fs::write(&file, pem).map_err(file_error("cannot write", &file))?;
+    Ok(file)
 }
 
 /// Loads the seed, binds every listener and serves them on the current tokio
@@ -221,7 +239,11 @@ pub async fn start(options: Options) -> Result<Running, EmulatorError> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let seed = config::load(&options.seed_file)?;
     let tls = tls::generate()?;
-    let ca_file = write_ca(&options.state_dir, &tls.ca_pem)?;
+    // The CA clients must trust; the listeners' certificate and key for a
+    // local service serving HTTPS under the same CA (Azurite).
+    let ca_file = write_pem(&options.state_dir, "ca.pem", &tls.ca_pem)?;
+    let tls_cert_file = write_pem(&options.state_dir, "tls-cert.pem", &tls.server_chain_pem)?;
+    let tls_key_file = write_pem(&options.state_dir, "tls-key.pem", &tls.server_key_pem)?;
     let listeners = Listeners::bind(&options, &seed)?;
 
     let authority_host = https_url(&listeners.entra)?;
@@ -235,6 +257,7 @@ pub async fn start(options: Options) -> Result<Running, EmulatorError> {
         .local_addr()
         .map_err(EmulatorError::Serve)?
         .port();
+    let event_grid_url = listeners.event_grid.as_ref().map(https_url).transpose()?;
     let issuers = issuers::IssuerKeys::new(&seed.issuers)?;
     let emulator = Arc::new(state::Emulator::new(
         seed,
@@ -243,6 +266,9 @@ pub async fn start(options: Options) -> Result<Running, EmulatorError> {
         tokens::TokenAuthority::generate()?,
         issuers,
     ));
+    if let Some(grid) = &emulator.event_grid {
+        grid.start_queues(Arc::downgrade(&emulator), &tls.ca_pem);
+    }
     let endpoints = Endpoints {
         identity_endpoint: format!(
             "{}{}",
@@ -256,6 +282,9 @@ pub async fn start(options: Options) -> Result<Running, EmulatorError> {
             .collect(),
         control_url: format!("http://127.0.0.1:{control_port}/"),
         ca_file,
+        tls_cert_file,
+        tls_key_file,
+        event_grid: event_grid_url.map(|url| url.to_string()),
         pid: std::process::id(),
     };
     let running = Running::serve(
@@ -267,6 +296,7 @@ pub async fn start(options: Options) -> Result<Running, EmulatorError> {
     tracing::info!(
         authority_host = %running.endpoints.authority_host,
         vaults = ?running.endpoints.vaults,
+        event_grid = ?running.endpoints.event_grid,
         control_url = %running.endpoints.control_url,
         "emulator ready"
     );
@@ -302,6 +332,13 @@ impl Running {
                 .handle(handle.clone())
                 .serve(entra::router(emulator.clone()).into_make_service()),
         );
+        if let Some(listener) = listeners.event_grid {
+            servers.spawn(
+                axum_server::from_tcp_rustls(listener, https.clone())
+                    .handle(handle.clone())
+                    .serve(eventgrid::api::router(emulator.clone()).into_make_service()),
+            );
+        }
         for (name, listener) in listeners.vaults {
             servers.spawn(
                 axum_server::from_tcp_rustls(listener, https.clone())

@@ -3,12 +3,14 @@
 use super::clock::VaultClock;
 use super::config::{Config, KnownNames};
 use super::directory::{App, Directory};
+use super::eventgrid::EventGrid;
+use super::eventgrid::schema::{EventType, KeyVaultEvent};
 use super::faults::FaultPlan;
 use super::issuers::IssuerKeys;
 use super::limits::ServiceLimits;
 use super::observed::{Counters, IssuedCredentials};
-use super::store::{VaultStore, VersionId};
-use super::tokens::{KEY_VAULT_RESOURCE, TokenAuthority};
+use super::store::{SecretVersion, VaultStore, VersionId};
+use super::tokens::{KEY_VAULT_RESOURCE, Resource, TokenAuthority};
 use base64::Engine;
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -39,6 +41,8 @@ pub struct Emulator {
     pub issued: Mutex<IssuedCredentials>,
     /// The vaults' clock (skewable through the control API).
     pub vault_clock: VaultClock,
+    /// The Event Grid namespace the vaults' system topics forward to, if seeded.
+    pub event_grid: Option<EventGrid>,
 }
 
 /// Locks a mutex; a panic elsewhere cannot leave this state half-changed (every
@@ -97,6 +101,47 @@ impl Emulator {
             limits: Mutex::new(ServiceLimits::new(config.service_limits)),
             issued: Mutex::new(IssuedCredentials::default()),
             vault_clock: VaultClock::default(),
+            event_grid: config.event_grid.map(EventGrid::new),
+        }
+    }
+
+    /// What the vault's system topic publishes for a new version of a secret
+    /// (or of the certificate behind it).
+    pub fn version_created(&self, vault: &str, secret: &SecretVersion, event_type: EventType) {
+        let (Some(grid), Some(site)) = (&self.event_grid, self.vaults.get(vault)) else {
+            return;
+        };
+        grid.publish(KeyVaultEvent::now(
+            event_type,
+            vault,
+            site.url.as_str(),
+            &secret.name,
+            Some(secret.version.as_str()),
+            secret.nbf,
+            secret.exp,
+        ));
+    }
+
+    /// What the vaults' system topics publish when an app's grants on them
+    /// changed: one event per vault (`vaults` may repeat one).
+    pub fn access_changed(&self, vaults: impl IntoIterator<Item = String>) {
+        let Some(grid) = &self.event_grid else {
+            return;
+        };
+        let vaults: std::collections::BTreeSet<String> = vaults.into_iter().collect();
+        for vault in vaults {
+            let Some(site) = self.vaults.get(&vault) else {
+                continue;
+            };
+            grid.publish(KeyVaultEvent::now(
+                EventType::VaultAccessPolicyChanged,
+                &vault,
+                site.url.as_str(),
+                &vault,
+                None,
+                None,
+                None,
+            ));
         }
     }
 
@@ -132,10 +177,20 @@ impl Emulator {
         )
     }
 
-    /// Signs an access token for `app` and records it (control API `GET /issued`).
-    pub fn issue_access_token(&self, app: &App) -> Result<String, jsonwebtoken::errors::Error> {
-        let token =
-            lock(&self.tokens).issue(&app.tenant_id, &app.client_id, &app.object_id, now())?;
+    /// Signs an access token for `app` and `resource`, and records it (control
+    /// API `GET /issued`).
+    pub fn issue_access_token(
+        &self,
+        app: &App,
+        resource: Resource,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let token = lock(&self.tokens).issue(
+            resource,
+            &app.tenant_id,
+            &app.client_id,
+            &app.object_id,
+            now(),
+        )?;
         lock(&self.issued).access_tokens.push(token.clone());
         Ok(token)
     }

@@ -19,6 +19,11 @@ pub enum TlsError {
 pub struct TlsMaterial {
     /// The CA certificate clients must trust, PEM.
     pub ca_pem: String,
+    /// The server certificate followed by the CA's, PEM: for other local
+    /// services (Azurite) to serve HTTPS under the same CA.
+    pub server_chain_pem: String,
+    /// The server certificate's private key, PEM (PKCS#8).
+    pub server_key_pem: String,
     pub server_config: Arc<ServerConfig>,
 }
 
@@ -54,6 +59,8 @@ pub fn generate() -> Result<TlsMaterial, TlsError> {
     server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsMaterial {
         ca_pem: ca_cert.pem(),
+        server_chain_pem: format!("{}{}", server_cert.pem(), ca_cert.pem()),
+        server_key_pem: server_key.serialize_pem(),
         server_config: Arc::new(server_config),
     })
 }

@@ -1,10 +1,12 @@
-//! The emulator's own access tokens: RS256 JWTs shaped like Entra's v1 tokens for
-//! Key Vault, signed with a key generated at start and checked by every vault.
+//! The emulator's own access tokens: RS256 JWTs shaped like Entra's v1 tokens,
+//! signed with a key generated at start, for the resources the emulator stands
+//! in for ([`Resource`]: Key Vault, an Event Grid namespace, and Storage, whose
+//! tokens Azurite checks the shape of).
 //!
-//! A vault accepts a token only when the signature is the emulator's, the audience
-//! is Key Vault's and the token has not expired; the caller's identity is then the
-//! `appid` and `tid` claims. Tokens do not survive a restart, like a real tenant's
-//! key rollover would not let them.
+//! A surface accepts a token only when the signature is the emulator's, the
+//! audience is its own resource and the token has not expired; the caller's
+//! identity is then the `appid` and `tid` claims. Tokens do not survive a
+//! restart, like a real tenant's key rollover would not let them.
 //!
 //! A rollover ([`TokenAuthority::rollover`]) keeps the retired keys' public
 //! halves: a token one of them signed is not garbage but *revoked*, which Key
@@ -18,8 +20,49 @@ use serde::{Deserialize, Serialize};
 
 /// The resource (audience) of Key Vault data-plane tokens.
 pub const KEY_VAULT_RESOURCE: &str = "https://vault.azure.net";
-/// The only scope the token endpoint grants.
-pub const KEY_VAULT_SCOPE: &str = "https://vault.azure.net/.default";
+
+/// A resource the token endpoint grants tokens for (its `aud`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    KeyVault,
+    /// Event Grid namespaces' data plane (receive, acknowledge, …).
+    EventGrid,
+    /// Azure Storage (queues): the emulator delivers events to Azurite with such
+    /// tokens, and clients read the queue with them.
+    Storage,
+}
+
+impl Resource {
+    const ALL: [Resource; 3] = [Resource::KeyVault, Resource::EventGrid, Resource::Storage];
+
+    /// The token audience, as Entra's v1 tokens carry it.
+    pub fn audience(self) -> &'static str {
+        match self {
+            Resource::KeyVault => KEY_VAULT_RESOURCE,
+            Resource::EventGrid => "https://eventgrid.azure.net",
+            Resource::Storage => "https://storage.azure.com",
+        }
+    }
+
+    /// The resource a `{resource}/.default` scope names.
+    pub fn from_scope(scope: &str) -> Option<Self> {
+        let resource = scope.trim().strip_suffix("/.default")?;
+        Self::from_resource(resource)
+    }
+
+    /// The resource named by IMDS's `resource` parameter (trailing `/` allowed).
+    pub fn from_resource(resource: &str) -> Option<Self> {
+        let resource = resource.trim().trim_end_matches('/');
+        Self::ALL.into_iter().find(|r| r.audience() == resource)
+    }
+
+    /// The scopes the token endpoint grants, for error messages.
+    pub fn granted_scopes() -> String {
+        Self::ALL
+            .map(|r| format!("{}/.default", r.audience()))
+            .join(", ")
+    }
+}
 /// Lifetime of an access token, as `expires_in` reports it.
 pub const TOKEN_LIFETIME_SECONDS: i64 = 3599;
 
@@ -111,16 +154,18 @@ impl TokenAuthority {
         Ok(())
     }
 
-    /// Signs an access token for an app, valid from `now` for [`TOKEN_LIFETIME_SECONDS`].
+    /// Signs an access token for an app and `resource`, valid from `now` for
+    /// [`TOKEN_LIFETIME_SECONDS`].
     pub fn issue(
         &self,
+        resource: Resource,
         tenant_id: &str,
         client_id: &str,
         object_id: &str,
         now: i64,
     ) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = AccessClaims {
-            aud: KEY_VAULT_RESOURCE.to_owned(),
+            aud: resource.audience().to_owned(),
             iss: issuer_for(tenant_id),
             iat: now,
             nbf: now,
@@ -149,8 +194,18 @@ impl TokenAuthority {
 
     /// Checks a bearer token presented to a vault of `vault_tenant`.
     pub fn verify(&self, token: &str, vault_tenant: &str) -> Result<Caller, TokenRejection> {
+        self.verify_for(Resource::KeyVault, token, vault_tenant)
+    }
+
+    /// Checks a bearer token presented to `resource` of tenant `expected_tenant`.
+    pub fn verify_for(
+        &self,
+        resource: Resource,
+        token: &str,
+        expected_tenant: &str,
+    ) -> Result<Caller, TokenRejection> {
         let mut validation = Validation::new(Algorithm::RS256);
-        validation.set_audience(&[KEY_VAULT_RESOURCE]);
+        validation.set_audience(&[resource.audience()]);
         validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss"]);
         validation.validate_nbf = true;
         validation.leeway = 0;
@@ -167,9 +222,9 @@ impl TokenAuthority {
         if claims.iss != issuer_for(&claims.tid) {
             return Err(TokenRejection::Invalid);
         }
-        if claims.tid != vault_tenant {
+        if claims.tid != expected_tenant {
             return Err(TokenRejection::WrongTenant {
-                expected_tenant: vault_tenant.to_owned(),
+                expected_tenant: expected_tenant.to_owned(),
             });
         }
         Ok(Caller {
@@ -207,7 +262,9 @@ mod tests {
 
     #[test]
     fn an_issued_token_identifies_the_app_to_a_vault_of_its_tenant() {
-        let token = AUTHORITY.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        let token = AUTHORITY
+            .issue(Resource::KeyVault, TENANT, "app-1", "oid-1", now())
+            .unwrap();
         assert_eq!(
             AUTHORITY.verify(&token, TENANT).unwrap(),
             Caller {
@@ -225,7 +282,9 @@ mod tests {
 
     #[test]
     fn the_published_jwk_verifies_issued_tokens() {
-        let token = AUTHORITY.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        let token = AUTHORITY
+            .issue(Resource::KeyVault, TENANT, "app-1", "oid-1", now())
+            .unwrap();
         let key = DecodingKey::from_jwk(&AUTHORITY.jwk()).unwrap();
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_audience(&[KEY_VAULT_RESOURCE]);
@@ -236,7 +295,9 @@ mod tests {
 
     #[test]
     fn a_token_of_another_tenant_is_refused() {
-        let token = AUTHORITY.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        let token = AUTHORITY
+            .issue(Resource::KeyVault, TENANT, "app-1", "oid-1", now())
+            .unwrap();
         assert_eq!(
             AUTHORITY.verify(&token, "tenant-b"),
             Err(TokenRejection::WrongTenant {
@@ -248,7 +309,13 @@ mod tests {
     #[test]
     fn an_expired_token_is_refused() {
         let token = AUTHORITY
-            .issue(TENANT, "app-1", "oid-1", now() - 2 * TOKEN_LIFETIME_SECONDS)
+            .issue(
+                Resource::KeyVault,
+                TENANT,
+                "app-1",
+                "oid-1",
+                now() - 2 * TOKEN_LIFETIME_SECONDS,
+            )
             .unwrap();
         assert_eq!(
             AUTHORITY.verify(&token, TENANT),
@@ -259,7 +326,9 @@ mod tests {
     #[test]
     fn tokens_of_another_key_or_garbage_are_refused() {
         let other = TokenAuthority::generate().unwrap();
-        let forged = other.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        let forged = other
+            .issue(Resource::KeyVault, TENANT, "app-1", "oid-1", now())
+            .unwrap();
         assert_eq!(
             AUTHORITY.verify(&forged, TENANT),
             Err(TokenRejection::Invalid)
@@ -274,9 +343,13 @@ mod tests {
     #[test]
     fn a_token_signed_before_a_rollover_is_revoked_not_invalid() {
         let mut authority = TokenAuthority::generate().unwrap();
-        let first = authority.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        let first = authority
+            .issue(Resource::KeyVault, TENANT, "app-1", "oid-1", now())
+            .unwrap();
         authority.rollover(1_000).unwrap();
-        let second = authority.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        let second = authority
+            .issue(Resource::KeyVault, TENANT, "app-1", "oid-1", now())
+            .unwrap();
         authority.rollover(2_000).unwrap();
         assert_eq!(
             authority.verify(&first, TENANT),
@@ -288,14 +361,45 @@ mod tests {
         );
         let forged = TokenAuthority::generate()
             .unwrap()
-            .issue(TENANT, "app-1", "oid-1", now())
+            .issue(Resource::KeyVault, TENANT, "app-1", "oid-1", now())
             .unwrap();
         assert_eq!(
             authority.verify(&forged, TENANT),
             Err(TokenRejection::Invalid)
         );
-        let fresh = authority.issue(TENANT, "app-1", "oid-1", now()).unwrap();
+        let fresh = authority
+            .issue(Resource::KeyVault, TENANT, "app-1", "oid-1", now())
+            .unwrap();
         assert!(authority.verify(&fresh, TENANT).is_ok());
+    }
+
+    #[test]
+    fn each_resource_accepts_only_its_own_tokens() {
+        for resource in Resource::ALL {
+            let token = AUTHORITY
+                .issue(resource, TENANT, "app-1", "oid-1", now())
+                .unwrap();
+            for surface in Resource::ALL {
+                let verified = AUTHORITY.verify_for(surface, &token, TENANT);
+                if surface == resource {
+                    assert!(verified.is_ok(), "{resource:?}");
+                } else {
+                    assert_eq!(verified, Err(TokenRejection::WrongAudience));
+                }
+            }
+        }
+        assert_eq!(
+            Resource::from_scope("https://eventgrid.azure.net/.default"),
+            Some(Resource::EventGrid)
+        );
+        assert_eq!(
+            Resource::from_resource("https://storage.azure.com/"),
+            Some(Resource::Storage)
+        );
+        assert_eq!(
+            Resource::from_scope("https://management.azure.com/.default"),
+            None
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! What happens to every request of an Azure surface (a vault or Entra) around its
+//! What happens to every request of an Azure surface (a vault, Entra or the
+//! Event Grid namespace) around its
 //! handler: it is counted, it may be failed or held by an injected fault or (a
 //! vault's) refused past the service limits, and the response gets an
 //! `x-ms-request-id` as Azure's do.
@@ -29,7 +30,7 @@ impl Surface {
         let status =
             StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         match self.target {
-            FaultTarget::Vault(_) => {
+            FaultTarget::Vault(_) | FaultTarget::EventGrid => {
                 ServiceError::injected(status, fault.retry_after_seconds).into_response()
             }
             FaultTarget::Entra => {
@@ -54,6 +55,11 @@ impl Surface {
     fn foreign_challenge(&self, resource: &str) -> Response {
         let tenant = match &self.target {
             FaultTarget::Vault(vault) => self.emulator.vaults[vault].tenant_id.as_str(),
+            FaultTarget::EventGrid => self
+                .emulator
+                .event_grid
+                .as_ref()
+                .map_or("common", |grid| grid.tenant_id.as_str()),
             FaultTarget::Entra => "common",
         };
         ServiceError::unauthorized(

@@ -15,6 +15,7 @@
 
 use super::certificates_api;
 use super::directory::App;
+use super::eventgrid::schema::EventType;
 use super::faults::FaultTarget;
 use super::responses::{ServiceError, json_response};
 use super::state::{Emulator, VaultSite, lock};
@@ -478,6 +479,9 @@ async fn set_secret(
         VersionId::random(),
         context.emulator.vault_clock.now(),
     )?;
+    context
+        .emulator
+        .version_created(&context.name, &stored, EventType::SecretNewVersionCreated);
     Ok(secret_response(&context, stored, SecretView::Bundle))
 }
 
