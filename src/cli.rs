@@ -155,4 +155,7 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub leader: crate::leader::LeaderArgs,
+
+    #[command(flatten)]
+    pub events: crate::vault_events::EventArgs,
 }

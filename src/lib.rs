@@ -11,7 +11,8 @@
 //! [`api::contract`]: every annotation, label, finalizer and field manager
 //! kvsync reads or writes on objects), [`vault`]
 //! (Key Vault access, change detection by listing), [`sync`] (the reconciler),
-//! [`reload`] (rolling restarts) — plus [`run`] and [`cli`] (wiring and flags),
+//! [`reload`] (rolling restarts), [`vault_events`] (Key Vault events through
+//! Event Grid: a changed secret read at once) — plus [`run`] and [`cli`] (wiring and flags),
 //! [`convert`] (`kvsync convert`: ESO manifests → KeyVaultSecrets),
 //! [`explain`] (`kvsync explain`, the answers to "what does this resolve to"
 //! and "why did this restart"), [`cluster`] (the API client and watch timeouts), [`events`]
@@ -39,3 +40,4 @@ pub mod scope;
 pub mod sync;
 pub mod telemetry;
 pub mod vault;
+pub mod vault_events;

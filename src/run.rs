@@ -3,10 +3,10 @@
 //! `run` is a sequence of named steps:
 //!
 //! ```text
-//!  connect ─▶ vault_access ─▶ Metrics::register ─▶ serve_probes_and_metrics
+//!  connect ─▶ vault_access, VaultEvents::new ─▶ Metrics::register ─▶ serve_probes_and_metrics
 //!     ─▶ ensure_namespace_exists ─▶ become_leader (a standby waits here)
-//!     ─▶ start_stages (sync ∥ reload) ─▶ supervise (until a signal, a lost
-//!        Lease or a stage ending) ─▶ shut_down
+//!     ─▶ start_stages (sync ∥ reload ∥ vault events, if configured) ─▶ supervise
+//!        (until a signal, a lost Lease or a stage ending) ─▶ shut_down
 //! ```
 //!
 //! SIGTERM/SIGINT stop the controllers gracefully (in-flight syncs finish)
@@ -40,6 +40,7 @@ use crate::sync::SyncMetrics;
 use crate::vault::{
     AllowedHosts, OperatorIdentity, SetupError, VaultAccess, VaultConfig, read_ca_file,
 };
+use crate::vault_events::{EventsError, VaultEventMetrics, VaultEvents};
 
 /// Why `kvsync run` stopped with a failure.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,9 @@ pub enum RunError {
     /// The vault settings cannot work (CA file, hosts, identity).
     #[error(transparent)]
     Vault(#[from] SetupError),
+    /// The event sources cannot work (identity, change detection, URLs).
+    #[error(transparent)]
+    Events(#[from] EventsError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -146,6 +150,7 @@ struct Metrics {
     reload: ReloadMetrics,
     /// Counted by the operator's kube client ([`crate::cluster::counted_client`]).
     api_requests: ApiRequests,
+    events: VaultEventMetrics,
 }
 
 impl Metrics {
@@ -155,6 +160,7 @@ impl Metrics {
             sync: SyncMetrics::register(registry),
             reload: ReloadMetrics::register(registry),
             api_requests: ApiRequests::register(registry),
+            events: VaultEventMetrics::register(registry),
         }
     }
 }
@@ -163,6 +169,8 @@ impl Metrics {
 struct Stages {
     sync: JoinHandle<()>,
     reload: JoinHandle<Result<(), ReloadError>>,
+    /// The vault-events stage's tasks, if it runs (aborted when dropped).
+    _events: Option<tokio::task::JoinSet<()>>,
 }
 
 pub async fn run(mut args: RunArgs) -> Result<(), RunError> {
@@ -173,7 +181,9 @@ pub async fn run(mut args: RunArgs) -> Result<(), RunError> {
     let client = crate::cluster::counted_client(metrics.api_requests.clone())
         .await
         .map_err(RunError::Client)?;
-    let vault = vault_access(&client, &args)?;
+    let config = vault_config(&args)?;
+    let events = VaultEvents::new(&args.events, &config, metrics.events.clone())?;
+    let vault = VaultAccess::new(client.clone(), config).map_err(RunError::Vault)?;
     let readiness = metrics.reload.readiness();
     let server =
         serve_probes_and_metrics(args.metrics_addr, registry, readiness, &shutdown).await?;
@@ -185,32 +195,29 @@ pub async fn run(mut args: RunArgs) -> Result<(), RunError> {
         let _ = server.await;
         return Ok(());
     };
-    let mut stages = start_stages(client, vault, metrics, &args, &shutdown);
+    let mut stages = start_stages(client, vault, events, metrics, &args, &shutdown);
     let outcome = supervise(&mut stages, leadership.as_mut(), &shutdown).await;
     shut_down(stages, leadership, server, &shutdown).await;
     outcome
 }
 
-/// Key Vault access as the flags configure it.
-fn vault_access(client: &kube::Client, args: &RunArgs) -> Result<VaultAccess, RunError> {
-    VaultAccess::new(
-        client.clone(),
-        VaultConfig {
-            authority_host: args.authority_host.clone(),
-            allowed_hosts: AllowedHosts::new(&args.allow_vault_hosts, &args.authority_host),
-            operator: OperatorIdentity {
-                client_id: args.azure_client_id.clone(),
-                tenant_id: args.azure_tenant_id.clone(),
-                token_file: args.azure_federated_token_file.clone(),
-            },
-            extra_ca_pem: read_ca_file(args.extra_ca_file.as_deref())?,
-            request_timeout: args.request_timeout,
-            change_detection: args.change_detection,
-            vault_concurrency: args.vault_concurrency,
-            max_backoff: args.max_backoff,
+/// How the operator reaches Azure, as the flags configure it (Key Vault
+/// access and the event sources share it).
+fn vault_config(args: &RunArgs) -> Result<VaultConfig, RunError> {
+    Ok(VaultConfig {
+        authority_host: args.authority_host.clone(),
+        allowed_hosts: AllowedHosts::new(&args.allow_vault_hosts, &args.authority_host),
+        operator: OperatorIdentity {
+            client_id: args.azure_client_id.clone(),
+            tenant_id: args.azure_tenant_id.clone(),
+            token_file: args.azure_federated_token_file.clone(),
         },
-    )
-    .map_err(RunError::Vault)
+        extra_ca_pem: read_ca_file(args.extra_ca_file.as_deref())?,
+        request_timeout: args.request_timeout,
+        change_detection: args.change_detection,
+        vault_concurrency: args.vault_concurrency,
+        max_backoff: args.max_backoff,
+    })
 }
 
 /// Serves `/healthz`, `/readyz` (503 naming the reload watches that have not
@@ -281,15 +288,18 @@ async fn become_leader(
     }
 }
 
-/// Spawns the sync and reload stages side by side, joined by the fast path.
+/// Spawns the sync and reload stages side by side, joined by the fast path,
+/// and the vault-events stage if sources are configured (on the fast path,
+/// to see the Secrets its hints made kvsync write).
 fn start_stages(
     client: kube::Client,
     vault: VaultAccess,
+    vault_events: Option<VaultEvents>,
     metrics: Metrics,
     args: &RunArgs,
     shutdown: &Shutdown,
 ) -> Stages {
-    let (notifier, inbox) = crate::reload::channel();
+    let (notifier, from_sync) = crate::reload::channel();
     let events = crate::sync::ObjectEvents::new(
         client.clone(),
         Reporter {
@@ -312,6 +322,13 @@ fn start_stages(
         args.min_refresh_interval,
         args.expiry_window,
     ));
+    let (inbox, vault_events) = match vault_events {
+        None => (from_sync, None),
+        Some(stage) => {
+            let (to_reload, inbox) = crate::reload::channel();
+            (inbox, Some(stage.start(ctx.clone(), from_sync, to_reload)))
+        }
+    };
     let stop = shutdown.clone();
     let sync = tokio::spawn(crate::sync::run(ctx, move || stop.signal()));
     let reload = tokio::spawn(crate::reload::run(
@@ -323,7 +340,11 @@ fn start_stages(
         metrics.reload,
     ));
     tracing::info!("kvsync started");
-    Stages { sync, reload }
+    Stages {
+        sync,
+        reload,
+        _events: vault_events,
+    }
 }
 
 /// Waits for the first reason to stop: a signal (a clean stop), the Lease

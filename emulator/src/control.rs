@@ -13,7 +13,7 @@
 //! | `GET /counters` / `POST /counters/reset` | request counters of the Azure surfaces |
 //! | `POST /clock` `{skewSeconds}` | sets the vaults' clock off by that many seconds (`updated`, `created`, `Date`) |
 //! | `GET /issued` | every access token issued, client assertion presented and token scope asked for |
-//! | `GET /eventgrid` | per event subscription (`topic/subscription`): published, delivered, acknowledged, released, rejected, locks expired, dead-lettered, receive calls; available, locked, delayed now |
+//! | `GET /eventgrid` | per event subscription (`topic/subscription`): published, delivered, acknowledged, released, rejected, locks expired, dead-lettered, receive calls; available, locked, delayed and receive calls waiting now |
 //! | `POST /eventgrid/events` `{event, vault?}` | delivers `event` (any JSON: a forged `source`, say) as it is to every subscription and queue (those bound to `vault`, if given) |
 //! | `POST /eventgrid/faults` `{kind, count, delayMs?}` / `DELETE /eventgrid/faults` | drop, duplicate, delay or reorder the next `count` published events (see `eventgrid/faults.rs`) / clears all |
 //! | `GET /healthz` | `ok` |

@@ -151,7 +151,10 @@ async fn a_rotation_reaches_a_waiting_receive_as_the_cloud_event_a_vault_publish
     let namespace = Namespace::new(&emulator).await;
     let started = Instant::now();
     let (received, bundle) = tokio::join!(namespace.receive("kvsync", 10, 60), async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Rotated once the receive call waits.
+        while namespace.stats().await["keyvault/kvsync"]["waiting"] != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         rotate(&emulator, "shop", "db-password", "rotated").await
     });
     assert!(
@@ -213,6 +216,8 @@ async fn a_rotation_reaches_a_waiting_receive_as_the_cloud_event_a_vault_publish
     assert_eq!(received[0]["event"]["subject"], "api-key");
     let stats = namespace.stats().await;
     assert_eq!(stats["keyvault/kvsync"]["published"], 2);
+    assert_eq!(stats["keyvault/kvsync"]["receiveCalls"], 2);
+    assert_eq!(stats["keyvault/kvsync"]["waiting"], 0);
     assert_eq!(stats["keyvault/others"]["published"], 0);
 }
 

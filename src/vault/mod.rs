@@ -323,6 +323,49 @@ impl VaultAccess {
             ));
         }
     }
+
+    /// A Key Vault event's hint ([`crate::vault_events`]): `name` (`None`:
+    /// anything) may have changed in the vaults whose key (URL, lower case,
+    /// no trailing slash) `vault` accepts. In every view of such a vault
+    /// (one per identity reading it) the name's cached latest values are
+    /// forgotten ([`VaultView::hinted`]) and its subscribers are told to
+    /// sync now, so they read it as of now through the usual gate, backoff
+    /// and single-flight. When the last good listing lacks the name (a new
+    /// secret, which a `dataFrom.find` may match) or the hint is for the
+    /// whole vault, the view's poller also lists at once. Returns the
+    /// subscribers told: none when nobody reads such a vault, and then
+    /// nothing at all is asked of a vault.
+    pub async fn hint(&self, vault: impl Fn(&str) -> bool, name: Option<&str>) -> Vec<String> {
+        let views: Vec<Arc<VaultView>> = (self.inner.views.lock().unwrap().iter())
+            .filter(|((key, _), _)| vault(key))
+            .map(|(_, view)| view.clone())
+            .collect();
+        let mut told = Vec::new();
+        for view in views {
+            let relist = {
+                let mut listing = view.listing.lock().await;
+                let unlisted = name.is_none_or(|name| {
+                    (listing.last_good.as_ref()).is_some_and(|good| !good.contains_key(name))
+                });
+                let listed = (listing.newest.as_ref()).is_some_and(|newest| newest.outcome.is_ok());
+                if unlisted && (listed || name.is_none()) {
+                    listing.newest = None;
+                }
+                unlisted
+            };
+            if name.is_none() {
+                view.refuse_listing_until(Instant::now());
+            }
+            for subscriber in view.hinted(name) {
+                let _ = self.inner.changes.send(subscriber.clone());
+                told.push(subscriber);
+            }
+            if relist {
+                view.wake.notify_one();
+            }
+        }
+        told
+    }
 }
 
 impl Inner {

@@ -346,6 +346,30 @@ impl VaultView {
     pub fn refuse_listing_until(&self, until: Instant) {
         *self.listing_refused_until.lock().unwrap() = Some(until);
     }
+
+    /// A Key Vault event's hint ([`crate::vault_events`]) that `name` changed
+    /// (`None`: anything may have, e.g. the vault's access policy): forgets
+    /// the cached latest values of it, so that the next read asks the vault
+    /// as of now, and returns the subscribers it concerns (to be told to
+    /// sync). Pinned versions never change and are kept.
+    pub fn hinted(&self, name: Option<&str>) -> Vec<String> {
+        self.values
+            .lock()
+            .unwrap()
+            .retain(|(cached, version, _), _| {
+                version.is_some() || name.is_some_and(|name| name != cached)
+            });
+        let subscribers = self.subscribers.lock().unwrap();
+        subscribers
+            .by_key
+            .iter()
+            .filter(|(_, subscription)| match (name, &subscription.interest) {
+                (None, _) | (_, Interest::Everything) => true,
+                (Some(name), Interest::Names(names)) => names.iter().any(|n| n == name),
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
 }
 
 pub fn value_key(name: &str, version: Option<&str>, as_pem: bool) -> ValueKey {

@@ -241,6 +241,7 @@ async fn receive(
     let max_events = bounded(uri, "maxEvents", 1, 1..=100)? as usize;
     let max_wait = Duration::from_secs(bounded(uri, "maxWaitTime", 60, 10..=120)?);
     let deadline = Instant::now() + max_wait;
+    let _counted = ReceiveCall::begin(grid, topic, subscription);
     let received = loop {
         let arrived = grid.arrived.notified();
         tokio::pin!(arrived);
@@ -260,7 +261,6 @@ async fn receive(
             () = tokio::time::sleep_until(wake.into()) => {}
         }
     };
-    lock(&grid.broker).count_receive_call(topic, subscription);
     let value: Vec<_> = received
         .iter()
         .map(|r| {
@@ -272,4 +272,29 @@ async fn receive(
         .collect();
     tracing::info!(%topic, %subscription, events = value.len(), "events received");
     Ok(json_response(StatusCode::OK, &json!({"value": value})))
+}
+
+/// Counts a receive call as waiting while it lasts, whether it is answered
+/// or the client gives up (its future dropped).
+struct ReceiveCall<'a> {
+    grid: &'a super::EventGrid,
+    topic: &'a str,
+    subscription: &'a str,
+}
+
+impl<'a> ReceiveCall<'a> {
+    fn begin(grid: &'a super::EventGrid, topic: &'a str, subscription: &'a str) -> Self {
+        lock(&grid.broker).receive_call(topic, subscription, true);
+        ReceiveCall {
+            grid,
+            topic,
+            subscription,
+        }
+    }
+}
+
+impl Drop for ReceiveCall<'_> {
+    fn drop(&mut self) {
+        lock(&self.grid.broker).receive_call(self.topic, self.subscription, false);
+    }
 }

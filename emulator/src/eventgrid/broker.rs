@@ -66,6 +66,8 @@ pub struct SubscriptionStats {
     pub dead_lettered: u64,
     /// Receive calls answered (empty ones included).
     pub receive_calls: u64,
+    /// Receive calls waiting for an event now.
+    pub waiting: usize,
     pub available: usize,
     pub locked: usize,
     pub delayed: usize,
@@ -268,10 +270,16 @@ impl Broker {
         Ok(received)
     }
 
-    /// Counts a receive call (answered when its events are in, or when it waited long enough).
-    pub fn count_receive_call(&mut self, topic: &str, subscription: &str) {
+    /// A receive call begins (`true`) or ends, answered or abandoned (`false`).
+    pub fn receive_call(&mut self, topic: &str, subscription: &str, begins: bool) {
         if let Ok(subscription) = self.subscription(topic, subscription) {
-            subscription.stats.receive_calls += 1;
+            let stats = &mut subscription.stats;
+            if begins {
+                stats.waiting += 1;
+            } else {
+                stats.waiting = stats.waiting.saturating_sub(1);
+                stats.receive_calls += 1;
+            }
         }
     }
 
