@@ -302,6 +302,44 @@ async fn a_rotation_reaches_the_secret_in_under_two_seconds_through_a_storage_qu
         .await;
 }
 
+/// A new version of a secret the last listing had disabled: the event makes
+/// the vault be listed again at once, so a `dataFrom.find` takes it in.
+#[tokio::test]
+async fn a_re_enabled_secret_joins_a_find_at_once() {
+    let (mut f, token, _dir) = events_fixture("events-find", json!([])).await;
+    let operator = start_operator(&f, &token, &[event_grid_source(&f)], &[]);
+    f.apply(
+        "apps",
+        json!({"refreshInterval": "1h", "dataFrom": [{"find": {"nameRegex": "^app-", "tags": {"env": "prod"}}}]}),
+    )
+    .await;
+    f.wait_reason("apps", "Synced").await;
+    assert!(
+        !f.secret_data("apps")
+            .await
+            .unwrap()
+            .contains_key("app-gamma"),
+        "disabled: left out"
+    );
+    receivers_waiting(&f, 1).await;
+    quiet(&operator).await;
+    let rotated = Instant::now();
+    f.emulator
+        .control(
+            Method::PUT,
+            "vaults/shop/secrets/app-gamma",
+            Some(json!({"value": "gamma-again", "tags": {"env": "prod"}})),
+        )
+        .await;
+    let took = eventually("app-gamma in the Secret", WAIT, || async {
+        (f.secret_data("apps").await?.get("app-gamma")? == "gamma-again").then(|| rotated.elapsed())
+    })
+    .await;
+    println!("find: re-enabled secret → Secret in {took:?}");
+    assert!(took < WITH_EVENTS, "took {took:?}");
+    f.operator = Some(operator);
+}
+
 #[tokio::test]
 async fn a_dropped_event_is_healed_by_polling_within_the_interval() {
     let (mut f, token, _dir) = events_fixture("events-drop", json!([])).await;
@@ -537,4 +575,57 @@ async fn only_the_leader_receives_and_events_keep_flowing_after_a_takeover() {
     println!("after a takeover: rotation → Secret in {took:?}");
     assert!(took < WITH_EVENTS, "took {took:?}");
     f.operator = Some(standby);
+}
+
+#[test]
+fn the_chart_renders_event_sources_the_operator_accepts_and_refuses_nonsense() {
+    use clap::Parser;
+    let grid =
+        "https://ns1.westeurope-1.eventgrid.azure.net/topics/keyvault/eventsubscriptions/kvsync";
+    let queue = "https://acct.queue.core.windows.net/kv-events";
+    let values = json!({"events": {
+        "sources": [{"eventGrid": grid}, {"storageQueue": queue}],
+        "vaults": {"shop": "https://localhost:8443/"},
+    }});
+    let text = match render_chart(&values, "kvsync", "kvsync-system", None) {
+        Rendered::Manifests(text) => text,
+        Rendered::Refused(message) => panic!("render failed: {message}"),
+        Rendered::Unavailable => return,
+    };
+    let docs = documents(&text);
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let args: Vec<String> = serde_json::from_value(
+        deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone(),
+    )
+    .unwrap();
+    let cli = kvsync::cli::Cli::try_parse_from(std::iter::once("kvsync".to_owned()).chain(args))
+        .unwrap_or_else(|error| panic!("the operator refuses the chart's arguments: {error}"));
+    let kvsync::cli::Command::Run(run) = cli.command else {
+        panic!("not `kvsync run`");
+    };
+    assert_eq!(
+        run.events.sources,
+        [
+            kvsync::vault_events::EventSource::parse(&format!("eventgrid:{grid}")).unwrap(),
+            kvsync::vault_events::EventSource::parse(&format!("queue:{queue}")).unwrap(),
+        ]
+    );
+    assert_eq!(run.events.vaults[0].name, "shop");
+
+    for (values, expected) in [
+        (
+            json!({"events": {"sources": [{"eventGrid": grid, "storageQueue": queue}]}}),
+            "exactly one of eventGrid",
+        ),
+        (
+            json!({"changeDetection": "get", "events": {"sources": [{"eventGrid": grid}]}}),
+            "changeDetection: list",
+        ),
+    ] {
+        match render_chart(&values, "kvsync", "kvsync-system", None) {
+            Rendered::Refused(message) => assert!(message.contains(expected), "{message}"),
+            Rendered::Manifests(_) => panic!("rendered anyway: {values}"),
+            Rendered::Unavailable => return,
+        }
+    }
 }

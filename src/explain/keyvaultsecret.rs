@@ -271,9 +271,12 @@ fn refresh(kvs: &KeyVaultSecret) -> Refresh {
         .clone()
         .unwrap_or_else(|| "1h".to_owned());
     let next = match kvs.spec.refresh_interval() {
-        Ok(Some(every)) => format!(
-            "about {} (±10%) after each check; at once on a spec change, a new {FORCE_SYNC_ANNOTATION} value or a vault change seen by the listing",
-            humantime::format_duration(every)
+        Ok(Some(every)) => crate::vault_events::explain_next_read(
+            format!(
+                "about {} (±10%) after each check; at once on a spec change, a new {FORCE_SYNC_ANNOTATION} value or a vault change seen by the listing",
+                humantime::format_duration(every)
+            ),
+            &kvs.spec.vault_url,
         ),
         Ok(None) => format!(
             "never: refreshInterval 0 syncs once (again on a spec change or a new {FORCE_SYNC_ANNOTATION} value)"

@@ -331,8 +331,9 @@ impl VaultAccess {
     /// forgotten ([`VaultView::hinted`]) and its subscribers are told to
     /// sync now, so they read it as of now through the usual gate, backoff
     /// and single-flight. When the last good listing lacks the name (a new
-    /// secret, which a `dataFrom.find` may match) or the hint is for the
-    /// whole vault, the view's poller also lists at once. Returns the
+    /// secret, which a `dataFrom.find` may match) or lists it disabled (the
+    /// new version may be enabled), or the hint is for the whole vault, the
+    /// view lists again at once. Returns the
     /// subscribers told: none when nobody reads such a vault, and then
     /// nothing at all is asked of a vault.
     pub async fn hint(&self, vault: impl Fn(&str) -> bool, name: Option<&str>) -> Vec<String> {
@@ -345,7 +346,8 @@ impl VaultAccess {
             let relist = {
                 let mut listing = view.listing.lock().await;
                 let unlisted = name.is_none_or(|name| {
-                    (listing.last_good.as_ref()).is_some_and(|good| !good.contains_key(name))
+                    (listing.last_good.as_ref())
+                        .is_some_and(|good| good.get(name).is_none_or(|info| !info.enabled))
                 });
                 let listed = (listing.newest.as_ref()).is_some_and(|newest| newest.outcome.is_ok());
                 if unlisted && (listed || name.is_none()) {

@@ -142,6 +142,20 @@ pub struct EventArgs {
     pub vaults: Vec<VaultAlias>,
 }
 
+/// What `kvsync explain` adds to an object's "next read" about events: for
+/// a vault URL that Key Vault events can name (Azure's Key Vault domains),
+/// that a new version reaches it at once where the operator receives that
+/// vault's events; nothing otherwise (an emulator's vault is named only by
+/// the operator's own `--event-vault`, which explain does not read).
+pub fn explain_next_read(next: String, vault_url: &str) -> String {
+    match VaultNames::default().name_of(&dispatch::vault_key(vault_url)) {
+        Some(vault) => format!(
+            "{next}; at once on a new version when the operator receives vault {vault}'s Key Vault events (--event-source, docs/events.md)"
+        ),
+        None => next,
+    }
+}
+
 /// The kind of a source (the `source` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceKind {
@@ -591,5 +605,48 @@ async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_and_aliases_parse_from_their_flags() {
+        assert!(matches!(
+            EventSource::parse("eventgrid:https://ns/topics/t/eventsubscriptions/s"),
+            Ok(EventSource::EventGrid(_))
+        ));
+        assert!(matches!(
+            EventSource::parse("queue:https://acct.queue.core.windows.net/q"),
+            Ok(EventSource::Queue(_))
+        ));
+        for wrong in [
+            "webhook:https://x/",
+            "https://ns/topics/t/eventsubscriptions/s",
+            "queue:http://a/q",
+        ] {
+            assert!(EventSource::parse(wrong).is_err(), "{wrong}");
+        }
+        let alias = VaultAlias::parse("shop=https://localhost:8443/").unwrap();
+        assert_eq!(
+            (alias.name.as_str(), alias.url.as_str()),
+            ("shop", "https://localhost:8443/")
+        );
+        assert!(VaultAlias::parse("shop").is_err());
+    }
+
+    #[test]
+    fn explain_mentions_events_only_for_vaults_events_can_name() {
+        let next = "about 1h".to_owned();
+        assert!(
+            explain_next_read(next.clone(), "https://shop.vault.azure.net/")
+                .ends_with("when the operator receives vault shop's Key Vault events (--event-source, docs/events.md)")
+        );
+        assert_eq!(
+            explain_next_read(next.clone(), "https://localhost:8443/"),
+            next
+        );
     }
 }
