@@ -24,12 +24,14 @@ step() { printf '\n==> %s\n' "$*"; }
 step "control plane binaries (first run: installs packages and builds for ~10 minutes)"
 scripts/control-plane.sh build
 
-step "promtool, prometheus, kubectl and python3-venv (alert, dashboard, kubectl plugin and cross-SDK emulator tests)"
+step "promtool, prometheus, kubectl, python3-venv and npm (alert, dashboard, kubectl plugin, cross-SDK emulator and storage-queue event tests)"
 packages=()
 [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ] || packages+=(prometheus)
 command -v kubectl >/dev/null || packages+=(kubernetes-client)
 # The emulator's cross-SDK test installs the official Python SDKs into a venv.
 python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
+# The storage-queue event tests install Microsoft's Azurite from npm (scripts/azurite.sh).
+command -v npm >/dev/null || packages+=(nodejs npm)
 if [ ${#packages[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq

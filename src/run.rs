@@ -81,6 +81,10 @@ pub enum RunError {
     SyncStopped,
     #[error("sync stage: {0}")]
     SyncPanicked(#[source] JoinError),
+    #[error("vault-events stage stopped unexpectedly")]
+    EventsStopped,
+    #[error("vault-events stage: {0}")]
+    EventsPanicked(#[source] JoinError),
 }
 
 /// Why `kvsync crd --apply` failed.
@@ -170,7 +174,7 @@ struct Stages {
     sync: JoinHandle<()>,
     reload: JoinHandle<Result<(), ReloadError>>,
     /// The vault-events stage's tasks, if it runs (aborted when dropped).
-    _events: Option<tokio::task::JoinSet<()>>,
+    events: Option<tokio::task::JoinSet<()>>,
 }
 
 pub async fn run(mut args: RunArgs) -> Result<(), RunError> {
@@ -343,12 +347,12 @@ fn start_stages(
     Stages {
         sync,
         reload,
-        _events: vault_events,
+        events: vault_events,
     }
 }
 
 /// Waits for the first reason to stop: a signal (a clean stop), the Lease
-/// lost, or a stage ending. The reload stage only returns when it cannot
+/// lost, or a stage ending (the vault-events stage's tasks included). The reload stage only returns when it cannot
 /// start (its digest key): that stops the operator with the reason rather
 /// than running half of it. The sync stage returns only on shutdown; if it
 /// ends before (a panic in a reconcile), the process exits so that it is
@@ -379,6 +383,19 @@ async fn supervise(
             Ok(()) => RunError::SyncStopped,
             Err(panic) => RunError::SyncPanicked(panic),
         }),
+        // Its tasks run as long as the process; one ending is a fault.
+        Some(stopped) = next_ended(stages.events.as_mut()) => Err(match stopped {
+            Ok(()) => RunError::EventsStopped,
+            Err(panic) => RunError::EventsPanicked(panic),
+        }),
+    }
+}
+
+/// The next task of `tasks` to end; never, without tasks.
+async fn next_ended(tasks: Option<&mut tokio::task::JoinSet<()>>) -> Option<Result<(), JoinError>> {
+    match tasks {
+        Some(tasks) if !tasks.is_empty() => tasks.join_next().await,
+        _ => std::future::pending().await,
     }
 }
 

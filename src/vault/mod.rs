@@ -330,17 +330,25 @@ impl VaultAccess {
     /// (one per identity reading it) the name's cached latest values are
     /// forgotten ([`VaultView::hinted`]) and its subscribers are told to
     /// sync now, so they read it as of now through the usual gate, backoff
-    /// and single-flight. When the last good listing lacks the name (a new
-    /// secret, which a `dataFrom.find` may match) or lists it disabled (the
-    /// new version may be enabled), or the hint is for the whole vault, the
-    /// view lists again at once. Returns the
-    /// subscribers told: none when nobody reads such a vault, and then
-    /// nothing at all is asked of a vault.
+    /// and single-flight. The view lists again at once when the last good
+    /// listing lacks the name (a new secret, which a `dataFrom.find` may
+    /// match) or lists it disabled (the new version may be enabled), for a
+    /// whole-vault hint, and when several subscribers read the name: one
+    /// read serves them all only if the listing agrees with it and it was
+    /// made in a later second than the version it reads (`updated` has
+    /// one-second resolution, see `detect.rs`), so then the hint waits a
+    /// second first. Returns the subscribers told: none when
+    /// nobody reads such a vault, and then nothing at all is asked of a vault.
     pub async fn hint(&self, vault: impl Fn(&str) -> bool, name: Option<&str>) -> Vec<String> {
+        const SHARED_READ_DELAY: Duration = Duration::from_secs(1);
         let views: Vec<Arc<VaultView>> = (self.inner.views.lock().unwrap().iter())
             .filter(|((key, _), _)| vault(key))
             .map(|(_, view)| view.clone())
             .collect();
+        let shared = views.iter().any(|view| view.hinted(name).len() > 1);
+        if shared {
+            tokio::time::sleep(SHARED_READ_DELAY).await;
+        }
         let mut told = Vec::new();
         for view in views {
             let relist = {
@@ -350,10 +358,11 @@ impl VaultAccess {
                         .is_some_and(|good| good.get(name).is_none_or(|info| !info.enabled))
                 });
                 let listed = (listing.newest.as_ref()).is_some_and(|newest| newest.outcome.is_ok());
-                if unlisted && (listed || name.is_none()) {
+                let relist = unlisted || shared;
+                if relist && (listed || name.is_none()) {
                     listing.newest = None;
                 }
-                unlisted
+                relist
             };
             if name.is_none() {
                 view.refuse_listing_until(Instant::now());

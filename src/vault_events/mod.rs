@@ -556,17 +556,16 @@ impl Dispatcher {
                     Some(arrival) => self.arrive(arrival),
                     None => return,
                 },
-                () = sleep_until(due) => {
-                    for (hint, since) in self.debounce.due(Instant::now()) {
-                        self.read_now(hint, since, false);
-                    }
-                }
+                () = sleep_until(due) => self.act_on_due(Instant::now()),
             }
         }
     }
 
     fn arrive(&mut self, arrival: Arrival) {
         let now = Instant::now();
+        // Windows that ended act (or close) first: the debounce keeps only
+        // the keys of the last window, however many names events bring.
+        self.act_on_due(now);
         let Arrival { parsed, arrived } = arrival;
         if let Some(identity) = &parsed.identity
             && self.recent.repeat(identity, now)
@@ -577,6 +576,13 @@ impl Dispatcher {
         match self.debounce.offer(&parsed.hint, arrived, now) {
             Offer::Now => self.read_now(parsed.hint, arrived, true),
             Offer::Folded => self.metrics.ignored(Ignored::Coalesced),
+        }
+    }
+
+    /// The reads owed to hints folded into windows that ended by `now`.
+    fn act_on_due(&mut self, now: Instant) {
+        for (hint, since) in self.debounce.due(now) {
+            self.read_now(hint, since, false);
         }
     }
 

@@ -4,11 +4,17 @@
 //! ```text
 //! cargo bench --bench scale -- [--sizes 100,1000] [--vault-secrets 100] [--interval 30s]
 //!                              [--unrelated-secrets 0] [--deployments 0] [--samples 10]
-//!                              [--fanout 0] [--kv-limits on|off] [--modes list,get]
+//!                              [--fanout 0] [--kv-limits on|off] [--modes list,get,events]
 //!                              [--long-interval 10m]
 //! ```
 //!
-//! For each change-detection mode and size N it creates N KeyVaultSecrets
+//! Modes: `list` and `get` are the change detections; `events` is `list`
+//! with an Event Grid source (the emulator's namespace, read with the
+//! operator's own workload identity): its vault change→Secret latency is the
+//! "change→Secret with events" column, and its idle cycle shows that events
+//! add no Key Vault request.
+//!
+//! For each mode and size N it creates N KeyVaultSecrets
 //! over the vault's secrets (round robin) and measures: time until all are
 //! Ready, how long applying them took, and each object's time from its apply
 //! to Ready; Key Vault requests in an idle refresh cycle and in one where 1 % of
@@ -104,7 +110,7 @@ fn options() -> Options {
         sweep_wait: Duration::from_secs(660),
         fanout: 0,
         kv_limits: true,
-        modes: vec!["list", "get"],
+        modes: vec!["list", "get", "events"],
         long_interval: None,
     };
     let args: Vec<String> = std::env::args()
@@ -148,7 +154,8 @@ fn options() -> Options {
                     .map(|mode| match mode {
                         "list" => "list",
                         "get" => "get",
-                        _ => panic!("--modes list,get"),
+                        "events" => "events",
+                        _ => panic!("--modes list,get,events"),
                     })
                     .collect()
             }
@@ -176,6 +183,8 @@ struct Row {
     change_requests: u64,
     idle_writes: usize,
     secret_latency: Vec<Duration>,
+    /// Vault change → Secret updated, in `events` mode.
+    event_secret_latency: Vec<Duration>,
     /// The same, for the objects refreshing every `--long-interval`.
     long_secret_latency: Vec<Duration>,
     forced_latency: Vec<Duration>,
@@ -401,6 +410,17 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
     if options.kv_limits {
         seed["serviceLimits"] = json!({});
     }
+    let events = mode == "events";
+    let identity_dir = tempfile::tempdir().unwrap();
+    if events {
+        let (issuer, jwks) = cluster_issuer(&client, identity_dir.path()).await;
+        seed["apps"]
+            .as_array_mut()
+            .unwrap()
+            .push(events::operator_app(&issuer, &ns.name));
+        seed["issuers"] = json!([{"issuer": issuer, "jwksFile": jwks}]);
+        seed["eventGrid"] = events::event_grid_seed(json!([]));
+    }
     let emulator = Emulator::start(seed).await;
     let secret_api: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let creds: Secret = serde_json::from_value(
@@ -466,11 +486,21 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
         _ => interval.clone(),
     };
     let namespaces = format!("{},{}", ns.name, other.name);
-    let operator = Operator::start(
-        &emulator,
-        &ns.name,
-        &["--change-detection", mode, "--namespaces", &namespaces],
-    );
+    let detection = if mode == "get" { "get" } else { "list" };
+    let mut flags: Vec<String> = ["--change-detection", detection, "--namespaces", &namespaces]
+        .map(str::to_owned)
+        .to_vec();
+    let mut env = Vec::new();
+    if events {
+        let token = events::operator_token(&client, &ns.name, identity_dir.path()).await;
+        env = events::operator_env(&token);
+        flags.extend(events::event_flags(
+            &emulator,
+            &[events::event_grid_source(&emulator)],
+        ));
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let operator = Operator::start_with_env(&emulator, &ns.name, &flags, &env);
     let kvs_api: Api<KeyVaultSecret> = Api::namespaced(client.clone(), &ns.name);
     let started = Instant::now();
     // Watching from before the first apply, so each object's Ready is timed
@@ -617,6 +647,8 @@ async fn run_one(options: &Options, mode: &'static str, size: usize) -> Row {
                             .is_some_and(|i| i % 2 == 1);
                     let latencies = if long {
                         &mut row.long_secret_latency
+                    } else if events {
+                        &mut row.event_secret_latency
                     } else {
                         &mut row.secret_latency
                     };
@@ -1175,12 +1207,12 @@ async fn main() {
         if options.kv_limits { "on" } else { "off" }
     );
     println!(
-        "| mode | KeyVaultSecrets | all Ready | applying all | apply→Ready p50/p99/max | KV requests, idle cycle | KV requests, 1 % changed | k8s writes, idle cycle | change→Secret p50/p99 | long-interval change→Secret p50/p99 | forced→Secret p50/p99 | change→template p50/p99 | forced→template p50/p99 | peak RSS | KV 429s | API requests / idle min | forced→all fan-out templates | other namespace's change→template during the fan-out (debounce included) |"
+        "| mode | KeyVaultSecrets | all Ready | applying all | apply→Ready p50/p99/max | KV requests, idle cycle | KV requests, 1 % changed | k8s writes, idle cycle | change→Secret p50/p99 | change→Secret with events p50/p99 | long-interval change→Secret p50/p99 | forced→Secret p50/p99 | change→template p50/p99 | forced→template p50/p99 | peak RSS | KV 429s | API requests / idle min | forced→all fan-out templates | other namespace's change→template during the fan-out (debounce included) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.1}s | {:.1}s | {}/{}/{} | {} | {} | {} | {}/{} | {}/{} | {}/{} | {}/{} | {}/{} | {:.1} MiB | {} | {:.1} | {} | {} |",
+            "| {} | {} | {:.1}s | {:.1}s | {}/{}/{} | {} | {} | {} | {}/{} | {}/{} | {}/{} | {}/{} | {}/{} | {}/{} | {:.1} MiB | {} | {:.1} | {} | {} |",
             r.mode,
             r.size,
             r.ready.as_secs_f64(),
@@ -1193,6 +1225,8 @@ async fn main() {
             r.idle_writes,
             percentile(&r.secret_latency, 0.5),
             percentile(&r.secret_latency, 0.99),
+            percentile(&r.event_secret_latency, 0.5),
+            percentile(&r.event_secret_latency, 0.99),
             percentile(&r.long_secret_latency, 0.5),
             percentile(&r.long_secret_latency, 0.99),
             percentile(&r.forced_latency, 0.5),
@@ -1209,8 +1243,19 @@ async fn main() {
         );
     }
     println!();
-    for pair in rows.chunks(2) {
-        if let [list, get] = pair {
+    for &size in &options.sizes {
+        let row = |mode: &str| rows.iter().find(|r| r.size == size && r.mode == mode);
+        if let Some(events) = row("events") {
+            println!(
+                "N={size}: idle-cycle Key Vault requests with events = {}{}",
+                events.idle_requests,
+                row("list").map_or(String::new(), |list| format!(
+                    " (list without events: {})",
+                    list.idle_requests
+                ))
+            );
+        }
+        if let (Some(list), Some(get)) = (row("list"), row("get")) {
             println!(
                 "N={}: idle-cycle Key Vault requests get/list = {}/{} = {:.0}x; 1%-change cycle {}/{} = {:.0}x",
                 list.size,

@@ -20,6 +20,8 @@
 /// to make a ReplicaSet (only a failing test waits this long).
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// Event-driven refresh: the emulator's namespace and the operator's own identity (used as `support::events::*`).
+pub mod events;
 mod fixture;
 mod leaks;
 /// The fixture's reload side: Secrets, ConfigMaps and workloads, and how they roll (used as `support::reload::*`).
