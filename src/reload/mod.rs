@@ -52,9 +52,11 @@ mod pace;
 mod patch;
 pub mod readiness;
 pub mod record;
+pub mod rollout;
 mod stage;
 pub mod uses;
 mod watch;
+pub mod waves;
 mod write;
 
 use std::collections::HashMap;
