@@ -467,6 +467,7 @@ mod tests {
             flags: ResourceFlags::default(),
             version: None,
             data_version: None,
+            resume: None,
         }
     }
 

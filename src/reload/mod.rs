@@ -56,7 +56,7 @@ pub mod rollout;
 mod stage;
 pub mod uses;
 mod watch;
-pub mod waves;
+mod waves;
 mod write;
 
 use std::collections::HashMap;
@@ -102,6 +102,19 @@ pub struct ReloadArgs {
     /// server's latency does not lower the rate.
     #[arg(long, env = "KVSYNC_MAX_ROLLOUTS_PER_SECOND", default_value_t = 20)]
     pub max_rollouts_per_second: u32,
+
+    /// Waves of at most this many workloads per change (0: one wave per
+    /// `kvsync.io/rollout-wave` value). A wave starts when the earlier
+    /// waves' rollouts are complete; a failed one halts the change (see
+    /// docs/reload.md, "Waves").
+    #[arg(long, env = "KVSYNC_ROLLOUT_WAVE_SIZE", default_value_t = 0)]
+    pub rollout_wave_size: usize,
+
+    /// A StatefulSet or DaemonSet rollout not complete this long after
+    /// kvsync restarted it counts as failed (Deployments and Argo Rollouts
+    /// have a progress deadline of their own).
+    #[arg(long, env = "KVSYNC_PROGRESS_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub progress_deadline: Duration,
 
     /// Only Secrets and ConfigMaps whose labels match this equality selector
     /// (e.g. `reload=true`) count; the reload stage does not see the others
@@ -200,6 +213,8 @@ pub async fn run(
         debounce: args.reload_debounce,
         min_reload_interval: args.min_reload_interval,
         max_rollouts_per_second: args.max_rollouts_per_second,
+        wave_size: args.rollout_wave_size,
+        progress_deadline: args.progress_deadline,
         resources_selected,
     };
     tracing::info!(key_id, ?timing, "reload stage starting");

@@ -10,15 +10,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
-use super::annotations::{Annotations, ReloadPolicy, ResourceFlags};
+use super::annotations::{Annotations, PolicyProblem, ReloadPolicy, ResourceFlags};
 use super::digest::{self, Digest, DigestKey};
 use super::index::{ResourceObservation, ResourceState, WorkloadObservation, WorkloadState};
 use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::record::{Applied, parse_time};
+use super::rollout::{self, Progress};
 use super::uses::uses;
 use crate::api::contract::{
     DIGEST_ANNOTATION, JOB_PENDING_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION,
-    RESTARTED_AT_ANNOTATION, reloader,
+    RESTARTED_AT_ANNOTATION, RESUME_ROLLOUT_ANNOTATION, ROLLOUT_WAVE_ANNOTATION, reloader,
 };
 
 /// What the reload stage reads of a workload, whatever API serves it.
@@ -32,6 +33,10 @@ pub trait WorkloadView {
     }
     fn restart_method(&self) -> RestartMethod {
         RestartMethod::PodTemplate
+    }
+    /// How far its rollout has come, as its status says.
+    fn progress(&self) -> Progress {
+        Progress::NotTracked
     }
     /// When kvsync (or Reloader's `restartAt`) last restarted it.
     fn last_restart(&self) -> Option<OffsetDateTime> {
@@ -69,6 +74,9 @@ impl WorkloadView for Deployment {
     fn paused(&self) -> bool {
         self.spec.as_ref().and_then(|s| s.paused).unwrap_or(false)
     }
+    fn progress(&self) -> Progress {
+        rollout::deployment(self)
+    }
 }
 
 impl WorkloadView for StatefulSet {
@@ -83,6 +91,9 @@ impl WorkloadView for StatefulSet {
         let strategy = self.spec.as_ref().and_then(|s| s.update_strategy.as_ref());
         update_strategy(strategy.and_then(|s| s.type_.as_deref()))
     }
+    fn progress(&self) -> Progress {
+        rollout::stateful_set(self)
+    }
 }
 
 impl WorkloadView for DaemonSet {
@@ -96,6 +107,9 @@ impl WorkloadView for DaemonSet {
     fn restart_method(&self) -> RestartMethod {
         let strategy = self.spec.as_ref().and_then(|s| s.update_strategy.as_ref());
         update_strategy(strategy.and_then(|s| s.type_.as_deref()))
+    }
+    fn progress(&self) -> Progress {
+        rollout::daemon_set(self)
     }
 }
 
@@ -180,6 +194,11 @@ pub fn observe_resource<R: ResourceObject>(
                 .unwrap_or_default(),
             version: numeric_version(meta),
             data_version: None,
+            resume: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(RESUME_ROLLOUT_ANNOTATION))
+                .cloned(),
         },
     })
 }
@@ -193,7 +212,9 @@ pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservati
     let template_annotations = template
         .and_then(|t| t.metadata.as_ref()?.annotations.as_ref())
         .unwrap_or(&NONE);
-    let (policy, problems) = ReloadPolicy::parse(W::KIND, annotations, template_annotations);
+    let (policy, mut problems) = ReloadPolicy::parse(W::KIND, annotations, template_annotations);
+    let wave = wave(annotations, &mut problems);
+    let restart = object.restart_method();
     Some(WorkloadObservation {
         workload: WorkloadRef {
             kind: W::KIND,
@@ -214,7 +235,7 @@ pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservati
             ),
             last_restart: object.last_restart(),
             restart_stamp: object.last_restart(),
-            restart: object.restart_method(),
+            restart,
             paused_at: parse_time(annotations.get(PAUSED_AT_ANNOTATION).map(String::as_str)),
             pending_mark: annotations.get(PENDING_ANNOTATION).cloned(),
             job_pending: annotations.get(JOB_PENDING_ANNOTATION).cloned(),
@@ -223,8 +244,36 @@ pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservati
             template_version: None,
             earlier_templates: Default::default(),
             deleting: meta.deletion_timestamp.is_some(),
+            wave,
+            // Pods replaced only when deleted: no rollout to wait for.
+            progress: if restart == RestartMethod::OnDelete {
+                Progress::NotTracked
+            } else {
+                object.progress()
+            },
+            progressing_since: None,
         },
     })
+}
+
+/// The highest wave number accepted (a bound, so a number stays a number).
+const MAX_WAVE: u32 = 1_000_000;
+
+/// [`ROLLOUT_WAVE_ANNOTATION`]; a value that is not a wave number is
+/// reported and the workload goes with the unannotated ones.
+fn wave(annotations: &Annotations, problems: &mut Vec<PolicyProblem>) -> Option<u32> {
+    let value = annotations.get(ROLLOUT_WAVE_ANNOTATION)?;
+    match value.trim().parse::<u32>() {
+        Ok(wave) if wave <= MAX_WAVE => Some(wave),
+        _ => {
+            problems.push(PolicyProblem {
+                annotation: ROLLOUT_WAVE_ANNOTATION,
+                value: value.chars().take(64).collect(),
+                reason: format!("is not a wave number (0 to {MAX_WAVE})"),
+            });
+            None
+        }
+    }
 }
 
 /// When Reloader paused this workload, if it did and it is still paused

@@ -9,14 +9,13 @@
 //!               every replica ready ─────────────────────────────────────────────────────▶ Complete
 //!  DaemonSet    observedGeneration ≥ generation, every scheduled pod updated and available ▶ Complete
 //!  Rollout      status.phase Healthy ─▶ Complete, Degraded ─▶ Failed
-//!  otherwise    Progressing (StatefulSets, DaemonSets: Failed once kvsync's progress
-//!               deadline after the restart has passed — they have no deadline of their own)
+//!  otherwise    Progressing (StatefulSets, DaemonSets: Failed once Progressing for longer
+//!               than --progress-deadline — they have no deadline of their own)
 //! ```
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use time::OffsetDateTime;
 
 /// Where a workload's rollout stands, as its status tells.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,16 +32,18 @@ pub enum Progress {
 }
 
 impl Progress {
-    /// `Progressing` past `deadline` after `restarted` counts as failed (for
-    /// kinds whose controller has no progress deadline of its own).
+    /// `Progressing` for longer than `deadline` (since `since`) counts as
+    /// failed — for kinds whose controller has no progress deadline of its own.
     pub fn with_deadline(
         self,
-        restarted: Option<OffsetDateTime>,
+        since: Option<Instant>,
         deadline: Duration,
-        now: OffsetDateTime,
+        now: Instant,
     ) -> Progress {
-        match (self, restarted) {
-            (Progress::Progressing, Some(at)) if now - at > deadline => Progress::Failed,
+        match (self, since) {
+            (Progress::Progressing, Some(at)) if now.saturating_duration_since(at) > deadline => {
+                Progress::Failed
+            }
             _ => self,
         }
     }
@@ -65,6 +66,10 @@ pub fn deployment(deployment: &Deployment) -> Progress {
     let Some(status) = &deployment.status else {
         return Progress::Progressing;
     };
+    // A condition from before the newest template says nothing about it.
+    if !caught_up(deployment.metadata.generation, status.observed_generation) {
+        return Progress::Progressing;
+    }
     let deadline_exceeded = status.conditions.iter().flatten().any(|c| {
         c.type_ == "Progressing"
             && c.status == "False"
@@ -79,8 +84,7 @@ pub fn deployment(deployment: &Deployment) -> Progress {
         .and_then(|s| s.replicas)
         .unwrap_or(1);
     let updated = status.updated_replicas.unwrap_or(0);
-    let complete = caught_up(deployment.metadata.generation, status.observed_generation)
-        && updated == wanted
+    let complete = updated == wanted
         && status.replicas.unwrap_or(0) == updated
         && status.available_replicas.unwrap_or(0) == updated;
     if complete {
@@ -201,8 +205,8 @@ mod tests {
     }
 
     #[test]
-    fn progressing_past_the_deadline_after_the_restart_is_failed() {
-        let restarted = OffsetDateTime::UNIX_EPOCH;
+    fn progressing_past_the_deadline_is_failed() {
+        let restarted = Instant::now();
         let deadline = Duration::from_secs(600);
         let before = restarted + Duration::from_secs(599);
         let after = restarted + Duration::from_secs(601);

@@ -25,7 +25,7 @@
 //! timing [`super::pace`]'s, the patch model [`super::patch`]'s and the
 //! writes [`super::write`]'s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -43,14 +43,15 @@ use super::decide::{
     unreacted_uses,
 };
 use super::events::{EventPublisher, Regarding};
-use super::index::{Index, ResourceChange, WorkloadObservation};
+use super::index::{Index, ResourceChange, ResourceState, WorkloadObservation, WorkloadState};
 use super::job::job_name;
-use super::kinds::{RestartMethod, WorkloadKind, WorkloadRef};
+use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::metrics::{Failure, ReloadMetrics, Skip};
 use super::pace::{Pacer, Schedule};
 use super::patch::{Changes, PauseChange, PendingChange, RecordChange, patch_body};
 use super::record::{AppliedRecord, format_time, job_mark, parse_job_mark, pending_mark};
 use super::watch::{Input, Listing, Observed, Source, Watched};
+use super::waves::{self, Gate, Peer, Place, Standing};
 use super::write::{Outcome, Purpose, Written, retry_delay, write};
 
 /// At most this many workload writes (patches, a CronJob's Job) in flight.
@@ -64,6 +65,10 @@ pub struct Timing {
     pub debounce: Duration,
     pub min_reload_interval: Duration,
     pub max_rollouts_per_second: u32,
+    /// `--rollout-wave-size`.
+    pub wave_size: usize,
+    /// `--progress-deadline`.
+    pub progress_deadline: Duration,
     /// `--resource-label-selector` is set: a resource kvsync does not see
     /// may exist (see [`super::decide::Situation::hidden_may_exist`]).
     pub resources_selected: bool,
@@ -87,6 +92,22 @@ struct SourceState {
     listing: Option<Listing>,
 }
 
+/// Why the wave gate holds a restart back (see [`super::waves`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Held {
+    /// The resource whose change is gated.
+    resource: ResourceRef,
+    /// The workload of an earlier wave it waits for, or whose failed
+    /// rollout halted the change (by name, in the same namespace).
+    peer: String,
+    halted: bool,
+}
+
+/// A held restart is looked at again when the workload it waits for moves
+/// on, and at the latest after this long (a safety net: a deadline passing
+/// is no event).
+const HOLD_RECHECK: Duration = Duration::from_secs(30);
+
 pub struct Stage {
     client: kube::Client,
     /// The APIs of the dynamic kinds (see [`dynamic`]).
@@ -106,6 +127,10 @@ pub struct Stage {
     /// The workloads they are for; `true` once one became due again meanwhile
     /// (it is evaluated when the answer is in).
     writing: HashMap<WorkloadRef, bool>,
+    /// Restarts the wave gate holds back, and why (see [`super::waves`]).
+    held: HashMap<WorkloadRef, Held>,
+    /// Halts announced (failed workload, resource, change id): one Event each.
+    halts_announced: HashSet<(WorkloadRef, ResourceRef, String)>,
     sources: Vec<SourceState>,
     ready: bool,
     events: EventPublisher,
@@ -136,6 +161,8 @@ impl Stage {
             jobs_made: HashMap::new(),
             writes: FuturesUnordered::new(),
             writing: HashMap::new(),
+            held: HashMap::new(),
+            halts_announced: HashSet::new(),
             sources: sources
                 .into_iter()
                 .map(|source| SourceState {
@@ -221,13 +248,24 @@ impl Stage {
     fn observe(&mut self, observed: Observed, seen: Seen) {
         let due = Instant::now() + self.timing.debounce;
         match observed {
-            Observed::Resource(observation) => match self.index.apply_resource(observation) {
-                ResourceChange::Changed { affected } => self.mark_all(affected, due),
-                ResourceChange::Unchanged { reacting } if seen == Seen::Written => {
-                    self.metrics.skipped(Skip::DataUnchanged, reacting as u64);
+            Observed::Resource(observation) => {
+                let namespace = observation.namespace.clone();
+                match self.index.apply_resource(observation) {
+                    ResourceChange::Changed { affected } => self.mark_all(affected, due),
+                    ResourceChange::Unchanged {
+                        reacting,
+                        resume_changed,
+                    } => {
+                        if seen == Seen::Written {
+                            self.metrics.skipped(Skip::DataUnchanged, reacting as u64);
+                        }
+                        if resume_changed {
+                            self.wake_held(&namespace, None);
+                        }
+                    }
+                    ResourceChange::Stale => {}
                 }
-                ResourceChange::Unchanged { .. } | ResourceChange::Stale => {}
-            },
+            }
             Observed::Workload(observation) => self.observe_workload(*observation, due),
             Observed::Namespace { name, selected } => {
                 let revealed = self.index.set_selected(&name, selected);
@@ -263,6 +301,9 @@ impl Stage {
         // write Events in; its problems are reported if it comes into scope.
         if self.index.is_selected(&workload.namespace) {
             self.report_problems(&workload, &uid, &change.new_problems);
+        }
+        if change.progress_changed {
+            self.wake_held(&workload.namespace, Some(&workload.name));
         }
         if change.needs_evaluation {
             self.schedule.mark(workload, due);
@@ -307,6 +348,8 @@ impl Stage {
                 );
                 self.failures.remove(&w.workload);
                 self.jobs_made.remove(&w.workload);
+                self.unhold(&w.workload);
+                self.wake_held(&w.workload.namespace, Some(&w.workload.name));
             }
             Observed::Namespace { name, .. } => {
                 self.index.set_selected(&name, false);
@@ -408,6 +451,7 @@ impl Stage {
             .filter(|s| !s.deleting && self.index.is_selected(&workload.namespace));
         let Some(state) = state else {
             // Out of scope or going: it leaves the rollout queue.
+            self.unhold(&workload);
             release(
                 &mut self.pacer,
                 &mut self.schedule,
@@ -459,8 +503,8 @@ impl Stage {
         let resource_version = state.resource_version.clone();
         let uid = state.uid.clone();
         let method = state.restart;
-        let record =
-            |members| AppliedRecord::new(self.key_id.clone(), members).with_unreacted(unreacted);
+        let key_id = self.key_id.clone();
+        let record = |members| AppliedRecord::new(key_id, members).with_unreacted(unreacted);
         let mut changes = Changes {
             record: RecordChange::Keep,
             restarted_at: None,
@@ -496,6 +540,10 @@ impl Stage {
             (None, Some(_)) => PendingChange::Remove,
             (None, None) => PendingChange::Keep,
         };
+        if !matches!(verdict, Verdict::Restart { .. }) {
+            self.unhold(&workload);
+            self.wake_held(&workload.namespace, Some(&workload.name));
+        }
         let body = |changes: &Changes| patch_body(&resource_version, method, changes);
         match verdict {
             Verdict::UpToDate => {
@@ -521,6 +569,11 @@ impl Stage {
                 changed,
                 record: members,
             } => {
+                if let Some(held) = self.wave_gate(&workload, &changed) {
+                    self.hold(workload, held);
+                    return;
+                }
+                self.unhold(&workload);
                 let record = record(members);
                 let namespace = workload.namespace.clone();
                 let admitted = self
@@ -563,6 +616,147 @@ impl Stage {
                 }
             }
         }
+    }
+
+    /// The wave gate's answer for restarting `workload` for `changed`:
+    /// `None` to go now.
+    fn wave_gate(&self, workload: &WorkloadRef, changed: &[ResourceRef]) -> Option<Held> {
+        let me = self.index.workload(workload)?;
+        let place = Place {
+            wave: me.wave,
+            name: &workload.name,
+        };
+        let now = Instant::now();
+        let resources = self.index.resources(&workload.namespace);
+        for resource in changed {
+            let reacting = self.index.reacting_to(&workload.namespace, resource);
+            if self.timing.wave_size == 0 && reacting.iter().all(|(_, s)| s.wave.is_none()) {
+                continue; // one wave: nothing to wait for
+            }
+            let peers: Vec<Peer> = reacting
+                .iter()
+                .filter(|(w, _)| w != workload)
+                .map(|(w, s)| Peer {
+                    place: Place {
+                        wave: s.wave,
+                        name: &w.name,
+                    },
+                    standing: self.standing(w, s, now),
+                })
+                .collect();
+            let resumed = resources.get(resource).is_some_and(ResourceState::resumed);
+            let (peer, halted) = match waves::gate(&place, &peers, self.timing.wave_size, resumed) {
+                Gate::Go => continue,
+                Gate::Hold { waiting_for } => (waiting_for, false),
+                Gate::Halted { failed } => (failed, true),
+            };
+            return Some(Held {
+                resource: resource.clone(),
+                peer,
+                halted,
+            });
+        }
+        None
+    }
+
+    /// Where a workload reacting to a change stands for the wave gate.
+    fn standing(&self, workload: &WorkloadRef, state: &WorkloadState, now: Instant) -> Standing {
+        let behind = self.held.contains_key(workload)
+            || self.schedule.contains(workload)
+            || self.pacer.contains(workload)
+            || self.writing.contains_key(workload);
+        if behind {
+            return Standing::Behind;
+        }
+        Standing::Current(match workload.kind {
+            WorkloadKind::StatefulSet | WorkloadKind::DaemonSet => state.progress.with_deadline(
+                state.progressing_since,
+                self.timing.progress_deadline,
+                now,
+            ),
+            _ => state.progress,
+        })
+    }
+
+    /// Holds a restart back: out of the rollout queue, looked at again when
+    /// the workload it waits for moves on (see [`Self::wake_held`]).
+    fn hold(&mut self, workload: WorkloadRef, held: Held) {
+        release(
+            &mut self.pacer,
+            &mut self.schedule,
+            &self.metrics,
+            &workload,
+        );
+        if held.halted {
+            self.announce_halt(&workload.namespace, &held);
+        } else {
+            debug!(%workload, waiting_for = held.peer, resource = %held.resource, "restart waits for an earlier wave");
+        }
+        self.schedule
+            .postpone(workload.clone(), Instant::now() + HOLD_RECHECK);
+        self.held.insert(workload, held);
+        self.count_held();
+    }
+
+    fn unhold(&mut self, workload: &WorkloadRef) {
+        if self.held.remove(workload).is_some() {
+            self.count_held();
+        }
+    }
+
+    /// Looks again at the held restarts of `namespace` waiting for `peer`
+    /// (all of them: `None`).
+    fn wake_held(&mut self, namespace: &str, peer: Option<&str>) {
+        if self.held.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for (workload, held) in &self.held {
+            if workload.namespace == namespace && peer.is_none_or(|p| held.peer == p) {
+                self.schedule.mark(workload.clone(), now);
+            }
+        }
+    }
+
+    fn count_held(&self) {
+        let halted = self.held.values().filter(|h| h.halted).count();
+        self.metrics.set_held(self.held.len() - halted, halted);
+    }
+
+    /// One log line and one Warning Event on the failed workload per halted
+    /// change.
+    fn announce_halt(&mut self, namespace: &str, held: &Held) {
+        let Some(change) = self
+            .index
+            .resources(namespace)
+            .get(&held.resource)
+            .map(ResourceState::change_id)
+        else {
+            return;
+        };
+        let failed = self
+            .index
+            .reacting_to(namespace, &held.resource)
+            .into_iter()
+            .find(|(w, _)| w.name == held.peer)
+            .map(|(w, s)| (w, s.uid.clone()));
+        let Some((failed, uid)) = failed else {
+            return;
+        };
+        if !self
+            .halts_announced
+            .insert((failed.clone(), held.resource.clone(), change.clone()))
+        {
+            return;
+        }
+        warn!(workload = %failed, resource = %held.resource, change, "rollout failed; halting the restarts of later waves for this change");
+        let regarding = Regarding {
+            workload: &failed,
+            api_version: self.api_version(failed.kind),
+            uid: &uid,
+        };
+        self.events
+            .rollout_halted(regarding, &held.resource, &change);
     }
 
     /// Makes the Job a CronJob's recorded change owes, and clears its mark
@@ -626,6 +820,7 @@ impl Stage {
             job_made,
         } = written;
         let due_again = self.writing.remove(&workload).unwrap_or(false);
+        self.wake_held(&workload.namespace, Some(&workload.name));
         if let Some(job) = job_made {
             self.jobs_made.insert(workload.clone(), job);
         }

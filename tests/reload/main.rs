@@ -17,6 +17,7 @@ mod scope;
 mod support;
 mod timing;
 mod uses;
+mod waves;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
