@@ -468,6 +468,7 @@ mod tests {
             version: None,
             data_version: None,
             resume: None,
+            writer: None,
         }
     }
 

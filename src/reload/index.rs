@@ -54,6 +54,9 @@ pub struct ResourceState {
     /// [`crate::api::contract::RESUME_ROLLOUT_ANNOTATION`]: the change id a
     /// person resumed after a halted wave.
     pub resume: Option<String>,
+    /// The KeyVaultSecret that writes it (a Secret kvsync created or merged
+    /// into): its rollout is summarized for that object's status.
+    pub writer: Option<String>,
 }
 
 impl ResourceState {
@@ -603,6 +606,7 @@ mod tests {
                 version: Some(version),
                 data_version: None,
                 resume: None,
+                writer: None,
             },
         }
     }

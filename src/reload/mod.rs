@@ -38,6 +38,7 @@
 //! digest key lives).
 
 pub mod annotations;
+pub mod board;
 pub mod decide;
 pub mod digest;
 pub mod dynamic;
@@ -183,6 +184,7 @@ pub async fn run(
     operator_namespace: String,
     inbox: ReloadInbox,
     metrics: metrics::ReloadMetrics,
+    board: board::RolloutBoard,
 ) -> Result<(), ReloadError> {
     let key = key_secret::load_or_create(&client, &operator_namespace).await?;
     let key_id = key.id();
@@ -225,7 +227,7 @@ pub async fn run(
         sources,
         apis,
         namespace_selector,
-        metrics,
+        stage::Reports { metrics, board },
     )
     .run(inputs)
     .await;

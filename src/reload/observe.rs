@@ -18,8 +18,9 @@ use super::record::{Applied, parse_time};
 use super::rollout::{self, Progress};
 use super::uses::uses;
 use crate::api::contract::{
-    DIGEST_ANNOTATION, JOB_PENDING_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION,
-    RESTARTED_AT_ANNOTATION, RESUME_ROLLOUT_ANNOTATION, ROLLOUT_WAVE_ANNOTATION, reloader,
+    DIGEST_ANNOTATION, JOB_PENDING_ANNOTATION, MERGED_BY_ANNOTATION, OWNER_ANNOTATION,
+    PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RESTARTED_AT_ANNOTATION, RESUME_ROLLOUT_ANNOTATION,
+    ROLLOUT_WAVE_ANNOTATION, reloader,
 };
 
 /// What the reload stage reads of a workload, whatever API serves it.
@@ -194,13 +195,15 @@ pub fn observe_resource<R: ResourceObject>(
                 .unwrap_or_default(),
             version: numeric_version(meta),
             data_version: None,
-            resume: meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(RESUME_ROLLOUT_ANNOTATION))
-                .cloned(),
+            resume: annotation(meta, RESUME_ROLLOUT_ANNOTATION),
+            writer: annotation(meta, OWNER_ANNOTATION)
+                .or_else(|| annotation(meta, MERGED_BY_ANNOTATION)),
         },
     })
+}
+
+fn annotation(meta: &ObjectMeta, name: &str) -> Option<String> {
+    meta.annotations.as_ref()?.get(name).cloned()
 }
 
 /// `None` for an object without name or namespace (never sent by a server).
@@ -245,12 +248,7 @@ pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservati
             earlier_templates: Default::default(),
             deleting: meta.deletion_timestamp.is_some(),
             wave,
-            // Pods replaced only when deleted: no rollout to wait for.
-            progress: if restart == RestartMethod::OnDelete {
-                Progress::NotTracked
-            } else {
-                object.progress()
-            },
+            progress: object.progress(),
             progressing_since: None,
         },
     })

@@ -88,7 +88,7 @@ fn waves<'p>(sorted: &[&'p Place<'p>], size: usize) -> Vec<(&'p Place<'p>, Wave)
         if index > 0 && sorted[index - 1].wave != place.wave {
             first = index;
         }
-        let chunk = if size == 0 { 0 } else { (index - first) / size };
+        let chunk = (index - first).checked_div(size).unwrap_or(0);
         out.push((
             *place,
             (place.wave.unwrap_or(u32::MAX), place.wave.is_none(), chunk),

@@ -162,3 +162,72 @@ async fn a_fix_after_a_halt_restarts_the_canary_first_then_the_rest() {
     restarted(&f, "web", 2).await;
     assert_eq!(f.replica_sets("canary").await, 3);
 }
+
+/// The KeyVaultSecret's `RolledOut` condition, and its rollout counts.
+async fn rolled_out(f: &Fixture) -> (Option<String>, Option<(u32, u32)>, String) {
+    let kvs = f.kvs_api().get("db").await.unwrap();
+    let status = kvs.status.unwrap_or_default();
+    let condition = status.conditions.iter().find(|c| c.type_ == "RolledOut");
+    (
+        condition.map(|c| c.status.clone()),
+        status.rollout.as_ref().map(|r| (r.current, r.workloads)),
+        condition.map(|c| c.message.clone()).unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn a_keyvaultsecret_says_when_every_workload_runs_its_new_data() {
+    let f = Fixture::new("waves-rolled-out").await;
+    let kubelet = Kubelet::start(&f.client, &f.ns.name);
+    f.apply(
+        "db",
+        json!({"refreshInterval": "1s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
+    )
+    .await;
+    f.wait_reason("db", "Synced").await;
+    member(&f, "canary", Some("0"), 600).await;
+    member(&f, "web", None, 600).await;
+    for name in ["canary", "web"] {
+        f.rolled_out(name).await;
+        f.baselined::<Deployment>(name).await;
+    }
+    eventually("RolledOut with both workloads current", WAIT, || async {
+        let (state, counts, _) = rolled_out(&f).await;
+        (state.as_deref() == Some("True") && counts == Some((2, 2))).then_some(())
+    })
+    .await;
+
+    kubelet.hold("canary");
+    kubelet.hold("web");
+    f.emulator
+        .set_secret("shop", "db-password", "rotated-reload-test-value")
+        .await;
+    restarted(&f, "canary", 2).await;
+    let message = eventually(
+        "RolledOut false, web waiting for the canary",
+        WAIT,
+        || async {
+            let (state, counts, message) = rolled_out(&f).await;
+            (state.as_deref() == Some("False")
+                && counts == Some((0, 2))
+                && message.contains("Deployment/canary (rolling out)")
+                && message.contains("Deployment/web (waiting for an earlier wave (canary))"))
+            .then_some(message)
+        },
+    )
+    .await;
+    assert!(message.starts_with("0 of 2"), "{message}");
+
+    kubelet.ready("canary").await;
+    restarted(&f, "web", 2).await;
+    eventually("one of two current", WAIT, || async {
+        (rolled_out(&f).await.1 == Some((1, 2))).then_some(())
+    })
+    .await;
+    kubelet.ready("web").await;
+    eventually("RolledOut again once web is rolled out", WAIT, || async {
+        let (state, counts, _) = rolled_out(&f).await;
+        (state.as_deref() == Some("True") && counts == Some((2, 2))).then_some(())
+    })
+    .await;
+}

@@ -43,16 +43,21 @@ use super::decide::{
     unreacted_uses,
 };
 use super::events::{EventPublisher, Regarding};
-use super::index::{Index, ResourceChange, ResourceState, WorkloadObservation, WorkloadState};
+use super::index::{Index, ResourceChange, WorkloadObservation};
 use super::job::job_name;
 use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
+
+mod gate;
+mod rollouts;
+
+use super::board::RolloutBoard;
 use super::metrics::{Failure, ReloadMetrics, Skip};
 use super::pace::{Pacer, Schedule};
 use super::patch::{Changes, PauseChange, PendingChange, RecordChange, patch_body};
 use super::record::{AppliedRecord, format_time, job_mark, parse_job_mark, pending_mark};
 use super::watch::{Input, Listing, Observed, Source, Watched};
-use super::waves::{self, Gate, Peer, Place, Standing};
 use super::write::{Outcome, Purpose, Written, retry_delay, write};
+use gate::Held;
 
 /// At most this many workload writes (patches, a CronJob's Job) in flight.
 /// Restarts are paced by `--max-rollouts-per-second`; this bounds what the
@@ -92,22 +97,6 @@ struct SourceState {
     listing: Option<Listing>,
 }
 
-/// Why the wave gate holds a restart back (see [`super::waves`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Held {
-    /// The resource whose change is gated.
-    resource: ResourceRef,
-    /// The workload of an earlier wave it waits for, or whose failed
-    /// rollout halted the change (by name, in the same namespace).
-    peer: String,
-    halted: bool,
-}
-
-/// A held restart is looked at again when the workload it waits for moves
-/// on, and at the latest after this long (a safety net: a deadline passing
-/// is no event).
-const HOLD_RECHECK: Duration = Duration::from_secs(30);
-
 pub struct Stage {
     client: kube::Client,
     /// The APIs of the dynamic kinds (see [`dynamic`]).
@@ -131,10 +120,23 @@ pub struct Stage {
     held: HashMap<WorkloadRef, Held>,
     /// Halts announced (failed workload, resource, change id): one Event each.
     halts_announced: HashSet<(WorkloadRef, ResourceRef, String)>,
+    /// Where the rollout summaries of kvsync's Secrets go (see [`super::board`]).
+    board: RolloutBoard,
+    /// kvsync Secrets whose rollout summary may have changed, and when they
+    /// are summarized (batched: a fan-out touches one Secret thousands of times).
+    dirty_summaries: HashSet<(String, ResourceRef)>,
+    summaries_due: Option<Instant>,
     sources: Vec<SourceState>,
     ready: bool,
     events: EventPublisher,
     metrics: ReloadMetrics,
+}
+
+/// Where the stage reports what it does: its metrics, and the rollout
+/// summaries for the sync stage.
+pub struct Reports {
+    pub metrics: ReloadMetrics,
+    pub board: RolloutBoard,
 }
 
 impl Stage {
@@ -145,7 +147,7 @@ impl Stage {
         sources: Vec<Source>,
         apis: HashMap<WorkloadKind, ApiResource>,
         namespace_selector: bool,
-        metrics: ReloadMetrics,
+        Reports { metrics, board }: Reports,
     ) -> Self {
         Stage {
             pacer: Pacer::new(timing.max_rollouts_per_second),
@@ -163,6 +165,9 @@ impl Stage {
             writing: HashMap::new(),
             held: HashMap::new(),
             halts_announced: HashSet::new(),
+            board,
+            dirty_summaries: HashSet::new(),
+            summaries_due: None,
             sources: sources
                 .into_iter()
                 .map(|source| SourceState {
@@ -199,6 +204,7 @@ impl Stage {
                         self.evaluate_contained(workload);
                     }
                 }
+                () = sleep_until(self.summaries_due), if self.ready => self.publish_summaries(),
             }
         }
     }
@@ -250,6 +256,9 @@ impl Stage {
         match observed {
             Observed::Resource(observation) => {
                 let namespace = observation.namespace.clone();
+                if observation.state.writer.is_some() {
+                    self.touch_resource(&namespace, observation.resource.clone());
+                }
                 match self.index.apply_resource(observation) {
                     ResourceChange::Changed { affected } => self.mark_all(affected, due),
                     ResourceChange::Unchanged {
@@ -305,6 +314,7 @@ impl Stage {
         if change.progress_changed {
             self.wake_held(&workload.namespace, Some(&workload.name));
         }
+        self.touch(&workload);
         if change.needs_evaluation {
             self.schedule.mark(workload, due);
         }
@@ -334,10 +344,14 @@ impl Stage {
         let due = Instant::now() + self.timing.debounce;
         match observed {
             Observed::Resource(r) => {
+                if r.state.writer.is_some() {
+                    self.touch_resource(&r.namespace, r.resource.clone());
+                }
                 let affected = self.index.remove_resource(&r.namespace, &r.resource);
                 self.mark_all(affected, due);
             }
             Observed::Workload(w) => {
+                self.touch(&w.workload);
                 self.index.remove_workload(&w.workload);
                 self.schedule.forget(&w.workload);
                 release(
@@ -430,6 +444,7 @@ impl Stage {
         let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.evaluate(workload.clone())
         }));
+        self.touch(&workload);
         if evaluated.is_err() {
             self.metrics.error(Failure::Panic);
             let failures = self.failures.entry(workload.clone()).or_default();
@@ -618,147 +633,6 @@ impl Stage {
         }
     }
 
-    /// The wave gate's answer for restarting `workload` for `changed`:
-    /// `None` to go now.
-    fn wave_gate(&self, workload: &WorkloadRef, changed: &[ResourceRef]) -> Option<Held> {
-        let me = self.index.workload(workload)?;
-        let place = Place {
-            wave: me.wave,
-            name: &workload.name,
-        };
-        let now = Instant::now();
-        let resources = self.index.resources(&workload.namespace);
-        for resource in changed {
-            let reacting = self.index.reacting_to(&workload.namespace, resource);
-            if self.timing.wave_size == 0 && reacting.iter().all(|(_, s)| s.wave.is_none()) {
-                continue; // one wave: nothing to wait for
-            }
-            let peers: Vec<Peer> = reacting
-                .iter()
-                .filter(|(w, _)| w != workload)
-                .map(|(w, s)| Peer {
-                    place: Place {
-                        wave: s.wave,
-                        name: &w.name,
-                    },
-                    standing: self.standing(w, s, now),
-                })
-                .collect();
-            let resumed = resources.get(resource).is_some_and(ResourceState::resumed);
-            let (peer, halted) = match waves::gate(&place, &peers, self.timing.wave_size, resumed) {
-                Gate::Go => continue,
-                Gate::Hold { waiting_for } => (waiting_for, false),
-                Gate::Halted { failed } => (failed, true),
-            };
-            return Some(Held {
-                resource: resource.clone(),
-                peer,
-                halted,
-            });
-        }
-        None
-    }
-
-    /// Where a workload reacting to a change stands for the wave gate.
-    fn standing(&self, workload: &WorkloadRef, state: &WorkloadState, now: Instant) -> Standing {
-        let behind = self.held.contains_key(workload)
-            || self.schedule.contains(workload)
-            || self.pacer.contains(workload)
-            || self.writing.contains_key(workload);
-        if behind {
-            return Standing::Behind;
-        }
-        Standing::Current(match workload.kind {
-            WorkloadKind::StatefulSet | WorkloadKind::DaemonSet => state.progress.with_deadline(
-                state.progressing_since,
-                self.timing.progress_deadline,
-                now,
-            ),
-            _ => state.progress,
-        })
-    }
-
-    /// Holds a restart back: out of the rollout queue, looked at again when
-    /// the workload it waits for moves on (see [`Self::wake_held`]).
-    fn hold(&mut self, workload: WorkloadRef, held: Held) {
-        release(
-            &mut self.pacer,
-            &mut self.schedule,
-            &self.metrics,
-            &workload,
-        );
-        if held.halted {
-            self.announce_halt(&workload.namespace, &held);
-        } else {
-            debug!(%workload, waiting_for = held.peer, resource = %held.resource, "restart waits for an earlier wave");
-        }
-        self.schedule
-            .postpone(workload.clone(), Instant::now() + HOLD_RECHECK);
-        self.held.insert(workload, held);
-        self.count_held();
-    }
-
-    fn unhold(&mut self, workload: &WorkloadRef) {
-        if self.held.remove(workload).is_some() {
-            self.count_held();
-        }
-    }
-
-    /// Looks again at the held restarts of `namespace` waiting for `peer`
-    /// (all of them: `None`).
-    fn wake_held(&mut self, namespace: &str, peer: Option<&str>) {
-        if self.held.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        for (workload, held) in &self.held {
-            if workload.namespace == namespace && peer.is_none_or(|p| held.peer == p) {
-                self.schedule.mark(workload.clone(), now);
-            }
-        }
-    }
-
-    fn count_held(&self) {
-        let halted = self.held.values().filter(|h| h.halted).count();
-        self.metrics.set_held(self.held.len() - halted, halted);
-    }
-
-    /// One log line and one Warning Event on the failed workload per halted
-    /// change.
-    fn announce_halt(&mut self, namespace: &str, held: &Held) {
-        let Some(change) = self
-            .index
-            .resources(namespace)
-            .get(&held.resource)
-            .map(ResourceState::change_id)
-        else {
-            return;
-        };
-        let failed = self
-            .index
-            .reacting_to(namespace, &held.resource)
-            .into_iter()
-            .find(|(w, _)| w.name == held.peer)
-            .map(|(w, s)| (w, s.uid.clone()));
-        let Some((failed, uid)) = failed else {
-            return;
-        };
-        if !self
-            .halts_announced
-            .insert((failed.clone(), held.resource.clone(), change.clone()))
-        {
-            return;
-        }
-        warn!(workload = %failed, resource = %held.resource, change, "rollout failed; halting the restarts of later waves for this change");
-        let regarding = Regarding {
-            workload: &failed,
-            api_version: self.api_version(failed.kind),
-            uid: &uid,
-        };
-        self.events
-            .rollout_halted(regarding, &held.resource, &change);
-    }
-
     /// Makes the Job a CronJob's recorded change owes, and clears its mark
     /// (see [`super::job`]): the restart is announced then. A Job this
     /// process made already is not made again (only the mark is cleared),
@@ -821,6 +695,7 @@ impl Stage {
         } = written;
         let due_again = self.writing.remove(&workload).unwrap_or(false);
         self.wake_held(&workload.namespace, Some(&workload.name));
+        self.touch(&workload);
         if let Some(job) = job_made {
             self.jobs_made.insert(workload.clone(), job);
         }
