@@ -88,6 +88,7 @@ fn alerts_pass_promtool_check_and_unit_tests() {
             "KvsyncReloadErrors",
             "KvsyncRestartsHeldBack",
             "KvsyncSecretExpiring",
+            "KvsyncRolloutHalted",
         ]
     );
     let runbooks = std::fs::read_to_string(Path::new(ROOT).join("docs/alerts.md")).unwrap();
