@@ -160,6 +160,8 @@ impl ReloadMetrics {
             "Workloads whose restart waits for an earlier wave (wave) or a halted rotation (halted)",
             metrics.held.clone(),
         );
+        // Both series from the start, so the alert's query has a series to read.
+        metrics.set_held(0, 0);
         registry.register(
             "reload_writes_in_flight",
             "Workload writes sent and not answered yet",
