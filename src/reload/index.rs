@@ -38,12 +38,14 @@ use super::digest::Digest;
 use super::kinds::{ResourceKind, ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::record::Applied;
 use super::rollout::Progress;
-use super::uses::Uses;
+use super::uses::{KeyUses, Uses};
 
 /// What is kept of one Secret or ConfigMap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResourceState {
     pub digest: Digest,
+    /// Each key's digest, sorted by key (see [`Digest::of_keys`]).
+    pub entries: Box<[(String, Digest)]>,
     pub flags: ResourceFlags,
     /// `metadata.resourceVersion` when numeric, to drop observations older
     /// than one already applied (a fast-path read racing a watch event).
@@ -66,6 +68,14 @@ impl ResourceState {
         self.digest.to_string()[..12].to_owned()
     }
 
+    /// The digest a workload reading `keys` of it records (`None`: all).
+    pub fn digest_for(&self, keys: Option<&[String]>) -> Digest {
+        match keys {
+            None => self.digest,
+            Some(keys) => Digest::of_keys(&self.entries, keys),
+        }
+    }
+
     /// Whether a person resumed the present change.
     pub fn resumed(&self) -> bool {
         self.resume.as_deref() == Some(self.change_id().as_str())
@@ -82,6 +92,9 @@ pub struct WorkloadState {
     /// Annotation values the policy had to skip.
     pub problems: Vec<PolicyProblem>,
     pub uses: Uses,
+    /// The resources it reads only some keys of (see [`super::uses::key_uses`]);
+    /// empty with `kvsync.io/reload-keys: any`.
+    pub keys: KeyUses,
     pub applied: Applied,
     /// When to time the next restart from (see
     /// [`super::decide::effective_last_restart`]).
@@ -126,6 +139,7 @@ impl WorkloadState {
     fn decides_like(&self, other: &WorkloadState) -> bool {
         self.policy == other.policy
             && self.uses == other.uses
+            && self.keys == other.keys
             && self.applied == other.applied
             && self.last_restart == other.last_restart
             && self.restart == other.restart
@@ -595,6 +609,7 @@ mod tests {
             namespace: ns.into(),
             resource: ResourceRef::secret(name),
             state: ResourceState {
+                entries: Box::default(),
                 digest: key().secret(
                     Object {
                         namespace: ns,
@@ -638,6 +653,7 @@ mod tests {
                     .iter()
                     .map(|n| (ResourceRef::secret(*n), crate::reload::uses::Need::Required))
                     .collect(),
+                keys: KeyUses::new(),
                 applied: Applied::Never,
                 last_restart: None,
                 restart_stamp: None,

@@ -16,11 +16,11 @@ use super::index::{ResourceObservation, ResourceState, WorkloadObservation, Work
 use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::record::{Applied, parse_time};
 use super::rollout::{self, Progress};
-use super::uses::uses;
+use super::uses::{KeyUses, key_uses, uses};
 use crate::api::contract::{
     DIGEST_ANNOTATION, JOB_PENDING_ANNOTATION, MERGED_BY_ANNOTATION, OWNER_ANNOTATION,
-    PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RESTARTED_AT_ANNOTATION, RESUME_ROLLOUT_ANNOTATION,
-    ROLLOUT_WAVE_ANNOTATION, reloader,
+    PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RELOAD_KEYS_ANNOTATION, RESTARTED_AT_ANNOTATION,
+    RESUME_ROLLOUT_ANNOTATION, ROLLOUT_WAVE_ANNOTATION, reloader,
 };
 
 /// What the reload stage reads of a workload, whatever API serves it.
@@ -140,6 +140,8 @@ pub trait ResourceObject:
 {
     fn reference(name: String) -> ResourceRef;
     fn digest(&self, key: &DigestKey) -> Digest;
+    /// Each key's digest, sorted by key (for key-level restarts).
+    fn entries(&self, key: &DigestKey) -> Box<[(String, Digest)]>;
 }
 
 impl ResourceObject for Secret {
@@ -148,6 +150,14 @@ impl ResourceObject for Secret {
     }
     fn digest(&self, key: &DigestKey) -> Digest {
         key.secret(digested(self), self.data.as_ref())
+    }
+    fn entries(&self, key: &DigestKey) -> Box<[(String, Digest)]> {
+        let object = digested(self);
+        self.data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), key.entry(object, k, &v.0)))
+            .collect()
     }
 }
 
@@ -161,6 +171,21 @@ impl ResourceObject for ConfigMap {
             self.data.as_ref(),
             self.binary_data.as_ref(),
         )
+    }
+    fn entries(&self, key: &DigestKey) -> Box<[(String, Digest)]> {
+        let object = digested(self);
+        let text = self.data.iter().flatten().map(|(k, v)| (k, v.as_bytes()));
+        let binary = self
+            .binary_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k, v.0.as_slice()));
+        let mut entries: Vec<(String, Digest)> = text
+            .chain(binary)
+            .map(|(k, v)| (k.clone(), key.entry(object, k, v)))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.into()
     }
 }
 
@@ -188,6 +213,7 @@ pub fn observe_resource<R: ResourceObject>(
         resource: R::reference(meta.name.clone()?),
         state: ResourceState {
             digest: object.digest(key),
+            entries: object.entries(key),
             flags: meta
                 .annotations
                 .as_ref()
@@ -233,6 +259,14 @@ pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservati
                 .and_then(|t| t.spec.as_ref())
                 .map(uses)
                 .unwrap_or_default(),
+            keys: if annotations.get(RELOAD_KEYS_ANNOTATION).map(String::as_str) == Some("any") {
+                KeyUses::new()
+            } else {
+                template
+                    .and_then(|t| t.spec.as_ref())
+                    .map(key_uses)
+                    .unwrap_or_default()
+            },
             applied: Applied::from_annotation(
                 annotations.get(DIGEST_ANNOTATION).map(String::as_str),
             ),

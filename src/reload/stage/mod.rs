@@ -40,7 +40,7 @@ use tracing::{debug, error, info, warn};
 use super::annotations::PolicyProblem;
 use super::decide::{
     Decision, Pause, Situation, Verdict, decide, desired_members, effective_last_restart,
-    unreacted_uses,
+    record_key_id, unreacted_uses,
 };
 use super::events::{EventPublisher, Regarding};
 use super::index::{Index, ResourceChange, WorkloadObservation};
@@ -487,8 +487,9 @@ impl Stage {
         }
         self.jobs_made.remove(&workload);
         let resources = self.index.resources(&workload.namespace);
-        let desired = desired_members(&state.policy, &state.uses, resources);
-        let unreacted = unreacted_uses(&state.policy, &state.uses, resources);
+        let desired = desired_members(&state.policy, &state.uses, &state.keys, resources);
+        let unreacted = unreacted_uses(&state.policy, &state.uses, &state.keys, resources);
+        let key_id = record_key_id(&self.key_id, &state.keys);
         let covered = self.index.covered_by_template(&workload);
         let now = OffsetDateTime::now_utc();
         let pause = Pause {
@@ -503,7 +504,7 @@ impl Stage {
         } = decide(&Situation {
             opted_in: !state.policy.is_inert(),
             applied: &state.applied,
-            key_id: &self.key_id,
+            key_id: &key_id,
             desired: &desired,
             unreacted: &unreacted,
             hidden_may_exist: self.timing.resources_selected,
@@ -518,7 +519,6 @@ impl Stage {
         let resource_version = state.resource_version.clone();
         let uid = state.uid.clone();
         let method = state.restart;
-        let key_id = self.key_id.clone();
         let record = |members| AppliedRecord::new(key_id, members).with_unreacted(unreacted);
         let mut changes = Changes {
             record: RecordChange::Keep,
