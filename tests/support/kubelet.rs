@@ -140,7 +140,15 @@ async fn reads_broken(secrets: &Api<Secret>, pod: &Pod) -> bool {
         }
     }
     for name in names {
-        if let Ok(Some(secret)) = secrets.get_opt(&name).await {
+        // Read as the kubelet would: retried until the API server answers
+        // (a transient error must not make a broken pod ready).
+        let secret = loop {
+            match secrets.get_opt(&name).await {
+                Ok(secret) => break secret,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        };
+        if let Some(secret) = secret {
             let broken = secret
                 .data
                 .iter()
@@ -166,8 +174,16 @@ async fn set_status(pods: &Api<Pod>, pod: &Pod, ready: bool) {
         ],
     }});
     let name = pod.metadata.name.clone().unwrap_or_default();
-    // A pod deleted meanwhile (an old ReplicaSet scaled down) is no error.
-    let _ = pods
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-        .await;
+    // Retried while the API server is slow; a pod deleted meanwhile (an old
+    // ReplicaSet scaled down) is no error.
+    for _ in 0..20 {
+        match pods
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.is_not_found() => return,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            Ok(_) => return,
+        }
+    }
 }
