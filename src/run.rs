@@ -290,6 +290,7 @@ fn start_stages(
     shutdown: &Shutdown,
 ) -> Stages {
     let (notifier, inbox) = crate::reload::channel();
+    let (board, rollout_feed) = crate::reload::board::RolloutBoard::new();
     let events = crate::sync::ObjectEvents::new(
         client.clone(),
         Reporter {
@@ -302,6 +303,7 @@ fn start_stages(
         vault,
         events,
         notifier,
+        (board.clone(), rollout_feed),
         metrics.sync,
         args.scope.clone(),
         args.operator_identity_namespaces.clone(),
@@ -321,6 +323,7 @@ fn start_stages(
         args.operator_namespace.clone(),
         inbox,
         metrics.reload,
+        board,
     ));
     tracing::info!("kvsync started");
     Stages { sync, reload }

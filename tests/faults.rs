@@ -508,6 +508,7 @@ async fn other_writers_keys_are_repaired_or_left_alone() {
         (secret_writes(&f, "db").await > writes_before).then_some(())
     })
     .await;
+    f.settled("db").await;
     let since = f.versions("db").await;
     f.assert_idle(
         "db",

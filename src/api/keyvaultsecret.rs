@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
     printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Rolled Out","type":"string","jsonPath":".status.conditions[?(@.type==\"RolledOut\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -460,6 +461,49 @@ pub struct KeyVaultSecretStatus {
     /// that very Secret (see docs/resource.md, "Lifecycle and ownership").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetRecord>,
+    /// How the workloads that restart when the Secret changes stand: how
+    /// many run its current data with their rollout complete (the
+    /// `RolledOut` condition is True when all do — then the previous
+    /// credential can be revoked), which are still behind and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// The rollout of the Secret's current data to the workloads using it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Workloads that restart when the Secret's data changes.
+    pub workloads: u32,
+    /// Of those, the ones running the current data with their rollout complete.
+    pub current: u32,
+    /// Some of the workloads still behind (at most 10), with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub behind: Vec<BehindWorkload>,
+    /// Set while a failed rollout halts the change: later waves keep their
+    /// old pods until the data changes again or a person resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<HaltedRollout>,
+}
+
+/// A workload not yet running the current data.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BehindWorkload {
+    /// `Kind/name`.
+    pub workload: String,
+    /// Why, in words (waiting for a wave, halted, minimum interval, …).
+    pub reason: String,
+}
+
+/// A change halted by a failed rollout.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HaltedRollout {
+    /// The workload whose rollout failed (`Kind/name`).
+    pub workload: String,
+    /// The change's id: `kvsync.io/resume-rollout` on the Secret takes it.
+    pub change: String,
 }
 
 /// One Secret kvsync wrote for a KeyVaultSecret.

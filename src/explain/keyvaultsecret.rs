@@ -104,6 +104,7 @@ pub fn explain(
             .get(reloader::MATCH)
             .is_some_and(|v| v == "true"),
         restarts,
+        rollout: status.rollout.clone(),
         limits,
     }
 }

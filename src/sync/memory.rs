@@ -131,6 +131,11 @@ impl Memory {
             .map(|checked| &checked.writer)
     }
 
+    /// The Secret's resourceVersion kvsync last wrote or read as up to date.
+    pub fn checked_version(&self, secret: &ObjectKey) -> Option<u64> {
+        self.checked.get(secret)?.version.parse().ok()
+    }
+
     /// Whether this version of the Secret is known to hold the desired Secret with digest `desired`.
     pub fn holds(&self, secret: &ObjectKey, version: &str, desired: u64) -> bool {
         self.checked

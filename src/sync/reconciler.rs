@@ -33,7 +33,7 @@ use super::key::ObjectKey;
 use super::shares::SHARE_RETRY;
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
 use super::target::{self, DesiredSecret, Release};
-use super::{expiry, identity, keys, template, template_from, write};
+use super::{expiry, identity, keys, rollout, template, template_from, write};
 use crate::api::contract::{FIELD_MANAGER, FORCE_SYNC_ANNOTATION, MERGE_FINALIZER};
 use crate::api::{
     CreationPolicy, DataFrom, DeletionPolicy, KeyVaultSecret, TargetHow, TargetRecord,
@@ -357,6 +357,23 @@ async fn record(
             &mut next,
             expires,
             ctx.expiry_window,
+            kvs.metadata.generation,
+            now,
+        );
+    }
+    if let Some(secret) = next.secret_name.clone() {
+        let namespace = kvs.namespace().unwrap_or_default();
+        let written = ctx
+            .memory
+            .lock()
+            .unwrap()
+            .checked_version(&ObjectKey::new(&namespace, &secret));
+        let summary = ctx.rollouts.get(&namespace, &secret);
+        rollout::apply(
+            &mut next,
+            &secret,
+            summary.as_ref(),
+            written,
             kvs.metadata.generation,
             now,
         );

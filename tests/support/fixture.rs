@@ -337,6 +337,32 @@ impl Fixture {
         .await
     }
 
+    /// Waits until the object's Secret is Synced and its rollout counted
+    /// (`RolledOut` reported, not `Pending`): after a write the status
+    /// changes once more when the reload stage has counted the workloads,
+    /// so a "nothing rewritten" window starts only then.
+    pub async fn settled(&self, name: &str) -> KeyVaultSecret {
+        let api = self.kvs_api();
+        eventually(
+            &format!("{name} synced and its rollout counted"),
+            WAIT,
+            || {
+                let api = api.clone();
+                async move {
+                    let kvs = api.get(name).await.ok()?;
+                    let status = kvs.status.as_ref()?;
+                    let counted = status
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "RolledOut" && c.reason != "Pending");
+                    (ready(&kvs).map(|c| c.reason.as_str()) == Some("Synced") && counted)
+                        .then_some(kvs)
+                }
+            },
+        )
+        .await
+    }
+
     /// Secret hygiene, asked for explicitly with extra values `also` (the
     /// same scan runs anyway when the fixture is dropped): tokens were issued,
     /// and no secret shows in any form (see [`LeakScan`]).
