@@ -533,7 +533,7 @@ async fn other_writers_keys_are_repaired_or_left_alone() {
         "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
     )
     .await;
-    let merged = f.wait_reason("merger", "Synced").await;
+    let merged = f.settled("merger").await;
     let added = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shared"},
         "data": {"added": "YnktYW5vdGhlci10ZWFt"}});
     let after_add = f

@@ -363,11 +363,14 @@ async fn record(
     }
     if let Some(secret) = next.secret_name.clone() {
         let namespace = kvs.namespace().unwrap_or_default();
-        let written = ctx
-            .memory
-            .lock()
-            .unwrap()
-            .checked_version(&ObjectKey::new(&namespace, &secret));
+        let written = {
+            let mut memory = ctx.memory.lock().unwrap();
+            let object = ObjectKey::of(kvs);
+            if matches!(outcome, Outcome::Synced { wrote: true, .. }) {
+                memory.note_data_written(&object, &ObjectKey::new(&namespace, &secret));
+            }
+            memory.data_written(&object)
+        };
         let summary = ctx.rollouts.get(&namespace, &secret);
         rollout::apply(
             &mut next,

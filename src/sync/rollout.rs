@@ -25,7 +25,8 @@ pub const ROLLED_OUT: &str = "RolledOut";
 const NAMED: usize = 3;
 
 /// Sets `status.rollout` and `RolledOut` for Secret `secret` from `summary`;
-/// `written`: the Secret's resourceVersion kvsync last wrote or read.
+/// `written`: the Secret's resourceVersion at kvsync's last write of new
+/// data (others' writes, or kvsync reading it as current, count no rollout).
 pub fn apply(
     status: &mut KeyVaultSecretStatus,
     secret: &str,
