@@ -169,3 +169,96 @@ async fn an_expired_version_is_expired_and_still_synced() {
     .await;
     assert_eq!(warnings(&f, "Expiring").await, 0);
 }
+
+/// The Secret `db`'s `pw` as text.
+async fn pw(f: &Fixture) -> Option<String> {
+    f.secret_data("db").await?.get("pw").cloned()
+}
+
+#[tokio::test]
+async fn a_version_scheduled_20_s_ahead_takes_over_at_its_nbf_and_restarts_once() {
+    let f = Fixture::new("scheduled").await;
+    // An hour's interval: the switch comes from the schedule, not a refresh.
+    f.synced_db("1h").await;
+    let before = pw(&f).await.unwrap();
+    f.deployment("web", &[support::reload::AUTO], &["db"], &[])
+        .await;
+    f.baselined::<k8s_openapi::api::apps::v1::Deployment>("web")
+        .await;
+
+    let nbf = Timestamp::now().as_second() + 20;
+    let created = f
+        .emulator
+        .control(
+            Method::PUT,
+            "vaults/shop/secrets/db-password",
+            Some(json!({"value": "scheduled-rotation-value", "nbf": nbf})),
+        )
+        .await;
+    let version = created["id"]
+        .as_str()
+        .and_then(|id| id.rsplit('/').next())
+        .expect("the new version's id")
+        .to_owned();
+    f.force_sync("db", "scheduled").await;
+    let kvs = eventually("the pending version in status", WAIT, || async {
+        let kvs = f.kvs_api().get("db").await.ok()?;
+        let pending = kvs.status.as_ref()?.pending_versions.first()?.clone();
+        (pending.not_before.0.as_second() == nbf).then_some(pending)
+    })
+    .await;
+    assert_eq!(
+        (kvs.secret.as_str(), kvs.version.as_str()),
+        ("db-password", version.as_str())
+    );
+    // Until its nbf the Secret keeps the valid value (checked until 1 s before).
+    let left = (nbf - 1 - Timestamp::now().as_second()).max(0) as u64;
+    always(
+        "the valid value kept",
+        std::time::Duration::from_secs(left),
+        || async { pw(&f).await.as_deref() == Some(before.as_str()) },
+    )
+    .await;
+    assert_eq!(f.replica_sets("web").await, 1, "no restart before the nbf");
+
+    let switched = eventually("the scheduled value", WAIT, || async {
+        (pw(&f).await.as_deref() == Some("scheduled-rotation-value")).then(Timestamp::now)
+    })
+    .await;
+    let late = switched.as_second() - nbf;
+    assert!(late <= 3, "switched {late} s after the nbf");
+    f.expect_replica_sets("web", 2).await;
+    eventually("no pending version once current", WAIT, || async {
+        let kvs = f.kvs_api().get("db").await.ok()?;
+        kvs.status?.pending_versions.is_empty().then_some(())
+    })
+    .await;
+    f.assert_nothing_leaked(&["scheduled-rotation-value"]).await;
+}
+
+#[tokio::test]
+async fn not_before_ignore_takes_the_newest_version_at_once() {
+    let f = Fixture::new("not-before-ignore").await;
+    f.apply(
+        "db",
+        json!({"refreshInterval": "1h", "data": [{"secretKey": "pw",
+               "remoteRef": {"name": "db-password", "notBefore": "Ignore"}}]}),
+    )
+    .await;
+    f.wait_reason("db", "Synced").await;
+    let nbf = Timestamp::now().as_second() + 3600;
+    f.emulator
+        .control(
+            Method::PUT,
+            "vaults/shop/secrets/db-password",
+            Some(json!({"value": "ignored-schedule-value", "nbf": nbf})),
+        )
+        .await;
+    f.force_sync("db", "now").await;
+    eventually("the newest value at once", WAIT, || async {
+        (pw(&f).await.as_deref() == Some("ignored-schedule-value")).then_some(())
+    })
+    .await;
+    let kvs = f.kvs_api().get("db").await.unwrap();
+    assert!(kvs.status.unwrap().pending_versions.is_empty());
+}

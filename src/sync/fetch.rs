@@ -18,11 +18,14 @@ use super::context::Context;
 use super::error::SyncError;
 use super::keys::KeyShaping;
 use super::render::{self, RenderError};
+use crate::api::NotBefore;
 use crate::api::{DataFromSource, DeletionPolicy, KeyVaultSecretSpec, MetadataPolicy};
+use crate::vault::schedule::Pending;
 use crate::vault::{Freshness, Identity, Interest, RemoteSecret, RemoteSecretInfo, VaultError};
 
-/// A vault secret as one sync asked for it: name, pinned version, as PEM.
-type RefKey = (String, Option<String>, bool);
+/// A vault secret as one sync asked for it: name, pinned version, as PEM,
+/// whether a future `nbf` is respected.
+type RefKey = (String, Option<String>, bool, bool);
 
 /// The Secret's data and where it came from.
 pub struct Rendered {
@@ -33,6 +36,9 @@ pub struct Rendered {
     pub versions: BTreeMap<String, String>,
     /// The earliest `exp` (Unix seconds) among the versions read, if any has one.
     pub expires: Option<i64>,
+    /// Newest versions not valid yet, by vault secret name (see
+    /// [`crate::vault::schedule`]): the Secret holds the valid ones meanwhile.
+    pub pending: BTreeMap<String, Pending>,
 }
 
 /// The vault secrets a spec depends on (for change notifications).
@@ -76,6 +82,7 @@ pub async fn fetch_and_render(
             freshness,
             absent_ok: spec.target.deletion_policy != DeletionPolicy::Retain,
             seen: BTreeMap::new(),
+            pending: BTreeMap::new(),
             listing: None,
             listing_outdated: false,
         };
@@ -100,8 +107,9 @@ async fn render_all(
         let value = match remote_ref.metadata_policy {
             MetadataPolicy::None => {
                 let version = remote_ref.version.as_deref();
+                let respect = remote_ref.not_before == NotBefore::Respect;
                 let Some(remote) = fetcher
-                    .get_present(&remote_ref.name, version, false)
+                    .get_present(&remote_ref.name, version, false, respect)
                     .await?
                 else {
                     continue;
@@ -129,7 +137,10 @@ async fn render_all(
         let part = match entry.source() {
             Some(DataFromSource::Extract(extract)) => {
                 let version = extract.version.as_deref();
-                match fetcher.get_present(&extract.name, version, false).await? {
+                match fetcher
+                    .get_present(&extract.name, version, false, true)
+                    .await?
+                {
                     Some(remote) => render::render_extract(
                         &remote,
                         extract.property.as_deref(),
@@ -166,7 +177,7 @@ async fn render_all(
             Some(DataFromSource::Certificate(certificate)) => {
                 let version = certificate.version.as_deref();
                 match fetcher
-                    .get_present(&certificate.name, version, true)
+                    .get_present(&certificate.name, version, true, true)
                     .await?
                 {
                     Some(remote) => render::render_certificate(&remote)?,
@@ -189,6 +200,7 @@ async fn render_all(
         data: render::merge(parts)?,
         versions: fetcher.versions(),
         expires: fetcher.seen.values().filter_map(|read| read.expires).min(),
+        pending: std::mem::take(&mut fetcher.pending),
     })
 }
 
@@ -232,35 +244,46 @@ struct Fetcher<'a> {
     /// `deletionPolicy` Merge/Delete: a deleted remote secret is absent, not an error.
     absent_ok: bool,
     seen: BTreeMap<RefKey, RemoteSecret>,
+    pending: BTreeMap<String, Pending>,
     listing: Option<Arc<Listing>>,
     /// A value read showed the listing used by a `find` outdated.
     listing_outdated: bool,
 }
 
 impl Fetcher<'_> {
+    /// One secret: a pinned version as asked; the latest with `respect`
+    /// the newest version valid now (Key Vault's `nbf`), noting a pending one.
     async fn get(
         &mut self,
         name: &str,
         version: Option<&str>,
         as_pem: bool,
+        respect: bool,
     ) -> Result<RemoteSecret, SyncError> {
         let version = version.filter(|v| !v.is_empty()).map(str::to_owned);
-        let key = (name.to_owned(), version.clone(), as_pem);
+        let respect = respect && version.is_none();
+        let key = (name.to_owned(), version.clone(), as_pem, respect);
         if let Some(found) = self.seen.get(&key) {
             return Ok(found.clone());
         }
-        let result = self
-            .ctx
-            .vault
-            .get(
-                self.vault_url,
-                self.identity,
-                name,
-                version.as_deref(),
-                as_pem,
-                self.freshness,
-            )
-            .await;
+        let vault = &self.ctx.vault;
+        let (url, identity, freshness) = (self.vault_url, self.identity, self.freshness);
+        let result = if respect {
+            vault
+                .get_valid(url, identity, name, as_pem, freshness)
+                .await
+        } else {
+            vault
+                .get(url, identity, name, version.as_deref(), as_pem, freshness)
+                .await
+                .map(|remote| (remote, None))
+        };
+        let result = result.map(|(remote, pending)| {
+            if let Some(pending) = pending {
+                self.pending.insert(name.to_owned(), pending);
+            }
+            remote
+        });
         self.observe("get", &result);
         let remote = result?;
         self.seen.insert(key, remote.clone());
@@ -273,8 +296,9 @@ impl Fetcher<'_> {
         name: &str,
         version: Option<&str>,
         as_pem: bool,
+        respect: bool,
     ) -> Result<Option<RemoteSecret>, SyncError> {
-        match self.get(name, version, as_pem).await {
+        match self.get(name, version, as_pem, respect).await {
             Err(SyncError::Vault {
                 error: VaultError::NotFound(_),
             }) if self.absent_ok => Ok(None),
@@ -290,7 +314,7 @@ impl Fetcher<'_> {
         name: &str,
         listing: &Listing,
     ) -> Result<Option<RemoteSecret>, SyncError> {
-        match self.get(name, None, false).await {
+        match self.get(name, None, false, false).await {
             Ok(remote) => {
                 let listed = listing.get(name);
                 self.listing_outdated |= !listed.is_some_and(|info| listed_as(info, &remote));
@@ -351,7 +375,7 @@ impl Fetcher<'_> {
     fn versions(&self) -> BTreeMap<String, String> {
         self.seen
             .iter()
-            .map(|((name, pinned, _), remote)| {
+            .map(|((name, pinned, _, _), remote)| {
                 let key = match pinned {
                     Some(version) => format!("{name}@{version}"),
                     None => name.clone(),
