@@ -308,22 +308,6 @@ pub struct RemoteRef {
     /// `Fetch`: read the secret's tags instead of its value.
     #[serde(default, skip_serializing_if = "is_default")]
     pub metadata_policy: super::MetadataPolicy,
-    /// `Respect` (default): while the newest version's `nbf` (not before)
-    /// is in the future, keep the newest version that is valid and switch
-    /// at its `nbf` — a rotation scheduled in Key Vault. `Ignore`: the
-    /// newest version at once, as Key Vault serves it.
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub not_before: NotBefore,
-}
-
-/// What a latest-version reference does with Key Vault's `nbf`.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum NotBefore {
-    /// A version is used from its `nbf` on (a scheduled rotation).
-    #[default]
-    Respect,
-    /// The newest version at once.
-    Ignore,
 }
 
 /// How to decode a vault value before writing it: `None` (default; as it
@@ -483,23 +467,6 @@ pub struct KeyVaultSecretStatus {
     /// credential can be revoked), which are still behind and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
-    /// Newest versions not valid yet (their `nbf` is in the future): the
-    /// Secret holds the newest valid version until each starts, then
-    /// switches within seconds.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pending_versions: Vec<PendingVersion>,
-}
-
-/// A Key Vault version scheduled to become current (its `nbf`).
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PendingVersion {
-    /// The vault secret's name.
-    pub secret: String,
-    /// The version scheduled to become current.
-    pub version: String,
-    /// When it becomes current.
-    pub not_before: Time,
 }
 
 /// The rollout of the Secret's current data to the workloads using it.

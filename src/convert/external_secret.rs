@@ -477,7 +477,6 @@ fn data_ref(entry: &Value, path: &str, report: &mut Report) -> Option<DataRef> {
                 report,
             ),
             metadata_policy,
-            not_before: Default::default(),
         },
     })
 }

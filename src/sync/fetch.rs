@@ -18,14 +18,11 @@ use super::context::Context;
 use super::error::SyncError;
 use super::keys::KeyShaping;
 use super::render::{self, RenderError};
-use crate::api::NotBefore;
 use crate::api::{DataFromSource, DeletionPolicy, KeyVaultSecretSpec, MetadataPolicy};
-use crate::vault::schedule::Pending;
 use crate::vault::{Freshness, Identity, Interest, RemoteSecret, RemoteSecretInfo, VaultError};
 
-/// A vault secret as one sync asked for it: name, pinned version, as PEM,
-/// whether a future `nbf` is respected.
-type RefKey = (String, Option<String>, bool, bool);
+/// A vault secret as one sync asked for it: name, pinned version, as PEM.
+type RefKey = (String, Option<String>, bool);
 
 /// The Secret's data and where it came from.
 pub struct Rendered {
@@ -36,9 +33,6 @@ pub struct Rendered {
     pub versions: BTreeMap<String, String>,
     /// The earliest `exp` (Unix seconds) among the versions read, if any has one.
     pub expires: Option<i64>,
-    /// Newest versions not valid yet, by vault secret name (see
-    /// [`crate::vault::schedule`]): the Secret holds the valid ones meanwhile.
-    pub pending: BTreeMap<String, Pending>,
 }
 
 /// The vault secrets a spec depends on (for change notifications).
@@ -82,7 +76,6 @@ pub async fn fetch_and_render(
             freshness,
             absent_ok: spec.target.deletion_policy != DeletionPolicy::Retain,
             seen: BTreeMap::new(),
-            pending: BTreeMap::new(),
             listing: None,
             listing_outdated: false,
         };
@@ -107,9 +100,8 @@ async fn render_all(
         let value = match remote_ref.metadata_policy {
             MetadataPolicy::None => {
                 let version = remote_ref.version.as_deref();
-                let respect = remote_ref.not_before == NotBefore::Respect;
                 let Some(remote) = fetcher
-                    .get_present(&remote_ref.name, version, false, respect)
+                    .get_present(&remote_ref.name, version, false)
                     .await?
                 else {
                     continue;
@@ -137,10 +129,7 @@ async fn render_all(
         let part = match entry.source() {
             Some(DataFromSource::Extract(extract)) => {
                 let version = extract.version.as_deref();
-                match fetcher
-                    .get_present(&extract.name, version, false, true)
-                    .await?
-                {
+                match fetcher.get_present(&extract.name, version, false).await? {
                     Some(remote) => render::render_extract(
                         &remote,
                         extract.property.as_deref(),
@@ -177,7 +166,7 @@ async fn render_all(
             Some(DataFromSource::Certificate(certificate)) => {
                 let version = certificate.version.as_deref();
                 match fetcher
-                    .get_present(&certificate.name, version, true, true)
+                    .get_present(&certificate.name, version, true)
                     .await?
                 {
                     Some(remote) => render::render_certificate(&remote)?,
@@ -200,7 +189,6 @@ async fn render_all(
         data: render::merge(parts)?,
         versions: fetcher.versions(),
         expires: fetcher.seen.values().filter_map(|read| read.expires).min(),
-        pending: std::mem::take(&mut fetcher.pending),
     })
 }
 
@@ -244,46 +232,35 @@ struct Fetcher<'a> {
     /// `deletionPolicy` Merge/Delete: a deleted remote secret is absent, not an error.
     absent_ok: bool,
     seen: BTreeMap<RefKey, RemoteSecret>,
-    pending: BTreeMap<String, Pending>,
     listing: Option<Arc<Listing>>,
     /// A value read showed the listing used by a `find` outdated.
     listing_outdated: bool,
 }
 
 impl Fetcher<'_> {
-    /// One secret: a pinned version as asked; the latest with `respect`
-    /// the newest version valid now (Key Vault's `nbf`), noting a pending one.
     async fn get(
         &mut self,
         name: &str,
         version: Option<&str>,
         as_pem: bool,
-        respect: bool,
     ) -> Result<RemoteSecret, SyncError> {
         let version = version.filter(|v| !v.is_empty()).map(str::to_owned);
-        let respect = respect && version.is_none();
-        let key = (name.to_owned(), version.clone(), as_pem, respect);
+        let key = (name.to_owned(), version.clone(), as_pem);
         if let Some(found) = self.seen.get(&key) {
             return Ok(found.clone());
         }
-        let vault = &self.ctx.vault;
-        let (url, identity, freshness) = (self.vault_url, self.identity, self.freshness);
-        let result = if respect {
-            vault
-                .get_valid(url, identity, name, as_pem, freshness)
-                .await
-        } else {
-            vault
-                .get(url, identity, name, version.as_deref(), as_pem, freshness)
-                .await
-                .map(|remote| (remote, None))
-        };
-        let result = result.map(|(remote, pending)| {
-            if let Some(pending) = pending {
-                self.pending.insert(name.to_owned(), pending);
-            }
-            remote
-        });
+        let result = self
+            .ctx
+            .vault
+            .get(
+                self.vault_url,
+                self.identity,
+                name,
+                version.as_deref(),
+                as_pem,
+                self.freshness,
+            )
+            .await;
         self.observe("get", &result);
         let remote = result?;
         self.seen.insert(key, remote.clone());
@@ -296,9 +273,8 @@ impl Fetcher<'_> {
         name: &str,
         version: Option<&str>,
         as_pem: bool,
-        respect: bool,
     ) -> Result<Option<RemoteSecret>, SyncError> {
-        match self.get(name, version, as_pem, respect).await {
+        match self.get(name, version, as_pem).await {
             Err(SyncError::Vault {
                 error: VaultError::NotFound(_),
             }) if self.absent_ok => Ok(None),
@@ -314,7 +290,7 @@ impl Fetcher<'_> {
         name: &str,
         listing: &Listing,
     ) -> Result<Option<RemoteSecret>, SyncError> {
-        match self.get(name, None, false, false).await {
+        match self.get(name, None, false).await {
             Ok(remote) => {
                 let listed = listing.get(name);
                 self.listing_outdated |= !listed.is_some_and(|info| listed_as(info, &remote));
@@ -375,7 +351,7 @@ impl Fetcher<'_> {
     fn versions(&self) -> BTreeMap<String, String> {
         self.seen
             .iter()
-            .map(|((name, pinned, _, _), remote)| {
+            .map(|((name, pinned, _), remote)| {
                 let key = match pinned {
                     Some(version) => format!("{name}@{version}"),
                     None => name.clone(),

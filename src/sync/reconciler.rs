@@ -13,12 +13,11 @@
 //! Failures never touch the Secret: the last good data stays, the `Ready`
 //! condition names the cause, and [`SyncError::retry`] says when to look again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -37,12 +36,10 @@ use super::target::{self, DesiredSecret, Release};
 use super::{expiry, identity, keys, rollout, template, template_from, write};
 use crate::api::contract::{FIELD_MANAGER, FORCE_SYNC_ANNOTATION, MERGE_FINALIZER};
 use crate::api::{
-    CreationPolicy, DataFrom, DeletionPolicy, KeyVaultSecret, PendingVersion, TargetHow,
-    TargetRecord,
+    CreationPolicy, DataFrom, DeletionPolicy, KeyVaultSecret, TargetHow, TargetRecord,
 };
 use crate::schedule;
 use crate::vault::Freshness;
-use crate::vault::schedule::Pending;
 
 /// Errors that are the cluster's, not the user's: the controller retries them.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +130,7 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
         Err(wait) => return Ok(Action::requeue(wait)),
     };
     // `expires` is known after a sync only; a failure keeps what the status says.
-    let (outcome, action, read) = match sync(&kvs, &ctx, freshness, &mut targets).await {
+    let (outcome, action, expires) = match sync(&kvs, &ctx, freshness, &mut targets).await {
         Ok(synced) => {
             ctx.memory.lock().unwrap().succeeded(&key);
             ctx.metrics.object_current(&key, interval);
@@ -144,13 +141,10 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
                 versions: synced.rendered.versions,
                 wrote: synced.wrote,
             };
-            // A scheduled version is looked at again when it starts.
-            let starts = synced.rendered.pending.values().map(|p| p.not_before).min();
-            let pending = pending_versions(&synced.rendered.pending);
             (
                 outcome,
-                at_interval_or_at(interval, starts),
-                Some((synced.rendered.expires, pending)),
+                at_interval(interval),
+                Some(synced.rendered.expires),
             )
         }
         Err(SyncError::Kube(error)) => return Err(error.into()),
@@ -183,7 +177,7 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
         // one found (also when the write was refused).
         set_finalizer(&kvs, &ctx, wants_finalizer(&kvs, &targets)).await?;
     }
-    record(&kvs, &ctx, &outcome, targets, read).await?;
+    record(&kvs, &ctx, &outcome, targets, expires).await?;
     ctx.metrics
         .observe_sync(outcome_label(&outcome), started.elapsed());
     Ok(action)
@@ -199,36 +193,6 @@ fn backoff(ctx: &Context, key: &ObjectKey, retry_after: Option<Duration>) -> Act
         ctx.max_backoff,
         rand::random(),
     ))
-}
-
-/// [`at_interval`], or just after `starts` (Unix seconds) if that is sooner.
-fn at_interval_or_at(interval: Option<Duration>, starts: Option<i64>) -> Action {
-    let Some(starts) = starts else {
-        return at_interval(interval);
-    };
-    let until =
-        Duration::from_secs(u64::try_from(starts - Timestamp::now().as_second()).unwrap_or(0))
-            + Duration::from_secs(1);
-    match interval {
-        Some(interval) => {
-            Action::requeue(schedule::refresh_delay(interval, rand::random()).min(until))
-        }
-        None => Action::requeue(until),
-    }
-}
-
-/// `status.pendingVersions`, from what a sync found scheduled.
-fn pending_versions(pending: &BTreeMap<String, Pending>) -> Vec<PendingVersion> {
-    pending
-        .iter()
-        .filter_map(|(secret, p)| {
-            Some(PendingVersion {
-                secret: secret.clone(),
-                version: p.version.clone(),
-                not_before: Time(Timestamp::from_second(p.not_before).ok()?),
-            })
-        })
-        .collect()
 }
 
 fn at_interval(interval: Option<Duration>) -> Action {
@@ -374,23 +338,21 @@ fn field_manager() -> PatchParams {
 }
 
 /// Writes the status with the ownership record `targets` (only when it
-/// changed) and emits events on transitions. `read`, after a sync: the
-/// earliest `exp` in the Secret (see [`expiry`]) and the versions scheduled
-/// to start (`status.pendingVersions`).
+/// changed) and emits events on transitions. `expires`: the earliest `exp`
+/// in the Secret after a sync (see [`expiry`]).
 async fn record(
     kvs: &KeyVaultSecret,
     ctx: &Context,
     outcome: &Outcome,
     mut targets: Vec<TargetRecord>,
-    read: Option<(Option<i64>, Vec<PendingVersion>)>,
+    expires: Option<Option<i64>>,
 ) -> Result<(), Error> {
     let current = kvs.status.as_ref();
     // A target written before the record existed is recorded once read.
     targets.retain(|t| !t.uid.is_empty());
     let now = Timestamp::now();
     let mut next = next_status(current, kvs.metadata.generation, outcome, targets, now);
-    if let Some((expires, pending)) = read {
-        next.pending_versions = pending;
+    if let Some(expires) = expires {
         expiry::apply(
             &mut next,
             expires,

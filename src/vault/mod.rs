@@ -28,7 +28,6 @@ mod gate;
 mod hosts;
 mod identity;
 mod revoked;
-pub mod schedule;
 mod scoped;
 mod sdk;
 mod view;
@@ -50,7 +49,6 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use detect::{ReadStamp, Snapshot, as_of};
 use freshness::{Attempt, Decision, Need, decide, next_listing, retry_window};
 use gate::VaultGate;
-use schedule::VersionInfo;
 use sdk::Sdk;
 use view::{
     ListingState, ValueRead, VaultView, answered_by_listing, current_value, unix_now, value_key,
@@ -260,80 +258,6 @@ impl VaultAccess {
             stamp,
         });
         outcome
-    }
-
-    /// The newest version of `name` valid now (Key Vault's `nbf`, see
-    /// [`schedule`]), with the newest version when that one is not valid
-    /// yet. Costs what [`Self::get`] costs, plus — only while the newest
-    /// version is not valid — one versions listing per newest version and
-    /// the read of the valid one.
-    pub async fn get_valid(
-        &self,
-        vault_url: &str,
-        identity: &Identity,
-        name: &str,
-        as_pem: bool,
-        freshness: Freshness,
-    ) -> Result<(RemoteSecret, Option<schedule::Pending>), VaultError> {
-        let newest = self
-            .get(vault_url, identity, name, None, as_pem, freshness)
-            .await?;
-        let now = unix_now();
-        let not_before = match newest.not_before {
-            Some(nbf) if !schedule::valid(Some(nbf), now) => nbf,
-            _ => return Ok((newest, None)),
-        };
-        let pending = schedule::Pending {
-            version: newest.version.clone(),
-            not_before,
-        };
-        let versions = self
-            .versions(vault_url, identity, name, &newest.version)
-            .await?;
-        match schedule::current(&versions, now) {
-            Some(current) => {
-                let valid = self
-                    .get(
-                        vault_url,
-                        identity,
-                        name,
-                        Some(&current.version),
-                        as_pem,
-                        freshness,
-                    )
-                    .await?;
-                Ok((valid, Some(pending)))
-            }
-            // Nothing valid yet: the newest, as Key Vault serves it.
-            None => Ok((newest, Some(pending))),
-        }
-    }
-
-    /// The versions of `name`, listed once per `newest` version.
-    async fn versions(
-        &self,
-        vault_url: &str,
-        identity: &Identity,
-        name: &str,
-        newest: &str,
-    ) -> Result<Arc<[VersionInfo]>, VaultError> {
-        let view = self.inner.view(vault_url, identity);
-        if let Some((listed_for, versions)) = view.versions.lock().unwrap().get(name)
-            && listed_for == newest
-        {
-            return Ok(versions.clone());
-        }
-        let gate = self.inner.gate(vault_url);
-        gate.admit()?;
-        let versions: Arc<[VersionInfo]> = gate
-            .run(self.inner.sdk.versions(vault_url, identity, name))
-            .await?
-            .into();
-        view.versions
-            .lock()
-            .unwrap()
-            .insert(name.to_owned(), (newest.to_owned(), versions.clone()));
-        Ok(versions)
     }
 
     /// Every secret in the vault (names, tags, enabled; no values), as the

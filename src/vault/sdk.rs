@@ -24,7 +24,6 @@ use super::errors::{SetupError, VaultUrlError};
 use super::hosts::default_vault_hosts;
 use super::identity::Credentials;
 use super::revoked::RevokedToken;
-use super::schedule::VersionInfo;
 use super::scoped::{ForeignScope, KeyVaultOnly};
 use super::{
     AllowedHosts, Identity, RemoteSecret, RemoteSecretInfo, VaultConfig, VaultError, vault_key,
@@ -225,43 +224,6 @@ impl Sdk {
             expires: attributes.expires.map(|t| t.unix_timestamp()),
         };
         Ok((secret, date))
-    }
-
-    /// Lists the versions of one secret (no values): for a scheduled
-    /// rotation (see [`super::schedule`]).
-    pub async fn versions(
-        &self,
-        vault_url: &str,
-        identity: &Identity,
-        name: &str,
-    ) -> Result<Vec<VersionInfo>, VaultError> {
-        let client = self.client(vault_url, identity)?;
-        let pager = client
-            .list_secret_properties_versions(name, None)
-            .map_err(|e| self.failed(identity, &e, name))?;
-        let items: Vec<_> = pager
-            .try_collect()
-            .await
-            .map_err(|e| self.failed(identity, &e, name))?;
-        Ok(items
-            .into_iter()
-            .filter_map(|item| {
-                let version = item
-                    .id
-                    .as_deref()?
-                    .trim_end_matches('/')
-                    .rsplit('/')
-                    .next()?
-                    .to_owned();
-                let attributes = item.attributes.unwrap_or_default();
-                Some(VersionInfo {
-                    version,
-                    enabled: attributes.enabled.unwrap_or(true),
-                    not_before: attributes.not_before.map(|t| t.unix_timestamp()),
-                    created: attributes.created.map(|t| t.unix_timestamp()),
-                })
-            })
-            .collect())
     }
 
     /// Lists every secret in the vault (names, tags, enabled; no values).

@@ -35,7 +35,6 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::detect::{ReadStamp, Snapshot, changed_names, still_current};
 use super::freshness::{Attempt, LastListing};
-use super::schedule::VersionInfo;
 use super::{RemoteSecret, VaultError};
 
 /// Which names a subscriber's Secret depends on.
@@ -192,14 +191,7 @@ pub struct VaultView {
     /// someone else's listing attempt ended.
     pub wake: Notify,
     last_used: Mutex<Instant>,
-    /// Versions listings of secrets whose newest version is not valid yet
-    /// (see [`super::schedule`]), by name, with the newest version they were
-    /// listed for: listed again only when that changes.
-    pub versions: Mutex<HashMap<String, ListedVersions>>,
 }
-
-/// A secret's versions, with the newest version they were listed for.
-pub type ListedVersions = (String, Arc<[VersionInfo]>);
 
 impl Default for VaultView {
     fn default() -> Self {
@@ -211,7 +203,6 @@ impl Default for VaultView {
             listing_refused_until: Default::default(),
             wake: Notify::new(),
             last_used: Mutex::new(Instant::now()),
-            versions: Mutex::default(),
         }
     }
 }

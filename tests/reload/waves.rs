@@ -66,16 +66,10 @@ async fn a_change_rolls_out_wave_by_wave_each_once_the_earlier_is_complete() {
         kubelet.hold(name);
     }
     f.secret("db", &[("pw", "v2")], &[], &[]).await;
-    // The timeline (printed with --nocapture; quoted in the issue's note).
-    let start = std::time::Instant::now();
-    let at = |what: &str| println!("{:>6.1} s  {what}", start.elapsed().as_secs_f64());
-    at("Secret db changed");
 
     restarted(&f, "canary", 2).await;
-    at("canary (wave 0) restarted; its new pod held not ready");
     // The canary's new pod is not ready: the later waves wait.
     replica_sets_stay(&f, &["api", "web"], 1).await;
-    at("api (wave 1) and web (unannotated) still on the old pods");
     let metrics = f.metrics().await;
     assert!(
         metrics.contains(r#"kvsync_reload_rollouts_held{reason="wave"} 2"#),
@@ -83,19 +77,13 @@ async fn a_change_rolls_out_wave_by_wave_each_once_the_earlier_is_complete() {
     );
 
     kubelet.ready("canary").await;
-    at("canary's pod ready");
     restarted(&f, "api", 2).await;
-    at("api restarted");
     replica_sets_stay(&f, &["web"], 1).await;
-    at("web still on the old pods");
 
     kubelet.ready("api").await;
-    at("api's pod ready");
     restarted(&f, "web", 2).await;
-    at("web restarted");
     kubelet.ready("web").await;
     f.rolled_out("web").await;
-    at("web rolled out");
     // Each restarted once.
     for name in ["canary", "api", "web"] {
         assert_eq!(f.replica_sets(name).await, 2, "{name}");
