@@ -66,10 +66,16 @@ async fn a_change_rolls_out_wave_by_wave_each_once_the_earlier_is_complete() {
         kubelet.hold(name);
     }
     f.secret("db", &[("pw", "v2")], &[], &[]).await;
+    // The timeline (printed with --nocapture; quoted in the issue's note).
+    let start = std::time::Instant::now();
+    let at = |what: &str| println!("{:>6.1} s  {what}", start.elapsed().as_secs_f64());
+    at("Secret db changed");
 
     restarted(&f, "canary", 2).await;
+    at("canary (wave 0) restarted; its new pod held not ready");
     // The canary's new pod is not ready: the later waves wait.
     replica_sets_stay(&f, &["api", "web"], 1).await;
+    at("api (wave 1) and web (unannotated) still on the old pods");
     let metrics = f.metrics().await;
     assert!(
         metrics.contains(r#"kvsync_reload_rollouts_held{reason="wave"} 2"#),
@@ -77,13 +83,19 @@ async fn a_change_rolls_out_wave_by_wave_each_once_the_earlier_is_complete() {
     );
 
     kubelet.ready("canary").await;
+    at("canary's pod ready");
     restarted(&f, "api", 2).await;
+    at("api restarted");
     replica_sets_stay(&f, &["web"], 1).await;
+    at("web still on the old pods");
 
     kubelet.ready("api").await;
+    at("api's pod ready");
     restarted(&f, "web", 2).await;
+    at("web restarted");
     kubelet.ready("web").await;
     f.rolled_out("web").await;
+    at("web rolled out");
     // Each restarted once.
     for name in ["canary", "api", "web"] {
         assert_eq!(f.replica_sets(name).await, 2, "{name}");
@@ -230,4 +242,40 @@ async fn a_keyvaultsecret_says_when_every_workload_runs_its_new_data() {
         (state.as_deref() == Some("True") && counts == Some((2, 2))).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_halted_rotation_shows_on_its_keyvaultsecret_with_how_to_resume() {
+    let f = Fixture::new("waves-halt-kvs").await;
+    let _kubelet = Kubelet::start(&f.client, &f.ns.name);
+    f.apply(
+        "db",
+        json!({"refreshInterval": "1s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
+    )
+    .await;
+    f.wait_reason("db", "Synced").await;
+    member(&f, "canary", Some("0"), 5).await;
+    member(&f, "web", None, 5).await;
+    for name in ["canary", "web"] {
+        f.rolled_out(name).await;
+        f.baselined::<Deployment>(name).await;
+    }
+    // A bad rotation in Key Vault: the canary's new pods never become ready.
+    f.emulator
+        .set_secret("shop", "db-password", "broken-reload-test-value")
+        .await;
+    let message = eventually("RolledOut False, reason Halted", WAIT, || async {
+        let kvs = f.kvs_api().get("db").await.ok()?;
+        let status = kvs.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "RolledOut")?;
+        let halted = status.rollout?.halted?;
+        (c.status == "False" && c.reason == "Halted" && halted.workload == "Deployment/canary")
+            .then(|| c.message.clone())
+    })
+    .await;
+    assert!(
+        message.contains("kubectl annotate secret db kvsync.io/resume-rollout="),
+        "{message}"
+    );
+    assert_eq!(f.replica_sets("web").await, 1, "web keeps its old pods");
 }

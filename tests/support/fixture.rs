@@ -215,7 +215,10 @@ impl Fixture {
         let operator = self.operator.take().expect("an operator is running");
         let (status, output) = operator.terminate_with_output();
         self.earlier_logs.push_str(&output);
-        assert!(status.success(), "the operator exits cleanly on SIGTERM");
+        assert!(
+            status.success(),
+            "the operator exits cleanly on SIGTERM: {status:?}\n{output}"
+        );
     }
 
     /// SIGKILLs the operator (a crash: no graceful shutdown) and, once it is
