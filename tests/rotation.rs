@@ -216,6 +216,24 @@ async fn versions_are_listed_once_and_only_for_the_secret_not_valid_yet() {
         1,
         "db-password's versions, once; app-config's never"
     );
+
+    // The schedule moved in Key Vault (the version's nbf changed): followed,
+    // with one more listing.
+    let moved = Timestamp::now().as_second() + 600;
+    f.emulator
+        .control(
+            Method::PATCH,
+            "vaults/shop/secrets/db-password",
+            Some(json!({"nbf": moved})),
+        )
+        .await;
+    eventually("the moved start in status", WAIT, || async {
+        let kvs = f.kvs_api().get("db").await.ok()?;
+        (pending(&kvs).first().map(|p| p.2) == Some(moved)).then_some(())
+    })
+    .await;
+    refreshes(&f, 3).await;
+    assert_eq!(version_listings(&f).await, 2);
 }
 
 #[tokio::test]

@@ -390,7 +390,7 @@ impl Fetcher<'_> {
         let resolved = match version {
             Some(pinned) => {
                 let previous = match with_previous {
-                    true => self.previous_of(asked, pinned).await?,
+                    true => self.previous_of(asked, &read).await?,
                     false => None,
                 };
                 self.record(format!("{name}@{pinned}"), &read);
@@ -438,9 +438,7 @@ impl Fetcher<'_> {
         // it was listed: then it is listed again, as of now.
         let mut freshness = self.freshness;
         loop {
-            let versions = self
-                .list_versions(asked.name, &latest.version, freshness)
-                .await?;
+            let versions = self.list_versions(&latest, freshness).await?;
             let choice = choose(&versions, &latest.version, valid_at);
             for pending in &choice.pending {
                 let key = (asked.name.to_owned(), pending.version.clone());
@@ -480,14 +478,12 @@ impl Fetcher<'_> {
     async fn previous_of(
         &mut self,
         asked: Ref<'_>,
-        pinned: &str,
+        pinned: &RemoteSecret,
     ) -> Result<Option<RemoteSecret>, SyncError> {
-        let versions = self
-            .list_versions(asked.name, pinned, self.freshness)
-            .await?;
+        let versions = self.list_versions(pinned, self.freshness).await?;
         let valid_at =
             (asked.not_before == NotBeforePolicy::Respect).then_some(self.now.as_second());
-        match previous_of(&versions, pinned, valid_at) {
+        match previous_of(&versions, &pinned.version, valid_at) {
             Some(previous) => {
                 let version = previous.version.clone();
                 self.get_chosen(asked, &version).await.map(Some)
@@ -528,25 +524,24 @@ impl Fetcher<'_> {
         self.expires = self.expires.into_iter().chain(current.expires).min();
     }
 
-    /// A secret's versions, listed at most once per sync (and by the vault
-    /// access once per new `latest` version).
+    /// The versions of the secret `read` is a version of, listed at most
+    /// once per sync (and by the vault access once per new version).
     async fn list_versions(
         &mut self,
-        name: &str,
-        latest: &str,
+        read: &RemoteSecret,
         freshness: Freshness,
     ) -> Result<Arc<[VersionInfo]>, SyncError> {
-        if let Some(found) = self.versions.get(name) {
+        if let Some(found) = self.versions.get(&read.name) {
             return Ok(found.clone());
         }
         let result = self
             .ctx
             .vault
-            .versions(self.vault_url, self.identity, name, latest, freshness)
+            .versions(self.vault_url, self.identity, read, freshness)
             .await;
         self.observe("versions", &result);
         let versions = result?;
-        self.versions.insert(name.to_owned(), versions.clone());
+        self.versions.insert(read.name.clone(), versions.clone());
         Ok(versions)
     }
 

@@ -283,37 +283,39 @@ impl VaultAccess {
         Ok(snapshot.values().cloned().collect())
     }
 
-    /// Every version of one secret (ids and attributes, no values), to
-    /// choose among them ([`choose`]). `latest` is the version the caller
-    /// read as the latest: a cached listing that does not have it predates
-    /// a new version and is listed again, as is one older than a `Now`
-    /// read; otherwise the cached listing answers however old it is, so a
-    /// secret's versions are listed once per new version (one listing for
-    /// all concurrent readers, through the vault's gate).
+    /// Every version of the secret `read` is a version of (ids and
+    /// attributes, no values), to choose among them ([`choose`]). `read` is
+    /// what the caller just read (the latest, or a pinned version): a cached
+    /// listing that does not show it as read (a new version came, or its
+    /// attributes changed since) is listed again, as is one older than a
+    /// `Now` read; otherwise the cached listing answers however old it is,
+    /// so a secret's versions are listed once per new version (one listing
+    /// for all concurrent readers, through the vault's gate).
     pub async fn versions(
         &self,
         vault_url: &str,
         identity: &Identity,
-        name: &str,
-        latest: &str,
+        read: &RemoteSecret,
         freshness: Freshness,
     ) -> Result<Arc<[VersionInfo]>, VaultError> {
         let inner = &self.inner;
+        let name = read.name.as_str();
         let view = inner.view(vault_url, identity);
         let asked = Instant::now();
         let slot = view.versions_slot(name);
-        let mut read = slot.read.lock().await;
-        if let Some(previous) = read.as_ref() {
-            let predates_latest = previous
-                .outcome
-                .as_ref()
-                .is_ok_and(|versions| !versions.iter().any(|v| v.version == latest));
+        let mut cached = slot.read.lock().await;
+        if let Some(previous) = cached.as_ref() {
+            let predates_read = previous.outcome.as_ref().is_ok_and(|versions| {
+                !versions
+                    .iter()
+                    .any(|v| v.version == read.version && v.updated == read.updated)
+            });
             let need = match freshness {
                 Freshness::Now => Freshness::Now,
                 _ => Freshness::Any,
             }
             .need(asked);
-            if !predates_latest
+            if !predates_read
                 && let Decision::Answer(outcome) = decide(Some(previous), need, Instant::now())
             {
                 return outcome;
@@ -331,7 +333,7 @@ impl VaultAccess {
             .as_ref()
             .err()
             .map(|error| ended + retry_window(1, error.retry_after(), inner.config.max_backoff));
-        *read = Some(Attempt {
+        *cached = Some(Attempt {
             started,
             ended,
             outcome: outcome.clone(),

@@ -279,6 +279,7 @@ impl Sdk {
                     version,
                     enabled: attributes.enabled.unwrap_or(true),
                     created: attributes.created.map(|t| t.unix_timestamp()),
+                    updated: attributes.updated.map(|t| t.unix_timestamp()),
                     not_before: attributes.not_before.map(|t| t.unix_timestamp()),
                 })
             })

@@ -32,6 +32,9 @@ pub struct VersionInfo {
     pub enabled: bool,
     /// The version's `created` attribute (Unix seconds).
     pub created: Option<i64>,
+    /// The version's `updated` attribute (Unix seconds): changes with its
+    /// attributes (`enabled`, `nbf`…).
+    pub updated: Option<i64>,
     /// The version's `nbf` attribute (Unix seconds).
     pub not_before: Option<i64>,
 }
@@ -126,6 +129,7 @@ mod tests {
             version: id.into(),
             enabled,
             created: Some(created),
+            updated: Some(created),
             not_before: nbf,
         }
     }
