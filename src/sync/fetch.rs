@@ -656,6 +656,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_next_switch_is_the_earliest_start_and_never_overflows_a_timer() {
+        let now: Timestamp = "2026-12-13T01:59:40Z".parse().unwrap();
+        let pending = |at: &str| PendingVersion {
+            name: "db-password".into(),
+            version: "v".into(),
+            not_before: Time(at.parse().unwrap()),
+        };
+        let rendered = |pending| Rendered {
+            data: BTreeMap::new(),
+            versions: BTreeMap::new(),
+            expires: None,
+            pending,
+        };
+        assert_eq!(rendered(Vec::new()).until_next_switch(now), None);
+        let two = rendered(vec![
+            pending("2026-12-20T02:00:00Z"),
+            pending("2026-12-13T02:00:00Z"),
+        ]);
+        assert_eq!(two.until_next_switch(now), Some(Duration::from_secs(20)));
+        let passed = rendered(vec![pending("2026-12-13T01:00:00Z")]);
+        assert_eq!(passed.until_next_switch(now), Some(Duration::ZERO));
+        let far = rendered(vec![pending("2999-01-01T00:00:00Z")]);
+        assert_eq!(far.until_next_switch(now), Some(MAX_REFRESH_INTERVAL));
+    }
+
+    #[test]
     fn a_value_of_another_version_than_listed_shows_the_listing_outdated() {
         let info = |updated| RemoteSecretInfo {
             name: "p1".into(),

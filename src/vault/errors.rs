@@ -281,6 +281,21 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_not_valid_yet_is_retried_at_its_start_however_far() {
+        let wait = Duration::from_secs(90 * 86_400);
+        let error = VaultError::NotYetValid {
+            name: "db".into(),
+            starts: "2026-12-13T02:00:00Z".into(),
+            wait,
+        };
+        assert_eq!(error.reason(), "RemoteNotYetValid");
+        assert!(error.to_string().contains("2026-12-13T02:00:00Z"));
+        let cap = Duration::from_secs(300);
+        let delay = crate::schedule::backoff_delay(1, error.retry_after(), cap, 0.5);
+        assert_eq!(delay, wait, "not before its start, and not later");
+    }
+
+    #[test]
     fn inner_code_is_read_from_the_body() {
         let body = r#"{"error":{"code":"Forbidden","message":"no","innererror":{"code":"SecretDisabled"}}}"#;
         assert_eq!(inner_error_code(body).as_deref(), Some("SecretDisabled"));
