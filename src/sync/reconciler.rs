@@ -7,7 +7,8 @@
 //!                 ─▶ let go of the other recorded targets (a rename: only now that the new one holds the data)
 //!                 ─▶ Outcome ─▶ finalizer as the ownership record now needs it
 //!                 ─▶ record (status + ownership record, patched only if changed; event on change)
-//!                                └─▶ next: refreshInterval ± jitter | backoff | await change
+//!                                └─▶ next: refreshInterval ± jitter (or a pending version's nbf,
+//!                                          if sooner) | backoff | await change
 //! ```
 //!
 //! Failures never touch the Secret: the last good data stays, the `Ready`
@@ -136,16 +137,22 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
             ctx.metrics.object_current(&key, interval);
             ctx.metrics
                 .object_expiry(&key, synced.rendered.expires, ctx.expiry_window);
+            // A rotation scheduled in Key Vault is taken at its nbf, not at
+            // the next refresh.
+            let switch = synced.rendered.until_next_switch(Timestamp::now());
+            let action = match switch {
+                Some(switch) => Action::requeue(interval.map_or(switch, |interval| {
+                    switch.min(schedule::refresh_delay(interval, rand::random()))
+                })),
+                None => at_interval(interval),
+            };
             let outcome = Outcome::Synced {
                 secret_name: synced.secret_name,
                 versions: synced.rendered.versions,
                 wrote: synced.wrote,
+                pending: synced.rendered.pending,
             };
-            (
-                outcome,
-                at_interval(interval),
-                Some(synced.rendered.expires),
-            )
+            (outcome, action, Some(synced.rendered.expires))
         }
         Err(SyncError::Kube(error)) => return Err(error.into()),
         Err(failure) => {
