@@ -49,7 +49,10 @@ pub fn apply(
             now,
         );
     };
-    if written.is_some_and(|written| summary.secret_version < written) {
+    // A count made before kvsync's newest data is not this data's — unless
+    // no workload reacts: then there is nothing to roll out either way.
+    let stale = written.is_some_and(|written| summary.secret_version < written);
+    if stale && summary.status.workloads > 0 {
         set(
             "False",
             "Pending",
@@ -172,6 +175,17 @@ mod tests {
         );
         assert_eq!(rolled_out(&status).1, "Pending");
         assert!(status.rollout.is_none());
+        // Without workloads there is nothing to wait for: no Pending flap.
+        let none = summary(5, 0, 0);
+        apply(
+            &mut status,
+            "db",
+            Some(&none),
+            Some(9),
+            None,
+            Timestamp::now(),
+        );
+        assert_eq!(rolled_out(&status).0, "True");
     }
 
     #[test]

@@ -161,15 +161,20 @@ pub(super) fn set_condition(
         .filter(|c| c.status == status && c.reason == reason)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or(Time(now));
-    conditions.retain(|c| c.type_ != type_);
-    conditions.push(Condition {
+    let condition = Condition {
         type_: type_.to_owned(),
         status: status.to_owned(),
         reason: reason.to_owned(),
         message: message.to_owned(),
         observed_generation: generation,
         last_transition_time: transition,
-    });
+    };
+    // In place: the order of the conditions never changes by itself (a
+    // reordering is a status write for nothing).
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => *existing = condition,
+        None => conditions.push(condition),
+    }
 }
 
 /// The Ready condition's reason, if any (used to emit events only on change).
@@ -222,6 +227,34 @@ fn diff(current: &Value, next: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setting_a_condition_keeps_the_order_of_the_others() {
+        let now = Timestamp::now();
+        let mut conditions = Vec::new();
+        set_condition(&mut conditions, "Ready", "True", "Synced", "", None, now);
+        set_condition(
+            &mut conditions,
+            "RolledOut",
+            "True",
+            "RolledOut",
+            "",
+            None,
+            now,
+        );
+        set_condition(
+            &mut conditions,
+            "Ready",
+            "False",
+            "RemoteNotFound",
+            "",
+            None,
+            now,
+        );
+        let order: Vec<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(order, ["Ready", "RolledOut"]);
+        assert_eq!(conditions[0].reason, "RemoteNotFound");
+    }
 
     fn synced(version: &str, wrote: bool) -> Outcome {
         Outcome::Synced {

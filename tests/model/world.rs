@@ -797,6 +797,9 @@ pub struct Observation {
     pub status_generation: Option<i64>,
     pub synced_versions: BTreeMap<String, String>,
     pub secret: Option<(String, BTreeMap<String, String>)>,
+    /// The rollout of the Secret's data counted (`RolledOut` present, not
+    /// `Pending`): the status's last write after a sync.
+    pub rollout_counted: bool,
     /// Before the KeyVaultSecret was read.
     pub read_from: At,
     /// After the Secret was read.
@@ -1094,6 +1097,9 @@ pub fn settled(
                     "Ready=False ({}), all refs are readable",
                     ready.reason
                 ));
+            }
+            if !seen.rollout_counted {
+                return Err("the rollout of the Secret's data not counted yet (RolledOut)".into());
             }
             let held = seen.secret.as_ref().map(|(_, d)| d);
             if held != Some(&data) {
