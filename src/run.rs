@@ -132,6 +132,11 @@ impl Shutdown {
         }
     }
 
+    /// Whether the shutdown has begun.
+    fn begun(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// Stores the request even when nobody listens yet, so that a later
     /// [`Shutdown::signal`] resolves at once.
     fn begin(&self) {
@@ -357,7 +362,10 @@ async fn supervise(
             Ok(Err(error)) => Err(RunError::Reload(error)),
             Err(panic) => Err(RunError::ReloadPanicked(panic)),
         },
+        // A stage that ended because the shutdown began is no failure, even
+        // when its end is seen before the signal.
         stopped = &mut stages.sync => Err(match stopped {
+            Ok(()) if shutdown.begun() => return Ok(()),
             Ok(()) => RunError::SyncStopped,
             Err(panic) => RunError::SyncPanicked(panic),
         }),

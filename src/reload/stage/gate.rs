@@ -83,6 +83,7 @@ impl Stage {
         now: Instant,
     ) -> Standing {
         let behind = self.held.contains_key(workload)
+            || self.evaluating.contains(workload)
             || self.schedule.contains(workload)
             || self.pacer.contains(workload)
             || self.writing.contains_key(workload);

@@ -116,6 +116,8 @@ pub struct Stage {
     /// The workloads they are for; `true` once one became due again meanwhile
     /// (it is evaluated when the answer is in).
     writing: HashMap<WorkloadRef, bool>,
+    /// Due workloads of the batch being evaluated, not looked at yet.
+    evaluating: HashSet<WorkloadRef>,
     /// Restarts the wave gate holds back, and why (see [`super::waves`]).
     held: HashMap<WorkloadRef, Held>,
     /// Halts announced (failed workload, resource, change id): one Event each.
@@ -163,6 +165,7 @@ impl Stage {
             jobs_made: HashMap::new(),
             writes: FuturesUnordered::new(),
             writing: HashMap::new(),
+            evaluating: HashSet::new(),
             held: HashMap::new(),
             halts_announced: HashSet::new(),
             board,
@@ -200,7 +203,13 @@ impl Stage {
                     self.written(written);
                 }
                 () = sleep_until(due) => {
-                    for workload in self.schedule.take_due(Instant::now(), room) {
+                    // The batch counts as still due until each is looked at
+                    // (the wave gate must not take an earlier wave's
+                    // workload, due in the same batch, for settled).
+                    let batch = self.schedule.take_due(Instant::now(), room);
+                    self.evaluating.extend(batch.iter().cloned());
+                    for workload in batch {
+                        self.evaluating.remove(&workload);
                         self.evaluate_contained(workload);
                     }
                 }
