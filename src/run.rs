@@ -140,6 +140,11 @@ impl Shutdown {
         }
     }
 
+    /// Whether the shutdown has begun.
+    fn begun(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// Stores the request even when nobody listens yet, so that a later
     /// [`Shutdown::signal`] resolves at once.
     fn begin(&self) {
@@ -304,6 +309,7 @@ fn start_stages(
     shutdown: &Shutdown,
 ) -> Stages {
     let (notifier, from_sync) = crate::reload::channel();
+    let (board, rollout_feed) = crate::reload::board::RolloutBoard::new();
     let events = crate::sync::ObjectEvents::new(
         client.clone(),
         Reporter {
@@ -316,6 +322,7 @@ fn start_stages(
         vault,
         events,
         notifier,
+        (board.clone(), rollout_feed),
         metrics.sync,
         args.scope.clone(),
         args.operator_identity_namespaces.clone(),
@@ -342,6 +349,7 @@ fn start_stages(
         args.operator_namespace.clone(),
         inbox,
         metrics.reload,
+        board,
     ));
     tracing::info!("kvsync started");
     Stages {
@@ -379,12 +387,17 @@ async fn supervise(
             Ok(Err(error)) => Err(RunError::Reload(error)),
             Err(panic) => Err(RunError::ReloadPanicked(panic)),
         },
+        // A stage that ended because the shutdown began is no failure, even
+        // when its end is seen before the signal.
         stopped = &mut stages.sync => Err(match stopped {
+            Ok(()) if shutdown.begun() => return Ok(()),
             Ok(()) => RunError::SyncStopped,
             Err(panic) => RunError::SyncPanicked(panic),
         }),
-        // Its tasks run as long as the process; one ending is a fault.
+        // Its tasks run as long as the process; one ending before the
+        // shutdown began is a fault.
         Some(stopped) = next_ended(stages.events.as_mut()) => Err(match stopped {
+            Ok(()) if shutdown.begun() => return Ok(()),
             Ok(()) => RunError::EventsStopped,
             Err(panic) => RunError::EventsPanicked(panic),
         }),

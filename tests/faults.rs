@@ -508,6 +508,7 @@ async fn other_writers_keys_are_repaired_or_left_alone() {
         (secret_writes(&f, "db").await > writes_before).then_some(())
     })
     .await;
+    f.settled("db").await;
     let since = f.versions("db").await;
     f.assert_idle(
         "db",
@@ -532,7 +533,7 @@ async fn other_writers_keys_are_repaired_or_left_alone() {
         "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}),
     )
     .await;
-    let merged = f.wait_reason("merger", "Synced").await;
+    let merged = f.settled("merger").await;
     let added = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shared"},
         "data": {"added": "YnktYW5vdGhlci10ZWFt"}});
     let after_add = f

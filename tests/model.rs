@@ -740,7 +740,12 @@ impl Run {
                 let secret = secrets
                     .get(&target)
                     .map(|s| (s.resource_version().unwrap_or_default(), decoded(s)));
+                let rollout_counted = status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "RolledOut" && c.reason != "Pending");
                 let seen = Observation {
+                    rollout_counted,
                     kvs_version: kvs.resource_version().unwrap_or_default(),
                     ready,
                     status_generation: status.observed_generation,

@@ -88,6 +88,7 @@ fn alerts_pass_promtool_check_and_unit_tests() {
             "KvsyncReloadErrors",
             "KvsyncRestartsHeldBack",
             "KvsyncSecretExpiring",
+            "KvsyncRolloutHalted",
         ]
     );
     let runbooks = std::fs::read_to_string(Path::new(ROOT).join("docs/alerts.md")).unwrap();
@@ -115,7 +116,7 @@ fn alerts_pass_promtool_check_and_unit_tests() {
     let checked = run(Command::new(&promtool)
         .args(["check", "rules", "rules.yaml"])
         .current_dir(dir.path()));
-    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 7 rules found"), "{checked}");
     std::fs::copy(
         Path::new(ROOT).join("tests/alerts/kvsync.test.yaml"),
         dir.path().join("kvsync.test.yaml"),

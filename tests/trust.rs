@@ -56,9 +56,15 @@ async fn removing_a_data_entry_removes_its_version_and_then_nothing_is_written()
     let settled = eventually("json-blob to leave syncedVersions", WAIT, || async {
         let kvs = api.get("db").await.ok()?;
         let status = kvs.status.as_ref()?;
+        // The rollout counted for the rewritten Secret too (its last status write).
+        let counted = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "RolledOut" && c.reason != "Pending");
         (status.observed_generation == kvs.metadata.generation
-            && status.synced_versions.keys().collect::<Vec<_>>() == ["db-password"])
-        .then_some(kvs)
+            && status.synced_versions.keys().collect::<Vec<_>>() == ["db-password"]
+            && counted)
+            .then_some(kvs)
     })
     .await;
     let secret = eventually("the Secret to lose key blob", WAIT, || async {

@@ -114,6 +114,24 @@ pub const ROLLOUT_PAUSE_PERIOD: &str = "rollout.kvsync.io/pause-period";
 /// kvsync's pause period of a CronJob, set by the user; read by the reload stage.
 pub const CRONJOB_PAUSE_PERIOD: &str = "cronjob.kvsync.io/pause-period";
 
+/// Set by the user to `any` on a workload that reads some keys of a Secret
+/// or ConfigMap one by one (`secretKeyRef`, volume `items`) but should
+/// restart when any key changes, as Reloader does; read by the reload stage
+/// (`reload::uses::key_uses`).
+pub const RELOAD_KEYS_ANNOTATION: &str = "kvsync.io/reload-keys";
+
+/// A workload's wave (a number, lowest first; unannotated workloads go
+/// after every numbered wave), set by the user; read by the reload stage,
+/// which restarts a wave only once the earlier waves' rollouts are complete
+/// (`reload::waves`).
+pub const ROLLOUT_WAVE_ANNOTATION: &str = "kvsync.io/rollout-wave";
+
+/// Set by a person on a Secret or ConfigMap whose change a failed wave
+/// halted, to the change id the halt names: the later waves go on despite
+/// the failure. Read by the reload stage; a stale id (an earlier change)
+/// resumes nothing.
+pub const RESUME_ROLLOUT_ANNOTATION: &str = "kvsync.io/resume-rollout";
+
 /// Annotation (value `manual`) the reload stage writes on the Job it makes
 /// from a CronJob, as `kubectl create job --from=cronjob/…` does; `kvsync
 /// explain` reads it to find that Job.

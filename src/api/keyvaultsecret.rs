@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
     printcolumn = r#"{"name":"Last Sync","type":"date","jsonPath":".status.lastSyncTime"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Rolled Out","type":"string","jsonPath":".status.conditions[?(@.type==\"RolledOut\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -285,6 +286,13 @@ pub struct DataRef {
     pub secret_key: String,
     /// The vault secret whose value goes there.
     pub remote_ref: RemoteRef,
+    /// A second key holding the previous enabled version's value (the one
+    /// created before the version in `secretKey`), read the same way, for
+    /// services that accept the old and the new credential during a
+    /// rotation. Not written while the secret has no previous version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]{1,253}$"))]
+    pub previous_secret_key: Option<String>,
 }
 
 /// A vault secret (and optionally a part of its value).
@@ -307,6 +315,11 @@ pub struct RemoteRef {
     /// `Fetch`: read the secret's tags instead of its value.
     #[serde(default, skip_serializing_if = "is_default")]
     pub metadata_policy: super::MetadataPolicy,
+    /// Without a pinned version: `Respect` (default) reads the newest version
+    /// whose `nbf` (not before) has passed and takes a newer one at its `nbf`;
+    /// `Ignore` reads the newest version at once, whatever its `nbf`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub not_before_policy: super::NotBeforePolicy,
 }
 
 /// How to decode a vault value before writing it: `None` (default; as it
@@ -393,6 +406,11 @@ pub struct ExtractRef {
     /// How to decode each field's value before writing it.
     #[serde(default)]
     pub decoding_strategy: DecodingStrategy,
+    /// Without a pinned version: `Respect` (default) reads the newest version
+    /// whose `nbf` (not before) has passed and takes a newer one at its `nbf`;
+    /// `Ignore` reads the newest version at once, whatever its `nbf`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub not_before_policy: super::NotBeforePolicy,
 }
 
 /// A filter over the vault's secrets (both parts must match).
@@ -408,6 +426,11 @@ pub struct FindRef {
     /// How to decode each value before writing it.
     #[serde(default)]
     pub decoding_strategy: DecodingStrategy,
+    /// `Respect` (default): each match's newest version whose `nbf` (not
+    /// before) has passed, a match with none yet left out until its first
+    /// `nbf`; `Ignore`: each match's newest version, whatever its `nbf`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub not_before_policy: super::NotBeforePolicy,
 }
 
 /// The secret behind a Key Vault certificate.
@@ -421,6 +444,11 @@ pub struct CertificateRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9a-fA-F]{32})?$"))]
     pub version: Option<String>,
+    /// Without a pinned version: `Respect` (default) reads the newest version
+    /// whose `nbf` (not before) has passed and takes a newer one at its `nbf`;
+    /// `Ignore` reads the newest version at once, whatever its `nbf`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub not_before_policy: super::NotBeforePolicy,
 }
 
 /// Vault secret name → version, sorted: a vector (every object keeps one in
@@ -454,12 +482,73 @@ pub struct KeyVaultSecretStatus {
     /// follow it (`Ready` does not: Key Vault still serves an expired version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
+    /// Newer Key Vault versions that are not valid yet (`nbf` in the future)
+    /// and will replace what the Secret holds at their `notBefore`
+    /// (`notBeforePolicy: Respect`), earliest first. The condition
+    /// `RotationScheduled` says the same in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingVersion>,
     /// The ownership record: every Secret kvsync wrote for this object and
     /// has not let go of yet, with its uid and how kvsync came to it. kvsync
     /// deletes, freezes, takes over or strips a Secret only if it created
     /// that very Secret (see docs/resource.md, "Lifecycle and ownership").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetRecord>,
+    /// How the workloads that restart when the Secret changes stand: how
+    /// many run its current data with their rollout complete (the
+    /// `RolledOut` condition is True when all do — then the previous
+    /// credential can be revoked), which are still behind and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// The rollout of the Secret's current data to the workloads using it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Workloads that restart when the Secret's data changes.
+    pub workloads: u32,
+    /// Of those, the ones running the current data with their rollout complete.
+    pub current: u32,
+    /// Some of the workloads still behind (at most 10), with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub behind: Vec<BehindWorkload>,
+    /// Set while a failed rollout halts the change: later waves keep their
+    /// old pods until the data changes again or a person resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<HaltedRollout>,
+}
+
+/// A workload not yet running the current data.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BehindWorkload {
+    /// `Kind/name`.
+    pub workload: String,
+    /// Why, in words (waiting for a wave, halted, minimum interval, …).
+    pub reason: String,
+}
+
+/// A change halted by a failed rollout.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HaltedRollout {
+    /// The workload whose rollout failed (`Kind/name`).
+    pub workload: String,
+    /// The change's id: `kvsync.io/resume-rollout` on the Secret takes it.
+    pub change: String,
+}
+
+/// A Key Vault version that becomes current at its `nbf`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingVersion {
+    /// The vault secret's name.
+    pub name: String,
+    /// The version (32 hex characters) that is not valid yet.
+    pub version: String,
+    /// Its `nbf`: when kvsync writes its value into the Secret.
+    pub not_before: Time,
 }
 
 /// One Secret kvsync wrote for a KeyVaultSecret.

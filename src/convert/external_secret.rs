@@ -477,7 +477,9 @@ fn data_ref(entry: &Value, path: &str, report: &mut Report) -> Option<DataRef> {
                 report,
             ),
             metadata_policy,
+            not_before_policy: Default::default(),
         },
+        previous_secret_key: None,
     })
 }
 
@@ -533,6 +535,7 @@ fn data_from(entry: &Value, path: &str, report: &mut Report) -> Option<DataFrom>
                 &format!("{base}.decodingStrategy"),
                 report,
             ),
+            not_before_policy: Default::default(),
         });
     } else if let Some(find) = entry.get("find") {
         let base = format!("{path}.find");
@@ -564,6 +567,7 @@ fn data_from(entry: &Value, path: &str, report: &mut Report) -> Option<DataFrom>
                 &format!("{base}.decodingStrategy"),
                 report,
             ),
+            not_before_policy: Default::default(),
         });
     } else {
         report.finding(path, "needs extract or find");

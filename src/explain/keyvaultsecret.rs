@@ -104,8 +104,15 @@ pub fn explain(
             .get(reloader::MATCH)
             .is_some_and(|v| v == "true"),
         restarts,
+        rollout: status.rollout.clone(),
         limits,
     }
+}
+
+/// Whether a source names the one Secret key it makes (a `data` entry and
+/// its previous-value key).
+fn names_its_key(source: &KeySource) -> bool {
+    matches!(source.from, "data" | "data.previousSecretKey")
 }
 
 /// The spec's sources attributed to the Secret's actual keys (`None`: the
@@ -122,7 +129,7 @@ fn per_key(sources: Vec<KeySource>, keys: Option<&[String]>) -> Vec<KeySource> {
         let by_from = |from: &str| sources.iter().find(|s| s.from == from);
         let found = sources
             .iter()
-            .find(|s| s.from == "data" && s.key == key)
+            .find(|s| names_its_key(s) && s.key == key)
             .or_else(|| {
                 by_from("dataFrom.certificate").filter(|_| key == "tls.crt" || key == "tls.key")
             })
@@ -161,7 +168,7 @@ fn per_key(sources: Vec<KeySource>, keys: Option<&[String]>) -> Vec<KeySource> {
     let missing: Vec<KeySource> = sources
         .iter()
         .filter(|s| {
-            let produced = if s.from == "data" {
+            let produced = if names_its_key(s) {
                 keys.contains(&s.key)
             } else {
                 made(s)
@@ -308,26 +315,31 @@ fn synced(synced: &SyncedVersions, name: &str) -> BTreeMap<String, String> {
 
 fn key_sources(kvs: &KeyVaultSecret, versions: &SyncedVersions) -> Vec<KeySource> {
     let mut named = Vec::new();
-    let mut sources: Vec<KeySource> = kvs
-        .spec
-        .data
-        .iter()
-        .map(|entry| {
-            let remote = &entry.remote_ref;
-            named.push(remote.name.clone());
-            KeySource {
-                key: entry.secret_key.clone(),
-                from: "data",
-                vault_secret: remote.name.clone(),
-                version: version(&remote.version),
-                property: remote.property.clone(),
-                decoding: decoding(remote.decoding_strategy),
-                synced: synced(versions, &remote.name),
-                in_secret: true,
-                template: None,
-            }
-        })
-        .collect();
+    let mut sources: Vec<KeySource> = Vec::new();
+    for entry in &kvs.spec.data {
+        let remote = &entry.remote_ref;
+        named.push(remote.name.clone());
+        let source = KeySource {
+            key: entry.secret_key.clone(),
+            from: "data",
+            vault_secret: remote.name.clone(),
+            version: version(&remote.version),
+            property: remote.property.clone(),
+            decoding: decoding(remote.decoding_strategy),
+            synced: synced(versions, &remote.name),
+            in_secret: true,
+            template: None,
+        };
+        // The previous enabled version, beside the current one.
+        let previous = entry.previous_secret_key.as_ref().map(|key| KeySource {
+            key: key.clone(),
+            from: "data.previousSecretKey",
+            version: "the enabled version before the current one".to_owned(),
+            ..source.clone()
+        });
+        sources.push(source);
+        sources.extend(previous);
+    }
     let mut finds = Vec::new();
     for entry in &kvs.spec.data_from {
         match entry.source() {
@@ -535,6 +547,30 @@ mod tests {
         assert_eq!(
             report.keys[0].synced,
             [("app-alpha".to_owned(), "v7".to_owned())].into()
+        );
+    }
+
+    #[test]
+    fn a_previous_value_key_is_attributed_to_its_data_entry() {
+        let mut kvs = kvs();
+        kvs.spec.data[0].previous_secret_key = Some("password-previous".into());
+        let secret = TargetSecret {
+            metadata: ObjectMeta::default(),
+            keys: ["password", "password-previous"].map(String::from).to_vec(),
+        };
+        let report = explain(&kvs, Some(&secret), &[], &[], Vec::new());
+        let previous = report
+            .keys
+            .iter()
+            .find(|k| k.key == "password-previous")
+            .expect("listed");
+        assert_eq!(
+            (
+                previous.from,
+                previous.vault_secret.as_str(),
+                previous.in_secret
+            ),
+            ("data.previousSecretKey", "db-password", true)
         );
     }
 

@@ -32,7 +32,7 @@ use super::render::timestamp;
 use super::report::{PendingRestart, PendingState};
 use crate::reload::decide::{
     Baseline, Decision, Pause, Situation, Verdict, decide, desired_members, effective_last_restart,
-    unreacted_uses,
+    record_key_id, unreacted_uses,
 };
 use crate::reload::index::{ResourceState, WorkloadState};
 use crate::reload::kinds::{ResourceRef, RestartMethod};
@@ -78,8 +78,9 @@ fn decided(
     min_interval: Duration,
     now: OffsetDateTime,
 ) -> PendingRestart {
-    let desired = desired_members(&state.policy, &state.uses, digests.resources);
-    let unreacted = unreacted_uses(&state.policy, &state.uses, digests.resources);
+    let desired = desired_members(&state.policy, &state.uses, &state.keys, digests.resources);
+    let unreacted = unreacted_uses(&state.policy, &state.uses, &state.keys, digests.resources);
+    let key_id = record_key_id(digests.key_id, &state.keys);
     let (last_restart, _) = effective_last_restart(state.restart_stamp, None, now);
     let job = matches!(state.restart, RestartMethod::Job { .. });
     let Decision {
@@ -87,7 +88,7 @@ fn decided(
     } = decide(&Situation {
         opted_in: !state.policy.is_inert(),
         applied: &state.applied,
-        key_id: digests.key_id,
+        key_id: &key_id,
         desired: &desired,
         unreacted: &unreacted,
         hidden_may_exist: false,

@@ -135,8 +135,37 @@ fn keyvaultsecret(r: &KeyVaultSecretReport) -> String {
     for reaction in &r.restarts {
         let _ = writeln!(out, "  {}: {}", reaction.workload, reaction.rule);
     }
+    if let Some(rollout) = &r.rollout {
+        rollout_lines(&mut out, rollout);
+    }
     limits(&mut out, &r.limits);
     out
+}
+
+/// Who runs the Secret's current data (safe to revoke once all do).
+fn rollout_lines(out: &mut String, rollout: &crate::api::RolloutStatus) {
+    let _ = writeln!(out, "\nRollout of the current data:");
+    let _ = writeln!(
+        out,
+        "  {} of {} workload(s) run it with their rollout complete{}",
+        rollout.current,
+        rollout.workloads,
+        if rollout.current >= rollout.workloads {
+            ": safe to revoke the previous credential"
+        } else {
+            ""
+        }
+    );
+    if let Some(halted) = &rollout.halted {
+        let _ = writeln!(
+            out,
+            "  halted: the rollout of {} failed (change {}); later waves keep their old pods",
+            halted.workload, halted.change
+        );
+    }
+    for behind in &rollout.behind {
+        let _ = writeln!(out, "  behind: {}: {}", behind.workload, behind.reason);
+    }
 }
 
 fn verdicts(out: &mut String, title: &str, verdicts: &[ResourceVerdict]) {
@@ -228,5 +257,47 @@ fn limits(out: &mut String, limits: &[String]) {
         for limit in limits {
             let _ = writeln!(out, "  {limit}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BehindWorkload, HaltedRollout, RolloutStatus};
+
+    #[test]
+    fn the_rollout_lists_who_is_behind_and_a_halt() {
+        let mut out = String::new();
+        rollout_lines(
+            &mut out,
+            &RolloutStatus {
+                workloads: 3,
+                current: 1,
+                behind: vec![BehindWorkload {
+                    workload: "Deployment/web".into(),
+                    reason: "waiting for an earlier wave (canary)".into(),
+                }],
+                halted: Some(HaltedRollout {
+                    workload: "Deployment/canary".into(),
+                    change: "0123456789ab".into(),
+                }),
+            },
+        );
+        assert_eq!(
+            out,
+            "\nRollout of the current data:\n  1 of 3 workload(s) run it with their rollout complete\n  halted: the rollout of Deployment/canary failed (change 0123456789ab); later waves keep their old pods\n  behind: Deployment/web: waiting for an earlier wave (canary)\n"
+        );
+        let mut done = String::new();
+        rollout_lines(
+            &mut done,
+            &RolloutStatus {
+                workloads: 2,
+                current: 2,
+                ..RolloutStatus::default()
+            },
+        );
+        assert!(
+            done.contains("2 of 2 workload(s) run it with their rollout complete: safe to revoke")
+        );
     }
 }

@@ -40,6 +40,10 @@ pub struct KeyVaultSecretReport {
     pub reload_marked: bool,
     /// Workloads of the namespace that restart when the Secret's data changes.
     pub restarts: Vec<WorkloadReaction>,
+    /// How many of them run the current data, who is behind and why, a halt
+    /// (the operator's `status.rollout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::api::RolloutStatus>,
     /// What could not be read (permissions), so the answer may be partial.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<String>,

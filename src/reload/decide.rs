@@ -19,7 +19,7 @@ use super::annotations::{ReloadPolicy, ResourceFlags};
 use super::index::ResourceState;
 use super::kinds::{ResourceKind, ResourceRef};
 use super::record::{Applied, MemberState, Members, summarize};
-use super::uses::{Need, Uses};
+use super::uses::{KeyUses, Need, Uses};
 
 /// The resources `policy` reacts to, given what the pod spec `uses` and the
 /// Secrets and ConfigMaps of the namespace, with their current states.
@@ -30,6 +30,7 @@ use super::uses::{Need, Uses};
 pub fn desired_members(
     policy: &ReloadPolicy,
     uses: &Uses,
+    keys: &KeyUses,
     resources: &BTreeMap<ResourceRef, ResourceState>,
 ) -> Members {
     let named = ResourceKind::ALL
@@ -49,8 +50,9 @@ pub fn desired_members(
             policy
                 .reacts_to(resource, uses.contains_key(resource), flags)
                 .then(|| {
-                    let member =
-                        state.map_or(MemberState::Absent, |s| MemberState::Present(s.digest));
+                    let member = state.map_or(MemberState::Absent, |s| {
+                        MemberState::Present(s.digest_for(keys.get(resource).map(|k| &k[..])))
+                    });
                     (resource.clone(), member)
                 })
         })
@@ -64,15 +66,28 @@ pub fn desired_members(
 pub fn unreacted_uses(
     policy: &ReloadPolicy,
     uses: &Uses,
+    keys: &KeyUses,
     resources: &BTreeMap<ResourceRef, ResourceState>,
 ) -> Members {
     uses.keys()
         .filter_map(|resource| {
             let state = resources.get(resource)?;
+            let digest = state.digest_for(keys.get(resource).map(|k| &k[..]));
             (!policy.reacts_to(resource, true, state.flags))
-                .then(|| (resource.clone(), MemberState::Present(state.digest)))
+                .then(|| (resource.clone(), MemberState::Present(digest)))
         })
         .collect()
+}
+
+/// The id a workload's record is made with: the digest key's, marked when
+/// some resource is read key by key (a workload switching between the two
+/// is re-recorded, never restarted, since its digests change form).
+pub fn record_key_id(key_id: &str, keys: &KeyUses) -> String {
+    if keys.is_empty() {
+        key_id.to_owned()
+    } else {
+        format!("{key_id}.keys")
+    }
 }
 
 /// Why the record is rewritten without a restart.
@@ -464,9 +479,12 @@ mod tests {
     fn state(text: &str) -> ResourceState {
         ResourceState {
             digest: digest(text),
+            entries: Box::default(),
             flags: ResourceFlags::default(),
             version: None,
             data_version: None,
+            resume: None,
+            writer: None,
         }
     }
 
@@ -492,7 +510,7 @@ mod tests {
             ("reloader.stakater.com/auto", "true"),
             ("secret.reloader.stakater.com/reload", "named-.*"),
         ]);
-        let members = desired_members(&p, &uses, &resources);
+        let members = desired_members(&p, &uses, &KeyUses::new(), &resources);
         let expected: Members = [
             (ResourceRef::secret("missing"), MemberState::Absent),
             (
@@ -522,6 +540,7 @@ mod tests {
         let members = desired_members(
             &policy(&[("reloader.stakater.com/search", "true")]),
             &uses,
+            &KeyUses::new(),
             &resources,
         );
         assert_eq!(

@@ -111,6 +111,17 @@ impl DigestKey {
         finish(mac)
     }
 
+    /// Digest of one entry (key and value) of a Secret or ConfigMap, for
+    /// key-level restarts (see [`Digest::of_keys`]).
+    pub fn entry(&self, object: Object<'_>, key: &str, value: &[u8]) -> Digest {
+        let mut mac = self.mac_of(b'K', object);
+        for part in [key.as_bytes(), value] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        finish(mac)
+    }
+
     /// The MAC of one object's digest: kind, namespace and name first.
     fn mac_of(&self, kind: u8, object: Object<'_>) -> Hmac<Sha256> {
         let mut mac = self.mac();
@@ -163,6 +174,33 @@ fn finish(mac: Hmac<Sha256>) -> Digest {
 /// The keyed digest of one resource's data.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Digest([u8; DIGEST_LEN]);
+
+impl Digest {
+    /// The digest of some keys of a resource, from its entries' keyed
+    /// digests (sorted by key): it changes when one of `keys` is added,
+    /// removed or gets another value, and only then. Never equal to a
+    /// whole-resource digest, so a workload switching between key-level and
+    /// whole uses is re-recorded, not restarted (its record's key id differs).
+    pub fn of_keys(entries: &[(String, Digest)], keys: &[String]) -> Digest {
+        use sha2::Digest as _;
+        let mut hash = Sha256::new();
+        hash.update(b"kvsync reload keys v1");
+        for key in keys {
+            hash.update((key.len() as u64).to_be_bytes());
+            hash.update(key.as_bytes());
+            match entries.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+                Ok(i) => {
+                    hash.update([1]);
+                    hash.update(entries[i].1.0);
+                }
+                Err(_) => hash.update([0]),
+            }
+        }
+        let mut digest = [0; DIGEST_LEN];
+        digest.copy_from_slice(&hash.finalize()[..DIGEST_LEN]);
+        Digest(digest)
+    }
+}
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

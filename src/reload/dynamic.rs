@@ -20,6 +20,7 @@ use super::index::WorkloadObservation;
 use super::kinds::{RestartMethod, WorkloadKind, WorkloadRef};
 use super::observe::{WorkloadView, observe_workload};
 use super::record::parse_time;
+use super::rollout::{self, Progress};
 use crate::api::contract::RESTARTED_AT_ANNOTATION;
 use crate::api::contract::reloader::ROLLOUT_STRATEGY;
 
@@ -80,6 +81,13 @@ pub struct Rollout {
     metadata: ObjectMeta,
     #[serde(default)]
     spec: RolloutSpec,
+    #[serde(default)]
+    status: RolloutStatus,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RolloutStatus {
+    phase: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +131,9 @@ impl WorkloadView for Rollout {
             .and_then(|a| parse_time(a.get(RESTARTED_AT_ANNOTATION).map(String::as_str)));
         let from_restart_at = parse_time(self.spec.restart_at.as_deref());
         from_template.max(from_restart_at)
+    }
+    fn progress(&self) -> Progress {
+        rollout::argo_phase(self.status.phase.as_deref())
     }
 }
 

@@ -2,7 +2,8 @@
 //! `Reloaded` after a restart, naming the resources that changed (names only,
 //! never values), `ReloadAwaitingPodDeletion` where the pods take a change
 //! only when deleted (`updateStrategy: OnDelete`), and a `Warning` for
-//! annotation values that had to be skipped.
+//! annotation values that had to be skipped and for a rollout that failed
+//! and halted a change (`RolloutHalted`, see `super::waves`).
 //!
 //! Written directly rather than through kube's `Recorder`, which folds events
 //! with the same reason into one series and would keep showing the first
@@ -14,9 +15,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 
 use super::annotations::PolicyProblem;
-use super::kinds::WorkloadRef;
+use super::kinds::{ResourceRef, WorkloadRef};
 use super::metrics::{Failure, ReloadMetrics};
-use crate::api::contract::RELOAD_EVENT_REPORTER;
+use crate::api::contract::{RELOAD_EVENT_REPORTER, RESUME_ROLLOUT_ANNOTATION};
 use crate::events::{Reporting, Said};
 
 /// Publishes Events in the background: a failed Event never holds up or
@@ -111,6 +112,23 @@ impl EventPublisher {
             regarding.reference(),
             "Warning",
             "ReloadRefused",
+            "Restart",
+            note,
+        );
+    }
+
+    /// This workload's rollout failed and halted the change of `resource`
+    /// (`change`: its id): the workloads of later waves keep their old pods.
+    pub fn rollout_halted(&self, regarding: Regarding<'_>, resource: &ResourceRef, change: &str) {
+        let kind = resource.kind.as_str().to_lowercase();
+        let note = format!(
+            "rollout failed; the change {change} of {resource} is halted: the workloads of later waves keep their old pods. Fix this workload and change the data again (a fix or a revert), or resume: kubectl annotate {kind} {name} {RESUME_ROLLOUT_ANNOTATION}={change} --overwrite",
+            name = resource.name,
+        );
+        self.publish(
+            regarding.reference(),
+            "Warning",
+            "RolloutHalted",
             "Restart",
             note,
         );

@@ -29,6 +29,7 @@
 //! is rebuilt from each workload observation as it is applied.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Instant;
 
 use time::OffsetDateTime;
 
@@ -36,12 +37,15 @@ use super::annotations::{PolicyProblem, ReloadPolicy, ResourceFlags};
 use super::digest::Digest;
 use super::kinds::{ResourceKind, ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::record::Applied;
-use super::uses::Uses;
+use super::rollout::Progress;
+use super::uses::{KeyUses, Uses};
 
 /// What is kept of one Secret or ConfigMap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResourceState {
     pub digest: Digest,
+    /// Each key's digest, sorted by key (see [`Digest::of_keys`]).
+    pub entries: Box<[(String, Digest)]>,
     pub flags: ResourceFlags,
     /// `metadata.resourceVersion` when numeric, to drop observations older
     /// than one already applied (a fast-path read racing a watch event).
@@ -49,6 +53,33 @@ pub struct ResourceState {
     /// The `version` at which the data last changed while kvsync watched;
     /// kept by the index (observations leave it `None`).
     pub data_version: Option<u64>,
+    /// [`crate::api::contract::RESUME_ROLLOUT_ANNOTATION`]: the change id a
+    /// person resumed after a halted wave.
+    pub resume: Option<String>,
+    /// The KeyVaultSecret that writes it (a Secret kvsync created or merged
+    /// into): its rollout is summarized for that object's status.
+    pub writer: Option<String>,
+}
+
+impl ResourceState {
+    /// The id of the data's present state, as a halt names it and
+    /// [`crate::api::contract::RESUME_ROLLOUT_ANNOTATION`] takes it.
+    pub fn change_id(&self) -> String {
+        self.digest.to_string()[..12].to_owned()
+    }
+
+    /// The digest a workload reading `keys` of it records (`None`: all).
+    pub fn digest_for(&self, keys: Option<&[String]>) -> Digest {
+        match keys {
+            None => self.digest,
+            Some(keys) => Digest::of_keys(&self.entries, keys),
+        }
+    }
+
+    /// Whether a person resumed the present change.
+    pub fn resumed(&self) -> bool {
+        self.resume.as_deref() == Some(self.change_id().as_str())
+    }
 }
 
 /// What is kept of one workload.
@@ -61,6 +92,9 @@ pub struct WorkloadState {
     /// Annotation values the policy had to skip.
     pub problems: Vec<PolicyProblem>,
     pub uses: Uses,
+    /// The resources it reads only some keys of (see [`super::uses::key_uses`]);
+    /// empty with `kvsync.io/reload-keys: any`.
+    pub keys: KeyUses,
     pub applied: Applied,
     /// When to time the next restart from (see
     /// [`super::decide::effective_last_restart`]).
@@ -91,6 +125,13 @@ pub struct WorkloadState {
     pub earlier_templates: EarlierTemplates,
     /// Being deleted: never restarted.
     pub deleting: bool,
+    /// [`crate::api::contract::ROLLOUT_WAVE_ANNOTATION`].
+    pub wave: Option<u32>,
+    /// How far its rollout has come (see [`super::rollout`]).
+    pub progress: Progress,
+    /// Since when this process has seen it `Progressing`, for
+    /// `--progress-deadline`; kept by the index (observations leave it `None`).
+    pub progressing_since: Option<Instant>,
 }
 
 impl WorkloadState {
@@ -98,6 +139,7 @@ impl WorkloadState {
     fn decides_like(&self, other: &WorkloadState) -> bool {
         self.policy == other.policy
             && self.uses == other.uses
+            && self.keys == other.keys
             && self.applied == other.applied
             && self.last_restart == other.last_restart
             && self.restart == other.restart
@@ -106,6 +148,7 @@ impl WorkloadState {
             && self.reloader_paused_since == other.reloader_paused_since
             && self.template_version == other.template_version
             && self.deleting == other.deleting
+            && self.wave == other.wave
     }
 
     fn numeric_version(&self) -> Option<u64> {
@@ -173,7 +216,11 @@ pub enum ResourceChange {
     Stale,
     /// Same data and flags (a metadata-only update or a no-op write); this
     /// many workloads react to the resource and were left alone.
-    Unchanged { reacting: usize },
+    Unchanged {
+        reacting: usize,
+        /// [`ResourceState::resume`] changed.
+        resume_changed: bool,
+    },
     /// Data or flags changed: these workloads need a look.
     Changed { affected: Vec<WorkloadRef> },
 }
@@ -183,6 +230,9 @@ pub enum ResourceChange {
 pub struct WorkloadChange {
     /// Something that feeds the decision changed (or the workload is new).
     pub needs_evaluation: bool,
+    /// Its rollout's [`Progress`] changed (the workloads of later waves
+    /// waiting for it need a look).
+    pub progress_changed: bool,
     /// Problems with its annotations not reported before.
     pub new_problems: Vec<PolicyProblem>,
 }
@@ -305,6 +355,7 @@ impl Index {
         } else {
             ResourceChange::Unchanged {
                 reacting: ns.reacting(&namespace, &resource, &flags[1..]).count(),
+                resume_changed: old.is_some_and(|o| o.resume != state.resume),
             }
         };
         ns.resources.insert(resource, state);
@@ -354,8 +405,13 @@ impl Index {
             }
             None => (None, EarlierTemplates::default()),
         };
+        state.progressing_since = (state.progress == Progress::Progressing).then(|| {
+            old.and_then(|old| old.progressing_since)
+                .unwrap_or_else(Instant::now)
+        });
         let change = WorkloadChange {
             needs_evaluation: old.is_none_or(|old| !old.decides_like(&state)),
+            progress_changed: old.is_some_and(|old| old.progress != state.progress),
             new_problems: match old {
                 Some(old) if old.problems == state.problems => Vec::new(),
                 _ => state.problems.clone(),
@@ -403,6 +459,27 @@ impl Index {
     }
 
     /// The Secrets and ConfigMaps of a namespace (empty if none are known).
+    /// The workloads reacting to `resource` as it is now, with their states.
+    pub fn reacting_to(
+        &self,
+        namespace: &str,
+        resource: &ResourceRef,
+    ) -> Vec<(WorkloadRef, &WorkloadState)> {
+        let Some(ns) = self.namespaces.get(namespace) else {
+            return Vec::new();
+        };
+        let flags = [ns
+            .resources
+            .get(resource)
+            .map_or(ResourceFlags::default(), |r| r.flags)];
+        ns.reacting(namespace, resource, &flags)
+            .filter_map(|w| {
+                let state = ns.workloads.get(&(w.kind, w.name.clone()))?;
+                Some((w, state))
+            })
+            .collect()
+    }
+
     pub fn resources(&self, namespace: &str) -> &BTreeMap<ResourceRef, ResourceState> {
         static NONE: BTreeMap<ResourceRef, ResourceState> = BTreeMap::new();
         self.namespaces
@@ -532,6 +609,7 @@ mod tests {
             namespace: ns.into(),
             resource: ResourceRef::secret(name),
             state: ResourceState {
+                entries: Box::default(),
                 digest: key().secret(
                     Object {
                         namespace: ns,
@@ -542,6 +620,8 @@ mod tests {
                 flags: ResourceFlags::default(),
                 version: Some(version),
                 data_version: None,
+                resume: None,
+                writer: None,
             },
         }
     }
@@ -573,6 +653,7 @@ mod tests {
                     .iter()
                     .map(|n| (ResourceRef::secret(*n), crate::reload::uses::Need::Required))
                     .collect(),
+                keys: KeyUses::new(),
                 applied: Applied::Never,
                 last_restart: None,
                 restart_stamp: None,
@@ -585,6 +666,9 @@ mod tests {
                 template_version: None,
                 earlier_templates: EarlierTemplates::default(),
                 deleting: false,
+                wave: None,
+                progress: Progress::NotTracked,
+                progressing_since: None,
             },
         }
     }
@@ -746,7 +830,10 @@ mod tests {
         assert_eq!(affected, std::slice::from_ref(&web.workload));
         assert_eq!(
             index.apply_resource(secret("ns", "db", "v1", 2)),
-            ResourceChange::Unchanged { reacting: 1 }
+            ResourceChange::Unchanged {
+                reacting: 1,
+                resume_changed: false
+            }
         );
         assert_eq!(
             index.apply_resource(secret("ns", "db", "v1", 2)),

@@ -24,6 +24,9 @@
 //!   for a slot under `--max-rollouts-per-second`.
 //! - `kvsync_reload_writes_in_flight`: workload patches (and CronJob Jobs)
 //!   sent and not answered yet; they run concurrently.
+//! - `kvsync_reload_rollouts_held{reason}`: workloads whose restart the wave
+//!   gate holds back: `wave` (an earlier wave is not done yet), `halted` (an
+//!   earlier wave's rollout failed; see `super::waves`).
 //! - `kvsync_reload_watches_unlisted`: watches that have not listed yet
 //!   (`/readyz` names them; see [`Readiness`]).
 
@@ -117,6 +120,7 @@ pub struct ReloadMetrics {
     skipped: Family<ReasonLabel, Counter>,
     errors: Family<ReasonLabel, Counter>,
     queued: Gauge,
+    held: Family<ReasonLabel, Gauge>,
     in_flight: Gauge,
     unlisted: Gauge,
     readiness: Readiness,
@@ -151,6 +155,13 @@ impl ReloadMetrics {
             "Workloads waiting for a slot under --max-rollouts-per-second",
             metrics.queued.clone(),
         );
+        registry.register(
+            "reload_rollouts_held",
+            "Workloads whose restart waits for an earlier wave (wave) or a halted rotation (halted)",
+            metrics.held.clone(),
+        );
+        // Both series from the start, so the alert's query has a series to read.
+        metrics.set_held(0, 0);
         registry.register(
             "reload_writes_in_flight",
             "Workload writes sent and not answered yet",
@@ -196,6 +207,16 @@ impl ReloadMetrics {
     pub fn set_queued(&self, workloads: usize) {
         self.queued
             .set(i64::try_from(workloads).unwrap_or(i64::MAX));
+    }
+
+    /// Workloads held by the wave gate: waiting for an earlier wave, and
+    /// stopped by a halted rotation.
+    pub fn set_held(&self, waiting: usize, halted: usize) {
+        for (reason, count) in [("wave", waiting), ("halted", halted)] {
+            self.held
+                .get_or_create(&ReasonLabel { reason })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn set_writes_in_flight(&self, writes: usize) {

@@ -38,6 +38,7 @@
 //! digest key lives).
 
 pub mod annotations;
+pub mod board;
 pub mod decide;
 pub mod digest;
 pub mod dynamic;
@@ -52,9 +53,11 @@ mod pace;
 mod patch;
 pub mod readiness;
 pub mod record;
+pub mod rollout;
 mod stage;
 pub mod uses;
 mod watch;
+mod waves;
 mod write;
 
 use std::collections::HashMap;
@@ -100,6 +103,19 @@ pub struct ReloadArgs {
     /// server's latency does not lower the rate.
     #[arg(long, env = "KVSYNC_MAX_ROLLOUTS_PER_SECOND", default_value_t = 20)]
     pub max_rollouts_per_second: u32,
+
+    /// Waves of at most this many workloads per change (0: one wave per
+    /// `kvsync.io/rollout-wave` value). A wave starts when the earlier
+    /// waves' rollouts are complete; a failed one halts the change (see
+    /// docs/reload.md, "Waves").
+    #[arg(long, env = "KVSYNC_ROLLOUT_WAVE_SIZE", default_value_t = 0)]
+    pub rollout_wave_size: usize,
+
+    /// A StatefulSet or DaemonSet rollout not complete this long after
+    /// kvsync restarted it counts as failed (Deployments and Argo Rollouts
+    /// have a progress deadline of their own).
+    #[arg(long, env = "KVSYNC_PROGRESS_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub progress_deadline: Duration,
 
     /// Only Secrets and ConfigMaps whose labels match this equality selector
     /// (e.g. `reload=true`) count; the reload stage does not see the others
@@ -168,6 +184,7 @@ pub async fn run(
     operator_namespace: String,
     inbox: ReloadInbox,
     metrics: metrics::ReloadMetrics,
+    board: board::RolloutBoard,
 ) -> Result<(), ReloadError> {
     let key = key_secret::load_or_create(&client, &operator_namespace).await?;
     let key_id = key.id();
@@ -198,6 +215,8 @@ pub async fn run(
         debounce: args.reload_debounce,
         min_reload_interval: args.min_reload_interval,
         max_rollouts_per_second: args.max_rollouts_per_second,
+        wave_size: args.rollout_wave_size,
+        progress_deadline: args.progress_deadline,
         resources_selected,
     };
     tracing::info!(key_id, ?timing, "reload stage starting");
@@ -208,7 +227,7 @@ pub async fn run(
         sources,
         apis,
         namespace_selector,
-        metrics,
+        stage::Reports { metrics, board },
     )
     .run(inputs)
     .await;

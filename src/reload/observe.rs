@@ -10,15 +10,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
-use super::annotations::{Annotations, ReloadPolicy, ResourceFlags};
+use super::annotations::{Annotations, PolicyProblem, ReloadPolicy, ResourceFlags};
 use super::digest::{self, Digest, DigestKey};
 use super::index::{ResourceObservation, ResourceState, WorkloadObservation, WorkloadState};
 use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
 use super::record::{Applied, parse_time};
-use super::uses::uses;
+use super::rollout::{self, Progress};
+use super::uses::{KeyUses, key_uses, uses};
 use crate::api::contract::{
-    DIGEST_ANNOTATION, JOB_PENDING_ANNOTATION, PAUSED_AT_ANNOTATION, PENDING_ANNOTATION,
-    RESTARTED_AT_ANNOTATION, reloader,
+    DIGEST_ANNOTATION, JOB_PENDING_ANNOTATION, MERGED_BY_ANNOTATION, OWNER_ANNOTATION,
+    PAUSED_AT_ANNOTATION, PENDING_ANNOTATION, RELOAD_KEYS_ANNOTATION, RESTARTED_AT_ANNOTATION,
+    RESUME_ROLLOUT_ANNOTATION, ROLLOUT_WAVE_ANNOTATION, reloader,
 };
 
 /// What the reload stage reads of a workload, whatever API serves it.
@@ -32,6 +34,10 @@ pub trait WorkloadView {
     }
     fn restart_method(&self) -> RestartMethod {
         RestartMethod::PodTemplate
+    }
+    /// How far its rollout has come, as its status says.
+    fn progress(&self) -> Progress {
+        Progress::NotTracked
     }
     /// When kvsync (or Reloader's `restartAt`) last restarted it.
     fn last_restart(&self) -> Option<OffsetDateTime> {
@@ -69,6 +75,9 @@ impl WorkloadView for Deployment {
     fn paused(&self) -> bool {
         self.spec.as_ref().and_then(|s| s.paused).unwrap_or(false)
     }
+    fn progress(&self) -> Progress {
+        rollout::deployment(self)
+    }
 }
 
 impl WorkloadView for StatefulSet {
@@ -83,6 +92,9 @@ impl WorkloadView for StatefulSet {
         let strategy = self.spec.as_ref().and_then(|s| s.update_strategy.as_ref());
         update_strategy(strategy.and_then(|s| s.type_.as_deref()))
     }
+    fn progress(&self) -> Progress {
+        rollout::stateful_set(self)
+    }
 }
 
 impl WorkloadView for DaemonSet {
@@ -96,6 +108,9 @@ impl WorkloadView for DaemonSet {
     fn restart_method(&self) -> RestartMethod {
         let strategy = self.spec.as_ref().and_then(|s| s.update_strategy.as_ref());
         update_strategy(strategy.and_then(|s| s.type_.as_deref()))
+    }
+    fn progress(&self) -> Progress {
+        rollout::daemon_set(self)
     }
 }
 
@@ -125,6 +140,8 @@ pub trait ResourceObject:
 {
     fn reference(name: String) -> ResourceRef;
     fn digest(&self, key: &DigestKey) -> Digest;
+    /// Each key's digest, sorted by key (for key-level restarts).
+    fn entries(&self, key: &DigestKey) -> Box<[(String, Digest)]>;
 }
 
 impl ResourceObject for Secret {
@@ -133,6 +150,14 @@ impl ResourceObject for Secret {
     }
     fn digest(&self, key: &DigestKey) -> Digest {
         key.secret(digested(self), self.data.as_ref())
+    }
+    fn entries(&self, key: &DigestKey) -> Box<[(String, Digest)]> {
+        let object = digested(self);
+        self.data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), key.entry(object, k, &v.0)))
+            .collect()
     }
 }
 
@@ -146,6 +171,21 @@ impl ResourceObject for ConfigMap {
             self.data.as_ref(),
             self.binary_data.as_ref(),
         )
+    }
+    fn entries(&self, key: &DigestKey) -> Box<[(String, Digest)]> {
+        let object = digested(self);
+        let text = self.data.iter().flatten().map(|(k, v)| (k, v.as_bytes()));
+        let binary = self
+            .binary_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k, v.0.as_slice()));
+        let mut entries: Vec<(String, Digest)> = text
+            .chain(binary)
+            .map(|(k, v)| (k.clone(), key.entry(object, k, v)))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.into()
     }
 }
 
@@ -173,6 +213,7 @@ pub fn observe_resource<R: ResourceObject>(
         resource: R::reference(meta.name.clone()?),
         state: ResourceState {
             digest: object.digest(key),
+            entries: object.entries(key),
             flags: meta
                 .annotations
                 .as_ref()
@@ -180,8 +221,15 @@ pub fn observe_resource<R: ResourceObject>(
                 .unwrap_or_default(),
             version: numeric_version(meta),
             data_version: None,
+            resume: annotation(meta, RESUME_ROLLOUT_ANNOTATION),
+            writer: annotation(meta, OWNER_ANNOTATION)
+                .or_else(|| annotation(meta, MERGED_BY_ANNOTATION)),
         },
     })
+}
+
+fn annotation(meta: &ObjectMeta, name: &str) -> Option<String> {
+    meta.annotations.as_ref()?.get(name).cloned()
 }
 
 /// `None` for an object without name or namespace (never sent by a server).
@@ -193,7 +241,9 @@ pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservati
     let template_annotations = template
         .and_then(|t| t.metadata.as_ref()?.annotations.as_ref())
         .unwrap_or(&NONE);
-    let (policy, problems) = ReloadPolicy::parse(W::KIND, annotations, template_annotations);
+    let (policy, mut problems) = ReloadPolicy::parse(W::KIND, annotations, template_annotations);
+    let wave = wave(annotations, &mut problems);
+    let restart = object.restart_method();
     Some(WorkloadObservation {
         workload: WorkloadRef {
             kind: W::KIND,
@@ -209,12 +259,20 @@ pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservati
                 .and_then(|t| t.spec.as_ref())
                 .map(uses)
                 .unwrap_or_default(),
+            keys: if annotations.get(RELOAD_KEYS_ANNOTATION).map(String::as_str) == Some("any") {
+                KeyUses::new()
+            } else {
+                template
+                    .and_then(|t| t.spec.as_ref())
+                    .map(key_uses)
+                    .unwrap_or_default()
+            },
             applied: Applied::from_annotation(
                 annotations.get(DIGEST_ANNOTATION).map(String::as_str),
             ),
             last_restart: object.last_restart(),
             restart_stamp: object.last_restart(),
-            restart: object.restart_method(),
+            restart,
             paused_at: parse_time(annotations.get(PAUSED_AT_ANNOTATION).map(String::as_str)),
             pending_mark: annotations.get(PENDING_ANNOTATION).cloned(),
             job_pending: annotations.get(JOB_PENDING_ANNOTATION).cloned(),
@@ -223,8 +281,31 @@ pub fn observe_workload<W: WorkloadView>(object: &W) -> Option<WorkloadObservati
             template_version: None,
             earlier_templates: Default::default(),
             deleting: meta.deletion_timestamp.is_some(),
+            wave,
+            progress: object.progress(),
+            progressing_since: None,
         },
     })
+}
+
+/// The highest wave number accepted (a bound, so a number stays a number).
+const MAX_WAVE: u32 = 1_000_000;
+
+/// [`ROLLOUT_WAVE_ANNOTATION`]; a value that is not a wave number is
+/// reported and the workload goes with the unannotated ones.
+fn wave(annotations: &Annotations, problems: &mut Vec<PolicyProblem>) -> Option<u32> {
+    let value = annotations.get(ROLLOUT_WAVE_ANNOTATION)?;
+    match value.trim().parse::<u32>() {
+        Ok(wave) if wave <= MAX_WAVE => Some(wave),
+        _ => {
+            problems.push(PolicyProblem {
+                annotation: ROLLOUT_WAVE_ANNOTATION,
+                value: value.chars().take(64).collect(),
+                reason: format!("is not a wave number (0 to {MAX_WAVE})"),
+            });
+            None
+        }
+    }
 }
 
 /// When Reloader paused this workload, if it did and it is still paused

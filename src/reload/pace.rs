@@ -62,6 +62,10 @@ impl<K: Ord + Hash + Clone> Schedule<K> {
         }
     }
 
+    pub fn contains(&self, key: &K) -> bool {
+        self.by_key.contains_key(key)
+    }
+
     /// The earliest due time, if anything is scheduled.
     pub fn next_due(&self) -> Option<Instant> {
         self.due.first().map(|(at, _)| *at)
@@ -178,6 +182,11 @@ impl<K: Hash + Eq + Clone, G: Hash + Eq + Clone> Pacer<K, G> {
             self.queues.remove(&group);
             self.turns.retain(|turn| *turn != group);
         }
+    }
+
+    /// Whether `key` waits for its turn.
+    pub fn contains(&self, key: &K) -> bool {
+        self.waiting.contains_key(key)
     }
 
     /// How many workloads wait for their turn.

@@ -6,6 +6,12 @@
 //! `env[].valueFrom` and `envFrom` references always count. Projected volume
 //! sources count like plain volumes.
 //!
+//! Key-level uses ([`key_uses`]): a resource read only through some of its
+//! keys — `env[].valueFrom.secretKeyRef`/`configMapKeyRef`, a volume or
+//! projected source with `items` — restarts the workload only when one of
+//! those keys changes; any whole-object use of the same resource (`envFrom`,
+//! a volume without `items`) makes every key count.
+//!
 //! A reference is *required* unless marked `optional: true`; one required
 //! reference makes the resource required. A pod cannot start while a
 //! required resource is missing — the kubelet keeps retrying and starts it
@@ -13,7 +19,9 @@
 
 use litemap::LiteMap;
 
-use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{Container, KeyToPath, PodSpec, Volume};
 
 use super::kinds::ResourceRef;
 
@@ -50,6 +58,107 @@ pub fn uses(spec: &PodSpec) -> Uses {
         env_sources(container, &mut used);
     }
     used
+}
+
+/// The resources used only through some of their keys, with those keys
+/// (sorted, each once); a resource absent here is used whole.
+pub type KeyUses = LiteMap<ResourceRef, Box<[String]>>;
+
+/// The keys of a resource one reference reads (`None`: all of them).
+type Read = Option<BTreeSet<String>>;
+
+/// What `spec` reads of each resource, key by key where it can tell.
+pub fn key_uses(spec: &PodSpec) -> KeyUses {
+    let containers = || {
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+    };
+    let mut read: LiteMap<ResourceRef, Read> = LiteMap::new();
+    let mut note = |resource: ResourceRef, keys: Read| {
+        let entry = read
+            .entry(resource)
+            .or_insert_with(|| Some(BTreeSet::new()));
+        match (entry.as_mut(), keys) {
+            (Some(known), Some(keys)) => known.extend(keys),
+            _ => *entry = None,
+        }
+    };
+    let items = |items: Option<&Vec<KeyToPath>>| -> Read {
+        items.map(|items| items.iter().map(|i| i.key.clone()).collect())
+    };
+    for volume in spec.volumes.iter().flatten() {
+        let mounted = containers().any(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == volume.name)
+        });
+        if !mounted {
+            continue;
+        }
+        if let Some(secret) = &volume.secret
+            && let Some(name) = &secret.secret_name
+        {
+            note(ResourceRef::secret(name), items(secret.items.as_ref()));
+        }
+        if let Some(config_map) = &volume.config_map {
+            note(
+                ResourceRef::config_map(&config_map.name),
+                items(config_map.items.as_ref()),
+            );
+        }
+        for projection in volume
+            .projected
+            .iter()
+            .flat_map(|p| p.sources.iter().flatten())
+        {
+            if let Some(secret) = &projection.secret {
+                note(
+                    ResourceRef::secret(&secret.name),
+                    items(secret.items.as_ref()),
+                );
+            }
+            if let Some(config_map) = &projection.config_map {
+                note(
+                    ResourceRef::config_map(&config_map.name),
+                    items(config_map.items.as_ref()),
+                );
+            }
+        }
+    }
+    for container in containers() {
+        for source in container
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| e.value_from.as_ref())
+        {
+            if let Some(key) = &source.secret_key_ref {
+                note(
+                    ResourceRef::secret(&key.name),
+                    Some([key.key.clone()].into()),
+                );
+            }
+            if let Some(key) = &source.config_map_key_ref {
+                note(
+                    ResourceRef::config_map(&key.name),
+                    Some([key.key.clone()].into()),
+                );
+            }
+        }
+        for source in container.env_from.iter().flatten() {
+            if let Some(secret) = &source.secret_ref {
+                note(ResourceRef::secret(&secret.name), None);
+            }
+            if let Some(config_map) = &source.config_map_ref {
+                note(ResourceRef::config_map(&config_map.name), None);
+            }
+        }
+    }
+    read.into_iter()
+        .filter_map(|(resource, keys)| Some((resource, keys?.into_iter().collect())))
+        .collect()
 }
 
 /// Records a reference; `Required` wins over `Optional`.
@@ -175,6 +284,44 @@ mod tests {
         ]
         .into();
         assert_eq!(uses(&spec).keys().cloned().collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn keys_read_one_by_one_are_known_and_a_whole_use_wins() {
+        let spec = spec(json!({
+            "containers": [{
+                "name": "app",
+                "env": [
+                    {"name": "A", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                    {"name": "B", "valueFrom": {"secretKeyRef": {"name": "db", "key": "user"}}},
+                    {"name": "C", "valueFrom": {"secretKeyRef": {"name": "mixed", "key": "k"}}},
+                    {"name": "D", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "port"}}}
+                ],
+                "envFrom": [{"secretRef": {"name": "mixed"}}],
+                "volumeMounts": [{"name": "v", "mountPath": "/v"}, {"name": "p", "mountPath": "/p"}, {"name": "w", "mountPath": "/w"}]
+            }],
+            "volumes": [
+                {"name": "v", "secret": {"secretName": "tls", "items": [{"key": "tls.crt", "path": "crt"}]}},
+                {"name": "w", "secret": {"secretName": "whole"}},
+                {"name": "p", "projected": {"sources": [
+                    {"configMap": {"name": "proj", "items": [{"key": "a", "path": "a"}]}}
+                ]}}
+            ]
+        }));
+        let keys = key_uses(&spec);
+        let listed = |k: &[&str]| -> Box<[String]> { k.iter().map(|s| s.to_string()).collect() };
+        let expected: KeyUses = [
+            (ResourceRef::config_map("cm"), listed(&["port"])),
+            (ResourceRef::config_map("proj"), listed(&["a"])),
+            (ResourceRef::secret("db"), listed(&["password", "user"])),
+            (ResourceRef::secret("tls"), listed(&["tls.crt"])),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            keys, expected,
+            "mixed (envFrom too) and whole are used whole"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::events::ObjectEvents;
 use super::identity::WorkloadAnnotations;
@@ -38,6 +39,7 @@ use super::shares::Shares;
 use super::values;
 use crate::api::KeyVaultSecret;
 use crate::reload::ReloadNotifier;
+use crate::reload::board::RolloutBoard;
 use crate::scope::ScopeArgs;
 use crate::vault::VaultAccess;
 
@@ -48,6 +50,10 @@ pub struct Context {
     /// Events on KeyVaultSecrets, one recorder per object (see [`super::events`]).
     pub events: ObjectEvents,
     pub notifier: ReloadNotifier,
+    /// The reload stage's rollout summaries of the Secrets (see [`super::rollout`]).
+    pub rollouts: RolloutBoard,
+    /// KeyVaultSecrets whose Secret's summary changed (namespace, name); taken by the controller.
+    pub(super) rollout_feed: Mutex<Option<UnboundedReceiver<(String, String)>>>,
     pub metrics: SyncMetrics,
     pub scope: ScopeArgs,
     pub operator_identity_namespaces: Vec<String>,
@@ -85,6 +91,7 @@ impl Context {
         vault: VaultAccess,
         events: ObjectEvents,
         notifier: ReloadNotifier,
+        (rollouts, rollout_feed): (RolloutBoard, UnboundedReceiver<(String, String)>),
         metrics: SyncMetrics,
         scope: ScopeArgs,
         operator_identity_namespaces: Vec<String>,
@@ -100,6 +107,8 @@ impl Context {
             vault,
             events,
             notifier,
+            rollouts,
+            rollout_feed: Mutex::new(Some(rollout_feed)),
             metrics,
             scope,
             operator_identity_namespaces,

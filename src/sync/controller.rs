@@ -112,6 +112,7 @@ where
     }
     // Vault changes found by the listing pollers sync the affected objects at once.
     if let Some(mut feed) = ctx.vault.take_change_feed() {
+        let routes = routes.clone();
         tokio::spawn(async move {
             while let Some(key) = feed.recv().await {
                 let Some(key) = ObjectKey::parse(&key) else {
@@ -123,6 +124,20 @@ where
                     .or_else(|| routes.get(&None));
                 if let Some(route) = route {
                     let _ = route.send(ObjectRef::<KeyVaultSecret>::new(name).within(namespace));
+                }
+            }
+        });
+    }
+    // Secrets whose rollout summary changed update their objects' status.
+    if let Some(mut feed) = ctx.rollout_feed.lock().unwrap().take() {
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            while let Some((namespace, name)) = feed.recv().await {
+                let route = routes
+                    .get(&Some(namespace.clone()))
+                    .or_else(|| routes.get(&None));
+                if let Some(route) = route {
+                    let _ = route.send(ObjectRef::<KeyVaultSecret>::new(&name).within(&namespace));
                 }
             }
         });

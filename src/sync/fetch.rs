@@ -3,23 +3,36 @@
 //! ```text
 //!  spec.data[] / spec.dataFrom[] ──▶ Fetcher (each distinct ref read once per sync,
 //!                                    │        at the sync's Freshness)
+//!                                    │   latest version not valid yet (nbf > now, Respect),
+//!                                    │   or a previousSecretKey ──▶ the secret's versions
+//!                                    │        (listed once per new version) ──▶ vault::choose:
+//!                                    │        current · pending (status, wake at nbf) · previous
 //!                                    └──▶ render (pure) ──▶ dataFrom keys shaped (keys.rs)
-//!                                                       ──▶ Rendered { data, versions }
+//!                                                       ──▶ Rendered { data, versions, expires, pending }
 //! ```
 //!
 //! All or nothing: the first failure ends the sync and nothing is written.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use regex::Regex;
 
 use super::context::Context;
 use super::error::SyncError;
 use super::keys::KeyShaping;
 use super::render::{self, RenderError};
-use crate::api::{DataFromSource, DeletionPolicy, KeyVaultSecretSpec, MetadataPolicy};
-use crate::vault::{Freshness, Identity, Interest, RemoteSecret, RemoteSecretInfo, VaultError};
+use crate::api::{
+    DataFromSource, DeletionPolicy, KeyVaultSecretSpec, MAX_REFRESH_INTERVAL, MetadataPolicy,
+    NotBeforePolicy, PendingVersion,
+};
+use crate::vault::{
+    Freshness, Identity, Interest, RemoteSecret, RemoteSecretInfo, VaultError, VersionInfo, choose,
+    previous_of, valid,
+};
 
 /// A vault secret as one sync asked for it: name, pinned version, as PEM.
 type RefKey = (String, Option<String>, bool);
@@ -31,8 +44,29 @@ pub struct Rendered {
     /// pinned ones, so one secret referenced both ways is recorded
     /// deterministically.
     pub versions: BTreeMap<String, String>,
-    /// The earliest `exp` (Unix seconds) among the versions read, if any has one.
+    /// The earliest `exp` (Unix seconds) among the versions in `secretKey`s
+    /// (not previous values: their expiry is why they were replaced).
     pub expires: Option<i64>,
+    /// Newer versions not valid yet, earliest first: the Secret changes at
+    /// their `notBefore`.
+    pub pending: Vec<PendingVersion>,
+}
+
+impl Rendered {
+    /// How long from `now` until the first pending version is valid (at
+    /// most the longest refresh interval, so that a far `nbf` never
+    /// overflows a timer).
+    pub fn until_next_switch(&self, now: Timestamp) -> Option<Duration> {
+        let first = self.pending.iter().map(|p| p.not_before.0).min()?;
+        Some(until(first, now))
+    }
+}
+
+/// The wait from `now` until `at`: none if passed, at most [`MAX_REFRESH_INTERVAL`].
+fn until(at: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now))
+        .unwrap_or_default()
+        .min(MAX_REFRESH_INTERVAL)
 }
 
 /// The vault secrets a spec depends on (for change notifications).
@@ -74,8 +108,13 @@ pub async fn fetch_and_render(
             vault_url: &spec.vault_url,
             identity,
             freshness,
+            now: Timestamp::now(),
             absent_ok: spec.target.deletion_policy != DeletionPolicy::Retain,
             seen: BTreeMap::new(),
+            versions: BTreeMap::new(),
+            used: BTreeMap::new(),
+            expires: None,
+            pending: BTreeMap::new(),
             listing: None,
             listing_outdated: false,
         };
@@ -99,18 +138,29 @@ async fn render_all(
         let remote_ref = &entry.remote_ref;
         let value = match remote_ref.metadata_policy {
             MetadataPolicy::None => {
-                let version = remote_ref.version.as_deref();
-                let Some(remote) = fetcher
-                    .get_present(&remote_ref.name, version, false)
-                    .await?
-                else {
+                let asked = Ref {
+                    name: &remote_ref.name,
+                    version: remote_ref.version.as_deref(),
+                    as_pem: false,
+                    not_before: remote_ref.not_before_policy,
+                };
+                let with_previous = entry.previous_secret_key.is_some();
+                let Some(resolved) = fetcher.resolve(asked, with_previous).await? else {
                     continue;
                 };
-                render::render_ref(
-                    &remote,
-                    remote_ref.property.as_deref(),
-                    remote_ref.decoding_strategy,
-                )?
+                let render = |remote: &RemoteSecret| {
+                    render::render_ref(
+                        remote,
+                        remote_ref.property.as_deref(),
+                        remote_ref.decoding_strategy,
+                    )
+                };
+                if let (Some(key), Some(previous)) =
+                    (&entry.previous_secret_key, &resolved.previous)
+                {
+                    parts.push(BTreeMap::from([(key.clone(), render(previous)?)]));
+                }
+                render(&resolved.current)?
             }
             MetadataPolicy::Fetch => {
                 let Some(info) = fetcher.info(&remote_ref.name).await? else {
@@ -128,10 +178,15 @@ async fn render_all(
     for (index, entry) in spec.data_from.iter().enumerate() {
         let part = match entry.source() {
             Some(DataFromSource::Extract(extract)) => {
-                let version = extract.version.as_deref();
-                match fetcher.get_present(&extract.name, version, false).await? {
-                    Some(remote) => render::render_extract(
-                        &remote,
+                let asked = Ref {
+                    name: &extract.name,
+                    version: extract.version.as_deref(),
+                    as_pem: false,
+                    not_before: extract.not_before_policy,
+                };
+                match fetcher.resolve(asked, false).await? {
+                    Some(resolved) => render::render_extract(
+                        &resolved.current,
                         extract.property.as_deref(),
                         extract.decoding_strategy,
                     )?,
@@ -151,7 +206,10 @@ async fn render_all(
                 }
                 let (mut found, mut bytes) = (BTreeMap::new(), 0);
                 for name in names {
-                    let Some(remote) = fetcher.get_listed(&name, &listing).await? else {
+                    let Some(remote) = fetcher
+                        .get_listed(&name, &listing, find.not_before_policy)
+                        .await?
+                    else {
                         continue;
                     };
                     let value = render::render_ref(&remote, None, find.decoding_strategy)?;
@@ -164,12 +222,14 @@ async fn render_all(
                 found
             }
             Some(DataFromSource::Certificate(certificate)) => {
-                let version = certificate.version.as_deref();
-                match fetcher
-                    .get_present(&certificate.name, version, true)
-                    .await?
-                {
-                    Some(remote) => render::render_certificate(&remote)?,
+                let asked = Ref {
+                    name: &certificate.name,
+                    version: certificate.version.as_deref(),
+                    as_pem: true,
+                    not_before: certificate.not_before_policy,
+                };
+                match fetcher.resolve(asked, false).await? {
+                    Some(resolved) => render::render_certificate(&resolved.current)?,
                     None => BTreeMap::new(),
                 }
             }
@@ -187,9 +247,35 @@ async fn render_all(
     }
     Ok(Rendered {
         data: render::merge(parts)?,
-        versions: fetcher.versions(),
-        expires: fetcher.seen.values().filter_map(|read| read.expires).min(),
+        versions: std::mem::take(&mut fetcher.used),
+        expires: fetcher.expires,
+        pending: fetcher.pending(),
     })
+}
+
+/// One ref to a vault secret, as a spec entry asks for it.
+#[derive(Clone, Copy)]
+struct Ref<'a> {
+    name: &'a str,
+    /// A pinned version (read as asked, whatever its `nbf`).
+    version: Option<&'a str>,
+    as_pem: bool,
+    not_before: NotBeforePolicy,
+}
+
+/// What a ref puts in the Secret.
+struct Resolved {
+    current: RemoteSecret,
+    /// The previous enabled version, if asked for and there is one.
+    previous: Option<RemoteSecret>,
+}
+
+/// A ref of the latest version at this sync's time (see [`choose`]).
+enum Scheduled {
+    /// This version now, and the one before it if asked for.
+    Current(Box<Resolved>),
+    /// No version is valid yet: the first one starts at this `nbf`.
+    NotYet { starts: i64 },
 }
 
 /// Whether a value read is the version `info` listed (by its `updated`
@@ -229,20 +315,36 @@ struct Fetcher<'a> {
     vault_url: &'a str,
     identity: &'a Identity,
     freshness: Freshness,
+    /// The sync's time: which versions are valid (`nbf` ≤ now).
+    now: Timestamp,
     /// `deletionPolicy` Merge/Delete: a deleted remote secret is absent, not an error.
     absent_ok: bool,
+    /// Every value read in this sync.
     seen: BTreeMap<RefKey, RemoteSecret>,
+    /// Every secret's versions listed in this sync.
+    versions: BTreeMap<String, Arc<[VersionInfo]>>,
+    /// `syncedVersions`: what the Secret gets — the vault name for latest
+    /// refs, `name@version` for pinned ones (so one secret referenced both
+    /// ways is recorded deterministically), `…@previous` for previous values.
+    used: BTreeMap<String, String>,
+    /// The earliest `exp` among the versions in `secretKey`s.
+    expires: Option<i64>,
+    /// Versions not valid yet: (name, version) → `nbf`.
+    pending: BTreeMap<(String, String), i64>,
     listing: Option<Arc<Listing>>,
     /// A value read showed the listing used by a `find` outdated.
     listing_outdated: bool,
 }
 
 impl Fetcher<'_> {
+    /// Reads a value at `freshness` (the sync's, or [`Freshness::Any`] for
+    /// a version chosen from a versions listing).
     async fn get(
         &mut self,
         name: &str,
         version: Option<&str>,
         as_pem: bool,
+        freshness: Freshness,
     ) -> Result<RemoteSecret, SyncError> {
         let version = version.filter(|v| !v.is_empty()).map(str::to_owned);
         let key = (name.to_owned(), version.clone(), as_pem);
@@ -258,7 +360,7 @@ impl Fetcher<'_> {
                 name,
                 version.as_deref(),
                 as_pem,
-                self.freshness,
+                freshness,
             )
             .await;
         self.observe("get", &result);
@@ -267,34 +369,235 @@ impl Fetcher<'_> {
         Ok(remote)
     }
 
-    /// [`Self::get`], with a deleted secret as `None` when the deletion policy allows.
-    async fn get_present(
+    /// What `asked` puts in the Secret now (and the previous version with
+    /// `with_previous`), recorded in `syncedVersions`; `None` for a deleted
+    /// secret when the deletion policy allows. A latest ref whose versions
+    /// are all still to come fails ([`VaultError::NotYetValid`]).
+    async fn resolve(
         &mut self,
-        name: &str,
-        version: Option<&str>,
-        as_pem: bool,
-    ) -> Result<Option<RemoteSecret>, SyncError> {
-        match self.get(name, version, as_pem).await {
+        asked: Ref<'_>,
+        with_previous: bool,
+    ) -> Result<Option<Resolved>, SyncError> {
+        let (name, as_pem) = (asked.name, asked.as_pem);
+        let version = asked.version.filter(|v| !v.is_empty());
+        let read = self.get(name, version, as_pem, self.freshness).await;
+        let read = match read {
             Err(SyncError::Vault {
                 error: VaultError::NotFound(_),
-            }) if self.absent_ok => Ok(None),
-            other => other.map(Some),
+            }) if self.absent_ok => return Ok(None),
+            read => read?,
+        };
+        let resolved = match version {
+            Some(pinned) => {
+                let previous = match with_previous {
+                    true => self.previous_of(asked, &read).await?,
+                    false => None,
+                };
+                self.record(format!("{name}@{pinned}"), &read);
+                Resolved {
+                    current: read,
+                    previous,
+                }
+            }
+            None => match self.schedule(asked, read, with_previous).await? {
+                Scheduled::Current(resolved) => {
+                    self.record(name.to_owned(), &resolved.current);
+                    *resolved
+                }
+                Scheduled::NotYet { starts } => return Err(self.not_yet_valid(name, starts)),
+            },
+        };
+        if let Some(previous) = &resolved.previous {
+            let key = match version {
+                Some(pinned) => format!("{name}@{pinned}@previous"),
+                None => format!("{name}@previous"),
+            };
+            self.used.insert(key, previous.version.clone());
+        }
+        Ok(Some(resolved))
+    }
+
+    /// The version of a latest ref at this sync's time: `latest` itself
+    /// unless it is not valid yet (`nbf` in the future, `Respect`) or the
+    /// previous one is asked for; else the secret's versions decide.
+    async fn schedule(
+        &mut self,
+        asked: Ref<'_>,
+        latest: RemoteSecret,
+        with_previous: bool,
+    ) -> Result<Scheduled, SyncError> {
+        let now = self.now.as_second();
+        let valid_at = (asked.not_before == NotBeforePolicy::Respect).then_some(now);
+        if valid(latest.not_before, valid_at) && !with_previous {
+            return Ok(Scheduled::Current(Box::new(Resolved {
+                current: latest,
+                previous: None,
+            })));
+        }
+        // A version the listing vouched for may be disabled or gone since
+        // it was listed: then it is listed again, as of now.
+        let mut freshness = self.freshness;
+        loop {
+            let versions = self.list_versions(&latest, freshness).await?;
+            let choice = choose(&versions, &latest.version, valid_at);
+            for pending in &choice.pending {
+                let key = (asked.name.to_owned(), pending.version.clone());
+                self.pending.insert(key, pending.not_before.unwrap_or(now));
+            }
+            let Some(current) = choice.current else {
+                let starts = choice.pending.first().and_then(|v| v.not_before);
+                return match starts {
+                    Some(starts) => Ok(Scheduled::NotYet { starts }),
+                    None => Err(VaultError::Disabled(asked.name.to_owned()).into()),
+                };
+            };
+            let previous = choice.previous.filter(|_| with_previous);
+            let outcome = async {
+                let current = self.read_chosen(asked, &latest, current).await?;
+                let previous = match previous {
+                    Some(previous) => Some(self.read_chosen(asked, &latest, previous).await?),
+                    None => None,
+                };
+                Ok::<_, SyncError>(Scheduled::Current(Box::new(Resolved { current, previous })))
+            }
+            .await;
+            match outcome {
+                Ok(scheduled) => return Ok(scheduled),
+                Err(SyncError::Vault {
+                    error: VaultError::Disabled(_) | VaultError::NotFound(_),
+                }) if freshness != Freshness::Now => {
+                    self.versions.remove(asked.name);
+                    freshness = Freshness::Now;
+                }
+                Err(other) => return Err(other),
+            }
         }
     }
 
-    /// The latest value of a secret `listing` names; `None` (and the listing
-    /// marked outdated) when it is gone or disabled since, and the listing
-    /// marked outdated when the value read is of another version than listed.
+    /// The version before `pinned` (the previous value of a pinned ref).
+    async fn previous_of(
+        &mut self,
+        asked: Ref<'_>,
+        pinned: &RemoteSecret,
+    ) -> Result<Option<RemoteSecret>, SyncError> {
+        let versions = self.list_versions(pinned, self.freshness).await?;
+        let valid_at =
+            (asked.not_before == NotBeforePolicy::Respect).then_some(self.now.as_second());
+        match previous_of(&versions, &pinned.version, valid_at) {
+            Some(previous) => {
+                let version = previous.version.clone();
+                self.get_chosen(asked, &version).await.map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The value of a version chosen from a versions listing: `latest`'s
+    /// own when it is that one, else read by version.
+    async fn read_chosen(
+        &mut self,
+        asked: Ref<'_>,
+        latest: &RemoteSecret,
+        chosen: &VersionInfo,
+    ) -> Result<RemoteSecret, SyncError> {
+        if chosen.version == latest.version {
+            return Ok(latest.clone());
+        }
+        self.get_chosen(asked, &chosen.version).await
+    }
+
+    /// A version chosen from a versions listing: any earlier read of it will
+    /// do (Key Vault never changes a version's value).
+    async fn get_chosen(
+        &mut self,
+        asked: Ref<'_>,
+        version: &str,
+    ) -> Result<RemoteSecret, SyncError> {
+        self.get(asked.name, Some(version), asked.as_pem, Freshness::Any)
+            .await
+    }
+
+    /// Records what a ref puts in `secretKey`: its version under `key` in
+    /// `syncedVersions`, its `exp` in the earliest expiry.
+    fn record(&mut self, key: String, current: &RemoteSecret) {
+        self.used.insert(key, current.version.clone());
+        self.expires = self.expires.into_iter().chain(current.expires).min();
+    }
+
+    /// The versions of the secret `read` is a version of, listed at most
+    /// once per sync (and by the vault access once per new version).
+    async fn list_versions(
+        &mut self,
+        read: &RemoteSecret,
+        freshness: Freshness,
+    ) -> Result<Arc<[VersionInfo]>, SyncError> {
+        if let Some(found) = self.versions.get(&read.name) {
+            return Ok(found.clone());
+        }
+        let result = self
+            .ctx
+            .vault
+            .versions(self.vault_url, self.identity, read, freshness)
+            .await;
+        self.observe("versions", &result);
+        let versions = result?;
+        self.versions.insert(read.name.clone(), versions.clone());
+        Ok(versions)
+    }
+
+    fn not_yet_valid(&self, name: &str, starts: i64) -> SyncError {
+        let at = Timestamp::from_second(starts).unwrap_or(Timestamp::MAX);
+        VaultError::NotYetValid {
+            name: name.to_owned(),
+            starts: at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            wait: until(at, self.now),
+        }
+        .into()
+    }
+
+    /// Versions not valid yet, earliest first.
+    fn pending(&self) -> Vec<PendingVersion> {
+        let mut pending: Vec<PendingVersion> = self
+            .pending
+            .iter()
+            .map(|((name, version), &nbf)| PendingVersion {
+                name: name.clone(),
+                version: version.clone(),
+                not_before: Time(Timestamp::from_second(nbf).unwrap_or(Timestamp::MAX)),
+            })
+            .collect();
+        pending.sort_by(|a, b| (a.not_before.0, &a.name).cmp(&(b.not_before.0, &b.name)));
+        pending
+    }
+
+    /// The value a `find` member puts in the Secret now; `None` (and the
+    /// listing marked outdated) when it is gone or disabled since, `None`
+    /// too while none of its versions is valid yet (it is pending), and the
+    /// listing marked outdated when the value read is of another version
+    /// than listed.
     async fn get_listed(
         &mut self,
         name: &str,
         listing: &Listing,
+        not_before: NotBeforePolicy,
     ) -> Result<Option<RemoteSecret>, SyncError> {
-        match self.get(name, None, false).await {
+        match self.get(name, None, false, self.freshness).await {
             Ok(remote) => {
                 let listed = listing.get(name);
                 self.listing_outdated |= !listed.is_some_and(|info| listed_as(info, &remote));
-                Ok(Some(remote))
+                let asked = Ref {
+                    name,
+                    version: None,
+                    as_pem: false,
+                    not_before,
+                };
+                match self.schedule(asked, remote, false).await? {
+                    Scheduled::Current(resolved) => {
+                        self.record(name.to_owned(), &resolved.current);
+                        Ok(Some(resolved.current))
+                    }
+                    Scheduled::NotYet { .. } => Ok(None),
+                }
             }
             Err(SyncError::Vault {
                 error: VaultError::NotFound(_) | VaultError::Disabled(_),
@@ -346,25 +649,37 @@ impl Fetcher<'_> {
             result.as_ref().err().map_or("ok", VaultError::reason),
         );
     }
-
-    /// `syncedVersions` of what was read, in a deterministic order.
-    fn versions(&self) -> BTreeMap<String, String> {
-        self.seen
-            .iter()
-            .map(|((name, pinned, _), remote)| {
-                let key = match pinned {
-                    Some(version) => format!("{name}@{version}"),
-                    None => name.clone(),
-                };
-                (key, remote.version.clone())
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_switch_is_the_earliest_start_and_never_overflows_a_timer() {
+        let now: Timestamp = "2026-12-13T01:59:40Z".parse().unwrap();
+        let pending = |at: &str| PendingVersion {
+            name: "db-password".into(),
+            version: "v".into(),
+            not_before: Time(at.parse().unwrap()),
+        };
+        let rendered = |pending| Rendered {
+            data: BTreeMap::new(),
+            versions: BTreeMap::new(),
+            expires: None,
+            pending,
+        };
+        assert_eq!(rendered(Vec::new()).until_next_switch(now), None);
+        let two = rendered(vec![
+            pending("2026-12-20T02:00:00Z"),
+            pending("2026-12-13T02:00:00Z"),
+        ]);
+        assert_eq!(two.until_next_switch(now), Some(Duration::from_secs(20)));
+        let passed = rendered(vec![pending("2026-12-13T01:00:00Z")]);
+        assert_eq!(passed.until_next_switch(now), Some(Duration::ZERO));
+        let far = rendered(vec![pending("2999-01-01T00:00:00Z")]);
+        assert_eq!(far.until_next_switch(now), Some(MAX_REFRESH_INTERVAL));
+    }
 
     #[test]
     fn a_value_of_another_version_than_listed_shows_the_listing_outdated() {

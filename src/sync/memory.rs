@@ -3,12 +3,14 @@
 //!
 //! ```text
 //!  Memory
-//!   ├─ objects: ObjectKey ─▶ ObjectMemory { failures, force_sync, read_now, read_now_at }
+//!   ├─ objects: ObjectKey ─▶ ObjectMemory { failures, force_sync, read_now, read_now_at, data_written }
 //!   │     failures    consecutive failed syncs (backoff)
 //!   │     force_sync  the kvsync.io/force-sync value last synced (a new value → read as of now)
 //!   │     read_now    a watched event asked for a read as of now (target repair, credential change)
 //!   │     read_now_at when the object last read as of now: at most one such read per
 //!   │                 minimum refresh interval (a force-sync or spec-change loop is rate-limited)
+//!   │     data_written the target's resourceVersion at kvsync's last write of new data
+//!   │                 (a rollout count older than it is not the current data's)
 //!   └─ checked: the Secret's ObjectKey ─▶ Checked { version, writer: ObjectKey, desired: digest }
 //!         the target's resourceVersion kvsync last wrote or read as up to date, and the digest
 //!         of the desired Secret it holds (when it held all of it): the watch event of that
@@ -40,6 +42,7 @@ struct ObjectMemory {
     force_sync: Option<Option<String>>,
     read_now: bool,
     read_now_at: Option<Instant>,
+    data_written: Option<u64>,
 }
 
 /// Per-object state of the sync stage.
@@ -129,6 +132,23 @@ impl Memory {
             .get(secret)
             .filter(|checked| checked.version == version)
             .map(|checked| &checked.writer)
+    }
+
+    /// `object` just wrote new data to Secret `secret`: the version it wrote
+    /// (as remembered when checked) becomes the one rollout counts must reach.
+    pub fn note_data_written(&mut self, object: &ObjectKey, secret: &ObjectKey) {
+        let version = self
+            .checked
+            .get(secret)
+            .and_then(|c| c.version.parse().ok());
+        if let Some(version) = version {
+            self.objects.entry(object.clone()).or_default().data_written = Some(version);
+        }
+    }
+
+    /// The target's resourceVersion at `object`'s last write of new data.
+    pub fn data_written(&self, object: &ObjectKey) -> Option<u64> {
+        self.objects.get(object)?.data_written
     }
 
     /// Whether this version of the Secret is known to hold the desired Secret with digest `desired`.

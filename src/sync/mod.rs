@@ -37,6 +37,7 @@ pub mod observed;
 mod reconciler;
 pub mod references;
 pub mod render;
+pub mod rollout;
 mod shares;
 pub mod staleness;
 pub mod status;

@@ -7,7 +7,8 @@
 //!                 ─▶ let go of the other recorded targets (a rename: only now that the new one holds the data)
 //!                 ─▶ Outcome ─▶ finalizer as the ownership record now needs it
 //!                 ─▶ record (status + ownership record, patched only if changed; event on change)
-//!                                └─▶ next: refreshInterval ± jitter | backoff | await change
+//!                                └─▶ next: refreshInterval ± jitter (or a pending version's nbf,
+//!                                          if sooner) | backoff | await change
 //! ```
 //!
 //! Failures never touch the Secret: the last good data stays, the `Ready`
@@ -33,7 +34,7 @@ use super::key::ObjectKey;
 use super::shares::SHARE_RETRY;
 use super::status::{Outcome, merge_patch, next_status, ready_reason};
 use super::target::{self, DesiredSecret, Release};
-use super::{expiry, identity, keys, template, template_from, write};
+use super::{expiry, identity, keys, rollout, template, template_from, write};
 use crate::api::contract::{FIELD_MANAGER, FORCE_SYNC_ANNOTATION, MERGE_FINALIZER};
 use crate::api::{
     CreationPolicy, DataFrom, DeletionPolicy, KeyVaultSecret, TargetHow, TargetRecord,
@@ -136,16 +137,22 @@ pub async fn reconcile(kvs: Arc<KeyVaultSecret>, ctx: Arc<Context>) -> Result<Ac
             ctx.metrics.object_current(&key, interval);
             ctx.metrics
                 .object_expiry(&key, synced.rendered.expires, ctx.expiry_window);
+            // A rotation scheduled in Key Vault is taken at its nbf, not at
+            // the next refresh.
+            let switch = synced.rendered.until_next_switch(Timestamp::now());
+            let action = match switch {
+                Some(switch) => Action::requeue(interval.map_or(switch, |interval| {
+                    switch.min(schedule::refresh_delay(interval, rand::random()))
+                })),
+                None => at_interval(interval),
+            };
             let outcome = Outcome::Synced {
                 secret_name: synced.secret_name,
                 versions: synced.rendered.versions,
                 wrote: synced.wrote,
+                pending: synced.rendered.pending,
             };
-            (
-                outcome,
-                at_interval(interval),
-                Some(synced.rendered.expires),
-            )
+            (outcome, action, Some(synced.rendered.expires))
         }
         Err(SyncError::Kube(error)) => return Err(error.into()),
         Err(failure) => {
@@ -357,6 +364,26 @@ async fn record(
             &mut next,
             expires,
             ctx.expiry_window,
+            kvs.metadata.generation,
+            now,
+        );
+    }
+    if let Some(secret) = next.secret_name.clone() {
+        let namespace = kvs.namespace().unwrap_or_default();
+        let written = {
+            let mut memory = ctx.memory.lock().unwrap();
+            let object = ObjectKey::of(kvs);
+            if matches!(outcome, Outcome::Synced { wrote: true, .. }) {
+                memory.note_data_written(&object, &ObjectKey::new(&namespace, &secret));
+            }
+            memory.data_written(&object)
+        };
+        let summary = ctx.rollouts.get(&namespace, &secret);
+        rollout::apply(
+            &mut next,
+            &secret,
+            summary.as_ref(),
+            written,
             kvs.metadata.generation,
             now,
         );

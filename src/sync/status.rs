@@ -5,6 +5,17 @@
 //! condition's status or reason changes, and `lastSyncTime` only when the
 //! Secret's content changed. So an idle refresh writes nothing, however
 //! short the interval.
+//!
+//! A rotation scheduled in Key Vault (a newer version whose `nbf` is still to
+//! come) shows as `status.pending` and the condition `RotationScheduled`
+//! (True while anything is pending, gone once nothing is), for
+//! `kubectl describe` to tell when the Secret will change:
+//!
+//! ```text
+//!  RotationScheduled True  NotYetValid  Key Vault secret db-password: version 4f2a… starts at
+//!                                       2026-12-13T02:00:00Z (its notBefore); until then the
+//!                                       Secret keeps version 9c1e…
+//! ```
 
 use std::collections::BTreeMap;
 
@@ -12,7 +23,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
-use crate::api::{KeyVaultSecretStatus, TargetRecord};
+use crate::api::{KeyVaultSecretStatus, PendingVersion, TargetRecord};
+
+/// The condition type of a scheduled rotation.
+pub const ROTATION_SCHEDULED: &str = "RotationScheduled";
+
+/// How many pending versions the condition's message names (the rest are
+/// counted; `status.pending` lists them all).
+const NAMED_PENDING: usize = 5;
 
 /// How a sync attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +40,8 @@ pub enum Outcome {
         secret_name: String,
         versions: BTreeMap<String, String>,
         wrote: bool,
+        /// Newer versions not valid yet, earliest first.
+        pending: Vec<PendingVersion>,
     },
     /// Nothing was written; the reason and what to do about it.
     Failed {
@@ -47,7 +67,9 @@ pub fn next_status(
             secret_name,
             versions,
             wrote,
+            pending,
         } => {
+            schedule(&mut status, versions, pending, generation, now);
             if *wrote
                 || status.secret_name.as_deref() != Some(secret_name)
                 || !status.synced_versions.iter().eq(versions.iter())
@@ -79,6 +101,51 @@ pub fn next_status(
     status
 }
 
+/// Sets `status.pending` and the `RotationScheduled` condition.
+fn schedule(
+    status: &mut KeyVaultSecretStatus,
+    versions: &BTreeMap<String, String>,
+    pending: &[PendingVersion],
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    status.pending = pending.to_vec();
+    if pending.is_empty() {
+        status.conditions.retain(|c| c.type_ != ROTATION_SCHEDULED);
+        return;
+    }
+    let mut told: Vec<String> = pending
+        .iter()
+        .take(NAMED_PENDING)
+        .map(|p| {
+            let starts = p.not_before.0.strftime("%Y-%m-%dT%H:%M:%SZ");
+            let kept = match versions.get(&p.name) {
+                Some(current) => format!("until then the Secret keeps version {current}"),
+                None => "until then it is not in the Secret".to_owned(),
+            };
+            format!(
+                "Key Vault secret {}: version {} starts at {starts} (its notBefore); {kept}",
+                p.name, p.version
+            )
+        })
+        .collect();
+    if pending.len() > NAMED_PENDING {
+        told.push(format!(
+            "{} more in status.pending",
+            pending.len() - NAMED_PENDING
+        ));
+    }
+    set_condition(
+        &mut status.conditions,
+        ROTATION_SCHEDULED,
+        "True",
+        "NotYetValid",
+        &told.join("; "),
+        generation,
+        now,
+    );
+}
+
 pub(super) fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
@@ -94,15 +161,20 @@ pub(super) fn set_condition(
         .filter(|c| c.status == status && c.reason == reason)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or(Time(now));
-    conditions.retain(|c| c.type_ != type_);
-    conditions.push(Condition {
+    let condition = Condition {
         type_: type_.to_owned(),
         status: status.to_owned(),
         reason: reason.to_owned(),
         message: message.to_owned(),
         observed_generation: generation,
         last_transition_time: transition,
-    });
+    };
+    // In place: the order of the conditions never changes by itself (a
+    // reordering is a status write for nothing).
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => *existing = condition,
+        None => conditions.push(condition),
+    }
 }
 
 /// The Ready condition's reason, if any (used to emit events only on change).
@@ -156,11 +228,40 @@ fn diff(current: &Value, next: Value) -> Value {
 mod tests {
     use super::*;
 
+    #[test]
+    fn setting_a_condition_keeps_the_order_of_the_others() {
+        let now = Timestamp::now();
+        let mut conditions = Vec::new();
+        set_condition(&mut conditions, "Ready", "True", "Synced", "", None, now);
+        set_condition(
+            &mut conditions,
+            "RolledOut",
+            "True",
+            "RolledOut",
+            "",
+            None,
+            now,
+        );
+        set_condition(
+            &mut conditions,
+            "Ready",
+            "False",
+            "RemoteNotFound",
+            "",
+            None,
+            now,
+        );
+        let order: Vec<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(order, ["Ready", "RolledOut"]);
+        assert_eq!(conditions[0].reason, "RemoteNotFound");
+    }
+
     fn synced(version: &str, wrote: bool) -> Outcome {
         Outcome::Synced {
             secret_name: "db".into(),
             versions: BTreeMap::from([("pw".into(), version.into())]),
             wrote,
+            pending: Vec::new(),
         }
     }
 
@@ -209,6 +310,7 @@ mod tests {
             secret_name: "db".into(),
             versions: BTreeMap::from([("a".into(), "1".into()), ("b".into(), "1".into())]),
             wrote: true,
+            pending: Vec::new(),
         };
         let first = next_status(None, Some(1), &two, Vec::new(), t0);
         let second = next_status(Some(&first), Some(2), &synced("v1", true), Vec::new(), t0);
@@ -219,5 +321,57 @@ mod tests {
         let mut stored = serde_json::to_value(&first).unwrap();
         json_patch::merge(&mut stored, &patch);
         assert_eq!(stored, serde_json::to_value(&second).unwrap());
+    }
+
+    #[test]
+    fn a_pending_version_is_listed_and_told_until_it_is_current() {
+        let t0: Timestamp = "2026-12-12T00:00:00Z".parse().unwrap();
+        let starts: Timestamp = "2026-12-13T02:00:00Z".parse().unwrap();
+        let waiting = |wrote| Outcome::Synced {
+            secret_name: "db".into(),
+            versions: BTreeMap::from([("pw".into(), "v1".into())]),
+            wrote,
+            pending: vec![PendingVersion {
+                name: "pw".into(),
+                version: "v2".into(),
+                not_before: Time(starts),
+            }],
+        };
+        let before = next_status(None, Some(1), &waiting(true), Vec::new(), t0);
+        assert_eq!(before.pending.len(), 1);
+        let condition = before
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ROTATION_SCHEDULED)
+            .unwrap();
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("True", "NotYetValid")
+        );
+        assert_eq!(
+            condition.message,
+            "Key Vault secret pw: version v2 starts at 2026-12-13T02:00:00Z (its notBefore); until then the Secret keeps version v1"
+        );
+        let again = next_status(Some(&before), Some(1), &waiting(false), Vec::new(), starts);
+        assert_eq!(
+            before, again,
+            "an idle refresh while pending writes nothing"
+        );
+
+        let switched = next_status(
+            Some(&before),
+            Some(1),
+            &synced("v2", true),
+            Vec::new(),
+            starts,
+        );
+        assert!(switched.pending.is_empty());
+        assert!(
+            switched
+                .conditions
+                .iter()
+                .all(|c| c.type_ != ROTATION_SCHEDULED),
+            "nothing pending: the condition goes"
+        );
     }
 }

@@ -27,6 +27,18 @@ pub enum VaultError {
     /// The secret (or version) does not exist.
     #[error("secret {0} was not found in the vault")]
     NotFound(String),
+    /// Every enabled version of the secret has an `nbf` (not before) still
+    /// to come, and the ref respects it: nothing may be written yet.
+    #[error(
+        "secret {name} has no version valid yet: its first version starts at {starts} (its notBefore)"
+    )]
+    NotYetValid {
+        name: String,
+        /// The first `nbf`, as RFC 3339.
+        starts: String,
+        /// How long until then (when to look again).
+        wait: Duration,
+    },
     /// Key Vault throttled the caller; `retry_after` when it said how long.
     #[error("throttled by Key Vault")]
     Throttled { retry_after: Option<Duration> },
@@ -103,10 +115,12 @@ impl VaultError {
         }
     }
 
-    /// How long the vault asked to be left alone, if it did.
+    /// How long until asking again can help, if known: the vault's
+    /// `Retry-After`, or the wait until a secret's first version is valid.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             VaultError::Throttled { retry_after } => *retry_after,
+            VaultError::NotYetValid { wait, .. } => Some(*wait),
             _ => None,
         }
     }
@@ -118,6 +132,7 @@ impl VaultError {
             VaultError::Forbidden(_) => "Forbidden",
             VaultError::Disabled(_) => "RemoteDisabled",
             VaultError::NotFound(_) => "RemoteNotFound",
+            VaultError::NotYetValid { .. } => "RemoteNotYetValid",
             VaultError::Throttled { .. } => "Throttled",
             VaultError::Unavailable(_) => "VaultUnavailable",
             VaultError::NotKeyVault(_) => "NotKeyVault",
@@ -137,6 +152,9 @@ impl VaultError {
                 "enable the secret in Key Vault or reference another version"
             }
             VaultError::NotFound(_) => "create the secret in Key Vault or fix the name/version",
+            VaultError::NotYetValid { .. } => {
+                "kvsync writes it then; to have it now, move its notBefore in Key Vault or set notBeforePolicy: Ignore"
+            }
             VaultError::Throttled { .. } => {
                 "kvsync backs off and retries; lower the request rate if it persists"
             }
@@ -260,6 +278,21 @@ mod tests {
             classify(404, None, "x".into(), None, "db").reason(),
             "RemoteNotFound"
         );
+    }
+
+    #[test]
+    fn a_secret_not_valid_yet_is_retried_at_its_start_however_far() {
+        let wait = Duration::from_secs(90 * 86_400);
+        let error = VaultError::NotYetValid {
+            name: "db".into(),
+            starts: "2026-12-13T02:00:00Z".into(),
+            wait,
+        };
+        assert_eq!(error.reason(), "RemoteNotYetValid");
+        assert!(error.to_string().contains("2026-12-13T02:00:00Z"));
+        let cap = Duration::from_secs(300);
+        let delay = crate::schedule::backoff_delay(1, error.retry_after(), cap, 0.5);
+        assert_eq!(delay, wait, "not before its start, and not later");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! ```text
 //!  reader ── Within(d) ──▶ not_before = asked − d ──┐
 //!         ── Now ────────▶ not_before = asked ──────┤
+//!         ── Any ────────▶ no not_before ───────────┤
 //!                                                   ▼
 //!  newest attempt succeeded and started ≥ not_before ─────────────────▶ its value, no request
 //!  newest attempt failed, its retry window is still open, and
@@ -35,6 +36,10 @@ pub enum Freshness {
     Within(Duration),
     /// Read the vault as of now: the request started after this read was asked for.
     Now,
+    /// Any answer read before, however old: for the value of a version
+    /// chosen from a versions listing. Key Vault never changes a version's
+    /// value, and the listing tells whether it is still enabled.
+    Any,
 }
 
 /// What a reader needs of an attempt, fixed when it asks.
@@ -55,7 +60,7 @@ impl Freshness {
     pub fn for_own_age(self) -> Self {
         match self {
             Freshness::Within(bound) => Freshness::Within(bound / 2),
-            Freshness::Now => Freshness::Now,
+            other => other,
         }
     }
 
@@ -68,6 +73,10 @@ impl Freshness {
             Freshness::Now => Need {
                 not_before: Some(asked),
                 waits_out_failures: false,
+            },
+            Freshness::Any => Need {
+                not_before: None,
+                waits_out_failures: true,
             },
         }
     }

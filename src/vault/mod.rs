@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The reconciler sees only this small interface (`get`, `list`,
-//! `subscribe`). Every read says how recent its answer must be
+//! `versions`, `subscribe`). Every read says how recent its answer must be
 //! ([`Freshness`]: within the object's own refresh interval, or as of now),
 //! whatever else shares the vault and identity ([`freshness`]). Behind it,
 //! with `--change-detection=list` (the default), each (vault, identity) is
@@ -30,6 +30,7 @@ mod identity;
 mod revoked;
 mod scoped;
 mod sdk;
+mod versions;
 mod view;
 
 pub use errors::{SetupError, VaultError, VaultUrlError};
@@ -37,6 +38,7 @@ pub use freshness::Freshness;
 pub use hosts::{AllowedHosts, CLOUDS, Cloud};
 pub use identity::{FEDERATION_AUDIENCE, Identity, OperatorIdentity};
 
+pub use versions::{Choice, VersionInfo, choose, previous_of, valid};
 pub use view::Interest;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -279,6 +281,65 @@ impl VaultAccess {
         let need = freshness.need(Instant::now());
         let snapshot = inner.listing(&view, vault_url, identity, need).await?;
         Ok(snapshot.values().cloned().collect())
+    }
+
+    /// Every version of the secret `read` is a version of (ids and
+    /// attributes, no values), to choose among them ([`choose`]). `read` is
+    /// what the caller just read (the latest, or a pinned version): a cached
+    /// listing that does not show it as read (a new version came, or its
+    /// attributes changed since) is listed again, as is one older than a
+    /// `Now` read; otherwise the cached listing answers however old it is,
+    /// so a secret's versions are listed once per new version (one listing
+    /// for all concurrent readers, through the vault's gate).
+    pub async fn versions(
+        &self,
+        vault_url: &str,
+        identity: &Identity,
+        read: &RemoteSecret,
+        freshness: Freshness,
+    ) -> Result<Arc<[VersionInfo]>, VaultError> {
+        let inner = &self.inner;
+        let name = read.name.as_str();
+        let view = inner.view(vault_url, identity);
+        let asked = Instant::now();
+        let slot = view.versions_slot(name);
+        let mut cached = slot.read.lock().await;
+        if let Some(previous) = cached.as_ref() {
+            let predates_read = previous.outcome.as_ref().is_ok_and(|versions| {
+                !versions
+                    .iter()
+                    .any(|v| v.version == read.version && v.updated == read.updated)
+            });
+            let need = match freshness {
+                Freshness::Now => Freshness::Now,
+                _ => Freshness::Any,
+            }
+            .need(asked);
+            if !predates_read
+                && let Decision::Answer(outcome) = decide(Some(previous), need, Instant::now())
+            {
+                return outcome;
+            }
+        }
+        let gate = inner.gate(vault_url);
+        gate.admit()?;
+        let started = Instant::now();
+        let outcome = gate
+            .run(inner.sdk.list_versions(vault_url, identity, name))
+            .await
+            .map(Arc::from);
+        let ended = Instant::now();
+        let retry_from = outcome
+            .as_ref()
+            .err()
+            .map(|error| ended + retry_window(1, error.retry_after(), inner.config.max_backoff));
+        *cached = Some(Attempt {
+            started,
+            ended,
+            outcome: outcome.clone(),
+            retry_from,
+        });
+        outcome
     }
 
     /// Forgets `subscriber` in every view at once: its object was deleted,

@@ -25,6 +25,7 @@ use super::hosts::default_vault_hosts;
 use super::identity::Credentials;
 use super::revoked::RevokedToken;
 use super::scoped::{ForeignScope, KeyVaultOnly};
+use super::versions::VersionInfo;
 use super::{
     AllowedHosts, Identity, RemoteSecret, RemoteSecretInfo, VaultConfig, VaultError, vault_key,
 };
@@ -210,9 +211,8 @@ impl Sdk {
         let version = secret
             .id
             .as_deref()
-            .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
-            .unwrap_or_default()
-            .to_owned();
+            .and_then(last_segment)
+            .unwrap_or_default();
         let attributes = secret.attributes.unwrap_or_default();
         let secret = RemoteSecret {
             name: name.to_owned(),
@@ -243,13 +243,7 @@ impl Sdk {
         Ok(items
             .into_iter()
             .filter_map(|item| {
-                let name = item
-                    .id
-                    .as_deref()?
-                    .trim_end_matches('/')
-                    .rsplit('/')
-                    .next()?
-                    .to_owned();
+                let name = last_segment(item.id.as_deref()?)?;
                 let attributes = item.attributes.unwrap_or_default();
                 Some(RemoteSecretInfo {
                     name,
@@ -260,4 +254,43 @@ impl Sdk {
             })
             .collect())
     }
+
+    /// Lists every version of one secret (ids and attributes; no values).
+    pub async fn list_versions(
+        &self,
+        vault_url: &str,
+        identity: &Identity,
+        name: &str,
+    ) -> Result<Vec<VersionInfo>, VaultError> {
+        let client = self.client(vault_url, identity)?;
+        let pager = client
+            .list_secret_properties_versions(name, None)
+            .map_err(|e| self.failed(identity, &e, name))?;
+        let items: Vec<_> = pager
+            .try_collect()
+            .await
+            .map_err(|e| self.failed(identity, &e, name))?;
+        Ok(items
+            .into_iter()
+            .filter_map(|item| {
+                let version = last_segment(item.id.as_deref()?)?;
+                let attributes = item.attributes.unwrap_or_default();
+                Some(VersionInfo {
+                    version,
+                    enabled: attributes.enabled.unwrap_or(true),
+                    created: attributes.created.map(|t| t.unix_timestamp()),
+                    updated: attributes.updated.map(|t| t.unix_timestamp()),
+                    not_before: attributes.not_before.map(|t| t.unix_timestamp()),
+                })
+            })
+            .collect())
+    }
+}
+
+/// The last path segment of a Key Vault id (`…/secrets/{name}[/{version}]`).
+fn last_segment(id: &str) -> Option<String> {
+    id.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .map(str::to_owned)
 }

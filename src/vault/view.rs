@@ -16,11 +16,14 @@
 //!            latest values: cached while the listing says current (detect::still_current),
 //!            pinned versions: re-read once their read is older than the reader's bound;
 //!            either way one GET per ref for all concurrent readers (single-flight).
+//!   versions of one secret (GET /secrets/{name}/versions, asked only for a latest version
+//!            not valid yet, or for a previous value): kept while they list the latest
+//!            version their reader read, so listed again when a new version came.
 //! ```
 //!
 //! So an idle refresh cycle costs one listing per (vault, identity), however
 //! many KeyVaultSecrets and refs use it, plus one GET per pinned ref; a
-//! changed secret is read once.
+//! changed secret is read once, and its versions listed at most once more.
 //!
 //! Memory follows use: values of names gone from the listing are dropped at
 //! once, values nobody read for a while by [`VaultView::prune`], and the
@@ -35,6 +38,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::detect::{ReadStamp, Snapshot, changed_names, still_current};
 use super::freshness::{Attempt, LastListing};
+use super::versions::VersionInfo;
 use super::{RemoteSecret, VaultError};
 
 /// Which names a subscriber's Secret depends on.
@@ -170,11 +174,46 @@ pub struct ValueRead {
     pub stamp: Option<ReadStamp>,
 }
 
-/// One ref's cache entry; its async lock makes concurrent reads one request.
-#[derive(Default)]
-pub struct ValueSlot {
-    pub read: tokio::sync::Mutex<Option<ValueRead>>,
+/// What was last listed of one secret's versions.
+pub type VersionsRead = Attempt<Arc<[VersionInfo]>>;
+
+/// One cache entry (a ref's value, a secret's versions); its async lock
+/// makes concurrent reads one request.
+pub struct Slot<T> {
+    pub read: tokio::sync::Mutex<Option<T>>,
     last_used: Mutex<Option<Instant>>,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            read: tokio::sync::Mutex::new(None),
+            last_used: Mutex::new(None),
+        }
+    }
+}
+
+/// The cache entries of one kind, by key.
+type Slots<K, T> = Mutex<HashMap<K, Arc<Slot<T>>>>;
+
+/// The entry of `key` (made on first use), marked used now.
+fn slot_of<K: Clone + Eq + std::hash::Hash, T>(slots: &Slots<K, T>, key: &K) -> Arc<Slot<T>> {
+    let slot = slots
+        .lock()
+        .unwrap()
+        .entry(key.clone())
+        .or_default()
+        .clone();
+    *slot.last_used.lock().unwrap() = Some(Instant::now());
+    slot
+}
+
+/// Keeps the entries that are in use (a read in flight) or `keep` accepts.
+fn retain_slots<K, T>(slots: &Slots<K, T>, keep: impl Fn(&K, &Slot<T>) -> bool) {
+    slots
+        .lock()
+        .unwrap()
+        .retain(|key, slot| Arc::strong_count(slot) > 1 || keep(key, slot));
 }
 
 pub type ValueKey = (String, Option<String>, bool);
@@ -182,7 +221,9 @@ pub type ValueKey = (String, Option<String>, bool);
 /// State of one (vault, identity).
 pub struct VaultView {
     pub listing: tokio::sync::Mutex<ListingState>,
-    values: Mutex<HashMap<ValueKey, Arc<ValueSlot>>>,
+    values: Slots<ValueKey, ValueRead>,
+    /// By secret name.
+    versions: Slots<String, VersionsRead>,
     subscribers: Mutex<Subscribers>,
     poller_running: Mutex<bool>,
     /// Listing was forbidden for this identity: read by GET until then.
@@ -198,6 +239,7 @@ impl Default for VaultView {
         VaultView {
             listing: Default::default(),
             values: Default::default(),
+            versions: Default::default(),
             subscribers: Default::default(),
             poller_running: Default::default(),
             listing_refused_until: Default::default(),
@@ -295,32 +337,31 @@ impl VaultView {
     }
 
     /// The cache entry of one ref (made on first use).
-    pub fn slot(&self, key: &ValueKey) -> Arc<ValueSlot> {
-        let slot = self
-            .values
-            .lock()
-            .unwrap()
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        *slot.last_used.lock().unwrap() = Some(Instant::now());
-        slot
+    pub fn slot(&self, key: &ValueKey) -> Arc<Slot<ValueRead>> {
+        slot_of(&self.values, key)
     }
 
-    /// Drops cached values of names the listing no longer has.
+    /// The cache entry of one secret's versions (made on first use).
+    pub fn versions_slot(&self, name: &str) -> Arc<Slot<VersionsRead>> {
+        slot_of(&self.versions, &name.to_owned())
+    }
+
+    /// Drops cached values and versions of names the listing no longer has.
     pub fn forget_unlisted(&self, listing: &Snapshot) {
-        self.values
-            .lock()
-            .unwrap()
-            .retain(|(name, _, _), slot| listing.contains_key(name) || Arc::strong_count(slot) > 1);
+        retain_slots(&self.values, |(name, _, _), _| listing.contains_key(name));
+        retain_slots(&self.versions, |name, _| listing.contains_key(name));
     }
 
-    /// Drops cached values nobody read for `unused_for`, and returns whether
-    /// the whole view is idle: no subscriber, no poller, no use for `unused_for`.
+    /// Drops cached values and versions nobody read for `unused_for`, and
+    /// returns whether the whole view is idle: no subscriber, no poller, no
+    /// use for `unused_for`.
     pub fn prune(&self, unused_for: Duration, now: Instant) -> bool {
         let stale = |at: Option<Instant>| at.is_none_or(|at| now.duration_since(at) > unused_for);
-        self.values.lock().unwrap().retain(|_, slot| {
-            Arc::strong_count(slot) > 1 || !stale(*slot.last_used.lock().unwrap())
+        retain_slots(&self.values, |_, slot| {
+            !stale(*slot.last_used.lock().unwrap())
+        });
+        retain_slots(&self.versions, |_, slot| {
+            !stale(*slot.last_used.lock().unwrap())
         });
         let nobody_subscribed = !*self.poller_running.lock().unwrap();
         nobody_subscribed && stale(Some(*self.last_used.lock().unwrap()))
@@ -488,6 +529,7 @@ mod tests {
         );
         for key in [&gone, &kept, &held] {
             view.slot(key);
+            view.versions_slot(&key.0);
         }
         let holder = view.slot(&held);
         view.forget_unlisted(&listing(&["kept"]));
@@ -498,13 +540,16 @@ mod tests {
             names
         };
         assert_eq!(cached, ["held", "kept"], "a read in flight keeps its slot");
+        let mut versions: Vec<_> = view.versions.lock().unwrap().keys().cloned().collect();
+        versions.sort();
+        assert_eq!(versions, ["kept"], "versions of a gone secret are dropped");
         drop(holder);
 
         let later = Instant::now() + 2 * MINUTE;
         assert!(view.prune(MINUTE, later), "nobody subscribed or read: idle");
         assert!(
-            view.values.lock().unwrap().is_empty(),
-            "unread values dropped"
+            view.values.lock().unwrap().is_empty() && view.versions.lock().unwrap().is_empty(),
+            "unread values and versions dropped"
         );
     }
 

@@ -21,7 +21,9 @@
 //!
 //! Each spec entry (one `data` item, one `extract`, one `find`) is matched
 //! against a state of its own: the operator reads refs one after the other,
-//! so one Secret may mix moments; the rule bounds each ref's age.
+//! so one Secret may mix moments; the rule bounds each ref's age. A `find`
+//! lists, then reads each match: its names come from one state, each of its
+//! values from a state of its own.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -573,6 +575,33 @@ fn keys_of<'a>(entry: &Entry, present: impl Iterator<Item = &'a String>) -> BTre
     }
 }
 
+/// Whether `part` is what `entry` may have rendered from the states of
+/// [from, to]. A `find` lists, then reads each match on its own (Key Vault
+/// has no snapshot of several secrets): its names come from one state, each
+/// value from a state of its own.
+fn entry_fits(
+    entry: &Entry,
+    vault: &str,
+    part: &BTreeMap<String, String>,
+    history: &History,
+    from: At,
+    to: At,
+) -> bool {
+    let renders: Vec<BTreeMap<String, String>> = history
+        .candidates(from, to, |changed| depends_on(entry, vault, changed))
+        .filter_map(|state| render_entry(entry, vault, state).ok())
+        .collect();
+    match entry {
+        Entry::Find(_) => {
+            renders.iter().any(|r| r.keys().eq(part.keys()))
+                && part
+                    .iter()
+                    .all(|(name, value)| renders.iter().any(|r| r.get(name) == Some(value)))
+        }
+        Entry::Data { .. } | Entry::Extract { .. } => renders.iter().any(|r| r == part),
+    }
+}
+
 /// Whether `data` is, entry by entry, what the vault may have held during
 /// [from, to]; else the first entry that is not.
 fn data_matches(
@@ -590,10 +619,7 @@ fn data_matches(
             .filter(|(k, _)| keys.contains(*k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let fits = history
-            .candidates(from, to, |changed| depends_on(entry, &spec.vault, changed))
-            .any(|state| render_entry(entry, &spec.vault, state).as_ref() == Ok(&part));
-        if !fits {
+        if !entry_fits(entry, &spec.vault, &part, history, from, to) {
             let held: Vec<String> = part
                 .iter()
                 .map(|(k, v)| format!("{k}={}", history.label(v)))
@@ -797,6 +823,9 @@ pub struct Observation {
     pub status_generation: Option<i64>,
     pub synced_versions: BTreeMap<String, String>,
     pub secret: Option<(String, BTreeMap<String, String>)>,
+    /// The rollout of the Secret's data counted (`RolledOut` present, not
+    /// `Pending`): the status's last write after a sync.
+    pub rollout_counted: bool,
     /// Before the KeyVaultSecret was read.
     pub read_from: At,
     /// After the Secret was read.
@@ -1095,6 +1124,9 @@ pub fn settled(
                     ready.reason
                 ));
             }
+            if !seen.rollout_counted {
+                return Err("the rollout of the Secret's data not counted yet (RolledOut)".into());
+            }
             let held = seen.secret.as_ref().map(|(_, d)| d);
             if held != Some(&data) {
                 let labels = |d: &BTreeMap<String, String>| -> Vec<String> {
@@ -1177,5 +1209,64 @@ mod tests {
         assert_eq!(history.live_during(s(7), s(8)), 2..3);
         assert_eq!(history.live_during(s(6), s(8)), 1..3);
         assert_eq!(history.live_during(s(3), s(4)), 1..2);
+    }
+
+    #[test]
+    fn a_find_may_mix_moments_but_not_invent_a_value() {
+        let mut history = History::default();
+        let set = |name: &str, id: &str| Change::Set {
+            vault: "north".into(),
+            name: name.into(),
+            version: Version {
+                id: id.into(),
+                value: id.into(),
+                enabled: true,
+            },
+        };
+        history.record(set("p0", "p0-old"), s(1), s(1));
+        history.record(set("p1", "p1-old"), s(1), s(1));
+        // Both change in one step, p1 first: a reader that read p1 before
+        // and p0 after holds a pair no single state ever had.
+        history.record(set("p1", "p1-new"), s(10), s(10));
+        history.record(set("p0", "p0-new"), s(10), s(10));
+        let find = Entry::Find(Find::Plain(0, 1));
+        let part = |p0: &str, p1: &str| {
+            BTreeMap::from([
+                ("p0".to_owned(), p0.to_owned()),
+                ("p1".to_owned(), p1.to_owned()),
+            ])
+        };
+        assert!(entry_fits(
+            &find,
+            "north",
+            &part("p0-new", "p1-old"),
+            &history,
+            s(5),
+            s(11)
+        ));
+        assert!(!entry_fits(
+            &find,
+            "north",
+            &part("p0-new", "p1-gone"),
+            &history,
+            s(5),
+            s(11)
+        ));
+        assert!(
+            !entry_fits(
+                &find,
+                "north",
+                &part("p0-old", "p1-old"),
+                &history,
+                s(11),
+                s(12)
+            ),
+            "a value older than the window"
+        );
+        let only_p0 = BTreeMap::from([("p0".to_owned(), "p0-new".to_owned())]);
+        assert!(
+            !entry_fits(&find, "north", &only_p0, &history, s(5), s(11)),
+            "a set of names no state had"
+        );
     }
 }

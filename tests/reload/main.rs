@@ -17,6 +17,7 @@ mod scope;
 mod support;
 mod timing;
 mod uses;
+mod waves;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,7 +30,8 @@ use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kvsync::api::contract::reloader::PAUSED_AT as RELOADER_PAUSED_AT;
 use kvsync::api::contract::{
-    DIGEST_ANNOTATION, JOB_PENDING_ANNOTATION, PAUSED_AT_ANNOTATION, RESTARTED_AT_ANNOTATION,
+    DIGEST_ANNOTATION, JOB_PENDING_ANNOTATION, PAUSED_AT_ANNOTATION, RELOAD_KEYS_ANNOTATION,
+    RESTARTED_AT_ANNOTATION,
 };
 use kvsync::reload::record::parse_time;
 use serde_json::{Value, json};

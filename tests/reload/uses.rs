@@ -113,3 +113,95 @@ async fn deletions_restart_nothing_and_appearances_only_what_could_run_without()
     f.secret("db", &[("k", "2")], &[], &[]).await;
     f.expect_replica_sets("web", 2).await;
 }
+
+/// A Deployment reading Secret `db` key by key: `env` entries for `keys`,
+/// and a volume with `items` for `volume_keys` (none: no volume).
+async fn reads_keys(
+    f: &Fixture,
+    name: &str,
+    annotations: &[(&str, &str)],
+    keys: &[&str],
+    volume_keys: &[&str],
+) {
+    let env: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"name": k.to_uppercase(), "valueFrom": {"secretKeyRef": {"name": "db", "key": k}}}))
+        .collect();
+    let items: Vec<Value> = volume_keys
+        .iter()
+        .map(|k| json!({"key": k, "path": k}))
+        .collect();
+    let (volumes, mounts) = if items.is_empty() {
+        (json!([]), json!([]))
+    } else {
+        (
+            json!([{"name": "db", "secret": {"secretName": "db", "items": items}}]),
+            json!([{"name": "db", "mountPath": "/etc/db"}]),
+        )
+    };
+    Workload::deployment(name)
+        .annotations(annotations)
+        .pod_spec(json!({
+            "containers": [{"name": "app", "image": "example.invalid/app", "env": env, "volumeMounts": mounts}],
+            "volumes": volumes,
+        }))
+        .create(&f.client, &f.ns.name)
+        .await;
+}
+
+#[tokio::test]
+async fn a_workload_reading_some_keys_restarts_only_when_one_of_them_changes() {
+    let f = Fixture::new("reload-keys").await;
+    f.secret(
+        "db",
+        &[("password", "p1"), ("user", "u1"), ("tls", "t1")],
+        &[],
+        &[],
+    )
+    .await;
+    reads_keys(&f, "by-env", &[AUTO], &["password"], &[]).await;
+    reads_keys(&f, "by-items", &[AUTO], &[], &["tls"]).await;
+    reads_keys(
+        &f,
+        "any-key",
+        &[AUTO, (RELOAD_KEYS_ANNOTATION, "any")],
+        &["password"],
+        &[],
+    )
+    .await;
+    f.deployment("whole", &[AUTO], &["db"], &[]).await;
+    for name in ["by-env", "by-items", "any-key", "whole"] {
+        f.baselined::<Deployment>(name).await;
+    }
+
+    // `user` changes: read whole by `whole`, and by `any-key` (the annotation).
+    f.secret(
+        "db",
+        &[("password", "p1"), ("user", "u2"), ("tls", "t1")],
+        &[],
+        &[],
+    )
+    .await;
+    f.expect_replica_sets("whole", 2).await;
+    f.expect_replica_sets("any-key", 2).await;
+    // The change was seen (both restarted); the key-level readers stay.
+    assert_eq!(f.replica_sets("by-env").await, 1);
+    assert_eq!(f.replica_sets("by-items").await, 1);
+
+    // `password` changes: the env reader restarts, the volume reader does not.
+    f.secret(
+        "db",
+        &[("password", "p2"), ("user", "u2"), ("tls", "t1")],
+        &[],
+        &[],
+    )
+    .await;
+    f.expect_replica_sets("by-env", 2).await;
+    assert_eq!(f.replica_sets("by-items").await, 1);
+
+    // `tls` removed: the volume reader restarts (a key it reads went away).
+    f.secret("db", &[("password", "p2"), ("user", "u2")], &[], &[])
+        .await;
+    f.expect_replica_sets("by-items", 2).await;
+    assert_eq!(f.replica_sets("by-env").await, 2);
+}

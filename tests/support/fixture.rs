@@ -215,7 +215,10 @@ impl Fixture {
         let operator = self.operator.take().expect("an operator is running");
         let (status, output) = operator.terminate_with_output();
         self.earlier_logs.push_str(&output);
-        assert!(status.success(), "the operator exits cleanly on SIGTERM");
+        assert!(
+            status.success(),
+            "the operator exits cleanly on SIGTERM: {status:?}\n{output}"
+        );
     }
 
     /// SIGKILLs the operator (a crash: no graceful shutdown) and, once it is
@@ -334,6 +337,32 @@ impl Fixture {
                 (ready(&kvs).map(|c| c.reason.as_str()) == Some(reason)).then_some(kvs)
             }
         })
+        .await
+    }
+
+    /// Waits until the object's Secret is Synced and its rollout counted
+    /// (`RolledOut` reported, not `Pending`): after a write the status
+    /// changes once more when the reload stage has counted the workloads,
+    /// so a "nothing rewritten" window starts only then.
+    pub async fn settled(&self, name: &str) -> KeyVaultSecret {
+        let api = self.kvs_api();
+        eventually(
+            &format!("{name} synced and its rollout counted"),
+            WAIT,
+            || {
+                let api = api.clone();
+                async move {
+                    let kvs = api.get(name).await.ok()?;
+                    let status = kvs.status.as_ref()?;
+                    let counted = status
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "RolledOut" && c.reason != "Pending");
+                    (ready(&kvs).map(|c| c.reason.as_str()) == Some("Synced") && counted)
+                        .then_some(kvs)
+                }
+            },
+        )
         .await
     }
 

@@ -23,6 +23,9 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// Event-driven refresh: the emulator's namespace and the operator's own identity (used as `support::events::*`).
 pub mod events;
 mod fixture;
+/// A kubelet simulated at the API (pods marked running and ready), so the
+/// controllers report rollout progress (used as `support::kubelet::*`).
+pub mod kubelet;
 mod leaks;
 /// The fixture's reload side: Secrets, ConfigMaps and workloads, and how they roll (used as `support::reload::*`).
 pub mod reload;

@@ -189,6 +189,23 @@ impl Fixture {
         .await;
     }
 
+    /// Waits until Deployment `name`'s rollout is complete: every replica
+    /// updated and available, as the controller reports it.
+    pub async fn rolled_out(&self, name: &str) {
+        eventually(&format!("{name} rolled out"), WAIT, || async {
+            let d = self.api::<Deployment>().get(name).await.unwrap();
+            let generation = d.metadata.generation;
+            let wanted = d.spec.and_then(|s| s.replicas).unwrap_or(1);
+            let s = d.status?;
+            (s.observed_generation == generation
+                && s.updated_replicas == Some(wanted)
+                && s.available_replicas == Some(wanted)
+                && s.replicas == Some(wanted))
+            .then_some(())
+        })
+        .await;
+    }
+
     /// When kvsync last restarted Deployment `name`: its pod template's
     /// restartedAt, which the operator also reads back to time the next one.
     pub async fn restarted_at(&self, name: &str) -> OffsetDateTime {

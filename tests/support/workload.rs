@@ -30,6 +30,7 @@ pub struct Workload {
     pod_spec: Option<Value>,
     replicas: Option<i32>,
     paused: bool,
+    progress_deadline_seconds: Option<i32>,
 }
 
 impl Workload {
@@ -45,6 +46,7 @@ impl Workload {
             pod_spec: None,
             replicas: None,
             paused: false,
+            progress_deadline_seconds: None,
         }
     }
 
@@ -99,6 +101,12 @@ impl Workload {
         self
     }
 
+    /// A Deployment's `progressDeadlineSeconds`.
+    pub fn progress_deadline(mut self, seconds: i32) -> Self {
+        self.progress_deadline_seconds = Some(seconds);
+        self
+    }
+
     /// A paused Deployment of no replicas: it makes no ReplicaSet, and its
     /// restarts are read from kvsync's restartedAt.
     pub fn paused(mut self) -> Self {
@@ -141,6 +149,9 @@ impl Workload {
         }
         if self.paused {
             spec["paused"] = json!(true);
+        }
+        if let Some(seconds) = self.progress_deadline_seconds {
+            spec["progressDeadlineSeconds"] = json!(seconds);
         }
         json!({"apiVersion": "apps/v1", "kind": self.kind,
                "metadata": {"name": name, "annotations": self.annotations}, "spec": spec})

@@ -129,6 +129,7 @@ async fn kubectl_columns_show_ready_reason_and_secret() {
             "Secret",
             "Last Sync",
             "Expires",
+            "Rolled Out",
             "Age"
         ]
     );

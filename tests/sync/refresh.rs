@@ -7,7 +7,7 @@ async fn rotation_is_picked_up_and_idle_refreshes_write_nothing() {
     let f = Fixture::new("rotate").await;
     f.apply("db", json!({"refreshInterval": "2s", "data": [{"secretKey": "pw", "remoteRef": {"name": "db-password"}}]}))
         .await;
-    let first = f.wait_reason("db", "Synced").await;
+    let first = f.settled("db").await;
     let secret = f.secrets().get("db").await.unwrap();
     let since = (secret.resource_version(), first.resource_version());
 

@@ -25,7 +25,7 @@
 //! timing [`super::pace`]'s, the patch model [`super::patch`]'s and the
 //! writes [`super::write`]'s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -40,18 +40,24 @@ use tracing::{debug, error, info, warn};
 use super::annotations::PolicyProblem;
 use super::decide::{
     Decision, Pause, Situation, Verdict, decide, desired_members, effective_last_restart,
-    unreacted_uses,
+    record_key_id, unreacted_uses,
 };
 use super::events::{EventPublisher, Regarding};
 use super::index::{Index, ResourceChange, WorkloadObservation};
 use super::job::job_name;
-use super::kinds::{RestartMethod, WorkloadKind, WorkloadRef};
+use super::kinds::{ResourceRef, RestartMethod, WorkloadKind, WorkloadRef};
+
+mod gate;
+mod rollouts;
+
+use super::board::RolloutBoard;
 use super::metrics::{Failure, ReloadMetrics, Skip};
 use super::pace::{Pacer, Schedule};
 use super::patch::{Changes, PauseChange, PendingChange, RecordChange, patch_body};
 use super::record::{AppliedRecord, format_time, job_mark, parse_job_mark, pending_mark};
 use super::watch::{Input, Listing, Observed, Source, Watched};
 use super::write::{Outcome, Purpose, Written, retry_delay, write};
+use gate::Held;
 
 /// At most this many workload writes (patches, a CronJob's Job) in flight.
 /// Restarts are paced by `--max-rollouts-per-second`; this bounds what the
@@ -64,6 +70,10 @@ pub struct Timing {
     pub debounce: Duration,
     pub min_reload_interval: Duration,
     pub max_rollouts_per_second: u32,
+    /// `--rollout-wave-size`.
+    pub wave_size: usize,
+    /// `--progress-deadline`.
+    pub progress_deadline: Duration,
     /// `--resource-label-selector` is set: a resource kvsync does not see
     /// may exist (see [`super::decide::Situation::hidden_may_exist`]).
     pub resources_selected: bool,
@@ -106,10 +116,29 @@ pub struct Stage {
     /// The workloads they are for; `true` once one became due again meanwhile
     /// (it is evaluated when the answer is in).
     writing: HashMap<WorkloadRef, bool>,
+    /// Due workloads of the batch being evaluated, not looked at yet.
+    evaluating: HashSet<WorkloadRef>,
+    /// Restarts the wave gate holds back, and why (see [`super::waves`]).
+    held: HashMap<WorkloadRef, Held>,
+    /// Halts announced (failed workload, resource, change id): one Event each.
+    halts_announced: HashSet<(WorkloadRef, ResourceRef, String)>,
+    /// Where the rollout summaries of kvsync's Secrets go (see [`super::board`]).
+    board: RolloutBoard,
+    /// kvsync Secrets whose rollout summary may have changed, and when they
+    /// are summarized (batched: a fan-out touches one Secret thousands of times).
+    dirty_summaries: HashSet<(String, ResourceRef)>,
+    summaries_due: Option<Instant>,
     sources: Vec<SourceState>,
     ready: bool,
     events: EventPublisher,
     metrics: ReloadMetrics,
+}
+
+/// Where the stage reports what it does: its metrics, and the rollout
+/// summaries for the sync stage.
+pub struct Reports {
+    pub metrics: ReloadMetrics,
+    pub board: RolloutBoard,
 }
 
 impl Stage {
@@ -120,7 +149,7 @@ impl Stage {
         sources: Vec<Source>,
         apis: HashMap<WorkloadKind, ApiResource>,
         namespace_selector: bool,
-        metrics: ReloadMetrics,
+        Reports { metrics, board }: Reports,
     ) -> Self {
         Stage {
             pacer: Pacer::new(timing.max_rollouts_per_second),
@@ -136,6 +165,12 @@ impl Stage {
             jobs_made: HashMap::new(),
             writes: FuturesUnordered::new(),
             writing: HashMap::new(),
+            evaluating: HashSet::new(),
+            held: HashMap::new(),
+            halts_announced: HashSet::new(),
+            board,
+            dirty_summaries: HashSet::new(),
+            summaries_due: None,
             sources: sources
                 .into_iter()
                 .map(|source| SourceState {
@@ -168,10 +203,17 @@ impl Stage {
                     self.written(written);
                 }
                 () = sleep_until(due) => {
-                    for workload in self.schedule.take_due(Instant::now(), room) {
+                    // The batch counts as still due until each is looked at
+                    // (the wave gate must not take an earlier wave's
+                    // workload, due in the same batch, for settled).
+                    let batch = self.schedule.take_due(Instant::now(), room);
+                    self.evaluating.extend(batch.iter().cloned());
+                    for workload in batch {
+                        self.evaluating.remove(&workload);
                         self.evaluate_contained(workload);
                     }
                 }
+                () = sleep_until(self.summaries_due), if self.ready => self.publish_summaries(),
             }
         }
     }
@@ -221,13 +263,27 @@ impl Stage {
     fn observe(&mut self, observed: Observed, seen: Seen) {
         let due = Instant::now() + self.timing.debounce;
         match observed {
-            Observed::Resource(observation) => match self.index.apply_resource(observation) {
-                ResourceChange::Changed { affected } => self.mark_all(affected, due),
-                ResourceChange::Unchanged { reacting } if seen == Seen::Written => {
-                    self.metrics.skipped(Skip::DataUnchanged, reacting as u64);
+            Observed::Resource(observation) => {
+                let namespace = observation.namespace.clone();
+                if observation.state.writer.is_some() {
+                    self.touch_resource(&namespace, observation.resource.clone());
                 }
-                ResourceChange::Unchanged { .. } | ResourceChange::Stale => {}
-            },
+                match self.index.apply_resource(observation) {
+                    ResourceChange::Changed { affected } => self.mark_all(affected, due),
+                    ResourceChange::Unchanged {
+                        reacting,
+                        resume_changed,
+                    } => {
+                        if seen == Seen::Written {
+                            self.metrics.skipped(Skip::DataUnchanged, reacting as u64);
+                        }
+                        if resume_changed {
+                            self.wake_held(&namespace, None);
+                        }
+                    }
+                    ResourceChange::Stale => {}
+                }
+            }
             Observed::Workload(observation) => self.observe_workload(*observation, due),
             Observed::Namespace { name, selected } => {
                 let revealed = self.index.set_selected(&name, selected);
@@ -264,6 +320,10 @@ impl Stage {
         if self.index.is_selected(&workload.namespace) {
             self.report_problems(&workload, &uid, &change.new_problems);
         }
+        if change.progress_changed {
+            self.wake_held(&workload.namespace, Some(&workload.name));
+        }
+        self.touch(&workload);
         if change.needs_evaluation {
             self.schedule.mark(workload, due);
         }
@@ -293,10 +353,14 @@ impl Stage {
         let due = Instant::now() + self.timing.debounce;
         match observed {
             Observed::Resource(r) => {
+                if r.state.writer.is_some() {
+                    self.touch_resource(&r.namespace, r.resource.clone());
+                }
                 let affected = self.index.remove_resource(&r.namespace, &r.resource);
                 self.mark_all(affected, due);
             }
             Observed::Workload(w) => {
+                self.touch(&w.workload);
                 self.index.remove_workload(&w.workload);
                 self.schedule.forget(&w.workload);
                 release(
@@ -307,6 +371,8 @@ impl Stage {
                 );
                 self.failures.remove(&w.workload);
                 self.jobs_made.remove(&w.workload);
+                self.unhold(&w.workload);
+                self.wake_held(&w.workload.namespace, Some(&w.workload.name));
             }
             Observed::Namespace { name, .. } => {
                 self.index.set_selected(&name, false);
@@ -387,6 +453,7 @@ impl Stage {
         let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.evaluate(workload.clone())
         }));
+        self.touch(&workload);
         if evaluated.is_err() {
             self.metrics.error(Failure::Panic);
             let failures = self.failures.entry(workload.clone()).or_default();
@@ -408,6 +475,7 @@ impl Stage {
             .filter(|s| !s.deleting && self.index.is_selected(&workload.namespace));
         let Some(state) = state else {
             // Out of scope or going: it leaves the rollout queue.
+            self.unhold(&workload);
             release(
                 &mut self.pacer,
                 &mut self.schedule,
@@ -428,8 +496,9 @@ impl Stage {
         }
         self.jobs_made.remove(&workload);
         let resources = self.index.resources(&workload.namespace);
-        let desired = desired_members(&state.policy, &state.uses, resources);
-        let unreacted = unreacted_uses(&state.policy, &state.uses, resources);
+        let desired = desired_members(&state.policy, &state.uses, &state.keys, resources);
+        let unreacted = unreacted_uses(&state.policy, &state.uses, &state.keys, resources);
+        let key_id = record_key_id(&self.key_id, &state.keys);
         let covered = self.index.covered_by_template(&workload);
         let now = OffsetDateTime::now_utc();
         let pause = Pause {
@@ -444,7 +513,7 @@ impl Stage {
         } = decide(&Situation {
             opted_in: !state.policy.is_inert(),
             applied: &state.applied,
-            key_id: &self.key_id,
+            key_id: &key_id,
             desired: &desired,
             unreacted: &unreacted,
             hidden_may_exist: self.timing.resources_selected,
@@ -459,8 +528,7 @@ impl Stage {
         let resource_version = state.resource_version.clone();
         let uid = state.uid.clone();
         let method = state.restart;
-        let record =
-            |members| AppliedRecord::new(self.key_id.clone(), members).with_unreacted(unreacted);
+        let record = |members| AppliedRecord::new(key_id, members).with_unreacted(unreacted);
         let mut changes = Changes {
             record: RecordChange::Keep,
             restarted_at: None,
@@ -496,6 +564,10 @@ impl Stage {
             (None, Some(_)) => PendingChange::Remove,
             (None, None) => PendingChange::Keep,
         };
+        if !matches!(verdict, Verdict::Restart { .. }) {
+            self.unhold(&workload);
+            self.wake_held(&workload.namespace, Some(&workload.name));
+        }
         let body = |changes: &Changes| patch_body(&resource_version, method, changes);
         match verdict {
             Verdict::UpToDate => {
@@ -521,6 +593,11 @@ impl Stage {
                 changed,
                 record: members,
             } => {
+                if let Some(held) = self.wave_gate(&workload, &changed) {
+                    self.hold(workload, held);
+                    return;
+                }
+                self.unhold(&workload);
                 let record = record(members);
                 let namespace = workload.namespace.clone();
                 let admitted = self
@@ -626,6 +703,8 @@ impl Stage {
             job_made,
         } = written;
         let due_again = self.writing.remove(&workload).unwrap_or(false);
+        self.wake_held(&workload.namespace, Some(&workload.name));
+        self.touch(&workload);
         if let Some(job) = job_made {
             self.jobs_made.insert(workload.clone(), job);
         }
