@@ -191,7 +191,7 @@ pub async fn run(mut args: RunArgs) -> Result<(), RunError> {
         .await
         .map_err(RunError::Client)?;
     let config = vault_config(&args)?;
-    let events = VaultEvents::new(&args.events, &config, metrics.events.clone())?;
+    let events = VaultEvents::new(&args.events, &client, &config, metrics.events.clone())?;
     let vault = VaultAccess::new(client.clone(), config).map_err(RunError::Vault)?;
     let readiness = metrics.reload.readiness();
     let server =

@@ -3,7 +3,8 @@
 //! namespace subscription or a storage queue (Azurite); a lost event is
 //! healed by polling; a duplicate costs no second read; forged and foreign
 //! events cost no request at all and the URL an event carries is never
-//! dialled; and only the leader receives.
+//! dialled; only the leader receives; and the operator's workload identity,
+//! a managed identity or a client secret may read the sources.
 //!
 //! The emulator is the fixture's, seeded with a namespace (topic `keyvault`,
 //! subscription `kvsync` bound to vault `shop`) and a decoy vault; the
@@ -64,13 +65,23 @@ fn start_operator(
     sources: &[String],
     extra: &[&str],
 ) -> Process {
+    start_operator_as(f, sources, extra, &operator_env(token_file))
+}
+
+/// `kvsync run` with `sources`, `extra` flags and the environment `env`.
+fn start_operator_as(
+    f: &Fixture,
+    sources: &[String],
+    extra: &[&str],
+    env: &[(String, String)],
+) -> Process {
     let mut flags = event_flags(&f.emulator, sources);
     flags.extend(extra.iter().map(|s| s.to_string()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     Process::start_as(
         &run_args(&f.emulator, &f.ns.name, &[], &flags),
         kubeconfig_path(),
-        &operator_env(token_file),
+        env,
     )
 }
 
@@ -207,6 +218,72 @@ async fn a_rotation_reaches_the_secret_in_under_two_seconds_through_event_grid()
     );
     f.operator = Some(operator);
     f.assert_nothing_leaked(&["rotated-by-event"]).await;
+}
+
+/// With `--event-identity identity` and `env`: the rotation's latency, and
+/// the emulator's IMDS token requests.
+async fn rotation_read_as(test: &str, identity: &str, env: &[(String, String)]) -> (Duration, u64) {
+    let (mut f, _token, _dir) = events_fixture(test, json!([])).await;
+    f.emulator
+        .control(
+            Method::PUT,
+            &format!("apps/{MANAGED_APP}"),
+            Some(json!({"tenantId": TENANT, "clientId": MANAGED_APP, "managedIdentity": "userAssigned"})),
+        )
+        .await;
+    let env: Vec<(String, String)> = env
+        .iter()
+        .cloned()
+        .chain([
+            (
+                "IDENTITY_ENDPOINT".to_owned(),
+                f.emulator.endpoints.identity_endpoint.clone(),
+            ),
+            ("IDENTITY_HEADER".to_owned(), "kvsync-test".to_owned()),
+        ])
+        .collect();
+    let operator = start_operator_as(
+        &f,
+        &[event_grid_source(&f.emulator)],
+        &["--event-identity", identity],
+        &env,
+    );
+    synced_db(&f, "1h").await;
+    receivers_waiting(&f, 1).await;
+    quiet(&operator).await;
+    let took = rotation_reaches_the_secret(&f, "rotated-by-event", WAIT).await;
+    println!("{identity}: rotation → Secret in {took:?}");
+    let imds =
+        f.emulator.counters().await["byEndpoint"]["entra GET /metadata/identity/oauth2/token"]
+            .as_u64()
+            .unwrap_or(0);
+    f.operator = Some(operator);
+    f.assert_nothing_leaked(&["rotated-by-event"]).await;
+    (took, imds)
+}
+
+/// A user-assigned managed identity of the node, for `--event-identity managed:<id>`.
+const MANAGED_APP: &str = "55555555-5555-5555-5555-555555555555";
+
+#[tokio::test]
+async fn a_managed_identity_can_read_the_sources() {
+    let (took, imds) =
+        rotation_read_as("events-managed", &format!("managed:{MANAGED_APP}"), &[]).await;
+    assert!(took < WITH_EVENTS, "took {took:?}");
+    assert!(imds >= 1, "the managed identity's token came from IMDS");
+}
+
+#[tokio::test]
+async fn a_client_secret_can_read_the_sources() {
+    let env = [
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_ID", SECRET_APP),
+        ("AZURE_CLIENT_SECRET", SECRET_APP_PASSWORD),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let (took, imds) = rotation_read_as("events-client-secret", "client-secret", &env).await;
+    assert!(took < WITH_EVENTS, "took {took:?}");
+    assert_eq!(imds, 0, "a client secret asks no IMDS");
 }
 
 #[tokio::test]
@@ -579,6 +656,8 @@ fn the_chart_renders_event_sources_the_operator_accepts_and_refuses_nonsense() {
     let values = json!({"events": {
         "sources": [{"eventGrid": grid}, {"storageQueue": queue}],
         "vaults": {"shop": "https://localhost:8443/"},
+        "identity": "client-secret",
+        "clientSecret": {"secretName": "kvsync-events"},
     }});
     let text = match render_chart(&values, "kvsync", "kvsync-system", None) {
         Rendered::Manifests(text) => text,
@@ -604,6 +683,27 @@ fn the_chart_renders_event_sources_the_operator_accepts_and_refuses_nonsense() {
         ]
     );
     assert_eq!(run.events.vaults[0].name, "shop");
+    assert_eq!(
+        run.events.identity,
+        kvsync::vault_events::EventIdentity::ClientSecret
+    );
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    for (name, key) in [
+        ("AZURE_TENANT_ID", "tenantId"),
+        ("AZURE_CLIENT_ID", "clientId"),
+        ("AZURE_CLIENT_SECRET", "clientSecret"),
+    ] {
+        let var = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not in the operator's environment"));
+        assert_eq!(
+            var["valueFrom"]["secretKeyRef"],
+            json!({"name": "kvsync-events", "key": key})
+        );
+    }
 
     for (values, expected) in [
         (
@@ -613,6 +713,14 @@ fn the_chart_renders_event_sources_the_operator_accepts_and_refuses_nonsense() {
         (
             json!({"changeDetection": "get", "events": {"sources": [{"eventGrid": grid}]}}),
             "changeDetection: list",
+        ),
+        (
+            json!({"events": {"sources": [{"eventGrid": grid}]}}),
+            "set workloadIdentity.enabled",
+        ),
+        (
+            json!({"events": {"sources": [{"eventGrid": grid}], "identity": "client-secret"}}),
+            "set events.clientSecret.secretName",
         ),
     ] {
         match render_chart(&values, "kvsync", "kvsync-system", None) {

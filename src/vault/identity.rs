@@ -179,7 +179,7 @@ impl Credentials {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.cache.lock().unwrap().len()
     }
 

@@ -36,7 +36,7 @@ mod view;
 pub use errors::{SetupError, VaultError, VaultUrlError};
 pub use freshness::Freshness;
 pub use hosts::{AllowedHosts, CLOUDS, Cloud};
-pub use identity::{FEDERATION_AUDIENCE, Identity, OperatorIdentity};
+pub use identity::{Credentials, FEDERATION_AUDIENCE, Identity, OperatorIdentity};
 
 pub use versions::{Choice, VersionInfo, choose, previous_of, valid};
 pub use view::Interest;

@@ -33,6 +33,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::SourceError;
+use super::config::FlagError;
 
 pub const API_VERSION: &str = "2024-06-01";
 const SCOPE: &str = "https://eventgrid.azure.net/.default";
@@ -56,24 +57,20 @@ pub struct SubscriptionUrl {
 }
 
 impl SubscriptionUrl {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    pub fn parse(text: &str) -> Result<Self, FlagError> {
+        let url = super::config::url(text)?;
         if url.scheme() != "https" || url.query().is_some() || url.fragment().is_some() {
-            return Err(format!("{text:?} must be an https URL without a query"));
+            return Err(FlagError::NotHttps(text.to_owned()));
         }
         let segments: Vec<&str> = url.path().trim_matches('/').split('/').collect();
         let ["topics", topic, "eventsubscriptions", subscription] = segments.as_slice() else {
-            return Err(format!(
-                "{text:?} must look like https://<namespace>/topics/<topic>/eventsubscriptions/<subscription>"
-            ));
+            return Err(FlagError::SubscriptionPath(text.to_owned()));
         };
         let valid = |name: &str| {
             !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         };
         if !valid(topic) || !valid(subscription) {
-            return Err(format!(
-                "{text:?}: topic and subscription names are letters, digits and hyphens"
-            ));
+            return Err(FlagError::SubscriptionName(text.to_owned()));
         }
         let mut endpoint = url.clone();
         endpoint.set_path("/");

@@ -28,36 +28,33 @@
 //! others): a queue has competing consumers, and a standby's
 //! acknowledgement would swallow an event.
 
+mod config;
 pub mod dispatch;
+mod dispatcher;
 pub mod eventgrid;
 pub mod metrics;
 pub mod parse;
 pub mod queue;
+mod receive;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
-use azure_identity::{
-    ClientAssertionCredentialOptions, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
-};
-use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::api::contract::{MERGED_BY_ANNOTATION, OWNER_ANNOTATION};
 use crate::reload::{ReloadInbox, ReloadNotifier};
-use crate::schedule::backoff_delay;
-use crate::vault::{ChangeDetection, VaultConfig};
-use dispatch::{Debounce, Offer, Pending, Recent, VaultNames};
-use eventgrid::{EventGridSource, Settle, SubscriptionUrl};
+use crate::vault::{ChangeDetection, Credentials, Identity, VaultConfig};
+pub use config::{EventArgs, EventIdentity, EventSource, FlagError, VaultAlias};
+use dispatch::{Debounce, Pending, Recent, VaultNames};
+use dispatcher::{Dispatcher, WrittenObserver};
+use eventgrid::EventGridSource;
 pub use metrics::VaultEventMetrics;
-use parse::{Hint, Ignored};
 use queue::QueueSource;
+use receive::{Intake, receive_event_grid, receive_queue};
 
 /// Hints for one (vault, name) within this window fold into one more read.
 const DEBOUNCE: Duration = Duration::from_secs(1);
@@ -70,77 +67,6 @@ const PENDING_FOR: Duration = Duration::from_secs(300);
 /// Hints waiting for the dispatcher; a full channel sends events back to
 /// the source (released, or left in the queue) instead of growing.
 const INBOX: usize = 1024;
-
-/// Where events come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EventSource {
-    EventGrid(SubscriptionUrl),
-    Queue(url::Url),
-}
-
-impl EventSource {
-    /// `eventgrid:https://…/topics/T/eventsubscriptions/S` or `queue:https://…/QUEUE`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        match text.split_once(':') {
-            Some(("eventgrid", url)) => Ok(EventSource::EventGrid(SubscriptionUrl::parse(url)?)),
-            Some(("queue", url)) => Ok(EventSource::Queue(queue::check_url(url)?)),
-            _ => Err(format!(
-                "{text:?}: an event source is eventgrid:https://<namespace>/topics/<topic>/eventsubscriptions/<subscription> or queue:https://<account>.queue.core.windows.net/<queue>"
-            )),
-        }
-    }
-}
-
-/// `NAME=URL`: the vault an event's vault name means, for a vault URL
-/// outside Azure's Key Vault domains.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VaultAlias {
-    pub name: String,
-    pub url: String,
-}
-
-impl VaultAlias {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (name, url) = text
-            .split_once('=')
-            .ok_or_else(|| format!("{text:?} is not NAME=URL"))?;
-        url::Url::parse(url).map_err(|e| format!("{text:?}: {url:?} is not a URL: {e}"))?;
-        Ok(VaultAlias {
-            name: name.trim().to_owned(),
-            url: url.to_owned(),
-        })
-    }
-}
-
-/// The flags of event-driven refresh.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct EventArgs {
-    /// Key Vault events that make kvsync read a changed secret at once
-    /// (polling stays): `eventgrid:https://<namespace>/topics/<topic>/eventsubscriptions/<subscription>`
-    /// (a namespace subscription with pull delivery) or
-    /// `queue:https://<account>.queue.core.windows.net/<queue>` (a storage
-    /// queue an event subscription delivers to). Repeatable; read by the
-    /// leader with the operator's own workload identity (docs/events.md).
-    #[arg(
-        long = "event-source",
-        env = "KVSYNC_EVENT_SOURCES",
-        value_delimiter = ',',
-        value_parser = EventSource::parse
-    )]
-    pub sources: Vec<EventSource>,
-
-    /// `NAME=URL`: events name vaults, and a vault URL of Azure's Key Vault
-    /// domains is `https://NAME.vault.azure.net/` (or a sovereign cloud's);
-    /// a vault URL outside them (an emulator) is matched to vault NAME's
-    /// events only through this. Repeatable.
-    #[arg(
-        long = "event-vault",
-        env = "KVSYNC_EVENT_VAULTS",
-        value_delimiter = ',',
-        value_parser = VaultAlias::parse
-    )]
-    pub vaults: Vec<VaultAlias>,
-}
 
 /// What `kvsync explain` adds to an object's "next read" about events: for
 /// a vault URL that Key Vault events can name (Azure's Key Vault domains),
@@ -190,10 +116,10 @@ pub enum SourceError {
 pub enum EventsError {
     #[error("event sources hint the listing's change detection: they need --change-detection=list")]
     NeedsListing,
-    #[error(
-        "event sources are read with the operator's own workload identity (AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE): {0}"
-    )]
+    #[error("the identity that reads event sources (--event-identity, docs/events.md): {0}")]
     Identity(#[source] azure_core::Error),
+    #[error("--event-identity=client-secret needs {0} in the environment")]
+    MissingEnv(&'static str),
     #[error("--extra-ca-file: {0}")]
     ExtraCa(#[source] reqwest::Error),
     #[error("HTTP client for event sources: {0}")]
@@ -250,10 +176,47 @@ fn client_options(config: &VaultConfig, http: reqwest::Client) -> ClientOptions 
     }
 }
 
+/// The credential of the operator's own identity that reads the sources.
+fn credential(
+    identity: &EventIdentity,
+    client: &kube::Client,
+    config: &VaultConfig,
+    options: ClientOptions,
+) -> Result<Arc<dyn TokenCredential>, EventsError> {
+    let identity = match identity {
+        EventIdentity::Workload => Identity::Operator,
+        EventIdentity::Managed { client_id } => Identity::ManagedIdentity {
+            client_id: client_id.clone(),
+        },
+        EventIdentity::ClientSecret => {
+            let from_env = |name: &'static str| {
+                std::env::var(name)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .ok_or(EventsError::MissingEnv(name))
+            };
+            Identity::ClientSecret {
+                tenant_id: from_env("AZURE_TENANT_ID")?,
+                client_id: from_env("AZURE_CLIENT_ID")?,
+                secret: from_env("AZURE_CLIENT_SECRET")?,
+            }
+        }
+    };
+    Credentials::new(
+        client.clone(),
+        options,
+        config.operator.clone(),
+        config.authority_host.clone(),
+    )
+    .get(&identity)
+    .map_err(EventsError::Identity)
+}
+
 impl VaultEvents {
     /// Checks the flags and builds the clients; `None` without sources.
     pub fn new(
         args: &EventArgs,
+        client: &kube::Client,
         config: &VaultConfig,
         metrics: VaultEventMetrics,
     ) -> Result<Option<Self>, EventsError> {
@@ -267,16 +230,7 @@ impl VaultEvents {
         // by its own wait plus that (eventgrid.rs), so its client has none.
         let short = client_options(config, http_client(config, Some(config.request_timeout))?);
         let long = client_options(config, http_client(config, None)?);
-        let credential: Arc<dyn TokenCredential> =
-            WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
-                credential_options: ClientAssertionCredentialOptions {
-                    client_options: short.clone(),
-                },
-                client_id: config.operator.client_id.clone(),
-                tenant_id: config.operator.tenant_id.clone(),
-                token_file_path: config.operator.token_file.clone(),
-            }))
-            .map_err(EventsError::Identity)?;
+        let credential = credential(&args.identity, client, config, short.clone())?;
         let sources = args
             .sources
             .iter()
@@ -358,290 +312,9 @@ impl VaultEvents {
     }
 }
 
-/// Turns written Secrets into event→Secret latencies.
-struct WrittenObserver {
-    pending: Arc<Mutex<Pending>>,
-    metrics: VaultEventMetrics,
-}
-
-impl WrittenObserver {
-    /// Passes every Secret written on to the reload stage, observing it first.
-    async fn tee(self, mut from_sync: ReloadInbox, to_reload: ReloadNotifier) {
-        while let Some(written) = from_sync.0.recv().await {
-            self.secret_written(&written.0);
-            to_reload.secret_written(&written.0);
-        }
-    }
-
-    fn secret_written(&self, secret: &Secret) {
-        let annotations = secret.annotations();
-        let Some(owner) = annotations
-            .get(OWNER_ANNOTATION)
-            .or_else(|| annotations.get(MERGED_BY_ANNOTATION))
-        else {
-            return;
-        };
-        let object = format!("{}/{owner}", secret.namespace().unwrap_or_default());
-        let now = Instant::now();
-        let took = {
-            let mut pending = self.pending.lock().unwrap();
-            pending.prune(now);
-            pending.written(&object, now)
-        };
-        if let Some(took) = took {
-            self.metrics.event_to_secret(took);
-        }
-    }
-}
-
-/// One event handed to the dispatcher.
-struct Arrival {
-    parsed: parse::Parsed,
-    arrived: Instant,
-}
-
-/// What every receiver does with an event it got.
-#[derive(Clone)]
-struct Intake {
-    inbox: mpsc::Sender<Arrival>,
-    metrics: VaultEventMetrics,
-}
-
-impl Intake {
-    /// Reads `event` and hands its hint over; how to settle it.
-    fn take(&self, kind: SourceKind, event: &Value, arrived: Instant) -> Settle {
-        self.metrics.received(kind);
-        match parse::event(event) {
-            Err(why) => self.ignore(why),
-            Ok(parsed) => {
-                tracing::debug!(vault = %parsed.hint.vault, name = ?parsed.hint.name, "Key Vault event");
-                match self.inbox.try_send(Arrival { parsed, arrived }) {
-                    Ok(()) => Settle::Acknowledge,
-                    Err(_) => Settle::Release,
-                }
-            }
-        }
-    }
-
-    fn ignore(&self, why: Ignored) -> Settle {
-        self.metrics.ignored(why);
-        tracing::debug!(reason = why.reason(), "Key Vault event ignored");
-        if why.rejected() {
-            Settle::Reject
-        } else {
-            Settle::Acknowledge
-        }
-    }
-}
-
-/// Waits out a backoff after the `failures`-th failed call in a row.
-async fn back_off(failures: u32, max_backoff: Duration) {
-    tokio::time::sleep(backoff_delay(failures, None, max_backoff, rand::random())).await;
-}
-
-async fn receive_event_grid(source: EventGridSource, intake: Intake, max_backoff: Duration) {
-    let mut failures = 0;
-    loop {
-        let deliveries = match source.receive().await {
-            Ok(deliveries) => deliveries,
-            Err(error) => {
-                failures += 1;
-                intake.metrics.source_error(SourceKind::EventGrid);
-                tracing::warn!(subscription = %source.url.subscription, %error, "receiving events failed; retrying with backoff");
-                back_off(failures, max_backoff).await;
-                continue;
-            }
-        };
-        let arrived = Instant::now();
-        let mut settle: [(Settle, Vec<String>); 3] = [
-            (Settle::Acknowledge, Vec::new()),
-            (Settle::Reject, Vec::new()),
-            (Settle::Release, Vec::new()),
-        ];
-        for delivery in deliveries {
-            let how = intake.take(SourceKind::EventGrid, &delivery.event, arrived);
-            if let Some((_, tokens)) = settle.iter_mut().find(|(h, _)| *h == how) {
-                tokens.push(delivery.lock_token);
-            }
-        }
-        let mut failed_call = false;
-        for (how, tokens) in settle.iter().filter(|(_, t)| !t.is_empty()) {
-            match source.settle(*how, tokens).await {
-                Ok(0) => {}
-                Ok(lost) => {
-                    tracing::debug!(
-                        lost,
-                        ?how,
-                        "some locks were lost before settling; those events come again"
-                    )
-                }
-                Err(error) => {
-                    failed_call = true;
-                    intake.metrics.source_error(SourceKind::EventGrid);
-                    tracing::warn!(?how, %error, "settling events failed; they come again when their locks expire");
-                }
-            }
-        }
-        if failed_call {
-            failures += 1;
-            back_off(failures, max_backoff).await;
-        } else {
-            failures = 0;
-        }
-    }
-}
-
-async fn receive_queue(source: QueueSource, intake: Intake, max_backoff: Duration) {
-    let mut failures = 0;
-    loop {
-        let messages = match source.receive().await {
-            Ok(messages) => messages,
-            Err(error) => {
-                failures += 1;
-                intake.metrics.source_error(SourceKind::Queue);
-                tracing::warn!(queue = %source.url, %error, "receiving queue messages failed; retrying with backoff");
-                back_off(failures, max_backoff).await;
-                continue;
-            }
-        };
-        failures = 0;
-        if messages.is_empty() {
-            tokio::time::sleep(queue::POLL_EVERY).await;
-            continue;
-        }
-        let arrived = Instant::now();
-        for message in messages {
-            let settled = match parse::queue_message(&message.text) {
-                Err(why) => {
-                    intake.metrics.received(SourceKind::Queue);
-                    intake.ignore(why)
-                }
-                Ok(events) => events
-                    .iter()
-                    .map(|event| intake.take(SourceKind::Queue, event, arrived))
-                    .fold(Settle::Acknowledge, |all, one| {
-                        if one == Settle::Release { one } else { all }
-                    }),
-            };
-            // A message kvsync cannot read will never become readable: it is
-            // deleted too (queues have no dead-letter of their own).
-            if settled == Settle::Release {
-                continue;
-            }
-            if let Err(error) = source.delete(&message).await {
-                intake.metrics.source_error(SourceKind::Queue);
-                tracing::warn!(queue = %source.url, %error, "deleting a handled message failed; it comes again");
-            }
-        }
-    }
-}
-
-/// Turns hints into reads: drops repeats, folds bursts, asks the vault views.
-struct Dispatcher {
-    /// The sync stage's context: its vault access is what hints go to.
-    ctx: Arc<crate::sync::Context>,
-    names: Arc<VaultNames>,
-    metrics: VaultEventMetrics,
-    pending: Arc<Mutex<Pending>>,
-    recent: Recent,
-    debounce: Debounce<Hint>,
-}
-
-impl Dispatcher {
-    async fn run(mut self, mut arrivals: mpsc::Receiver<Arrival>) {
-        loop {
-            let due = self.debounce.next_due();
-            tokio::select! {
-                arrival = arrivals.recv() => match arrival {
-                    Some(arrival) => self.arrive(arrival),
-                    None => return,
-                },
-                () = sleep_until(due) => self.act_on_due(Instant::now()),
-            }
-        }
-    }
-
-    fn arrive(&mut self, arrival: Arrival) {
-        let now = Instant::now();
-        // Windows that ended act (or close) first: the debounce keeps only
-        // the keys of the last window, however many names events bring.
-        self.act_on_due(now);
-        let Arrival { parsed, arrived } = arrival;
-        if let Some(identity) = &parsed.identity
-            && self.recent.repeat(identity, now)
-        {
-            self.metrics.ignored(Ignored::Duplicate);
-            return;
-        }
-        match self.debounce.offer(&parsed.hint, arrived, now) {
-            Offer::Now => self.read_now(parsed.hint, arrived, true),
-            Offer::Folded => self.metrics.ignored(Ignored::Coalesced),
-        }
-    }
-
-    /// The reads owed to hints folded into windows that ended by `now`.
-    fn act_on_due(&mut self, now: Instant) {
-        for (hint, since) in self.debounce.due(now) {
-            self.read_now(hint, since, false);
-        }
-    }
-
-    /// Asks every view of the hinted vault to read the name as of now;
-    /// `count`: whether this is the event's own outcome (not a folded one's).
-    fn read_now(&self, hint: Hint, since: Instant, count: bool) {
-        let (ctx, names) = (self.ctx.clone(), self.names.clone());
-        let (metrics, pending) = (self.metrics.clone(), self.pending.clone());
-        tokio::spawn(async move {
-            let matches = |key: &str| names.name_of(key).as_deref() == Some(hint.vault.as_str());
-            let told = ctx.vault.hint(matches, hint.name.as_deref()).await;
-            tracing::info!(vault = %hint.vault, name = ?hint.name, told = told.len(), "Key Vault event: reading now");
-            if count {
-                if told.is_empty() {
-                    metrics.ignored(Ignored::UnknownVault);
-                } else {
-                    metrics.matched();
-                }
-            }
-            pending.lock().unwrap().hinted(told, since);
-        });
-    }
-}
-
-async fn sleep_until(due: Option<Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sources_and_aliases_parse_from_their_flags() {
-        assert!(matches!(
-            EventSource::parse("eventgrid:https://ns/topics/t/eventsubscriptions/s"),
-            Ok(EventSource::EventGrid(_))
-        ));
-        assert!(matches!(
-            EventSource::parse("queue:https://acct.queue.core.windows.net/q"),
-            Ok(EventSource::Queue(_))
-        ));
-        for wrong in [
-            "webhook:https://x/",
-            "https://ns/topics/t/eventsubscriptions/s",
-            "queue:http://a/q",
-        ] {
-            assert!(EventSource::parse(wrong).is_err(), "{wrong}");
-        }
-        let alias = VaultAlias::parse("shop=https://localhost:8443/").unwrap();
-        assert_eq!(
-            (alias.name.as_str(), alias.url.as_str()),
-            ("shop", "https://localhost:8443/")
-        );
-        assert!(VaultAlias::parse("shop").is_err());
-    }
 
     #[test]
     fn explain_mentions_events_only_for_vaults_events_can_name() {

@@ -21,6 +21,7 @@ use azure_storage_queue::models::QueueClientReceiveMessagesOptions;
 use azure_storage_queue::{QueueClient, QueueClientOptions};
 
 use super::SourceError;
+use super::config::FlagError;
 
 /// Wait between receive calls while the queue is empty.
 pub const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -44,12 +45,10 @@ pub struct QueueSource {
 }
 
 /// Whether a queue URL can be read: https, a path naming the queue, no query.
-pub fn check_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+pub fn check_url(text: &str) -> Result<Url, FlagError> {
+    let url = super::config::url(text)?;
     if url.scheme() != "https" || url.query().is_some() || url.path().trim_matches('/').is_empty() {
-        return Err(format!(
-            "{text:?} must look like https://<account>.queue.core.windows.net/<queue>"
-        ));
+        return Err(FlagError::QueuePath(text.to_owned()));
     }
     Ok(url)
 }
