@@ -93,6 +93,18 @@ fn condition<'a>(
         .find(|c| c.type_ == type_)
 }
 
+/// `db` once its status records `version` of `db-password`: the status is
+/// written after the Secret, so a Secret holding a value says nothing yet
+/// of the status.
+async fn status_with(f: &Fixture, version: &str) -> KeyVaultSecret {
+    eventually(&format!("the status records {version}"), WAIT, || async {
+        let kvs = f.kvs_api().get("db").await.ok()?;
+        (synced_versions(&kvs).get("db-password").map(String::as_str) == Some(version))
+            .then_some(kvs)
+    })
+    .await
+}
+
 fn synced_versions(kvs: &KeyVaultSecret) -> BTreeMap<String, String> {
     kvs.status
         .iter()
@@ -176,10 +188,9 @@ async fn a_version_not_valid_yet_waits_and_is_taken_at_its_nbf_restarting_the_wo
     eprintln!("the Secret switched {lag} ms after nbf");
     assert!(lag <= 3000, "switched {lag} ms after nbf");
     f.expect_replica_sets("web", 2).await;
-    let kvs = f.kvs_api().get("db").await.unwrap();
+    let kvs = status_with(&f, &scheduled).await;
     assert!(pending(&kvs).is_empty());
     assert!(condition(&kvs, "RotationScheduled").is_none());
-    assert_eq!(synced_versions(&kvs)["db-password"], scheduled);
     let notes = f.event_notes("web", "Reloaded").await;
     assert_eq!(notes.len(), 1, "one restart: {notes:?}");
 }
@@ -253,9 +264,8 @@ async fn not_before_policy_ignore_takes_the_newest_version_at_once() {
         (pw(&f).await.as_deref() == Some("early-pw-3hv8d")).then_some(())
     })
     .await;
-    let kvs = f.kvs_api().get("db").await.unwrap();
+    let kvs = status_with(&f, &newest).await;
     assert!(pending(&kvs).is_empty(), "{:?}", pending(&kvs));
-    assert_eq!(synced_versions(&kvs)["db-password"], newest);
     assert_eq!(version_listings(&f).await, 0, "nothing to choose among");
 }
 
@@ -292,7 +302,7 @@ async fn the_previous_key_holds_the_version_before_the_current_one() {
     })
     .await;
     assert_eq!(data["pw-previous"], "s3cr3t-db-value");
-    let kvs = f.kvs_api().get("db").await.unwrap();
+    let kvs = status_with(&f, &second).await;
     assert_eq!(
         synced_versions(&kvs),
         BTreeMap::from([
