@@ -38,7 +38,7 @@ pub struct ServiceError {
 }
 
 impl ServiceError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         Self {
             status,
             code: code.to_owned(),
@@ -153,6 +153,15 @@ impl IntoResponse for ServiceError {
         }
         response
     }
+}
+
+/// The bearer token of `request`'s Authorization header, if it has one.
+pub fn bearer_token(request: &axum::extract::Request) -> Option<&str> {
+    request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
 }
 
 #[cfg(test)]

@@ -125,12 +125,7 @@ fn check_api_version(uri: &Uri) -> Result<ApiVersion, ServiceError> {
 
 impl VaultContext {
     fn authenticate(&self, request: &Request) -> Result<Caller, ServiceError> {
-        let token = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        let verified = match token {
+        let verified = match crate::responses::bearer_token(request) {
             None => Err(TokenRejection::Missing),
             Some(token) => lock(&self.emulator.tokens).verify(token.trim(), &self.site.tenant_id),
         };

@@ -13,9 +13,10 @@
 //! this emulator signed for `https://eventgrid.azure.net` in the namespace's
 //! tenant (401 otherwise). Errors have Azure's `{"error": {"code", "message"}}` shape.
 
+use super::EventGrid;
 use super::broker::{BrokerError, Settlement};
 use crate::faults::FaultTarget;
-use crate::responses::{ServiceError, json_response};
+use crate::responses::{ServiceError, bearer_token, json_response};
 use crate::state::{Emulator, lock};
 use crate::tokens::Resource;
 use crate::traffic::{Surface, observe};
@@ -23,7 +24,7 @@ use crate::vault_api::query_param;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{StatusCode, Uri};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::Response;
 use axum::routing::post;
@@ -44,14 +45,18 @@ const RELEASE_DELAYS: [u64; 5] = [0, 10, 60, 600, 3600];
 const MAX_LOCK_TOKENS: usize = 100;
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> ServiceError {
-    ServiceError {
-        status,
-        code: code.to_owned(),
-        message: message.into(),
-        inner_code: None,
-        challenge: None,
-        retry_after_seconds: None,
-    }
+    ServiceError::new(status, code, message)
+}
+
+/// The emulator's namespace, if it serves one.
+fn namespace(emulator: &Emulator) -> Result<&EventGrid, ServiceError> {
+    emulator.event_grid.as_ref().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "No Event Grid namespace.",
+        )
+    })
 }
 
 fn bad_request(message: impl Into<String>) -> ServiceError {
@@ -107,19 +112,8 @@ async fn gate(
         }
         None => return Err(bad_request("The api-version query parameter is required.")),
     }
-    let grid = emulator.event_grid.as_ref().ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "No Event Grid namespace.",
-        )
-    })?;
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    let verified = match token {
+    let grid = namespace(&emulator)?;
+    let verified = match bearer_token(&request) {
         None => Err("the request carries no bearer token".to_owned()),
         Some(token) => lock(&emulator.tokens)
             .verify_for(Resource::EventGrid, token.trim(), &grid.tenant_id)
@@ -153,13 +147,7 @@ async fn operation(
     uri: Uri,
     body: Bytes,
 ) -> Result<Response, ServiceError> {
-    let grid = emulator.event_grid.as_ref().ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "No Event Grid namespace.",
-        )
-    })?;
+    let grid = namespace(&emulator)?;
     let Some((subscription, verb)) = operation.rsplit_once(':') else {
         return Err(not_found(uri).await);
     };
